@@ -1,0 +1,89 @@
+"""Canonical names, CF standard names, aliases and unit conversion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from xkmcast.errors import MissingVariableError, UnitError
+from xkmcast.variables import G, convert_units, deaccumulate, find_variable, get_variable, select_variables, variable_info
+
+
+def test_era5_aliases_levels_and_units(era5_like):
+    ds = select_variables(era5_like, ["t2m", "u10m", "msl", "t850", "z500"])
+    assert list(ds.data_vars) == ["t2m", "u10m", "msl", "t850", "z500"]
+    np.testing.assert_allclose(ds.msl, era5_like.msl * 100.0)  # hPa -> Pa
+    np.testing.assert_allclose(ds.t850, era5_like.t.sel(level=850))
+    assert ds.z500.attrs["standard_name"] == "geopotential"
+    assert ds.msl.attrs["units"] == "Pa" and ds.t2m.attrs["standard_name"] == "air_temperature"
+    assert ds.t850.dims == ("time", "latitude", "longitude")
+
+
+def test_wrf_aliases_and_deaccumulated_precipitation(guam):
+    assert find_variable(guam, "t2m") == "T2_present"
+    with pytest.raises(UnitError, match="deaccumulate"):
+        get_variable(guam, "tp")
+    tp = get_variable(guam, "tp", deaccumulate_time=True)
+    raw = guam.RAINNC_present.values
+    np.testing.assert_allclose(tp.values, raw[1:] - raw[:-1])  # mm == kg m-2
+    assert tp.sizes["Time"] == 2 and tp.attrs["units"] == "kg m-2"
+
+
+def test_deaccumulate_bucket_reset():
+    da = xr.DataArray([0.0, 1.0, 3.0, 0.5, 1.5], dims="time")
+    np.testing.assert_allclose(deaccumulate(da).values, [1.0, 2.0, 0.5, 1.0])
+
+
+def test_standard_name_lookup_and_level_in_pa():
+    ds = xr.Dataset(
+        {
+            "air": (("plev", "y"), np.ones((2, 3)), {"standard_name": "air_temperature", "units": "degC"}),
+            "wind_e": (("y",), np.ones(3), {"standard_name": "eastward_wind", "units": "knots"}),
+        },
+        coords={"plev": ("plev", [85000.0, 50000.0], {"units": "Pa"})},
+    )
+    np.testing.assert_allclose(get_variable(ds, "t500").values, 274.15)
+    np.testing.assert_allclose(get_variable(ds, "u10m").values, 1852 / 3600)
+
+
+@pytest.mark.parametrize(
+    ("units", "to", "sn", "value", "expected"),
+    [
+        ("degC", "K", None, 0.0, 273.15),
+        ("mb", "Pa", None, 1013.25, 101325.0),
+        ("m", "kg m-2", "precipitation_amount", 0.001, 1.0),  # ERA5 tp: metres of water
+        ("gpm", "m2 s-2", "geopotential", 5500.0, 5500.0 * G),
+        ("kg/m2", "kg m-2", None, 2.0, 2.0),
+    ],
+)
+def test_convert_units(units, to, sn, value, expected):
+    da = xr.DataArray(value, attrs={"units": units}, name="v")
+    assert float(convert_units(da, to, standard_name=sn)) == pytest.approx(expected)
+
+
+def test_ambiguous_or_unknown_units_raise():
+    with pytest.raises(UnitError, match="unambiguously"):
+        convert_units(xr.DataArray(1.0, attrs={"units": "m"}, name="h"), "kg m-2", standard_name="surface_altitude")
+    with pytest.raises(UnitError, match="unknown units"):
+        convert_units(xr.DataArray(1.0, attrs={"units": "furlongs"}, name="h"), "m")
+    with pytest.raises(UnitError, match="no units"):
+        convert_units(xr.DataArray(1.0, name="h"), "K")
+
+
+def test_missing_variables_listed_together(era5_like):
+    with pytest.raises(MissingVariableError) as err:
+        select_variables(era5_like, ["t2m", "refc", "q700"])
+    msg = str(err.value)
+    assert "refc" in msg and "q700" in msg and "2t" in msg  # what is missing and what is there
+
+
+def test_unknown_canonical_name():
+    with pytest.raises(MissingVariableError, match="canonical"):
+        variable_info("temperature_at_the_top")
+
+
+def test_lazy_conversion_stays_lazy(era5_like):
+    ds = era5_like.chunk({"time": 1})
+    out = select_variables(ds, ["msl"])
+    assert out.msl.chunks is not None

@@ -1,0 +1,419 @@
+"""Find the horizontal grid of a dataset: dimensions, 2-D latitude / longitude and the CRS.
+
+Search order (first hit wins):
+
+1. CF meaning through cf_xarray: coordinates with ``standard_name`` latitude / longitude (or units
+   degrees_north / degrees_east), ``axis`` X / Y / T, ``projection_[xy]_coordinate``, and the CF
+   ``grid_mapping`` variable named by a data variable.
+2. Known aliases of published datasets: ERA5 (``latitude`` / ``longitude``, descending latitude,
+   longitudes 0..360), WRF and CWA (``XLAT`` / ``XLONG``, dims ``south_north`` / ``west_east`` /
+   ``Time``, projection in the global attributes ``MAP_PROJ``, ``TRUELAT1`` ...), HRRR
+   (``gridlat_0`` / ``gridlon_0``, Lambert conformal).
+
+The result is a :class:`Grid`, a plain description with numpy arrays that regridding, plotting and
+inference share. Nothing here knows of torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import cf_xarray  # noqa: F401  (registers the .cf accessor used below)
+import numpy as np
+import xarray as xr
+
+from .errors import CoordinateError, GridError, explain
+
+__all__ = ["Grid", "find_grid", "make_lambert_grid", "make_latlon_grid", "check_monotonic", "HRRR_CRS_CF"]
+
+LAT_ALIASES = ("latitude", "lat", "XLAT", "XLAT_M", "gridlat_0", "nav_lat", "LAT", "lats")
+LON_ALIASES = ("longitude", "lon", "XLONG", "XLONG_M", "gridlon_0", "nav_lon", "LON", "lons")
+TIME_ALIASES = ("time", "Time", "valid_time", "XTIME", "Times", "t")
+X_ALIASES = ("x", "west_east", "xgrid_0", "projection_x_coordinate", "easting")
+Y_ALIASES = ("y", "south_north", "ygrid_0", "projection_y_coordinate", "northing")
+
+#: CF grid_mapping of the HRRR 3 km CONUS grid (Lambert conformal on a sphere of radius 6371229 m).
+HRRR_CRS_CF = {
+    "grid_mapping_name": "lambert_conformal_conic",
+    "standard_parallel": [38.5, 38.5],
+    "longitude_of_central_meridian": 262.5,
+    "latitude_of_projection_origin": 38.5,
+    "earth_radius": 6371229.0,
+}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Grid:
+    """A horizontal grid.
+
+    ``lat`` / ``lon`` are always 2-D ``(ny, nx)`` arrays in degrees (longitudes as in the data).
+    ``x`` / ``y`` are 1-D projection coordinates in metres when the grid has them. ``rectilinear`` is
+    true when latitude depends only on ``y_dim`` and longitude only on ``x_dim`` (a lat/lon grid).
+    """
+
+    y_dim: str
+    x_dim: str
+    time_dim: str | None
+    lat: np.ndarray
+    lon: np.ndarray
+    lat_name: str | None = None
+    lon_name: str | None = None
+    x: np.ndarray | None = None
+    y: np.ndarray | None = None
+    x_name: str | None = None
+    y_name: str | None = None
+    crs: Any = None  # pyproj.CRS
+    grid_mapping: dict | None = None
+    rectilinear: bool = False
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.lat.shape)  # type: ignore[return-value]
+
+    @property
+    def dims(self) -> tuple[str, str]:
+        return (self.y_dim, self.x_dim)
+
+    def spacing_m(self) -> tuple[float, float]:
+        """Mean grid spacing (dy, dx) in metres: from x/y when present, else great-circle distances."""
+        if self.x is not None and self.y is not None and len(self.x) > 1 and len(self.y) > 1:
+            return float(np.abs(np.diff(self.y)).mean()), float(np.abs(np.diff(self.x)).mean())
+        r = 6371000.0
+        lat, lon = np.deg2rad(self.lat), np.deg2rad(self.lon)
+        dy = r * np.abs(np.diff(lat, axis=0)).mean() if lat.shape[0] > 1 else np.nan
+        dlon = np.angle(np.exp(1j * np.diff(lon, axis=1)))
+        dx = r * np.abs(dlon * np.cos(lat[:, 1:])).mean() if lat.shape[1] > 1 else np.nan
+        return float(dy), float(dx)
+
+    def to_dataset(self) -> xr.Dataset:
+        """The grid alone as a CF Dataset: 2-D lat/lon, x/y in metres and a ``crs`` grid_mapping."""
+        dims = (self.y_dim, self.x_dim)
+        coords: dict[str, Any] = {
+            "lat": (dims, self.lat, {"standard_name": "latitude", "units": "degrees_north", "long_name": "latitude"}),
+            "lon": (dims, self.lon, {"standard_name": "longitude", "units": "degrees_east", "long_name": "longitude"}),
+        }
+        if self.x is not None and self.y is not None:
+            coords[self.x_dim] = (self.x_dim, self.x, _axis_attrs("x"))
+            coords[self.y_dim] = (self.y_dim, self.y, _axis_attrs("y"))
+        ds = xr.Dataset(coords=coords)
+        if self.grid_mapping:
+            ds["crs"] = xr.DataArray(np.int32(0), attrs=dict(self.grid_mapping))
+            ds = ds.set_coords("crs")
+        return ds
+
+
+def _axis_attrs(axis: str) -> dict:
+    return {
+        "standard_name": f"projection_{axis}_coordinate",
+        "units": "m",
+        "axis": axis.upper(),
+        "long_name": f"{axis} coordinate of projection",
+    }
+
+
+# --------------------------------------------------------------------------------------------- find
+
+
+def find_grid(obj: xr.Dataset | xr.DataArray) -> Grid:
+    """Describe the horizontal grid of ``obj`` (see the module docstring for the search order).
+
+    Raises :class:`GridError` when no latitude / longitude (or projected x / y with a CRS) can be
+    found, and :class:`CoordinateError` for non-monotonic or duplicated 1-D coordinates.
+    """
+    ds = obj.to_dataset(name=obj.name or "__da__") if isinstance(obj, xr.DataArray) else obj
+    lat_name, lon_name = _find_latlon_names(ds)
+    grid_mapping, crs = _find_crs(ds)
+    x_name, y_name = _find_xy_names(ds)
+
+    if lat_name is None or lon_name is None:
+        if x_name and y_name and crs is not None:
+            return _grid_from_projection(ds, x_name, y_name, crs, grid_mapping)
+        raise GridError(
+            explain(
+                "Could not find the latitude / longitude of the dataset",
+                expected="coordinates with standard_name latitude/longitude, or one of "
+                f"{LAT_ALIASES[:5]} / {LON_ALIASES[:5]}, or projection x/y with a CF grid_mapping",
+                found=f"variables {list(ds.variables)}",
+                fix="add CF attributes (ds['lat'].attrs['standard_name'] = 'latitude') or rename the coordinates",
+            )
+        )
+
+    lat_da, lon_da = ds[lat_name], ds[lon_name]
+    lat_da, lon_da = _drop_extra_dims(lat_da), _drop_extra_dims(lon_da)
+    time_dim = _find_time_dim(ds)
+
+    if lat_da.ndim == 1 and lon_da.ndim == 1:
+        y_dim, x_dim = lat_da.dims[0], lon_da.dims[0]
+        if y_dim == x_dim:
+            raise GridError(
+                explain(
+                    "Latitude and longitude share one dimension (an unstructured grid)",
+                    expected="a 2-D grid: lat(y) and lon(x), or 2-D lat(y, x) / lon(y, x)",
+                    found=f"{lat_name}{lat_da.dims}, {lon_name}{lon_da.dims}",
+                    fix="reshape the points onto a 2-D grid before using xkmcast",
+                )
+            )
+        lat1, lon1 = np.asarray(lat_da.values, float), np.asarray(lon_da.values, float)
+        check_monotonic(lat1, lat_name)
+        check_monotonic(np.unwrap(lon1, period=360.0), lon_name)
+        lon2, lat2 = np.meshgrid(lon1, lat1)
+        return Grid(y_dim, x_dim, time_dim, lat2, lon2, lat_name, lon_name, None, None, None, None,
+                    crs, grid_mapping, rectilinear=True)
+
+    if lat_da.ndim != 2 or lat_da.dims != lon_da.dims:
+        raise GridError(
+            explain(
+                "Latitude / longitude must be 1-D each or both 2-D on the same dims",
+                found=f"{lat_name}{lat_da.dims}, {lon_name}{lon_da.dims}",
+                fix="select a single time / level of the coordinate arrays first",
+            )
+        )
+    y_dim, x_dim = lat_da.dims
+    lat2 = np.asarray(lat_da.values, float)
+    lon2 = np.asarray(lon_da.values, float)
+    x = y = None
+    xn = yn = None
+    if x_name and y_name and ds[x_name].dims == (x_dim,) and ds[y_name].dims == (y_dim,):
+        x, y = np.asarray(ds[x_name].values, float), np.asarray(ds[y_name].values, float)
+        if not _is_index_like(x, y):
+            check_monotonic(x, x_name)
+            check_monotonic(y, y_name)
+            xn, yn = x_name, y_name
+        else:
+            x = y = None
+    if crs is None:
+        grid_mapping, crs = _wrf_crs(ds)
+    if x is None and crs is not None and not crs.is_geographic:
+        x, y = _projected_axes(crs, lat2, lon2)
+    rect = bool(np.allclose(lat2, lat2[:, :1]) and np.allclose(lon2, lon2[:1, :]))
+    return Grid(y_dim, x_dim, time_dim, lat2, lon2, lat_name, lon_name, x, y, xn, yn, crs, grid_mapping, rect)
+
+
+def check_monotonic(values: np.ndarray, name: str) -> None:
+    """Raise CoordinateError unless ``values`` is strictly increasing or strictly decreasing."""
+    values = np.asarray(values)
+    if values.size < 2:
+        return
+    d = np.diff(values)
+    if np.all(d > 0) or np.all(d < 0):
+        return
+    dup = values[np.concatenate([[False], d == 0])]
+    raise CoordinateError(
+        explain(
+            f"Coordinate {name!r} is not strictly monotonic",
+            expected="strictly increasing or strictly decreasing values without duplicates",
+            found=f"duplicates {dup[:5].tolist()}" if dup.size else f"direction changes in {values[:8].tolist()}...",
+            fix=f"ds.sortby({name!r}) and drop duplicates (ds.drop_duplicates({name!r}))",
+        )
+    )
+
+
+def _is_index_like(x: np.ndarray, y: np.ndarray) -> bool:
+    """True when x / y are just 0..n-1 indices (WRF dims without coordinate values)."""
+    return bool(np.array_equal(x, np.arange(x.size)) and np.array_equal(y, np.arange(y.size)))
+
+
+def _find_latlon_names(ds: xr.Dataset) -> tuple[str | None, str | None]:
+    lat = lon = None
+    try:
+        lats = ds.cf.coordinates.get("latitude", [])
+        lons = ds.cf.coordinates.get("longitude", [])
+    except Exception:  # cf_xarray raises on some malformed attrs; fall back to aliases
+        lats, lons = [], []
+    # cf_xarray finds coordinates only; WRF files keep XLAT / XLONG as data variables
+    for name, da in ds.variables.items():
+        sn = da.attrs.get("standard_name")
+        if sn == "latitude" and name not in lats:
+            lats = [*lats, name]
+        if sn == "longitude" and name not in lons:
+            lons = [*lons, name]
+    lat = _prefer_2d(ds, lats)
+    lon = _prefer_2d(ds, lons)
+    if lat is None:
+        lat = next((n for n in LAT_ALIASES if n in ds.variables), None)
+    if lon is None:
+        lon = next((n for n in LON_ALIASES if n in ds.variables), None)
+    return lat, lon
+
+
+def _prefer_2d(ds: xr.Dataset, names: list[str]) -> str | None:
+    if not names:
+        return None
+    return max(names, key=lambda n: (ds[n].ndim == 2, ds[n].ndim))
+
+
+def _find_xy_names(ds: xr.Dataset) -> tuple[str | None, str | None]:
+    x = y = None
+    for name, da in ds.coords.items():
+        if da.ndim != 1:
+            continue
+        sn, axis = da.attrs.get("standard_name", ""), da.attrs.get("axis", "")
+        if sn == "projection_x_coordinate" or (axis == "X" and sn != "longitude"):
+            x = x or name
+        if sn == "projection_y_coordinate" or (axis == "Y" and sn != "latitude"):
+            y = y or name
+    x = x or next((n for n in X_ALIASES if n in ds.coords and ds[n].ndim == 1), None)
+    y = y or next((n for n in Y_ALIASES if n in ds.coords and ds[n].ndim == 1), None)
+    return x, y
+
+
+def _find_time_dim(ds: xr.Dataset) -> str | None:
+    try:
+        names = ds.cf.axes.get("T", []) + ds.cf.coordinates.get("time", [])
+    except Exception:
+        names = []
+    for name in [*names, *TIME_ALIASES]:
+        if name in ds.dims:
+            return name
+        if name in ds.variables and ds[name].ndim == 1:
+            return ds[name].dims[0]
+    return None
+
+
+def _drop_extra_dims(da: xr.DataArray) -> xr.DataArray:
+    """WRF stores XLAT(Time, south_north, west_east): keep the first time of such coordinates."""
+    while da.ndim > 2:
+        da = da.isel({da.dims[0]: 0}, drop=True)
+    return da
+
+
+def _find_crs(ds: xr.Dataset) -> tuple[dict | None, Any]:
+    names: list[str] = []
+    for da in ds.data_vars.values():
+        gm = da.attrs.get("grid_mapping") or da.encoding.get("grid_mapping")
+        if isinstance(gm, str) and gm.split(":")[0] in ds.variables:
+            names.append(gm.split(":")[0])
+    names += [n for n, v in ds.variables.items() if "grid_mapping_name" in v.attrs]
+    for name in names:
+        attrs = dict(ds[name].attrs)
+        try:
+            from pyproj import CRS
+
+            return attrs, CRS.from_cf(attrs)
+        except Exception as exc:  # pyproj raises CRSError and others for incomplete attributes
+            raise GridError(
+                explain(
+                    f"The CF grid_mapping variable {name!r} cannot be read",
+                    found=str(attrs),
+                    fix="check its attributes against the CF conventions (grid_mapping_name, standard_parallel, ...)",
+                )
+            ) from exc
+    return None, None
+
+
+def _wrf_crs(ds: xr.Dataset) -> tuple[dict | None, Any]:
+    """The CRS from WRF global attributes (MAP_PROJ 1 Lambert, 2 polar stereographic, 3 Mercator)."""
+    a = ds.attrs
+    if "MAP_PROJ" not in a:
+        return None, None
+    from pyproj import CRS
+
+    proj = int(a["MAP_PROJ"])
+    radius = 6370000.0  # WRF's sphere
+    if proj == 1:
+        cf = {
+            "grid_mapping_name": "lambert_conformal_conic",
+            "standard_parallel": [float(a["TRUELAT1"]), float(a["TRUELAT2"])],
+            "longitude_of_central_meridian": float(a["STAND_LON"]),
+            "latitude_of_projection_origin": float(a.get("MOAD_CEN_LAT", a.get("CEN_LAT"))),
+            "earth_radius": radius,
+        }
+    elif proj == 2:
+        cf = {
+            "grid_mapping_name": "polar_stereographic",
+            "straight_vertical_longitude_from_pole": float(a["STAND_LON"]),
+            "latitude_of_projection_origin": 90.0 if float(a["TRUELAT1"]) > 0 else -90.0,
+            "standard_parallel": float(a["TRUELAT1"]),
+            "earth_radius": radius,
+        }
+    elif proj == 3:
+        cf = {
+            "grid_mapping_name": "mercator",
+            "standard_parallel": float(a["TRUELAT1"]),
+            "longitude_of_projection_origin": float(a["STAND_LON"]),
+            "earth_radius": radius,
+        }
+    else:
+        return None, None
+    return cf, CRS.from_cf(cf)
+
+
+def _projected_axes(crs: Any, lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """x / y in metres of a projected grid whose lat/lon are given, when the grid is regular in x/y."""
+    from pyproj import Transformer
+
+    t = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+    xx, yy = t.transform(lon, lat)
+    x, y = xx.mean(axis=0), yy.mean(axis=1)
+    spacing = max(np.abs(np.diff(x)).mean() if x.size > 1 else 1.0, 1.0)
+    if np.abs(xx - x[None, :]).max() < 0.05 * spacing and np.abs(yy - y[:, None]).max() < 0.05 * spacing:
+        return x, y
+    return None, None
+
+
+def _grid_from_projection(ds, x_name, y_name, crs, grid_mapping) -> Grid:
+    from pyproj import Transformer
+
+    x = np.asarray(ds[x_name].values, float)
+    y = np.asarray(ds[y_name].values, float)
+    check_monotonic(x, x_name)
+    check_monotonic(y, y_name)
+    xx, yy = np.meshgrid(x, y)
+    lon, lat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(xx, yy)
+    return Grid(ds[y_name].dims[0], ds[x_name].dims[0], _find_time_dim(ds), lat, lon, None, None,
+                x, y, x_name, y_name, crs, grid_mapping, rectilinear=False)
+
+
+# --------------------------------------------------------------------------------------------- make
+
+
+def make_lambert_grid(
+    nx: int,
+    ny: int,
+    dx: float,
+    lat0: float,
+    lon0: float,
+    *,
+    dy: float | None = None,
+    standard_parallels: tuple[float, float] | None = None,
+    earth_radius: float = 6371229.0,
+) -> xr.Dataset:
+    """A Lambert conformal grid of ``ny x nx`` points spaced ``dx`` (``dy``) metres, centred on (lat0, lon0).
+
+    Returns a coordinates-only CF Dataset: ``x`` / ``y`` (m), 2-D ``lat`` / ``lon`` and a ``crs``
+    grid_mapping variable, ready as a regridding target or a model grid.
+    """
+    from pyproj import CRS, Transformer
+
+    dy = dx if dy is None else dy
+    sp = standard_parallels or (lat0, lat0)
+    cf = {
+        "grid_mapping_name": "lambert_conformal_conic",
+        "standard_parallel": [float(sp[0]), float(sp[1])],
+        "longitude_of_central_meridian": float(lon0),
+        "latitude_of_projection_origin": float(lat0),
+        "false_easting": 0.0,
+        "false_northing": 0.0,
+        "earth_radius": float(earth_radius),
+    }
+    crs = CRS.from_cf(cf)
+    x = (np.arange(nx) - (nx - 1) / 2) * dx
+    y = (np.arange(ny) - (ny - 1) / 2) * dy
+    xx, yy = np.meshgrid(x, y)
+    lon, lat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(xx, yy)
+    grid = Grid("y", "x", None, lat, lon, "lat", "lon", x, y, "x", "y", crs, cf, rectilinear=False)
+    return grid.to_dataset()
+
+
+def make_latlon_grid(lat: np.ndarray, lon: np.ndarray, *, lat_name: str = "lat", lon_name: str = "lon") -> xr.Dataset:
+    """A regular latitude / longitude grid (1-D axes, CF attributes) as a coordinates-only Dataset."""
+    lat = np.asarray(lat, float)
+    lon = np.asarray(lon, float)
+    check_monotonic(lat, lat_name)
+    return xr.Dataset(
+        coords={
+            lat_name: (lat_name, lat, {"standard_name": "latitude", "units": "degrees_north", "axis": "Y"}),
+            lon_name: (lon_name, lon, {"standard_name": "longitude", "units": "degrees_east", "axis": "X"}),
+        }
+    )
