@@ -85,8 +85,8 @@ class KmcastDatasetAccessor(_CommonMethods):
         return downscale(self._obj, model, members=members, **kwargs)
 
     def forecast(self, model, steps: int = 12, background=None, **kwargs) -> xr.Dataset:
-        """Roll ``model`` forward ``steps`` from this state; see :func:`xkmcast.inference.forecast`."""
-        from .inference import forecast
+        """Roll ``model`` forward ``steps`` from this state; see :func:`xkmcast.rollout.forecast`."""
+        from .rollout import forecast
 
         return forecast(self._obj, model, steps=steps, background=background, **kwargs)
 

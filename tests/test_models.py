@@ -1,0 +1,149 @@
+"""Pipelines (CorrDiff, StormCast) and bundles: shapes, losses, reproducibility, save / load."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from _tiny import FINE_SHAPE, INPUT_VARS, OUTPUT_VARS, STATE_VARS, tiny_corrdiff, tiny_stormcast
+from xkmcast.errors import BundleError, ConfigError
+from xkmcast.models import build_pipeline, corrdiff_spec, stormcast_spec, stormscope_spec
+from xkmcast.models.bundle import load_bundle, load_model, save_bundle
+
+
+def _downscaling_batch(b=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "input": torch.randn(b, len(INPUT_VARS) + 1, *FINE_SHAPE, generator=g),
+        "target": torch.randn(b, len(OUTPUT_VARS), *FINE_SHAPE, generator=g),
+    }
+
+
+def test_corrdiff_losses_backpropagate_only_into_their_stage():
+    pipe = tiny_corrdiff().train()
+    batch = _downscaling_batch()
+    loss, sigma = pipe.loss("regression", batch)
+    assert loss.shape == (2,) and sigma is None
+    loss.mean().backward()
+    assert all(p.grad is not None for p in pipe.stages["regression"].parameters() if p.requires_grad)
+    pipe.zero_grad(set_to_none=True)
+    loss, sigma = pipe.loss("diffusion", batch, generator=torch.Generator().manual_seed(1))
+    assert loss.shape == (2,) and torch.isfinite(loss).all() and (sigma > 0).all()
+    loss.mean().backward()
+    assert all(p.grad is None for p in pipe.stages["regression"].parameters())  # frozen regression
+    assert any(p.grad is not None for p in pipe.stages["diffusion"].parameters())
+
+
+def test_corrdiff_patched_loss_uses_patches():
+    pipe = tiny_corrdiff(patch=(8, 8)).train()
+    loss, sigma = pipe.loss("diffusion", _downscaling_batch(), generator=torch.Generator().manual_seed(0))
+    assert loss.shape == (2,) and torch.isfinite(loss).all()
+
+
+def test_corrdiff_sample_members_independent_of_batching():
+    pipe = tiny_corrdiff()
+    x = torch.randn(2, len(INPUT_VARS), *FINE_SHAPE)
+    seeds = [[11, 12, 13], [21, 22, 23]]
+    all_at_once, mean = pipe.sample(x, seeds=seeds)
+    one_by_one, _ = pipe.sample(x, seeds=seeds, batch_size=1)
+    assert all_at_once.shape == (3, 2, len(OUTPUT_VARS), *FINE_SHAPE)
+    torch.testing.assert_close(all_at_once, one_by_one, atol=1e-5, rtol=1e-5)
+    # member 1 of condition 0 alone, with its own seed, is the same sample
+    alone, _ = pipe.sample(x[:1], seeds=[[12]])
+    torch.testing.assert_close(alone[0, 0], all_at_once[1, 0], atol=1e-5, rtol=1e-5)
+    # different seeds give different members; the mean is shared
+    assert (all_at_once[0] - all_at_once[1]).abs().max() > 1e-3
+    torch.testing.assert_close(mean, pipe.regression_mean(pipe.condition(x)))
+
+
+def test_corrdiff_patched_sampling_covers_the_domain():
+    pipe = tiny_corrdiff(patch=(12, 12))
+    x = torch.randn(1, len(INPUT_VARS), *FINE_SHAPE)
+    samples, _ = pipe.sample(x, seeds=[[0, 1]], num_steps=3)
+    assert samples.shape == (2, 1, 2, *FINE_SHAPE) and torch.isfinite(samples).all()
+
+
+def test_stormcast_step_and_losses():
+    pipe = tiny_stormcast()
+    state = torch.randn(3, len(STATE_VARS), *FINE_SHAPE)
+    bg = torch.randn(3, 1, *FINE_SHAPE)
+    out = pipe.step(state, bg, seeds=[1, 2, 3])
+    assert out.shape == state.shape
+    again = pipe.step(state[1:2], bg[1:2], seeds=[2])
+    torch.testing.assert_close(again[0], out[1], atol=1e-5, rtol=1e-5)
+    batch = {"state": [state, torch.randn_like(state)], "background": bg,
+             "invariant": torch.randn(3, 1, *FINE_SHAPE)}
+    for stage in ("regression", "diffusion"):
+        loss, _ = pipe.train().loss(stage, batch)
+        assert loss.shape == (3,) and torch.isfinite(loss).all()
+
+
+def test_condition_rules_are_enforced():
+    with pytest.raises(ConfigError, match="no regression stage"):
+        stormcast_spec(STATE_VARS, FINE_SHAPE, background_vars=["msl"], invariant_vars=["orog"], stages=("diffusion",))
+    with pytest.raises(ConfigError, match="background"):
+        stormcast_spec(STATE_VARS, FINE_SHAPE, regression_conditions=["state", "background"])
+    with pytest.raises(ConfigError, match="diffusion-only"):
+        stormscope_spec(STATE_VARS, FINE_SHAPE, diffusion_conditions=["state", "regression"])
+
+
+def test_bundle_roundtrip_is_exact(tmp_path):
+    pipe = tiny_corrdiff()
+    path = save_bundle(pipe, tmp_path / "model")
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "weights.safetensors"]
+    loaded = load_model(path)
+    x = torch.randn(1, len(INPUT_VARS), *FINE_SHAPE)
+    a, _ = pipe.sample(x, seeds=[[5]])
+    b, _ = loaded.sample(x, seeds=[[5]])
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    torch.testing.assert_close(loaded.grid_lat, pipe.grid_lat)
+    assert loaded.spec.to_dict() == pipe.spec.to_dict()
+    assert loaded.source_path == str(path.resolve())
+
+
+def test_bundle_mismatch_and_garbage_refused(tmp_path):
+    path = save_bundle(tiny_corrdiff(), tmp_path / "model")
+    config = json.loads((path / "config.json").read_text())
+    config["spec"]["networks"]["regression"]["kwargs"]["model_channels"] = 32
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BundleError, match="shape mismatches"):
+        load_bundle(path)
+    with pytest.raises(BundleError, match="not an xkmcast model bundle"):
+        load_bundle(tmp_path)
+    (path / "weights.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(BundleError):
+        load_bundle(path)
+
+
+def test_failed_save_keeps_the_previous_bundle(tmp_path):
+    pipe = tiny_corrdiff()
+    path = save_bundle(pipe, tmp_path / "model")
+    before = (path / "config.json").read_text()
+    pipe.spec.extra["not_json"] = object()
+    with pytest.raises(TypeError):
+        save_bundle(pipe, path)
+    assert (path / "config.json").read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary folder left behind
+
+
+def test_unknown_kind_and_network_refused():
+    spec = corrdiff_spec(INPUT_VARS, OUTPUT_VARS, FINE_SHAPE, size="tiny")
+    spec.kind = "weather-oracle"
+    with pytest.raises(BundleError, match="corrdiff"):
+        build_pipeline(spec)
+    spec = corrdiff_spec(INPUT_VARS, OUTPUT_VARS, FINE_SHAPE, size="tiny")
+    spec.networks["regression"]["class"] = "ResNet9000"
+    with pytest.raises(BundleError, match="SongUNet"):
+        build_pipeline(spec)
+
+
+def test_regression_only_corrdiff_returns_the_mean():
+    spec = corrdiff_spec(INPUT_VARS, OUTPUT_VARS, FINE_SHAPE, size="tiny", stages=("regression",))
+    pipe = build_pipeline(spec).eval()
+    x = torch.randn(1, len(INPUT_VARS), *FINE_SHAPE)
+    samples, mean = pipe.sample(x, seeds=[[0, 1]])
+    assert samples.shape[0] == 2
+    np.testing.assert_array_equal(samples[0].numpy(), mean.numpy())

@@ -1,0 +1,123 @@
+"""The common interface of xkmcast pipelines (networks + diffusion + what they need to run).
+
+A pipeline works on normalised tensors on the model grid; it knows nothing of xarray. The bridge to
+xarray (variable selection, regridding, normalisation) is :mod:`xkmcast.inference`, and training is
+:mod:`xkmcast.train`. Both only use what is defined here:
+
+* ``pipeline.spec`` -- a :class:`ModelSpec`: variables, grid, normalisation statistics, invariants,
+  sampler defaults, conditions; JSON-serialisable, stored in the bundle's ``config.json``.
+* ``pipeline.stages`` -- the trainable networks by stage name (``"regression"``, ``"diffusion"``);
+  a training run trains one stage, the others are frozen.
+* ``pipeline.loss(stage, batch, generator=None) -> (per_sample_loss, sigma_or_None)`` -- the training
+  loss of a stage on a batch of the training datasets (see :mod:`xkmcast.data.samples`): downscaling
+  batches ``{"input": (B, Cin, H, W), "target": (B, Cout, H, W)}``; forecast batches
+  ``{"state": [prev, next], "background", "invariant", "lead_time_label"?}``.
+* Downscaling pipelines: ``sample(condition, *, seeds, ...) -> (M, B, Cout, H, W)``.
+* Forecast pipelines: ``step(state, background, invariant, *, seeds, ...) -> (M, B, C, H, W)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+
+__all__ = ["ModelSpec", "Pipeline", "member_seeds"]
+
+
+def _plain(value):
+    """numpy arrays and tuples to lists, for JSON."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+@dataclasses.dataclass
+class ModelSpec:
+    """Everything a pipeline needs besides its weights; stored as JSON in a bundle.
+
+    ``input_vars``: channels of the coarse input (downscaling) or of the state (forecast).
+    ``output_vars``: predicted channels. ``background_vars``: coarse conditioning of forecasts.
+    ``invariant_vars``: static fields (orography, land-sea mask) on the model grid.
+    ``stats``: the JSON document of :class:`xkmcast.data.stats.Stats` (``{"format": "xkmcast-stats",
+    "variables": {var: {"mean", "std"[, "transform": "log1p", "eps"]}}}``) for every variable. ``grid``: ``{"shape": [ny, nx], "grid_mapping": {...} | None,
+    "x": [...] | None, "y": [...] | None}``; the 2-D lat/lon themselves are stored as tensors in
+    the weights file (``grid.lat`` / ``grid.lon``), invariants as ``invariant``.
+    ``networks``: ``{stage: {"class": name, "kwargs": {...}, "precond": {...} | None}}``.
+    ``conditions``: ``{"regression": [...], "diffusion": [...]}`` from state / background /
+    invariant / regression (the StormCast recipe's names).
+    """
+
+    kind: str
+    input_vars: list[str]
+    output_vars: list[str]
+    networks: dict[str, dict[str, Any]]
+    background_vars: list[str] = dataclasses.field(default_factory=list)
+    invariant_vars: list[str] = dataclasses.field(default_factory=list)
+    stats: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    grid: dict[str, Any] = dataclasses.field(default_factory=dict)
+    conditions: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    sampler: dict[str, Any] = dataclasses.field(default_factory=dict)
+    loss: dict[str, Any] = dataclasses.field(default_factory=dict)
+    time_step: str | None = None  # forecasts: e.g. "1h"
+    patch: list[int] | None = None  # training patch size (ph, pw) of patched diffusion
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def member_seeds(seed: int, members: int | list[int]) -> list[int]:
+    """The seeds of ensemble members: member k of a run with seed s always gets the same seed.
+
+    ``seed * 1_000_003 + k`` keeps members of different runs apart while member k never depends on how
+    many members are drawn or how they are batched.
+    """
+    ids = range(members) if isinstance(members, int) else members
+    return [int(seed) * 1_000_003 + int(k) for k in ids]
+
+
+class Pipeline(torch.nn.Module):
+    """Base class: holds the spec and the stage networks (``self.stages``, a ModuleDict)."""
+
+    kind: ClassVar[str] = ""
+    stage_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, spec: ModelSpec, stages: dict[str, torch.nn.Module]):
+        super().__init__()
+        self.spec = spec
+        self.stages = torch.nn.ModuleDict(stages)
+        self.register_buffer("grid_lat", torch.zeros(0, 0, dtype=torch.float64))
+        self.register_buffer("grid_lon", torch.zeros(0, 0, dtype=torch.float64))
+        self.register_buffer("invariant", torch.zeros(0, 0, 0))
+        self.source_path: str | None = None  # set by load_bundle
+
+    def set_grid(self, lat, lon, **grid_info) -> None:
+        """Attach the model grid: 2-D lat / lon (degrees) and ``grid_info`` (grid_mapping, x, y) to the spec."""
+        lat_t, lon_t = torch.as_tensor(lat, dtype=torch.float64), torch.as_tensor(lon, dtype=torch.float64)
+        self.grid_lat.resize_(lat_t.shape).copy_(lat_t)
+        self.grid_lon.resize_(lon_t.shape).copy_(lon_t)
+        self.spec.grid = {"shape": list(lat_t.shape), **{k: _plain(v) for k, v in grid_info.items()}}
+
+    def set_invariants(self, values) -> None:
+        """Attach the invariant fields ``(C_inv, H, W)`` (normalised) in the order of ``spec.invariant_vars``."""
+        v = torch.as_tensor(values, dtype=torch.float32)
+        self.invariant.resize_(v.shape).copy_(v)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def has_stage(self, name: str) -> bool:
+        return name in self.stages
+
+    def loss(self, stage: str, batch: dict, generator: torch.Generator | None = None):
+        raise NotImplementedError

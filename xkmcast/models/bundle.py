@@ -1,0 +1,175 @@
+"""Model bundles: a folder with ``weights.safetensors`` (no pickle) and ``config.json``.
+
+``config.json`` holds ``{"format": "xkmcast-bundle", "format_version": 1, "xkmcast_version",
+"torch_version", "spec": ModelSpec}``: the architecture of each stage, the variables with their units
+and CF names, the target grid, normalisation statistics and sampler defaults. The weights file holds
+every tensor of the pipeline's state dict: ``stages.<stage>.<parameter>``, ``grid_lat``,
+``grid_lon`` and ``invariant``.
+
+Writing is atomic: the bundle is written into a temporary sibling folder and renamed into place, so
+a crash never leaves a half-written bundle. Loading builds the pipeline from the spec and loads the
+tensors strictly: a missing, unexpected or mis-shaped tensor is a :class:`BundleError` naming them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..errors import BundleError, explain
+from .base import ModelSpec
+
+__all__ = ["save_bundle", "load_bundle", "load_model", "read_spec", "FORMAT", "FORMAT_VERSION"]
+
+FORMAT = "xkmcast-bundle"
+FORMAT_VERSION = 1
+WEIGHTS = "weights.safetensors"
+CONFIG = "config.json"
+
+
+def save_bundle(pipeline, path: str | os.PathLike, *, extra: dict | None = None) -> Path:
+    """Write ``pipeline`` as a bundle folder at ``path`` (replacing an existing bundle atomically)."""
+    from safetensors.torch import save_file
+
+    import xkmcast
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in pipeline.state_dict().items()}
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "xkmcast_version": xkmcast.__version__,
+        "torch_version": torch.__version__,
+        "spec": pipeline.spec.to_dict(),
+        **(extra or {}),
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2, default=_json_default))
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _json_default(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} to config.json")
+
+
+def read_spec(path: str | os.PathLike) -> ModelSpec:
+    """The :class:`ModelSpec` of the bundle at ``path`` (reads only ``config.json``)."""
+    config = _read_config(Path(path))
+    return ModelSpec.from_dict(config["spec"])
+
+
+def _read_config(path: Path) -> dict:
+    cfg_path = path / CONFIG
+    if not path.is_dir() or not cfg_path.exists() or not (path / WEIGHTS).exists():
+        raise BundleError(
+            explain(
+                f"{path} is not an xkmcast model bundle",
+                expected=f"a folder with {WEIGHTS} and {CONFIG} (written by `xkmcast train` or save_bundle)",
+                found=sorted(p.name for p in path.iterdir()) if path.is_dir() else "no such folder",
+                fix="point at the run's exported bundle folder, or import PhysicsNeMo .mdlus files with load_model(mdlus=...)",
+            )
+        )
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(explain(f"{cfg_path} is not valid JSON", found=str(exc))) from exc
+    if config.get("format") != FORMAT or int(config.get("format_version", 0)) > FORMAT_VERSION:
+        raise BundleError(
+            explain(
+                f"{cfg_path} has an unsupported format",
+                expected=f"format {FORMAT!r}, version <= {FORMAT_VERSION}",
+                found=f"format {config.get('format')!r}, version {config.get('format_version')!r}",
+                fix="upgrade xkmcast to read bundles written by newer versions",
+            )
+        )
+    return config
+
+
+def load_bundle(path: str | os.PathLike, *, device: str | torch.device = "cpu"):
+    """Build the pipeline of the bundle at ``path`` and load its weights (strictly)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from . import build_pipeline
+
+    path = Path(path)
+    spec = ModelSpec.from_dict(_read_config(path)["spec"])
+    pipeline = build_pipeline(spec)
+    try:
+        tensors = load_file(str(path / WEIGHTS), device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise BundleError(explain(f"Cannot read {path / WEIGHTS}", found=str(exc), fix="re-export the bundle")) from exc
+    load_state(pipeline, tensors, where=str(path))
+    pipeline.source_path = str(path.resolve())
+    return pipeline.to(device).eval()
+
+
+def load_state(pipeline, tensors: dict[str, torch.Tensor], *, where: str) -> None:
+    """Load ``tensors`` into ``pipeline``; buffers of variable size (grid, invariants) take their shape."""
+    own = pipeline.state_dict()
+    for name in ("grid_lat", "grid_lon", "invariant"):
+        if name in tensors:
+            getattr(pipeline, name).resize_(tensors[name].shape)
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    shapes = [
+        f"{k}: bundle {tuple(tensors[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in pipeline.state_dict().items()
+        if k in tensors and tuple(tensors[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or shapes:
+        raise BundleError(
+            explain(
+                f"The weights in {where} do not match the architecture in its config",
+                expected=f"{len(own)} tensors of the architecture",
+                found=f"missing {missing[:8]}, unexpected {unexpected[:8]}, shape mismatches {shapes[:8]}",
+                fix="the config.json and weights.safetensors come from different runs; re-export the bundle",
+            )
+        )
+    pipeline.load_state_dict(tensors, strict=True)
+
+
+def load_model(path=None, *, device: str | torch.device = "cpu", mdlus: dict | None = None, spec: dict | None = None):
+    """Open a bundle folder, or build a pipeline from PhysicsNeMo ``.mdlus`` checkpoints.
+
+    ``load_model("run/model")`` opens a bundle. ``load_model(mdlus={"regression": "reg.mdlus",
+    "diffusion": "diff.mdlus"}, spec={...})`` imports published checkpoints: ``spec`` supplies what a
+    ``.mdlus`` file does not hold (kind, variables, statistics, grid); the networks come from the files.
+    """
+    if mdlus is not None:
+        from .importer import pipeline_from_mdlus
+
+        return pipeline_from_mdlus(mdlus, spec or {}, device=device)
+    if path is None:
+        raise BundleError(explain("load_model needs a bundle path or mdlus= files", found="neither"))
+    path = Path(path)
+    if path.suffix == ".mdlus":
+        raise BundleError(
+            explain(
+                f"{path} is a PhysicsNeMo checkpoint, not a bundle",
+                expected="load_model(mdlus={'regression': ..., 'diffusion': ...}, spec={...})",
+                found=str(path),
+                fix="pass the .mdlus files with mdlus= and the variables / stats / grid with spec=",
+            )
+        )
+    return load_bundle(path, device=device)

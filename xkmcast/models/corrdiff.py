@@ -1,0 +1,191 @@
+"""CorrDiff: a regression U-Net predicts the mean, an EDM diffusion model adds the residual.
+
+With the coarse input regridded to the fine grid and normalised, ``c = cat(input, invariants)``:
+
+    mu = R(c)                              (regression stage, noise label 0)
+    r ~ p(r | c[, mu])                     (diffusion stage, EDM sampler on the residual)
+    y = mu + r                             (one ensemble member)
+
+Training: the regression stage minimises ||R(c) - y||^2; the diffusion stage learns the residual
+``y - mu`` with ``mu`` from the frozen regression (ln sigma ~ N(0, 1.2^2)). Patched diffusion
+(``spec.patch``) trains on random patches with the whole condition resized to patch size appended,
+and samples on overlapping grid patches fused by averaging at every denoiser call.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from ..diffusion import losses
+from ..diffusion.patching import GridPatching, extract_patches, random_patches
+from ..diffusion.samplers import DEFAULT_STEPS, solve, time_steps
+from ..errors import ConfigError, explain
+from .base import ModelSpec, Pipeline
+from .stages import build_stage
+
+__all__ = ["CorrDiff", "rows_sample"]
+
+
+class CorrDiff(Pipeline):
+    kind: ClassVar[str] = "corrdiff"
+    stage_names: ClassVar[tuple[str, ...]] = ("regression", "diffusion")
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec) -> CorrDiff:
+        return cls(spec, {name: build_stage(entry) for name, entry in spec.networks.items()})
+
+    # ---------------------------------------------------------------------------------- inputs
+    def condition(self, inputs: Tensor) -> Tensor:
+        """``cat(inputs, invariants)``: the invariants stored with the model, broadcast over the batch."""
+        if self.invariant.numel() == 0:
+            return inputs
+        inv = self.invariant.to(inputs).unsqueeze(0).expand(inputs.shape[0], -1, -1, -1)
+        return torch.cat([inputs, inv], dim=1)
+
+    def regression_mean(self, cond: Tensor) -> Tensor:
+        """mu = R(c) on the whole grid (B, C_out, H, W); zeros when the model has no regression stage."""
+        b, _, h, w = cond.shape
+        zeros = cond.new_zeros((b, len(self.spec.output_vars), h, w))
+        if "regression" not in self.stages:
+            return zeros
+        return self.stages["regression"](zeros, cond)
+
+    def _diffusion_condition(self, cond: Tensor, mean: Tensor) -> Tensor:
+        return torch.cat([mean, cond], dim=1) if self.spec.loss.get("condition_on_mean", False) else cond
+
+    # -------------------------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample(
+        self,
+        inputs: Tensor,
+        *,
+        seeds: list[list[int]],
+        sampler: str | None = None,
+        num_steps: int | None = None,
+        patch: tuple[int, int] | None = None,
+        batch_size: int | None = None,
+        **sampler_options: Any,
+    ) -> tuple[Tensor, Tensor]:
+        """Ensemble members for each condition.
+
+        ``inputs`` (B, C_in, H, W) normalised on the model grid (without invariants); ``seeds[b][k]``
+        is the seed of member k of condition b. Returns ``(samples (M, B, C_out, H, W), mean (B,
+        C_out, H, W))`` normalised. ``batch_size`` rows go through the denoiser at once (default all).
+        """
+        cond = self.condition(inputs.to(self.device, torch.float32))
+        mean = self.regression_mean(cond)
+        members = len(seeds[0]) if seeds else 0
+        if "diffusion" not in self.stages or members == 0:
+            return mean.unsqueeze(0).expand(max(members, 1), -1, -1, -1, -1), mean
+        dcond = self._diffusion_condition(cond, mean)
+        rows_cond = dcond.unsqueeze(0).expand(members, -1, -1, -1, -1).reshape(-1, *dcond.shape[1:])
+        row_seeds = [seeds[b][k] for k in range(members) for b in range(len(seeds))]
+        options = {**self.spec.sampler, **{k: v for k, v in sampler_options.items() if v is not None}}
+        if sampler is not None:
+            options["sampler"] = sampler
+        if num_steps is not None:
+            options["num_steps"] = num_steps
+        patch = patch if patch is not None else (tuple(self.spec.patch) if self.spec.patch else None)
+        residual = rows_sample(
+            self._denoiser(patch, tuple(cond.shape[-2:])), rows_cond, row_seeds,
+            out_channels=mean.shape[1], batch_size=batch_size, **options,
+        )
+        samples = residual.reshape(members, *mean.shape) + mean.unsqueeze(0)
+        return samples, mean
+
+    def _denoiser(self, patch, shape):
+        net = self.stages["diffusion"]
+        if patch is None or tuple(patch) == tuple(shape):
+            return net
+        return PatchedDenoiser(net, GridPatching(shape, patch, **self.spec.extra.get("patching", {})))
+
+    # -------------------------------------------------------------------------------- training
+    def loss(self, stage: str, batch: dict, generator: torch.Generator | None = None):
+        """Per-sample loss of ``stage`` on a batch ``{"input": (B, C_in+C_inv, H, W), "target": ...}``."""
+        cond, target = batch["input"], batch["target"]
+        mask = batch.get("mask")
+        weights = self._channel_weights(target)
+        if stage == "regression":
+            return losses.regression_loss(self.stages["regression"], target, cond, channel_weights=weights, mask=mask)
+        if stage != "diffusion":
+            raise ConfigError(explain("Unknown training stage for CorrDiff", expected=self.stage_names, found=stage))
+        with torch.no_grad():
+            mean = self.regression_mean(cond)
+        sigma_dist = self.spec.loss.get("sigma_distribution", "corrdiff")
+        patch = tuple(self.spec.patch) if self.spec.patch else None
+        if patch is None or patch == tuple(target.shape[-2:]):
+            return losses.residual_loss(
+                self.stages["diffusion"], target, cond, mean=mean,
+                condition_on_mean=self.spec.loss.get("condition_on_mean", False), sigma_dist=sigma_dist,
+                channel_weights=weights, mask=mask, generator=generator,
+            )
+        # patched: cut the residual and its condition at the same random places; the whole condition,
+        # resized to the patch size, is appended so every patch sees the large-scale situation
+        dcond = self._diffusion_condition(cond, mean)
+        n = int(self.spec.extra.get("patches_per_sample", 1))
+        pt = random_patches(target - mean, dcond, patch, n, context=dcond, generator=generator)
+        pmask = None if mask is None else extract_patches(mask, pt.offsets, patch)
+        return losses.denoising_loss(
+            self.stages["diffusion"], pt.target, pt.condition, sigma_dist=sigma_dist,
+            channel_weights=weights, mask=pmask, generator=generator, global_index=pt.global_index,
+        )
+
+    def _channel_weights(self, like: Tensor) -> Tensor | None:
+        w = self.spec.loss.get("channel_weights")
+        return None if w is None else torch.as_tensor(w, dtype=like.dtype, device=like.device)
+
+
+class PatchedDenoiser(torch.nn.Module):
+    """Run a denoiser on overlapping patches and fuse them (mean over overlaps) at every call."""
+
+    def __init__(self, net: torch.nn.Module, patching: GridPatching):
+        super().__init__()
+        self.net, self.patching = net, patching
+        for name in ("sigma_min", "sigma_max", "sigma_data", "round_sigma"):
+            if hasattr(net, name):
+                setattr(self, name, getattr(net, name))
+
+    def forward(self, x: Tensor, sigma: Tensor, condition: Tensor | None = None, **kwargs: Any) -> Tensor:
+        b = x.shape[0]
+        xp = self.patching.split(x, context=None)
+        cp = self.patching.split(condition, context=condition) if condition is not None else None
+        p = self.patching.num_patches
+        sig = sigma.reshape(-1).repeat(p) if sigma.numel() == b else sigma
+        out = self.net(xp, sigma=sig, condition=cp, global_index=self.patching.global_index(x.device), **kwargs)
+        return self.patching.fuse(out, batch_size=b)
+
+
+def rows_sample(
+    denoiser,
+    condition: Tensor,
+    seeds: list[int],
+    *,
+    out_channels: int,
+    sampler: str = "heun",
+    num_steps: int | None = None,
+    sigma_min: float = 0.002,
+    sigma_max: float = 800.0,
+    rho: float = 7.0,
+    batch_size: int | None = None,
+    dtype: torch.dtype = torch.float64,
+    **solver_options: Any,
+) -> Tensor:
+    """One sample per condition row, row i seeded by ``seeds[i]`` alone (independent of batching)."""
+    num_steps = DEFAULT_STEPS[sampler] if num_steps is None else int(num_steps)
+    lo = max(sigma_min, float(getattr(denoiser, "sigma_min", 0.0)))
+    hi = min(sigma_max, float(getattr(denoiser, "sigma_max", float("inf"))))
+    sigmas = time_steps(num_steps, lo, hi, rho, dtype=dtype, device=condition.device)
+    n, (h, w) = condition.shape[0], condition.shape[-2:]
+    batch_size = n if batch_size is None else max(1, int(batch_size))
+    out = []
+    for start in range(0, n, batch_size):
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds[start:start + batch_size]]
+        latents = torch.stack([torch.randn((out_channels, h, w), generator=g, dtype=dtype) for g in gens])
+        out.append(
+            solve(denoiser, latents.to(condition.device), sigmas, method=sampler, generator=gens,
+                  condition=condition[start:start + batch_size], **solver_options).to(torch.float32)
+        )
+    return torch.cat(out)

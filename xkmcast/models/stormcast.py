@@ -1,0 +1,136 @@
+"""StormCast (regression + diffusion) and Stormscope (diffusion only): one step of a km-scale state.
+
+Conditions are named as in the StormCast recipe and concatenated in this order:
+``state`` (x_t), ``background`` (coarse fields regridded to the state grid), ``invariant``
+(orography, land-sea mask) and, for diffusion, ``regression`` (the regression mean).
+
+    mu      = R(cat(conditions_regression))                 (StormCast regression stage)
+    x_{t+1} = mu + r,  r ~ p(r | cat(conditions_diffusion))  ("regression" among diffusion conditions)
+    x_{t+1} ~ p(x | cat(conditions_diffusion))               (Stormscope: diffusion only)
+
+Training losses: MSE of the regression; the EDM loss (ln sigma ~ N(-1.2, 1.2^2)) of the diffusion
+on the residual ``x_{t+1} - mu`` (or on ``x_{t+1}`` without regression).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from ..diffusion import losses
+from ..errors import ConfigError, explain
+from .base import ModelSpec, Pipeline
+from .corrdiff import rows_sample
+from .stages import build_stage
+
+__all__ = ["ForecastPipeline", "StormCast", "Stormscope", "CONDITIONS"]
+
+CONDITIONS = ("state", "background", "invariant", "regression")
+
+
+class ForecastPipeline(Pipeline):
+    """Shared by the forecast models: building the conditioning tensor and the step interface."""
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec):
+        return cls(spec, {name: build_stage(entry) for name, entry in spec.networks.items()})
+
+    def conditions(self, names, *, state: Tensor, background: Tensor | None, invariant: Tensor | None,
+                   regression: Tensor | None = None) -> Tensor:
+        """``cat`` of the named conditions in the canonical order (state, background, invariant, regression)."""
+        available = {"state": state, "background": background, "invariant": invariant, "regression": regression}
+        parts = []
+        for name in CONDITIONS:
+            if name in names:
+                if available[name] is None:
+                    raise ConfigError(explain(f"The {name!r} condition is needed but was not given",
+                                              expected=list(names), found=[k for k, v in available.items() if v is not None]))
+                parts.append(available[name])
+        return torch.cat(parts, dim=1)
+
+    def batch_invariant(self, n: int, like: Tensor) -> Tensor | None:
+        if self.invariant.numel() == 0:
+            return None
+        return self.invariant.to(like).unsqueeze(0).expand(n, -1, -1, -1)
+
+    def _unpack(self, batch: dict) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        prev, nxt = batch["state"]
+        background = batch.get("background")
+        invariant = batch.get("invariant")
+        if invariant is None:
+            invariant = self.batch_invariant(prev.shape[0], prev)
+        return prev, nxt, background, invariant
+
+    def _net_kwargs(self, lead_time_label) -> dict[str, Any]:
+        return {} if lead_time_label is None else {"lead_time_label": lead_time_label}
+
+
+class StormCast(ForecastPipeline):
+    """Regression + diffusion step (set ``networks`` to only ``regression`` for a deterministic model)."""
+
+    kind: ClassVar[str] = "stormcast"
+    stage_names: ClassVar[tuple[str, ...]] = ("regression", "diffusion")
+
+    def _regression_mean(self, state, background, invariant, kwargs) -> Tensor | None:
+        if "regression" not in self.stages:
+            return None
+        cond = self.conditions(self.spec.conditions.get("regression", ["state", "background", "invariant"]),
+                               state=state, background=background, invariant=invariant)
+        return self.stages["regression"](cond, **kwargs)
+
+    @torch.no_grad()
+    def step(self, state: Tensor, background: Tensor | None = None, *, seeds: list[int],
+             lead_time_label: Tensor | None = None, sampler: str | None = None, num_steps: int | None = None,
+             batch_size: int | None = None, **sampler_options: Any) -> Tensor:
+        """x_{t+1} for each row of ``state`` (N, C, H, W) normalised; row i's noise from ``seeds[i]``."""
+        state = state.to(self.device, torch.float32)
+        background = None if background is None else background.to(self.device, torch.float32)
+        invariant = self.batch_invariant(state.shape[0], state)
+        kwargs = self._net_kwargs(lead_time_label)
+        mean = self._regression_mean(state, background, invariant, kwargs)
+        if "diffusion" not in self.stages:
+            return mean
+        names = self.spec.conditions.get("diffusion", ["state", "background", "invariant", "regression"])
+        dcond = self.conditions(names, state=state, background=background, invariant=invariant, regression=mean)
+        options = {**self.spec.sampler, **{k: v for k, v in sampler_options.items() if v is not None}}
+        if sampler is not None:
+            options["sampler"] = sampler
+        if num_steps is not None:
+            options["num_steps"] = num_steps
+        out = rows_sample(self.stages["diffusion"], dcond, seeds, out_channels=state.shape[1],
+                          batch_size=batch_size, **options, **kwargs)
+        return out + mean if (mean is not None and "regression" in names) else out
+
+    def loss(self, stage: str, batch: dict, generator: torch.Generator | None = None):
+        prev, nxt, background, invariant = self._unpack(batch)
+        kwargs = self._net_kwargs(batch.get("lead_time_label"))
+        weights = self.spec.loss.get("channel_weights")
+        weights = None if weights is None else torch.as_tensor(weights, dtype=nxt.dtype, device=nxt.device)
+        if stage == "regression":
+            cond = self.conditions(self.spec.conditions.get("regression", ["state", "background", "invariant"]),
+                                   state=prev, background=background, invariant=invariant)
+            prediction = self.stages["regression"](cond, **kwargs)
+            return losses.LossOutput(losses.reduce_per_sample((prediction - nxt) ** 2, weights, None), None)
+        if stage != "diffusion":
+            raise ConfigError(explain(f"Unknown training stage for {self.kind}", expected=self.stage_names, found=stage))
+        names = self.spec.conditions.get("diffusion", ["state", "background", "invariant", "regression"])
+        mean = None
+        if "regression" in names:
+            with torch.no_grad():
+                mean = self._regression_mean(prev, background, invariant, kwargs)
+        cond = self.conditions(names, state=prev, background=background, invariant=invariant, regression=mean)
+        target = nxt - mean if mean is not None else nxt
+        return losses.edm_loss(
+            self.stages["diffusion"], target, cond,
+            P_mean=self.spec.loss.get("P_mean", -1.2), P_std=self.spec.loss.get("P_std", 1.2),
+            channel_weights=weights, generator=generator, **kwargs,
+        )
+
+
+class Stormscope(StormCast):
+    """Diffusion-only step with a transformer (DiT); conditions without ``regression``."""
+
+    kind: ClassVar[str] = "stormscope"
+    stage_names: ClassVar[tuple[str, ...]] = ("diffusion",)

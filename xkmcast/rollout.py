@@ -1,0 +1,235 @@
+"""Autoregressive forecasts through the accessor: ``state.kmcast.forecast(model, steps, background)``.
+
+For each initial time ``t0`` and member ``k`` the pipeline steps the state on its grid:
+
+    x_0 = state(t0),   x_{n+1} = step(x_n, background(t0 + n dt); seed = row_seed(seed, k, t0, n))
+
+where the background (coarse fields) at the input time of each step is regridded to the state grid
+and the invariants come from the bundle. The result has dims ``(member, init_time, lead_time, y, x)``
+with ``lead_time = 0, dt, ..., steps dt`` (lead 0 is the initial state) and a 2-D ``valid_time``.
+
+Without ``output`` the result is lazy: one dask task per initial time runs its whole rollout.
+With ``output=`` (a zarr path) the rollout runs now and each step is written as soon as it is
+computed, with a ``completed`` flag per (init_time, lead_time); running the same call again
+continues from the last completed step of each initial time.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import dask
+import dask.array as dsa
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .errors import InvalidDataError, TimeCoverageError, XkmcastError, explain
+from .inference import ModelRef, _graph_handle, model_grid, resolve_model, row_seed, to_model_inputs
+from .variables import variable_info
+
+__all__ = ["forecast"]
+
+
+def forecast(
+    ds: xr.Dataset,
+    model,
+    steps: int = 12,
+    background: xr.Dataset | None = None,
+    *,
+    members: int = 1,
+    seed: int = 0,
+    output: str | Path | None = None,
+    sampler: str | None = None,
+    num_steps: int | None = None,
+    batch_size: int | None = None,
+    regrid_method: str = "bilinear",
+    device: str | None = None,
+    progress: bool = False,
+) -> xr.Dataset:
+    """Roll ``model`` forward ``steps`` time steps from every time of ``ds`` (see the module doc)."""
+    pipeline = resolve_model(model, device)
+    spec = pipeline.spec
+    if steps < 1:
+        raise XkmcastError(explain("steps must be at least 1", found=steps))
+    dt = pd.Timedelta(spec.time_step or "1h")
+    state = to_model_inputs(ds, pipeline, spec.input_vars, require_on_grid=True)
+    init_times = state["time"].values
+    bg = _background(background, pipeline, init_times, steps, dt, regrid_method)
+    options = {"sampler": sampler, "num_steps": num_steps, "batch_size": batch_size}
+    options = {k: v for k, v in options.items() if v is not None}
+    leads = np.array([dt * n for n in range(steps + 1)], dtype="timedelta64[ns]")
+    if output is not None:
+        return _forecast_to_zarr(pipeline, state, bg, Path(output), leads, members, seed, options, progress)
+    run = dask.delayed(functools.partial(_rollout_block, handle=_graph_handle(model, pipeline), steps=steps,
+                                         members=members, seed=seed, options=options), pure=True)
+    state_data = state.chunk({"time": 1, "channel": -1, "y": -1, "x": -1}).data
+    bg_data = None if bg is None else bg.chunk({"init": 1, "step": -1, "channel": -1, "y": -1, "x": -1}).data
+    c, h, w = state.shape[1:]
+    blocks = [
+        dsa.from_delayed(run(state_data[i], None if bg_data is None else bg_data[i], init_times[i]),
+                         shape=(members, 1, steps + 1, c, h, w), dtype=np.float32)
+        for i in range(len(init_times))
+    ]
+    data = dsa.concatenate(blocks, axis=1)
+    result = _build_result(pipeline, data, init_times, leads, members)
+    lazy = any(v.chunks is not None for v in ds.data_vars.values())
+    return result if lazy else result.compute()
+
+
+def _background(background, pipeline, init_times, steps, dt, regrid_method):
+    """The background at the input time of every step, on the model grid: (init, step, C_bg, y, x)."""
+    spec = pipeline.spec
+    needed = any("background" in v for v in spec.conditions.values())
+    if not needed:
+        return None
+    if background is None:
+        raise TimeCoverageError(explain("This model needs a background (coarse) dataset",
+                                        expected=f"background= with {spec.background_vars}", found=None))
+    bg = to_model_inputs(background, pipeline, spec.background_vars, regrid_method=regrid_method)
+    want = np.array([[np.datetime64(t) + np.timedelta64(dt * n) for n in range(steps)] for t in init_times],
+                    dtype="datetime64[ns]")
+    have = pd.DatetimeIndex(bg["time"].values)
+    missing = sorted(set(pd.DatetimeIndex(want.ravel())) - set(have))
+    if missing:
+        raise TimeCoverageError(
+            explain(
+                "The background does not cover the forecast window",
+                expected=f"times {want.min()} .. {want.max()} every {dt}",
+                found=f"{len(have)} times {have.min()} .. {have.max()}; missing {[str(m) for m in missing[:5]]}",
+                fix="give a background covering every step's input time (or fewer steps)",
+            )
+        )
+    idx = have.get_indexer(want.ravel()).reshape(want.shape)
+    return bg.isel(time=xr.DataArray(idx, dims=("init", "step"))).transpose("init", "step", "channel", "y", "x")
+
+
+def _rollout(pipeline, state0: np.ndarray, bg: np.ndarray | None, init_time, members: int, seed: int,
+             options: dict, start_step: int = 0, on_step=None) -> np.ndarray:
+    """Normalised rollout of one initial time: (members, C, H, W) per step; returns all states."""
+    import torch
+
+    if not np.isfinite(state0).all():
+        raise InvalidDataError(explain("The initial state holds NaN or infinite values",
+                                       expected="finite values on the whole model grid",
+                                       found=f"init time {init_time}", fix="fill or drop that time"))
+    x = torch.from_numpy(np.ascontiguousarray(state0, dtype=np.float32)).to(pipeline.device)
+    if x.ndim == 3:
+        x = x.unsqueeze(0).expand(members, -1, -1, -1)
+    states = [x.cpu().numpy()]
+    options = dict(options)
+    n_steps = options.pop("_steps", None)
+    n_steps = bg.shape[0] if bg is not None else n_steps
+    with torch.no_grad():
+        for n in range(start_step, n_steps):
+            b = None
+            if bg is not None:
+                b = torch.from_numpy(np.ascontiguousarray(bg[n], dtype=np.float32)).to(pipeline.device)
+                b = b.unsqueeze(0).expand(members, -1, -1, -1)
+            seeds = [row_seed(seed, k, init_time, n) for k in range(members)]
+            x = pipeline.step(x, b, seeds=seeds, **options).float()
+            states.append(x.cpu().numpy())
+            if on_step is not None:
+                on_step(n + 1, states[-1])
+    return np.stack(states, axis=1)  # (members, steps + 1 - start_step, C, H, W)
+
+
+def _rollout_block(state0, bg, init_time, *, handle, steps, members, seed, options):
+    """One dask task: the whole rollout of one initial time, denormalised: (members, 1, steps+1, C, H, W)."""
+    from .data.stats import Stats
+
+    pipeline = handle.get() if isinstance(handle, ModelRef) else handle
+    out = _rollout(pipeline, state0, bg, init_time, members, seed, dict(options, _steps=steps))
+    phys = Stats.from_dict(pipeline.spec.stats).denormalise(out, pipeline.spec.output_vars, axis=2)
+    return phys[:, None].astype(np.float32)
+
+
+def _build_result(pipeline, data, init_times, leads, members: int) -> xr.Dataset:
+    grid = model_grid(pipeline)
+    coords = dict(grid.coords)
+    coords["member"] = ("member", np.arange(members), {"long_name": "ensemble member"})
+    coords["init_time"] = ("init_time", init_times, {"long_name": "initial time", "standard_name": "forecast_reference_time"})
+    coords["lead_time"] = ("lead_time", leads, {"long_name": "lead time", "standard_name": "forecast_period"})
+    coords["valid_time"] = (("init_time", "lead_time"), init_times[:, None] + leads[None, :], {"standard_name": "time"})
+    gm = {"grid_mapping": "crs"} if "crs" in grid.coords else {}
+    variables = {
+        name: (("member", "init_time", "lead_time", "y", "x"), data[:, :, :, i], {**variable_info(name).attrs, **gm})
+        for i, name in enumerate(pipeline.spec.output_vars)
+    }
+    attrs = {"Conventions": "CF-1.8", "source": f"xkmcast {pipeline.spec.kind} forecast",
+             "xkmcast_model_kind": pipeline.spec.kind}
+    return xr.Dataset(variables, coords=coords, attrs=attrs)
+
+
+# ------------------------------------------------------------------------------------- streaming
+
+
+def _forecast_to_zarr(pipeline, state, bg, path: Path, leads, members, seed, options, progress) -> xr.Dataset:
+    """Run now, writing each step to ``path`` as it is computed; continue a partial store."""
+    from .data.stats import Stats
+
+    stats = Stats.from_dict(pipeline.spec.stats)
+    init_times = state["time"].values
+    steps = len(leads) - 1
+    template = _build_result(pipeline, dsa.zeros((members, len(init_times), steps + 1, state.shape[1],
+                                                  *state.shape[2:]), chunks=(members, 1, 1, -1, -1, -1),
+                                                 dtype=np.float32), init_times, leads, members)
+    template["completed"] = (("init_time", "lead_time"), dsa.zeros((len(init_times), steps + 1), dtype=np.int8,
+                                                                   chunks=(1, 1)))
+    template.attrs.update(xkmcast_seed=int(seed), xkmcast_members=int(members))
+    done = _open_or_create(path, template)
+    names = pipeline.spec.output_vars
+    for i, t0 in enumerate(init_times):
+        last = int(np.flatnonzero(done[i])[-1]) if done[i].any() else -1
+        if last >= steps:
+            continue
+        if last >= 0:  # continue from the last written state (denormalised on disk)
+            with xr.open_zarr(path, consolidated=False) as prev:
+                x = np.stack([prev[n].isel(init_time=i, lead_time=last).values for n in names], axis=1)
+            x0 = stats.normalise(x, names, axis=1)
+        else:
+            x0 = state.isel(time=i).values
+
+        def write(n: int, x_n: np.ndarray, i=i) -> None:
+            phys = stats.denormalise(x_n, names, axis=1).astype(np.float32)
+            region = {"init_time": slice(i, i + 1), "lead_time": slice(n, n + 1)}
+            step_ds = xr.Dataset({name: (("member", "init_time", "lead_time", "y", "x"), phys[:, None, None, c])
+                                  for c, name in enumerate(names)})
+            step_ds["completed"] = (("init_time", "lead_time"), np.ones((1, 1), np.int8))
+            step_ds.to_zarr(path, region=region, consolidated=False)
+            if progress:
+                print(f"init {np.datetime_as_string(t0, 'm')} step {n}/{steps} written", flush=True)
+
+        if last < 0:
+            write(0, np.broadcast_to(x0, (members, *x0.shape)) if x0.ndim == 3 else x0)
+        start = max(last, 0)
+        bg_i = None if bg is None else bg.isel(init=i).values
+        _rollout(pipeline, x0, bg_i, t0, members, seed, dict(options, _steps=steps), start_step=start, on_step=write)
+    return xr.open_zarr(path, consolidated=False)
+
+
+def _open_or_create(path: Path, template: xr.Dataset) -> np.ndarray:
+    """The ``completed`` flags of an existing compatible store, or of a newly created empty one."""
+    if path.exists():
+        existing = xr.open_zarr(path, consolidated=False)
+        same = (
+            existing.sizes.get("member") == template.sizes["member"]
+            and existing.sizes.get("lead_time") == template.sizes["lead_time"]
+            and np.array_equal(existing["init_time"].values, template["init_time"].values)
+            and existing.attrs.get("xkmcast_seed") == template.attrs["xkmcast_seed"]
+            and set(template.data_vars) <= set(existing.data_vars)
+        )
+        if not same:
+            raise XkmcastError(
+                explain(
+                    f"{path} holds a different forecast",
+                    expected=f"init times {template.init_time.values[:3]}..., {template.sizes['member']} members, "
+                    f"{template.sizes['lead_time']} leads, seed {template.attrs['xkmcast_seed']}",
+                    found=f"{dict(existing.sizes)}, seed {existing.attrs.get('xkmcast_seed')}",
+                    fix="write to a new path, or delete the old store to start over",
+                )
+            )
+        return existing["completed"].values.astype(bool)
+    template.to_zarr(path, compute=False, consolidated=False)
+    return np.zeros((template.sizes["init_time"], template.sizes["lead_time"]), bool)
