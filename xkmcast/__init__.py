@@ -19,11 +19,11 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 __all__ = ["open_catalog", "fetch", "open_dataset", "load_model", "XkmcastError", "__version__"]
 
 
-def open_catalog(path=None):
+def open_catalog(path=None, **kwargs):
     """The intake catalog of the datasets xkmcast knows (hrrr_mini, cwa_taiwan, era5, hrrr_era5, sample)."""
     from .data.catalog import open_catalog as _open
 
-    return _open(path) if path is not None else _open()
+    return _open(path, **kwargs)
 
 
 def fetch(name: str, **kwargs):

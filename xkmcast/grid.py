@@ -17,6 +17,8 @@ inference share. Nothing here knows of torch.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 from typing import Any
 
 import cf_xarray  # noqa: F401  (registers the .cf accessor used below)
@@ -66,6 +68,7 @@ class Grid:
     crs: Any = None  # pyproj.CRS
     grid_mapping: dict | None = None
     rectilinear: bool = False
+    grid_mapping_var: str | None = None  # name of the CF grid_mapping variable in the data
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -123,12 +126,12 @@ def find_grid(obj: xr.Dataset | xr.DataArray) -> Grid:
     """
     ds = obj.to_dataset(name=obj.name or "__da__") if isinstance(obj, xr.DataArray) else obj
     lat_name, lon_name = _find_latlon_names(ds)
-    grid_mapping, crs = _find_crs(ds)
+    grid_mapping, crs, gm_var = _find_crs(ds)
     x_name, y_name = _find_xy_names(ds)
 
     if lat_name is None or lon_name is None:
         if x_name and y_name and crs is not None:
-            return _grid_from_projection(ds, x_name, y_name, crs, grid_mapping)
+            return _grid_from_projection(ds, x_name, y_name, crs, grid_mapping, gm_var)
         raise GridError(
             explain(
                 "Could not find the latitude / longitude of the dataset",
@@ -159,7 +162,7 @@ def find_grid(obj: xr.Dataset | xr.DataArray) -> Grid:
         check_monotonic(np.unwrap(lon1, period=360.0), lon_name)
         lon2, lat2 = np.meshgrid(lon1, lat1)
         return Grid(y_dim, x_dim, time_dim, lat2, lon2, lat_name, lon_name, None, None, None, None,
-                    crs, grid_mapping, rectilinear=True)
+                    crs, grid_mapping, rectilinear=True, grid_mapping_var=gm_var)
 
     if lat_da.ndim != 2 or lat_da.dims != lon_da.dims:
         raise GridError(
@@ -187,7 +190,7 @@ def find_grid(obj: xr.Dataset | xr.DataArray) -> Grid:
     if x is None and crs is not None and not crs.is_geographic:
         x, y = _projected_axes(crs, lat2, lon2)
     rect = bool(np.allclose(lat2, lat2[:, :1]) and np.allclose(lon2, lon2[:1, :]))
-    return Grid(y_dim, x_dim, time_dim, lat2, lon2, lat_name, lon_name, x, y, xn, yn, crs, grid_mapping, rect)
+    return Grid(y_dim, x_dim, time_dim, lat2, lon2, lat_name, lon_name, x, y, xn, yn, crs, grid_mapping, rect, gm_var)
 
 
 def check_monotonic(values: np.ndarray, name: str) -> None:
@@ -278,7 +281,30 @@ def _drop_extra_dims(da: xr.DataArray) -> xr.DataArray:
     return da
 
 
-def _find_crs(ds: xr.Dataset) -> tuple[dict | None, Any]:
+@functools.lru_cache(maxsize=64)
+def _crs_from_cf(frozen: str):
+    """pyproj.CRS.from_cf is slow (~0.5 s with a custom sphere): cache it by the attributes' JSON."""
+    from pyproj import CRS
+
+    return CRS.from_cf(json.loads(frozen))
+
+
+def crs_from_cf(attrs: dict):
+    """The pyproj CRS of CF grid_mapping ``attrs`` (cached)."""
+    return _crs_from_cf(json.dumps(_jsonable(attrs), sort_keys=True))
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _find_crs(ds: xr.Dataset) -> tuple[dict | None, Any, str | None]:
     names: list[str] = []
     for da in ds.data_vars.values():
         gm = da.attrs.get("grid_mapping") or da.encoding.get("grid_mapping")
@@ -288,9 +314,7 @@ def _find_crs(ds: xr.Dataset) -> tuple[dict | None, Any]:
     for name in names:
         attrs = dict(ds[name].attrs)
         try:
-            from pyproj import CRS
-
-            return attrs, CRS.from_cf(attrs)
+            return attrs, crs_from_cf(attrs), name
         except Exception as exc:  # pyproj raises CRSError and others for incomplete attributes
             raise GridError(
                 explain(
@@ -299,7 +323,7 @@ def _find_crs(ds: xr.Dataset) -> tuple[dict | None, Any]:
                     fix="check its attributes against the CF conventions (grid_mapping_name, standard_parallel, ...)",
                 )
             ) from exc
-    return None, None
+    return None, None, None
 
 
 def _wrf_crs(ds: xr.Dataset) -> tuple[dict | None, Any]:
@@ -307,8 +331,6 @@ def _wrf_crs(ds: xr.Dataset) -> tuple[dict | None, Any]:
     a = ds.attrs
     if "MAP_PROJ" not in a:
         return None, None
-    from pyproj import CRS
-
     proj = int(a["MAP_PROJ"])
     radius = 6370000.0  # WRF's sphere
     if proj == 1:
@@ -336,7 +358,7 @@ def _wrf_crs(ds: xr.Dataset) -> tuple[dict | None, Any]:
         }
     else:
         return None, None
-    return cf, CRS.from_cf(cf)
+    return cf, crs_from_cf(cf)
 
 
 def _projected_axes(crs: Any, lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -352,7 +374,7 @@ def _projected_axes(crs: Any, lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndar
     return None, None
 
 
-def _grid_from_projection(ds, x_name, y_name, crs, grid_mapping) -> Grid:
+def _grid_from_projection(ds, x_name, y_name, crs, grid_mapping, gm_var) -> Grid:
     from pyproj import Transformer
 
     x = np.asarray(ds[x_name].values, float)
@@ -362,7 +384,7 @@ def _grid_from_projection(ds, x_name, y_name, crs, grid_mapping) -> Grid:
     xx, yy = np.meshgrid(x, y)
     lon, lat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(xx, yy)
     return Grid(ds[y_name].dims[0], ds[x_name].dims[0], _find_time_dim(ds), lat, lon, None, None,
-                x, y, x_name, y_name, crs, grid_mapping, rectilinear=False)
+                x, y, x_name, y_name, crs, grid_mapping, rectilinear=False, grid_mapping_var=gm_var)
 
 
 # --------------------------------------------------------------------------------------------- make
@@ -384,7 +406,7 @@ def make_lambert_grid(
     Returns a coordinates-only CF Dataset: ``x`` / ``y`` (m), 2-D ``lat`` / ``lon`` and a ``crs``
     grid_mapping variable, ready as a regridding target or a model grid.
     """
-    from pyproj import CRS, Transformer
+    from pyproj import Transformer
 
     dy = dx if dy is None else dy
     sp = standard_parallels or (lat0, lat0)
@@ -397,7 +419,7 @@ def make_lambert_grid(
         "false_northing": 0.0,
         "earth_radius": float(earth_radius),
     }
-    crs = CRS.from_cf(cf)
+    crs = crs_from_cf(cf)
     x = (np.arange(nx) - (nx - 1) / 2) * dx
     y = (np.arange(ny) - (ny - 1) / 2) * dy
     xx, yy = np.meshgrid(x, y)

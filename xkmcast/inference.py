@@ -21,7 +21,7 @@ import dask.array as dsa
 import numpy as np
 import xarray as xr
 
-from .errors import GridError, InvalidDataError, explain
+from .errors import GridError, InvalidDataError, XkmcastError, explain
 from .grid import Grid, find_grid
 from .variables import select_variables, variable_info
 
@@ -166,6 +166,10 @@ def downscale(
     """
     pipeline = resolve_model(model, device)
     spec = pipeline.spec
+    if not hasattr(pipeline, "sample"):
+        raise XkmcastError(explain(f"A {spec.kind} model steps a state forward, it does not downscale",
+                                   expected="a corrdiff model", found=spec.kind,
+                                   fix="use state.kmcast.forecast(model, steps=..., background=...)"))
     lazy_input = any(v.chunks is not None for v in ds.data_vars.values())
     inputs = to_model_inputs(ds, pipeline, spec.input_vars, regrid_method=regrid_method)
     inputs = inputs.chunk({"time": time_chunk, "channel": -1, "y": -1, "x": -1})

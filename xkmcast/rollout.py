@@ -51,6 +51,10 @@ def forecast(
     """Roll ``model`` forward ``steps`` time steps from every time of ``ds`` (see the module doc)."""
     pipeline = resolve_model(model, device)
     spec = pipeline.spec
+    if not hasattr(pipeline, "step"):
+        raise XkmcastError(explain(f"A {spec.kind} model downscales, it does not step a state forward",
+                                   expected="a stormcast, stormscope or vit model", found=spec.kind,
+                                   fix="use ds.kmcast.downscale(model) for downscaling models"))
     if steps < 1:
         raise XkmcastError(explain("steps must be at least 1", found=steps))
     dt = pd.Timedelta(spec.time_step or "1h")

@@ -1,0 +1,229 @@
+"""xkmcast.data.catalog: the intake catalog and the hash-pinned downloads (served from 127.0.0.1)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from _http import http_server  # noqa: F401  (pytest fixture)
+
+from xkmcast.data import catalog
+from xkmcast.errors import CatalogError, DownloadError, IntegrityError
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = ["hrrr_mini", "cwa_taiwan", "era5", "hrrr_era5", "sample"]
+
+
+def sha256(path: Path) -> str:  # independent of pooch
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture()
+def served(tmp_path, http_server, monkeypatch):
+    """Files on a local server, a registry pointing at them (via $XKMCAST_REGISTRY) and an empty cache."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "hello.txt").write_bytes(b"kilometre-scale\n" * 100)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("pack/a.txt", "alpha")
+        zf.writestr("pack/b.txt", "beta")
+    (site / "pack.zip").write_bytes(buf.getvalue())
+    with tarfile.open(site / "bundle.tar.gz", "w:gz") as tf:
+        data = b"gamma"
+        info = tarfile.TarInfo("inner/c.txt")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    server = http_server(site)
+    registry = tmp_path / "registry.txt"
+    registry.write_text(
+        "# test registry\n"
+        f"hello.txt {sha256(site / 'hello.txt')} {server.url}/hello.txt\n"
+        f"sub/pack.zip {sha256(site / 'pack.zip')} {server.url}/pack.zip\n"
+        f"bundle.tar.gz sha256:{sha256(site / 'bundle.tar.gz')} {server.url}/bundle.tar.gz\n"
+        f"nohash.txt unknown {server.url}/hello.txt\n"
+    )
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("XKMCAST_REGISTRY", str(registry))
+    monkeypatch.setenv("XKMCAST_DATA_DIR", str(cache))
+    monkeypatch.delenv("XKMCAST_BASE_URL", raising=False)
+    return server, site, cache
+
+
+# ------------------------------------------------------------------------------------ the catalog
+
+
+def test_packaged_and_top_level_catalogs_are_identical():
+    assert (ROOT / "catalogs" / "xkmcast.yaml").read_bytes() == catalog.CATALOG_PATH.read_bytes()
+
+
+def test_catalog_list_names_and_descriptions():
+    listed = catalog.catalog_list()
+    assert [n for n, _ in listed] == NAMES
+    assert all(isinstance(d, str) and len(d) > 20 and "\n" not in d for _, d in listed)
+
+
+def test_open_catalog_is_intake_with_real_locations(tmp_path):
+    cat = catalog.open_catalog(data_dir=tmp_path)
+    assert sorted(cat) == sorted(NAMES)
+    urls = {name: cat[name].reader.kwargs["args"][0].url for name in NAMES}
+    assert urls["era5"] == "gs://gcp-public-data-arco-era5/ar/full_37-1h-0p25deg-chunk-1.zarr-v3"
+    assert cat["era5"].reader.kwargs["args"][0].storage_options == {"token": "anon"}
+    assert urls["hrrr_mini"] == f"{tmp_path}/hrrr_mini/hrrr_mini/hrrr_mini_train.nc"
+    assert urls["cwa_taiwan"] == f"{tmp_path}/cwa_taiwan/2023-01-24-cwb-4years.zarr"
+    assert urls["hrrr_era5"] == f"{tmp_path}/hrrr_era5/hrrr/valid/2021.zarr"
+    assert Path(urls["sample"]).resolve() == (catalog.CATALOG_PATH.parent.parent / "sample" / "sample.nc").resolve()
+
+
+def test_catalog_entry_reads_netcdf4_group(tmp_path):
+    """The hrrr_mini entry opens the `output` group of a NetCDF4 file through intake-xarray."""
+    folder = tmp_path / "hrrr_mini" / "hrrr_mini"
+    folder.mkdir(parents=True)
+    path = folder / "hrrr_mini_train.nc"
+    xr.Dataset({"time": ("sample", np.arange(2))}).to_netcdf(path, engine="h5netcdf")
+    values = np.arange(2 * 4 * 4, dtype="f4").reshape(2, 4, 4)
+    xr.Dataset({"10u": (("sample", "y", "x"), values)}).to_netcdf(path, mode="a", group="output", engine="h5netcdf")
+    ds = catalog.open_catalog(data_dir=tmp_path)["hrrr_mini"].to_dask()
+    np.testing.assert_array_equal(ds["10u"].values, values)
+
+
+def test_registry_ships_ngc_entries_without_hash():
+    entries = catalog.load_registry()
+    assert entries["hrrr_mini.zip"].sha256 is None
+    assert entries["hrrr_mini.zip"].url.startswith("https://api.ngc.nvidia.com/v2/resources/nvidia/modulus/modulus_datasets-hrrr_mini/")
+    assert entries["cwa_taiwan.zip"].url.endswith("/modulus_datasets_cwa/versions/v1/zip")
+
+
+def test_unknown_hash_is_never_downloaded(served):
+    server, _, cache = served
+    with pytest.raises(IntegrityError, match="known_hash"):
+        catalog.fetch("nohash.txt", progress=False)
+    with pytest.raises(IntegrityError):
+        catalog.catalog_fetch("hrrr_mini", progress=False)  # the real NGC entry: hash not published
+    assert server.requests == [] and not (cache / "nohash.txt").exists()
+
+
+def test_unknown_names_are_catalog_errors(served):
+    with pytest.raises(CatalogError, match="hello.txt"):
+        catalog.fetch("nope")
+    with pytest.raises(CatalogError, match="nothing to download"):
+        catalog.catalog_fetch("era5")
+    with pytest.raises(CatalogError):
+        catalog.catalog_fetch("nope")
+
+
+# -------------------------------------------------------------------------------------- downloads
+
+
+def test_fetch_downloads_checks_hash_then_hits_cache_offline(served):
+    server, site, cache = served
+    path = catalog.fetch("hello.txt", progress=False)
+    assert path == cache / "hello.txt"
+    assert sha256(path) == sha256(site / "hello.txt")
+    assert server.requests == ["/hello.txt"]
+    server.stop()
+    again = catalog.fetch("hello.txt", progress=False)  # the server is gone: a request would fail
+    assert again == path and again.read_bytes() == (site / "hello.txt").read_bytes()
+
+
+def test_fetch_progress_bar_and_cache_dir_argument(served, tmp_path):
+    path = catalog.fetch("hello.txt", progress=True, cache_dir=tmp_path / "elsewhere")
+    assert path == tmp_path / "elsewhere" / "hello.txt" and path.is_file()
+
+
+def test_tampered_download_is_refused_and_removed(served):
+    server, site, cache = served
+    (site / "hello.txt").write_bytes(b"tampered")  # the registry still has the original hash
+    with pytest.raises(IntegrityError, match="does not match"):
+        catalog.fetch("hello.txt", progress=False)
+    assert not (cache / "hello.txt").exists()
+    assert list(cache.glob("**/*")) == [] or all(p.is_dir() for p in cache.glob("**/*"))
+
+
+def test_corrupted_cached_file_is_detected_and_removed(served):
+    server, site, cache = served
+    path = catalog.fetch("hello.txt", progress=False)
+    path.write_bytes(b"bit rot")
+    server.stop()
+    with pytest.raises(IntegrityError, match="cached file"):
+        catalog.fetch("hello.txt", progress=False)
+    assert not path.exists()
+
+
+def test_known_hash_override(served):
+    server, site, cache = served
+    path = catalog.fetch("nohash.txt", progress=False, known_hash="sha256:" + sha256(site / "hello.txt"))
+    assert path.read_bytes() == (site / "hello.txt").read_bytes()
+    with pytest.raises(IntegrityError):
+        catalog.fetch("hello.txt", progress=False, cache_dir=cache / "other", known_hash="0" * 64)
+
+
+def test_zip_is_unpacked_and_stem_resolves(served):
+    _, _, cache = served
+    folder = catalog.fetch("sub/pack", progress=False)
+    assert folder == cache / "sub" / "pack"
+    assert (folder / "pack" / "a.txt").read_text() == "alpha"
+    assert (folder / "pack" / "b.txt").read_text() == "beta"
+
+
+def test_tar_gz_is_unpacked(served):
+    _, _, cache = served
+    folder = catalog.fetch("bundle.tar.gz", progress=False)
+    assert folder == cache / "bundle"
+    assert (folder / "inner" / "c.txt").read_text() == "gamma"
+
+
+def test_base_url_mirror(served, tmp_path, http_server, monkeypatch):
+    _, site, cache = served
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "hello.txt").write_bytes((site / "hello.txt").read_bytes())
+    server = http_server(mirror)
+    monkeypatch.setenv("XKMCAST_BASE_URL", server.url)
+    assert catalog.fetch("hello.txt", progress=False).is_file()
+    assert server.requests == ["/hello.txt"]
+
+
+def test_network_failure_is_download_error(served):
+    server, _, _ = served
+    server.stop()
+    with pytest.raises(DownloadError) as info:
+        catalog.fetch("hello.txt", progress=False)
+    assert not isinstance(info.value, IntegrityError)
+
+
+def test_malformed_registry(tmp_path, monkeypatch):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("file.txt notahash http://x\n")
+    monkeypatch.setenv("XKMCAST_REGISTRY", str(bad))
+    with pytest.raises(CatalogError, match="invalid hash"):
+        catalog.load_registry()
+    monkeypatch.setenv("XKMCAST_REGISTRY", str(tmp_path / "missing.txt"))
+    with pytest.raises(CatalogError, match="does not exist"):
+        catalog.load_registry()
+
+
+def test_cache_dir_not_touched_at_import(tmp_path):
+    import subprocess
+    import sys
+
+    cache = tmp_path / "never"
+    code = "import xkmcast, xkmcast.data; import sys; assert 'pooch' not in sys.modules and 'intake' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, env={"XKMCAST_DATA_DIR": str(cache), "PATH": "/usr/bin"})
+    assert not cache.exists()
+
+
+def test_sample_entry_opens_offline():
+    from xkmcast.data import open_dataset
+
+    if not (catalog.CATALOG_PATH.parent.parent / "sample" / "sample.nc").is_file():
+        pytest.skip("xkmcast/sample/sample.nc has not been generated in this checkout")
+    raw = catalog.open_catalog()["sample"].to_dask()
+    ds = open_dataset("sample")
+    assert set(raw.data_vars) == set(ds.data_vars) and ds.sizes == raw.sizes

@@ -1,0 +1,369 @@
+"""Open the published dataset layouts as CF-annotated xarray Datasets.
+
+:func:`open_dataset` takes a catalog name or a path, recognises the layout (or takes ``layout=``) and
+returns one Dataset:
+
+========== ============================================== ============================ ===============
+layout     published as                                   reader                       parts
+========== ============================================== ============================ ===============
+hrrr_mini  CorrDiff-Mini NetCDF4 (groups input/output/    layouts_corrdiff.read_hrrr_mini input, target
+           invariant) + stats.json
+cwa        CorrDiff Taiwan zarr (cwb / era5 arrays)       layouts_corrdiff.read_cwa    input, target
+stormcast  StormCast HRRR + ERA5 per-year zarr stores     layouts_stormcast.read_stormcast state, background
+vit        ViT recipe HDF5 (split/*.h5 ``fields``)        layouts_vit.read_vit         state
+cf         any CF NetCDF / zarr                           read_cf (here)               (whole)
+========== ============================================== ============================ ===============
+
+Conventions of the result (what the tests check):
+
+* one data variable per channel, named canonically (``t2m``, ``u10m``, ``z500``...) from the
+  variables table ``xkmcast/variables.yaml``; labels the table does not know are kept as they are, and
+  the original label is in ``attrs["xkmcast_channel"]``; ``standard_name`` / ``units`` /
+  ``long_name`` from the table (units are left out for ``tp``, whose unit differs between sources);
+* ``attrs["xkmcast_role"]`` says what the variable is in its recipe (``input``, ``target``, ``state``,
+  ``background``, ``invariant``);
+* latitude / longitude are coordinates with ``standard_name``, ``units`` (degrees_north / _east) and
+  ``long_name``; 2-D ``lat`` / ``lon`` on dims ``(y, x)`` for model grids, 1-D ``latitude`` /
+  ``longitude`` dimension coordinates for regular lat/lon grids; ``y`` / ``x`` carry ``axis`` Y / X
+  (projection metres plus a ``crs`` grid_mapping variable when the projection is known, else grid
+  indices); ``time`` is decoded to datetime64;
+* the layout's normalisation statistics are kept as JSON in ``ds.attrs["xkmcast_stats"]``:
+  ``{variable: {"mean": m, "std": s}}`` keyed by the variable names of the returned Dataset (read
+  them with :func:`layout_stats`). Attributes rather than ``<var>_mean`` variables, so that the data
+  variables stay the physical channels;
+* with ``part=None`` every part is returned in one Dataset and the ERA5 part (``input`` /
+  ``background``) is prefixed ``era5_`` (variables, and the dims / coords it does not share with the
+  main part; those coordinates drop ``standard_name`` / ``axis`` so the main grid stays unambiguous);
+  ``part="input"`` etc. returns that part alone with plain names.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ..errors import ConfigError, InvalidDataError, explain
+
+__all__ = ["LAYOUTS", "canonical_name", "detect_layout", "layout_stats", "open_dataset", "read_cf"]
+
+#: Layout name -> (reader module, roles of its parts). The first role is the main grid.
+LAYOUTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "hrrr_mini": ("layouts_corrdiff:read_hrrr_mini", ("target", "input")),
+    "cwa": ("layouts_corrdiff:read_cwa", ("target", "input")),
+    "stormcast": ("layouts_stormcast:read_stormcast", ("state", "background")),
+    "vit": ("layouts_vit:read_vit", ("state",)),
+    "cf": ("layouts:read_cf", ("data",)),
+}
+PREFIXED_ROLES = ("input", "background")
+PREFIX = "era5_"
+STATS_ATTR = "xkmcast_stats"
+_NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5", ".hdf")
+
+
+# ------------------------------------------------------------------------------- variable naming
+
+
+@functools.lru_cache(maxsize=1)
+def _variable_table() -> tuple[dict, dict, dict, dict]:
+    """(surface alias -> canonical, pressure alias -> base, surface meta, pressure meta) from variables.yaml."""
+    import yaml
+
+    path = Path(__file__).resolve().parent.parent / "variables.yaml"
+    doc = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    tables = []
+    for section in ("surface", "pressure_levels"):
+        entries = (doc or {}).get(section) or {}
+        alias = {}
+        for canon, meta in entries.items():
+            for name in [canon, *(meta.get("aliases") or [])]:
+                alias.setdefault(str(name), canon)
+        tables.append((alias, entries))
+    (sfc_alias, sfc_meta), (pl_alias, pl_meta) = tables
+    return sfc_alias, pl_alias, sfc_meta, pl_meta
+
+
+def _lookup(table: dict, label: str) -> str | None:
+    if label in table:
+        return table[label]
+    lowered = {k.lower(): v for k, v in table.items()}
+    return lowered.get(label.lower())
+
+
+def canonical_name(label: Any, level: Any = None, *, model_levels: bool = False) -> str:
+    """Canonical xkmcast name of a channel label (``"10u"`` -> ``u10m``, ``("temperature", 850)`` -> ``t850``).
+
+    ``level`` is a pressure in hPa (NaN or None for single-level fields). Labels such as ``t850`` or
+    ``z_500`` are split into base and level. With ``model_levels=True`` (HRRR hybrid levels in
+    StormCast) labels of letters followed by digits (``u1``, ``t10``) are model levels and are kept.
+    Unknown labels come back unchanged.
+    """
+    label = str(label).strip()
+    sfc_alias, pl_alias, _, _ = _variable_table()
+    if level is not None and np.isfinite(float(level)):
+        base = _lookup(pl_alias, label)
+        if label == "geopotential_height":
+            base = "z"  # CWA labels raw ERA5 geopotential (m2 s-2) "geopotential_height"; see read_cwa
+        return f"{base or label}{int(round(float(level)))}"
+    if model_levels and re.fullmatch(r"[A-Za-z]+\d+", label):
+        return label
+    found = _lookup(sfc_alias, label)
+    if found:
+        return found
+    match = re.fullmatch(r"([A-Za-z]+?)_?(\d{1,4})(?:hPa|hpa)?", label)
+    if match and not model_levels and 1 <= int(match.group(2)) <= 1100:
+        base = _lookup(pl_alias, match.group(1))
+        if base:
+            return f"{base}{int(match.group(2))}"
+    return label
+
+
+def variable_attrs(name: str, label: Any = None) -> dict:
+    """CF attributes of a canonical variable (empty for unknown names)."""
+    _, _, sfc_meta, pl_meta = _variable_table()
+    attrs: dict[str, Any] = {}
+    meta = sfc_meta.get(name)
+    level = None
+    match = re.fullmatch(r"([a-z]+)(\d+)", name)
+    if meta is None and match and match.group(1) in pl_meta:
+        meta, level = pl_meta[match.group(1)], int(match.group(2))
+    if meta:
+        attrs["standard_name"] = meta.get("standard_name")
+        if name != "tp" and meta.get("units") is not None:
+            attrs["units"] = str(meta["units"])
+        long_name = meta.get("long_name", name)
+        attrs["long_name"] = f"{long_name} at {level} hPa" if level is not None else long_name
+    if label is not None:
+        attrs["xkmcast_channel"] = str(label)
+    return {k: v for k, v in attrs.items() if v is not None}
+
+
+def channel_names(labels, levels=None, *, model_levels: bool = False) -> list[str]:
+    """Canonical names of a list of channel labels; a second label mapping to a taken name keeps its label."""
+    levels = list(levels) if levels is not None else [None] * len(labels)
+    names: list[str] = []
+    for label, level in zip(labels, levels):
+        name = canonical_name(label, level, model_levels=model_levels)
+        if name in names:
+            name = str(label) if level is None or not np.isfinite(float(level)) else f"{label}{int(level)}"
+        names.append(name)
+    return names
+
+
+# ----------------------------------------------------------------------------------- CF helpers
+
+
+def latlon_attrs(which: str) -> dict:
+    if which == "lat":
+        return {"standard_name": "latitude", "units": "degrees_north", "long_name": "latitude"}
+    return {"standard_name": "longitude", "units": "degrees_east", "long_name": "longitude"}
+
+
+def index_xy(ds: xr.Dataset, y: str = "y", x: str = "x") -> xr.Dataset:
+    """Give dims ``y`` / ``x`` integer index coordinates carrying ``axis`` Y / X (projection unknown)."""
+    for dim, axis in ((y, "Y"), (x, "X")):
+        if dim in ds.dims and dim not in ds.coords:
+            ds = ds.assign_coords({dim: (dim, np.arange(ds.sizes[dim]), {"axis": axis, "long_name": f"grid index along {dim}", "units": "1"})})
+    return ds
+
+
+def set_stats(ds: xr.Dataset, stats: Mapping[str, tuple[float, float]]) -> xr.Dataset:
+    """Store ``{var: (mean, std)}`` as JSON in ``ds.attrs["xkmcast_stats"]`` (see module docstring)."""
+    if stats:
+        ds.attrs[STATS_ATTR] = json.dumps(
+            {k: {"mean": float(m), "std": float(s)} for k, (m, s) in stats.items()}, sort_keys=True
+        )
+    return ds
+
+
+def layout_stats(ds: xr.Dataset) -> dict[str, dict[str, float]]:
+    """The normalisation statistics kept by :func:`open_dataset`: ``{variable: {"mean", "std"}}``."""
+    text = ds.attrs.get(STATS_ATTR)
+    return json.loads(text) if text else {}
+
+
+def channel_dataset(
+    da: xr.DataArray, channel_dim: str, names: list[str], labels, role: str, coords: Mapping | None = None
+) -> xr.Dataset:
+    """Split ``da`` along ``channel_dim`` into one variable per channel, with CF attrs and the role."""
+    data_vars = {}
+    for k, (name, label) in enumerate(zip(names, labels)):
+        var = da.isel({channel_dim: k}, drop=True)
+        var.attrs = {**variable_attrs(name, label), "xkmcast_role": role}
+        data_vars[name] = var
+    ds = xr.Dataset(data_vars)
+    return ds.assign_coords(coords) if coords else ds
+
+
+# ----------------------------------------------------------------------------------- detection
+
+
+def _is_zarr(path: Path) -> bool:
+    return path.is_dir() and any((path / m).exists() for m in (".zgroup", ".zattrs", ".zmetadata", "zarr.json"))
+
+
+def _zarr_has(path: Path, name: str) -> bool:
+    return any((path / name / m).exists() for m in (".zarray", "zarr.json"))
+
+
+def _hdf5_keys(path: Path) -> set[str] | None:
+    import h5py
+
+    if not h5py.is_hdf5(path):
+        return None
+    with h5py.File(path, "r") as f:
+        return set(f.keys())
+
+
+def detect_layout(path: str | Path) -> tuple[str, Path]:
+    """Recognise a published layout from the files at ``path``: ``(layout, path to open)``.
+
+    Raises :class:`InvalidDataError` when nothing matches, saying what was looked for.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise InvalidDataError(explain("No file or directory at the given path", found=str(path)))
+    if path.is_file():
+        keys = _hdf5_keys(path)
+        if keys is not None and {"input", "output"} <= keys:
+            return "hrrr_mini", path
+        if keys is not None and "fields" in keys:
+            return "vit", path
+        if path.suffix.lower() in _NETCDF_SUFFIXES:
+            return "cf", path
+    elif _is_zarr(path):
+        return ("cwa" if _zarr_has(path, "cwb") and _zarr_has(path, "era5") else "cf"), path
+    else:
+        subdirs = {p.name for p in path.iterdir() if p.is_dir()}
+        if "era5" in subdirs and any((path / d / "invariants.zarr").exists() for d in subdirs - {"era5"}):
+            return "stormcast", path
+        if any(list((path / s).glob("*.h5")) for s in ("train", "valid", "test") if s in subdirs):
+            return "vit", path
+        for candidate in sorted(path.glob("*/*.nc")) + sorted(path.glob("*.nc")) + sorted(path.glob("**/*.zarr")):
+            try:
+                layout, found = detect_layout(candidate)
+            except InvalidDataError:
+                continue
+            if layout != "cf":
+                return layout, found
+    raise InvalidDataError(
+        explain(
+            "Unknown dataset layout",
+            expected="HRRR-Mini NetCDF (groups input/output/invariant), CWA zarr (cwb + era5 arrays), "
+            "StormCast store (era5/ + <hrrr>/invariants.zarr), ViT HDF5 (train|valid|test/*.h5 with "
+            "`fields`), or a CF NetCDF (.nc) / zarr",
+            found=f"{path} ({'directory' if path.is_dir() else 'file'})",
+            fix="pass layout= one of " + ", ".join(LAYOUTS),
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------- readers
+
+
+def read_cf(path: str | Path | xr.Dataset, **kwargs) -> dict[str, xr.Dataset]:
+    """Any CF NetCDF / zarr: variables renamed to canonical names where the table knows them."""
+    if isinstance(path, xr.Dataset):
+        ds = path
+    else:
+        path = Path(path)
+        if _is_zarr(path):
+            kwargs.setdefault("consolidated", (path / ".zmetadata").exists() or None)
+            ds = xr.open_zarr(path, **kwargs)
+        else:
+            ds = xr.open_dataset(path, chunks=kwargs.pop("chunks", {}), **kwargs)
+    names = channel_names(list(ds.data_vars))
+    rename = {old: new for old, new in zip(ds.data_vars, names) if old != new and new not in ds.variables}
+    ds = ds.rename(rename)
+    for old, new in rename.items():
+        ds[new].attrs = {**variable_attrs(new, old), **ds[new].attrs}
+    for name in ds.coords:
+        lname = str(name).lower()
+        if lname in ("lat", "latitude", "xlat", "nav_lat") and "standard_name" not in ds[name].attrs:
+            ds[name].attrs.update(latlon_attrs("lat"))
+        elif lname in ("lon", "longitude", "xlong", "nav_lon") and "standard_name" not in ds[name].attrs:
+            ds[name].attrs.update(latlon_attrs("lon"))
+    return {"data": ds}
+
+
+def _reader(layout: str):
+    import importlib
+
+    if layout not in LAYOUTS:
+        raise ConfigError(explain(f"Unknown layout {layout!r}", expected=list(LAYOUTS)))
+    module, func = LAYOUTS[layout][0].split(":")
+    return getattr(importlib.import_module(f"{__package__}.{module}"), func)
+
+
+def _combine(parts: dict[str, xr.Dataset], roles: tuple[str, ...]) -> xr.Dataset:
+    main = parts[roles[0]]
+    stats = {k: (v["mean"], v["std"]) for k, v in layout_stats(main).items()}
+    out = main.copy()
+    for role in roles[1:]:
+        if role not in parts:
+            continue
+        part = parts[role]
+        part_stats = layout_stats(part)
+        prefix = PREFIX if role in PREFIXED_ROLES else ""
+        rename = {v: prefix + v for v in part.data_vars}
+        for dim in part.dims:
+            if dim not in out.dims or out.sizes[dim] != part.sizes[dim]:
+                rename[dim] = prefix + str(dim)
+        for name in part.coords:
+            if name not in out.coords or not part[name].variable.equals(out[name].variable):
+                rename[name] = prefix + str(name)
+        part = part.rename(rename)
+        for name in part.coords:
+            if str(name).startswith(prefix) and prefix:
+                part[name].attrs.pop("standard_name", None)
+                part[name].attrs.pop("axis", None)
+        out = xr.merge([out, part], compat="no_conflicts", join="outer", combine_attrs="drop_conflicts")
+        stats.update({rename.get(k, k): (v["mean"], v["std"]) for k, v in part_stats.items()})
+    out.attrs = {k: v for k, v in main.attrs.items() if k != STATS_ATTR}
+    return set_stats(out, stats)
+
+
+def open_dataset(name_or_path: str | Path, *, layout: str | None = None, part: str | None = None, **kwargs) -> xr.Dataset:
+    """Open a catalog entry or a path in a published layout as a CF-annotated Dataset.
+
+    ``layout`` forces a reader (see :data:`LAYOUTS`); otherwise it is detected from the files.
+    ``part`` selects one part (``"input"``, ``"target"``, ``"state"``, ``"background"``); ``None``
+    returns all parts in one Dataset (module docstring). Other keywords go to the reader.
+    """
+    path = Path(name_or_path).expanduser()
+    if not path.exists() and isinstance(name_or_path, str) and "/" not in name_or_path:
+        from .catalog import _catalog_sources
+
+        if name_or_path in _catalog_sources():
+            return _open_catalog_entry(name_or_path, layout=layout, part=part, **kwargs)
+    if layout is None or (layout in ("hrrr_mini", "cwa") and path.is_dir() and not _is_zarr(path)):
+        detected, path = detect_layout(path)
+        layout = layout or detected
+    parts = _reader(layout)(path, **kwargs)
+    roles = LAYOUTS[layout][1]
+    if part is None:
+        return _combine(parts, roles)
+    if part not in parts:
+        raise ConfigError(explain(f"The {layout} layout has no part {part!r}", expected=list(parts)))
+    return parts[part]
+
+
+def _open_catalog_entry(name: str, *, layout=None, part=None, **kwargs) -> xr.Dataset:
+    from .catalog import _catalog_sources, default_cache_dir, fetch, open_catalog
+
+    meta = _catalog_sources()[name].get("metadata") or {}
+    layout = layout or meta.get("xkmcast_layout", "cf")
+    if meta.get("fetch"):
+        target = fetch(meta["fetch"], progress=kwargs.pop("progress", True))
+        return open_dataset(target, layout=layout, part=part, **kwargs)
+    if layout == "stormcast":
+        return open_dataset(default_cache_dir() / "hrrr_era5", layout=layout, part=part, **kwargs)
+    ds = open_catalog()[name].to_dask()
+    parts = read_cf(ds)
+    return parts["data"]
