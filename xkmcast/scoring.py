@@ -1,0 +1,377 @@
+"""Dataset-level scoring: a table of scores per variable, and the files the CorrDiff recipe writes.
+
+``score(prediction, truth)`` returns one Dataset with a data variable per score and a ``variable``
+dimension (one row per forecast variable)::
+
+    <xarray.Dataset>
+    Dimensions:     (variable: 2[, lead_time: 12])
+    Coordinates:    variable (variable) <U4 't2m' 'u10m';  units (variable) <U5 'K' 'm s-1'
+    Data variables: mae, rmse, bias, crps[, spread, spread_skill][, baseline_mae, baseline_rmse]
+
+- ``mae`` / ``rmse`` / ``bias``: of the ensemble mean (of the forecast itself when it has no members).
+- ``crps``: ensemble CRPS (:func:`xkmcast.metrics.crps`, plain estimator unless ``fair=True``); for a
+  deterministic forecast it equals ``mae``.
+- ``spread`` / ``spread_skill``: only for ensembles of two or more members.
+- ``baseline_mae`` / ``baseline_rmse``: of ``baseline`` (its ensemble mean if it has members), e.g.
+  the regression network alone or the interpolated coarse input.
+
+A ``variable`` dimension (rather than per-variable data variables) keeps every score in one array that
+``scores.crps.sel(variable="t2m")``, ``to_dataframe()`` and the table rendering handle alike. Units of
+each forecast variable are in the ``units`` coordinate (spread-skill has no units).
+
+``open_corrdiff_netcdf`` reads the NetCDF file of the CorrDiff recipe's ``generate.py``: root group
+with 2-D ``lat`` / ``lon`` (y, x) and ``time`` (hours since 1990-01-01, or strings when the run had
+lead times); groups ``truth`` (time, y, x), ``prediction`` (ensemble, time, y, x) and ``input`` (time,
+y, x), one variable per channel. ``score_files`` is what ``xkmcast score`` calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from . import metrics
+from .errors import CoordinateError, InvalidDataError, MissingVariableError, TimeCoverageError, explain
+
+__all__ = ["score", "format_table", "format_text", "open_corrdiff_netcdf", "score_files", "open_any"]
+
+SCORE_ORDER = ("crps", "mae", "rmse", "bias", "spread", "spread_skill", "baseline_mae", "baseline_rmse")
+TIME_NAMES = ("time", "valid_time", "Time")
+
+
+# --------------------------------------------------------------------------------------------- score
+
+
+def score(
+    prediction: xr.Dataset,
+    truth: xr.Dataset,
+    baseline: xr.Dataset | None = None,
+    dim: Hashable | Sequence[Hashable] | None = None,
+    member_dim: Hashable = "member",
+    *,
+    keep: Hashable | Sequence[Hashable] | None = None,
+    variables: Sequence[str] | None = None,
+    weights: xr.DataArray | None = None,
+    fair: bool = False,
+) -> xr.Dataset:
+    """Score ``prediction`` against ``truth`` for every variable they share (see the module docstring).
+
+    ``dim``: dims to average over (None: all but the members, minus those in ``keep``); ``keep``:
+    dims to keep instead, e.g. ``keep="lead_time"``. The truth is first selected at the prediction's
+    coordinates (``time``, ``x``...), and at its ``valid_time`` when the prediction is indexed by
+    lead time. Raises :class:`MissingVariableError` when no variable is shared and
+    :class:`TimeCoverageError` when the truth lacks some of the prediction's times.
+    """
+    if isinstance(prediction, xr.DataArray) or isinstance(truth, xr.DataArray):
+        prediction, truth = _as_dataset(prediction), _as_dataset(truth)
+    names = _shared_variables(prediction, truth, variables)
+    prediction, truth = prediction[names], _match_truth(prediction[names], truth[names])
+    reduce = _reduce_dims(prediction, dim, keep, member_dim)
+
+    has_members = member_dim in prediction.dims
+    mean = prediction.mean(member_dim) if has_members else prediction
+    kw = {"dim": reduce, "weights": weights, "member_dim": member_dim}
+    out: dict[str, xr.Dataset] = {
+        "crps": metrics.crps(prediction, truth, fair=fair, **kw),
+        "mae": metrics.mae(mean, truth, **kw),
+        "rmse": metrics.rmse(mean, truth, **kw),
+        "bias": metrics.bias(mean, truth, **kw),
+    }
+    n_members = prediction.sizes[member_dim] if has_members else 1
+    if n_members >= 2:
+        out["spread"] = metrics.spread(prediction, truth, **kw)
+        out["spread_skill"] = metrics.spread_skill(prediction, truth, **kw)
+    if baseline is not None:
+        base = _as_dataset(baseline)
+        missing = [n for n in names if n not in base]
+        if missing:
+            raise MissingVariableError(
+                explain("The baseline lacks variables of the prediction", expected=names, found=list(base.data_vars))
+            )
+        base = _match_truth(prediction, base[names])
+        if member_dim in base.dims:
+            base = base.mean(member_dim)
+        base = base.transpose(*[d for d in mean.dims if d in base.dims], ...)
+        out["baseline_mae"] = metrics.mae(base, truth, **kw)
+        out["baseline_rmse"] = metrics.rmse(base, truth, **kw)
+
+    units = [str(truth[n].attrs.get("units", prediction[n].attrs.get("units", ""))) for n in names]
+    scores = xr.Dataset(
+        {
+            key: value.to_dataarray("variable").assign_attrs(_long_name(key, fair))
+            for key, value in out.items()
+        }
+    )
+    scores = scores.assign_coords(variable=list(names), units=("variable", units))
+    scores.attrs = {
+        "n_members": int(n_members),
+        "crps_estimator": "fair" if fair else "plain (energy form, M^2)",
+        "averaged_over": " ".join(map(str, reduce)),
+        "title": "xkmcast scores",
+    }
+    return scores
+
+
+def _long_name(key: str, fair: bool) -> dict:
+    names = {
+        "crps": "fair CRPS" if fair else "CRPS",
+        "mae": "mean absolute error of the ensemble mean",
+        "rmse": "root mean square error of the ensemble mean",
+        "bias": "mean error of the ensemble mean",
+        "spread": "ensemble spread (sqrt of the mean member variance)",
+        "spread_skill": "spread-skill ratio, sqrt((M+1)/M) spread / rmse",
+        "baseline_mae": "mean absolute error of the baseline",
+        "baseline_rmse": "root mean square error of the baseline",
+    }
+    return {"long_name": names[key]}
+
+
+def _as_dataset(obj: xr.Dataset | xr.DataArray) -> xr.Dataset:
+    if isinstance(obj, xr.Dataset):
+        return obj
+    return obj.to_dataset(name=obj.name if obj.name is not None else "value")
+
+
+def _shared_variables(prediction: xr.Dataset, truth: xr.Dataset, variables) -> list[str]:
+    wanted = list(variables) if variables is not None else list(prediction.data_vars)
+    names = [n for n in wanted if n in prediction.data_vars and n in truth.data_vars]
+    if not names or (variables is not None and len(names) < len(wanted)):
+        raise MissingVariableError(
+            explain(
+                "The prediction and the truth share no variable to score"
+                if not names
+                else "Some requested variables are missing from the prediction or the truth",
+                expected=wanted,
+                found=f"prediction {list(prediction.data_vars)}, truth {list(truth.data_vars)}",
+                fix="rename the truth's variables to the prediction's names (xkmcast.variables.select_variables)",
+            )
+        )
+    return names
+
+
+def _match_truth(prediction: xr.Dataset, truth: xr.Dataset) -> xr.Dataset:
+    """``truth`` at the prediction's index coordinates (and at its valid times for lead-time forecasts)."""
+    for d in prediction.dims:
+        if d in truth.dims and d in prediction.indexes and d in truth.indexes:
+            wanted = prediction.indexes[d]
+            if truth.indexes[d].equals(wanted):
+                continue
+            try:
+                truth = truth.sel({d: wanted})
+            except KeyError as exc:
+                error = TimeCoverageError if d in TIME_NAMES else CoordinateError
+                raise error(
+                    explain(
+                        f"The truth does not cover the prediction along {d!r}",
+                        expected=f"{d} values {_span(wanted)}",
+                        found=f"{_span(truth.indexes[d])}",
+                        fix="pass a truth covering the prediction, or select the prediction's common part",
+                    )
+                ) from exc
+    free_time = [t for t in TIME_NAMES if t in truth.dims and t not in prediction.dims]
+    if free_time and "valid_time" in prediction.coords:
+        t = free_time[0]
+        try:
+            truth = truth.sel({t: prediction["valid_time"]}).drop_vars([t, "valid_time"], errors="ignore")
+        except KeyError as exc:
+            raise TimeCoverageError(
+                explain(
+                    "The truth does not cover the valid times of the forecast",
+                    expected=_span(prediction["valid_time"].values.ravel()),
+                    found=_span(truth.indexes[t]),
+                )
+            ) from exc
+    return truth
+
+
+def _span(values) -> str:
+    values = np.asarray(values)
+    if values.size == 0:
+        return "nothing"
+    return f"{values.size} values from {values.min()} to {values.max()}"
+
+
+def _reduce_dims(prediction: xr.Dataset, dim, keep, member_dim) -> list[Hashable]:
+    if dim is not None:
+        return [dim] if isinstance(dim, str) else list(dim)
+    kept = [] if keep is None else [keep] if isinstance(keep, str) else list(keep)
+    missing = [k for k in kept if k not in prediction.dims]
+    if missing:
+        raise CoordinateError(
+            explain(f"Cannot keep {missing}: no such dimension", expected=list(prediction.dims), found=kept)
+        )
+    return [d for d in prediction.dims if d != member_dim and d not in kept]
+
+
+# --------------------------------------------------------------------------------------------- tables
+
+
+def _rows(scores: xr.Dataset) -> tuple[list[str], list[list[str]]]:
+    scores = scores.compute()
+    keys = [k for k in SCORE_ORDER if k in scores.data_vars] + [
+        k for k in scores.data_vars if k not in SCORE_ORDER
+    ]
+    extra = [d for d in scores.dims if d != "variable"]
+    header = ["variable", *map(str, extra), *keys, "units"]
+    stacked = scores.stack(_row=["variable", *extra])
+    rows = []
+    for i in range(stacked.sizes["_row"]):
+        r = stacked.isel(_row=i)
+        cells = [str(r["variable"].values)] + [_cell(r[d].values) for d in extra]
+        cells += [f"{float(r[k]):.4g}" for k in keys]
+        cells.append(str(r["units"].values) if "units" in r.coords else "")
+        rows.append(cells)
+    return header, rows
+
+
+def _cell(value) -> str:
+    value = np.asarray(value)
+    if np.issubdtype(value.dtype, np.datetime64):
+        return str(np.datetime_as_string(value, unit="m"))
+    if np.issubdtype(value.dtype, np.timedelta64):
+        return f"{value / np.timedelta64(1, 'h'):g} h"
+    return str(value)
+
+
+def format_table(scores: xr.Dataset, title: str | None = None):
+    """A ``rich.table.Table`` of ``scores`` (one row per variable and kept coordinate)."""
+    from rich.table import Table
+
+    header, rows = _rows(scores)
+    table = Table(title=title or scores.attrs.get("title", "scores"))
+    for i, name in enumerate(header):
+        numeric = i > 0 and name != "units" and name in scores.data_vars
+        table.add_column(name, justify="right" if numeric else "left")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def format_text(scores: xr.Dataset) -> str:
+    """The same table as :func:`format_table` as plain text (aligned columns, no colours)."""
+    header, rows = _rows(scores)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths)))
+             for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+# --------------------------------------------------------------------------------------------- files
+
+
+def open_corrdiff_netcdf(path: str | Path, chunks: dict | None = None) -> tuple[xr.Dataset, xr.Dataset, xr.Dataset | None]:
+    """(prediction, truth, input) from a CorrDiff ``generate.py`` NetCDF file.
+
+    The ``ensemble`` dimension is renamed ``member``; ``lat`` / ``lon`` (y, x) and ``time`` of the root
+    group become coordinates of the three Datasets. ``input`` is None when the file has no such group.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(explain("No such prediction file", found=str(path)))
+    chunks = chunks if chunks is not None else {}
+    # one open_dataset per group: xr.open_groups gives same-named variables of different groups the same
+    # dask name (xarray 2026.9), which silently mixes truth and prediction in one graph
+    groups = {g: _open_group(path, g, chunks) for g in ("prediction", "truth", "input")}
+    if groups["prediction"] is None or groups["truth"] is None:
+        raise InvalidDataError(
+            explain(
+                f"{path.name} is not a CorrDiff generate.py file",
+                expected="groups 'prediction' and 'truth' (and 'input')",
+                found=f"groups {sorted(g for g, ds in groups.items() if ds is not None)}",
+                fix="pass a NetCDF written by CorrDiff's generate.py, or open the file with xarray and call score()",
+            )
+        )
+    root = xr.open_dataset(path, chunks=chunks)
+    coords = {n: root[n] for n in ("lat", "lon", "time") if n in root.variables}
+
+    def prepare(ds: xr.Dataset | None) -> xr.Dataset | None:
+        if ds is None:
+            return None
+        ds = ds.assign_coords({n: v for n, v in coords.items() if set(v.dims) <= set(ds.dims)})
+        return ds.rename({"ensemble": "member"}) if "ensemble" in ds.dims else ds
+
+    return prepare(groups["prediction"]), prepare(groups["truth"]), prepare(groups["input"])
+
+
+def _open_group(path: Path, group: str, chunks: dict) -> xr.Dataset | None:
+    try:
+        return xr.open_dataset(path, group=group, chunks=chunks)
+    except OSError:  # netCDF4: "group not found"
+        return None
+
+
+def _is_zarr(path: Path) -> bool:
+    return path.suffix == ".zarr" or (path.is_dir() and any((path / n).exists() for n in ("zarr.json", ".zgroup", ".zattrs")))
+
+
+def open_any(path: str | Path, chunks: dict | None = None) -> xr.Dataset:
+    """Open a zarr store (consolidated or not) or a NetCDF file lazily (dask chunks as stored)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(explain("No such file or store", found=str(path)))
+    if _is_zarr(path):
+        return xr.open_zarr(path, consolidated=False, chunks=chunks if chunks is not None else {})
+    return xr.open_dataset(path, chunks=chunks if chunks is not None else {})
+
+
+def _has_corrdiff_groups(path: Path) -> bool:
+    if _is_zarr(path):
+        return False
+    try:
+        return _open_group(path, "prediction", {}) is not None
+    except ValueError:  # not a NetCDF4 / HDF5 file
+        return False
+
+
+def score_files(
+    prediction_path: str | Path,
+    truth_path: str | Path | None = None,
+    out: str | Path | None = None,
+    *,
+    baseline_path: str | Path | None = None,
+    keep: Hashable | Sequence[Hashable] | None = None,
+    member_dim: str | None = None,
+    fair: bool = False,
+) -> xr.Dataset:
+    """Score a prediction file against a truth file (zarr or NetCDF); write the scores to ``out``.
+
+    ``prediction_path`` may be a CorrDiff ``generate.py`` NetCDF file, whose ``truth`` group is used when
+    ``truth_path`` is None. The member dimension is ``member_dim``, else ``member`` or ``ensemble``
+    when present (none: a deterministic forecast). ``out`` ending in ``.zarr`` is written as a zarr
+    store, anything else as NetCDF. Returns the scores (see :func:`score`).
+    """
+    ppath = Path(prediction_path)
+    truth = None
+    if _has_corrdiff_groups(ppath):
+        prediction, truth, _ = open_corrdiff_netcdf(ppath)
+    else:
+        prediction = open_any(ppath)
+    if truth_path is not None:
+        truth = open_any(truth_path)
+    if truth is None:
+        raise InvalidDataError(
+            explain(
+                "No truth to score against",
+                expected="a truth file, or a CorrDiff generate.py file with a 'truth' group",
+                found=f"only {ppath.name}",
+                fix="xkmcast score PREDICTION TRUTH",
+            )
+        )
+    if member_dim is None:
+        member_dim = next((d for d in ("member", "ensemble") if d in prediction.dims), "member")
+    baseline = open_any(baseline_path) if baseline_path is not None else None
+    scores = score(prediction, truth, baseline, member_dim=member_dim, keep=keep, fair=fair).compute()
+    scores.attrs["prediction"] = str(ppath)
+    scores.attrs["truth"] = str(truth_path if truth_path is not None else f"{ppath} (group truth)")
+    if out is not None:
+        out = Path(out)
+        if out.suffix == ".zarr":  # variable-length strings: zarr v3 has no spec for fixed-width unicode
+            strings = {n: scores[n].astype(object) for n in ("variable", "units") if n in scores.coords}
+            scores.assign_coords(strings).to_zarr(out, mode="w", consolidated=False)
+        else:
+            scores.to_netcdf(out)
+    return scores
