@@ -39,5 +39,107 @@ def catalog_fetch(name: str) -> None:
     typer.echo(str(fetch(name)))
 
 
+def _open_input(name_or_path: str, part: str | None, times: str | None):
+    """A catalog entry or path (any published layout), optionally one part and a time selection."""
+    import xkmcast
+
+    kwargs = {"part": part} if part else {}
+    ds = xkmcast.open_dataset(name_or_path, **kwargs)
+    if times:
+        if ":" in times:
+            start, stop = times.split(":", 1)
+            ds = ds.sel(time=slice(start or None, stop or None))
+        else:
+            ds = ds.sel(time=[t.strip() for t in times.split(",")])
+    return ds
+
+
+@app.command()
+def downscale(
+    model: str = typer.Argument(..., help="model bundle folder"),
+    input: str = typer.Argument(..., help="coarse input: a catalog entry or a NetCDF / zarr path"),
+    output: str = typer.Argument(..., help="result path: .zarr or .nc"),
+    members: int = typer.Option(1, help="ensemble members"),
+    seed: int = typer.Option(0, help="seed of the ensemble (member k is the same whatever the batching)"),
+    steps: int | None = typer.Option(None, "--steps", help="sampler steps (default: the model's)"),
+    sampler: str | None = typer.Option(None, help="heun | euler | dpmpp_2m"),
+    times: str | None = typer.Option(None, help="'START:END' or a comma-separated list of times"),
+    part: str | None = typer.Option(None, help="part of a published layout to use as input (e.g. input)"),
+    batch_size: int | None = typer.Option(None, help="samples per network call"),
+    time_chunk: int = typer.Option(1, help="times per dask task"),
+    include_mean: bool = typer.Option(False, help="also write the regression mean as <var>_regression"),
+    layout: str = typer.Option("cf", help="NetCDF layout: cf, or corrdiff (groups input / truth / prediction)"),
+    truth: str | None = typer.Option(None, help="truth dataset to store in the corrdiff layout"),
+    device: str | None = typer.Option(None, help="cuda / cpu (default: automatic)"),
+    overwrite: bool = typer.Option(False, help="replace an existing output"),
+    quiet: bool = typer.Option(False, help="no progress bar"),
+) -> None:
+    """Downscale INPUT with MODEL and write OUTPUT (streamed time chunk by time chunk)."""
+    from .inference import downscale as run
+    from .io import write_corrdiff_netcdf, write_dataset
+
+    ds = _open_input(input, part, times).chunk({"time": time_chunk})
+    result = run(ds, model, members=members, seed=seed, num_steps=steps, sampler=sampler, batch_size=batch_size,
+                 time_chunk=time_chunk, include_mean=include_mean, device=device)
+    if layout == "corrdiff":
+        truth_ds = _open_input(truth, "target" if part else None, times) if truth else None
+        if truth_ds is not None:
+            truth_ds = truth_ds[[v for v in result.data_vars if v in truth_ds.data_vars]].sel(time=result.time)
+        write_corrdiff_netcdf(result, output, truth=truth_ds, overwrite=overwrite, progress=not quiet)
+    else:
+        write_dataset(result, output, overwrite=overwrite, progress=not quiet)
+    typer.echo(f"wrote {output}: {dict(result.sizes)}")
+
+
+@app.command()
+def forecast(
+    model: str = typer.Argument(..., help="model bundle folder (stormcast, stormscope or vit)"),
+    init: str = typer.Argument(..., help="initial state: a catalog entry or a NetCDF / zarr path on the model grid"),
+    output: str = typer.Argument(..., help="result path: .zarr (written step by step, resumable) or .nc"),
+    background: str | None = typer.Option(None, help="coarse background covering the forecast window"),
+    steps: int = typer.Option(12, help="time steps to roll forward"),
+    members: int = typer.Option(1, help="ensemble members"),
+    seed: int = typer.Option(0, help="seed of the ensemble"),
+    sampler_steps: int | None = typer.Option(None, help="sampler steps of diffusion models"),
+    sampler: str | None = typer.Option(None, help="heun | euler | dpmpp_2m"),
+    times: str | None = typer.Option(None, help="initial times: 'START:END' or a comma-separated list"),
+    part: str | None = typer.Option(None, help="part of a published layout holding the state"),
+    device: str | None = typer.Option(None, help="cuda / cpu (default: automatic)"),
+    quiet: bool = typer.Option(False, help="no progress output"),
+) -> None:
+    """Roll MODEL forward from INIT and write OUTPUT (zarr: each step as soon as it is computed)."""
+    from .io import output_format, write_dataset
+    from .rollout import forecast as run
+
+    state = _open_input(init, part, times)
+    bg = _open_input(background, "background" if part else None, None) if background else None
+    if output_format(output) == "zarr":
+        result = run(state, model, steps=steps, background=bg, members=members, seed=seed, output=output,
+                     sampler=sampler, num_steps=sampler_steps, device=device, progress=not quiet)
+    else:
+        result = run(state.chunk({"time": 1}), model, steps=steps, background=bg, members=members, seed=seed,
+                     sampler=sampler, num_steps=sampler_steps, device=device)
+        write_dataset(result, output, progress=not quiet)
+    typer.echo(f"wrote {output}: {dict(result.sizes)}")
+
+
+@app.command()
+def score(
+    prediction: str = typer.Argument(..., help="prediction (.zarr / .nc, or a CorrDiff generate.py NetCDF)"),
+    truth: str | None = typer.Argument(None, help="truth dataset (not needed for the CorrDiff layout)"),
+    output: str | None = typer.Option(None, "-o", "--output", help="write the scores to .nc or .zarr"),
+    baseline: str | None = typer.Option(None, help="a baseline prediction to score alongside"),
+    keep: str | None = typer.Option(None, help="dimension to keep (time or lead_time)"),
+    fair: bool = typer.Option(False, help="fair CRPS (M(M-1) denominator)"),
+) -> None:
+    """Score PREDICTION against TRUTH: CRPS, MAE, RMSE, spread, spread-skill per variable."""
+    from rich.console import Console
+
+    from .scoring import format_table, score_files
+
+    scores = score_files(prediction, truth, out=output, baseline_path=baseline, keep=keep, fair=fair)
+    Console().print(format_table(scores, title=f"scores of {prediction}"))
+
+
 def main() -> None:  # pragma: no cover
     app()

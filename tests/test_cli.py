@@ -1,0 +1,85 @@
+"""The xkmcast command line: downscale / forecast / score / catalog on tiny bundles and files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+from typer.testing import CliRunner
+
+from _tiny import coarse_dataset, state_dataset, tiny_corrdiff, tiny_stormcast
+from xkmcast.cli import app
+from xkmcast.models.bundle import save_bundle
+from xkmcast.scoring import open_corrdiff_netcdf
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    save_bundle(tiny_corrdiff(), root / "corrdiff")
+    save_bundle(tiny_stormcast(), root / "stormcast")
+    coarse_dataset(3).to_netcdf(root / "coarse.nc")
+    state_dataset(1).to_netcdf(root / "state.nc")
+    return root
+
+
+def test_help_lists_the_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("downscale", "forecast", "score", "catalog"):
+        assert command in result.output
+
+
+def test_downscale_writes_zarr_equal_to_the_accessor(files, tmp_path):
+    out = tmp_path / "fine.zarr"
+    result = runner.invoke(app, ["downscale", str(files / "corrdiff"), str(files / "coarse.nc"), str(out),
+                                 "--members", "2", "--quiet"])
+    assert result.exit_code == 0, result.output
+    written = xr.open_zarr(out, consolidated=False)
+    expected = coarse_dataset(3).kmcast.downscale(str(files / "corrdiff"), members=2)
+    np.testing.assert_allclose(written.t2m.values, expected.t2m.values, atol=1e-5)
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_downscale_corrdiff_layout_and_score(files, tmp_path):
+    out = tmp_path / "generate.nc"
+    truth = tmp_path / "truth.nc"
+    # a truth on the fine grid: the first member of another run
+    coarse_dataset(3).kmcast.downscale(str(files / "corrdiff"), members=1, seed=7).isel(member=0).to_netcdf(truth)
+    result = runner.invoke(app, ["downscale", str(files / "corrdiff"), str(files / "coarse.nc"), str(out),
+                                 "--members", "3", "--layout", "corrdiff", "--truth", str(truth), "--quiet"])
+    assert result.exit_code == 0, result.output
+    prediction, truth_ds, _ = open_corrdiff_netcdf(out)
+    assert prediction.sizes["member"] == 3 and set(truth_ds.data_vars) == {"t2m", "u10m"}
+    scores = runner.invoke(app, ["score", str(out), "-o", str(tmp_path / "scores.nc")])
+    assert scores.exit_code == 0, scores.output
+    assert "crps" in scores.output.lower()
+    assert "crps" in xr.open_dataset(tmp_path / "scores.nc").data_vars
+
+
+def test_nan_input_leaves_no_output(files, tmp_path):
+    bad = coarse_dataset(3)
+    bad["2t"][2] = np.nan
+    bad.to_netcdf(tmp_path / "bad.nc")
+    out = tmp_path / "fine.zarr"
+    result = runner.invoke(app, ["downscale", str(files / "corrdiff"), str(tmp_path / "bad.nc"), str(out), "--quiet"])
+    assert result.exit_code != 0
+    assert not out.exists() and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_forecast_command_streams_to_zarr(files, tmp_path):
+    out = tmp_path / "fc.zarr"
+    result = runner.invoke(app, ["forecast", str(files / "stormcast"), str(files / "state.nc"), str(out),
+                                 "--background", str(files / "coarse.nc"), "--steps", "2", "--quiet"])
+    assert result.exit_code == 0, result.output
+    fc = xr.open_zarr(out, consolidated=False)
+    assert fc.sizes["lead_time"] == 3 and fc.completed.values.all()
+
+
+def test_catalog_list():
+    result = runner.invoke(app, ["catalog", "list"])
+    assert result.exit_code == 0
+    for name in ("hrrr_mini", "cwa_taiwan", "era5", "hrrr_era5", "sample"):
+        assert name in result.output
