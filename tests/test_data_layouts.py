@@ -351,3 +351,19 @@ def test_results_feed_find_grid(stormcast, cwa_store):
     assert grid.dims == ("y", "x") and grid.time_dim == "time" and grid.crs is not None
     np.testing.assert_allclose(grid.lat, lat)
     assert find_grid(open_dataset(cwa_store[0])).shape == (5, 6)
+
+
+def test_sample_entry_splits_into_input_and_target_parts():
+    """The shipped sample holds fine fields and era5_-prefixed coarse ones; parts give each with plain names."""
+    import xkmcast
+
+    coarse = xkmcast.open_dataset("sample", part="input")
+    fine = xkmcast.open_dataset("sample", part="target")
+    whole = xkmcast.open_dataset("sample")
+    assert coarse.kmcast.grid.rectilinear and coarse.kmcast.grid.dims == ("latitude", "longitude")
+    assert fine.kmcast.grid.dims == ("y", "x") and fine.kmcast.grid.crs is not None
+    np.testing.assert_array_equal(coarse.t2m.values, whole.era5_t2m.values)
+    assert not any(str(v).startswith("era5_") for v in coarse.data_vars)
+    assert "t2m" in fine and "latitude" not in fine.dims
+    with pytest.raises(ConfigError, match="no part"):
+        xkmcast.open_dataset("sample", part="background")

@@ -289,7 +289,41 @@ def read_cf(path: str | Path | xr.Dataset, **kwargs) -> dict[str, xr.Dataset]:
             ds[name].attrs.update(latlon_attrs("lat"))
         elif lname in ("lon", "longitude", "xlong", "nav_lon") and "standard_name" not in ds[name].attrs:
             ds[name].attrs.update(latlon_attrs("lon"))
-    return {"data": ds}
+    return {"data": ds, **split_combined(ds)}
+
+
+def split_combined(ds: xr.Dataset) -> dict[str, xr.Dataset]:
+    """The inverse of the combined form: ``{"target": main part, "input": era5_ part, plain names}``.
+
+    Applies to a CF dataset holding ``era5_``-prefixed variables (the shipped sample, or a combined
+    dataset written back to disk); other datasets give ``{}``.
+    """
+    coarse = [v for v in ds.data_vars if str(v).startswith(PREFIX)]
+    if not coarse:
+        return {}
+    fine = [v for v in ds.data_vars if v not in coarse]
+    coarse_dims = set().union(*(ds[v].dims for v in coarse))
+    fine_dims = set().union(*(ds[v].dims for v in fine)) if fine else set()
+
+    def only(names, dims, keep_dims):
+        part = ds[names]
+        drop = [c for c in part.coords if not set(part[c].dims) <= keep_dims]
+        return part.drop_vars(drop)
+
+    target = only(fine, fine_dims, fine_dims)
+    inputs = only(coarse, coarse_dims, coarse_dims)
+    inputs = inputs.drop_vars([c for c in ("crs",) if c in inputs.coords])
+    inputs = inputs.rename({v: str(v)[len(PREFIX):] for v in coarse})
+    for name in inputs.coords:  # give the coarse grid back its CF meaning
+        lname = str(name).lower()
+        if lname in ("latitude", "lat", "era5_latitude", "era5_lat"):
+            inputs[name].attrs.update({**latlon_attrs("lat"), "axis": "Y"})
+        elif lname in ("longitude", "lon", "era5_longitude", "era5_lon"):
+            inputs[name].attrs.update({**latlon_attrs("lon"), "axis": "X"})
+    stats = layout_stats(ds)
+    target = set_stats(target, {k: (v["mean"], v["std"]) for k, v in stats.items() if k in fine})
+    inputs = set_stats(inputs, {k[len(PREFIX):]: (v["mean"], v["std"]) for k, v in stats.items() if k in coarse})
+    return {"target": target, "input": inputs}
 
 
 def _reader(layout: str):
@@ -366,4 +400,9 @@ def _open_catalog_entry(name: str, *, layout=None, part=None, **kwargs) -> xr.Da
         return open_dataset(default_cache_dir() / "hrrr_era5", layout=layout, part=part, **kwargs)
     ds = open_catalog()[name].to_dask()
     parts = read_cf(ds)
-    return parts["data"]
+    if part is None:
+        return parts["data"]
+    if part not in parts:
+        raise ConfigError(explain(f"The catalog entry {name!r} has no part {part!r}",
+                                  expected=[p for p in parts if p != "data"] or "no parts (a plain CF dataset)"))
+    return parts[part]
