@@ -36,7 +36,7 @@ def tiny_corrdiff(seed: int = 0, patch=None, invariants: bool = True):
     inv = ["orog"] if invariants else []
     spec = corrdiff_spec(INPUT_VARS, OUTPUT_VARS, FINE_SHAPE, invariant_vars=inv, size="tiny", patch=patch,
                          sampler={"num_steps": 4})
-    spec.stats = stats_for(set(INPUT_VARS + OUTPUT_VARS + inv))
+    spec.stats = {"input": stats_for(INPUT_VARS), "output": stats_for(OUTPUT_VARS), "invariant": stats_for(inv)}
     pipe = build_pipeline(spec)
     attach_grid(pipe, fine_grid())
     if invariants:
@@ -49,7 +49,8 @@ def tiny_stormcast(seed: int = 0, stages=("regression", "diffusion")):
     spec = stormcast_spec(STATE_VARS, FINE_SHAPE, background_vars=["msl"], invariant_vars=["orog"], size="tiny",
                           stages=stages, sampler={"num_steps": 3},
                           diffusion_conditions=["state", "background", "invariant"] + (["regression"] if "regression" in stages else []))
-    spec.stats = stats_for(set(STATE_VARS + ["msl", "orog"]))
+    spec.stats = {"input": stats_for(STATE_VARS), "output": stats_for(STATE_VARS), "background": stats_for(["msl"]),
+                  "invariant": stats_for(["orog"])}
     pipe = build_pipeline(spec)
     attach_grid(pipe, fine_grid())
     pipe.set_invariants(torch.randn(1, *FINE_SHAPE))

@@ -104,12 +104,12 @@ def _wrap(dlon: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------ the bridge
 
 
-def to_model_inputs(ds: xr.Dataset, pipeline, names, *, regrid_method: str = "bilinear", time_dim: str = "time",
-                    require_on_grid: bool = False):
+def to_model_inputs(ds: xr.Dataset, pipeline, names, *, role: str = "input", regrid_method: str = "bilinear",
+                    time_dim: str = "time", require_on_grid: bool = False):
     """Select ``names`` (canonical), regrid onto the model grid and normalise: a lazy DataArray
-    ``(time, channel, y, x)`` of float32 on the model grid. With ``require_on_grid`` a dataset that is
+    ``(time, channel, y, x)`` of float32 on the model grid, normalised with the statistics of
+    ``role``. With ``require_on_grid`` a dataset that is
     not already on the model grid is refused (GridError) instead of regridded."""
-    from .data.stats import Stats
     from .regrid import Regridder
 
     selected = select_variables(ds, names)
@@ -132,7 +132,7 @@ def to_model_inputs(ds: xr.Dataset, pipeline, names, *, regrid_method: str = "bi
         )
     else:
         on_grid = Regridder(selected, target, method=regrid_method)(selected)
-    normed = Stats.from_dict(pipeline.spec.stats).normalise(on_grid[list(names)])
+    normed = pipeline.stats_for(role).normalise(on_grid[list(names)])
     if src_grid.time_dim and src_grid.time_dim != time_dim:
         normed = normed.rename({src_grid.time_dim: time_dim})
     if time_dim not in normed.dims:
@@ -201,8 +201,6 @@ def _downscale_block(block: np.ndarray, *, handle, times, members, seed, include
     """One time chunk: (t, C_in, H, W) normalised -> (members [+1 mean], t, C_out, H, W) physical."""
     import torch
 
-    from .data.stats import Stats
-
     pipeline = handle.get() if isinstance(handle, ModelRef) else handle
     start, stop = block_info[0]["array-location"][0] if block_info else (0, block.shape[0])
     if not np.isfinite(block).all():
@@ -222,8 +220,7 @@ def _downscale_block(block: np.ndarray, *, handle, times, members, seed, include
     out = samples.float().cpu().numpy()  # (M, t, C_out, H, W)
     if include_mean:
         out = np.concatenate([out, mean.float().cpu().numpy()[None]], axis=0)
-    stats = Stats.from_dict(pipeline.spec.stats)
-    return stats.denormalise(out, pipeline.spec.output_vars, axis=2).astype(np.float32)
+    return pipeline.stats_for("output").denormalise(out, pipeline.spec.output_vars, axis=2).astype(np.float32)
 
 
 def _build_result(pipeline, data, times, members: int, include_mean: bool) -> xr.Dataset:

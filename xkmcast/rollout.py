@@ -91,7 +91,7 @@ def _background(background, pipeline, init_times, steps, dt, regrid_method):
     if background is None:
         raise TimeCoverageError(explain("This model needs a background (coarse) dataset",
                                         expected=f"background= with {spec.background_vars}", found=None))
-    bg = to_model_inputs(background, pipeline, spec.background_vars, regrid_method=regrid_method)
+    bg = to_model_inputs(background, pipeline, spec.background_vars, role="background", regrid_method=regrid_method)
     want = np.array([[np.datetime64(t) + np.timedelta64(dt * n) for n in range(steps)] for t in init_times],
                     dtype="datetime64[ns]")
     have = pd.DatetimeIndex(bg["time"].values)
@@ -141,11 +141,9 @@ def _rollout(pipeline, state0: np.ndarray, bg: np.ndarray | None, init_time, mem
 
 def _rollout_block(state0, bg, init_time, *, handle, steps, members, seed, options):
     """One dask task: the whole rollout of one initial time, denormalised: (members, 1, steps+1, C, H, W)."""
-    from .data.stats import Stats
-
     pipeline = handle.get() if isinstance(handle, ModelRef) else handle
     out = _rollout(pipeline, state0, bg, init_time, members, seed, dict(options, _steps=steps))
-    phys = Stats.from_dict(pipeline.spec.stats).denormalise(out, pipeline.spec.output_vars, axis=2)
+    phys = pipeline.stats_for("output").denormalise(out, pipeline.spec.output_vars, axis=2)
     return phys[:, None].astype(np.float32)
 
 
@@ -171,9 +169,7 @@ def _build_result(pipeline, data, init_times, leads, members: int) -> xr.Dataset
 
 def _forecast_to_zarr(pipeline, state, bg, path: Path, leads, members, seed, options, progress) -> xr.Dataset:
     """Run now, writing each step to ``path`` as it is computed; continue a partial store."""
-    from .data.stats import Stats
-
-    stats = Stats.from_dict(pipeline.spec.stats)
+    stats = pipeline.stats_for("output")
     init_times = state["time"].values
     steps = len(leads) - 1
     template = _build_result(pipeline, dsa.zeros((members, len(init_times), steps + 1, state.shape[1],

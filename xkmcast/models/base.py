@@ -42,8 +42,11 @@ class ModelSpec:
     ``input_vars``: channels of the coarse input (downscaling) or of the state (forecast).
     ``output_vars``: predicted channels. ``background_vars``: coarse conditioning of forecasts.
     ``invariant_vars``: static fields (orography, land-sea mask) on the model grid.
-    ``stats``: the JSON document of :class:`xkmcast.data.stats.Stats` (``{"format": "xkmcast-stats",
-    "variables": {var: {"mean", "std"[, "transform": "log1p", "eps"]}}}``) for every variable. ``grid``: ``{"shape": [ny, nx], "grid_mapping": {...} | None,
+    ``stats``: normalisation statistics by role, each the JSON document of
+    :class:`xkmcast.data.stats.Stats`: ``{"input": ..., "output": ..., "background": ...,
+    "invariant": ...}``. Roles are separate because one variable (``t2m``) has other statistics as
+    a coarse input regridded to the fine grid than as the fine output; for forecasts the state is
+    both ``input`` and ``output``. ``grid``: ``{"shape": [ny, nx], "grid_mapping": {...} | None,
     "x": [...] | None, "y": [...] | None}``; the 2-D lat/lon themselves are stored as tensors in
     the weights file (``grid.lat`` / ``grid.lon``), invariants as ``invariant``.
     ``networks``: ``{stage: {"class": name, "kwargs": {...}, "precond": {...} | None}}``.
@@ -111,6 +114,17 @@ class Pipeline(torch.nn.Module):
         """Attach the invariant fields ``(C_inv, H, W)`` (normalised) in the order of ``spec.invariant_vars``."""
         v = torch.as_tensor(values, dtype=torch.float32)
         self.invariant.resize_(v.shape).copy_(v)
+
+    def stats_for(self, role: str):
+        """The :class:`~xkmcast.data.stats.Stats` of ``role`` (input, output, background, invariant)."""
+        from ..data.stats import Stats
+        from ..errors import BundleError, explain
+
+        if role not in self.spec.stats:
+            raise BundleError(explain(f"The model has no normalisation statistics for its {role}",
+                                      expected=f"spec.stats[{role!r}]", found=sorted(self.spec.stats),
+                                      fix="re-export the bundle from its training run"))
+        return Stats.from_dict(self.spec.stats[role])
 
     @property
     def device(self) -> torch.device:

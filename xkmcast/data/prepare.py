@@ -1,0 +1,207 @@
+"""Build a training store: coarse inputs regridded onto the fine grid, targets, invariants, statistics.
+
+Layout of a prepared store (zarr v3, unconsolidated; one chunk per time step by default)::
+
+    input_<v>   (time, y, x) float32   coarse input variable v regridded onto the fine grid
+    target_<v>  (time, y, x) float32   fine variable v (the truth a model learns)
+    <inv>       (y, x)       float32   fine invariants (orog, lsm, ...), plain names
+    lat, lon (y, x), x, y (m), crs, time     the fine grid's CF coordinates
+    attrs: xkmcast_store = "training/1"; xkmcast_input_vars / xkmcast_output_vars /
+           xkmcast_invariants (JSON lists of canonical names); xkmcast_stats (JSON, keyed by the
+           store's variable names, see :mod:`xkmcast.data.stats`); regrid_method.
+
+:func:`prepare` is lazy until the write (dask: it also runs on a ``dask.distributed`` cluster when
+``out`` is on a filesystem the workers share), then computes the statistics from the written store
+in one pass and only then moves the store into place: it is written to a hidden temporary directory
+beside ``out`` and renamed, so a failure never leaves a partial store at ``out``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from ..errors import ConfigError, MissingVariableError, TimeCoverageError, explain
+from ..grid import find_grid
+from .stats import DEFAULT_LOG_EPS, STATS_ATTR, Stats, compute_stats
+
+__all__ = ["prepare", "open_store", "store_names", "split_stats", "INPUT_PREFIX", "TARGET_PREFIX", "STORE_FORMAT"]
+
+INPUT_PREFIX = "input_"
+TARGET_PREFIX = "target_"
+STORE_FORMAT = "training/1"
+
+
+def store_names(input_vars: Iterable[str] = (), output_vars: Iterable[str] = (), invariants: Iterable[str] = ()):
+    """The store's variable names ``(inputs, targets, invariants)`` for canonical names."""
+    return ([INPUT_PREFIX + v for v in input_vars], [TARGET_PREFIX + v for v in output_vars], list(invariants))
+
+
+def split_stats(stats: Stats, input_vars: Sequence[str], output_vars: Sequence[str],
+                invariants: Sequence[str] = ()) -> tuple[Stats, Stats]:
+    """``(input_stats, output_stats)`` of a prepared store keyed by canonical names (inputs include
+    the invariants), e.g. for a model spec: the same name can be both input and output."""
+    i, o, v = store_names(input_vars, output_vars, invariants)
+    inputs = stats.subset([*i, *v]).rename(dict(zip(i, input_vars)))
+    outputs = stats.subset(o).rename(dict(zip(o, output_vars)))
+    return inputs, outputs
+
+
+def open_store(path: str | os.PathLike, *, chunks=None) -> xr.Dataset:
+    """Open a prepared zarr store (or any zarr / NetCDF) lazily; ``chunks=None`` reads with no dask."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(explain("No store at this path", found=str(p),
+                                        fix="run xkmcast.data.prepare.prepare(...) or check the path"))
+    if p.is_dir():
+        return xr.open_zarr(p, consolidated=False, chunks=chunks)
+    return xr.open_dataset(p, chunks=chunks, cache=False)
+
+
+def _select(ds: xr.Dataset, names: Sequence[str], convert_units: bool) -> xr.Dataset:
+    try:
+        from ..variables import select_variables
+    except ImportError:  # pragma: no cover - the variables table ships with the package
+        select_variables = None
+    if select_variables is not None:
+        return select_variables(ds, list(names), convert_units=convert_units)
+    missing = [n for n in names if n not in ds.data_vars]
+    if missing:
+        raise MissingVariableError(explain("Variables are missing", expected=list(names), found=list(ds.data_vars)))
+    return ds[list(names)]
+
+
+def _time_dim(ds: xr.Dataset) -> str | None:
+    return find_grid(ds).time_dim
+
+
+def _common_times(fine: xr.Dataset, coarse: xr.Dataset, times) -> np.ndarray:
+    ft, ct = fine["time"].values, coarse["time"].values
+    common = np.intersect1d(ft, ct)
+    if times is not None:
+        if isinstance(times, slice):
+            keep = np.ones(common.size, bool)
+            if times.start is not None:
+                keep &= common >= np.asarray(times.start, dtype=common.dtype)
+            if times.stop is not None:
+                keep &= common <= np.asarray(times.stop, dtype=common.dtype)
+            common = common[keep]
+        else:
+            common = np.intersect1d(common, np.asarray(list(times), dtype=common.dtype))
+    if common.size == 0:
+        raise TimeCoverageError(explain(
+            "The fine and coarse datasets share no time" + (" in the requested window" if times is not None else ""),
+            expected="at least one time present in both", found=f"fine {_span(ft)}; coarse {_span(ct)}; times={times}",
+            fix="check the time ranges (and time zones / offsets) of the two sources"))
+    return common
+
+
+def _span(t: np.ndarray) -> str:
+    return f"{t.size} times {t.min()} .. {t.max()}" if t.size else "no times"
+
+
+def _on_fine_grid(coarse: xr.Dataset, fine: xr.Dataset, method: str) -> xr.Dataset:
+    """The coarse variables on the fine grid (Regridder; identity when the grids already agree)."""
+    cg, fg = find_grid(coarse), find_grid(fine)
+    if cg.shape == fg.shape and np.allclose(cg.lat, fg.lat) and np.allclose(cg.lon, fg.lon):
+        return coarse.rename({cg.y_dim: fg.y_dim, cg.x_dim: fg.x_dim}).drop_vars(
+            [c for c in coarse.coords if set(coarse[c].dims) & {cg.y_dim, cg.x_dim}])
+    from ..regrid import Regridder
+
+    return Regridder(coarse, fine, method=method)(coarse)
+
+
+def prepare(fine: xr.Dataset, coarse: xr.Dataset, out: str | os.PathLike, *, input_vars: Sequence[str],
+            output_vars: Sequence[str], invariants: Sequence[str] = (), times=None,
+            regrid_method: str = "bilinear", chunks: dict | None = None, log_vars: Iterable[str] = (),
+            log_eps: float = DEFAULT_LOG_EPS, convert_units: bool = True, overwrite: bool = False) -> Path:
+    """Write the training store ``out`` (layout in the module docstring) and return its path.
+
+    ``fine`` holds ``output_vars`` and ``invariants``; ``coarse`` holds ``input_vars`` (canonical
+    names, found by alias / standard_name and converted to canonical units). Times are the inner join
+    of both, optionally restricted by ``times`` (a label slice or a list); none left ->
+    TimeCoverageError. ``log_vars`` (canonical names) get the log1p transform in the statistics.
+    ``chunks`` overrides the default ``{"time": 1, y: -1, x: -1}``.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ConfigError(explain("The output store exists already", found=str(out),
+                                  fix="pass overwrite=True or choose another path"))
+    fine_sel = _select(fine, [*output_vars, *invariants], convert_units)
+    coarse_sel = _select(coarse, list(input_vars), convert_units)
+    fdim, cdim = _time_dim(fine_sel), _time_dim(coarse_sel)
+    if fdim is None or cdim is None:
+        raise TimeCoverageError(explain("Both sources need a time dimension",
+                                        found=f"fine: {fdim}, coarse: {cdim}"))
+    fine_sel = fine_sel.rename({fdim: "time"}) if fdim != "time" else fine_sel
+    coarse_sel = coarse_sel.rename({cdim: "time"}) if cdim != "time" else coarse_sel
+    common = _common_times(fine_sel, coarse_sel, times)
+    grid = find_grid(fine_sel)
+    on_fine = _on_fine_grid(coarse_sel.sel(time=common), fine_sel, regrid_method)
+
+    data = {}
+    for v in input_vars:
+        data[INPUT_PREFIX + v] = _f32(on_fine[v], "input")
+    for v in output_vars:
+        data[TARGET_PREFIX + v] = _f32(fine_sel[v].sel(time=common), "target")
+    for v in invariants:
+        inv = fine_sel[v]
+        data[v] = _f32(inv.isel(time=0, drop=True) if "time" in inv.dims else inv, "invariant")
+    coords = {k: c for k, c in fine_sel.coords.items() if k != "time" and set(c.dims) <= set(grid.dims)}
+    ds = xr.Dataset(data).assign_coords(coords).assign_coords(time=common)
+    ds["time"].attrs.update(standard_name="time", axis="T")
+    sizes = {"time": 1, grid.y_dim: -1, grid.x_dim: -1, **(chunks or {})}
+    ds = ds.chunk({k: v for k, v in sizes.items() if k in ds.dims})
+    for var in ds.variables.values():
+        var.encoding = {}
+    i_names, o_names, inv_names = store_names(input_vars, output_vars, invariants)
+    log_names = [n for v in log_vars for n in (INPUT_PREFIX + v, TARGET_PREFIX + v) if n in ds.data_vars]
+    ds.attrs = {
+        "xkmcast_store": STORE_FORMAT,
+        "xkmcast_input_vars": json.dumps(list(input_vars)),
+        "xkmcast_output_vars": json.dumps(list(output_vars)),
+        "xkmcast_invariants": json.dumps(list(invariants)),
+        "regrid_method": regrid_method,
+        "title": "xkmcast training store",
+    }
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:10]}"
+    try:
+        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=True)
+        written = xr.open_zarr(tmp, consolidated=False)
+        stats = compute_stats(written, [*i_names, *o_names, *inv_names], log_vars={n: log_eps for n in log_names})
+        import zarr
+
+        zarr.open_group(str(tmp), mode="r+", zarr_format=3).attrs.update({STATS_ATTR: stats.to_json()})
+        _move_into_place(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _f32(da: xr.DataArray, role: str) -> xr.DataArray:
+    out = da.astype("float32")
+    out.attrs = {**{k: v for k, v in da.attrs.items() if k not in ("coordinates",)}, "xkmcast_role": role}
+    return out
+
+
+def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Rename ``tmp`` to ``out``; an existing ``out`` (overwrite) is moved aside first, removed after."""
+    old = None
+    if out.exists():
+        if not overwrite:
+            raise ConfigError(explain("The output store appeared while preparing", found=str(out)))
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:10]}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,315 @@
+"""torch Datasets over a prepared store (see :mod:`xkmcast.data.prepare`), read lazily per index.
+
+* :class:`DownscalingSamples` (CorrDiff): ``{"input": (C_in, H, W), "target": (C_out, H, W),
+  "time": int}``; the input channels are the coarse inputs on the fine grid followed by the
+  invariants. With ``patch=(ph, pw)`` each item is a random patch at a deterministic offset drawn
+  from ``(seed, epoch, index)``, plus ``"offset"`` ``(2,)`` (row, column of its top-left pixel) and
+  ``"global_index"`` ``(2, ph, pw)`` (the global row / column of every pixel); ``context=True``
+  adds ``"context"``, the whole input field area-averaged to ``(ph, pw)``.
+* :class:`ForecastSamples` (StormCast / Stormscope): ``{"background": (C_bg, H, W), "state":
+  [previous (C, H, W), next (C, H, W)], "invariant": (C_inv, H, W), "time": int}`` for pairs of times
+  ``(t, t + k * step)``; a pair is only formed when both times exist, so gaps are skipped. With
+  ``lead_time_steps=n`` the pairs of ``k = 1..n`` are all items and ``"lead_time_label" = k - 1``.
+
+Variable names are canonical; the store name is ``input_<v>`` / ``target_<v>`` when present,
+otherwise ``<v>`` itself (so any Dataset with the coarse input already on the fine grid works).
+Values are float32 tensors, normalised with the store's ``xkmcast_stats`` (or ``stats=`` given, or
+computed once at construction when neither exists; ``stats=False`` turns normalisation off).
+
+Worker safety: a path is opened lazily in each process, on first use, and re-opened when the process
+id changes (fork); pickling (spawn) drops the open handle. Items depend only on the index (and the
+epoch set by :meth:`set_epoch`), so any ``num_workers`` and any ``DistributedSampler`` split give the
+same items.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+
+from ..errors import ConfigError, MissingVariableError, TimeCoverageError, explain
+from .prepare import INPUT_PREFIX, TARGET_PREFIX, open_store
+from .stats import Stats, as_stats, compute_stats
+
+__all__ = ["DownscalingSamples", "ForecastSamples"]
+
+
+class _StoreSamples(torch.utils.data.Dataset):
+    """Lazy, fork/spawn-safe access to a store or an in-memory Dataset (shared by both datasets)."""
+
+    def __init__(self, store_or_ds, stats):
+        if isinstance(store_or_ds, xr.Dataset):
+            self._path, self._mem = None, store_or_ds
+        else:
+            self._path, self._mem = os.fspath(store_or_ds), None
+        self._ds: xr.Dataset | None = None
+        self._pid: int | None = None
+        self._inv_cache: np.ndarray | None = None
+        self._stats_arg = stats
+        self.epoch = 0
+
+    def _open(self) -> xr.Dataset:
+        if self._mem is not None:
+            return self._mem
+        if self._ds is None or self._pid != os.getpid():
+            self._ds, self._pid, self._inv_cache = open_store(self._path), os.getpid(), None
+        return self._ds
+
+    def _close(self) -> None:
+        """Close the handle opened for reading metadata in the main process (before any fork)."""
+        if self._path is not None and self._ds is not None:
+            self._ds.close()
+        self._ds, self._pid, self._inv_cache = None, None, None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.update(_ds=None, _pid=None, _inv_cache=None)
+        return state
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw other random patches (as ``DistributedSampler.set_epoch``)."""
+        self.epoch = int(epoch)
+
+    @staticmethod
+    def _resolve(ds: xr.Dataset, names: Sequence[str], prefix: str, what: str) -> list[str]:
+        out, missing = [], []
+        for v in names:
+            if prefix + v in ds.data_vars:
+                out.append(prefix + v)
+            elif v in ds.data_vars:
+                out.append(v)
+            else:
+                missing.append(v)
+        if missing:
+            raise MissingVariableError(explain(f"{what} variables are not in the store", expected=list(names),
+                                               found=f"missing {missing}; the store has {list(ds.data_vars)}",
+                                               fix="prepare the store with these variables (xkmcast.data.prepare)"))
+        return out
+
+    def _init_stats(self, ds: xr.Dataset, names: list[str], t_index: np.ndarray) -> Stats | None:
+        stats = self._stats_arg
+        if stats is False:
+            return None
+        if stats is None:
+            stats = Stats.from_attrs(ds)
+            if stats is None or any(n not in stats for n in names):
+                sub = ds[names].isel(time=t_index) if "time" in ds.dims else ds[names]
+                stats = compute_stats(sub.chunk() if self._path is not None else sub)
+        return as_stats(stats).subset(names)
+
+    def _read(self, names: Sequence[str], isel: dict) -> np.ndarray:
+        ds = self._open()
+        return np.stack([np.asarray(ds[n].isel(isel).values, dtype=np.float32) for n in names])
+
+    def _norm(self, arr: np.ndarray, names: Sequence[str]) -> np.ndarray:
+        if self.stats is None:
+            return arr.astype(np.float32, copy=False)
+        return self.stats.normalise(arr, names, axis=0).astype(np.float32, copy=False)
+
+    def _invariants(self, names: Sequence[str]) -> np.ndarray:
+        """Normalised invariants ``(C_inv, H, W)``, read once per process."""
+        self._open()
+        if self._inv_cache is None:
+            self._inv_cache = self._norm(self._read(names, {}), names) if names else np.zeros((0, *self.shape), np.float32)
+        return self._inv_cache
+
+
+def _time_positions(ds: xr.Dataset, times) -> np.ndarray:
+    """Positions on the store's time axis: None (all), a slice / list of positions or of labels."""
+    n = ds.sizes["time"]
+    if times is None:
+        return np.arange(n)
+    index = ds.indexes["time"]
+    if isinstance(times, slice):
+        if all(isinstance(b, (int, np.integer, type(None))) for b in (times.start, times.stop)):
+            return np.arange(n)[times]
+        sl = index.slice_indexer(times.start, times.stop, times.step)
+        return np.arange(n)[sl]
+    items = list(times)
+    if all(isinstance(t, (int, np.integer)) for t in items):
+        pos = np.asarray(items, int)
+        bad = pos[(pos < -n) | (pos >= n)]
+    else:
+        pos = index.get_indexer(pd.DatetimeIndex(items) if isinstance(index, pd.DatetimeIndex) else items)
+        bad = np.asarray(items)[pos < 0]
+    if bad.size:
+        raise TimeCoverageError(explain("Requested times are not in the store", found=list(bad[:5]),
+                                        expected=f"{n} times from {index[0]} to {index[-1]}"))
+    return np.asarray(pos) % n
+
+
+class DownscalingSamples(_StoreSamples):
+    """Pairs (coarse input on the fine grid + invariants, fine target), whole fields or random patches.
+
+    ``patches_per_time`` items are drawn per time when ``patch`` is set (``len = times x patches``).
+    """
+
+    def __init__(self, store_or_ds, input_vars: Sequence[str], output_vars: Sequence[str],
+                 invariants: Sequence[str] = (), *, stats=None, patch: tuple[int, int] | None = None,
+                 times=None, seed: int = 0, patches_per_time: int = 1, context: bool = False):
+        super().__init__(store_or_ds, stats)
+        ds = self._open()
+        try:
+            self.input_names = self._resolve(ds, input_vars, INPUT_PREFIX, "Input")
+            self.output_names = self._resolve(ds, output_vars, TARGET_PREFIX, "Output")
+            self.invariant_names = self._resolve(ds, invariants, "", "Invariant")
+            self.input_vars, self.output_vars, self.invariants = list(input_vars), list(output_vars), list(invariants)
+            first = ds[self.output_names[0]]
+            self.y_dim, self.x_dim = first.dims[-2:]
+            self.shape = (ds.sizes[self.y_dim], ds.sizes[self.x_dim])
+            self.times = _time_positions(ds, times)
+            self.stats = self._init_stats(ds, [*self.input_names, *self.output_names, *self.invariant_names],
+                                          self.times)
+        finally:
+            self._close()
+        if patch is not None:
+            patch = (int(patch[0]), int(patch[1]))
+            if not (0 < patch[0] <= self.shape[0] and 0 < patch[1] <= self.shape[1]):
+                raise ConfigError(explain("The patch does not fit in the grid", expected=f"<= {self.shape}",
+                                          found=patch))
+        self.patch, self.seed, self.context = patch, int(seed), bool(context)
+        self.patches_per_time = int(patches_per_time) if patch is not None else 1
+
+    @property
+    def input_channels(self) -> list[str]:
+        return [*self.input_vars, *self.invariants]
+
+    @property
+    def output_channels(self) -> list[str]:
+        return list(self.output_vars)
+
+    def image_shape(self) -> tuple[int, int]:
+        return self.patch or self.shape
+
+    def __len__(self) -> int:
+        return len(self.times) * self.patches_per_time
+
+    def offset(self, index: int) -> tuple[int, int]:
+        """Top-left pixel of item ``index``'s patch: a function of (seed, epoch, index) only."""
+        if self.patch is None:
+            return 0, 0
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        return (int(rng.integers(0, self.shape[0] - self.patch[0] + 1)),
+                int(rng.integers(0, self.shape[1] - self.patch[1] + 1)))
+
+    def __getitem__(self, index: int) -> dict:
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        index %= len(self)
+        t = int(self.times[index // self.patches_per_time])
+        sel: dict = {"time": t}
+        oy, ox = self.offset(index)
+        if self.patch is not None:
+            sel.update({self.y_dim: slice(oy, oy + self.patch[0]), self.x_dim: slice(ox, ox + self.patch[1])})
+        x = self._norm(self._read(self.input_names, sel), self.input_names)
+        y = self._norm(self._read(self.output_names, sel), self.output_names)
+        inv = self._invariants(self.invariant_names)
+        if self.patch is not None:
+            inv_p = inv[:, oy:oy + self.patch[0], ox:ox + self.patch[1]]
+        else:
+            inv_p = inv
+        item = {"input": torch.from_numpy(np.concatenate([x, inv_p])), "target": torch.from_numpy(y), "time": t}
+        if self.patch is not None:
+            rows, cols = np.meshgrid(np.arange(oy, oy + self.patch[0]), np.arange(ox, ox + self.patch[1]), indexing="ij")
+            item["offset"] = torch.tensor([oy, ox])
+            item["global_index"] = torch.from_numpy(np.stack([rows, cols]).astype(np.int64))
+            if self.context:
+                full = np.concatenate([self._norm(self._read(self.input_names, {"time": t}), self.input_names), inv])
+                item["context"] = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(full), self.patch)
+        return item
+
+
+class ForecastSamples(_StoreSamples):
+    """Consecutive states ``(t, t + k step)`` with background and invariants (StormCast interface).
+
+    ``step``: a time difference (``"1h"``, ``np.timedelta64``, ``pd.Timedelta``) or an int, the
+    number of the store's smallest time spacings. ``background_at``: ``"current"`` (time t, the
+    default) or ``"next"`` (time t + k step).
+    """
+
+    def __init__(self, store_or_ds, state_vars: Sequence[str], background_vars: Sequence[str] = (),
+                 invariants: Sequence[str] = (), *, stats=None, step=1, times=None,
+                 lead_time_steps: int | None = None, background_at: str = "current"):
+        super().__init__(store_or_ds, stats)
+        if background_at not in ("current", "next"):
+            raise ConfigError(explain("Unknown background_at", expected=["current", "next"], found=background_at))
+        ds = self._open()
+        try:
+            self.state_names = self._resolve(ds, state_vars, TARGET_PREFIX, "State")
+            self.background_names = self._resolve(ds, background_vars, INPUT_PREFIX, "Background")
+            self.invariant_names = self._resolve(ds, invariants, "", "Invariant")
+            self.state_vars, self.background_vars = list(state_vars), list(background_vars)
+            self.invariants = list(invariants)
+            first = ds[self.state_names[0]]
+            self.y_dim, self.x_dim = first.dims[-2:]
+            self.shape = (ds.sizes[self.y_dim], ds.sizes[self.x_dim])
+            positions = _time_positions(ds, times)
+            values = ds.indexes["time"].values
+            self.step = self._step(values, step)
+            self.lead_time_steps = lead_time_steps
+            self.pairs = self._pairs(values, positions, self.step, lead_time_steps or 1)
+            self.stats = self._init_stats(ds, [*self.state_names, *self.background_names, *self.invariant_names],
+                                          positions)
+        finally:
+            self._close()
+        self.background_at = background_at
+        if not self.pairs:
+            raise TimeCoverageError(explain("No pair of times (t, t + step) in the store", found=f"step {self.step}",
+                                            fix="use a smaller step or more times"))
+
+    @staticmethod
+    def _step(values: np.ndarray, step):
+        if isinstance(step, (int, np.integer)):
+            diffs = np.diff(np.sort(values))
+            diffs = diffs[diffs > diffs.dtype.type(0)]
+            if diffs.size == 0:
+                raise TimeCoverageError(explain("Need at least two distinct times", found=values.size))
+            return diffs.min() * int(step)
+        if np.issubdtype(values.dtype, np.datetime64):
+            return pd.Timedelta(step).to_timedelta64()
+        return step
+
+    @staticmethod
+    def _pairs(values, positions, step, n_lead) -> list[tuple[int, int, int]]:
+        """``(i, j, k)``: positions i, j with ``time[j] == time[i] + k step``, k = 1..n_lead."""
+        lookup = {v: p for p, v in zip(positions, values[positions])}
+        pairs = []
+        for k in range(1, n_lead + 1):
+            for p in positions:
+                q = lookup.get(values[p] + step * k)
+                if q is not None:
+                    pairs.append((int(p), int(q), k))
+        return pairs
+
+    def background_channels(self) -> list[str]:
+        return list(self.background_vars)
+
+    def state_channels(self) -> list[str]:
+        return list(self.state_vars)
+
+    def image_shape(self) -> tuple[int, int]:
+        return self.shape
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict:
+        i, j, k = self.pairs[index]
+        prev = self._norm(self._read(self.state_names, {"time": i}), self.state_names)
+        nxt = self._norm(self._read(self.state_names, {"time": j}), self.state_names)
+        if self.background_names:
+            tb = i if self.background_at == "current" else j
+            bg = self._norm(self._read(self.background_names, {"time": tb}), self.background_names)
+        else:
+            bg = np.zeros((0, *self.shape), np.float32)
+        item = {"background": torch.from_numpy(bg), "state": [torch.from_numpy(prev), torch.from_numpy(nxt)],
+                "invariant": torch.from_numpy(self._invariants(self.invariant_names).copy()), "time": i}
+        if self.lead_time_steps is not None:
+            item["lead_time_label"] = k - 1
+        return item
+

@@ -1,0 +1,225 @@
+"""Patch-based training and inference ("multi-diffusion", as CorrDiff uses it).
+
+Batch layout: patches are stacked patch-major, row ``p * B + b`` is patch p of sample b, and the
+global index has shape (P, 2, ph, pw): channel 0 the row (y) and channel 1 the column (x) of each
+patch pixel in the full grid. This is the layout PhysicsNeMo's patching uses and its
+positional-embedding networks expect.
+
+Training (:func:`random_patches`): P random top-left corners (shared by the samples of the batch),
+uniform over the positions where the patch fits in the domain. The condition is cut at the same
+place; the whole-domain context field (CorrDiff: the low-resolution input) is resized bilinearly
+(align_corners=False) to the patch size and appended as extra channels, so that every patch sees
+the large-scale situation.
+
+Inference (:class:`GridPatching`): the domain (H, W) is reflect-padded by ``boundary`` pixels on the
+top/left (and as much as needed on the bottom/right); patches of (ph, pw) tile it with stride
+(ph - overlap - boundary, pw - overlap - boundary), ceil(H / stride_y) x ceil(W / stride_x) of
+them, patch index p = ix * ny + iy. :meth:`GridPatching.fuse` sums the patches back, crops the
+padding and divides by the number of patches covering each pixel (overlaps averaged), so fusing
+the split of an image returns the image. Rectangular patches and rectangular domains are allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import GridError, explain
+
+__all__ = [
+    "random_patch_offsets",
+    "global_index",
+    "extract_patches",
+    "resize_to",
+    "RandomPatches",
+    "random_patches",
+    "GridPatching",
+]
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def random_patch_offsets(
+    domain_shape: tuple[int, int],
+    patch_shape: tuple[int, int] | int,
+    num_patches: int,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """(P, 2) long tensor of top-left corners (y0, x0), y0 ~ U{0..H-ph}, x0 ~ U{0..W-pw}."""
+    (H, W), (ph, pw) = _pair(domain_shape), _pair(patch_shape)
+    if ph > H or pw > W:
+        raise GridError(explain("the patch is larger than the domain", expected=f"patch <= {(H, W)}",
+                                found=(ph, pw), fix="use a smaller patch_shape"))
+    gdev = generator.device if generator is not None else (device or "cpu")
+    y0 = torch.randint(0, H - ph + 1, (num_patches,), generator=generator, device=gdev)
+    x0 = torch.randint(0, W - pw + 1, (num_patches,), generator=generator, device=gdev)
+    return torch.stack([y0, x0], dim=1).to(device or gdev)
+
+
+def global_index(offsets: Tensor, patch_shape: tuple[int, int] | int) -> Tensor:
+    """(P, 2, ph, pw) pixel coordinates (y, x) in the full grid of patches with top-left ``offsets``."""
+    ph, pw = _pair(patch_shape)
+    dy = torch.arange(ph, device=offsets.device).reshape(1, ph, 1)
+    dx = torch.arange(pw, device=offsets.device).reshape(1, 1, pw)
+    yy = (offsets[:, 0].reshape(-1, 1, 1) + dy).expand(-1, ph, pw)
+    xx = (offsets[:, 1].reshape(-1, 1, 1) + dx).expand(-1, ph, pw)
+    return torch.stack([yy, xx], dim=1).long()
+
+
+def extract_patches(x: Tensor, offsets: Tensor, patch_shape: tuple[int, int] | int) -> Tensor:
+    """Cut the patches at ``offsets`` (P, 2) from every sample of x (B, C, H, W): (P*B, C, ph, pw),
+    row p * B + b = x[b, :, y0_p:y0_p+ph, x0_p:x0_p+pw]."""
+    gi = global_index(offsets.to(x.device), patch_shape)  # (P, 2, ph, pw)
+    patches = x[:, :, gi[:, 0], gi[:, 1]]  # advanced indexing -> (B, C, P, ph, pw)
+    return patches.permute(2, 0, 1, 3, 4).reshape((-1, x.shape[1]) + tuple(gi.shape[2:]))
+
+
+def resize_to(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize (align_corners=False) of (B, C, h, w) to (B, C, *size)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+class RandomPatches(NamedTuple):
+    """Result of :func:`random_patches` (all patch-major, P*B rows)."""
+
+    target: Tensor  # (P*B, C, ph, pw)
+    condition: Tensor | None  # (P*B, Cc [+ Cx], ph, pw)
+    offsets: Tensor  # (P, 2) top-left corners (y0, x0)
+    global_index: Tensor  # (P, 2, ph, pw)
+
+
+def random_patches(
+    target: Tensor,
+    condition: Tensor | None,
+    patch_shape: tuple[int, int] | int,
+    num_patches: int = 1,
+    *,
+    context: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    offsets: Tensor | None = None,
+) -> RandomPatches:
+    """Random training patches of a fine target (B, C, H, W) and its condition.
+
+    ``condition`` (B, Cc, h, w) is cut at the same place; if it is not on the target's grid it is
+    first resized bilinearly to (H, W). ``context`` (B, Cx, h', w'), e.g. the low-resolution input,
+    is resized as a whole to the patch size and appended to the condition channels
+    (cat([condition patch, context resized])). Give ``offsets`` (P, 2) to reuse positions.
+    """
+    B, _, H, W = target.shape
+    ph, pw = _pair(patch_shape)
+    if offsets is None:
+        offsets = random_patch_offsets((H, W), (ph, pw), num_patches, generator=generator, device=target.device)
+    offsets = offsets.to(target.device)
+    cond = None
+    if condition is not None:
+        cond = extract_patches(resize_to(condition, (H, W)), offsets, (ph, pw))
+    if context is not None:
+        ctx = resize_to(context, (ph, pw)).repeat(offsets.shape[0], 1, 1, 1)
+        cond = ctx if cond is None else torch.cat([cond, ctx.to(cond.dtype)], dim=1)
+    return RandomPatches(extract_patches(target, offsets, (ph, pw)), cond, offsets, global_index(offsets, (ph, pw)))
+
+
+class GridPatching:
+    """Overlapping grid patches of a (H, W) domain for inference, and their fusion.
+
+    Parameters: ``domain_shape`` (H, W), ``patch_shape`` (ph, pw) or an int, ``overlap`` pixels
+    shared by neighbouring patches (default 4), ``boundary`` pixels of padding (default 2).
+    Needs ph > overlap + 2 boundary (and likewise for pw).
+    """
+
+    def __init__(
+        self,
+        domain_shape: tuple[int, int],
+        patch_shape: tuple[int, int] | int,
+        overlap: int = 4,
+        boundary: int = 2,
+    ):
+        self.domain_shape, self.patch_shape = _pair(domain_shape), _pair(patch_shape)
+        self.overlap, self.boundary = int(overlap), int(boundary)
+        for p, name in zip(self.patch_shape, ("height", "width")):
+            if p <= self.overlap + 2 * self.boundary:
+                raise GridError(explain(f"patch {name} too small for the overlap and boundary",
+                                        expected=f"> overlap + 2*boundary = {self.overlap + 2 * self.boundary}",
+                                        found=p, fix="use larger patches or smaller overlap/boundary"))
+        self.stride = tuple(p - self.overlap - self.boundary for p in self.patch_shape)
+        self.grid_shape = tuple(math.ceil(n / s) for n, s in zip(self.domain_shape, self.stride))
+        self.padded_shape = tuple(
+            s * (n - 1) + p + self.boundary for s, n, p in zip(self.stride, self.grid_shape, self.patch_shape)
+        )
+        (H, W), (Hp, Wp), b = self.domain_shape, self.padded_shape, self.boundary
+        self.padding = (b, Wp - W - b, b, Hp - H - b)  # left, right, top, bottom (F.pad order)
+        if max(self.padding[0], self.padding[1]) >= W or max(self.padding[2], self.padding[3]) >= H:
+            raise GridError(explain("the domain is too small for reflect padding with these patches",
+                                    expected=f"padding < domain size {self.domain_shape}",
+                                    found=f"padding (l, r, t, b) = {self.padding}",
+                                    fix="use smaller patches, or no patching for such a small domain"))
+        ones = torch.ones((1, 1) + self.padded_shape, dtype=torch.float64)
+        self._count = self._fold(self._unfold(ones))  # patches covering each padded pixel
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_shape[0] * self.grid_shape[1]
+
+    def _unfold(self, padded: Tensor) -> Tensor:
+        cols = F.unfold(padded, kernel_size=self.patch_shape, stride=self.stride)  # (B, C*ph*pw, ny*nx)
+        B, C = padded.shape[0], padded.shape[1]
+        (ph, pw), (ny, nx) = self.patch_shape, self.grid_shape
+        cols = cols.reshape(B, C, ph, pw, ny, nx).permute(5, 4, 0, 1, 2, 3)  # (nx, ny, B, C, ph, pw)
+        return cols.reshape(nx * ny * B, C, ph, pw)
+
+    def _fold(self, patches: Tensor) -> Tensor:
+        (ph, pw), (ny, nx) = self.patch_shape, self.grid_shape
+        B = patches.shape[0] // (nx * ny)
+        C = patches.shape[1]
+        cols = patches.reshape(nx, ny, B, C, ph, pw).permute(2, 3, 4, 5, 1, 0).reshape(B, C * ph * pw, ny * nx)
+        return F.fold(cols, output_size=self.padded_shape, kernel_size=self.patch_shape, stride=self.stride)
+
+    def _pad(self, x: Tensor) -> Tensor:
+        return F.pad(x, self.padding, mode="reflect")
+
+    def split(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """(B, C, H, W) -> (P*B, C, ph, pw); ``context`` (B, Cx, h, w) resized to the patch size is
+        appended to every patch as extra channels."""
+        if tuple(x.shape[-2:]) != self.domain_shape:
+            raise GridError(explain("the field does not have the domain shape of this patching",
+                                    expected=self.domain_shape, found=tuple(x.shape[-2:])))
+        patches = self._unfold(self._pad(x))
+        if context is not None:
+            ctx = resize_to(context, self.patch_shape).repeat(self.num_patches, 1, 1, 1)
+            patches = torch.cat([patches, ctx.to(patches.dtype)], dim=1)
+        return patches
+
+    def fuse(self, patches: Tensor, batch_size: int | None = None) -> Tensor:
+        """(P*B, C, ph, pw) -> (B, C, H, W): overlaps averaged, padding cropped."""
+        if batch_size is not None and patches.shape[0] != batch_size * self.num_patches:
+            raise ValueError(f"{patches.shape[0]} patches for batch {batch_size} x {self.num_patches} patches")
+        summed = self._fold(patches)
+        count = self._count.to(device=summed.device, dtype=summed.dtype)
+        (H, W), (left, _, top, _) = self.domain_shape, self.padding
+        return (summed / count)[..., top:top + H, left:left + W]
+
+    def offsets(self, device: torch.device | str | None = None) -> Tensor:
+        """(P, 2) top-left corners (y0, x0) of the patches in the unpadded grid (may be negative)."""
+        (ny, nx), (sy, sx) = self.grid_shape, self.stride
+        iy = torch.arange(ny).repeat(nx)  # p = ix * ny + iy
+        ix = torch.arange(nx).repeat_interleave(ny)
+        return torch.stack([iy * sy - self.boundary, ix * sx - self.boundary], dim=1).to(device)
+
+    def global_index(self, device: torch.device | str | None = None) -> Tensor:
+        """(P, 2, ph, pw) long: the (y, x) pixel of the full grid seen by each patch pixel; pixels in
+        the padding carry the coordinates of the pixel reflected into them."""
+        H, W = self.domain_shape
+        yy, xx = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64),
+                                indexing="ij")
+        grid = torch.stack([yy, xx]).unsqueeze(0)
+        return self._unfold(self._pad(grid)).round().long().to(device)
