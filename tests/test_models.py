@@ -81,6 +81,28 @@ def test_stormcast_step_and_losses():
         assert loss.shape == (3,) and torch.isfinite(loss).all()
 
 
+def test_stormscope_and_vit_step_and_train():
+    from xkmcast.models import vit_spec
+
+    scope = build_pipeline(stormscope_spec(STATE_VARS, FINE_SHAPE, background_vars=["msl"], invariant_vars=["orog"],
+                                           size="tiny", sampler={"num_steps": 3}))
+    scope.set_invariants(torch.randn(1, *FINE_SHAPE))
+    vit = build_pipeline(vit_spec(STATE_VARS, FINE_SHAPE, size="tiny"))
+    state = torch.randn(2, len(STATE_VARS), *FINE_SHAPE)
+    bg = torch.randn(2, 1, *FINE_SHAPE)
+    a = scope.eval().step(state, bg, seeds=[1, 2])
+    b = scope.step(state[1:], bg[1:], seeds=[2])
+    assert a.shape == state.shape
+    torch.testing.assert_close(a[1:], b, atol=1e-5, rtol=1e-5)
+    assert vit.eval().step(state).shape == state.shape
+    batch = {"state": [state, state.roll(1, -1)], "background": bg, "invariant": torch.randn(2, 1, *FINE_SHAPE)}
+    loss, sigma = scope.train().loss("diffusion", batch)
+    assert loss.shape == (2,) and sigma is not None
+    loss, sigma = vit.train().loss("regression", batch)
+    loss.mean().backward()
+    assert sigma is None and all(p.grad is not None for p in vit.parameters() if p.requires_grad)
+
+
 def test_condition_rules_are_enforced():
     with pytest.raises(ConfigError, match="no regression stage"):
         stormcast_spec(STATE_VARS, FINE_SHAPE, background_vars=["msl"], invariant_vars=["orog"], stages=("diffusion",))

@@ -198,7 +198,9 @@ def vit_spec(
     """The ViT weather transformer spec: deterministic x_{t+1} = F(cat(conditions))."""
     _check_conditions(conditions, (), ("regression",), background_vars, invariant_vars)
     n = {"state": len(state_vars), "background": len(background_vars), "invariant": len(invariant_vars)}
-    net = _size(TRANSFORMER_SIZES, size, network_overrides)
+    net = _size(TRANSFORMER_SIZES, size, None)
+    net = {("embed_dim" if k == "hidden_size" else k): v for k, v in net.items()}  # the ViT's name for it
+    net.update(network_overrides or {})
     networks = {
         "regression": {
             "class": "WeatherViT",
