@@ -9,6 +9,12 @@ catalog_app = typer.Typer(no_args_is_help=True, help="List and download the data
 app.add_typer(catalog_app, name="catalog")
 
 
+def _register_training() -> None:
+    from .train.cli import register
+
+    register(app)  # train, scale, prepare
+
+
 @app.command()
 def version() -> None:
     """Print the xkmcast version."""
@@ -141,5 +147,12 @@ def score(
     Console().print(format_table(scores, title=f"scores of {prediction}"))
 
 
+_register_training()
+
+
 def main() -> None:  # pragma: no cover
     app()
+
+
+if __name__ == "__main__":  # torchrun -m xkmcast.cli train CONFIG
+    main()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -110,7 +110,7 @@ class Variable:
 
 @functools.cache
 def _table() -> tuple[dict[str, Variable], dict[str, Variable]]:
-    raw = yaml.safe_load(resources.files("xkmcast").joinpath("variables.yaml").read_text())
+    raw = yaml.safe_load(Path(__file__).with_name("variables.yaml").read_text())
 
     def build(section: dict) -> dict[str, Variable]:
         return {

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 
-__all__ = ["ModelSpec", "Pipeline", "member_seeds"]
+__all__ = ["ModelSpec", "Pipeline", "member_seeds", "training_sigma"]
 
 
 def _plain(value):
@@ -76,6 +76,21 @@ class ModelSpec:
     def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def training_sigma(loss: dict[str, Any], default_P_mean: float):
+    """The training noise distribution of ``spec.loss``: ``{"sigma_distribution": "lognormal", "P_mean",
+    "P_std"}`` (ln sigma ~ N(P_mean, P_std^2)), ``{"sigma_distribution": "loguniform", "sigma_min",
+    "sigma_max"}``, or a named one of :func:`xkmcast.diffusion.losses.sigma_distribution`."""
+    from ..diffusion import losses
+
+    kind = loss.get("sigma_distribution", "lognormal")
+    if kind == "lognormal":
+        p_mean = loss.get("P_mean")
+        return losses.LogNormalSigma(default_P_mean if p_mean is None else p_mean, loss.get("P_std", 1.2))
+    if kind == "loguniform":
+        return losses.LogUniformSigma(loss.get("sigma_min", 0.002), loss.get("sigma_max", 80.0))
+    return losses.sigma_distribution(kind)
 
 
 def member_seeds(seed: int, members: int | list[int]) -> list[int]:

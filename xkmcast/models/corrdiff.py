@@ -23,7 +23,7 @@ from ..diffusion import losses
 from ..diffusion.patching import GridPatching, extract_patches, random_patches
 from ..diffusion.samplers import DEFAULT_STEPS, solve, time_steps
 from ..errors import ConfigError, explain
-from .base import ModelSpec, Pipeline
+from .base import ModelSpec, Pipeline, training_sigma
 from .stages import build_stage
 
 __all__ = ["CorrDiff", "rows_sample"]
@@ -114,7 +114,7 @@ class CorrDiff(Pipeline):
             raise ConfigError(explain("Unknown training stage for CorrDiff", expected=self.stage_names, found=stage))
         with torch.no_grad():
             mean = self.regression_mean(cond)
-        sigma_dist = self.spec.loss.get("sigma_distribution", "corrdiff")
+        sigma_dist = training_sigma(self.spec.loss, default_P_mean=0.0)
         patch = tuple(self.spec.patch) if self.spec.patch else None
         if patch is None or patch == tuple(target.shape[-2:]):
             return losses.residual_loss(

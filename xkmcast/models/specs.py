@@ -92,7 +92,8 @@ def corrdiff_spec(
         patch=list(patch) if patch is not None else None,
         sampler={"sampler": "heun", "num_steps": 18, "sigma_min": 0.002, "sigma_max": 800.0, "rho": 7.0,
                  **(sampler or {})},
-        loss={"sigma_distribution": "corrdiff", "condition_on_mean": condition_on_mean, **(loss or {})},
+        loss={"sigma_distribution": "lognormal", "P_mean": 0.0, "P_std": 1.2, "condition_on_mean": condition_on_mean,
+              **(loss or {})},
     )
 
 

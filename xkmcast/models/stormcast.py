@@ -8,7 +8,7 @@ Conditions are named as in the StormCast recipe and concatenated in this order:
     x_{t+1} = mu + r,  r ~ p(r | cat(conditions_diffusion))  ("regression" among diffusion conditions)
     x_{t+1} ~ p(x | cat(conditions_diffusion))               (Stormscope: diffusion only)
 
-Training losses: MSE of the regression; the EDM loss (ln sigma ~ N(-1.2, 1.2^2)) of the diffusion
+Training losses: MSE of the regression; the EDM loss (default ln sigma ~ N(-1.2, 1.2^2)) of the diffusion
 on the residual ``x_{t+1} - mu`` (or on ``x_{t+1}`` without regression).
 """
 
@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..diffusion import losses
 from ..errors import ConfigError, explain
-from .base import ModelSpec, Pipeline
+from .base import ModelSpec, Pipeline, training_sigma
 from .corrdiff import rows_sample
 from .stages import build_stage
 
@@ -122,9 +122,8 @@ class StormCast(ForecastPipeline):
                 mean = self._regression_mean(prev, background, invariant, kwargs)
         cond = self.conditions(names, state=prev, background=background, invariant=invariant, regression=mean)
         target = nxt - mean if mean is not None else nxt
-        return losses.edm_loss(
-            self.stages["diffusion"], target, cond,
-            P_mean=self.spec.loss.get("P_mean", -1.2), P_std=self.spec.loss.get("P_std", 1.2),
+        return losses.denoising_loss(
+            self.stages["diffusion"], target, cond, sigma_dist=training_sigma(self.spec.loss, default_P_mean=-1.2),
             channel_weights=weights, generator=generator, **kwargs,
         )
 

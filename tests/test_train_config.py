@@ -1,0 +1,147 @@
+"""The training configuration: presets, overrides, strict validation with suggestions, round trip."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from xkmcast.errors import ConfigError
+from xkmcast.train.config import (
+    ALLOWED_CONDITIONS,
+    TrainConfig,
+    list_presets,
+    load_config,
+    parse_overrides,
+    run_dir,
+    save_config,
+)
+
+EXPECTED_PRESETS = {
+    "corrdiff-tiny-regression", "corrdiff-tiny-diffusion", "corrdiff-mini-regression", "corrdiff-mini-diffusion",
+    "corrdiff-regression", "corrdiff-diffusion", "stormcast-regression", "stormcast-diffusion",
+    "stormcast-tiny-regression", "stormcast-tiny-diffusion", "stormscope", "stormscope-tiny", "vit", "vit-tiny",
+}
+
+
+def test_every_preset_validates_and_tiny_ones_are_small():
+    assert EXPECTED_PRESETS <= set(list_presets())
+    for name in list_presets():
+        cfg = load_config(name)
+        stages = ALLOWED_CONDITIONS[cfg.model.kind]
+        assert cfg.model.stage in stages
+        if "tiny" in name:
+            assert cfg.model.size == "tiny" and cfg.data.source == "synthetic" and cfg.training.duration <= 500
+    # the kind's loss default is filled in: CorrDiff's residual loss vs EDM / StormCast
+    assert load_config("corrdiff-tiny-regression").model.loss.P_mean == 0.0
+    assert load_config("stormcast-tiny-regression").model.loss.P_mean == -1.2
+    # diffusion presets extend their regression and name its bundle
+    diff = load_config("corrdiff-mini-diffusion")
+    assert diff.model.stage == "diffusion" and diff.model.regression_bundle.endswith("corrdiff-mini-regression/0/model")
+    assert diff.data.output_vars == load_config("corrdiff-mini-regression").data.output_vars
+
+
+def test_overrides_are_parsed_as_yaml_and_merged():
+    nested = parse_overrides(["training.lr=1e-4", "data.patch=[32, 32]", "training.resume=null", "a.b.c=3"])
+    assert nested["data"]["patch"] == [32, 32] and nested["training"]["resume"] is None and nested["a"]["b"]["c"] == 3
+    cfg = load_config("corrdiff-tiny-regression", ["training.lr=1e-4", "data.patch=[16, 16]", "training.resume=null",
+                                                   "training.time_budget=1.5h", "training.flops_budget=2e15"])
+    assert cfg.training.lr == pytest.approx(1e-4) and cfg.data.patch == [16, 16] and cfg.training.resume is None
+    assert cfg.training.time_budget == 5400.0 and cfg.training.flops_budget == 2e15
+    assert cfg.data.input_vars == load_config("corrdiff-tiny-regression").data.input_vars  # untouched keys kept
+    with pytest.raises(ConfigError, match="dotted.key=value"):
+        parse_overrides(["training.lr"])
+
+
+@pytest.mark.parametrize(("override", "path", "suggestion"), [
+    ("training.lrr=1", "training.lrr", "training.lr"),
+    ("trainig.lr=1", "trainig", "training"),
+    ("training.ema.halflife=3", "training.ema.halflife", "training.ema.halflife_samples"),
+    ("model.los.P_std=1", "model.los", "model.loss"),
+])
+def test_unknown_key_names_its_path_and_the_nearest_valid_key(override, path, suggestion):
+    with pytest.raises(ConfigError) as err:
+        load_config("corrdiff-tiny-regression", [override])
+    assert f"unknown key '{path}'" in str(err.value) and f"did you mean '{suggestion}'" in str(err.value)
+
+
+def test_wrong_types_and_values_name_the_key():
+    with pytest.raises(ConfigError, match=r"training\.batch_size.*found 'many'"):
+        load_config("corrdiff-tiny-regression", ["training.batch_size=many"])
+    with pytest.raises(ConfigError, match=r"training\.precision"):
+        load_config("corrdiff-tiny-regression", ["training.precision=fp8"])
+    with pytest.raises(ConfigError, match=r"batch_size_per_rank"):
+        load_config("corrdiff-tiny-regression", ["training.batch_size_per_rank=64"])
+    with pytest.raises(ConfigError, match="package.module:Class"):
+        load_config("corrdiff-tiny-regression", ["data.dataset_class=not a class"])
+    with pytest.raises(ConfigError, match="Did you mean 'corrdiff-tiny-regression'"):
+        load_config("corrdif-tiny-regression")
+
+
+def test_conditions_must_suit_the_kind_and_diffusion_needs_its_regression():
+    with pytest.raises(ConfigError, match=r"\['state'\] not allowed for kind 'corrdiff'"):
+        load_config("corrdiff-tiny-regression", ["model.regression_conditions=[state]"])
+    with pytest.raises(ConfigError, match="has no diffusion stage"):
+        load_config("vit-tiny", ["model.diffusion_conditions=[state]"])
+    with pytest.raises(ConfigError, match="has no 'regression' stage"):
+        load_config("stormscope-tiny", ["model.stage=regression"])
+    with pytest.raises(ConfigError, match="needs model.regression_bundle"):
+        load_config("corrdiff-tiny-diffusion", ["model.regression_bundle=null"])
+    # a diffusion-only StormCast needs no regression bundle
+    cfg = load_config("stormcast-tiny-diffusion", ["model.regression_bundle=null",
+                                                   "model.diffusion_conditions=[state, background]"])
+    assert cfg.model.diffusion_conditions == ["state", "background"]
+
+
+def test_resolved_config_round_trips_through_yaml(tmp_path):
+    cfg = load_config("stormcast-tiny-regression", [f"training.outdir={tmp_path}", "training.run_id=7"])
+    path = save_config(cfg, run_dir(cfg) / "config.yaml")
+    assert path == tmp_path / "stormcast-tiny-regression" / "7" / "config.yaml"
+    again = load_config(path)
+    assert again == cfg
+    assert isinstance(yaml.safe_load(path.read_text()), dict)
+
+
+def test_extends_chain_and_cycles(tmp_path):
+    base = tmp_path / "base.yaml"
+    child = tmp_path / "child.yaml"
+    base.write_text("extends: corrdiff-tiny-regression\ntraining: {lr: 0.5, batch_size: 2}\n")
+    child.write_text(f"extends: {base}\ntraining: {{lr: 0.25}}\n")
+    cfg = load_config(child)
+    assert cfg.training.lr == 0.25 and cfg.training.batch_size == 2 and cfg.model.kind == "corrdiff"
+    base.write_text(f"extends: {child}\n")
+    with pytest.raises(ConfigError, match="circular"):
+        load_config(child)
+
+
+def test_model_signature_tracks_the_settings_weights_depend_on():
+    a = load_config("corrdiff-tiny-regression")
+    assert a.model_signature() == load_config("corrdiff-tiny-regression", ["training.lr=1"]).model_signature()
+    b = load_config("corrdiff-tiny-regression", ["model.network={model_channels: 32}", "data.output_vars=[t2m]"])
+    differ = {k for k in a.model_signature() | b.model_signature()
+              if a.model_signature().get(k) != b.model_signature().get(k)}
+    assert differ == {"model.network.model_channels", "model.network", "data.output_vars"}
+    assert isinstance(a, TrainConfig)
+
+
+def test_scaled_configs_change_only_their_dimension():
+    from xkmcast.train.config import read_raw, validate
+    from xkmcast.train.scaling import scaled_config
+
+    raw = read_raw("corrdiff-tiny-regression")
+    base = validate(raw)
+    width = validate(scaled_config(raw, "width", 2))
+    assert width.model.network == {"model_channels": 32}  # tiny has 16 channels
+    assert validate(scaled_config(raw, "depth", 3)).model.network == {"num_blocks": 3}
+    batch = validate(scaled_config(raw, "batch", 0.5))
+    assert batch.training.batch_size == 4 and batch.training.lr == pytest.approx(base.training.lr / 2)
+    res = validate(scaled_config(raw, "resolution", 2))
+    assert (res.data.params["nx"], res.data.params["ny"]) == (64, 64)
+    assert validate(scaled_config(raw, "data", 0.5)).data.params["times"] == 24
+    assert validate(scaled_config(raw, "precision", 1)).training.precision == "amp-bf16"
+    vit = read_raw("vit-tiny")
+    assert validate(scaled_config(vit, "width", 2)).model.network["hidden_size"] == 64  # a multiple of the heads
+    for kind in ("width", "depth", "batch", "resolution", "data", "precision"):
+        scaled = validate(scaled_config(raw, kind, 2))
+        assert scaled.model.kind == base.model.kind and scaled.data.output_vars == base.data.output_vars
+    with pytest.raises(ConfigError, match="unknown scaling type"):
+        scaled_config(raw, "colour", 2)

@@ -1,0 +1,191 @@
+"""The trainer on the real CorrDiff pipeline and synthetic data: learning, resume, budgets, export."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from xkmcast.train.config import TrainingConfig, load_config
+from xkmcast.train.trainer import EMA, learning_rate, train
+
+STORE_VARS = dict(input_vars=["t2m", "u10m", "v10m", "msl"], output_vars=["t2m", "u10m"], invariants=["orog", "lsm"])
+
+
+def prepared_store(tmp_path_factory) -> Path:
+    """A 16 x 16 synthetic training store (coarse x4), written once per test session."""
+    path = tmp_path_factory.getbasetemp() / "xk_train_store.zarr"
+    if not path.exists():
+        from xkmcast.data.prepare import prepare
+        from xkmcast.data.synthetic import synthetic_pair
+
+        coarse, fine = synthetic_pair(nx=16, ny=16, factor=4, times=20, seed=1)
+        prepare(fine, coarse, path, regrid_method="nearest", **STORE_VARS)
+    return path
+
+
+def tiny_config(store: Path, outdir: Path, *extra: str):
+    """corrdiff-tiny-regression on the store, sized for seconds on one CPU core."""
+    return load_config("corrdiff-tiny-regression", [
+        f"data.source={store}", f"data.input_vars={STORE_VARS['input_vars']}",
+        f"data.output_vars={STORE_VARS['output_vars']}", f"data.invariants={STORE_VARS['invariants']}",
+        "data.valid_fraction=0.2", f"training.outdir={outdir}", "training.batch_size=4", "training.duration=30",
+        "training.validate_every=10", "training.valid_batches=1", "training.checkpoint_every=10",
+        "training.log_every=1", "training.tensorboard=false", "training.device=cpu", *extra,
+    ])
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    torch.set_num_threads(1)
+    return prepared_store(tmp_path_factory)
+
+
+def _state(run: Path) -> dict:
+    from xkmcast.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    return load_checkpoint(latest_checkpoint(run / "checkpoints"))
+
+
+# ------------------------------------------------------------------------------------ pieces
+def test_learning_rate_schedules_match_their_formulas():
+    t = TrainingConfig(lr=1.0, warmup_steps=4, schedule="cosine", min_lr=0.1)
+    assert learning_rate(0, t, 104) == pytest.approx(0.25)  # (0+1)/4 of the way up
+    assert learning_rate(4, t, 104) == pytest.approx(1.0)  # cosine starts at the top
+    assert learning_rate(54, t, 104) == pytest.approx(0.1 + 0.9 * 0.5)  # half way: the mean
+    assert learning_rate(104, t, 104) == pytest.approx(0.1)
+    lin = TrainingConfig(lr=2.0, schedule="linear")
+    assert learning_rate(25, lin, 100) == pytest.approx(2.0 * 0.75)
+
+
+def test_ema_follows_the_closed_form():
+    """With weights held at w1 after starting at w0, w_ema after n updates = w1 + beta^n (w0 - w1)."""
+    net = torch.nn.Linear(3, 2)
+    w0 = [p.detach().clone() for p in net.parameters()]
+    cfg = TrainingConfig(ema={"decay": 0.9}).ema
+    ema = EMA(net, cfg, batch_size=8)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    for _ in range(5):
+        ema.update(samples_seen=8)
+    for s, a, p in zip(ema.shadow, w0, net.parameters()):
+        torch.testing.assert_close(s, p + 0.9**5 * (a - p))
+    half = EMA(net, TrainingConfig(ema={"halflife_samples": 16, "rampup_ratio": None}).ema, batch_size=8)
+    assert half.beta(1000) == pytest.approx(0.5 ** 0.5)  # two steps of 8 samples halve the weight
+
+
+# ------------------------------------------------------------------------------ end to end
+@pytest.mark.slow
+def test_tiny_corrdiff_regression_then_diffusion_learn_and_export(store, tmp_path):
+    import xkmcast
+
+    reg = train(tiny_config(store, tmp_path, "training.duration=20", "training.image_every=20"), quiet=True)
+    losses = [v for _, v in reg.valid_losses]
+    assert len(losses) == 2 and losses[-1] < 0.8 * losses[0], losses
+    assert reg.stop_reason == "duration" and reg.step == 20 and reg.samples == 80
+    assert (reg.run_dir / "config.yaml").exists() and list((reg.run_dir / "images").glob("*.png"))
+    # the bundle holds the EMA weights of the last checkpoint and opens with load_model
+    model = xkmcast.load_model(reg.bundle)
+    ema = _state(reg.run_dir)["ema"]
+    trained = [p for p in model.stages["regression"].parameters()]
+    assert len(trained) == len(ema) and all(torch.equal(a, b) for a, b in zip(trained, ema))
+    assert model.grid_lat.shape == (16, 16) and model.invariant.shape == (2, 16, 16)
+
+    diff = train(tiny_config(store, tmp_path, "model.stage=diffusion", f"model.regression_bundle={reg.bundle}",
+                             "training.experiment=diff", "training.lr=3e-3", "training.duration=20",
+                             "training.validate_every=10", "training.valid_batches=3"), quiet=True)
+    dl = [v for _, v in diff.valid_losses]
+    assert dl[-1] < dl[0], dl
+    both = xkmcast.load_model(diff.bundle)
+    assert set(both.stages) == {"regression", "diffusion"}
+    for a, b in zip(both.stages["regression"].state_dict().values(), model.stages["regression"].state_dict().values()):
+        assert torch.equal(a, b)  # the regression stayed frozen
+    logged = [json.loads(line) for line in (diff.run_dir / "log.jsonl").read_text().splitlines()]
+    assert any(k.startswith("loss_sigma/") for row in logged for k in row)
+
+
+@pytest.mark.slow
+def test_n_steps_equal_half_resume_half_bitwise(store, tmp_path):
+    one = train(tiny_config(store, tmp_path, "training.experiment=one", "training.duration=12",
+                            "training.checkpoint_every=3", "training.validate_every=4"), quiet=True)
+    first = train(tiny_config(store, tmp_path, "training.experiment=two", "training.duration=12",
+                              "training.checkpoint_every=3", "training.validate_every=4"), quiet=True, stop_after=6)
+    assert first.step == 6 and first.bundle is None
+    second = train(tiny_config(store, tmp_path, "training.experiment=two", "training.duration=12",
+                               "training.checkpoint_every=3", "training.validate_every=4"), quiet=True)
+    assert second.step == 12
+    a, b = _state(one.run_dir), _state(second.run_dir)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert all(torch.equal(x, y) for x, y in zip(a["ema"], b["ema"]))
+    assert a["valid_losses"] == b["valid_losses"]
+
+
+# ----------------------------------------------------------------------------------- budgets
+def test_flops_budget_stops_after_the_counted_steps(store, tmp_path):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import xkmcast.models as models
+    from xkmcast.train.setup import build_run
+
+    cfg = tiny_config(store, tmp_path, "training.validate_every=1000", "training.checkpoint_every=1000")
+    pipeline, data, _ = build_run(cfg)
+    batch = torch.utils.data.default_collate([data[i] for i in range(4)])
+    with FlopCounterMode(display=False) as fc:  # an independent count: forward + backward of one batch
+        loss, _ = pipeline.loss("regression", batch)
+        loss.mean().backward()
+    per_step = fc.get_total_flops()
+    assert isinstance(pipeline, models.Pipeline)
+    result = train(tiny_config(store, tmp_path, f"training.flops_budget={2.5 * per_step}",
+                               "training.validate_every=1000", "training.checkpoint_every=1000"), quiet=True)
+    assert result.flops_per_step == per_step
+    assert result.stop_reason == "flops_budget" and result.step == 3
+    assert result.bundle is not None and (result.bundle / "weights.safetensors").exists()
+
+
+def test_time_budget_and_early_stopping_stop_cleanly(store, tmp_path):
+    timed = train(tiny_config(store, tmp_path, "training.experiment=t", "training.time_budget=0.001"), quiet=True)
+    assert timed.stop_reason == "time_budget" and timed.step == 1 and timed.bundle is not None
+    # lr ~ 0: the validation loss cannot improve, so patience 1 stops at the second validation
+    early = train(tiny_config(store, tmp_path, "training.experiment=e", "training.lr=1e-30", "training.patience=1",
+                              "training.validate_every=2", "training.tensorboard=true"), quiet=True)
+    assert early.stop_reason == "early_stopping" and early.step == 4
+    assert early.valid_losses[0][1] == pytest.approx(early.valid_losses[1][1], rel=1e-6)
+    assert math.isfinite(early.train_loss) and np.isfinite(early.parameters)
+    # TensorBoard holds the same scalars as log.jsonl (read back with TensorBoard's own reader)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(early.run_dir / "tensorboard"))
+    events.Reload()
+    assert {"loss", "lr", "samples_per_s", "valid_loss"} <= set(events.Tags()["scalars"])
+    logged = [json.loads(line) for line in (early.run_dir / "log.jsonl").read_text().splitlines()]
+    tb_loss = {e.step: e.value for e in events.Scalars("loss")}
+    assert all(tb_loss[row["step"]] == pytest.approx(row["loss"]) for row in logged if "loss" in row)
+
+
+@pytest.mark.slow
+def test_scaling_runner_tabulates_every_run(store, tmp_path):
+    import csv
+
+    from xkmcast.train.scaling import run_scaling
+
+    overrides = [f"data.source={store}", f"data.input_vars={STORE_VARS['input_vars']}",
+                 f"data.output_vars={STORE_VARS['output_vars']}", f"data.invariants={STORE_VARS['invariants']}",
+                 "data.valid_fraction=0.2", "training.batch_size=4", "training.valid_batches=1",
+                 "training.device=cpu"]
+    rows = run_scaling("corrdiff-tiny-regression", overrides, factors=(0.5, 1.0), types=("width",), steps=2,
+                       outdir=str(tmp_path))
+    assert [(r["type"], r["factor"], r["steps"]) for r in rows] == [("width", 0.5, 2), ("width", 1.0, 2)]
+    small, full = rows
+    # half the channels: about a quarter of the convolution weights and FLOPs
+    assert 0.2 < small["parameters"] / full["parameters"] < 0.35
+    assert 0.2 < small["flops_per_step"] / full["flops_per_step"] < 0.35
+    assert all(math.isfinite(r["final_loss"]) and math.isfinite(r["valid_loss"]) for r in rows)
+    with open(tmp_path / "corrdiff-tiny-regression-scaling" / "scaling.csv") as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == 2 and float(table[1]["parameters"]) == full["parameters"]

@@ -1,0 +1,138 @@
+"""The ``train``, ``scale`` and ``prepare`` commands (registered on the main app by :func:`register`).
+
+    xkmcast train CONFIG [key=value ...] [--quiet]       CONFIG: a preset name or a YAML file
+    xkmcast train --list                                  the presets
+    xkmcast scale CONFIG [key=value ...] --factors 0.5 1 2 4 --types width depth [--steps N | --seconds S]
+    xkmcast prepare FINE OUT --input t2m u10m ... --output t2m ... [--coarse COARSE | --coarsen 8]
+
+Several GPUs / nodes: ``torchrun --nproc_per_node=8 -m xkmcast.train.cli train CONFIG ...``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ..errors import XkmcastError
+
+__all__ = ["register", "train_command", "scale_command", "prepare_command", "app"]
+
+_EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _fail(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(code=2)
+
+
+def train_command(
+    config: str = typer.Argument(None, help="A preset name (see --list) or a YAML file."),
+    overrides: list[str] = typer.Argument(None, help="Dotted overrides such as training.lr=1e-4."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    list_presets: bool = typer.Option(False, "--list", help="List the presets and exit."),
+) -> None:
+    """Train a model stage: CONFIG (preset or YAML) with key=value overrides; resumes by default."""
+    from .config import list_presets as presets
+    from .config import load_config
+    from .trainer import train
+
+    if list_presets or config is None:
+        typer.echo("\n".join(presets()))
+        return
+    try:
+        result = train(load_config(config, overrides or []), quiet=quiet)
+    except XkmcastError as exc:
+        _fail(exc)
+    if result.bundle is not None:
+        typer.echo(f"model bundle: {result.bundle}")
+
+
+def _split_lists(args: list[str], names: tuple[str, ...]) -> tuple[list[str], dict[str, list[str]]]:
+    """Overrides and the values of ``--name v1 v2 ...`` options (values until the next ``--``)."""
+    rest: list[str] = []
+    found: dict[str, list[str]] = {}
+    current = None
+    for arg in args:
+        if arg.startswith("--"):
+            key = arg[2:].split("=", 1)
+            if key[0] not in names:
+                raise typer.BadParameter(f"unknown option {arg}; expected one of {['--' + n for n in names]}")
+            current = key[0]
+            found.setdefault(current, [])
+            if len(key) == 2:
+                found[current] += [v for v in key[1].split(",") if v]
+        elif current is not None and "=" not in arg:
+            found[current].append(arg)
+        else:
+            current = None
+            rest.append(arg)
+    return rest, found
+
+
+def scale_command(ctx: typer.Context, config: str = typer.Argument(..., help="A preset name or a YAML file.")) -> None:
+    """Scaling experiments: --factors 0.5 1 2 4 --types width depth batch resolution data precision
+    [--steps N] [--seconds S] [--outdir DIR]; then key=value overrides of the base config."""
+    from .scaling import print_table, run_scaling
+
+    overrides, opts = _split_lists(list(ctx.args), ("factors", "types", "steps", "seconds", "outdir", "quiet"))
+    try:
+        factors = [float(f) for f in opts.get("factors", ["0.5", "1", "2", "4"])]
+        steps = int(opts["steps"][0]) if opts.get("steps") else None
+        seconds = float(opts["seconds"][0]) if opts.get("seconds") else None
+    except (ValueError, IndexError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if steps is None and seconds is None:
+        steps = 20
+    try:
+        rows = run_scaling(config, overrides, factors=factors, types=opts.get("types", ["width"]), steps=steps,
+                           seconds=seconds, outdir=(opts.get("outdir") or [None])[0])
+    except XkmcastError as exc:
+        _fail(exc)
+    print_table(rows)
+
+
+def prepare_command(
+    fine: str = typer.Argument(..., help="Fine (target) dataset: catalog entry or path."),
+    out: str = typer.Argument(..., help="Output zarr store."),
+    input_vars: list[str] = typer.Option(..., "--input", help="Coarse input variables (repeat the option)."),
+    output_vars: list[str] = typer.Option(..., "--output", help="Target variables (repeat the option)."),
+    invariants: list[str] = typer.Option([], "--invariant", help="Invariant fields of the fine dataset."),
+    coarse: str = typer.Option(None, "--coarse", help="Coarse input dataset (entry or path)."),
+    coarsen: int = typer.Option(None, "--coarsen", help="Make the input by block-averaging the fine data."),
+    regrid_method: str = typer.Option("bilinear", "--regrid", help="bilinear | nearest | conservative."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Write a training store (inputs on the fine grid, targets, invariants, statistics)."""
+    import xkmcast
+    from ..data.prepare import prepare
+
+    try:
+        fine_ds = xkmcast.open_dataset(fine)
+        if coarse is not None:
+            coarse_ds = xkmcast.open_dataset(coarse)
+        elif coarsen is not None:
+            from ..data.synthetic import block_mean
+
+            coarse_ds = block_mean(fine_ds, coarsen)
+        else:
+            raise typer.BadParameter("give --coarse or --coarsen")
+        path = prepare(fine_ds, coarse_ds, out, input_vars=input_vars, output_vars=output_vars,
+                       invariants=invariants, regrid_method=regrid_method, overwrite=overwrite)
+    except XkmcastError as exc:
+        _fail(exc)
+    typer.echo(str(path))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train``, ``scale`` and ``prepare`` to ``app``."""
+    app.command("train")(train_command)
+    app.command("scale", context_settings=_EXTRA)(scale_command)
+    app.command("prepare")(prepare_command)
+
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="xkmcast training commands.")
+register(app)
+
+if __name__ == "__main__":  # torchrun -m xkmcast.train.cli train CONFIG ...
+    sys.exit(app())

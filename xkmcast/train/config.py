@@ -1,0 +1,458 @@
+"""The training configuration: one pydantic schema that holds every default.
+
+A run is described by three sections, ``data``, ``model`` and ``training``. Presets
+(``xkmcast/presets/<name>.yaml``) and user YAML files only *override* these defaults; a YAML file may
+start from another one with ``extends: <preset name or path>``. Dotted ``key=value`` overrides from the
+command line are merged last; values are parsed as YAML scalars / lists (``training.lr=1e-4``,
+``data.patch=[32,32]``, ``training.resume=null``).
+
+Validation is strict (``extra="forbid"``): an unknown key is a :class:`~xkmcast.errors.ConfigError`
+naming its dotted path and the nearest valid key (difflib), and the cross-field rules of the model kinds
+are checked here (allowed conditions, a diffusion run on a regression needs ``model.regression_bundle``).
+
+The resolved configuration is written as ``config.yaml`` in the run directory
+``<training.outdir>/<training.experiment>/<training.run_id>``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import ConfigError, explain
+
+__all__ = [
+    "DataConfig",
+    "LossConfig",
+    "ModelConfig",
+    "EMAConfig",
+    "TrainingConfig",
+    "TrainConfig",
+    "CONDITIONS",
+    "ALLOWED_CONDITIONS",
+    "list_presets",
+    "load_config",
+    "read_raw",
+    "validate",
+    "deep_merge",
+    "parse_overrides",
+    "save_config",
+    "run_dir",
+]
+
+Condition = Literal["state", "background", "invariant", "regression"]
+CONDITIONS: tuple[str, ...] = ("state", "background", "invariant", "regression")
+
+#: The conditions each kind accepts, per stage (StormCast recipe names; for downscaling the coarse
+#: input plays the role of "background"). A missing stage means the kind has no such stage.
+ALLOWED_CONDITIONS: dict[str, dict[str, set[str]]] = {
+    "corrdiff": {"regression": {"background", "invariant"}, "diffusion": {"background", "invariant", "regression"}},
+    "stormcast": {"regression": {"state", "background", "invariant"}, "diffusion": set(CONDITIONS)},
+    "stormscope": {"diffusion": {"state", "background", "invariant"}},
+    "vit": {"regression": {"state", "background", "invariant"}},
+}
+#: The noise distribution centre of each kind (CorrDiff's residual loss vs the EDM / StormCast loss).
+PRESETS = Path(__file__).resolve().parents[1] / "presets"
+DEFAULT_P_MEAN = {"corrdiff": 0.0, "stormcast": -1.2, "stormscope": -1.2, "vit": -1.2}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class TimeRange(_Strict):
+    """An inclusive time window ``[start, end]`` (ISO strings); ``None`` leaves that end open."""
+
+    start: str | None = None
+    end: str | None = None
+
+
+class DataConfig(_Strict):
+    """Where the samples come from.
+
+    ``source``: a catalog entry (``xkmcast catalog list``), a path to a CF zarr / NetCDF dataset of your
+    own, or ``"synthetic"`` (:mod:`xkmcast.data.synthetic`, its arguments in ``params``). The fine
+    target is ``source``; the coarse input is ``coarse`` (another entry / path) or the target
+    block-averaged by ``coarsen``; the coarse input is regridded onto the fine grid with
+    ``regrid_method`` when the training store is prepared (once, in the run directory). Or ``dataset_class: "package.module:Class"``, a torch Dataset with
+    the StormCast sample interface, built as ``Class(split="train"|"valid", **params)``.
+
+    Times: ``train_times`` / ``valid_times`` windows; when neither is set the last ``valid_fraction``
+    of the times validate and the first ``train_fraction`` of the others train (scaling runs).
+    Forecast kinds (StormCast, Stormscope, ViT): ``input_vars`` / ``output_vars`` are the state,
+    ``background_vars`` the coarse conditioning. ``patch``: CorrDiff's patched diffusion (the pipeline
+    cuts random patches from whole fields). ``num_workers > 0`` loads faster but resuming is then no
+    longer bitwise exact.
+    """
+
+    source: str | None = None
+    coarse: str | None = None
+    coarsen: int | None = Field(default=None, ge=1)
+    dataset_class: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    input_vars: list[str] = Field(default_factory=list)
+    output_vars: list[str] = Field(default_factory=list)
+    background_vars: list[str] = Field(default_factory=list)
+    invariants: list[str] = Field(default_factory=list)
+    train_times: TimeRange = Field(default_factory=TimeRange)
+    valid_times: TimeRange = Field(default_factory=TimeRange)
+    valid_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    train_fraction: float = Field(default=1.0, gt=0.0, le=1.0)
+    regrid_method: Literal["bilinear", "nearest", "conservative"] = "bilinear"
+    patch: list[int] | None = None
+    num_workers: int = Field(default=0, ge=0)
+
+    @field_validator("dataset_class")
+    @classmethod
+    def _class_path(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[\w.]+:[\w.]+", value):
+            raise ValueError(f"expected 'package.module:Class', found {value!r}")
+        return value
+
+    @field_validator("patch")
+    @classmethod
+    def _patch(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (len(value) != 2 or min(value) < 1):
+            raise ValueError(f"expected [height, width] of positive ints, found {value!r}")
+        return value
+
+
+class LossConfig(_Strict):
+    """Training noise: ln(sigma) ~ N(P_mean, P_std^2) ("lognormal") or log-uniform on
+    [sigma_min, sigma_max]; ``P_mean`` None takes the kind's value (CorrDiff 0.0, EDM / StormCast -1.2).
+    ``channel_weights``: one weight per output channel (None: equal)."""
+
+    sigma_distribution: Literal["lognormal", "loguniform"] = "lognormal"
+    P_mean: float | None = None
+    P_std: float = Field(default=1.2, gt=0)
+    sigma_min: float = Field(default=0.002, gt=0)
+    sigma_max: float = Field(default=80.0, gt=0)
+    sigma_data: float | list[float] = 0.5
+    channel_weights: list[float] | None = None
+
+
+class ModelConfig(_Strict):
+    """The model: its ``kind``, the ``stage`` this run trains, the network size, the conditions.
+
+    ``size`` is a published network size ("tiny" for CPU tests, "mini", "normal"; see
+    :mod:`xkmcast.models.specs`) and ``network`` overrides its constructor arguments (e.g.
+    ``model.network.model_channels=32``); channel counts and the image size come from the data.
+    ``condition_on_mean`` (CorrDiff): also give the regression mean to the diffusion network.
+    """
+
+    kind: Literal["corrdiff", "stormcast", "stormscope", "vit"] = "corrdiff"
+    stage: Literal["regression", "diffusion"] | None = None
+    size: Literal["tiny", "mini", "normal"] = "mini"
+    network: dict[str, Any] = Field(default_factory=dict)
+    regression_conditions: list[Condition] | None = None
+    diffusion_conditions: list[Condition] | None = None
+    regression_bundle: str | None = None
+    condition_on_mean: bool = False
+    loss: LossConfig = Field(default_factory=LossConfig)
+    sampler: dict[str, Any] = Field(default_factory=dict)
+    time_step: str | None = None
+
+    @model_validator(mode="after")
+    def _kind_rules(self) -> ModelConfig:
+        allowed = ALLOWED_CONDITIONS[self.kind]
+        if self.stage is None:
+            self.stage = "regression" if "regression" in allowed else "diffusion"
+        if self.stage not in allowed:
+            raise ValueError(f"kind {self.kind!r} has no {self.stage!r} stage; it has {sorted(allowed)}")
+        defaults = {"regression": sorted(allowed.get("regression", set()) - {"regression"}),
+                    "diffusion": sorted(allowed.get("diffusion", set()))}
+        for stage in ("regression", "diffusion"):
+            field = f"{stage}_conditions"
+            given = getattr(self, field)
+            if given is None:
+                setattr(self, field, defaults[stage] if stage in allowed else [])
+                continue
+            if given and stage not in allowed:
+                raise ValueError(f"{field}: kind {self.kind!r} has no {stage} stage, so it takes no conditions")
+            bad = [c for c in given if c not in allowed.get(stage, set())]
+            if bad:
+                raise ValueError(f"{field}: {bad} not allowed for kind {self.kind!r}; "
+                                 f"allowed: {sorted(allowed[stage])}")
+        if self.loss.P_mean is None:
+            self.loss.P_mean = DEFAULT_P_MEAN[self.kind]
+        needs_reg = self.stage == "diffusion" and "regression" in (self.diffusion_conditions or [])
+        if needs_reg and not self.regression_bundle:
+            raise ValueError("a diffusion run conditioned on 'regression' needs model.regression_bundle "
+                             "(the bundle exported by the regression run, <run dir>/model); or drop "
+                             "'regression' from model.diffusion_conditions for a diffusion-only model")
+        return self
+
+
+class EMAConfig(_Strict):
+    """Exponential moving average of the weights, used for validation and export.
+
+    Per optimizer step of B samples the decay is ``beta = 0.5 ** (B / h)`` with the half-life ``h``
+    in samples, ramped up as ``h = min(halflife_samples, rampup_ratio * samples_seen)``; or a fixed
+    ``decay`` per step. ``enabled: false`` exports the raw weights."""
+
+    enabled: bool = True
+    halflife_samples: float = Field(default=500_000, gt=0)
+    rampup_ratio: float | None = Field(default=0.05, gt=0)
+    decay: float | None = Field(default=None, ge=0, lt=1)
+
+
+_DURATION = re.compile(r"^\s*([0-9.]+)\s*(s|sec|m|min|h|d)?\s*$")
+_UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+class TrainingConfig(_Strict):
+    """How to train: duration, batch, optimiser, precision, budgets, checkpoints, outputs."""
+
+    duration: int = Field(default=1000, ge=1)
+    duration_unit: Literal["steps", "samples"] = "steps"
+    batch_size: int = Field(default=8, ge=1)
+    batch_size_per_rank: int | Literal["auto"] = "auto"
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(default=2e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(default=0.0, ge=0)
+    warmup_steps: int = Field(default=0, ge=0)
+    schedule: Literal["constant", "cosine", "linear", "rsqrt"] = "constant"
+    min_lr: float = Field(default=0.0, ge=0)
+    grad_clip: float | None = Field(default=None, gt=0)
+    precision: Literal["fp32", "amp-bf16"] = "fp32"
+    ema: EMAConfig = Field(default_factory=EMAConfig)
+    validate_every: int = Field(default=100, ge=1)
+    valid_batches: int | None = Field(default=8, ge=1)
+    patience: int | None = Field(default=None, ge=1)
+    min_delta: float = 0.0
+    time_budget: float | None = Field(default=None, gt=0)
+    flops_budget: float | None = Field(default=None, gt=0)
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    checkpoint_every: int = Field(default=500, ge=1)
+    max_checkpoints: int = Field(default=3, ge=0)
+    resume: str | None = "latest"
+    seed: int = 0
+    outdir: str = "runs"
+    experiment: str = "xkmcast"
+    run_id: str = "0"
+    tensorboard: bool = True
+    log_every: int = Field(default=10, ge=1)
+    image_every: int | None = Field(default=None, ge=1)
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any) -> Any:
+        """Accept seconds or strings such as ``"90s"``, ``"30m"``, ``"1.5h"``."""
+        if isinstance(value, str):
+            match = _DURATION.match(value)
+            if not match:
+                raise ValueError(f"expected seconds or a duration like '30m' / '1.5h', found {value!r}")
+            return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        return value
+
+    @field_validator("flops_budget", mode="before")
+    @classmethod
+    def _float(cls, value: Any) -> Any:
+        return float(value) if isinstance(value, str) else value  # YAML 1.1 reads 1e18 as a string
+
+    @field_validator("run_id", mode="before")
+    @classmethod
+    def _str(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) else value
+
+    @model_validator(mode="after")
+    def _batch(self) -> TrainingConfig:
+        per = self.batch_size_per_rank
+        if per != "auto" and (per < 1 or per > self.batch_size):
+            raise ValueError(f"batch_size_per_rank must be 'auto' or 1..batch_size ({self.batch_size}), found {per}")
+        return self
+
+
+class TrainConfig(_Strict):
+    """A whole training run."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    @model_validator(mode="after")
+    def _data_rules(self) -> TrainConfig:
+        d = self.data
+        if d.dataset_class is None and d.source is None:
+            raise ValueError("data: set data.source (catalog entry, path or 'synthetic') or data.dataset_class")
+        if self.model.kind == "corrdiff" and d.dataset_class is None:
+            if not d.output_vars:
+                raise ValueError("data.output_vars: list the predicted variables")
+        return self
+
+    def model_signature(self) -> dict[str, Any]:
+        """The settings a checkpoint's weights depend on, flattened: ``{dotted key: value}``."""
+        keep = self.model.model_dump(mode="json", by_alias=True, exclude={"regression_bundle", "sampler"})
+        data = self.data.model_dump(mode="json", include={"input_vars", "output_vars", "background_vars",
+                                                          "invariants", "patch"})
+        return _flatten({"model": keep, "data": data})
+
+
+# ------------------------------------------------------------------------------ loading and merging
+def list_presets() -> list[str]:
+    """Names of the presets shipped in ``xkmcast/presets``."""
+    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
+
+
+def _read_yaml(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A preset or YAML file as a dict, with its ``extends:`` chain merged underneath."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        text = path.read_text()
+    else:
+        preset = PRESETS / f"{name_or_path}.yaml"
+        if not preset.is_file():
+            names = list_presets()
+            raise ConfigError(explain(
+                f"no preset or YAML file {str(name_or_path)!r}",
+                expected=f"a path to a .yaml file or one of the presets {names}",
+                found=str(name_or_path),
+                fix=_suggest(str(name_or_path), names) or "run `xkmcast train --list` for the presets",
+            ))
+        text = preset.read_text()
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(explain(f"{name_or_path} is not valid YAML", found=str(exc))) from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(explain(f"{name_or_path} must hold a mapping", found=type(raw).__name__))
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if str(base) in seen:
+        raise ConfigError(explain("circular 'extends:' chain", found=[*seen, str(base)]))
+    return deep_merge(_read_yaml(base, (*seen, str(name_or_path))), raw)
+
+
+def read_raw(config: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The unvalidated nested dict of a preset / YAML path / dict with dotted overrides merged in."""
+    raw = dict(config) if isinstance(config, dict) else _read_yaml(config)
+    return deep_merge(raw, parse_overrides(list(overrides)))
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into a copy of ``base``: mappings merge key by key, everything else replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["training.lr=1e-4", "data.patch=[32, 32]"]`` -> nested dict; values parsed as YAML."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+            raise ConfigError(explain("malformed override", expected="dotted.key=value", found=item,
+                                      fix="write e.g. training.lr=1e-4"))
+        value = yaml.safe_load(text) if text.strip() else None
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(explain("conflicting overrides", found=item))
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(config: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Resolve a preset name / YAML path / dict plus dotted overrides into a validated TrainConfig."""
+    return validate(read_raw(config, overrides))
+
+
+def validate(raw: dict[str, Any]) -> TrainConfig:
+    """Validate a nested dict; every problem becomes one ConfigError listing dotted paths."""
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(err) for err in exc.errors()]
+        raise ConfigError("invalid training configuration:\n" + "\n".join(lines)) from None
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = [str(p) for p in err["loc"]]
+    path = ".".join(loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        valid = _fields_at(TrainConfig, loc[:-1])
+        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+        hint = f"; did you mean {'.'.join([*loc[:-1], close[0]])!r}?" if close else ""
+        return f"  - unknown key {path!r}{hint} (valid keys here: {', '.join(sorted(valid))})"
+    found = err.get("input")
+    found_text = "" if isinstance(found, dict) else f" (found {found!r})"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"  - {path}: {msg}{found_text}"
+
+
+def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
+    """Valid key names of the (sub)model reached by following ``loc`` (keys of dict fields skipped)."""
+    current: Any = model
+    parts = iter(loc)
+    for part in parts:
+        fields = getattr(current, "model_fields", None)
+        info = next((f for n, f in (fields or {}).items() if part in (n, f.alias)), None)
+        if info is None:
+            return []
+        if getattr(info.annotation, "__origin__", None) is dict:
+            next(parts, None)  # the user's dict key (e.g. a stage name)
+        current = _submodel(info.annotation)
+    if not hasattr(current, "model_fields"):
+        return []
+    return [f.alias or n for n, f in current.model_fields.items()]
+
+
+def _submodel(annotation: Any) -> Any:
+    """The BaseModel inside ``annotation`` (``Sub``, ``dict[str, Sub]``, ``Sub | None``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _submodel(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _suggest(word: str, options: list[str]) -> str | None:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
+    return f"Did you mean {close[0]!r}?" if close else None
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+# ------------------------------------------------------------------------------ the run directory
+def run_dir(cfg: TrainConfig) -> Path:
+    """``<outdir>/<experiment>/<run_id>``."""
+    t = cfg.training
+    return Path(t.outdir) / t.experiment / t.run_id
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> Path:
+    """Write the resolved configuration as YAML (atomically)."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))
+    os.replace(tmp, path)
+    return path

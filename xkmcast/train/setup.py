@@ -1,0 +1,297 @@
+"""Building a run from its configuration: datasets, statistics, grid and the pipeline.
+
+``build_run(cfg)`` gives ``(pipeline, train, valid)``: the training store is ``data.source`` when it
+is a prepared store, else it is prepared once (rank 0) into ``<run dir>/data/train.zarr`` from the
+fine source and its coarse twin; statistics come from the store, one set per role (``input``,
+``output``, ``background``, ``invariant``: the same variable has other statistics as a coarse input
+than as the fine target); the pipeline's spec comes from the spec factories of
+:mod:`xkmcast.models`. A diffusion run starts from its regression bundle (frozen, with its
+statistics, grid and invariants).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError, explain
+from . import distributed as D
+from .config import TrainConfig, run_dir
+
+__all__ = ["RunData", "build_run", "build_datasets", "build_pipeline_for", "seed_everything"]
+
+
+@dataclasses.dataclass
+class RunData:
+    """The datasets of a run and what the model spec needs to know about them."""
+
+    train: Any
+    valid: Any
+    stats: dict[str, Any] | None = None  # role -> xkmcast.data.stats.Stats keyed by canonical names
+    shape: tuple[int, int] | None = None
+    store: Any = None  # the xarray Dataset of the training store (grid, invariants), if any
+
+
+def build_run(cfg: TrainConfig, pipeline=None, train_data=None, valid_data=None, env: D.DistEnv | None = None):
+    """``(pipeline, train, valid)`` for ``cfg``: what is not given is built from the configuration."""
+    base = _regression_base(cfg)
+    data = RunData(train_data, valid_data)
+    if train_data is None:
+        data = build_datasets(cfg, base.spec.stats if base is not None else None, env or D.DistEnv())
+    if pipeline is None:
+        pipeline = build_pipeline_for(cfg, data, base)
+    return pipeline, data.train, data.valid
+
+
+def _regression_base(cfg: TrainConfig):
+    """The regression bundle a diffusion run builds on (loaded, frozen), or None."""
+    m = cfg.model
+    if m.stage != "diffusion" or not m.regression_bundle:
+        return None
+    from ..models.bundle import load_bundle
+
+    return load_bundle(m.regression_bundle)
+
+
+def _import_class(path: str):
+    import importlib
+
+    module, _, name = path.partition(":")
+    try:
+        obj = importlib.import_module(module)
+        for part in name.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(explain(f"cannot import data.dataset_class {path!r}", found=str(exc),
+                                  fix="give 'package.module:Class' importable from this Python")) from exc
+    return obj
+
+
+def build_datasets(cfg: TrainConfig, stats: dict | None, env: D.DistEnv) -> RunData:
+    """Training / validation datasets of ``cfg.data`` (a user class, or a prepared training store)."""
+    d = cfg.data
+    if d.dataset_class is not None:
+        cls = _import_class(d.dataset_class)
+        return RunData(cls(split="train", **d.params), cls(split="valid", **d.params))
+    from ..data.prepare import open_store
+    from ..data.samples import DownscalingSamples, ForecastSamples
+
+    store_path = _training_store(cfg, env)
+    ds = open_store(store_path)
+    roles = _role_stats(ds, cfg, stats)
+    train_t, valid_t = _time_split(ds, cfg)
+    if cfg.model.kind == "corrdiff":
+        args = (store_path, d.input_vars, d.output_vars, d.invariants)
+        store_stats = _store_stats(roles, "input", d.input_vars, d.output_vars, d.invariants)
+        train = DownscalingSamples(*args, stats=store_stats, times=train_t, seed=cfg.training.seed)
+        valid = DownscalingSamples(*args, stats=store_stats, times=valid_t, seed=cfg.training.seed) if valid_t else None
+    else:
+        state = d.output_vars or d.input_vars
+        args = (store_path, state, d.background_vars, d.invariants)
+        store_stats = _store_stats(roles, "background", d.background_vars, state, d.invariants)
+        step = cfg.model.time_step or 1
+        train = ForecastSamples(*args, stats=store_stats, times=train_t, step=step)
+        valid = ForecastSamples(*args, stats=store_stats, times=valid_t, step=step) if valid_t else None
+    return RunData(train, valid, roles, tuple(train.shape), ds)
+
+
+def _training_store(cfg: TrainConfig, env: D.DistEnv) -> Path:
+    """The prepared store of the run: ``data.source`` itself when it is one, else prepared (rank 0)
+    into ``<run dir>/data/train.zarr`` from the fine source and its coarse twin."""
+    from ..data.prepare import open_store
+
+    d = cfg.data
+    src = Path(d.source) if d.source not in (None, "synthetic") else None
+    if src is not None and src.exists() and open_store(src).attrs.get("xkmcast_store"):
+        return src
+    out = run_dir(cfg) / "data" / "train.zarr"
+    if env.is_main and not out.exists():
+        fine, coarse = _fine_and_coarse(cfg)
+        from ..data.prepare import prepare
+
+        forecast = cfg.model.kind != "corrdiff"
+        inputs = d.background_vars if forecast else d.input_vars
+        outputs = (d.output_vars or d.input_vars) if forecast else d.output_vars
+        # prepare() needs at least one coarse input; a forecast without background stores an unused one
+        inputs = inputs or outputs[:1]
+        prepare(fine, coarse, out, input_vars=inputs, output_vars=outputs, invariants=d.invariants,
+                regrid_method=d.regrid_method)
+    D.barrier(env)
+    return out
+
+
+def _fine_and_coarse(cfg: TrainConfig):
+    d = cfg.data
+    if d.source == "synthetic":
+        from ..data.synthetic import synthetic_pair
+
+        coarse, fine = synthetic_pair(**d.params)
+        return fine, coarse
+    import xkmcast
+
+    fine = xkmcast.open_dataset(d.source)
+    if d.coarse is not None:
+        return fine, xkmcast.open_dataset(d.coarse)
+    if d.coarsen is not None:
+        from ..data.synthetic import block_mean
+
+        return fine, block_mean(fine, d.coarsen)
+    raise ConfigError(explain(
+        f"data.source {d.source!r} is not a prepared training store and has no coarse input",
+        expected="data.coarse (a catalog entry / path of the coarse input) or data.coarsen (a factor)",
+        found="neither", fix="set data.coarsen=8 (say) or data.coarse=<path>",
+    ))
+
+
+def _role_stats(ds, cfg: TrainConfig, given: dict | None) -> dict[str, Any]:
+    """Statistics per role (canonical names): the regression bundle's, else the store's."""
+    from ..data.prepare import split_stats
+    from ..data.stats import Stats, compute_stats
+
+    if given:
+        return {role: Stats.from_dict(doc) for role, doc in given.items()}
+    d = cfg.data
+    forecast = cfg.model.kind != "corrdiff"
+    inputs = d.background_vars if forecast else d.input_vars
+    outputs = (d.output_vars or d.input_vars) if forecast else d.output_vars
+    store = Stats.from_attrs(ds) or compute_stats(ds)
+    coarse, fine = split_stats(store, inputs, outputs, d.invariants)
+    roles = {"output": fine, "invariant": coarse.subset(d.invariants)}
+    if forecast:  # the state is both the input and the output
+        roles.update(input=fine, background=coarse.subset(d.background_vars))
+    else:
+        roles["input"] = coarse.subset(inputs)
+    return roles
+
+
+def _store_stats(roles: dict[str, Any], coarse_role: str, inputs, outputs, invariants):
+    """Statistics keyed by the store's names (``input_<v>``, ``target_<v>``, invariants)."""
+    from ..data.prepare import INPUT_PREFIX, TARGET_PREFIX
+
+    parts = [roles[coarse_role].subset(inputs).rename({v: INPUT_PREFIX + v for v in inputs}),
+             roles["output"].subset(outputs).rename({v: TARGET_PREFIX + v for v in outputs}),
+             roles["invariant"].subset(invariants)]
+    out = parts[0]
+    for part in parts[1:]:
+        out = out.merge(part)
+    return out
+
+
+def _time_split(ds, cfg: TrainConfig):
+    """``(train, valid)`` time selections: the configured windows, else the last ``valid_fraction``."""
+    d = cfg.data
+    tr, va = d.train_times, d.valid_times
+    if any(v is not None for v in (tr.start, tr.end, va.start, va.end)):
+        return slice(tr.start, tr.end), (slice(va.start, va.end) if (va.start or va.end) else None)
+    n = ds.sizes["time"]
+    n_valid = int(round(n * d.valid_fraction))
+    if cfg.model.kind != "corrdiff" and d.valid_fraction > 0:
+        n_valid = max(n_valid, 2)  # a forecast sample needs two consecutive times
+    n_train = max(1, int(round((n - n_valid) * d.train_fraction)))
+    return list(range(n_train)), (list(range(n - n_valid, n)) if n_valid else None)
+
+
+def build_pipeline_for(cfg: TrainConfig, data: RunData, base=None):
+    """A fresh pipeline for the run (its spec from the config and the data); a diffusion run copies
+    the regression stage, statistics, grid and invariants of ``base`` (frozen)."""
+    from .. import models
+
+    spec = _spec(cfg, data, base)
+    pipeline = models.build_pipeline(spec)
+    if base is not None:
+        pipeline.stages["regression"].load_state_dict(base.stages["regression"].state_dict())
+        for name, buf in base.named_buffers(recurse=False):
+            getattr(pipeline, name).resize_(buf.shape).copy_(buf)
+    elif data.store is not None:
+        _attach_grid(pipeline, data, cfg)
+    return pipeline
+
+
+def _spec(cfg: TrainConfig, data: RunData, base):
+    from .. import models
+
+    m, d = cfg.model, cfg.data
+    shape = tuple(data.shape or base.spec.grid["shape"])
+    loss = _spec_loss(cfg)
+    if m.kind == "corrdiff":
+        stages = ("regression", "diffusion") if (m.stage == "regression" or "regression" in m.diffusion_conditions) \
+            else ("diffusion",)
+        inv = d.invariants if "invariant" in (m.regression_conditions if m.stage == "regression"
+                                              else m.diffusion_conditions) else []
+        spec = models.corrdiff_spec(d.input_vars, d.output_vars, shape, invariant_vars=inv, size=m.size,
+                                    patch=d.patch, condition_on_mean=m.condition_on_mean,
+                                    stages=stages if m.stage == "diffusion" else ("regression",),
+                                    network_overrides=m.network, sampler=m.sampler, loss=loss)
+    elif m.kind == "stormcast":
+        stages = ("regression",) if m.stage == "regression" else (
+            ("regression", "diffusion") if "regression" in m.diffusion_conditions else ("diffusion",))
+        spec = models.stormcast_spec(d.output_vars or d.input_vars, shape, background_vars=d.background_vars,
+                                     invariant_vars=d.invariants, size=m.size, stages=stages,
+                                     regression_conditions=m.regression_conditions,
+                                     diffusion_conditions=m.diffusion_conditions, network_overrides=m.network,
+                                     sampler=m.sampler, loss=loss, time_step=m.time_step or "1h")
+    elif m.kind == "stormscope":
+        spec = models.stormscope_spec(d.output_vars or d.input_vars, shape, background_vars=d.background_vars,
+                                      invariant_vars=d.invariants, size=m.size,
+                                      diffusion_conditions=m.diffusion_conditions, network_overrides=m.network,
+                                      sampler=m.sampler, loss=loss, time_step=m.time_step or "1h")
+    else:
+        spec = models.vit_spec(d.output_vars or d.input_vars, shape, background_vars=d.background_vars,
+                               invariant_vars=d.invariants, size=m.size, conditions=m.regression_conditions,
+                               network_overrides=m.network, loss=loss, time_step=m.time_step or "6h")
+    sd = m.loss.sigma_data
+    for entry in spec.networks.values():
+        if entry.get("precond") and "sigma_data" in entry["precond"]:
+            entry["precond"]["sigma_data"] = sd
+    if base is not None:
+        spec.networks["regression"] = base.spec.networks["regression"]
+        spec.stats, spec.grid = base.spec.stats, base.spec.grid
+    elif data.stats is not None:
+        spec.stats = {role: stats.to_dict() for role, stats in data.stats.items()}
+    return spec
+
+
+def _spec_loss(cfg: TrainConfig) -> dict[str, Any]:
+    """The loss settings of the config in the pipelines' vocabulary."""
+    loss = cfg.model.loss
+    out: dict[str, Any] = {"sigma_distribution": loss.sigma_distribution, "P_mean": loss.P_mean, "P_std": loss.P_std,
+                           "sigma_min": loss.sigma_min, "sigma_max": loss.sigma_max}
+    if loss.channel_weights is not None:
+        out["channel_weights"] = list(loss.channel_weights)
+    return out
+
+
+def _attach_grid(pipeline, data: RunData, cfg: TrainConfig) -> None:
+    """The model grid (lat / lon buffers, ``spec.grid``) and normalised invariants from the store."""
+    import numpy as np
+
+    from ..grid import find_grid
+
+    ds = data.store
+    g = find_grid(ds)
+    pipeline.spec.grid = {"shape": list(g.shape), "grid_mapping": g.grid_mapping,
+                          "x": None if g.x is None else np.asarray(g.x).tolist(),
+                          "y": None if g.y is None else np.asarray(g.y).tolist()}
+    for name, values in (("grid_lat", g.lat), ("grid_lon", g.lon)):
+        t = torch.as_tensor(np.asarray(values, dtype=np.float64))
+        getattr(pipeline, name).resize_(t.shape).copy_(t)
+    inv = cfg.data.invariants if pipeline.spec.invariant_vars else []
+    if inv:
+        fields = np.stack([np.asarray(ds[v].values, dtype=np.float64) for v in inv])
+        normed = data.stats["invariant"].normalise(fields, inv, axis=0).astype(np.float32)
+        t = torch.from_numpy(np.ascontiguousarray(normed))
+        pipeline.invariant.resize_(t.shape).copy_(t)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and Python's ``random``."""
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
