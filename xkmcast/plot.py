@@ -240,6 +240,7 @@ def members(
     n: int = 4,
     *,
     regression: xr.DataArray | None = None,
+    baselines: Mapping[str, xr.DataArray] | None = None,
     time: Any = None,
     sel: Mapping[Hashable, Any] | None = None,
     member_dim: Hashable = "member",
@@ -248,14 +249,17 @@ def members(
     cmap: str | None = None,
     path: str | Path | None = None,
 ):
-    """Panels side by side with one colour scale: truth (if given), the regression mean (``regression``,
-    or a variable ``<var>_regression`` in ``ds``) and the first ``n`` members (the prediction itself
-    when it has no members). ``ncols`` panels per row (default: one row up to six panels, else 4)."""
+    """Panels side by side with one colour scale: truth (if given), ``baselines`` (``{title: field}``,
+    e.g. the bilinear interpolation of the input), the regression mean (``regression``, or a variable
+    ``<var>_regression`` in ``ds``) and the first ``n`` members (the prediction itself when it has no
+    members). ``ncols`` panels per row (default: one row up to six panels, else 4)."""
     proj, grid, native = projection(_variable(ds, var))
     dims = grid.dims
     panels: list[tuple[str, xr.DataArray]] = []
     if truth is not None:
         panels.append(("truth", _field(truth, var, None, time, sel, member_dim, dims)[0]))
+    for title, field in (baselines or {}).items():
+        panels.append((title, _field(field, None, None, time, sel, member_dim, dims)[0]))
     if regression is None and isinstance(ds, xr.Dataset) and var is not None and f"{var}_regression" in ds:
         regression = ds[f"{var}_regression"]
     if regression is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -46,12 +47,26 @@ class CorrDiff(Pipeline):
         return torch.cat([inputs, inv], dim=1)
 
     def regression_mean(self, cond: Tensor) -> Tensor:
-        """mu = R(c) on the whole grid (B, C_out, H, W); zeros when the model has no regression stage."""
+        """mu = R(c) [+ interp(x)] on the whole grid (B, C_out, H, W); zeros without a regression stage."""
         b, _, h, w = cond.shape
         zeros = cond.new_zeros((b, len(self.spec.output_vars), h, w))
         if "regression" not in self.stages:
             return zeros
-        return self.stages["regression"](zeros, cond)
+        mean = self.stages["regression"](zeros, cond)
+        return mean + self.interpolation(cond) if self.spec.extra.get("input_skip") else mean
+
+    def interpolation(self, cond: Tensor) -> Tensor:
+        """The regridded coarse input of each output variable, in output normalisation:
+        ``(x_n s_in + m_in - m_out) / s_out`` (channels under a log transform contribute 0)."""
+        names = self.spec.output_vars
+        idx = [self.spec.input_vars.index(v) for v in names]
+        m_in, s_in, e_in = self.stats_for("input").arrays(names)
+        m_out, s_out, e_out = self.stats_for("output").arrays(names)
+        linear = (e_in == 0) & (e_out == 0)
+        shape = (1, len(names), 1, 1)
+        a = torch.as_tensor(np.where(linear, s_in / s_out, 0.0), dtype=cond.dtype, device=cond.device).reshape(shape)
+        b = torch.as_tensor(np.where(linear, (m_in - m_out) / s_out, 0.0), dtype=cond.dtype, device=cond.device)
+        return cond[:, idx] * a + b.reshape(shape)
 
     def _diffusion_condition(self, cond: Tensor, mean: Tensor) -> Tensor:
         return torch.cat([mean, cond], dim=1) if self.spec.loss.get("condition_on_mean", False) else cond
@@ -109,7 +124,8 @@ class CorrDiff(Pipeline):
         mask = batch.get("mask")
         weights = self._channel_weights(target)
         if stage == "regression":
-            return losses.regression_loss(self.stages["regression"], target, cond, channel_weights=weights, mask=mask)
+            error = (self.regression_mean(cond) - target) ** 2
+            return losses.LossOutput(losses.reduce_per_sample(error, weights, mask), None)
         if stage != "diffusion":
             raise ConfigError(explain("Unknown training stage for CorrDiff", expected=self.stage_names, found=stage))
         with torch.no_grad():

@@ -52,12 +52,22 @@ def corrdiff_spec(
     size: str = "mini",
     patch: tuple[int, int] | None = None,
     condition_on_mean: bool = False,
+    input_skip: bool = False,
     stages: tuple[str, ...] = ("regression", "diffusion"),
     network_overrides: dict | None = None,
     sampler: dict | None = None,
     loss: dict | None = None,
 ) -> ModelSpec:
-    """The CorrDiff spec for ``input_vars`` (+ ``invariant_vars``) -> ``output_vars`` on a ``shape`` grid."""
+    """The CorrDiff spec for ``input_vars`` (+ ``invariant_vars``) -> ``output_vars`` on a ``shape`` grid.
+
+    ``input_skip``: the regression mean is ``R(c) + interp(x)``, where ``interp(x)`` is the coarse
+    input of each output variable (regridded to the fine grid, renormalised with the output
+    statistics): the network learns the departure from interpolation.
+    """
+    if input_skip and not set(output_vars) <= set(input_vars):
+        raise ConfigError(explain("input_skip needs every output variable among the inputs",
+                                  expected=f"{list(output_vars)} within the inputs", found=list(input_vars),
+                                  fix="add the missing variables to the inputs or set input_skip false"))
     c_out = len(output_vars)
     c_cond = len(input_vars) + len(invariant_vars)
     net = _size(UNET_SIZES, size, network_overrides)
@@ -94,6 +104,7 @@ def corrdiff_spec(
                  **(sampler or {})},
         loss={"sigma_distribution": "lognormal", "P_mean": 0.0, "P_std": 1.2, "condition_on_mean": condition_on_mean,
               **(loss or {})},
+        extra={"input_skip": bool(input_skip)},
     )
 
 

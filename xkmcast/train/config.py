@@ -143,6 +143,8 @@ class ModelConfig(_Strict):
     :mod:`xkmcast.models.specs`) and ``network`` overrides its constructor arguments (e.g.
     ``model.network.model_channels=32``); channel counts and the image size come from the data.
     ``condition_on_mean`` (CorrDiff): also give the regression mean to the diffusion network.
+    ``input_skip`` (CorrDiff): the regression predicts the departure from the coarse input regridded
+    to the fine grid (for output variables that are also inputs), so it starts from interpolation.
     """
 
     kind: Literal["corrdiff", "stormcast", "stormscope", "vit"] = "corrdiff"
@@ -153,6 +155,7 @@ class ModelConfig(_Strict):
     diffusion_conditions: list[Condition] | None = None
     regression_bundle: str | None = None
     condition_on_mean: bool = False
+    input_skip: bool = False
     loss: LossConfig = Field(default_factory=LossConfig)
     sampler: dict[str, Any] = Field(default_factory=dict)
     time_step: str | None = None

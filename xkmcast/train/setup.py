@@ -132,13 +132,16 @@ def _fine_and_coarse(cfg: TrainConfig):
         return fine, coarse
     import xkmcast
 
-    fine = xkmcast.open_dataset(d.source)
     if d.coarse is not None:
-        return fine, xkmcast.open_dataset(d.coarse)
+        return xkmcast.open_dataset(d.source), xkmcast.open_dataset(d.coarse)
     if d.coarsen is not None:
         from ..data.synthetic import block_mean
 
-        return fine, block_mean(fine, d.coarsen)
+        return xkmcast.open_dataset(d.source), block_mean(xkmcast.open_dataset(d.source), d.coarsen)
+    try:  # a published layout (or the sample) that holds both: its target and input parts
+        return xkmcast.open_dataset(d.source, part="target"), xkmcast.open_dataset(d.source, part="input")
+    except ConfigError:
+        pass
     raise ConfigError(explain(
         f"data.source {d.source!r} is not a prepared training store and has no coarse input",
         expected="data.coarse (a catalog entry / path of the coarse input) or data.coarsen (a factor)",
@@ -222,7 +225,7 @@ def _spec(cfg: TrainConfig, data: RunData, base):
         inv = d.invariants if "invariant" in (m.regression_conditions if m.stage == "regression"
                                               else m.diffusion_conditions) else []
         spec = models.corrdiff_spec(d.input_vars, d.output_vars, shape, invariant_vars=inv, size=m.size,
-                                    patch=d.patch, condition_on_mean=m.condition_on_mean,
+                                    patch=d.patch, condition_on_mean=m.condition_on_mean, input_skip=m.input_skip,
                                     stages=stages if m.stage == "diffusion" else ("regression",),
                                     network_overrides=m.network, sampler=m.sampler, loss=loss)
     elif m.kind == "stormcast":
