@@ -1,0 +1,81 @@
+"""WeatherViT: patch / unpatchify inverse, rectangular and non-divisible grids, conditions,
+residual mode, gradients, and that it can learn a simple map."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xkmcast.errors import InvalidDataError
+from xkmcast.nn import WeatherViT
+from xkmcast.nn.transformer_layers import sincos_2d, unpatchify
+
+SMALL = dict(patch_size=4, embed_dim=16, depth=2, num_heads=2)
+
+
+def _rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_unpatchify_inverts_the_patch_reshape():
+    img = _rand(2, 3, 8, 12)
+    # tokens as (row patch, col patch) with features (p_row, p_col, C), built independently
+    tokens = img.reshape(2, 3, 2, 4, 3, 4).permute(0, 2, 4, 3, 5, 1).reshape(2, 6, 48)
+    assert torch.equal(unpatchify(tokens, (2, 3), 4, 3, (8, 12)), img)
+    assert torch.equal(unpatchify(tokens, (2, 3), 4, 3, (7, 10)), img[..., :7, :10])
+
+
+def test_sincos_embedding_values():
+    emb = sincos_2d(8, 3, 5)
+    assert emb.shape == (8, 3, 5)
+    torch.testing.assert_close(emb[0], torch.arange(3.0)[:, None].sin().expand(3, 5))  # sin(row * 1)
+    torch.testing.assert_close(emb[6], torch.arange(5.0)[None, :].cos().expand(3, 5))  # cos(col * 1)
+
+
+@pytest.mark.parametrize("size", [(8, 16), (10, 13)])
+def test_rectangular_shapes_and_determinism(size):
+    net = WeatherViT([8, 16], 3, **SMALL).eval()
+    x = _rand(2, 3, *size)
+    y = net(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    assert torch.equal(y, net(x))
+
+
+def test_conditions_out_channels_and_residual():
+    net = WeatherViT(8, 3, out_channels=2, condition_channels=2, **SMALL).eval()
+    x, cond = _rand(1, 3, 8, 8), _rand(1, 2, 8, 8, seed=1)
+    assert net(x, cond).shape == (1, 2, 8, 8)
+    assert not torch.allclose(net(x, cond), net(x, cond + 1))
+    with pytest.raises(InvalidDataError):
+        net(x)
+    res = WeatherViT(8, 3, residual=True, **SMALL).eval()
+    with torch.no_grad():
+        res.head.weight.zero_()
+        res.head.bias.zero_()
+    assert torch.equal(res(x), x)  # zero increment: persistence
+    with pytest.raises(ValueError):
+        WeatherViT(8, 3, out_channels=2, residual=True)
+
+
+def test_gradients_reach_every_parameter():
+    net = WeatherViT([8, 12], 2, condition_channels=1, **SMALL).train()
+    net(_rand(2, 2, 8, 12), _rand(2, 1, 8, 12, seed=1)).square().mean().backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.slow
+def test_learns_a_shift_by_one_pixel():
+    torch.manual_seed(0)
+    net = WeatherViT(8, 1, patch_size=2, embed_dim=32, depth=2, num_heads=2, residual=True)
+    x = _rand(8, 1, 8, 8)
+    target = torch.roll(x, 1, dims=-1)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    first = None
+    for _ in range(40):
+        loss = (net(x) - target).square().mean()
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first
