@@ -107,6 +107,18 @@ class _Preconditioned(nn.Module):
             return torch.float16
         return torch.float32
 
+    def _denoise(self, x: Tensor, sigma, condition: Tensor | None, force_fp32: bool, **net_kwargs: Any) -> Tensor:
+        """c_skip x + c_out F(cat(c_in x, condition), c_noise) in float32; sigma one per sample or one."""
+        x = x.to(torch.float32)
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
+        sigma = sigma.reshape(-1).expand(x.shape[0]) if sigma.numel() == 1 else sigma.reshape(-1)
+        c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data, x.ndim)
+        arg = c_in * x
+        if condition is not None:
+            arg = torch.cat([arg, condition.to(arg.dtype)], dim=1)
+        F_x = self._run(arg, c_noise, self._net_dtype(x, force_fp32), **net_kwargs)
+        return c_skip * x + c_out * F_x
+
     def _run(self, arg: Tensor, c_noise: Tensor, dtype: torch.dtype, **net_kwargs: Any) -> Tensor:
         if dtype == torch.float16 and next(self.model.parameters(), arg).dtype != torch.float16:
             with torch.autocast("cuda", dtype=torch.float16):
@@ -144,16 +156,7 @@ class EDMPrecond(_Preconditioned):
         force_fp32: bool = False,
         **net_kwargs: Any,
     ) -> Tensor:
-        x = x.to(torch.float32)
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
-        sigma = sigma.reshape(-1).expand(x.shape[0]) if sigma.numel() == 1 else sigma.reshape(-1)
-        c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data, x.ndim)
-        arg = c_in * x
-        if condition is not None:
-            arg = torch.cat([arg, condition.to(arg.dtype)], dim=1)
-        dtype = self._net_dtype(x, force_fp32)
-        F_x = self._run(arg, c_noise, dtype, class_labels=class_labels, **net_kwargs)
-        return c_skip * x + c_out * F_x
+        return self._denoise(x, sigma, condition, force_fp32, class_labels=class_labels, **net_kwargs)
 
 
 class EDMPrecondSuperResolution(_Preconditioned):
@@ -186,14 +189,5 @@ class EDMPrecondSuperResolution(_Preconditioned):
         if img_lr is not None and condition is not None:
             raise TypeError("pass the low-resolution field as img_lr or as condition, not both")
         img_lr = condition if img_lr is None else img_lr
-        x = x.to(torch.float32)
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
-        sigma = sigma.reshape(-1).expand(x.shape[0]) if sigma.numel() == 1 else sigma.reshape(-1)
-        c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data, x.ndim)
-        arg = c_in * x
-        if img_lr is not None:
-            arg = torch.cat([arg, img_lr.to(arg.dtype)], dim=1)
-        dtype = self._net_dtype(x, force_fp32)
-        F_x = self._run(arg, c_noise, dtype, class_labels=None, **model_kwargs)
-        return c_skip * x + c_out * F_x
+        return self._denoise(x, sigma, img_lr, force_fp32, class_labels=None, **model_kwargs)
 
