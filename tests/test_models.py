@@ -185,12 +185,36 @@ def test_import_mdlus_pair_equals_the_original(tmp_path):
     spec.update(lat=pipe.grid_lat.numpy(), lon=pipe.grid_lon.numpy(), invariants=pipe.invariant.numpy())
     imported = load_model(mdlus={"regression": tmp_path / "regression.mdlus",
                                  "diffusion": tmp_path / "diffusion.mdlus"}, spec=spec)
+    from xkmcast.nn import match_physicsnemo_eval
+
+    match_physicsnemo_eval(pipe)  # an import normalises as PhysicsNeMo does in eval mode
     x = torch.randn(1, len(INPUT_VARS), *FINE_SHAPE)
     a, _ = pipe.sample(x, seeds=[[3, 4]])
     b, _ = imported.sample(x, seeds=[[3, 4]])
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    save_bundle(imported, tmp_path / "bundle")  # an import saves as an ordinary bundle
+    save_bundle(imported, tmp_path / "bundle")  # an import saves as an ordinary bundle, flag included
+    c, _ = load_model(tmp_path / "bundle").sample(x, seeds=[[3, 4]])
+    torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)
     with pytest.raises(BundleError, match="spec="):
         load_model(mdlus={"regression": tmp_path / "regression.mdlus"}, spec={"kind": "corrdiff"})
     with pytest.raises(BundleError, match="PhysicsNeMo checkpoint"):
         load_model(tmp_path / "regression.mdlus")
+
+
+def test_a_sampler_named_per_call_brings_its_own_defaults():
+    """The bundle says heun / 4 steps; naming euler gives euler's 9 steps, dpmpp_2m its 10 log-uniform."""
+    from xkmcast.models.base import sampler_options
+
+    pipe = tiny_corrdiff()
+    defaults = pipe.spec.sampler
+    assert sampler_options(defaults, None, None, {})["num_steps"] == 4
+    euler = sampler_options(defaults, "euler", None, {})
+    assert (euler["sampler"], euler["num_steps"], euler["rho"]) == ("euler", 9, 7.0)
+    dpm = sampler_options(defaults, "dpmpp_2m", 6, {"S_churn": None})
+    assert dpm["num_steps"] == 6 and dpm["rho"] == float("inf") and "S_churn" not in dpm
+    x = torch.randn(1, len(INPUT_VARS), *FINE_SHAPE)
+    a, _ = pipe.sample(x, seeds=[[1]], sampler="euler")
+    b, _ = pipe.sample(x, seeds=[[1]], sampler="euler", num_steps=9)
+    torch.testing.assert_close(a, b)
+    c, _ = pipe.sample(x, seeds=[[1]], sampler="dpmpp_2m")
+    assert torch.isfinite(c).all()

@@ -189,3 +189,19 @@ def test_scaling_runner_tabulates_every_run(store, tmp_path):
     with open(tmp_path / "corrdiff-tiny-regression-scaling" / "scaling.csv") as fh:
         table = list(csv.DictReader(fh))
     assert len(table) == 2 and float(table[1]["parameters"]) == full["parameters"]
+
+
+def test_user_dataset_class_trains_a_stormcast_model(tmp_path):
+    """data.dataset_class with the StormCast sample interface: channels and shape come from the class."""
+    import xkmcast
+
+    cfg = load_config("stormcast-tiny-regression", [
+        "data.source=null", "data.dataset_class=_custom_dataset:ToyStormCastDataset", "data.params={}", "data.input_vars=[]",
+        "data.output_vars=[]", "data.background_vars=[]", "data.invariants=[]",
+        "model.regression_conditions=[state,background]", "training.duration=4", "training.validate_every=2",
+        f"training.outdir={tmp_path}", "training.tensorboard=false"])
+    result = train(cfg, quiet=True)
+    model = xkmcast.load_model(result.bundle)
+    assert model.spec.output_vars == ["t2m", "u10m", "v10m"] and model.spec.background_vars == ["msl"]
+    out = model.step(torch.zeros(1, 3, 24, 24), torch.zeros(1, 1, 24, 24), seeds=[0])
+    assert out.shape == (1, 3, 24, 24) and torch.isfinite(out).all()

@@ -23,7 +23,7 @@ import xarray as xr
 
 from .errors import GridError, InvalidDataError, XkmcastError, explain
 from .grid import Grid, find_grid
-from .variables import select_variables, variable_info
+from .variables import cf_attrs, select_variables
 
 __all__ = ["downscale", "row_seed", "model_grid", "ModelRef", "resolve_model", "to_model_inputs"]
 
@@ -231,7 +231,7 @@ def _build_result(pipeline, data, times, members: int, include_mean: bool) -> xr
     variables = {}
     gm = {"grid_mapping": "crs"} if "crs" in grid.coords else {}
     for i, name in enumerate(pipeline.spec.output_vars):
-        attrs = {**variable_info(name).attrs, **gm}
+        attrs = {**cf_attrs(name), **gm}
         variables[name] = (("member", "time", "y", "x"), data[:members, :, i], attrs)
         if include_mean:
             mean_attrs = {**attrs, "long_name": attrs["long_name"] + " (regression mean)"}

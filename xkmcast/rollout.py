@@ -27,7 +27,7 @@ import xarray as xr
 
 from .errors import InvalidDataError, TimeCoverageError, XkmcastError, explain
 from .inference import ModelRef, _graph_handle, model_grid, resolve_model, row_seed, to_model_inputs
-from .variables import variable_info
+from .variables import cf_attrs
 
 __all__ = ["forecast"]
 
@@ -156,7 +156,7 @@ def _build_result(pipeline, data, init_times, leads, members: int) -> xr.Dataset
     coords["valid_time"] = (("init_time", "lead_time"), init_times[:, None] + leads[None, :], {"standard_name": "time"})
     gm = {"grid_mapping": "crs"} if "crs" in grid.coords else {}
     variables = {
-        name: (("member", "init_time", "lead_time", "y", "x"), data[:, :, :, i], {**variable_info(name).attrs, **gm})
+        name: (("member", "init_time", "lead_time", "y", "x"), data[:, :, :, i], {**cf_attrs(name), **gm})
         for i, name in enumerate(pipeline.spec.output_vars)
     }
     attrs = {"Conventions": "CF-1.8", "source": f"xkmcast {pipeline.spec.kind} forecast",

@@ -28,6 +28,7 @@ from .errors import MissingVariableError, TimeCoverageError, UnitError, explain
 __all__ = [
     "Variable",
     "variable_info",
+    "cf_attrs",
     "known_variables",
     "find_variable",
     "get_variable",
@@ -126,6 +127,15 @@ def _table() -> tuple[dict[str, Variable], dict[str, Variable]]:
         }
 
     return build(raw["surface"]), build(raw["pressure_levels"])
+
+
+def cf_attrs(name: str) -> dict:
+    """CF attributes (standard_name, units, long_name) of canonical ``name``; ``{"long_name": name}``
+    for a name the table does not know (a user's own channel)."""
+    try:
+        return variable_info(name).attrs
+    except MissingVariableError:
+        return {"long_name": str(name)}
 
 
 def known_variables() -> list[str]:

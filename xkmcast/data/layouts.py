@@ -398,7 +398,13 @@ def _open_catalog_entry(name: str, *, layout=None, part=None, **kwargs) -> xr.Da
         return open_dataset(target, layout=layout, part=part, **kwargs)
     if layout == "stormcast":
         return open_dataset(default_cache_dir() / "hrrr_era5", layout=layout, part=part, **kwargs)
-    ds = open_catalog()[name].to_dask()
+    import warnings
+
+    with warnings.catch_warnings():
+        # intake 2.0.9's expand_defaults warns "Shell command not executed due to getshell=False" for
+        # every plain string parameter (ours: data_dir), shell() or not; nothing runs, nothing to act on
+        warnings.filterwarnings("ignore", message="Shell command not executed", category=UserWarning)
+        ds = open_catalog()[name].to_dask()
     parts = read_cf(ds)
     if part is None:
         return parts["data"]

@@ -54,6 +54,31 @@ def split_stats(stats: Stats, input_vars: Sequence[str], output_vars: Sequence[s
     return inputs, outputs
 
 
+def open_pair(source, coarse=None, coarsen: int | None = None) -> tuple[xr.Dataset, xr.Dataset]:
+    """``(fine, coarse)`` for preparing a store: ``source`` (catalog entry or path) is the fine target;
+    the coarse input is ``coarse`` (entry or path), else ``source`` block-averaged by ``coarsen``, else
+    the ``input`` part of a layout that holds both (the sample, HRRR-Mini, CWA)."""
+    from ..errors import ConfigError
+    from .layouts import open_dataset
+
+    if coarse is not None:
+        return open_dataset(source), open_dataset(coarse)
+    if coarsen is not None:
+        from .synthetic import block_mean
+
+        fine = open_dataset(source)
+        return fine, block_mean(fine, coarsen)
+    try:
+        return open_dataset(source, part="target"), open_dataset(source, part="input")
+    except ConfigError:
+        pass
+    raise ConfigError(explain(
+        f"{source!r} holds no coarse input",
+        expected="a coarse dataset (coarse=... / --coarse / data.coarse) or a coarsening factor (coarsen=...)",
+        found="neither", fix="pass coarsen=8 (say) or the coarse dataset",
+    ))
+
+
 def open_store(path: str | os.PathLike, *, chunks=None) -> xr.Dataset:
     """Open a prepared zarr store (or any zarr / NetCDF) lazily; ``chunks=None`` reads with no dask."""
     p = Path(path)

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 
-__all__ = ["ModelSpec", "Pipeline", "member_seeds", "training_sigma"]
+__all__ = ["ModelSpec", "Pipeline", "member_seeds", "training_sigma", "sampler_options"]
 
 
 def _plain(value):
@@ -91,6 +91,22 @@ def training_sigma(loss: dict[str, Any], default_P_mean: float):
     if kind == "loguniform":
         return losses.LogUniformSigma(loss.get("sigma_min", 0.002), loss.get("sigma_max", 80.0))
     return losses.sigma_distribution(kind)
+
+
+def sampler_options(defaults: dict[str, Any], sampler: str | None, num_steps: int | None,
+                    extra: dict[str, Any]) -> dict[str, Any]:
+    """The sampler settings of one call: the bundle's ``defaults`` unless the call names another
+    sampler, which then brings its own defaults (steps, rho: Heun 18 / rho 7, Euler 9, DPM-Solver++(2M)
+    10 log-uniform); ``num_steps`` and the other options given win."""
+    from ..diffusion.samplers import DEFAULT_RHO, DEFAULT_STEPS
+
+    options = dict(defaults)
+    if sampler is not None and sampler != options.get("sampler", "heun"):
+        options.update(sampler=sampler, num_steps=DEFAULT_STEPS.get(sampler), rho=DEFAULT_RHO.get(sampler))
+    if num_steps is not None:
+        options["num_steps"] = num_steps
+    options.update({k: v for k, v in extra.items() if v is not None})
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def member_seeds(seed: int, members: int | list[int]) -> list[int]:

@@ -24,7 +24,7 @@ from ..diffusion import losses
 from ..diffusion.patching import GridPatching, extract_patches, random_patches
 from ..diffusion.samplers import DEFAULT_STEPS, solve, time_steps
 from ..errors import ConfigError, explain
-from .base import ModelSpec, Pipeline, training_sigma
+from .base import ModelSpec, Pipeline, sampler_options, training_sigma
 from .stages import build_stage
 
 __all__ = ["CorrDiff", "rows_sample"]
@@ -82,7 +82,7 @@ class CorrDiff(Pipeline):
         num_steps: int | None = None,
         patch: tuple[int, int] | None = None,
         batch_size: int | None = None,
-        **sampler_options: Any,
+        **extra_options: Any,
     ) -> tuple[Tensor, Tensor]:
         """Ensemble members for each condition.
 
@@ -98,11 +98,7 @@ class CorrDiff(Pipeline):
         dcond = self._diffusion_condition(cond, mean)
         rows_cond = dcond.unsqueeze(0).expand(members, -1, -1, -1, -1).reshape(-1, *dcond.shape[1:])
         row_seeds = [seeds[b][k] for k in range(members) for b in range(len(seeds))]
-        options = {**self.spec.sampler, **{k: v for k, v in sampler_options.items() if v is not None}}
-        if sampler is not None:
-            options["sampler"] = sampler
-        if num_steps is not None:
-            options["num_steps"] = num_steps
+        options = sampler_options(self.spec.sampler, sampler, num_steps, extra_options)
         patch = patch if patch is not None else (tuple(self.spec.patch) if self.spec.patch else None)
         residual = rows_sample(
             self._denoiser(patch, tuple(cond.shape[-2:])), rows_cond, row_seeds,

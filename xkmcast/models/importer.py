@@ -58,6 +58,7 @@ def pipeline_from_mdlus(mdlus: dict[str, str | Path], spec: dict[str, Any], *, d
     networks, weights = {}, {}
     for stage, path in mdlus.items():
         entry, net = _stage_entry(load_mdlus(path))
+        entry["physicsnemo_eval_groupnorm"] = True  # reproduce PhysicsNeMo's inference, also once re-saved
         networks[stage], weights[stage] = entry, net
     known = {f for f in ModelSpec.__dataclass_fields__}
     model_spec = ModelSpec.from_dict({**{k: v for k, v in spec.items() if k in known}, "networks": networks})

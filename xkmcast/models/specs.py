@@ -126,7 +126,8 @@ def stormcast_spec(
     """The StormCast spec: a ``shape`` state of ``state_vars`` stepped by ``time_step``."""
     n = {"state": len(state_vars), "background": len(background_vars), "invariant": len(invariant_vars),
          "regression": len(state_vars)}
-    _check_conditions(regression_conditions, diffusion_conditions, stages, background_vars, invariant_vars)
+    _check_conditions(regression_conditions if "regression" in stages else (),
+                      diffusion_conditions if "diffusion" in stages else (), stages, background_vars, invariant_vars)
     net = _size(UNET_SIZES, size, network_overrides)
     res = [int(shape[0]), int(shape[1])]
     c = len(state_vars)

@@ -2,7 +2,9 @@
 
 An entry is ``{"class": <network class name>, "kwargs": {...constructor args...}, "precond": {"class":
 "EDMPrecond" | "EDMPrecondSuperResolution", ...its args} | None}``. Regression networks
-(``RegressionUNet``, ``StormCastUNet``) need no preconditioner. The
+(``RegressionUNet``, ``StormCastUNet``) need no preconditioner. ``"physicsnemo_eval_groupnorm": true``
+(set for imported PhysicsNeMo weights) makes group norms use PhysicsNeMo's eval-mode variance
+(:func:`xkmcast.nn.unet.match_physicsnemo_eval`), so imports reproduce PhysicsNeMo's outputs. The
 preconditioner wraps the network under ``model.`` as PhysicsNeMo does, so state dicts line up.
 """
 
@@ -44,6 +46,10 @@ def build_stage(entry: dict[str, Any]) -> torch.nn.Module:
         net = NETWORKS[cls_name](**entry.get("kwargs", {}))
     except TypeError as exc:
         raise BundleError(explain(f"Cannot build {cls_name} from the spec's arguments", found=str(exc))) from exc
+    if entry.get("physicsnemo_eval_groupnorm"):  # imported weights: normalise as PhysicsNeMo does in eval
+        from ..nn import match_physicsnemo_eval
+
+        match_physicsnemo_eval(net)
     precond = dict(entry.get("precond") or {})
     pname = precond.pop("class", None)
     if pname is None:

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..diffusion import losses
 from ..errors import ConfigError, explain
-from .base import ModelSpec, Pipeline, training_sigma
+from .base import ModelSpec, Pipeline, sampler_options, training_sigma
 from .corrdiff import rows_sample
 from .stages import build_stage
 
@@ -83,7 +83,7 @@ class StormCast(ForecastPipeline):
     @torch.no_grad()
     def step(self, state: Tensor, background: Tensor | None = None, *, seeds: list[int],
              lead_time_label: Tensor | None = None, sampler: str | None = None, num_steps: int | None = None,
-             batch_size: int | None = None, **sampler_options: Any) -> Tensor:
+             batch_size: int | None = None, **extra_options: Any) -> Tensor:
         """x_{t+1} for each row of ``state`` (N, C, H, W) normalised; row i's noise from ``seeds[i]``."""
         state = state.to(self.device, torch.float32)
         background = None if background is None else background.to(self.device, torch.float32)
@@ -94,11 +94,7 @@ class StormCast(ForecastPipeline):
             return mean
         names = self.spec.conditions.get("diffusion", ["state", "background", "invariant", "regression"])
         dcond = self.conditions(names, state=state, background=background, invariant=invariant, regression=mean)
-        options = {**self.spec.sampler, **{k: v for k, v in sampler_options.items() if v is not None}}
-        if sampler is not None:
-            options["sampler"] = sampler
-        if num_steps is not None:
-            options["num_steps"] = num_steps
+        options = sampler_options(self.spec.sampler, sampler, num_steps, extra_options)
         out = rows_sample(self.stages["diffusion"], dcond, seeds, out_channels=state.shape[1],
                           batch_size=batch_size, **options, **kwargs)
         return out + mean if (mean is not None and "regression" in names) else out

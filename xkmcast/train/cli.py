@@ -3,7 +3,7 @@
     xkmcast train CONFIG [key=value ...] [--quiet]       CONFIG: a preset name or a YAML file
     xkmcast train --list                                  the presets
     xkmcast scale CONFIG [key=value ...] --factors 0.5 1 2 4 --types width depth [--steps N | --seconds S]
-    xkmcast prepare FINE OUT --input t2m u10m ... --output t2m ... [--coarse COARSE | --coarsen 8]
+    xkmcast prepare FINE OUT --input t2m,u10m,... --output t2m,... [--log tp] [--coarse COARSE | --coarsen 8]
 
 Several GPUs / nodes: ``torchrun --nproc_per_node=8 -m xkmcast.train.cli train CONFIG ...``.
 """
@@ -92,33 +92,33 @@ def scale_command(ctx: typer.Context, config: str = typer.Argument(..., help="A 
     print_table(rows)
 
 
+def _names(values: list[str]) -> list[str]:
+    """Variable names from repeated options and / or comma-separated lists."""
+    return [n.strip() for v in values for n in v.split(",") if n.strip()]
+
+
 def prepare_command(
     fine: str = typer.Argument(..., help="Fine (target) dataset: catalog entry or path."),
     out: str = typer.Argument(..., help="Output zarr store."),
-    input_vars: list[str] = typer.Option(..., "--input", help="Coarse input variables (repeat the option)."),
-    output_vars: list[str] = typer.Option(..., "--output", help="Target variables (repeat the option)."),
+    input_vars: list[str] = typer.Option(..., "--input", help="Coarse input variables (repeat, or comma-separated)."),
+    output_vars: list[str] = typer.Option(..., "--output", help="Target variables (repeat, or comma-separated)."),
     invariants: list[str] = typer.Option([], "--invariant", help="Invariant fields of the fine dataset."),
+    log_vars: list[str] = typer.Option([], "--log", help="Variables stored log-transformed (precipitation)."),
     coarse: str = typer.Option(None, "--coarse", help="Coarse input dataset (entry or path)."),
     coarsen: int = typer.Option(None, "--coarsen", help="Make the input by block-averaging the fine data."),
     regrid_method: str = typer.Option("bilinear", "--regrid", help="bilinear | nearest | conservative."),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
-    """Write a training store (inputs on the fine grid, targets, invariants, statistics)."""
-    import xkmcast
-    from ..data.prepare import prepare
+    """Write a training store (inputs on the fine grid, targets, invariants, statistics).
+
+    Without --coarse / --coarsen, a layout holding both (the sample, HRRR-Mini, CWA) gives its input part."""
+    from ..data.prepare import open_pair, prepare
 
     try:
-        fine_ds = xkmcast.open_dataset(fine)
-        if coarse is not None:
-            coarse_ds = xkmcast.open_dataset(coarse)
-        elif coarsen is not None:
-            from ..data.synthetic import block_mean
-
-            coarse_ds = block_mean(fine_ds, coarsen)
-        else:
-            raise typer.BadParameter("give --coarse or --coarsen")
-        path = prepare(fine_ds, coarse_ds, out, input_vars=input_vars, output_vars=output_vars,
-                       invariants=invariants, regrid_method=regrid_method, overwrite=overwrite)
+        fine_ds, coarse_ds = open_pair(fine, coarse, coarsen)
+        path = prepare(fine_ds, coarse_ds, out, input_vars=_names(input_vars), output_vars=_names(output_vars),
+                       invariants=_names(invariants), log_vars=_names(log_vars), regrid_method=regrid_method,
+                       overwrite=overwrite)
     except XkmcastError as exc:
         _fail(exc)
     typer.echo(str(path))

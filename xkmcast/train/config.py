@@ -16,6 +16,8 @@ The resolved configuration is written as ``config.yaml`` in the run directory
 
 from __future__ import annotations
 
+import copy
+
 import difflib
 import re
 from pathlib import Path
@@ -335,9 +337,20 @@ def _read_yaml(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> dict[str
 
 
 def read_raw(config: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """The unvalidated nested dict of a preset / YAML path / dict with dotted overrides merged in."""
-    raw = dict(config) if isinstance(config, dict) else _read_yaml(config)
-    return deep_merge(raw, parse_overrides(list(overrides)))
+    """The unvalidated nested dict of a preset / YAML path / dict with dotted overrides applied.
+
+    An override sets the value at its dotted key: ``data.params={}`` empties the preset's params
+    (``extends:`` chains, by contrast, merge mappings key by key)."""
+    raw = copy.deepcopy(dict(config)) if isinstance(config, dict) else _read_yaml(config)
+    for item in overrides:
+        key, value = _one_override(item)
+        node = raw
+        for part in key[:-1]:
+            child = node.get(part)
+            node[part] = child = dict(child) if isinstance(child, dict) else {}
+            node = child
+        node[key[-1]] = value
+    return raw
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -351,17 +364,21 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _one_override(item: str) -> tuple[list[str], Any]:
+    """``"training.lr=1e-4"`` -> (["training", "lr"], 1e-4); the value is parsed as YAML."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ConfigError(explain("malformed override", expected="dotted.key=value", found=item,
+                                  fix="write e.g. training.lr=1e-4"))
+    return key.strip().split("."), (yaml.safe_load(text) if text.strip() else None)
+
+
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """``["training.lr=1e-4", "data.patch=[32, 32]"]`` -> nested dict; values parsed as YAML."""
     out: dict[str, Any] = {}
     for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
-            raise ConfigError(explain("malformed override", expected="dotted.key=value", found=item,
-                                      fix="write e.g. training.lr=1e-4"))
-        value = yaml.safe_load(text) if text.strip() else None
+        parts, value = _one_override(item)
         node = out
-        parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):

@@ -33,6 +33,8 @@ class RunData:
     stats: dict[str, Any] | None = None  # role -> xkmcast.data.stats.Stats keyed by canonical names
     shape: tuple[int, int] | None = None
     store: Any = None  # the xarray Dataset of the training store (grid, invariants), if any
+    state_vars: list[str] | None = None  # channel names a user dataset class reports
+    background_vars: list[str] | None = None
 
 
 def build_run(cfg: TrainConfig, pipeline=None, train_data=None, valid_data=None, env: D.DistEnv | None = None):
@@ -74,8 +76,7 @@ def build_datasets(cfg: TrainConfig, stats: dict | None, env: D.DistEnv) -> RunD
     """Training / validation datasets of ``cfg.data`` (a user class, or a prepared training store)."""
     d = cfg.data
     if d.dataset_class is not None:
-        cls = _import_class(d.dataset_class)
-        return RunData(cls(split="train", **d.params), cls(split="valid", **d.params))
+        return _user_datasets(cfg, stats)
     from ..data.prepare import open_store
     from ..data.samples import DownscalingSamples, ForecastSamples
 
@@ -96,6 +97,39 @@ def build_datasets(cfg: TrainConfig, stats: dict | None, env: D.DistEnv) -> RunD
         train = ForecastSamples(*args, stats=store_stats, times=train_t, step=step)
         valid = ForecastSamples(*args, stats=store_stats, times=valid_t, step=step) if valid_t else None
     return RunData(train, valid, roles, tuple(train.shape), ds)
+
+
+def _user_datasets(cfg: TrainConfig, stats: dict | None) -> RunData:
+    """A user class with the StormCast sample interface (``image_shape()``, ``state_channels()``,
+    ``background_channels()``; items already normalised). Its ``stats`` attribute (Stats by role, or
+    their JSON) goes into the model; without it the model records identity statistics, i.e. it expects
+    normalised inputs at inference too."""
+    from ..data.stats import Stats
+
+    d = cfg.data
+    cls = _import_class(d.dataset_class)
+    train = cls(split="train", **d.params)
+    try:
+        valid = cls(split="valid", **d.params)
+    except (ValueError, KeyError):
+        valid = None
+    for method in ("image_shape", "state_channels", "background_channels"):
+        if not callable(getattr(train, method, None)):
+            raise ConfigError(explain(f"data.dataset_class {d.dataset_class!r} lacks {method}()",
+                                      expected="the StormCast sample interface: __len__, __getitem__, image_shape(), "
+                                      "state_channels(), background_channels()", found=type(train).__name__))
+    state, background = list(train.state_channels()), list(train.background_channels())
+    own = stats or getattr(train, "stats", None)
+    if own:
+        roles = {r: (s if isinstance(s, Stats) else Stats.from_dict(s)) for r, s in own.items()}
+    else:
+        def identity(names):
+            return Stats({n: 0.0 for n in names}, {n: 1.0 for n in names})
+
+        roles = {"input": identity(state), "output": identity(state), "background": identity(background),
+                 "invariant": identity(d.invariants)}
+    return RunData(train, valid, roles, tuple(int(n) for n in train.image_shape()),
+                   state_vars=state, background_vars=background)
 
 
 def _training_store(cfg: TrainConfig, env: D.DistEnv) -> Path:
@@ -130,23 +164,9 @@ def _fine_and_coarse(cfg: TrainConfig):
 
         coarse, fine = synthetic_pair(**d.params)
         return fine, coarse
-    import xkmcast
+    from ..data.prepare import open_pair
 
-    if d.coarse is not None:
-        return xkmcast.open_dataset(d.source), xkmcast.open_dataset(d.coarse)
-    if d.coarsen is not None:
-        from ..data.synthetic import block_mean
-
-        return xkmcast.open_dataset(d.source), block_mean(xkmcast.open_dataset(d.source), d.coarsen)
-    try:  # a published layout (or the sample) that holds both: its target and input parts
-        return xkmcast.open_dataset(d.source, part="target"), xkmcast.open_dataset(d.source, part="input")
-    except ConfigError:
-        pass
-    raise ConfigError(explain(
-        f"data.source {d.source!r} is not a prepared training store and has no coarse input",
-        expected="data.coarse (a catalog entry / path of the coarse input) or data.coarsen (a factor)",
-        found="neither", fix="set data.coarsen=8 (say) or data.coarse=<path>",
-    ))
+    return open_pair(d.source, d.coarse, d.coarsen)
 
 
 def _role_stats(ds, cfg: TrainConfig, given: dict | None) -> dict[str, Any]:
@@ -218,6 +238,9 @@ def _spec(cfg: TrainConfig, data: RunData, base):
 
     m, d = cfg.model, cfg.data
     shape = tuple(data.shape or base.spec.grid["shape"])
+    if data.state_vars is not None:  # a user dataset class names its channels
+        d = d.model_copy(update={"output_vars": d.output_vars or data.state_vars,
+                                 "background_vars": d.background_vars or data.background_vars})
     loss = _spec_loss(cfg)
     if m.kind == "corrdiff":
         stages = ("regression", "diffusion") if (m.stage == "regression" or "regression" in m.diffusion_conditions) \
