@@ -5,7 +5,7 @@ the peak resident memory of downscaling 20 vs 200 times streamed to zarr. Each c
 process so that its peak memory (ru_maxrss) is its own. Networks have random weights: speed and
 memory do not depend on the values.
 
-    python bench/bench_downscale.py [--sizes tiny mini] [--times 20 200] [--members 2] [--steps 8]
+    python bench/bench_downscale.py [--sizes tiny mini] [--times 20 200] [--members 1] [--steps 4]
 """
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", nargs="+", default=["tiny", "mini"])
     p.add_argument("--times", nargs="+", type=int, default=[20, 200])
-    p.add_argument("--members", type=int, default=2)
-    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--members", type=int, default=1)
+    p.add_argument("--steps", type=int, default=4)
     p.add_argument("--case", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.case:

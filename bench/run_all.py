@@ -20,10 +20,12 @@ HERE = Path(__file__).resolve().parent
 BENCHES = [
     ("Network forward+backward vs PhysicsNeMo (same weights, 1 thread)", ["bench_unet.py"], ["bench_unet.py", "--repeats", "3", "--sizes", "64"]),
     ("Fraction of the machine's peak in the U-Net forward", ["bench_peak.py"], ["bench_peak.py", "--repeats", "3"]),
-    ("Sampler quality per network evaluation (demo data)", ["bench_samplers.py"], ["bench_samplers.py", "--members", "8"]),
+    ("Sampler quality per network evaluation (demo data)", ["bench_samplers.py", "--members", "16"],
+     ["bench_samplers.py", "--members", "8"]),
     ("Data loading (DownscalingSamples, 256x256 zarr)", ["bench_samples.py"], ["bench_samples.py", "--times", "16", "--epochs", "1"]),
     ("Training throughput (corrdiff tiny / mini presets)", ["bench_train.py"], ["bench_train.py", "--steps", "6"]),
-    ("Downscaling throughput and peak memory streaming to zarr", ["bench_downscale.py"], ["bench_downscale.py"]),
+    ("Downscaling throughput and peak memory streaming to zarr", ["bench_downscale.py"],
+     ["bench_downscale.py", "--sizes", "tiny"]),
 ]
 
 
@@ -41,10 +43,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smaller runs")
     p.add_argument("--no-record", action="store_true", help="print only, do not write docs/benchmarks.md")
+    p.add_argument("--bundle", help="a trained demo bundle for the sampler benchmark (default: "
+                   "demo-output/runs/corrdiff-demo-diffusion/0/model if `make demo` ran, else it trains one)")
     args = p.parse_args()
+    bundle = args.bundle or HERE.parent / "demo-output" / "runs" / "corrdiff-demo-diffusion" / "0" / "model"
     sections = []
     for title, full, quick in BENCHES:
         script, *options = quick if args.quick else full
+        if script == "bench_samplers.py" and Path(bundle).exists():
+            options = [*options, "--bundle", str(bundle)]
         shown = " ".join([script, *options])
         print(f"== {title}: python bench/{shown}", flush=True)
         proc = subprocess.run([sys.executable, str(HERE / script), *options], capture_output=True, text=True,
