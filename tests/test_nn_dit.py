@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _nets import rand as _rand
 
 from xkmcast.errors import InvalidDataError
 from xkmcast.nn import DiT
@@ -12,10 +13,6 @@ from xkmcast.nn.dit import DiTBlock
 from xkmcast.nn.transformer_layers import SelfAttention, window_attention
 
 SMALL = dict(patch_size=2, hidden_size=16, depth=2, num_heads=2)
-
-
-def _rand(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 def _wake(model, seed=0):

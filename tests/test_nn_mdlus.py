@@ -11,6 +11,7 @@ import zipfile
 
 import pytest
 import torch
+from _nets import TINY_UNET as TINY, rand as _rand, randomise
 
 from xkmcast.errors import BundleError, ConfigError
 from xkmcast.nn import (
@@ -27,19 +28,8 @@ from xkmcast.nn import (
     save_mdlus,
 )
 
-TINY = dict(model_channels=8, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.0)
-
-
-def _rand(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
 def _randomise(model, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) / (p[0].numel() ** 0.5 if p.ndim > 1 else 10.0))
-    return model.eval()
+    return randomise(model, seed).eval()
 
 
 def _rewrite(path, out, **changes):

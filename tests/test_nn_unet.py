@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from _nets import TINY_UNET as TINY, rand as _rand, randomise as _randomise
 import torch.nn.functional as F
 
 from xkmcast.errors import InvalidDataError
@@ -24,19 +25,6 @@ from xkmcast.nn.layers import Conv2d, GroupNorm, PositionalEmbedding
 from xkmcast.nn.unet_blocks import UNetAttention, UNetBlock
 from xkmcast.nn.unet_posembd import positional_grid
 
-TINY = dict(model_channels=8, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.0)
-
-
-def _rand(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
-def _randomise(model, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) / (p[0].numel() ** 0.5 if p.ndim > 1 else 10.0))
-    return model
 
 
 @pytest.mark.parametrize("encoder_type", ["standard", "skip", "residual"])

@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _nets import rand as _rand
 
 from xkmcast.errors import InvalidDataError
 from xkmcast.nn import WeatherViT
 from xkmcast.nn.transformer_layers import sincos_2d, unpatchify
 
 SMALL = dict(patch_size=4, embed_dim=16, depth=2, num_heads=2)
-
-
-def _rand(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 def test_unpatchify_inverts_the_patch_reshape():

@@ -140,12 +140,9 @@ def _field(obj, var, member, time, sel, member_dim, dims=None) -> tuple[xr.DataA
 
 
 def _format(value) -> str:
-    value = np.asarray(value)
-    if np.issubdtype(value.dtype, np.datetime64):
-        return str(np.datetime_as_string(value, unit="m"))
-    if np.issubdtype(value.dtype, np.timedelta64):
-        return f"{value.astype('timedelta64[m]').astype(int) / 60:g} h"
-    return str(value)
+    from .scoring import format_coordinate
+
+    return format_coordinate(value)
 
 
 def _label(da: xr.DataArray) -> str:

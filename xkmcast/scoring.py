@@ -220,14 +220,15 @@ def _rows(scores: xr.Dataset) -> tuple[list[str], list[list[str]]]:
     rows = []
     for i in range(stacked.sizes["_row"]):
         r = stacked.isel(_row=i)
-        cells = [str(r["variable"].values)] + [_cell(r[d].values) for d in extra]
+        cells = [str(r["variable"].values)] + [format_coordinate(r[d].values) for d in extra]
         cells += [f"{float(r[k]):.4g}" for k in keys]
         cells.append(str(r["units"].values) if "units" in r.coords else "")
         rows.append(cells)
     return header, rows
 
 
-def _cell(value) -> str:
+def format_coordinate(value) -> str:
+    """A coordinate value for a table cell or a title: times to the minute, lead times in hours."""
     value = np.asarray(value)
     if np.issubdtype(value.dtype, np.datetime64):
         return str(np.datetime_as_string(value, unit="m"))
