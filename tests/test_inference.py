@@ -154,3 +154,15 @@ def test_scheduler_independence_threads_vs_sync(pipe):
         a = out.compute()
     b = out.compute(scheduler="threads")
     xr.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_bf16_autocast_stays_close_to_fp32(pipe):
+    """amp-bf16 (CPU autocast here, CUDA on GPUs) gives the fp32 result within bfloat16 precision."""
+    ds = coarse_dataset(1)
+    a = ds.kmcast.downscale(pipe, members=1, num_steps=3)
+    b = ds.kmcast.downscale(pipe, members=1, num_steps=3, precision="amp-bf16")
+    assert np.isfinite(b.t2m).all()
+    scale = float(abs(a.t2m - a.t2m.mean()).max())
+    assert float(abs(a.t2m - b.t2m).max()) < 0.1 * scale
+    with pytest.raises(Exception, match="precision"):
+        ds.kmcast.downscale(pipe, members=1, precision="fp8")

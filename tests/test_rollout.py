@@ -96,3 +96,11 @@ def test_downscaling_model_cannot_forecast_and_back():
         state_dataset(1).kmcast.forecast(tiny_corrdiff(), steps=1)
     with pytest.raises(XkmcastError, match="forecast"):
         coarse_dataset(1).kmcast.downscale(tiny_stormcast())
+
+
+def test_bf16_forecast_is_finite_and_close(model):
+    state, bg = state_dataset(1), coarse_dataset(3)
+    a = state.kmcast.forecast(model, steps=1, background=bg)
+    b = state.kmcast.forecast(model, steps=1, background=bg, precision="amp-bf16")
+    assert np.isfinite(b.t2m).all()
+    assert float(abs(a.t2m - b.t2m).max()) < 0.1 * float(abs(a.t2m - a.t2m.mean()).max())

@@ -77,6 +77,7 @@ def downscale(
     layout: str = typer.Option("cf", help="NetCDF layout: cf, or corrdiff (groups input / truth / prediction)"),
     truth: str | None = typer.Option(None, help="truth dataset to store in the corrdiff layout"),
     device: str | None = typer.Option(None, help="cuda / cpu (default: automatic)"),
+    precision: str = typer.Option("fp32", help="fp32, or amp-bf16 (bfloat16 autocast on CUDA and CPU)"),
     overwrite: bool = typer.Option(False, help="replace an existing output"),
     quiet: bool = typer.Option(False, help="no progress bar"),
 ) -> None:
@@ -86,7 +87,7 @@ def downscale(
 
     ds = _open_input(input, part, times).chunk({"time": time_chunk})
     result = run(ds, model, members=members, seed=seed, num_steps=steps, sampler=sampler, batch_size=batch_size,
-                 time_chunk=time_chunk, include_mean=include_mean, device=device)
+                 time_chunk=time_chunk, include_mean=include_mean, device=device, precision=precision)
     if layout == "corrdiff":
         truth_ds = _open_input(truth, "target" if part else None, times) if truth else None
         if truth_ds is not None:

@@ -13,7 +13,7 @@ import torch
 
 from .errors import ConfigError, explain
 
-__all__ = ["select_device", "autocast", "PRECISIONS"]
+__all__ = ["select_device", "autocast", "check_precision", "PRECISIONS"]
 
 PRECISIONS = ("fp32", "amp-bf16")
 
@@ -41,10 +41,16 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
-def autocast(device: torch.device, precision: str = "fp32"):
-    """The autocast context of ``precision`` on ``device`` (bf16 on CUDA and CPU)."""
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, else ConfigError."""
     if precision not in PRECISIONS:
         raise ConfigError(explain("Unknown precision", expected=list(PRECISIONS), found=precision))
+    return precision
+
+
+def autocast(device: torch.device, precision: str = "fp32"):
+    """The autocast context of ``precision`` on ``device`` (bf16 on CUDA and CPU)."""
+    check_precision(precision)
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)

@@ -155,8 +155,12 @@ def downscale(
     include_mean: bool = False,
     regrid_method: str = "bilinear",
     device: str | None = None,
+    precision: str = "fp32",
 ) -> xr.Dataset:
     """Downscale the coarse ``ds`` with ``model`` (a pipeline or a bundle path).
+
+    ``device``: "cuda", "cpu", ... (default: CUDA when present); ``precision="amp-bf16"`` runs the
+    networks under bfloat16 autocast (CUDA and CPU), the sampler state staying float64.
 
     Returns a Dataset on the model grid with one variable per output channel, dims
     ``(member, time, y, x)``, 2-D ``lat`` / ``lon``, the grid's ``crs`` and CF attributes; with
@@ -164,6 +168,9 @@ def downscale(
     dask-backed input the result is dask-backed (one task per time chunk); with numpy input it is
     computed before returning.
     """
+    from .device import check_precision
+
+    check_precision(precision)
     pipeline = resolve_model(model, device)
     spec = pipeline.spec
     if not hasattr(pipeline, "sample"):
@@ -184,6 +191,7 @@ def downscale(
         seed=seed,
         include_mean=include_mean,
         options={"sampler": sampler, "num_steps": num_steps, "patch": patch, "batch_size": batch_size},
+        precision=precision,
     )
     data = dsa.map_blocks(
         run,
@@ -197,7 +205,8 @@ def downscale(
     return result if lazy_input else result.compute()
 
 
-def _downscale_block(block: np.ndarray, *, handle, times, members, seed, include_mean, options, block_info=None):
+def _downscale_block(block: np.ndarray, *, handle, times, members, seed, include_mean, options, precision="fp32",
+                     block_info=None):
     """One time chunk: (t, C_in, H, W) normalised -> (members [+1 mean], t, C_out, H, W) physical."""
     import torch
 
@@ -215,7 +224,9 @@ def _downscale_block(block: np.ndarray, *, handle, times, members, seed, include
         )
     seeds = [[row_seed(seed, k, t) for k in range(members)] for t in times[start:stop]]
     cond = torch.from_numpy(np.ascontiguousarray(block)).to(pipeline.device)
-    with torch.no_grad():
+    from .device import autocast
+
+    with torch.no_grad(), autocast(pipeline.device, precision):
         samples, mean = pipeline.sample(cond, seeds=seeds, **{k: v for k, v in options.items() if v is not None})
     out = samples.float().cpu().numpy()  # (M, t, C_out, H, W)
     if include_mean:

@@ -46,9 +46,15 @@ def forecast(
     batch_size: int | None = None,
     regrid_method: str = "bilinear",
     device: str | None = None,
+    precision: str = "fp32",
     progress: bool = False,
 ) -> xr.Dataset:
-    """Roll ``model`` forward ``steps`` time steps from every time of ``ds`` (see the module doc)."""
+    """Roll ``model`` forward ``steps`` time steps from every time of ``ds`` (see the module doc).
+
+    ``precision="amp-bf16"`` runs the networks under bfloat16 autocast (CUDA and CPU)."""
+    from .device import check_precision
+
+    check_precision(precision)
     pipeline = resolve_model(model, device)
     spec = pipeline.spec
     if not hasattr(pipeline, "step"):
@@ -61,7 +67,7 @@ def forecast(
     state = to_model_inputs(ds, pipeline, spec.input_vars, require_on_grid=True)
     init_times = state["time"].values
     bg = _background(background, pipeline, init_times, steps, dt, regrid_method)
-    options = {"sampler": sampler, "num_steps": num_steps, "batch_size": batch_size}
+    options = {"sampler": sampler, "num_steps": num_steps, "batch_size": batch_size, "_precision": precision}
     options = {k: v for k, v in options.items() if v is not None}
     leads = np.array([dt * n for n in range(steps + 1)], dtype="timedelta64[ns]")
     if output is not None:
@@ -122,10 +128,13 @@ def _rollout(pipeline, state0: np.ndarray, bg: np.ndarray | None, init_time, mem
     if x.ndim == 3:
         x = x.unsqueeze(0).expand(members, -1, -1, -1)
     states = [x.cpu().numpy()]
+    from .device import autocast
+
     options = dict(options)
+    precision = options.pop("_precision", "fp32")
     n_steps = options.pop("_steps", None)
     n_steps = bg.shape[0] if bg is not None else n_steps
-    with torch.no_grad():
+    with torch.no_grad(), autocast(pipeline.device, precision):
         for n in range(start_step, n_steps):
             b = None
             if bg is not None:
