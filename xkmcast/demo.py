@@ -98,9 +98,14 @@ def run_demo(outdir: str | Path = "demo-output", *, members: int = 8, overrides:
     write_dataset(scores, outdir / "scores.nc", overwrite=True)
     (outdir / "scores.txt").write_text(_plain_table(scores))
     if not quiet:
-        from rich.console import Console
+        import sys
 
-        Console().print(format_table(scores, title="held-out hours: ensemble vs bilinear and regression mean"))
+        if sys.stdout.isatty():
+            from rich.console import Console
+
+            Console().print(format_table(scores, title="held-out hours: ensemble vs bilinear and regression mean"))
+        else:  # a log file: the plain table, never truncated to a terminal width
+            print(_plain_table(scores), flush=True)
     beats = {v: bool(_ens_mae(result, truth, v) < float(scores["baseline_mae"].sel(variable=v))) for v in outputs}
     crps_ok = {v: bool(float(scores["crps"].sel(variable=v)) < float(scores["regression_mae"].sel(variable=v)))
                for v in outputs}
