@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import os
 from typing import Any
 
@@ -140,7 +141,11 @@ def wrap_stage(module: torch.nn.Module, env: DistEnv, strategy: str = "ddp") -> 
                 fully_shard(child)
         return fully_shard(module)
     ids = [env.device.index] if env.device.type == "cuda" else None
-    return _DDP(module, device_ids=ids, broadcast_buffers=False)
+    # buffers (positional grids, sigma_data) are constants, equal on every rank: no need to sync them at
+    # each forward. Newer torch names this forward_sync_buffers (broadcast_buffers is deprecated there).
+    params = inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters
+    no_buffer_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    return _DDP(module, device_ids=ids, **no_buffer_sync)
 
 
 @contextlib.contextmanager
