@@ -18,26 +18,37 @@ __all__ = ["select_device", "autocast", "check_precision", "PRECISIONS"]
 PRECISIONS = ("fp32", "amp-bf16")
 
 
-def select_device(device: str | torch.device | None = None) -> torch.device:
-    """The torch device to run on: ``None`` / ``"auto"`` -> cuda, else mps, else cpu."""
+def select_device(device: str | torch.device | None = None, local_rank: int = 0) -> torch.device:
+    """The torch device to run on: ``None`` / ``"auto"`` -> cuda, else mps, else cpu.
+
+    On CUDA the process takes GPU ``local_rank`` (modulo the GPUs present; torchrun's LOCAL_RANK)
+    and makes it the current device."""
     if isinstance(device, torch.device):
         return device
     if device in (None, "auto"):
         if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+            device = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            device = "mps"
+        else:
+            device = "cpu"
     dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            explain(
-                f"Device {device!r} was asked for but CUDA is not available",
-                expected="a machine with a CUDA GPU and a CUDA build of torch",
-                found=f"torch {torch.__version__}, cuda available: False",
-                fix="pass device='cpu' (or leave it unset to pick automatically)",
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                explain(
+                    f"Device {device!r} was asked for but CUDA is not available",
+                    expected="a machine with a CUDA GPU and a CUDA build of torch",
+                    found=f"torch {torch.__version__}, cuda available: False",
+                    fix="use device 'cpu' or 'auto' (training.device=auto)",
+                )
             )
-        )
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(dev)
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(explain(f"Device {device!r} was asked for but MPS is not available",
+                                  fix="use device 'cpu' or 'auto'"))
     return dev
 
 

@@ -20,13 +20,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..device import select_device
 from ..errors import ConfigError, explain
 
 __all__ = [
     "DistEnv",
     "setup",
     "teardown",
-    "select_device",
     "split_batch",
     "wrap_stage",
     "no_sync",
@@ -55,26 +55,6 @@ class DistEnv:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def select_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto``: CUDA (this process's local GPU), else Apple MPS, else CPU."""
-    if preference == "auto":
-        if torch.cuda.is_available():
-            preference = "cuda"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            preference = "mps"
-        else:
-            preference = "cpu"
-    if preference == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(explain("training.device=cuda but no CUDA device is available",
-                                      fix="set training.device=auto or cpu"))
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    if preference == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(explain("training.device=mps but MPS is not available", fix="set training.device=auto"))
-    return torch.device(preference)
 
 
 def setup(device: str = "auto") -> DistEnv:

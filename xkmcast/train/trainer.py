@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from ..device import autocast
 from ..errors import ConfigError, XkmcastError, explain
 from . import checkpoint as ckpt
 from . import distributed as D
@@ -258,9 +259,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------- step
     def _autocast(self):
-        if self.t.precision == "amp-bf16":
-            return torch.autocast(self.env.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.env.device, self.t.precision)
 
     def _train_step(self, batches: Iterator[Any], bins: SigmaBins) -> float:
         self.optimizer.zero_grad(set_to_none=True)
