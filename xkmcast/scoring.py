@@ -34,6 +34,7 @@ import numpy as np
 import xarray as xr
 
 from . import metrics
+from .data.layouts import is_zarr_store
 from .errors import CoordinateError, InvalidDataError, MissingVariableError, TimeCoverageError, explain
 
 __all__ = ["score", "format_table", "format_text", "open_corrdiff_netcdf", "score_files", "open_any"]
@@ -305,22 +306,18 @@ def _open_group(path: Path, group: str, chunks: dict) -> xr.Dataset | None:
         return None
 
 
-def _is_zarr(path: Path) -> bool:
-    return path.suffix == ".zarr" or (path.is_dir() and any((path / n).exists() for n in ("zarr.json", ".zgroup", ".zattrs")))
-
-
 def open_any(path: str | Path, chunks: dict | None = None) -> xr.Dataset:
     """Open a zarr store (consolidated or not) or a NetCDF file lazily (dask chunks as stored)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(explain("No such file or store", found=str(path)))
-    if _is_zarr(path):
+    if is_zarr_store(path):
         return xr.open_zarr(path, consolidated=False, chunks=chunks if chunks is not None else {})
     return xr.open_dataset(path, chunks=chunks if chunks is not None else {})
 
 
 def _has_corrdiff_groups(path: Path) -> bool:
-    if _is_zarr(path):
+    if is_zarr_store(path):
         return False
     try:
         return _open_group(path, "prediction", {}) is not None

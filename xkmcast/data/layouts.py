@@ -204,8 +204,11 @@ def channel_dataset(
 # ----------------------------------------------------------------------------------- detection
 
 
-def _is_zarr(path: Path) -> bool:
-    return path.is_dir() and any((path / m).exists() for m in (".zgroup", ".zattrs", ".zmetadata", "zarr.json"))
+def is_zarr_store(path: Path) -> bool:
+    """A zarr store (v2 or v3) on disk: a folder with zarr metadata (or named ``*.zarr``)."""
+    path = Path(path)
+    return path.is_dir() and (path.suffix == ".zarr" or any(
+        (path / m).exists() for m in (".zgroup", ".zattrs", ".zmetadata", "zarr.json")))
 
 
 def _zarr_has(path: Path, name: str) -> bool:
@@ -237,7 +240,7 @@ def detect_layout(path: str | Path) -> tuple[str, Path]:
             return "vit", path
         if path.suffix.lower() in _NETCDF_SUFFIXES:
             return "cf", path
-    elif _is_zarr(path):
+    elif is_zarr_store(path):
         return ("cwa" if _zarr_has(path, "cwb") and _zarr_has(path, "era5") else "cf"), path
     else:
         subdirs = {p.name for p in path.iterdir() if p.is_dir()}
@@ -273,7 +276,7 @@ def read_cf(path: str | Path | xr.Dataset, **kwargs) -> dict[str, xr.Dataset]:
         ds = path
     else:
         path = Path(path)
-        if _is_zarr(path):
+        if is_zarr_store(path):
             kwargs.setdefault("consolidated", (path / ".zmetadata").exists() or None)
             ds = xr.open_zarr(path, **kwargs)
         else:
@@ -376,7 +379,7 @@ def open_dataset(name_or_path: str | Path, *, layout: str | None = None, part: s
 
         if name_or_path in _catalog_sources():
             return _open_catalog_entry(name_or_path, layout=layout, part=part, **kwargs)
-    if layout is None or (layout in ("hrrr_mini", "cwa") and path.is_dir() and not _is_zarr(path)):
+    if layout is None or (layout in ("hrrr_mini", "cwa") and path.is_dir() and not is_zarr_store(path)):
         detected, path = detect_layout(path)
         layout = layout or detected
     parts = _reader(layout)(path, **kwargs)
