@@ -52,13 +52,12 @@ class LinearDownscaling:
         x = _design(inputs, self.predictors, self.invariants if self.pooled else None, self.invariant_names,
                     self.sample_dim, self.space_dims)  # (K, T, *space)
         z = (x - _expand(self.centre, x.ndim)) / _expand(self.scale, x.ndim)
-        like = inputs[self.predictors[0]]
+        like = inputs[self.predictors[0]].transpose(self.sample_dim, *self.space_dims)
         out = {}
         for v in self.outputs:
             beta = self.coefficients[v]
-            b = _expand(beta[1:], z.ndim)
-            value = beta[0] + np.nansum(b * z, axis=0) if self.pooled else \
-                beta[0][None] + np.sum(b * z, axis=0)
+            intercept = beta[0] if self.pooled else beta[0][None]
+            value = intercept + np.sum(_expand(beta[1:], z.ndim) * z, axis=0)
             out[v] = like.copy(data=value.astype(like.dtype)).rename(v)
             out[v].attrs = {"long_name": f"linear statistical downscaling of {v}"}
         return xr.Dataset(out)
