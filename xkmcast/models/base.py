@@ -157,6 +157,21 @@ class Pipeline(torch.nn.Module):
                                       fix="re-export the bundle from its training run"))
         return Stats.from_dict(self.spec.stats[role])
 
+    def residual_scale(self, like: torch.Tensor) -> torch.Tensor:
+        """``s`` of shape (1, C_out, 1, 1): the diffusion stage models ``r / s`` where ``r`` is the
+        residual of the regression mean (``spec.extra["residual_scale"]``, one value per output
+        channel, set when a diffusion run starts: ``s_c = RMS(r_c) / sigma_data_c`` over training
+        samples, so the modelled residual has the spread the EDM preconditioner assumes). Ones when
+        the spec has none (bundles from before, diffusion without a regression)."""
+        scale = self.spec.extra.get("residual_scale")
+        n = len(self.spec.output_vars)
+        values = [1.0] * n if scale is None else [float(v) for v in scale]
+        return torch.as_tensor(values, dtype=like.dtype, device=like.device).reshape(1, n, 1, 1)
+
+    def residual(self, batch: dict) -> torch.Tensor:
+        """``target - regression mean`` of a training batch (B, C_out, H, W), unscaled."""
+        raise NotImplementedError
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

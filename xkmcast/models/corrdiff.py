@@ -104,6 +104,7 @@ class CorrDiff(Pipeline):
             self._denoiser(patch, tuple(cond.shape[-2:])), rows_cond, row_seeds,
             out_channels=mean.shape[1], batch_size=batch_size, **options,
         )
+        residual = residual * self.residual_scale(residual)
         samples = residual.reshape(members, *mean.shape) + mean.unsqueeze(0)
         return samples, mean
 
@@ -126,24 +127,26 @@ class CorrDiff(Pipeline):
             raise ConfigError(explain("Unknown training stage for CorrDiff", expected=self.stage_names, found=stage))
         with torch.no_grad():
             mean = self.regression_mean(cond)
+        residual = (target - mean) / self.residual_scale(target)  # the residual the diffusion models
         sigma_dist = training_sigma(self.spec.loss, default_P_mean=0.0)
         patch = tuple(self.spec.patch) if self.spec.patch else None
+        dcond = self._diffusion_condition(cond, mean)
         if patch is None or patch == tuple(target.shape[-2:]):
-            return losses.residual_loss(
-                self.stages["diffusion"], target, cond, mean=mean,
-                condition_on_mean=self.spec.loss.get("condition_on_mean", False), sigma_dist=sigma_dist,
-                channel_weights=weights, mask=mask, generator=generator,
-            )
+            return losses.denoising_loss(self.stages["diffusion"], residual, dcond, sigma_dist=sigma_dist,
+                                         channel_weights=weights, mask=mask, generator=generator)
         # patched: cut the residual and its condition at the same random places; the whole condition,
         # resized to the patch size, is appended so every patch sees the large-scale situation
-        dcond = self._diffusion_condition(cond, mean)
         n = int(self.spec.extra.get("patches_per_sample", 1))
-        pt = random_patches(target - mean, dcond, patch, n, context=dcond, generator=generator)
+        pt = random_patches(residual, dcond, patch, n, context=dcond, generator=generator)
         pmask = None if mask is None else extract_patches(mask, pt.offsets, patch)
         return losses.denoising_loss(
             self.stages["diffusion"], pt.target, pt.condition, sigma_dist=sigma_dist,
             channel_weights=weights, mask=pmask, generator=generator, global_index=pt.global_index,
         )
+
+    @torch.no_grad()
+    def residual(self, batch: dict) -> Tensor:
+        return batch["target"] - self.regression_mean(batch["input"])
 
     def _channel_weights(self, like: Tensor) -> Tensor | None:
         w = self.spec.loss.get("channel_weights")

@@ -97,7 +97,9 @@ class StormCast(ForecastPipeline):
         options = sampler_options(self.spec.sampler, sampler, num_steps, extra_options)
         out = rows_sample(self.stages["diffusion"], dcond, seeds, out_channels=state.shape[1],
                           batch_size=batch_size, **options, **kwargs)
-        return out + mean if (mean is not None and "regression" in names) else out
+        if mean is None or "regression" not in names:
+            return out
+        return out * self.residual_scale(out) + mean
 
     def loss(self, stage: str, batch: dict, generator: torch.Generator | None = None):
         prev, nxt, background, invariant = self._unpack(batch)
@@ -117,11 +119,18 @@ class StormCast(ForecastPipeline):
             with torch.no_grad():
                 mean = self._regression_mean(prev, background, invariant, kwargs)
         cond = self.conditions(names, state=prev, background=background, invariant=invariant, regression=mean)
-        target = nxt - mean if mean is not None else nxt
+        target = (nxt - mean) / self.residual_scale(nxt) if mean is not None else nxt
         return losses.denoising_loss(
             self.stages["diffusion"], target, cond, sigma_dist=training_sigma(self.spec.loss, default_P_mean=-1.2),
             channel_weights=weights, generator=generator, **kwargs,
         )
+
+
+    @torch.no_grad()
+    def residual(self, batch: dict) -> Tensor:
+        prev, nxt, background, invariant = self._unpack(batch)
+        mean = self._regression_mean(prev, background, invariant, self._net_kwargs(batch.get("lead_time_label")))
+        return nxt if mean is None else nxt - mean
 
 
 class Stormscope(StormCast):

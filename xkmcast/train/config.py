@@ -147,6 +147,9 @@ class ModelConfig(_Strict):
     ``condition_on_mean`` (CorrDiff): also give the regression mean to the diffusion network.
     ``input_skip`` (CorrDiff): the regression predicts the departure from the coarse input regridded
     to the fine grid (for output variables that are also inputs), so it starts from interpolation.
+    ``residual_scale`` (diffusion on a regression): the diffusion models ``(y - mu) / s`` per output
+    channel with ``s = RMS(y - mu) / sigma_data`` measured on training samples when the run starts
+    ("auto"), no scaling ("none"), or the given values.
     """
 
     kind: Literal["corrdiff", "stormcast", "stormscope", "vit"] = "corrdiff"
@@ -158,6 +161,7 @@ class ModelConfig(_Strict):
     regression_bundle: str | None = None
     condition_on_mean: bool = False
     input_skip: bool = False
+    residual_scale: Literal["auto", "none"] | list[float] = "auto"
     loss: LossConfig = Field(default_factory=LossConfig)
     sampler: dict[str, Any] = Field(default_factory=dict)
     time_step: str | None = None

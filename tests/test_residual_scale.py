@@ -1,0 +1,78 @@
+"""The diffusion stage models the regression residual scaled per channel: r / s, s = RMS(r) / sigma_data."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from _nets import randomise
+from _tiny import FINE_SHAPE, INPUT_VARS, OUTPUT_VARS, STATE_VARS, tiny_corrdiff, tiny_stormcast
+
+from xkmcast.train.setup import residual_scale
+
+
+def _batch(seed=0, b=3):
+    g = torch.Generator().manual_seed(seed)
+    return {"input": torch.randn(b, len(INPUT_VARS) + 1, *FINE_SHAPE, generator=g),
+            "target": torch.randn(b, len(OUTPUT_VARS), *FINE_SHAPE, generator=g)}
+
+
+def test_corrdiff_loss_sees_the_scaled_residual():
+    """Loss with scale s on y == loss without scale on mu + (y - mu) / s (same noise draws)."""
+    pipe = tiny_corrdiff()
+    randomise(pipe, seed=1)
+    batch = _batch()
+    s = [0.2, 3.0]
+    with torch.no_grad():
+        mean = pipe.regression_mean(batch["input"])
+        plain_target = mean + (batch["target"] - mean) / torch.tensor(s).reshape(1, 2, 1, 1)
+        plain = pipe.loss("diffusion", {**batch, "target": plain_target}, torch.Generator().manual_seed(5)).loss
+        pipe.spec.extra["residual_scale"] = s
+        scaled = pipe.loss("diffusion", batch, torch.Generator().manual_seed(5)).loss
+        pipe.spec.extra.pop("residual_scale")
+        unscaled = pipe.loss("diffusion", batch, torch.Generator().manual_seed(5)).loss
+    torch.testing.assert_close(scaled, plain)
+    assert not torch.allclose(scaled, unscaled)
+
+
+def test_corrdiff_members_are_mean_plus_scaled_residual():
+    pipe = tiny_corrdiff()
+    randomise(pipe, seed=2)
+    inputs = _batch(b=2)["input"][:, : len(INPUT_VARS)]
+    seeds = [[1, 2], [3, 4]]
+    members, mean = pipe.sample(inputs, seeds=seeds)
+    pipe.spec.extra["residual_scale"] = [0.1, 4.0]
+    scaled, mean2 = pipe.sample(inputs, seeds=seeds)
+    torch.testing.assert_close(mean2, mean)
+    expect = mean + (members - mean) * torch.tensor([0.1, 4.0]).reshape(1, 1, 2, 1, 1)
+    torch.testing.assert_close(scaled, expect, rtol=1e-5, atol=1e-5)
+
+
+def test_stormcast_step_is_mean_plus_scaled_residual():
+    pipe = tiny_stormcast()
+    randomise(pipe, seed=3)
+    g = torch.Generator().manual_seed(0)
+    state = torch.randn(2, len(STATE_VARS), *FINE_SHAPE, generator=g)
+    background = torch.randn(2, 1, *FINE_SHAPE, generator=g)
+    one = pipe.step(state, background, seeds=[7, 8])
+    mean = pipe._regression_mean(state, background, pipe.batch_invariant(2, state), {})
+    pipe.spec.extra["residual_scale"] = [0.5, 2.0, 0.25]
+    two = pipe.step(state, background, seeds=[7, 8])
+    torch.testing.assert_close(two, mean + (one - mean) * torch.tensor([0.5, 2.0, 0.25]).reshape(1, 3, 1, 1),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_auto_scale_is_the_residual_rms_over_sigma_data():
+    """Computed over the samples of a dataset: RMS per channel of y - mu (numpy), over sigma_data."""
+    pipe = tiny_corrdiff()
+    randomise(pipe, seed=4)
+    g = torch.Generator().manual_seed(9)
+    items = [{"input": torch.randn(len(INPUT_VARS) + 1, *FINE_SHAPE, generator=g),
+              "target": torch.randn(len(OUTPUT_VARS), *FINE_SHAPE, generator=g) * torch.tensor([0.3, 7.0])[:, None, None]}
+             for _ in range(5)]
+    with torch.no_grad():
+        r = np.stack([(it["target"] - pipe.regression_mean(it["input"][None])[0]).numpy() for it in items])
+    rms = np.sqrt((r.astype(np.float64) ** 2).mean(axis=(0, 2, 3)))
+    got = residual_scale(pipe, items, "auto")
+    np.testing.assert_allclose(got, rms / pipe.stages["diffusion"].sigma_data, rtol=1e-5)
+    assert residual_scale(pipe, items, "none") is None
+    assert residual_scale(pipe, items, [1.0, 2.0]) == [1.0, 2.0]
