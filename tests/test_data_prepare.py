@@ -149,3 +149,20 @@ def test_runs_on_dask_distributed(tmp_path, sources):
         out = _prepare(sources, tmp_path / "s.zarr")
     ds = open_store(out)
     assert ds.sizes["time"] == 4 and float(ds.orog.max()) > 0
+
+
+def test_statistics_only_from_the_statistics_window(tmp_path, sources):
+    """stats_times keeps evaluation times out of the normalisation: numpy over the window alone."""
+    fine, coarse = sources
+    window = slice(str(fine.time.values[2])[:19], str(fine.time.values[4])[:19])
+    out = _prepare(sources, tmp_path / "train.zarr", stats_times=window, log_vars=[])
+    ds = open_store(out)
+    stats = Stats.from_attrs(ds)
+    truth = fine["t2m"].sel(time=window).values.astype(np.float32).astype(np.float64)
+    np.testing.assert_allclose(stats.mean["target_t2m"], truth.mean(), rtol=1e-6)
+    np.testing.assert_allclose(stats.std["target_t2m"], truth.std(), rtol=1e-5)
+    everything = fine["t2m"].sel(time=ds.time).values.astype(np.float64)
+    assert abs(stats.mean["target_t2m"] - everything.mean()) > 1e-4  # the window made a difference
+    assert json.loads(ds.attrs["xkmcast_stats_times"]) == {"first": window.start, "last": window.stop, "count": 3}
+    with pytest.raises(TimeCoverageError):
+        _prepare(sources, tmp_path / "none.zarr", stats_times=slice("2030-01-01", None))

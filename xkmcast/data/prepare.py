@@ -8,7 +8,8 @@ Layout of a prepared store (zarr v3, unconsolidated; one chunk per time step by 
     lat, lon (y, x), x, y (m), crs, time     the fine grid's CF coordinates
     attrs: xkmcast_store = "training/1"; xkmcast_input_vars / xkmcast_output_vars /
            xkmcast_invariants (JSON lists of canonical names); xkmcast_stats (JSON, keyed by the
-           store's variable names, see :mod:`xkmcast.data.stats`); regrid_method.
+           store's variable names, see :mod:`xkmcast.data.stats`); xkmcast_stats_times (JSON
+           ``{"first", "last", "count"}`` of the times the statistics cover); regrid_method.
 
 :func:`prepare` is lazy until the write (dask: it also runs on a ``dask.distributed`` cluster when
 ``out`` is on a filesystem the workers share), then computes the statistics from the written store
@@ -32,11 +33,34 @@ from ..errors import ConfigError, MissingVariableError, TimeCoverageError, expla
 from ..grid import find_grid
 from .stats import DEFAULT_LOG_EPS, STATS_ATTR, Stats, compute_stats
 
-__all__ = ["prepare", "open_store", "store_names", "split_stats", "INPUT_PREFIX", "TARGET_PREFIX", "STORE_FORMAT"]
+__all__ = ["prepare", "open_store", "store_names", "split_stats", "select_times", "times_fingerprint",
+           "INPUT_PREFIX", "TARGET_PREFIX", "STORE_FORMAT", "STATS_TIMES_ATTR"]
 
 INPUT_PREFIX = "input_"
 TARGET_PREFIX = "target_"
 STORE_FORMAT = "training/1"
+#: the store attribute naming the times its statistics were computed over
+STATS_TIMES_ATTR = "xkmcast_stats_times"
+
+
+def select_times(ds: xr.Dataset, times) -> xr.Dataset:
+    """``ds`` at ``times``: None (all), a label slice, a list of labels, or a list of int positions."""
+    if times is None:
+        return ds
+    if isinstance(times, slice):
+        return ds.sel(time=times)
+    values = list(times)
+    if values and all(isinstance(v, (int, np.integer)) for v in values):
+        return ds.isel(time=values)
+    return ds.sel(time=np.asarray(values, dtype=ds["time"].dtype))
+
+
+def times_fingerprint(time: xr.DataArray) -> dict:
+    """``{"first", "last", "count"}`` of a time coordinate (ISO strings): what statistics cover."""
+    values = np.asarray(time.values)
+    if values.size == 0:
+        return {"first": None, "last": None, "count": 0}
+    return {"first": str(values.min())[:19], "last": str(values.max())[:19], "count": int(values.size)}
 
 
 def store_names(input_vars: Iterable[str] = (), output_vars: Iterable[str] = (), invariants: Iterable[str] = ()):
@@ -146,13 +170,17 @@ def _on_fine_grid(coarse: xr.Dataset, fine: xr.Dataset, method: str) -> xr.Datas
 def prepare(fine: xr.Dataset, coarse: xr.Dataset, out: str | os.PathLike, *, input_vars: Sequence[str],
             output_vars: Sequence[str], invariants: Sequence[str] = (), times=None,
             regrid_method: str = "bilinear", chunks: dict | None = None, log_vars: Iterable[str] = (),
-            log_eps: float = DEFAULT_LOG_EPS, convert_units: bool = True, overwrite: bool = False) -> Path:
+            log_eps: float = DEFAULT_LOG_EPS, convert_units: bool = True, overwrite: bool = False,
+            stats_times=None) -> Path:
     """Write the training store ``out`` (layout in the module docstring) and return its path.
 
     ``fine`` holds ``output_vars`` and ``invariants``; ``coarse`` holds ``input_vars`` (canonical
     names, found by alias / standard_name and converted to canonical units). Times are the inner join
     of both, optionally restricted by ``times`` (a label slice or a list); none left ->
     TimeCoverageError. ``log_vars`` (canonical names) get the log1p transform in the statistics.
+    ``stats_times`` (a label slice, labels or positions; default all times) restricts the times the
+    statistics are computed over, e.g. to the training window, so that no evaluation time leaks
+    into the normalisation; the store records them in ``xkmcast_stats_times``.
     ``chunks`` overrides the default ``{"time": 1, y: -1, x: -1}``.
     """
     out = Path(out)
@@ -201,11 +229,15 @@ def prepare(fine: xr.Dataset, coarse: xr.Dataset, out: str | os.PathLike, *, inp
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:10]}"
     try:
         ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=True)
-        written = xr.open_zarr(tmp, consolidated=False)
+        written = select_times(xr.open_zarr(tmp, consolidated=False), stats_times)
+        if written.sizes["time"] == 0:
+            raise TimeCoverageError(explain("No store time lies in the statistics window", found=stats_times,
+                                            expected=f"times within {_span(common)}"))
         stats = compute_stats(written, [*i_names, *o_names, *inv_names], log_vars={n: log_eps for n in log_names})
         import zarr
 
-        zarr.open_group(str(tmp), mode="r+", zarr_format=3).attrs.update({STATS_ATTR: stats.to_json()})
+        zarr.open_group(str(tmp), mode="r+", zarr_format=3).attrs.update(
+            {STATS_ATTR: stats.to_json(), STATS_TIMES_ATTR: json.dumps(times_fingerprint(written["time"]))})
         _move_into_place(tmp, out, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -12,6 +12,7 @@ statistics, grid and invariants).
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +83,8 @@ def build_datasets(cfg: TrainConfig, stats: dict | None, env: D.DistEnv) -> RunD
 
     store_path = _training_store(cfg, env)
     ds = open_store(store_path)
-    roles = _role_stats(ds, cfg, stats)
     train_t, valid_t = _time_split(ds, cfg)
+    roles = _role_stats(ds, cfg, stats, train_t)
     if cfg.model.kind == "corrdiff":
         args = (store_path, d.input_vars, d.output_vars, d.invariants)
         store_stats = _store_stats(roles, "input", d.input_vars, d.output_vars, d.invariants)
@@ -151,8 +152,10 @@ def _training_store(cfg: TrainConfig, env: D.DistEnv) -> Path:
         outputs = (d.output_vars or d.input_vars) if forecast else d.output_vars
         # prepare() needs at least one coarse input; a forecast without background stores an unused one
         inputs = inputs or outputs[:1]
+        window = d.train_times
+        stats_times = slice(window.start, window.end) if (window.start or window.end) else None
         prepare(fine, coarse, out, input_vars=inputs, output_vars=outputs, invariants=d.invariants,
-                regrid_method=d.regrid_method)
+                regrid_method=d.regrid_method, stats_times=stats_times)
     D.barrier(env)
     return out
 
@@ -169,9 +172,11 @@ def _fine_and_coarse(cfg: TrainConfig):
     return open_pair(d.source, d.coarse, d.coarsen)
 
 
-def _role_stats(ds, cfg: TrainConfig, given: dict | None) -> dict[str, Any]:
-    """Statistics per role (canonical names): the regression bundle's, else the store's."""
-    from ..data.prepare import split_stats
+def _role_stats(ds, cfg: TrainConfig, given: dict | None, train_times=None) -> dict[str, Any]:
+    """Statistics per role (canonical names): the regression bundle's, else those of the store over
+    the training times ``train_times`` (the store's own when they cover exactly these times, else
+    computed here: no validation or evaluation time enters the normalisation)."""
+    from ..data.prepare import STATS_TIMES_ATTR, select_times, split_stats, times_fingerprint
     from ..data.stats import Stats, compute_stats
 
     if given:
@@ -180,7 +185,14 @@ def _role_stats(ds, cfg: TrainConfig, given: dict | None) -> dict[str, Any]:
     forecast = cfg.model.kind != "corrdiff"
     inputs = d.background_vars if forecast else d.input_vars
     outputs = (d.output_vars or d.input_vars) if forecast else d.output_vars
-    store = Stats.from_attrs(ds) or compute_stats(ds)
+    store = Stats.from_attrs(ds)
+    train = select_times(ds, train_times)
+    covered = ds.attrs.get(STATS_TIMES_ATTR)
+    covered = json.loads(covered) if covered else times_fingerprint(ds["time"])
+    if store is None or covered != times_fingerprint(train["time"]):
+        names = list(store.names) if store is not None else None
+        logs = {n: e for n, e in store.log_eps.items()} if store is not None else {}
+        store = compute_stats(train, names, log_vars=logs)
     coarse, fine = split_stats(store, inputs, outputs, d.invariants)
     roles = {"output": fine, "invariant": coarse.subset(d.invariants)}
     if forecast:  # the state is both the input and the output
