@@ -91,7 +91,9 @@ def forecast(
 def _background(background, pipeline, init_times, steps, dt, regrid_method):
     """The background at the input time of every step, on the model grid: (init, step, C_bg, y, x)."""
     spec = pipeline.spec
-    needed = any("background" in v for v in spec.conditions.values())
+    # only the stages the model holds count (a regression bundle keeps the diffusion defaults)
+    needed = bool(spec.background_vars) and any(
+        "background" in names for stage, names in spec.conditions.items() if stage in pipeline.stages)
     if not needed:
         return None
     if background is None:

@@ -57,12 +57,14 @@ class CorrDiff(Pipeline):
 
     def interpolation(self, cond: Tensor) -> Tensor:
         """The regridded coarse input of each output variable, in output normalisation:
-        ``(x_n s_in + m_in - m_out) / s_out`` (channels under a log transform contribute 0)."""
+        ``(x_n s_in + m_in - m_out) / s_out`` (channels under a log transform, and outputs that are
+        not inputs, contribute 0)."""
         names = self.spec.output_vars
-        idx = [self.spec.input_vars.index(v) for v in names]
-        m_in, s_in, e_in = self.stats_for("input").arrays(names)
+        shared = np.array([v in self.spec.input_vars for v in names])
+        idx = [self.spec.input_vars.index(v) if v in self.spec.input_vars else 0 for v in names]
+        m_in, s_in, e_in = _shared_arrays(self.stats_for("input"), names, shared)
         m_out, s_out, e_out = self.stats_for("output").arrays(names)
-        linear = (e_in == 0) & (e_out == 0)
+        linear = shared & (e_in == 0) & (e_out == 0)
         shape = (1, len(names), 1, 1)
         a = torch.as_tensor(np.where(linear, s_in / s_out, 0.0), dtype=cond.dtype, device=cond.device).reshape(shape)
         b = torch.as_tensor(np.where(linear, (m_in - m_out) / s_out, 0.0), dtype=cond.dtype, device=cond.device)
@@ -151,6 +153,15 @@ class CorrDiff(Pipeline):
     def _channel_weights(self, like: Tensor) -> Tensor | None:
         w = self.spec.loss.get("channel_weights")
         return None if w is None else torch.as_tensor(w, dtype=like.dtype, device=like.device)
+
+
+def _shared_arrays(stats, names, shared):
+    """``stats.arrays(names)`` with neutral values (mean 0, std 1, no transform) where not ``shared``."""
+    m, sd, e = np.zeros(len(names)), np.ones(len(names)), np.zeros(len(names))
+    for i, v in enumerate(names):
+        if shared[i]:
+            m[i], sd[i], e[i] = (a[0] for a in stats.arrays([v]))
+    return m, sd, e
 
 
 class PatchedDenoiser(torch.nn.Module):

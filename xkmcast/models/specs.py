@@ -62,12 +62,9 @@ def corrdiff_spec(
 
     ``input_skip``: the regression mean is ``R(c) + interp(x)``, where ``interp(x)`` is the coarse
     input of each output variable (regridded to the fine grid, renormalised with the output
-    statistics): the network learns the departure from interpolation.
+    statistics; 0 for outputs that are not inputs): the network learns the departure from
+    interpolation.
     """
-    if input_skip and not set(output_vars) <= set(input_vars):
-        raise ConfigError(explain("input_skip needs every output variable among the inputs",
-                                  expected=f"{list(output_vars)} within the inputs", found=list(input_vars),
-                                  fix="add the missing variables to the inputs or set input_skip false"))
     c_out = len(output_vars)
     c_cond = len(input_vars) + len(invariant_vars)
     net = _size(UNET_SIZES, size, network_overrides)

@@ -4,7 +4,8 @@ Conditions are named as in the StormCast recipe and concatenated in this order:
 ``state`` (x_t), ``background`` (coarse fields regridded to the state grid), ``invariant``
 (orography, land-sea mask) and, for diffusion, ``regression`` (the regression mean).
 
-    mu      = R(cat(conditions_regression))                 (StormCast regression stage)
+    mu      = R(cat(conditions_regression)) [+ x_t]         (StormCast regression stage; + x_t with
+                                                            spec.extra["input_skip"]: from persistence)
     x_{t+1} = mu + r,  r ~ p(r | cat(conditions_diffusion))  ("regression" among diffusion conditions)
     x_{t+1} ~ p(x | cat(conditions_diffusion))               (Stormscope: diffusion only)
 
@@ -78,7 +79,8 @@ class StormCast(ForecastPipeline):
             return None
         cond = self.conditions(self.spec.conditions.get("regression", ["state", "background", "invariant"]),
                                state=state, background=background, invariant=invariant)
-        return self.stages["regression"](cond, **kwargs)
+        out = self.stages["regression"](cond, **kwargs)
+        return out + state if self.spec.extra.get("input_skip") else out
 
     @torch.no_grad()
     def step(self, state: Tensor, background: Tensor | None = None, *, seeds: list[int],
@@ -107,9 +109,7 @@ class StormCast(ForecastPipeline):
         weights = self.spec.loss.get("channel_weights")
         weights = None if weights is None else torch.as_tensor(weights, dtype=nxt.dtype, device=nxt.device)
         if stage == "regression":
-            cond = self.conditions(self.spec.conditions.get("regression", ["state", "background", "invariant"]),
-                                   state=prev, background=background, invariant=invariant)
-            prediction = self.stages["regression"](cond, **kwargs)
+            prediction = self._regression_mean(prev, background, invariant, kwargs)
             return losses.LossOutput(losses.reduce_per_sample((prediction - nxt) ** 2, weights, None), None)
         if stage != "diffusion":
             raise ConfigError(explain(f"Unknown training stage for {self.kind}", expected=self.stage_names, found=stage))

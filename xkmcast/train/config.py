@@ -61,6 +61,8 @@ ALLOWED_CONDITIONS: dict[str, dict[str, set[str]]] = {
 #: The noise distribution centre of each kind (CorrDiff's residual loss vs the EDM / StormCast loss).
 PRESETS = Path(__file__).resolve().parents[1] / "presets"
 DEFAULT_P_MEAN = {"corrdiff": 0.0, "stormcast": -1.2, "stormscope": -1.2, "vit": -1.2}
+#: whether the regression learns the departure from its input by default (model.input_skip)
+DEFAULT_INPUT_SKIP = {"corrdiff": True, "stormcast": True, "stormscope": False, "vit": False}
 
 
 class _Strict(BaseModel):
@@ -145,8 +147,10 @@ class ModelConfig(_Strict):
     :mod:`xkmcast.models.specs`) and ``network`` overrides its constructor arguments (e.g.
     ``model.network.model_channels=32``); channel counts and the image size come from the data.
     ``condition_on_mean`` (CorrDiff): also give the regression mean to the diffusion network.
-    ``input_skip`` (CorrDiff): the regression predicts the departure from the coarse input regridded
-    to the fine grid (for output variables that are also inputs), so it starts from interpolation.
+    ``input_skip``: the regression predicts the departure from its input for the output variables
+    that are also inputs: CorrDiff from the coarse input regridded to the fine grid (it starts from
+    interpolation), StormCast from the current state (it starts from persistence). None: the kind's
+    default (on for both).
     ``residual_scale`` (diffusion on a regression): the diffusion models ``(y - mu) / s`` per output
     channel with ``s = RMS(y - mu) / sigma_data`` measured on training samples when the run starts
     ("auto"), no scaling ("none"), or the given values.
@@ -160,7 +164,7 @@ class ModelConfig(_Strict):
     diffusion_conditions: list[Condition] | None = None
     regression_bundle: str | None = None
     condition_on_mean: bool = False
-    input_skip: bool = False
+    input_skip: bool | None = None
     residual_scale: Literal["auto", "none"] | list[float] = "auto"
     loss: LossConfig = Field(default_factory=LossConfig)
     sampler: dict[str, Any] = Field(default_factory=dict)
@@ -189,6 +193,8 @@ class ModelConfig(_Strict):
                                  f"allowed: {sorted(allowed[stage])}")
         if self.loss.P_mean is None:
             self.loss.P_mean = DEFAULT_P_MEAN[self.kind]
+        if self.input_skip is None:
+            self.input_skip = DEFAULT_INPUT_SKIP[self.kind]
         needs_reg = self.stage == "diffusion" and "regression" in (self.diffusion_conditions or [])
         if needs_reg and not self.regression_bundle:
             raise ValueError("a diffusion run conditioned on 'regression' needs model.regression_bundle "

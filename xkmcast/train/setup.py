@@ -318,6 +318,8 @@ def _spec(cfg: TrainConfig, data: RunData, base):
         spec = models.vit_spec(d.output_vars or d.input_vars, shape, background_vars=d.background_vars,
                                invariant_vars=d.invariants, size=m.size, conditions=m.regression_conditions,
                                network_overrides=m.network, loss=loss, time_step=m.time_step or "6h")
+    if m.kind == "stormcast":  # the regression learns the departure from the current state
+        spec.extra["input_skip"] = bool(m.input_skip)
     sd = m.loss.sigma_data
     for entry in spec.networks.values():
         if entry.get("precond") and "sigma_data" in entry["precond"]:
@@ -325,6 +327,7 @@ def _spec(cfg: TrainConfig, data: RunData, base):
     if base is not None:
         spec.networks["regression"] = base.spec.networks["regression"]
         spec.stats, spec.grid = base.spec.stats, base.spec.grid
+        spec.extra["input_skip"] = bool(base.spec.extra.get("input_skip", False))  # how the regression was trained
     elif data.stats is not None:
         spec.stats = {role: stats.to_dict() for role, stats in data.stats.items()}
     return spec
