@@ -221,7 +221,11 @@ _UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 
 
 
 class TrainingConfig(_Strict):
-    """How to train: duration, batch, optimiser, precision, budgets, checkpoints, outputs."""
+    """How to train: duration, batch, optimiser, precision, budgets, checkpoints, outputs.
+
+    ``stages: [regression, diffusion]`` trains both stages in one run (a recipe, see
+    :mod:`xkmcast.train.recipe`): ``regression_share`` of ``time_budget`` to the regression, the rest
+    to the diffusion; one bundle with both stages at ``<run dir>/model``."""
 
     duration: int = Field(default=1000, ge=1)
     duration_unit: Literal["steps", "samples"] = "steps"
@@ -255,6 +259,8 @@ class TrainingConfig(_Strict):
     tensorboard: bool = True
     log_every: int = Field(default=10, ge=1)
     image_every: int | None = Field(default=None, ge=1)
+    stages: list[Literal["regression", "diffusion"]] | None = None
+    regression_share: float = Field(default=0.5, gt=0, lt=1)
 
     @field_validator("time_budget", mode="before")
     @classmethod
@@ -297,8 +303,8 @@ class TrainConfig(_Strict):
         d = self.data
         if d.dataset_class is None and d.source is None:
             raise ValueError("data: set data.source (catalog entry, path or 'synthetic') or data.dataset_class")
-        if self.model.kind == "corrdiff" and d.dataset_class is None:
-            if not d.output_vars:
+        if self.model.kind == "corrdiff" and d.dataset_class is None and not self.training.stages:
+            if not d.output_vars:  # a recipe (training.stages) fills them from the data
                 raise ValueError("data.output_vars: list the predicted variables")
         return self
 
