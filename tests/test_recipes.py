@@ -60,3 +60,18 @@ def test_corrdiff_cpu_trains_both_stages_into_one_bundle(tmp_path):
     # the same command again resumes: both stages are finished, the bundle is exported again
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
+
+
+@pytest.mark.slow
+def test_stormcast_cpu_trains_a_state_only_forecaster(tmp_path):
+    state = xkmcast.open_dataset("sample", part="target")[["t2m", "u10m", "v10m", "orog", "lsm"]]
+    state.to_netcdf(tmp_path / "state.nc")
+    torch.set_num_threads(1)
+    result = runner.invoke(app, ["train", "stormcast-cpu", f"data.source={tmp_path / 'state.nc'}",
+                                 "training.time_budget=6", f"training.outdir={tmp_path / 'runs'}", "--quiet"])
+    assert result.exit_code == 0, result.output
+    model = xkmcast.load_model(tmp_path / "runs" / "stormcast-cpu" / "0" / "model")
+    assert set(model.stages) == {"regression", "diffusion"} and model.spec.background_vars == []
+    assert model.spec.time_step == "1h" and model.spec.extra["input_skip"] is True
+    out = state.isel(time=[0]).kmcast.forecast(model, steps=3, members=2, num_steps=2)
+    assert out["t2m"].sizes["member"] == 2 and np.isfinite(out["t2m"].values).all()

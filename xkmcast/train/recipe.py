@@ -11,7 +11,9 @@ regression, the rest to the diffusion; ``training.duration`` caps each. Running 
 resumes both (a finished stage only re-exports). Empty ``data.output_vars`` / ``data.input_vars`` are
 filled from the datasets (every canonical variable each one holds: the fine source's are the
 outputs, the coarse one's the inputs; a forecast's state is the source's), and the preset's invariants
-are kept only where the fine source has them.
+are kept only where the fine source has them. A forecast recipe (``stormcast-cpu``) steps by the
+source's time step and is state-only, unless ``data.coarse`` is given: then the coarse variables are
+its background and both stages are conditioned on it.
 """
 
 from __future__ import annotations
@@ -61,12 +63,16 @@ def _fill_variables(cfg: TrainConfig) -> TrainConfig:
     forecast = cfg.model.kind != "corrdiff"
     if d.dataset_class is not None or d.source in (None, "synthetic"):
         return cfg
-    if d.output_vars and (d.input_vars or forecast) and not d.invariants:
-        return cfg
     from ..data.prepare import open_pair
 
     fine, coarse = open_pair(d.source, d.coarse, d.coarsen if (d.coarse or d.coarsen) else (1 if forecast else None))
-    update = {}
+    update, model = {}, {}
+    if forecast:
+        model = _forecast_settings(cfg, fine, coarse)
+        if d.coarse is None and d.coarsen is None:
+            update["coarsen"] = 1  # the store needs a coarse part; a state-only model does not read it
+        if d.coarse is not None and not d.background_vars:
+            update["background_vars"] = [v for v in available_variables(coarse) if v not in STATIC]
     outputs = d.output_vars or [v for v in available_variables(fine) if v not in STATIC]
     if not outputs:
         raise ConfigError(explain("the fine dataset holds no variable xkmcast can name", found=list(fine.data_vars),
@@ -78,12 +84,32 @@ def _fill_variables(cfg: TrainConfig) -> TrainConfig:
         update["input_vars"] = d.input_vars or [v for v in available_variables(coarse) if v not in STATIC]
     statics = set(available_variables(fine, static=True)) | set(available_variables(fine))
     update["invariants"] = [v for v in d.invariants if v in statics]
-    model = {}
     if not update["invariants"]:  # no invariant in the data: no invariant condition either
         for field in ("regression_conditions", "diffusion_conditions"):
-            model[field] = [c for c in getattr(cfg.model, field) or [] if c != "invariant"]
+            model[field] = [c for c in model.get(field, getattr(cfg.model, field)) or [] if c != "invariant"]
     return cfg.model_copy(update={"data": d.model_copy(update=update),
                                   "model": cfg.model.model_copy(update=model)})
+
+
+def _forecast_settings(cfg: TrainConfig, fine, coarse) -> dict:
+    """A forecast recipe's model settings from the data: the time step of the source (unless
+    ``model.time_step`` is set) and, when a coarse dataset is given, the background condition."""
+    import numpy as np
+
+    from ..grid import find_grid
+
+    out = {}
+    if cfg.model.time_step is None:
+        time = fine[find_grid(fine).time_dim or "time"].values
+        if time.size < 2:
+            raise ConfigError(explain("a forecast needs at least two times in data.source", found=time.size))
+        step = int(np.median(np.diff(time).astype("timedelta64[s]").astype(np.int64)))
+        out["time_step"] = f"{step // 3600}h" if step % 3600 == 0 else f"{step}s"
+    if cfg.data.coarse is not None:
+        for field in ("regression_conditions", "diffusion_conditions"):
+            names = list(getattr(cfg.model, field) or [])
+            out[field] = names if "background" in names else ["background", *names]
+    return out
 
 
 def _sub(cfg: TrainConfig, **changes) -> TrainConfig:
