@@ -55,7 +55,7 @@ def _common(case: Case, outdir: Path, seconds: float, extra: list[str]) -> list[
             *extra]
 
 
-def train_pair(case: Case, outdir: Path, seconds: float, tag: str, extra: list[str]):
+def train_pair(case: Case, outdir: Path, seconds: float, tag: str, extra: list[str], reuse: bool = False):
     """Regression (resumed to seconds/2) then a fresh diffusion on it (seconds/2): both bundles."""
     from xkmcast.train import load_config, train
 
@@ -69,10 +69,10 @@ def train_pair(case: Case, outdir: Path, seconds: float, tag: str, extra: list[s
         kind = ["data.coarsen=1", "data.background_vars=[]", "model.regression_conditions=[state]",
                 "model.time_step=6h"]
         dif_kind = ["model.diffusion_conditions=[state,regression]"]
-    common = [*_common(case, outdir, half, extra), *kind]
+    common = [*_common(case, outdir, half, [*case.overrides, *extra]), *kind]
     reg = train(load_config(presets[0], [*common, f"training.experiment={case.name}-regression"]), quiet=True)
     dif = train(load_config(presets[1], [*common, *dif_kind, f"training.experiment={case.name}-diffusion",
-                                         f"training.run_id={tag}", "training.resume=null",
+                                         f"training.run_id={tag}", f"training.resume={'latest' if reuse else 'null'}",
                                          f"model.regression_bundle={reg.bundle}"]), quiet=True)
     return reg, dif
 
@@ -208,6 +208,8 @@ def main() -> None:
     p.add_argument("--members", type=int, default=None)
     p.add_argument("--work", default="bench-science-runs", help="work directory (data, runs)")
     p.add_argument("--set", action="append", default=[], help="extra config override for every run (key=value)")
+    p.add_argument("--reuse", action="store_true", help="resume the diffusion runs of --work too (a finished "
+                   "run only re-exports: scores the models trained before without training again)")
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args()
     import torch
@@ -222,11 +224,12 @@ def main() -> None:
         rows = []
         for case in cases:
             t0 = time.perf_counter()
-            reg, dif = train_pair(case, work / "runs", budget, f"b{int(budget)}", args.set)
+            reg, dif = train_pair(case, work / "runs", budget, f"b{int(budget)}", args.set, args.reuse)
             fn = downscale_rows if case.kind == "downscale" else step_rows
-            rows += fn(case, reg, dif, members)
+            new = fn(case, reg, dif, members)
+            rows += new
             print(f"# {case.name}: {case.note}; regression {reg.step} steps, diffusion {dif.step} steps, "
-                  f"{time.perf_counter() - t0:.0f} s", flush=True)
+                  f"{time.perf_counter() - t0:.0f} s\n{table(new)}", flush=True)
         text = f"training budget {budget:.0f} s per model (regression {budget / 2:.0f} s + diffusion " \
                f"{budget / 2:.0f} s), {members} members\n" + table(rows)
         print(text, flush=True)

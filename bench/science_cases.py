@@ -49,6 +49,7 @@ class Case:
     valid: tuple[str, str] | None
     test: tuple[str, str]
     note: str = ""
+    overrides: tuple[str, ...] = ()  # config overrides this case needs (e.g. a batch its few times can fill)
 
 
 def storm() -> xr.Dataset:
@@ -122,7 +123,8 @@ def guam_case(work: Path) -> Case | None:
     ds.isel(south_north=slice(6, 62), west_east=slice(6, 54)).to_netcdf(fine_path)
     coarse.to_netcdf(coarse_path)
     return Case("guam-x4", "downscale", fine_path, coarse_path, ["t2m", "u10m", "v10m"], ["t2m", "u10m", "v10m"],
-                _times(ds, 0, 1), None, _times(ds, 2, 2), "WRF 0.78 km Guam, 56x48, coarse x4, 2 training times")
+                _times(ds, 0, 1), None, _times(ds, 2, 2), "WRF 0.78 km Guam, 56x48, coarse x4, 2 training times",
+                ("training.batch_size=2",))
 
 
 def all_cases(work: Path, names: list[str] | None = None) -> list[Case]:
