@@ -88,7 +88,9 @@ def downscale_rows(case: Case, reg, dif, members: int) -> list[dict]:
     train_in, test_in, train_out = window(interp, case.train), window(interp, case.test), window(fine, case.train)
     preds = {"bilinear": test_in[case.outputs],
              "linear": fit_linear(train_in, train_out[case.outputs], pooled=True).predict(test_in),
-             "linear-px": fit_linear(train_in, train_out[case.outputs]).predict(test_in)}
+             }
+    if train_in.sizes["time"] >= 4 * (len(case.inputs) + 1):  # per pixel only with enough samples per pixel
+        preds["linear-px"] = fit_linear(train_in, train_out[case.outputs]).predict(test_in)
     model = xkmcast.load_model(dif.bundle)
     out = window(coarse, case.test)[case.inputs].kmcast.downscale(model, members=members, include_mean=True, seed=0)
     rows = []

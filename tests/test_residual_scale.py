@@ -76,3 +76,22 @@ def test_auto_scale_is_the_residual_rms_over_sigma_data():
     np.testing.assert_allclose(got, rms / pipe.stages["diffusion"].sigma_data, rtol=1e-5)
     assert residual_scale(pipe, items, "none") is None
     assert residual_scale(pipe, items, [1.0, 2.0]) == [1.0, 2.0]
+
+
+def test_the_frozen_regression_mean_is_computed_once_per_time():
+    """Diffusion batches carrying store times reuse the regression mean: same loss, one forward per time."""
+    pipe = tiny_corrdiff()
+    randomise(pipe, seed=6)
+    batch = {**_batch(seed=3, b=3), "time": torch.tensor([4, 9, 4])}
+    batch["input"][2] = batch["input"][0]  # one store time, one input
+    calls = []
+    hook = pipe.stages["regression"].register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    with torch.no_grad():
+        first = pipe.loss("diffusion", batch, torch.Generator().manual_seed(1)).loss
+        second = pipe.loss("diffusion", batch, torch.Generator().manual_seed(1)).loss
+        plain = pipe.loss("diffusion", {k: v for k, v in batch.items() if k != "time"},
+                          torch.Generator().manual_seed(1)).loss
+    hook.remove()
+    torch.testing.assert_close(first, plain)
+    torch.testing.assert_close(second, plain)
+    assert calls == [3, 3]  # the first batch and the uncached one; the second batch used the cache

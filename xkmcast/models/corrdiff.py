@@ -27,7 +27,10 @@ from ..errors import ConfigError, explain
 from .base import ModelSpec, Pipeline, sampler_options, training_sigma
 from .stages import build_stage
 
-__all__ = ["CorrDiff", "rows_sample"]
+__all__ = ["CorrDiff", "rows_sample", "MEAN_CACHE_BYTES"]
+
+#: the regression means a diffusion run keeps per store time (see CorrDiff._frozen_mean)
+MEAN_CACHE_BYTES = 256 * 2**20
 
 
 class CorrDiff(Pipeline):
@@ -127,8 +130,7 @@ class CorrDiff(Pipeline):
             return losses.LossOutput(losses.reduce_per_sample(error, weights, mask), None)
         if stage != "diffusion":
             raise ConfigError(explain("Unknown training stage for CorrDiff", expected=self.stage_names, found=stage))
-        with torch.no_grad():
-            mean = self.regression_mean(cond)
+        mean = self._frozen_mean(cond, batch.get("time") if "offset" not in batch else None)
         residual = (target - mean) / self.residual_scale(target)  # the residual the diffusion models
         sigma_dist = training_sigma(self.spec.loss, default_P_mean=0.0)
         patch = tuple(self.spec.patch) if self.spec.patch else None
@@ -145,6 +147,27 @@ class CorrDiff(Pipeline):
             self.stages["diffusion"], pt.target, pt.condition, sigma_dist=sigma_dist,
             channel_weights=weights, mask=pmask, generator=generator, global_index=pt.global_index,
         )
+
+    @torch.no_grad()
+    def _frozen_mean(self, cond: Tensor, times: Tensor | None) -> Tensor:
+        """The frozen regression's mean of a diffusion training batch, cached per store time (whole
+        fields, ``times`` given) up to ``MEAN_CACHE_BYTES``: an epoch after the first costs no
+        regression forward. The regression is frozen and in eval mode, so the mean of a time is fixed."""
+        if times is None:
+            return self.regression_mean(cond)
+        cache = self.__dict__.setdefault("_mean_cache", {})
+        keys = [int(t) for t in torch.as_tensor(times).reshape(-1)]
+        missing = [i for i, k in enumerate(keys) if k not in cache]
+        if missing:
+            fresh = self.regression_mean(cond[missing])
+            if sum(v.numel() * v.element_size() for v in cache.values()) < MEAN_CACHE_BYTES:
+                for i, m in zip(missing, fresh):
+                    cache[keys[i]] = m.detach().clone()
+            if len(missing) == len(keys):
+                return fresh
+            out = torch.stack([cache[k] if k in cache else fresh[missing.index(i)] for i, k in enumerate(keys)])
+            return out.to(cond.dtype)
+        return torch.stack([cache[k] for k in keys]).to(device=cond.device, dtype=cond.dtype)
 
     @torch.no_grad()
     def residual(self, batch: dict) -> Tensor:
