@@ -51,8 +51,11 @@ def test_corrdiff_cpu_trains_both_stages_into_one_bundle(tmp_path):
     assert model.spec.input_vars == [v for v in available_variables(coarse) if v not in ("orog", "lsm")]
     assert model.spec.invariant_vars == ["orog", "lsm"]
     assert len(model.spec.extra["residual_scale"]) == len(model.spec.output_vars)
-    # the normalisation is that of the training window
-    t2m = fine["t2m"].sel(time=slice("2024-07-01T00:00", "2024-07-02T11:00")).values.astype(np.float64)
+    # members are drawn with the scale of the regression's error on the validation times: the last
+    # 10 % of the training window (4 of its 36 hours) validate
+    assert len(model.spec.extra["sample_scale"]) == len(model.spec.output_vars)
+    # the normalisation is that of the training times
+    t2m = fine["t2m"].sel(time=slice("2024-07-01T00:00", "2024-07-02T07:00")).values.astype(np.float64)
     got = model.spec.stats["output"]["t2m"]
     np.testing.assert_allclose([got["mean"], got["std"]], [t2m.mean(), t2m.std()], rtol=1e-5)
     out = coarse.isel(time=[-1]).kmcast.downscale(model, members=2, num_steps=2)

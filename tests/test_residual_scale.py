@@ -95,3 +95,22 @@ def test_the_frozen_regression_mean_is_computed_once_per_time():
     torch.testing.assert_close(first, plain)
     torch.testing.assert_close(second, plain)
     assert calls == [3, 3]  # the first batch and the uncached one; the second batch used the cache
+
+
+def test_members_take_the_sampling_scale_when_there_is_one():
+    pipe = tiny_corrdiff()
+    randomise(pipe, seed=7)
+    inputs = _batch(b=1)["input"][:, : len(INPUT_VARS)]
+    pipe.spec.extra["residual_scale"] = [0.5, 0.5]
+    base, mean = pipe.sample(inputs, seeds=[[1, 2]])
+    pipe.spec.extra["sample_scale"] = [1.0, 0.25]
+    wide, _ = pipe.sample(inputs, seeds=[[1, 2]])
+    expect = mean + (base - mean) * torch.tensor([2.0, 0.5]).reshape(1, 1, 2, 1, 1)
+    torch.testing.assert_close(wide, expect, rtol=1e-5, atol=1e-5)
+    # training still sees the training scale
+    batch = _batch(seed=8, b=2)
+    with torch.no_grad():
+        a = pipe.loss("diffusion", batch, torch.Generator().manual_seed(3)).loss
+        pipe.spec.extra.pop("sample_scale")
+        b = pipe.loss("diffusion", batch, torch.Generator().manual_seed(3)).loss
+    torch.testing.assert_close(a, b)

@@ -157,13 +157,16 @@ class Pipeline(torch.nn.Module):
                                       fix="re-export the bundle from its training run"))
         return Stats.from_dict(self.spec.stats[role])
 
-    def residual_scale(self, like: torch.Tensor) -> torch.Tensor:
+    def residual_scale(self, like: torch.Tensor, sampling: bool = False) -> torch.Tensor:
         """``s`` of shape (1, C_out, 1, 1): the diffusion stage models ``r / s`` where ``r`` is the
         residual of the regression mean (``spec.extra["residual_scale"]``, one value per output
         channel, set when a diffusion run starts: ``s_c = RMS(r_c) / sigma_data_c`` over training
         samples, so the modelled residual has the spread the EDM preconditioner assumes). Ones when
-        the spec has none (bundles from before, diffusion without a regression)."""
-        scale = self.spec.extra.get("residual_scale")
+        the spec has none (bundles from before, diffusion without a regression). ``sampling``: the
+        scale members are drawn with, ``spec.extra["sample_scale"]`` when set (the same measure on
+        the validation times: the regression's error on unseen times), else the training one."""
+        scale = self.spec.extra.get("sample_scale") if sampling else None
+        scale = scale if scale is not None else self.spec.extra.get("residual_scale")
         n = len(self.spec.output_vars)
         values = [1.0] * n if scale is None else [float(v) for v in scale]
         return torch.as_tensor(values, dtype=like.dtype, device=like.device).reshape(1, n, 1, 1)

@@ -109,7 +109,7 @@ class CorrDiff(Pipeline):
             self._denoiser(patch, tuple(cond.shape[-2:])), rows_cond, row_seeds,
             out_channels=mean.shape[1], batch_size=batch_size, **options,
         )
-        residual = residual * self.residual_scale(residual)
+        residual = residual * self.residual_scale(residual, sampling=True)
         samples = residual.reshape(members, *mean.shape) + mean.unsqueeze(0)
         return samples, mean
 

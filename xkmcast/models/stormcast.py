@@ -101,7 +101,7 @@ class StormCast(ForecastPipeline):
                           batch_size=batch_size, **options, **kwargs)
         if mean is None or "regression" not in names:
             return out
-        return out * self.residual_scale(out) + mean
+        return out * self.residual_scale(out, sampling=True) + mean
 
     def loss(self, stage: str, batch: dict, generator: torch.Generator | None = None):
         prev, nxt, background, invariant = self._unpack(batch)

@@ -153,7 +153,9 @@ class ModelConfig(_Strict):
     default (on for both).
     ``residual_scale`` (diffusion on a regression): the diffusion models ``(y - mu) / s`` per output
     channel with ``s = RMS(y - mu) / sigma_data`` measured on training samples when the run starts
-    ("auto"), no scaling ("none"), or the given values.
+    ("auto"), no scaling ("none"), or the given values. ``spread_calibration`` (with "auto" and
+    validation times): members are drawn with the scale measured on the validation times instead, so
+    their spread is that of the regression's error on unseen times, not on the times it was fitted to.
     """
 
     kind: Literal["corrdiff", "stormcast", "stormscope", "vit"] = "corrdiff"
@@ -166,6 +168,7 @@ class ModelConfig(_Strict):
     condition_on_mean: bool = False
     input_skip: bool | None = None
     residual_scale: Literal["auto", "none"] | list[float] = "auto"
+    spread_calibration: bool = True
     loss: LossConfig = Field(default_factory=LossConfig)
     sampler: dict[str, Any] = Field(default_factory=dict)
     time_step: str | None = None

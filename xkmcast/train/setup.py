@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError, explain
@@ -216,17 +217,23 @@ def _store_stats(roles: dict[str, Any], coarse_role: str, inputs, outputs, invar
 
 
 def _time_split(ds, cfg: TrainConfig):
-    """``(train, valid)`` time selections: the configured windows, else the last ``valid_fraction``."""
+    """``(train, valid)`` time selections: the configured windows; a training window alone gives up
+    its last ``valid_fraction`` to validation (when it holds at least 4 times); no window: the last
+    ``valid_fraction`` of the store validates."""
     d = cfg.data
     tr, va = d.train_times, d.valid_times
-    if any(v is not None for v in (tr.start, tr.end, va.start, va.end)):
-        return slice(tr.start, tr.end), (slice(va.start, va.end) if (va.start or va.end) else None)
-    n = ds.sizes["time"]
-    n_valid = int(round(n * d.valid_fraction))
-    if cfg.model.kind != "corrdiff" and d.valid_fraction > 0:
+    if va.start is not None or va.end is not None:
+        return slice(tr.start, tr.end), slice(va.start, va.end)
+    positions = np.arange(ds.sizes["time"])
+    if tr.start is not None or tr.end is not None:
+        positions = positions[ds.indexes["time"].slice_indexer(tr.start, tr.end)]
+    n = positions.size
+    n_valid = int(round(n * d.valid_fraction)) if n >= 4 else 0
+    if cfg.model.kind != "corrdiff" and d.valid_fraction > 0 and n_valid:
         n_valid = max(n_valid, 2)  # a forecast sample needs two consecutive times
     n_train = max(1, int(round((n - n_valid) * d.train_fraction)))
-    return list(range(n_train)), (list(range(n - n_valid, n)) if n_valid else None)
+    train = positions[:n_train].tolist()
+    return train, (positions[n - n_valid:].tolist() if n_valid else None)
 
 
 def build_pipeline_for(cfg: TrainConfig, data: RunData, base=None):
@@ -246,6 +253,10 @@ def build_pipeline_for(cfg: TrainConfig, data: RunData, base=None):
         scale = residual_scale(pipeline, data.train, cfg.model.residual_scale)
         if scale is not None:
             pipeline.spec.extra["residual_scale"] = scale
+            if cfg.model.spread_calibration and data.valid is not None and cfg.model.residual_scale == "auto":
+                # the regression fits its training times better than unseen ones: members get the
+                # spread of its error on the validation times
+                pipeline.spec.extra["sample_scale"] = residual_scale(pipeline, data.valid, "auto")
     return pipeline
 
 
