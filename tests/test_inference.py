@@ -10,7 +10,7 @@ import xarray as xr
 import xkmcast  # noqa: F401
 from _tiny import FINE_SHAPE, OUTPUT_VARS, coarse_dataset, tiny_corrdiff
 from xkmcast.errors import DomainCoverageError, InvalidDataError, MissingVariableError
-from xkmcast.inference import row_seed
+from xkmcast.diffusion.seeds import row_seed
 from xkmcast.models.bundle import save_bundle
 
 

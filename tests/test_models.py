@@ -105,7 +105,8 @@ def test_stormscope_and_vit_step_and_train():
 
 def test_condition_rules_are_enforced():
     with pytest.raises(ConfigError, match="no regression stage"):
-        stormcast_spec(STATE_VARS, FINE_SHAPE, background_vars=["msl"], invariant_vars=["orog"], stages=("diffusion",))
+        stormcast_spec(STATE_VARS, FINE_SHAPE, background_vars=["msl"], invariant_vars=["orog"], stages=("diffusion",),
+                       diffusion_conditions=["state", "regression"])
     with pytest.raises(ConfigError, match="background"):
         stormcast_spec(STATE_VARS, FINE_SHAPE, regression_conditions=["state", "background"])
     with pytest.raises(ConfigError, match="diffusion-only"):
@@ -203,15 +204,14 @@ def test_import_mdlus_pair_equals_the_original(tmp_path):
 
 def test_a_sampler_named_per_call_brings_its_own_defaults():
     """The bundle says heun / 4 steps; naming euler gives euler's 9 steps, dpmpp_2m its 10 log-uniform."""
-    from xkmcast.models.base import sampler_options
+    from xkmcast.models.base import sampler_config
 
     pipe = tiny_corrdiff()
-    defaults = pipe.spec.sampler
-    assert sampler_options(defaults, None, None, {})["num_steps"] == 4
-    euler = sampler_options(defaults, "euler", None, {})
-    assert (euler["sampler"], euler["num_steps"], euler["rho"]) == ("euler", 9, 7.0)
-    dpm = sampler_options(defaults, "dpmpp_2m", 6, {"S_churn": None})
-    assert dpm["num_steps"] == 6 and dpm["rho"] == float("inf") and "S_churn" not in dpm
+    assert sampler_config(pipe.spec).num_steps == 4
+    euler = sampler_config(pipe.spec, "euler")
+    assert (euler.sampler, euler.num_steps, euler.rho) == ("euler", 9, 7.0)
+    dpm = sampler_config(pipe.spec, "dpmpp_2m", 6, S_churn=None)
+    assert dpm.num_steps == 6 and dpm.rho == float("inf") and dpm.S_churn == 0.0
     x = torch.randn(1, len(INPUT_VARS), *FINE_SHAPE)
     a, _ = pipe.sample(x, seeds=[[1]], sampler="euler")
     b, _ = pipe.sample(x, seeds=[[1]], sampler="euler", num_steps=9)

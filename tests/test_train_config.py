@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from xkmcast.errors import ConfigError
+from xkmcast.models.kinds import KINDS
 from xkmcast.train.config import (
-    ALLOWED_CONDITIONS,
     TrainConfig,
     list_presets,
     load_config,
@@ -27,8 +27,7 @@ def test_every_preset_validates_and_tiny_ones_are_small():
     assert EXPECTED_PRESETS <= set(list_presets())
     for name in list_presets():
         cfg = load_config(name)
-        stages = ALLOWED_CONDITIONS[cfg.model.kind]
-        assert cfg.model.stage in stages
+        assert cfg.model.stage in KINDS[cfg.model.kind].stages
         if "tiny" in name:
             assert cfg.model.size == "tiny" and cfg.data.source == "synthetic" and cfg.training.duration <= 500
     # the kind's loss default is filled in: CorrDiff's residual loss vs EDM / StormCast
