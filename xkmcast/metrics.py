@@ -70,9 +70,11 @@ def _all_dims(*objs: XArray | None) -> list[Hashable]:
     return list(dims)
 
 
-def _reduce_dims(dim: Dim, member_dim: Hashable, *objs: XArray | None) -> list[Hashable]:
-    """The dims to average over: ``dim`` checked against the data, or all dims except the member dim."""
-    available = _all_dims(*objs)
+def _reduce_dims(dim: Dim, member_dim: Hashable, *objs: XArray | None,
+                 keep: Sequence[Hashable] = ()) -> list[Hashable]:
+    """The dims to average over (the one helper of metrics, spectra and scores): ``dim`` checked
+    against the dims of ``objs`` other than ``keep``, or (``dim=None``) all those except the member dim."""
+    available = [d for d in _all_dims(*objs) if d not in keep]
     if dim is None:
         return [d for d in available if d != member_dim]
     dims = [dim] if isinstance(dim, str) or not isinstance(dim, Sequence) else list(dim)
@@ -80,7 +82,7 @@ def _reduce_dims(dim: Dim, member_dim: Hashable, *objs: XArray | None) -> list[H
     if missing:
         raise CoordinateError(
             explain(
-                f"Cannot average over {missing}: no such dimension",
+                f"Cannot average over {missing}: no such dimension" + (f" besides {list(keep)}" if keep else ""),
                 expected=f"names among {available}",
                 found=str(dims),
                 fix="pass dim=None to average over every dimension except the members",

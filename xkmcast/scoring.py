@@ -70,7 +70,7 @@ def score(
         prediction, truth = _as_dataset(prediction), _as_dataset(truth)
     names = _shared_variables(prediction, truth, variables)
     prediction, truth = prediction[names], _match_truth(prediction[names], truth[names])
-    reduce = _reduce_dims(prediction, dim, keep, member_dim)
+    reduce = _score_dims(prediction, dim, keep, member_dim)
 
     has_members = member_dim in prediction.dims
     mean = prediction.mean(member_dim) if has_members else prediction
@@ -195,16 +195,16 @@ def _span(values) -> str:
     return f"{values.size} values from {values.min()} to {values.max()}"
 
 
-def _reduce_dims(prediction: xr.Dataset, dim, keep, member_dim) -> list[Hashable]:
-    if dim is not None:
-        return [dim] if isinstance(dim, str) else list(dim)
-    kept = [] if keep is None else [keep] if isinstance(keep, str) else list(keep)
+def _score_dims(prediction: xr.Dataset, dim, keep, member_dim) -> list[Hashable]:
+    """The dims the scores average over: ``dim``, else all but the members and ``keep``
+    (:func:`xkmcast.metrics._reduce_dims`)."""
+    kept = [] if keep is None or dim is not None else [keep] if isinstance(keep, str) else list(keep)
     missing = [k for k in kept if k not in prediction.dims]
     if missing:
         raise CoordinateError(
             explain(f"Cannot keep {missing}: no such dimension", expected=list(prediction.dims), found=kept)
         )
-    return [d for d in prediction.dims if d != member_dim and d not in kept]
+    return metrics._reduce_dims(dim, member_dim, prediction, keep=kept)
 
 
 # --------------------------------------------------------------------------------------------- tables
