@@ -101,18 +101,18 @@ class LogUniformSigma:
         return f"LogUniformSigma(sigma_min={self.sigma_min}, sigma_max={self.sigma_max})"
 
 
+#: the published noise distributions by name: "edm" (Karras et al.; StormCast), "residual" (CorrDiff's
+#: residual model), "loguniform"; the model kinds name theirs (:mod:`xkmcast.models.kinds`)
 _NAMED = {
     "edm": lambda: LogNormalSigma(-1.2, 1.2),
-    "stormcast": lambda: LogNormalSigma(-1.2, 1.2),
-    "corrdiff": lambda: LogNormalSigma(0.0, 1.2),
     "residual": lambda: LogNormalSigma(0.0, 1.2),
-    "loguniform": lambda: LogUniformSigma(0.002, 80.0),
+    "loguniform": lambda: LogUniformSigma(),
 }
 
 
 def sigma_distribution(spec: str | SigmaDistribution) -> SigmaDistribution:
-    """A sigma distribution from a name ('edm', 'stormcast', 'corrdiff', 'residual', 'loguniform')
-    or an object already following the interface (returned unchanged)."""
+    """A sigma distribution from a name ('edm', 'residual', 'loguniform') or an object already
+    following the interface (returned unchanged)."""
     if callable(spec):
         return spec
     try:
@@ -219,7 +219,7 @@ def residual_loss(
     regression: Any = None,
     mean: Tensor | None = None,
     condition_on_mean: bool = False,
-    sigma_dist: str | SigmaDistribution = "corrdiff",
+    sigma_dist: str | SigmaDistribution = "residual",
     sigma_data: float | Tensor | None = None,
     channel_weights: Tensor | None = None,
     mask: Tensor | None = None,

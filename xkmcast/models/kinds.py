@@ -7,7 +7,8 @@ A kind is a :class:`ModelKind` row of :data:`KINDS`:
   ``background`` (coarse fields on the model grid; for downscaling the coarse input), ``invariant``
   (static fields) and ``regression`` (the regression mean, for a diffusion stage);
 * ``defaults``: the conditions a stage takes when the configuration names none (None: all it accepts);
-* the training noise prior ln sigma ~ N(P_mean, P_std^2) of its diffusion stage;
+* ``sigma_prior``: the training noise prior ln sigma ~ N(P_mean, P_std^2) of its diffusion stage, by
+  its name in :func:`xkmcast.diffusion.losses.sigma_distribution` ("edm": -1.2, 1.2; "residual": 0, 1.2);
 * ``sampler``: the :class:`~xkmcast.diffusion.samplers.SamplerConfig` its bundles default to (None:
   deterministic kind);
 * ``time_step``: the forecast step (None: a downscaling kind);
@@ -26,6 +27,7 @@ import importlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..diffusion.losses import sigma_distribution
 from ..diffusion.samplers import SamplerConfig
 from ..errors import ConfigError, explain
 
@@ -45,8 +47,7 @@ class ModelKind:
     pipeline: str
     spec: str
     conditions: Mapping[str, tuple[str, ...]]
-    P_mean: float
-    P_std: float = 1.2
+    sigma_prior: str = "edm"
     sampler: SamplerConfig | None = SamplerConfig()
     time_step: str | None = None
     sizes: str = "unet"
@@ -57,6 +58,16 @@ class ModelKind:
     def stages(self) -> tuple[str, ...]:
         """The stages the kind has, in training order."""
         return tuple(s for s in STAGES if s in self.conditions)
+
+    @property
+    def P_mean(self) -> float:
+        """The centre of the kind's lognormal noise prior."""
+        return float(sigma_distribution(self.sigma_prior).P_mean)
+
+    @property
+    def P_std(self) -> float:
+        """The width of the kind's lognormal noise prior."""
+        return float(sigma_distribution(self.sigma_prior).P_std)
 
     @property
     def forecast(self) -> bool:
@@ -124,22 +135,22 @@ KINDS: dict[str, ModelKind] = {k.name: k for k in (
         "corrdiff", "corrdiff:CorrDiff", "corrdiff_spec",
         conditions={"regression": ("background", "invariant"),
                     "diffusion": ("background", "invariant", "regression")},
-        P_mean=0.0, description="downscaling: regression U-Net + residual EDM diffusion (Mardani et al. 2023)",
+        sigma_prior="residual", description="downscaling: regression U-Net + residual EDM diffusion (Mardani et al. 2023)",
     ),
     ModelKind(
         "stormcast", "stormcast:StormCast", "stormcast_spec",
         conditions={"regression": ("state", "background", "invariant"), "diffusion": CONDITIONS},
-        P_mean=-1.2, time_step="1h", description="forecast: regression U-Net + EDM diffusion (Pathak et al. 2024)",
+        time_step="1h", description="forecast: regression U-Net + EDM diffusion (Pathak et al. 2024)",
     ),
     ModelKind(
         "stormscope", "stormcast:Stormscope", "stormscope_spec",
         conditions={"diffusion": ("state", "background", "invariant")},
-        P_mean=-1.2, time_step="1h", sizes="transformer", description="forecast: diffusion-only DiT",
+        time_step="1h", sizes="transformer", description="forecast: diffusion-only DiT",
     ),
     ModelKind(
         "vit", "transformer:WeatherTransformer", "vit_spec",
         conditions={"regression": ("state", "background", "invariant")},
-        P_mean=-1.2, sampler=None, time_step="6h", sizes="transformer",
+        sampler=None, time_step="6h", sizes="transformer",
         description="forecast: deterministic vision transformer",
     ),
 )}
