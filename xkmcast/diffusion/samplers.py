@@ -123,15 +123,16 @@ class SamplerConfig:
 
 def time_steps(
     num_steps: int,
-    sigma_min: float = 0.002,
-    sigma_max: float = 800.0,
-    rho: float = 7.0,
+    sigma_min: float = SamplerConfig.sigma_min,
+    sigma_max: float = SamplerConfig.sigma_max,
+    rho: float = DEFAULT_RHO["heun"],
     *,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
 ) -> Tensor:
     """The EDM noise levels sigma_0 = sigma_max > ... > sigma_{N-1} = sigma_min, sigma_N = 0;
-    a tensor of N + 1 values. ``rho=math.inf``: geometric (log-uniform) spacing."""
+    a tensor of N + 1 values (defaults: those of :class:`SamplerConfig`, rho = 7).
+    ``rho=math.inf``: geometric (log-uniform) spacing."""
     if num_steps < 1:
         raise ConfigError(explain("the number of sampler steps must be at least 1", expected=">= 1", found=num_steps))
     i = torch.arange(num_steps, dtype=torch.float64)
