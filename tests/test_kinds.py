@@ -113,3 +113,20 @@ def test_the_cli_lists_the_kinds():
     for name, row in KINDS.items():
         line = next(line for line in result.output.splitlines() if f" {name} " in line)
         assert (row.time_step or "downscaling") in line
+
+
+def test_downscale_and_forecast_name_the_kinds_that_do_them():
+    import xarray as xr
+
+    from xkmcast.errors import XkmcastError
+    from xkmcast.inference import downscale
+    from xkmcast.rollout import forecast
+
+    pipes = {kind: build_pipeline(spec_from_config(_config(kind, KINDS[kind].stages[0]).model,
+                                                   _config(kind, KINDS[kind].stages[0]).data, SHAPE))
+             for kind in ("corrdiff", "vit")}
+    forecasters = " / ".join(k for k, row in KINDS.items() if row.forecast)
+    with pytest.raises(XkmcastError, match=r"(?s)does not downscale.*expected: a model of kind corrdiff\n"):
+        downscale(xr.Dataset(), pipes["vit"], device="cpu")
+    with pytest.raises(XkmcastError, match=f"(?s)does not step a state forward.*kind {forecasters}\n"):
+        forecast(xr.Dataset(), pipes["corrdiff"], device="cpu")

@@ -62,6 +62,24 @@ def resolve_model(model, device: str | None = None):
     return model.to(dev).eval()
 
 
+def require_task(pipeline, *, forecast: bool) -> None:
+    """XkmcastError unless ``pipeline`` forecasts (has ``step``) when ``forecast``, else downscales
+    (has ``sample``); the message names the kinds that do (:data:`xkmcast.models.kinds.KINDS`)."""
+    from .models.kinds import KINDS
+
+    if hasattr(pipeline, "step" if forecast else "sample"):
+        return
+    kind = pipeline.spec.kind
+    able = [k.name for k in KINDS.values() if k.forecast == forecast]
+    if forecast:
+        raise XkmcastError(explain(f"A {kind} model downscales, it does not step a state forward",
+                                   expected=f"a model of kind {' / '.join(able)}", found=kind,
+                                   fix="use ds.kmcast.downscale(model) for downscaling models"))
+    raise XkmcastError(explain(f"A {kind} model steps a state forward, it does not downscale",
+                               expected=f"a model of kind {' / '.join(able)}", found=kind,
+                               fix="use state.kmcast.forecast(model, steps=..., background=...)"))
+
+
 def _graph_handle(model, pipeline):
     """What the dask graph carries: a path handle when the model came from disk, else the object."""
     source = getattr(pipeline, "source_path", None)
@@ -160,10 +178,7 @@ def downscale(
     check_precision(precision)
     pipeline = resolve_model(model, device)
     spec = pipeline.spec
-    if not hasattr(pipeline, "sample"):
-        raise XkmcastError(explain(f"A {spec.kind} model steps a state forward, it does not downscale",
-                                   expected="a corrdiff model", found=spec.kind,
-                                   fix="use state.kmcast.forecast(model, steps=..., background=...)"))
+    require_task(pipeline, forecast=False)
     lazy_input = any(v.chunks is not None for v in ds.data_vars.values())
     inputs = to_model_inputs(ds, pipeline, spec.input_vars, regrid_method=regrid_method)
     inputs = inputs.chunk({"time": time_chunk, "channel": -1, "y": -1, "x": -1})

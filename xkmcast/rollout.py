@@ -28,7 +28,7 @@ import pandas as pd
 import xarray as xr
 
 from .errors import InvalidDataError, TimeCoverageError, XkmcastError, explain
-from .inference import ModelRef, _graph_handle, model_result, resolve_model, to_model_inputs
+from .inference import ModelRef, _graph_handle, model_result, require_task, resolve_model, to_model_inputs
 
 __all__ = ["forecast"]
 
@@ -58,10 +58,7 @@ def forecast(
     check_precision(precision)
     pipeline = resolve_model(model, device)
     spec = pipeline.spec
-    if not hasattr(pipeline, "step"):
-        raise XkmcastError(explain(f"A {spec.kind} model downscales, it does not step a state forward",
-                                   expected="a stormcast, stormscope or vit model", found=spec.kind,
-                                   fix="use ds.kmcast.downscale(model) for downscaling models"))
+    require_task(pipeline, forecast=True)
     if steps < 1:
         raise XkmcastError(explain("steps must be at least 1", found=steps))
     dt = pd.Timedelta(spec.time_step or pipeline.model_kind.time_step)
