@@ -38,6 +38,8 @@ TRANSFORMER_SIZES: dict[str, dict[str, Any]] = {
 }
 #: the network size when none is named
 DEFAULT_SIZE = "mini"
+#: the data standard deviation of the EDM preconditioner (one value, or one per output channel)
+SIGMA_DATA = 0.5
 GRID_CHANNELS = 4
 LEARNABLE_GRID_CHANNELS = 100
 
@@ -93,10 +95,11 @@ def corrdiff_spec(
     network_overrides: dict | None = None,
     sampler: dict | None = None,
     loss: dict | None = None,
+    sigma_data: float | list[float] = SIGMA_DATA,
 ) -> ModelSpec:
     """The CorrDiff spec for ``input_vars`` (+ ``invariant_vars``) -> ``output_vars`` on a ``shape`` grid.
 
-    ``stages``: default both. ``input_skip``: the regression mean is ``R(c) + interp(x)``, where
+    ``stages``: default both. ``sigma_data``: of the EDM preconditioner. ``input_skip``: the regression mean is ``R(c) + interp(x)``, where
     ``interp(x)`` is the coarse input of each output variable (regridded to the fine grid,
     renormalised with the output statistics): the network learns the departure from interpolation.
     """
@@ -129,7 +132,7 @@ def corrdiff_spec(
                        "in_channels": c_out + c_dcond * (2 if patched else 1) + grid_channels,
                        "out_channels": c_out, "embedding_type": "positional",
                        "gridtype": "learnable" if patched else "sinusoidal", "N_grid_channels": grid_channels},
-            "precond": {"class": "EDMPrecondSuperResolution", "sigma_data": 0.5},
+            "precond": {"class": "EDMPrecondSuperResolution", "sigma_data": sigma_data},
         }
     return ModelSpec(
         kind=kind.name,
@@ -174,6 +177,7 @@ def stormcast_spec(
     network_overrides: dict | None = None,
     sampler: dict | None = None,
     loss: dict | None = None,
+    sigma_data: float | list[float] = SIGMA_DATA,
     time_step: str | None = None,
 ) -> ModelSpec:
     """The StormCast spec: a ``shape`` state of ``state_vars`` stepped by ``time_step`` (default the
@@ -201,7 +205,7 @@ def stormcast_spec(
                        "in_channels": c + _channels(cond["diffusion"], state_vars, background_vars, invariant_vars)
                        + GRID_CHANNELS,
                        "gridtype": "sinusoidal", "N_grid_channels": GRID_CHANNELS},
-            "precond": {"class": "EDMPrecond", "sigma_data": 0.5},
+            "precond": {"class": "EDMPrecond", "sigma_data": sigma_data},
         }
     return _forecast_spec(kind, state_vars, background_vars, invariant_vars, networks, cond, sampler, loss, time_step)
 
@@ -218,6 +222,7 @@ def stormscope_spec(
     network_overrides: dict | None = None,
     sampler: dict | None = None,
     loss: dict | None = None,
+    sigma_data: float | list[float] = SIGMA_DATA,
     time_step: str | None = None,
 ) -> ModelSpec:
     """The Stormscope spec: diffusion only, a DiT conditioned on state / background / invariants."""
@@ -231,7 +236,7 @@ def stormscope_spec(
             "class": "DiT",
             "kwargs": {**net, "img_resolution": [int(shape[0]), int(shape[1])], "out_channels": c,
                        "in_channels": c + _channels(cond["diffusion"], state_vars, background_vars, invariant_vars)},
-            "precond": {"class": "EDMPrecond", "sigma_data": 0.5},
+            "precond": {"class": "EDMPrecond", "sigma_data": sigma_data},
         }
     }
     return _forecast_spec(kind, state_vars, background_vars, invariant_vars, networks, cond, sampler, loss, time_step)
@@ -273,7 +278,7 @@ def vit_spec(
 def spec_from_config(model, data, shape: tuple[int, int]) -> ModelSpec:
     """The spec of a training run from its ``model`` and ``data`` configuration sections (see
     :mod:`xkmcast.train.config`) and the grid ``shape``: the kind's spec factory called with the
-    stages the trained stage needs; ``loss`` settings and the preconditioner's sigma_data from
+    stages the trained stage needs; the loss settings and the preconditioner's sigma_data from
     ``model.loss``."""
     kind = get_kind(model.kind)
     stages = kind.stages_for(model.stage, model.diffusion_conditions)
@@ -283,6 +288,8 @@ def spec_from_config(model, data, shape: tuple[int, int]) -> ModelSpec:
     if loss_cfg.channel_weights is not None:
         loss["channel_weights"] = list(loss_cfg.channel_weights)
     common = dict(size=model.size, stages=stages, network_overrides=model.network, sampler=model.sampler, loss=loss)
+    if "diffusion" in kind.stages:
+        common["sigma_data"] = loss_cfg.sigma_data
     factory = kind.spec_factory()
     if kind.forecast:
         conditions = {f"{s}_conditions": getattr(model, f"{s}_conditions") for s in stages}
@@ -293,7 +300,4 @@ def spec_from_config(model, data, shape: tuple[int, int]) -> ModelSpec:
         spec = factory(data.input_vars, data.output_vars, shape,
                        invariant_vars=data.invariants if "invariant" in used else [], patch=data.patch,
                        condition_on_mean=model.condition_on_mean, input_skip=model.input_skip, **common)
-    for entry in spec.networks.values():
-        if entry.get("precond") and "sigma_data" in entry["precond"]:
-            entry["precond"]["sigma_data"] = loss_cfg.sigma_data
     return spec

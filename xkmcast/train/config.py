@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..diffusion.samplers import SamplerConfig
 from ..errors import ConfigError, explain
 from ..models.kinds import CONDITIONS, KIND_NAMES, get_kind
-from ..models.specs import DEFAULT_SIZE
+from ..models.specs import DEFAULT_SIZE, SIGMA_DATA
 
 __all__ = [
     "DataConfig",
@@ -126,7 +126,7 @@ class LossConfig(_Strict):
     P_std: float | None = Field(default=None, gt=0)
     sigma_min: float = Field(default=0.002, gt=0)
     sigma_max: float = Field(default=80.0, gt=0)
-    sigma_data: float | list[float] = 0.5
+    sigma_data: float | list[float] = SIGMA_DATA
     channel_weights: list[float] | None = None
 
 
