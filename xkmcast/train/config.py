@@ -26,6 +26,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..diffusion.losses import LOGUNIFORM_SIGMA_MAX, LOGUNIFORM_SIGMA_MIN
 from ..diffusion.samplers import SamplerConfig
 from ..errors import ConfigError, explain
 from ..models.kinds import CONDITIONS, KIND_NAMES, get_kind
@@ -124,8 +125,8 @@ class LossConfig(_Strict):
     sigma_distribution: Literal["lognormal", "loguniform"] = "lognormal"
     P_mean: float | None = None
     P_std: float | None = Field(default=None, gt=0)
-    sigma_min: float = Field(default=0.002, gt=0)
-    sigma_max: float = Field(default=80.0, gt=0)
+    sigma_min: float = Field(default=LOGUNIFORM_SIGMA_MIN, gt=0)
+    sigma_max: float = Field(default=LOGUNIFORM_SIGMA_MAX, gt=0)
     sigma_data: float | list[float] = SIGMA_DATA
     channel_weights: list[float] | None = None
 
