@@ -468,11 +468,6 @@ def run_dir(cfg: TrainConfig) -> Path:
 
 def save_config(cfg: TrainConfig, path: str | Path) -> Path:
     """Write the resolved configuration as YAML (atomically)."""
-    import os
+    from ..atomic import atomic_write_text
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))
