@@ -35,12 +35,13 @@ import xarray as xr
 
 from . import metrics
 from .data.layouts import is_zarr_store
+from .coords import coordinate_names
 from .errors import CoordinateError, InvalidDataError, MissingVariableError, TimeCoverageError, explain
 
 __all__ = ["score", "format_table", "format_text", "open_corrdiff_netcdf", "score_files", "open_any"]
 
 SCORE_ORDER = ("crps", "mae", "rmse", "bias", "spread", "spread_skill", "baseline_mae", "baseline_rmse")
-TIME_NAMES = ("time", "valid_time", "Time")
+TIME_NAMES = coordinate_names("time")
 
 
 # --------------------------------------------------------------------------------------------- score
