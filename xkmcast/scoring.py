@@ -61,6 +61,9 @@ def score(
 ) -> xr.Dataset:
     """Score ``prediction`` against ``truth`` for every variable they share (see the module docstring).
 
+    ``(prediction, truth)``: the forecast first (xskillscore takes ``(observations, forecasts)``);
+    errors are ``prediction - truth``, so a positive ``bias`` means the prediction is too high.
+
     ``dim``: dims to average over (None: all but the members, minus those in ``keep``); ``keep``:
     dims to keep instead, e.g. ``keep="lead_time"``. The truth is first selected at the prediction's
     coordinates (``time``, ``x``...), and at its ``valid_time`` when the prediction is indexed by
