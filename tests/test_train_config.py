@@ -9,9 +9,9 @@ from xkmcast.errors import ConfigError
 from xkmcast.models.kinds import KINDS
 from xkmcast.train.config import (
     TrainConfig,
+    apply_overrides,
     list_presets,
     load_config,
-    parse_overrides,
     run_dir,
     save_config,
 )
@@ -40,15 +40,21 @@ def test_every_preset_validates_and_tiny_ones_are_small():
 
 
 def test_overrides_are_parsed_as_yaml_and_merged():
-    nested = parse_overrides(["training.lr=1e-4", "data.patch=[32, 32]", "training.resume=null", "a.b.c=3"])
-    assert nested["data"]["patch"] == [32, 32] and nested["training"]["resume"] is None and nested["a"]["b"]["c"] == 3
+    nested = apply_overrides({}, ["training.lr=3.0e-4", "data.patch=[32, 32]", "training.resume=null", "a.b.c=3"])
+    assert nested == {"training": {"lr": 3.0e-4, "resume": None}, "data": {"patch": [32, 32]}, "a": {"b": {"c": 3}}}
+    # set, not merged: a mapping value replaces the old mapping; a dotted key below a scalar replaces it
+    base = {"data": {"params": {"a": 1, "b": 2}}, "x": 5}
+    assert apply_overrides(base, ["data.params={}", "data.params.c=3", "x.y=1"]) == {"data": {"params": {"c": 3}},
+                                                                                     "x": {"y": 1}}
     cfg = load_config("corrdiff-tiny-regression", ["training.lr=1e-4", "data.patch=[16, 16]", "training.resume=null",
                                                    "training.time_budget=1.5h", "training.flops_budget=2e15"])
     assert cfg.training.lr == pytest.approx(1e-4) and cfg.data.patch == [16, 16] and cfg.training.resume is None
     assert cfg.training.time_budget == 5400.0 and cfg.training.flops_budget == 2e15
     assert cfg.data.input_vars == load_config("corrdiff-tiny-regression").data.input_vars  # untouched keys kept
     with pytest.raises(ConfigError, match="dotted.key=value"):
-        parse_overrides(["training.lr"])
+        apply_overrides({}, ["training.lr"])
+    with pytest.raises(ConfigError, match="dotted.key=value"):
+        apply_overrides({}, ["training..lr=1"])
 
 
 @pytest.mark.parametrize(("override", "path", "suggestion"), [

@@ -35,12 +35,13 @@ import xarray as xr
 
 from . import metrics
 from .data.layouts import is_zarr_store
+from .coords import coordinate_names
 from .errors import CoordinateError, InvalidDataError, MissingVariableError, TimeCoverageError, explain
 
 __all__ = ["score", "format_table", "format_text", "open_corrdiff_netcdf", "score_files", "open_any"]
 
 SCORE_ORDER = ("crps", "mae", "rmse", "bias", "spread", "spread_skill", "baseline_mae", "baseline_rmse")
-TIME_NAMES = ("time", "valid_time", "Time")
+TIME_NAMES = coordinate_names("time")
 
 
 # --------------------------------------------------------------------------------------------- score
@@ -59,6 +60,9 @@ def score(
     fair: bool = False,
 ) -> xr.Dataset:
     """Score ``prediction`` against ``truth`` for every variable they share (see the module docstring).
+
+    ``(prediction, truth)``: the forecast first (xskillscore takes ``(observations, forecasts)``);
+    errors are ``prediction - truth``, so a positive ``bias`` means the prediction is too high.
 
     ``dim``: dims to average over (None: all but the members, minus those in ``keep``); ``keep``:
     dims to keep instead, e.g. ``keep="lead_time"``. The truth is first selected at the prediction's

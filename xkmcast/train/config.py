@@ -45,7 +45,7 @@ __all__ = [
     "read_raw",
     "validate",
     "deep_merge",
-    "parse_overrides",
+    "apply_overrides",
     "save_config",
     "run_dir",
 ]
@@ -340,11 +340,19 @@ def _read_yaml(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> dict[str
 
 
 def read_raw(config: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """The unvalidated nested dict of a preset / YAML path / dict with dotted overrides applied.
-
-    An override sets the value at its dotted key: ``data.params={}`` empties the preset's params
-    (``extends:`` chains, by contrast, merge mappings key by key)."""
+    """The unvalidated nested dict of a preset / YAML path / dict with dotted overrides applied."""
     raw = copy.deepcopy(dict(config)) if isinstance(config, dict) else _read_yaml(config)
+    return apply_overrides(raw, overrides)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``raw`` (changed in place and returned) with each ``dotted.key=value`` override set; values are YAML.
+
+    ``apply_overrides({}, ["training.lr=3.0e-4", "data.patch=[32, 32]"])`` ->
+    ``{"training": {"lr": 3.0e-4}, "data": {"patch": [32, 32]}}``. An override *sets* the value at its
+    key: ``data.params={}`` empties the preset's params (``extends:`` chains, by contrast, merge
+    mappings key by key); a later ``data.params.x=1`` then adds to it, and a dotted key below a
+    non-mapping value replaces that value by a mapping."""
     for item in overrides:
         key, value = _one_override(item)
         node = raw
@@ -374,20 +382,6 @@ def _one_override(item: str) -> tuple[list[str], Any]:
         raise ConfigError(explain("malformed override", expected="dotted.key=value", found=item,
                                   fix="write e.g. training.lr=1e-4"))
     return key.strip().split("."), (yaml.safe_load(text) if text.strip() else None)
-
-
-def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """``["training.lr=1e-4", "data.patch=[32, 32]"]`` -> nested dict; values parsed as YAML."""
-    out: dict[str, Any] = {}
-    for item in items:
-        parts, value = _one_override(item)
-        node = out
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(explain("conflicting overrides", found=item))
-        node[parts[-1]] = value
-    return out
 
 
 def load_config(config: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
@@ -471,11 +465,6 @@ def run_dir(cfg: TrainConfig) -> Path:
 
 def save_config(cfg: TrainConfig, path: str | Path) -> Path:
     """Write the resolved configuration as YAML (atomically)."""
-    import os
+    from ..atomic import atomic_write_text
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))

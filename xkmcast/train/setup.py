@@ -94,8 +94,8 @@ def build_datasets(cfg: TrainConfig, stats: dict | None, env: D.DistEnv) -> RunD
     if not _forecast(cfg):
         args = (store_path, d.input_vars, d.output_vars, d.invariants)
         store_stats = _store_stats(roles, "input", d.input_vars, d.output_vars, d.invariants)
-        train = DownscalingSamples(*args, stats=store_stats, times=train_t, seed=cfg.training.seed)
-        valid = DownscalingSamples(*args, stats=store_stats, times=valid_t, seed=cfg.training.seed) if valid_t else None
+        train = DownscalingSamples(*args, stats=store_stats, times=train_t)
+        valid = DownscalingSamples(*args, stats=store_stats, times=valid_t) if valid_t else None
     else:
         state = d.output_vars or d.input_vars
         args = (store_path, state, d.background_vars, d.invariants)
