@@ -182,22 +182,33 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+INTRO = ("Columns: MAE of the ensemble mean and its ratio to bilinear (or persistence), to the linear statistical "
+         "baseline (pooled per variable) and to the regression mean; CRPS and fair CRPS; spread-skill ratio; power "
+         "of one member / truth over the finest third of wavenumbers; jump across patch borders / truth's "
+         "(- when unpatched); min/max of the members (truth's). Data and splits: bench/science_cases.py. "
+         "One block per command; each run replaces its own block.")
+
+
 def record(text: str, command: str) -> Path:
-    """Replace (or append) the "Skill on real data" section of docs/benchmarks.md."""
+    """Write ``text`` as the block of ``command`` in the "Skill on real data" section of docs/benchmarks.md
+    (replacing that command's previous block, keeping the others)."""
     path = HERE.parent / "docs" / "benchmarks.md"
     doc = path.read_text() if path.exists() else "# Benchmarks\n"
     start = doc.find(SECTION)
+    blocks: dict[str, str] = {}
     if start >= 0:
         end = doc.find("\n## ", start + len(SECTION))
-        doc = doc[:start] + (doc[end + 1:] if end >= 0 else "")
-    doc = doc.rstrip("\n") + "\n\n" + "\n".join([
-        SECTION, "", f"`{command}` on {datetime.date.today().isoformat()}, {os.cpu_count()} cores. "
-        "Columns: MAE of the ensemble mean and its ratio to bilinear (or persistence), to the linear "
-        "statistical baseline and to the regression mean; CRPS and fair CRPS; spread-skill ratio; power "
-        "of one member / truth over the finest third of wavenumbers; jump across patch borders / truth's "
-        "(- when unpatched); min/max of the members (truth's). Data: bench/science_cases.py.", "",
-        "```text", text, "```", ""])
-    path.write_text(doc)
+        body = doc[start:] if end < 0 else doc[start:end + 1]
+        doc = doc[:start] + ("" if end < 0 else doc[end + 1:])
+        for part in body.split("\n### ")[1:]:
+            head, _, rest = part.partition("\n")
+            blocks[head.strip()] = rest.strip("\n")
+    stamp = f"{datetime.date.today().isoformat()}, {os.cpu_count()} cores (shared)"
+    blocks[f"`{command}`"] = f"{stamp}\n\n```text\n{text}\n```"
+    lines = [SECTION, "", INTRO, ""]
+    for head, rest in blocks.items():
+        lines += [f"### {head}", "", rest, ""]
+    path.write_text(doc.rstrip("\n") + "\n\n" + "\n".join(lines))
     return path
 
 
