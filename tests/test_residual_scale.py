@@ -114,3 +114,24 @@ def test_members_take_the_sampling_scale_when_there_is_one():
         pipe.spec.extra.pop("sample_scale")
         b = pipe.loss("diffusion", batch, torch.Generator().manual_seed(3)).loss
     torch.testing.assert_close(a, b)
+
+
+def test_patches_per_sample_reaches_the_patched_diffusion_loss():
+    """data.patches_per_sample=n: n patches per whole field, one loss value each, one regression forward."""
+    from xkmcast.models import build_pipeline, spec_from_config
+    from xkmcast.train.config import validate
+
+    data = {"source": "synthetic", "input_vars": ["t2m", "u10m", "msl"], "output_vars": ["t2m", "u10m"],
+            "patch": [8, 8], "patches_per_sample": 3}
+    cfg = validate({"data": data, "model": {"kind": "corrdiff", "stage": "diffusion", "size": "tiny",
+                                            "regression_bundle": "r", "input_skip": False,
+                                            "diffusion_conditions": ["background", "regression"]}})
+    spec = spec_from_config(cfg.model, cfg.data, FINE_SHAPE)
+    assert spec.extra["patches_per_sample"] == 3
+    pipe = build_pipeline(spec)
+    randomise(pipe, seed=9)
+    calls = []
+    pipe.stages["regression"].register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    batch = {"input": _batch(b=2)["input"][:, : len(INPUT_VARS)], "target": _batch(b=2)["target"]}
+    out = pipe.loss("diffusion", batch, torch.Generator().manual_seed(0))
+    assert out.loss.shape == (6,) and torch.isfinite(out.loss).all() and calls == [2]

@@ -299,4 +299,6 @@ def spec_from_config(model, data, shape: tuple[int, int]) -> ModelSpec:
         spec = factory(data.input_vars, data.output_vars, shape,
                        invariant_vars=data.invariants if "invariant" in used else [], patch=data.patch,
                        condition_on_mean=model.condition_on_mean, input_skip=model.input_skip, **common)
+        if data.patch is not None and data.patches_per_sample > 1:
+            spec.extra["patches_per_sample"] = int(data.patches_per_sample)
     return spec

@@ -76,11 +76,14 @@ class DataConfig(_Strict):
     ``regrid_method`` when the training store is prepared (once, in the run directory). Or ``dataset_class: "package.module:Class"``, a torch Dataset with
     the StormCast sample interface, built as ``Class(split="train"|"valid", **params)``.
 
-    Times: ``train_times`` / ``valid_times`` windows; when neither is set the last ``valid_fraction``
-    of the times validate and the first ``train_fraction`` of the others train (scaling runs).
+    Times: ``train_times`` / ``valid_times`` windows; ``train_times`` alone gives its last
+    ``valid_fraction`` to validation; when neither is set the last ``valid_fraction`` of the times
+    validate and the first ``train_fraction`` of the others train (scaling runs). The normalisation
+    statistics are those of the training times.
     Forecast kinds (StormCast, Stormscope, ViT): ``input_vars`` / ``output_vars`` are the state,
     ``background_vars`` the coarse conditioning. ``patch``: CorrDiff's patched diffusion (the pipeline
-    cuts random patches from whole fields). ``num_workers > 0`` loads faster but resuming is then no
+    cuts ``patches_per_sample`` random patches from each whole field: one regression forward serves
+    them all). ``num_workers > 0`` loads faster but resuming is then no
     longer bitwise exact.
     """
 
@@ -99,6 +102,7 @@ class DataConfig(_Strict):
     train_fraction: float = Field(default=1.0, gt=0.0, le=1.0)
     regrid_method: Literal["bilinear", "nearest", "conservative"] = "bilinear"
     patch: list[int] | None = None
+    patches_per_sample: int = Field(default=1, ge=1)
     num_workers: int = Field(default=0, ge=0)
 
     @field_validator("dataset_class")
