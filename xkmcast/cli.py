@@ -99,8 +99,8 @@ def downscale(
     quiet: bool = typer.Option(False, help="no progress bar"),
 ) -> None:
     """Downscale INPUT with MODEL and write OUTPUT (streamed time chunk by time chunk)."""
-    from .inference import downscale as run
-    from .io import write_corrdiff_netcdf, write_dataset
+    from .fields.downscale import downscale as run
+    from .fields.io import write_corrdiff_netcdf, write_dataset
 
     ds = _open_input(input, part, times).chunk({"time": time_chunk})
     result = run(ds, model, members=members, seed=seed, num_steps=steps, sampler=sampler, batch_size=batch_size,
@@ -132,8 +132,8 @@ def forecast(
     quiet: bool = typer.Option(False, help="no progress output"),
 ) -> None:
     """Roll MODEL forward from INIT and write OUTPUT (zarr: each step as soon as it is computed)."""
-    from .io import output_format, write_dataset
-    from .rollout import forecast as run
+    from .fields.io import output_format, write_dataset
+    from .fields.forecast import forecast as run
 
     state = _open_input(init, part, times)
     bg = _open_input(background, "background" if part else None, None) if background else None
@@ -159,7 +159,7 @@ def score(
     """Score PREDICTION against TRUTH: CRPS, MAE, RMSE, spread, spread-skill per variable."""
     from rich.console import Console
 
-    from .scoring import format_table, score_files
+    from .fields.scoring import format_table, score_files
 
     scores = score_files(prediction, truth, out=output, baseline_path=baseline, keep=keep, fair=fair)
     Console().print(format_table(scores, title=f"scores of {prediction}"))
