@@ -7,7 +7,7 @@ package's presets and the Python API of the docs (``xkmcast.train.train(load_con
 overrides))``, CPU, ``training.time_budget``), then scores on held-out times:
 
 - downscaling (CorrDiff, ``corrdiff-tiny-*`` presets): bilinear (``Dataset.kmcast.regrid``), the
-  linear statistical downscaling (``xkmcast.baselines.fit_linear`` on all interpolated inputs, fitted
+  linear statistical downscaling (``xkmcast.fields.baselines.fit_linear`` on all interpolated inputs, fitted
   on the training times: ``linear`` pooled per variable, the baseline the ratios use; ``linear-px`` per
   pixel), the regression stage alone, the regression + diffusion ensemble;
 - stepping (StormCast, ``stormcast-tiny-*`` presets, state only): persistence, the per-pixel linear
@@ -80,7 +80,7 @@ def train_pair(case: Case, outdir: Path, seconds: float, tag: str, extra: list[s
 # ------------------------------------------------------------------------------------ downscaling
 def downscale_rows(case: Case, reg, dif, members: int) -> list[dict]:
     import xkmcast
-    from xkmcast.baselines import fit_linear
+    from xkmcast.fields.baselines import fit_linear
 
     fine, coarse = open_case(case)
     test_truth = window(fine, case.test)[case.outputs]
@@ -107,7 +107,7 @@ def downscale_rows(case: Case, reg, dif, members: int) -> list[dict]:
 # ------------------------------------------------------------------------------------ stepping
 def step_rows(case: Case, reg, dif, members: int, steps: int = 3) -> list[dict]:
     import xkmcast
-    from xkmcast.baselines import fit_linear
+    from xkmcast.fields.baselines import fit_linear
 
     state, _ = open_case(case)
     names = case.outputs

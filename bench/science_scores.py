@@ -1,4 +1,4 @@
-"""The columns of bench/science.py, computed with xkmcast.metrics on (prediction, truth) pairs.
+"""The columns of bench/science.py, computed with xkmcast.fields.metrics on (prediction, truth) pairs.
 
 Every prediction is first put on the truth's grid coordinates (``on_truth``). Columns:
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from xkmcast import metrics
+from xkmcast.fields import metrics
 
 
 def on_truth(pred: xr.DataArray, truth: xr.DataArray) -> xr.DataArray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from xkmcast.baselines import fit_linear
+from xkmcast.fields.baselines import fit_linear
 
 
 def _fields(seed=0, t=12, ny=5, nx=6):

@@ -31,9 +31,9 @@ STATIC = ("orog", "lsm")
 def available_variables(ds, *, static: bool = False) -> list[str]:
     """The canonical variables ``ds`` holds (found by name, alias or standard_name), in the order of
     the table; ``static=True``: those without a time dimension (invariants), else those with one."""
-    from ..grid import find_grid
-    from ..variables import _table, find_variable
     from ..errors import MissingVariableError
+    from ..fields.grid import find_grid
+    from ..fields.variables import _table, find_variable
 
     surface, levels = _table()
     names = list(surface)
@@ -96,7 +96,7 @@ def _forecast_settings(cfg: TrainConfig, fine, coarse) -> dict:
     ``model.time_step`` is set) and, when a coarse dataset is given, the background condition."""
     import numpy as np
 
-    from ..grid import find_grid
+    from ..fields.grid import find_grid
 
     out = {}
     if cfg.model.time_step is None:

@@ -26,7 +26,7 @@ from collections.abc import Hashable
 import numpy as np
 import xarray as xr
 
-from .errors import InvalidDataError, explain
+from ..errors import InvalidDataError, explain
 
 __all__ = ["LinearDownscaling", "fit_linear"]
 
