@@ -66,11 +66,11 @@ class PhysicsNeMoDiT(Network):
         condition_dim: int | None = None,
         conditioning_embedder: str = "dit",
         dit_initialization: bool = True,
-        conditioning_embedder_kwargs: dict[str, Any] | None = None,
-        tokenizer_kwargs: dict[str, Any] | None = None,
-        detokenizer_kwargs: dict[str, Any] | None = None,
-        block_kwargs: dict[str, Any] | None = None,
-        attn_kwargs: dict[str, Any] | None = None,
+        conditioning_embedder_kwargs: dict[str, Any] = {},  # noqa: B006 (PhysicsNeMo's defaults; never mutated)
+        tokenizer_kwargs: dict[str, Any] = {},  # noqa: B006 (PhysicsNeMo's defaults; never mutated)
+        detokenizer_kwargs: dict[str, Any] = {},  # noqa: B006 (PhysicsNeMo's defaults; never mutated)
+        block_kwargs: dict[str, Any] = {},  # noqa: B006 (PhysicsNeMo's defaults; never mutated)
+        attn_kwargs: dict[str, Any] = {},  # noqa: B006 (PhysicsNeMo's defaults; never mutated)
         drop_path_rates: list[float] | None = None,
         force_tokenization_fp32: bool = False,
         use_nan_mask_tokens: bool = False,

@@ -9,6 +9,7 @@ import torch
 
 from xkmcast.errors import ConfigError, explain
 from xkmcast.nn.dit import DiT
+from xkmcast.nn.physicsnemo_dit import PhysicsNeMoDiT
 from xkmcast.nn.unet import SongUNet
 from xkmcast.nn.unet_posembd import SongUNetPosEmbd, SongUNetPosLtEmbd
 from xkmcast.nn.unet_regression import RegressionUNet, StormCastUNet
@@ -24,6 +25,7 @@ NETWORKS: dict[str, type[torch.nn.Module]] = {
     "CorrDiffRegressionUNet": RegressionUNet,
     "StormCastUNet": StormCastUNet,
     "DiT": DiT,
+    "PhysicsNeMoDiT": PhysicsNeMoDiT,
     "WeatherViT": WeatherViT,
 }
 
