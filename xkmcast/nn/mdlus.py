@@ -37,6 +37,8 @@ from xkmcast.nn.unet import match_physicsnemo_eval
 __all__ = ["EDMCheckpoint", "MdlusContents", "read_mdlus", "load_mdlus", "save_mdlus", "SUPPORTED_CLASSES"]
 
 _EDM_MODULE = "physicsnemo.diffusion.preconditioners.legacy"
+#: metadata.json key of the wrapped network's file version, by wrapper
+_VERSION_KEY = {"EDMPreconditioner": f"{NESTED_PREFIX}.model.model.mdlus_file_version"}
 
 #: Wrapper arguments of each EDM preconditioner (everything else goes to the inner network).
 _EDM_WRAPPERS: dict[str, tuple[str, ...]] = {
@@ -308,7 +310,10 @@ def save_mdlus(model: Network | EDMCheckpoint, path: str | Path, *, legacy_forma
         raise BundleError(
             explain("cannot export this object", expected="an xkmcast network or EDMCheckpoint", found=type(model).__name__)
         )
-    return write_archive(path, args, state, legacy_format=legacy_format)
+    inner = model.network if isinstance(model, EDMCheckpoint) else model
+    version = getattr(inner, "mdlus_file_version", None)  # PhysicsNeMo upgrades files of older versions
+    versions = {} if version is None else {_VERSION_KEY.get(getattr(model, "wrapper", None), "mdlus_file_version"): version}
+    return write_archive(path, args, state, legacy_format=legacy_format, versions=versions)
 
 
 def _preconditioner_export(ckpt: EDMCheckpoint) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

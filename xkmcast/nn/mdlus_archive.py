@@ -91,10 +91,14 @@ def _read_archive(path: Path) -> dict[str, bytes]:
     return found
 
 
-def write_archive(path: Path, args: dict[str, Any], state: dict[str, torch.Tensor], *, legacy_format: bool = False) -> Path:
-    """Write the three members (zip, or tar with ``legacy_format``) and return ``path``."""
+def write_archive(path: Path, args: dict[str, Any], state: dict[str, torch.Tensor], *, legacy_format: bool = False,
+                  versions: dict[str, str] | None = None) -> Path:  # fmt: skip
+    """Write the three members (zip, or tar with ``legacy_format``) and return ``path``.
+
+    ``versions``: file-version entries of metadata.json (default ``mdlus_file_version`` 0.1.0).
+    """
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    metadata = {"mdlus_file_version": _FILE_VERSION, "exported_by": "xkmcast"}
+    metadata = {"mdlus_file_version": _FILE_VERSION, **(versions or {}), "exported_by": "xkmcast"}
     buffer = io.BytesIO()
     torch.save(state, buffer)
     members = {"model.pt": buffer.getvalue(), "args.json": json.dumps(args).encode(), "metadata.json": json.dumps(metadata).encode()}

@@ -48,6 +48,8 @@ class PhysicsNeMoDiT(Network):
 
     physicsnemo_name = "DiT"
     physicsnemo_module = "physicsnemo.models.dit.dit"
+    #: PhysicsNeMo's checkpoint version of this class (older files are upgraded on load)
+    mdlus_file_version = "0.2.0"
 
     def __init__(
         self,
