@@ -18,8 +18,8 @@ The numpy kernels (``crps_ensemble_kernel``, ``rank_kernel``) work on arrays wit
 last axis; the xarray functions wrap them with ``xr.apply_ufunc(..., dask="parallelized")`` or use
 plain xarray operations, so dask input stays lazy until ``.compute()``.
 
-Power spectra, autocorrelation and the patch size suggestion live in :mod:`xkmcast.metrics_spectra`
-and are re-exported here. Nothing here knows of torch.
+Power spectra, autocorrelation and the patch size suggestion live in :mod:`xkmcast.metrics_spectra`,
+the patch-seam :func:`blockiness` in :mod:`xkmcast.metrics_blocks`; both are re-exported here. Nothing here knows of torch.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import CoordinateError, InvalidDataError, explain
+from .metrics_blocks import blockiness
 from .metrics_spectra import (
     autocorrelation,
     decorrelation_length,
@@ -39,6 +40,7 @@ from .metrics_spectra import (
 )
 
 __all__ = [
+    "blockiness",
     "mae",
     "rmse",
     "bias",
