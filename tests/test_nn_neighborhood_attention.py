@@ -116,3 +116,19 @@ def test_matches_natten(h, w, kernel, dilation):
         ref = natten.functional.na2d(*(t.permute(0, 2, 3, 1, 4) for t in (q, k, v)), kernel_size=kernel, dilation=dilation)
     ours = neighborhood_attention_2d(q, k, v, kernel, dilation)
     assert (ours - ref.permute(0, 3, 1, 2, 4)).abs().max() < 1e-5
+
+
+def test_no_dense_score_matrix(monkeypatch):
+    """Every SDPA call sees at most (tile + K - 1)^2 keys and a mask of that width, whatever the grid."""
+    import xkmcast.nn.neighborhood_attention as na
+
+    real, seen = torch.nn.functional.scaled_dot_product_attention, []
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        seen.append((k.shape[-2], None if attn_mask is None else tuple(attn_mask.shape)))
+        return real(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(na.F, "scaled_dot_product_attention", spy)
+    q, k, v = (t.float() for t in _qkv(40, 48, d=4))
+    na.neighborhood_attention_2d(q, k, v, 5, tile=6)
+    assert seen and all(keys <= (6 + 4) ** 2 and mask[-1] == keys for keys, mask in seen)
