@@ -359,6 +359,32 @@ def test_spectrum_of_wrf_guam_uses_the_great_circle_spacing():
     assert ny % 16 == 0 and nx % 16 == 0 and 16 <= ny <= 64 and 16 <= nx <= 48
 
 
+def _blockiness_loop(f: np.ndarray, period: int) -> float:
+    """Seam / non-seam mean |neighbour jump| over both axes, by explicit loops."""
+    seams, others = [], []
+    for a in (f, f.T):
+        for row in a:
+            for i in range(len(row) - 1):
+                (seams if (i + 1) % period == 0 else others).append(abs(row[i + 1] - row[i]))
+    return float(np.mean(seams) / np.mean(others))
+
+
+def test_blockiness():
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((3, 64, 60))
+    blocks = np.kron(rng.standard_normal((3, 16, 15)), np.ones((1, 4, 4)))  # constant 4 x 4 blocks
+    da = lambda a: xr.DataArray(a, dims=("time", "y", "x"))  # noqa: E731
+    b_noise = M.blockiness(da(noise), 4)
+    assert b_noise.dims == ("time",)
+    np.testing.assert_allclose(b_noise.values, [_blockiness_loop(n, 4) for n in noise], rtol=1e-12)
+    assert abs(float(b_noise.mean()) - 1.0) < 0.05  # white noise: no seams
+    assert np.isinf(M.blockiness(da(blocks), 4)).all()
+    mixed = M.blockiness(da(noise + blocks), 4)
+    assert (mixed > 1.3).all() and (M.blockiness(da(noise + blocks), 4, offset=2) < mixed).all()
+    with pytest.raises(InvalidDataError):
+        M.blockiness(da(noise), 4, dims=("lat", "lon"))
+
+
 def test_argument_order_is_forecast_then_truth_and_swaps_are_caught():
     """xskillscore takes (observations, forecasts); ours is (forecast, truth): bias = forecast - truth."""
     import inspect

@@ -150,7 +150,8 @@ KINDS: dict[str, ModelKind] = {k.name: k for k in (
     ModelKind(
         "stormscope", "stormcast:Stormscope", "stormscope_spec",
         conditions={"diffusion": ("state", "background", "invariant")},
-        time_step="1h", sizes="transformer", description="forecast: diffusion-only DiT",
+        time_step="1h", sizes="transformer",
+        description="forecast: diffusion-only DiT (PhysicsNeMo layout, neighbourhood attention)",
     ),
     ModelKind(
         "vit", "transformer:WeatherTransformer", "vit_spec",

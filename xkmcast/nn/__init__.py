@@ -4,8 +4,9 @@
   weights: :class:`SongUNet`, :class:`SongUNetPosEmbd`, :class:`SongUNetPosLtEmbd`, the
   regression wrappers :class:`RegressionUNet` and :class:`StormCastUNet`, presets
   (:func:`songunet_preset`);
-* :class:`DiT`, the diffusion transformer of Stormscope; :class:`WeatherViT`, a deterministic
-  ViT forecaster;
+* :class:`DiT`, xkmcast's diffusion transformer; :class:`PhysicsNeMoDiT`, PhysicsNeMo 2.2.2's DiT
+  (weights of StormScope / CorrDiff COSMO-REA, dense or neighbourhood attention with NATTEN's rule,
+  :func:`neighborhood_attention_2d`); :class:`WeatherViT`, a deterministic ViT forecaster;
 * :func:`load_mdlus` / :func:`save_mdlus` for PhysicsNeMo ``.mdlus`` checkpoints;
 * :data:`NETWORKS`: the network classes by name (built from a spec entry by
   :func:`xkmcast.models.stages.build_stage`).
@@ -13,6 +14,8 @@
 
 from xkmcast.nn.dit import DiT
 from xkmcast.nn.mdlus import EDMCheckpoint, load_mdlus, read_mdlus, save_mdlus
+from xkmcast.nn.neighborhood_attention import neighborhood_attention_2d
+from xkmcast.nn.physicsnemo_dit import PhysicsNeMoDiT
 from xkmcast.nn.registry import NETWORKS
 from xkmcast.nn.unet import SONGUNET_PRESETS, SongUNet, match_physicsnemo_eval, songunet_preset
 from xkmcast.nn.unet_posembd import SongUNetPosEmbd, SongUNetPosLtEmbd
@@ -24,6 +27,7 @@ __all__ = [
     "SONGUNET_PRESETS",
     "DiT",
     "EDMCheckpoint",
+    "PhysicsNeMoDiT",
     "RegressionUNet",
     "SongUNet",
     "SongUNetPosEmbd",
@@ -32,6 +36,7 @@ __all__ = [
     "WeatherViT",
     "load_mdlus",
     "match_physicsnemo_eval",
+    "neighborhood_attention_2d",
     "read_mdlus",
     "regression_unet",
     "save_mdlus",
