@@ -107,6 +107,8 @@ def prepare_command(
     coarse: str = typer.Option(None, "--coarse", help="Coarse input dataset (entry or path)."),
     coarsen: int = typer.Option(None, "--coarsen", help="Make the input by block-averaging the fine data."),
     regrid_method: str = typer.Option("bilinear", "--regrid", help="bilinear | nearest | conservative."),
+    allow_outside: bool = typer.Option(False, "--allow-outside",
+                                       help="Fine points the coarse grid does not cover become NaN instead of an error."),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
     """Write a training store (inputs on the fine grid, targets, invariants, statistics).
@@ -118,7 +120,7 @@ def prepare_command(
         fine_ds, coarse_ds = open_pair(fine, coarse, coarsen)
         path = prepare(fine_ds, coarse_ds, out, input_vars=_names(input_vars), output_vars=_names(output_vars),
                        invariants=_names(invariants), log_vars=_names(log_vars), regrid_method=regrid_method,
-                       overwrite=overwrite)
+                       regrid_options={"allow_outside": True} if allow_outside else None, overwrite=overwrite)
     except XkmcastError as exc:
         _fail(exc)
     typer.echo(str(path))
