@@ -3,7 +3,7 @@
 * U-Nets of the SongUNet family (CorrDiff, StormCast), compatible with PhysicsNeMo 2.2.2
   weights: :class:`SongUNet`, :class:`SongUNetPosEmbd`, :class:`SongUNetPosLtEmbd`, the
   regression wrappers :class:`RegressionUNet` and :class:`StormCastUNet`, presets
-  (:func:`songunet_preset`);
+  (:func:`songunet_preset`); :func:`set_periodic_x` pads them circularly along x (global grids);
 * :class:`DiT`, the diffusion transformer of Stormscope; :class:`WeatherViT`, a deterministic
   ViT forecaster;
 * :func:`load_mdlus` / :func:`save_mdlus` for PhysicsNeMo ``.mdlus`` checkpoints;
@@ -11,6 +11,7 @@
 """
 
 from xkmcast.nn.dit import DiT
+from xkmcast.nn.layers import set_periodic_x
 from xkmcast.nn.mdlus import EDMCheckpoint, load_mdlus, read_mdlus, save_mdlus
 from xkmcast.nn.registry import NETWORKS, build_network
 from xkmcast.nn.unet import SONGUNET_PRESETS, SongUNet, match_physicsnemo_eval, songunet_preset
@@ -35,5 +36,6 @@ __all__ = [
     "read_mdlus",
     "regression_unet",
     "save_mdlus",
+    "set_periodic_x",
     "songunet_preset",
 ]
