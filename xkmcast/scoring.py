@@ -34,7 +34,7 @@ import numpy as np
 import xarray as xr
 
 from . import metrics
-from .data.layouts import is_zarr_store
+from .data.layouts import is_zarr_store, zarr_consolidated
 from .errors import CoordinateError, InvalidDataError, MissingVariableError, explain
 from .scoring_align import match_truth
 
@@ -272,7 +272,7 @@ def open_any(path: str | Path, chunks: dict | None = None) -> xr.Dataset:
     if not path.exists():
         raise FileNotFoundError(explain("No such file or store", found=str(path)))
     if is_zarr_store(path):
-        return xr.open_zarr(path, consolidated=False, chunks=chunks if chunks is not None else {})
+        return xr.open_zarr(path, consolidated=zarr_consolidated(path), chunks=chunks if chunks is not None else {})
     return xr.open_dataset(path, chunks=chunks if chunks is not None else {})
 
 
