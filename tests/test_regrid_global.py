@@ -8,7 +8,7 @@ import pytest
 import xarray as xr
 
 from xkmcast.errors import DomainCoverageError
-from xkmcast.regrid import Regridder, regrid
+from xkmcast.fields.regrid import Regridder, regrid
 
 
 def latlon(lat, lon, fields=None):

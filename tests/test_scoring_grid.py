@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from xkmcast import scoring
+from xkmcast.fields import scoring
 from xkmcast.errors import GridError
 
 TIMES = pd.date_range("2021-02-01", periods=2, freq="6h")

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from xkmcast import metrics as M
+from xkmcast.fields import metrics as M
 from xkmcast.errors import GridError
-from xkmcast.metrics_zonal import zonal_spectrum
+from xkmcast.fields.zonal import zonal_spectrum
 
-R_KM = 6371.0  # the sphere of xkmcast.grid.Grid.spacing_m
+R_KM = 6371.0  # the sphere of xkmcast.fields.grid.Grid.spacing_m
 
 
 def latlon_field(values, lat, lon, lat_name="lat", lon_name="lon"):

@@ -12,7 +12,7 @@ import xarray as xr
 
 import xkmcast
 from xkmcast.data.layouts import zarr_consolidated
-from xkmcast.scoring import open_any
+from xkmcast.fields.scoring import open_any
 
 
 @pytest.mark.parametrize("fmt, consolidated", [(2, False), (3, False), (2, True), (3, True)])

@@ -23,6 +23,23 @@ def version() -> None:
     typer.echo(xkmcast.__version__)
 
 
+@app.command()
+def kinds() -> None:
+    """List the model kinds: stages, the conditions each stage may use, time step, sampler defaults."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .models.kinds import KINDS
+
+    table = Table("kind", "regression may use", "diffusion may use", "time step", "sampler", "description")
+    for kind in KINDS.values():
+        uses = [", ".join(kind.conditions[s]) if s in kind.conditions else "(no such stage)"
+                for s in ("regression", "diffusion")]
+        sampler = "" if kind.sampler is None else f"{kind.sampler.sampler} {kind.sampler.num_steps} steps"
+        table.add_row(kind.name, *uses, kind.time_step or "(downscaling)", sampler, kind.description)
+    Console(width=200).print(table)
+
+
 @catalog_app.command("list")
 def catalog_list() -> None:
     """List the catalog entries with their descriptions."""
@@ -82,8 +99,8 @@ def downscale(
     quiet: bool = typer.Option(False, help="no progress bar"),
 ) -> None:
     """Downscale INPUT with MODEL and write OUTPUT (streamed time chunk by time chunk)."""
-    from .inference import downscale as run
-    from .io import write_corrdiff_netcdf, write_dataset
+    from .fields.downscale import downscale as run
+    from .fields.io import write_corrdiff_netcdf, write_dataset
 
     ds = _open_input(input, part, times).chunk({"time": time_chunk})
     result = run(ds, model, members=members, seed=seed, num_steps=steps, sampler=sampler, batch_size=batch_size,
@@ -115,8 +132,8 @@ def forecast(
     quiet: bool = typer.Option(False, help="no progress output"),
 ) -> None:
     """Roll MODEL forward from INIT and write OUTPUT (zarr: each step as soon as it is computed)."""
-    from .io import output_format, write_dataset
-    from .rollout import forecast as run
+    from .fields.io import output_format, write_dataset
+    from .fields.forecast import forecast as run
 
     state = _open_input(init, part, times)
     bg = _open_input(background, "background" if part else None, None) if background else None
@@ -142,7 +159,7 @@ def score(
     """Score PREDICTION against TRUTH: CRPS, MAE, RMSE, spread, spread-skill per variable."""
     from rich.console import Console
 
-    from .scoring import format_table, score_files
+    from .fields.scoring import format_table, score_files
 
     scores = score_files(prediction, truth, out=output, baseline_path=baseline, keep=keep, fair=fair)
     Console().print(format_table(scores, title=f"scores of {prediction}"))

@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
+from ..atomic import atomic_path
 from ..errors import ConfigError, MissingVariableError, TimeCoverageError, explain
-from ..grid import find_grid
+from ..fields.grid import find_grid
 from .stats import DEFAULT_LOG_EPS, STATS_ATTR, Stats, compute_stats
 
 __all__ = ["prepare", "open_store", "store_names", "split_stats", "INPUT_PREFIX", "TARGET_PREFIX", "STORE_FORMAT"]
@@ -92,7 +91,7 @@ def open_store(path: str | os.PathLike, *, chunks=None) -> xr.Dataset:
 
 def _select(ds: xr.Dataset, names: Sequence[str], convert_units: bool) -> xr.Dataset:
     try:
-        from ..variables import select_variables
+        from ..fields.variables import select_variables
     except ImportError:  # pragma: no cover - the variables table ships with the package
         select_variables = None
     if select_variables is not None:
@@ -138,7 +137,7 @@ def _on_fine_grid(coarse: xr.Dataset, fine: xr.Dataset, method: str, options: di
     if cg.shape == fg.shape and np.allclose(cg.lat, fg.lat) and np.allclose(cg.lon, fg.lon):
         return coarse.rename({cg.y_dim: fg.y_dim, cg.x_dim: fg.x_dim}).drop_vars(
             [c for c in coarse.coords if set(coarse[c].dims) & {cg.y_dim, cg.x_dim}])
-    from ..regrid import Regridder
+    from ..fields.regrid import Regridder
 
     return Regridder(coarse, fine, method=method, **options)(coarse)
 
@@ -152,11 +151,11 @@ def prepare(fine: xr.Dataset, coarse: xr.Dataset, out: str | os.PathLike, *, inp
     ``fine`` holds ``output_vars`` and ``invariants``; ``coarse`` holds ``input_vars`` (canonical
     names, found by alias / standard_name and converted to canonical units). Times are the inner join
     of both, optionally restricted by ``times`` (a label slice or a list); none left ->
-    TimeCoverageError. ``regrid_options`` go to the :class:`~xkmcast.regrid.Regridder` (``allow_outside``,
+    TimeCoverageError. ``regrid_options`` go to the :class:`~xkmcast.fields.regrid.Regridder` (``allow_outside``,
     ``subsample``, ``backend``) and are recorded with ``regrid_method``. ``log_vars`` (canonical names) get the log1p transform in the statistics.
     ``chunks`` overrides the default ``{"time": 1, y: -1, x: -1}``.
     """
-    from ..regrid import check_options
+    from ..fields.regrid import check_options
 
     out = Path(out)
     regrid_options = check_options(regrid_options)
@@ -202,19 +201,13 @@ def prepare(fine: xr.Dataset, coarse: xr.Dataset, out: str | os.PathLike, *, inp
         "title": "xkmcast training store",
     }
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:10]}"
-    try:
+    with atomic_path(out, overwrite=overwrite) as tmp:
         ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=True)
         written = xr.open_zarr(tmp, consolidated=False)
         stats = compute_stats(written, [*i_names, *o_names, *inv_names], log_vars={n: log_eps for n in log_names})
         import zarr
 
         zarr.open_group(str(tmp), mode="r+", zarr_format=3).attrs.update({STATS_ATTR: stats.to_json()})
-        _move_into_place(tmp, out, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -222,16 +215,3 @@ def _f32(da: xr.DataArray, role: str) -> xr.DataArray:
     out = da.astype("float32")
     out.attrs = {**{k: v for k, v in da.attrs.items() if k not in ("coordinates",)}, "xkmcast_role": role}
     return out
-
-
-def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` (overwrite) is moved aside first, removed after."""
-    old = None
-    if out.exists():
-        if not overwrite:
-            raise ConfigError(explain("The output store appeared while preparing", found=str(out)))
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:10]}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

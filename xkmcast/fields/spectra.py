@@ -28,17 +28,17 @@ Conventions (all wavenumbers in cycles per km, all lengths in km):
   exponential autocorrelation is down to 5 %, the "drops to about zero" rule of the CorrDiff recipe.
 
 Grid spacing: the ``dx`` / ``dy`` arguments (km), else 1-D x / y coordinates with length units
-(m or km), else the mean great-circle spacing of the grid found by :func:`xkmcast.grid.find_grid`.
+(m or km), else the mean great-circle spacing of the grid found by :func:`xkmcast.fields.grid.find_grid`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 
 import numpy as np
 import xarray as xr
 
-from .errors import CoordinateError, GridError, InvalidDataError, explain
+from ..errors import CoordinateError, GridError, InvalidDataError, explain
 
 __all__ = [
     "power_spectrum",
@@ -61,7 +61,7 @@ _LENGTH_UNITS = {"m": 1e-3, "metre": 1e-3, "meter": 1e-3, "metres": 1e-3, "meter
 
 
 def _try_grid(obj: XArray):
-    """The grid of ``obj`` from :func:`xkmcast.grid.find_grid`, or None when it is not recognised."""
+    """The grid of ``obj`` from :func:`xkmcast.fields.grid.find_grid`, or None when it is not recognised."""
     try:
         from .grid import find_grid
 
@@ -74,7 +74,7 @@ _UNSET = object()
 
 
 def spatial_dims(obj: XArray, grid=_UNSET) -> tuple[Hashable, Hashable]:
-    """(y_dim, x_dim): from :func:`xkmcast.grid.find_grid` when it recognises the grid, else the last two dims."""
+    """(y_dim, x_dim): from :func:`xkmcast.fields.grid.find_grid` when it recognises the grid, else the last two dims."""
     grid = _try_grid(obj) if grid is _UNSET else grid
     if grid is not None and grid.y_dim in obj.dims and grid.x_dim in obj.dims:
         return grid.y_dim, grid.x_dim
@@ -117,19 +117,6 @@ def grid_spacing_km(
             fix="pass dx= (and dy=) in km",
         )
     )
-
-
-def _average_dims(obj: XArray, dim, member_dim: Hashable, core: Sequence[Hashable]) -> list[Hashable]:
-    others = [d for d in obj.dims if d not in core]
-    if dim is None:
-        return [d for d in others if d != member_dim]
-    dims = [dim] if isinstance(dim, str) or not isinstance(dim, Sequence) else list(dim)
-    bad = [d for d in dims if d not in others]
-    if bad:
-        raise CoordinateError(
-            explain(f"Cannot average spectra over {bad}", expected=f"names among {others}", found=str(dims))
-        )
-    return dims
 
 
 # --------------------------------------------------------------------------------------------- 2-D spectrum
@@ -194,7 +181,9 @@ def power_spectrum(
         output_dtypes=[np.float64],
         dask_gufunc_kwargs={"output_sizes": {"wavenumber": k.size}, "allow_rechunk": True},
     )
-    spec = spec.mean(_average_dims(field, dim, member_dim, (y_dim, x_dim)))
+    from .metrics import _reduce_dims  # metrics imports this module
+
+    spec = spec.mean(_reduce_dims(dim, member_dim, field, keep=(y_dim, x_dim)))
     spec = spec.assign_coords(
         wavenumber=("wavenumber", k, {"units": "km-1", "long_name": "wavenumber (cycles per km)"})
     )
@@ -258,7 +247,9 @@ def periodogram(
         output_dtypes=[np.float64],
         dask_gufunc_kwargs={"output_sizes": {"frequency": freq.size}, "allow_rechunk": True},
     )
-    spec = spec.mean(_average_dims(field, dim, member_dim, (along,)))
+    from .metrics import _reduce_dims  # metrics imports this module
+
+    spec = spec.mean(_reduce_dims(dim, member_dim, field, keep=(along,)))
     spec = spec.assign_coords(frequency=("frequency", freq, {"units": "km-1", "long_name": "frequency (cycles per km)"}))
     return _set_attrs(spec, field, {"n": n, "dx_km": float(dx), "long_name": "periodogram density"}, "km")
 
@@ -322,7 +313,7 @@ def _spectrum_meta(spectrum: XArray) -> tuple[int, float]:
         raise InvalidDataError(
             explain(
                 "autocorrelation needs a periodogram",
-                expected="the output of xkmcast.metrics.periodogram (dim 'frequency', attrs n and dx_km)",
+                expected="the output of xkmcast.fields.metrics.periodogram (dim 'frequency', attrs n and dx_km)",
                 found=f"dims {list(spectrum.dims)}, attrs {sorted(attrs)}",
             )
         )

@@ -3,7 +3,7 @@
 On a grid periodic in longitude the natural spectral coordinate is the zonal wavenumber ``m``
 (cycles around a latitude circle), not cycles per km: a circle of latitude ``phi`` is ``cos(phi)``
 times shorter than the equator, so one km-scale isotropic spectrum over the whole globe mixes
-different scales (use :func:`xkmcast.metrics.power_spectrum` on regional grids).
+different scales (use :func:`xkmcast.fields.spectra.power_spectrum` on regional grids).
 
 :func:`zonal_spectrum`: for every row (latitude ``phi``) of ``nx`` equally spaced longitudes,
 ``P_m(phi) = c_m |rfft(f - mean_row f)_m / nx|^2`` with ``c_m = 2`` except at ``m = 0`` and, for even
@@ -20,8 +20,9 @@ from collections.abc import Hashable
 import numpy as np
 import xarray as xr
 
-from .errors import GridError, explain
-from .metrics_spectra import XArray, _average_dims, _set_attrs, _try_grid
+from ..errors import GridError, explain
+from .metrics import _reduce_dims
+from .spectra import XArray, _set_attrs, _try_grid
 
 __all__ = ["zonal_spectrum", "zonal_spectrum_kernel"]
 
@@ -77,7 +78,7 @@ def zonal_spectrum(
         output_dtypes=[np.float64],
         dask_gufunc_kwargs={"output_sizes": {"zonal_wavenumber": m.size}, "allow_rechunk": True},
     )
-    spec = spec.mean(_average_dims(field, dim, member_dim, (y_dim, x_dim)))
+    spec = spec.mean(_reduce_dims(dim, member_dim, field, keep=(y_dim, x_dim)))
     spec = spec.assign_coords(zonal_wavenumber=("zonal_wavenumber", m,
                                                 {"units": "1", "long_name": "zonal wavenumber (cycles per circle)"}))
     attrs = {"lat_min": float(lat.min()), "lat_max": float(lat.max()), "nyquist": int(m[-1]),

@@ -12,10 +12,10 @@ contributor is NaN, or where the target is outside the source (``allow_outside=T
 Global grids: a source whose longitudes close the circle is periodic (the cell between the last and
 first longitude is used); bilinear weights from such a source reach the poles when its outermost rows
 are cell centres within one spacing of them (extrapolated along the meridian, see
-:func:`xkmcast.regrid_weights.bilinear_rectilinear`), so a global 1-degree target is covered by a
+:func:`xkmcast.fields.regrid_weights.bilinear_rectilinear`), so a global 1-degree target is covered by a
 global 4-degree source. Descending latitudes and any longitude convention are accepted.
 
-Supported (builtin backend; the weight builders are in :mod:`xkmcast.regrid_weights`):
+Supported (builtin backend; the weight builders are in :mod:`xkmcast.fields.regrid_weights`):
 
 ============  =========================  ===========================================================
 method        source grid                target grid
@@ -44,7 +44,7 @@ import scipy.sparse as sp
 import xarray as xr
 
 from . import regrid_weights as rw
-from .errors import ConfigError, DomainCoverageError, GridError, OptionalDependencyError, explain, require
+from ..errors import ConfigError, DomainCoverageError, GridError, OptionalDependencyError, explain, require
 from .grid import Grid, find_grid
 
 __all__ = ["Regridder", "regrid", "check_options", "METHODS", "BACKENDS", "OPTIONS", "MIN_VALID_WEIGHT"]
@@ -64,8 +64,8 @@ class Regridder:
 
     Parameters
     ----------
-    source, target : Dataset, DataArray or :class:`~xkmcast.grid.Grid`
-        Only their grids are used (found by :func:`xkmcast.grid.find_grid`).
+    source, target : Dataset, DataArray or :class:`~xkmcast.fields.grid.Grid`
+        Only their grids are used (found by :func:`xkmcast.fields.grid.find_grid`).
     method : "bilinear" | "nearest" | "conservative"
     backend : "auto" | "builtin" | "xesmf"
     allow_outside : bool

@@ -9,7 +9,7 @@ and the horizontal grid.
    times;
 3. the grid: when the truth's horizontal dims differ from the prediction's but both grids are the
    same points (same shape, latitudes and longitudes within ``1e-6`` degrees, found by
-   :func:`xkmcast.grid.find_grid`), the truth's dims are renamed to the prediction's;
+   :func:`xkmcast.fields.grid.find_grid`), the truth's dims are renamed to the prediction's;
 4. any dim of the truth the prediction lacks is refused (GridError naming the dims of both): such a
    dim would broadcast against the prediction's own, e.g. a (lat, lon) truth against a (y, x)
    prediction into a (y, x, lat, lon) array, which for global grids does not fit in memory.
@@ -22,11 +22,12 @@ from collections.abc import Hashable
 import numpy as np
 import xarray as xr
 
-from .errors import CoordinateError, GridError, TimeCoverageError, explain
+from ..errors import CoordinateError, GridError, TimeCoverageError, explain
+from .coords import coordinate_names
 
 __all__ = ["match_truth", "TIME_NAMES"]
 
-TIME_NAMES = ("time", "valid_time", "Time")
+TIME_NAMES = coordinate_names("time")
 
 
 def match_truth(prediction: xr.Dataset, truth: xr.Dataset, member_dim: Hashable = "member",

@@ -9,7 +9,7 @@ dimension (one row per forecast variable)::
     Data variables: mae, rmse, bias, crps[, spread, spread_skill][, baseline_mae, baseline_rmse]
 
 - ``mae`` / ``rmse`` / ``bias``: of the ensemble mean (of the forecast itself when it has no members).
-- ``crps``: ensemble CRPS (:func:`xkmcast.metrics.crps`, plain estimator unless ``fair=True``); for a
+- ``crps``: ensemble CRPS (:func:`xkmcast.fields.metrics.crps`, plain estimator unless ``fair=True``); for a
   deterministic forecast it equals ``mae``.
 - ``spread`` / ``spread_skill``: only for ensembles of two or more members.
 - ``baseline_mae`` / ``baseline_rmse``: of ``baseline`` (its ensemble mean if it has members), e.g.
@@ -34,8 +34,8 @@ import numpy as np
 import xarray as xr
 
 from . import metrics
-from .data.layouts import is_zarr_store, zarr_consolidated
-from .errors import CoordinateError, InvalidDataError, MissingVariableError, explain
+from ..data.layouts import is_zarr_store, zarr_consolidated
+from ..errors import CoordinateError, InvalidDataError, MissingVariableError, explain
 from .scoring_align import match_truth
 
 __all__ = ["score", "format_table", "format_text", "open_corrdiff_netcdf", "score_files", "open_any"]
@@ -60,9 +60,12 @@ def score(
 ) -> xr.Dataset:
     """Score ``prediction`` against ``truth`` for every variable they share (see the module docstring).
 
+    ``(prediction, truth)``: the forecast first (xskillscore takes ``(observations, forecasts)``);
+    errors are ``prediction - truth``, so a positive ``bias`` means the prediction is too high.
+
     ``dim``: dims to average over (None: all but the members, minus those in ``keep``); ``keep``:
     dims to keep instead, e.g. ``keep="lead_time"``. The truth is first put on the prediction's dims
-    (:func:`xkmcast.scoring_align.match_truth`): selected at the prediction's coordinates (``time``,
+    (:func:`xkmcast.fields.scoring_align.match_truth`): selected at the prediction's coordinates (``time``,
     ``x``...), at its ``valid_time`` when the prediction is indexed by lead time, its grid dims renamed
     when it is the same grid under other names. Raises :class:`MissingVariableError` when no variable
     is shared, :class:`TimeCoverageError` when the truth lacks some of the prediction's times and
@@ -72,7 +75,7 @@ def score(
         prediction, truth = _as_dataset(prediction), _as_dataset(truth)
     names = _shared_variables(prediction, truth, variables)
     prediction, truth = prediction[names], match_truth(prediction[names], truth[names], member_dim)
-    reduce = _reduce_dims(prediction, dim, keep, member_dim)
+    reduce = _score_dims(prediction, dim, keep, member_dim)
 
     has_members = member_dim in prediction.dims
     mean = prediction.mean(member_dim) if has_members else prediction
@@ -149,22 +152,22 @@ def _shared_variables(prediction: xr.Dataset, truth: xr.Dataset, variables) -> l
                 else "Some requested variables are missing from the prediction or the truth",
                 expected=wanted,
                 found=f"prediction {list(prediction.data_vars)}, truth {list(truth.data_vars)}",
-                fix="rename the truth's variables to the prediction's names (xkmcast.variables.select_variables)",
+                fix="rename the truth's variables to the prediction's names (xkmcast.fields.variables.select_variables)",
             )
         )
     return names
 
 
-def _reduce_dims(prediction: xr.Dataset, dim, keep, member_dim) -> list[Hashable]:
-    if dim is not None:
-        return [dim] if isinstance(dim, str) else list(dim)
-    kept = [] if keep is None else [keep] if isinstance(keep, str) else list(keep)
+def _score_dims(prediction: xr.Dataset, dim, keep, member_dim) -> list[Hashable]:
+    """The dims the scores average over: ``dim``, else all but the members and ``keep``
+    (:func:`xkmcast.fields.metrics._reduce_dims`)."""
+    kept = [] if keep is None or dim is not None else [keep] if isinstance(keep, str) else list(keep)
     missing = [k for k in kept if k not in prediction.dims]
     if missing:
         raise CoordinateError(
             explain(f"Cannot keep {missing}: no such dimension", expected=list(prediction.dims), found=kept)
         )
-    return [d for d in prediction.dims if d != member_dim and d not in kept]
+    return metrics._reduce_dims(dim, member_dim, prediction, keep=kept)
 
 
 # --------------------------------------------------------------------------------------------- tables
