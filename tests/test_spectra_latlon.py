@@ -9,9 +9,10 @@ import xarray as xr
 
 from xkmcast.fields import metrics as M
 from xkmcast.errors import GridError
+from xkmcast.fields.grid import EARTH_RADIUS_M
 from xkmcast.fields.zonal import zonal_spectrum
 
-R_KM = 6371.0  # the sphere of xkmcast.fields.grid.Grid.spacing_m
+R_KM = EARTH_RADIUS_M / 1000.0  # the sphere of Grid.spacing_m
 
 
 def latlon_field(values, lat, lon, lat_name="lat", lon_name="lon"):
@@ -66,3 +67,22 @@ def test_zonal_spectrum_refuses_a_regional_or_uneven_grid():
         zonal_spectrum(latlon_field(np.zeros((LAT.size, 40)), LAT, np.arange(0.0, 100.0, 2.5)))
     with pytest.raises(GridError, match="rectilinear"):
         zonal_spectrum(xr.DataArray(np.zeros((4, 5)), dims=("y", "x")))
+
+
+def test_spacing_of_a_rotated_grid_without_xy_is_the_great_circle_distance():
+    """A 3 km Lambert grid placed ~25 degrees of longitude east of its central meridian is rotated by
+    ~16 degrees against north; given as 2-D lat / lon only (dims y / x without values), differences of
+    latitude along y and of longitude along x alone underestimate its spacing."""
+    from pyproj import Transformer
+
+    lcc = "+proj=lcc +lat_1=40 +lat_2=40 +lat_0=40 +lon_0=-125 +R=6371229"
+    x0, y0 = Transformer.from_crs("EPSG:4326", lcc, always_xy=True).transform(-100.0, 40.0)
+    xs, ys = x0 + (np.arange(40) - 19.5) * 3000.0, y0 + (np.arange(30) - 14.5) * 3000.0
+    lon, lat = Transformer.from_crs(lcc, "EPSG:4326", always_xy=True).transform(*np.meshgrid(xs, ys))
+    field = xr.DataArray(np.random.default_rng(0).normal(size=(30, 40)), dims=("y", "x"), coords={
+        "lat": (("y", "x"), lat, {"standard_name": "latitude"}),
+        "lon": (("y", "x"), lon, {"standard_name": "longitude"})})
+    spec = M.power_spectrum(field)
+    # 3 km times the map factor of the projection at 40 N on its standard parallel (1 within 1e-4 here)
+    assert spec.attrs["dx_km"] == pytest.approx(3.0, rel=1e-3)
+    assert spec.attrs["dy_km"] == pytest.approx(3.0, rel=1e-3)
