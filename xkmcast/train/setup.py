@@ -159,7 +159,7 @@ def _training_store(cfg: TrainConfig, env: D.DistEnv) -> Path:
         # prepare() needs at least one coarse input; a forecast without background stores an unused one
         inputs = inputs or outputs[:1]
         prepare(fine, coarse, out, input_vars=inputs, output_vars=outputs, invariants=d.invariants,
-                regrid_method=d.regrid_method)
+                regrid_method=d.regrid_method, regrid_options=d.regrid_options)
     D.barrier(env)
     return out
 
@@ -267,18 +267,24 @@ def _attach_grid(pipeline, data: RunData, cfg: TrainConfig) -> None:
 
     ds = data.store
     g = find_grid(ds)
-    pipeline.spec.grid = {"shape": list(g.shape), "grid_mapping": g.grid_mapping,
-                          "x": None if g.x is None else np.asarray(g.x).tolist(),
-                          "y": None if g.y is None else np.asarray(g.y).tolist()}
-    for name, values in (("grid_lat", g.lat), ("grid_lon", g.lon)):
-        t = torch.as_tensor(np.asarray(values, dtype=np.float64))
-        getattr(pipeline, name).resize_(t.shape).copy_(t)
+    pipeline.set_grid(g.lat, g.lon, **g.model_info(), regrid=_store_regrid(ds, cfg))
     inv = cfg.data.invariants if pipeline.spec.invariant_vars else []
     if inv:
         fields = np.stack([np.asarray(ds[v].values, dtype=np.float64) for v in inv])
         normed = data.stats["invariant"].normalise(fields, inv, axis=0).astype(np.float32)
         t = torch.from_numpy(np.ascontiguousarray(normed))
         pipeline.invariant.resize_(t.shape).copy_(t)
+
+
+def _store_regrid(ds, cfg: TrainConfig) -> dict:
+    """How the store's inputs were regridded (its ``regrid_method`` / ``regrid_options`` attributes,
+    else the config's): the bundle records it and ``downscale`` uses it by default."""
+    import json
+
+    method = ds.attrs.get("regrid_method", cfg.data.regrid_method)
+    options = ds.attrs.get("regrid_options")
+    options = json.loads(options) if isinstance(options, str) else dict(cfg.data.regrid_options)
+    return {"method": str(method), "options": options}
 
 
 def seed_everything(seed: int) -> None:
