@@ -127,3 +127,26 @@ def test_regrid_options_in_the_training_config_reach_the_store_and_the_bundle(tm
     store = open_store(prepare(fine, fine.isel(latitude=[1, 2]), tmp_path / "s.zarr", input_vars=["t2m"],
                                output_vars=["t2m"], regrid_method="nearest", regrid_options={"allow_outside": True}))
     assert _store_regrid(store, cfg) == {"method": "nearest", "options": {"allow_outside": True}}
+
+
+def test_forecast_on_a_global_grid_keeps_latitude_longitude_in_memory_and_on_disk(tmp_path):
+    from xkmcast.models import stormcast_spec
+
+    torch.manual_seed(0)
+    state_vars = ["t2m", "u10m"]
+    spec = stormcast_spec(state_vars, (LAT.size, LON.size), size="tiny", stages=("regression",))
+    spec.stats = {"input": stats_for(state_vars), "output": stats_for(state_vars)}
+    pipe = build_pipeline(spec)
+    g = find_grid(global_grid())
+    pipe.set_grid(g.lat, g.lon, **g.model_info())
+    pipe.eval()
+    rng = np.random.default_rng(0)
+    state = global_grid().assign(
+        t2m=(("time", "latitude", "longitude"), 280 + rng.normal(size=(1, LAT.size, LON.size)), {"units": "K"}),
+        u10m=(("time", "latitude", "longitude"), rng.normal(size=(1, LAT.size, LON.size)), {"units": "m s-1"}),
+    ).assign_coords(time=TIMES[:1])
+    fc = state.kmcast.forecast(pipe, steps=2)
+    assert fc.t2m.dims[-2:] == ("latitude", "longitude")
+    on_disk = state.kmcast.forecast(pipe, steps=2, output=tmp_path / "fc.zarr")
+    assert on_disk.t2m.dims[-2:] == ("latitude", "longitude")
+    np.testing.assert_allclose(on_disk.t2m.values, fc.t2m.values, rtol=1e-5)
