@@ -150,3 +150,24 @@ def test_forecast_on_a_global_grid_keeps_latitude_longitude_in_memory_and_on_dis
     on_disk = state.kmcast.forecast(pipe, steps=2, output=tmp_path / "fc.zarr")
     assert on_disk.t2m.dims[-2:] == ("latitude", "longitude")
     np.testing.assert_allclose(on_disk.t2m.values, fc.t2m.values, rtol=1e-5)
+
+
+def test_missing_preset_invariants_name_data_invariants(tmp_path):
+    """A preset's default invariants (orog, lsm) absent from the user's data: the error says
+    data.invariants=[] (not compute_stats), for a raw source and for a prepared store."""
+    from xkmcast.data.prepare import prepare
+    from xkmcast.errors import ConfigError
+    from xkmcast.train import distributed as D
+    from xkmcast.train.config import load_config
+    from xkmcast.train.setup import build_datasets
+
+    fine = coarse_global().rename({"2t": "t2m", "10u": "u10m"})
+    fine.to_netcdf(tmp_path / "fine.nc")
+    store = prepare(fine, fine, tmp_path / "store.zarr", input_vars=["t2m"], output_vars=["t2m"])
+    for source in (tmp_path / "fine.nc", store):
+        cfg = load_config("corrdiff-tiny-regression", [f"data.source={source}", "data.coarsen=1",
+                                                        "data.input_vars=[t2m]", "data.output_vars=[t2m]",
+                                                        f"training.outdir={tmp_path / 'runs'}"])
+        with pytest.raises(ConfigError, match=r"data.invariants=\[\]") as err:
+            build_datasets(cfg, None, D.DistEnv())
+        assert "['orog', 'lsm']" in str(err.value) and "compute_stats" not in str(err.value)

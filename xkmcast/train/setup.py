@@ -89,6 +89,7 @@ def build_datasets(cfg: TrainConfig, stats: dict | None, env: D.DistEnv) -> RunD
 
     store_path = _training_store(cfg, env)
     ds = open_store(store_path)
+    _check_invariants(d.invariants, [v for v in d.invariants if v not in ds.data_vars], str(store_path))
     roles = _role_stats(ds, cfg, stats)
     train_t, valid_t = _time_split(ds, cfg)
     if not _forecast(cfg):
@@ -151,6 +152,7 @@ def _training_store(cfg: TrainConfig, env: D.DistEnv) -> Path:
     out = run_dir(cfg) / "data" / "train.zarr"
     if env.is_main and not out.exists():
         fine, coarse = _fine_and_coarse(cfg)
+        _check_invariants(d.invariants, _missing_variables(fine, d.invariants), str(d.source))
         from ..data.prepare import prepare
 
         forecast = _forecast(cfg)
@@ -162,6 +164,33 @@ def _training_store(cfg: TrainConfig, env: D.DistEnv) -> Path:
                 regrid_method=d.regrid_method, regrid_options=d.regrid_options)
     D.barrier(env)
     return out
+
+
+def _missing_variables(ds, names) -> list[str]:
+    """The canonical ``names`` that ``ds`` does not hold (by name, alias or CF standard_name)."""
+    from ..errors import MissingVariableError
+    from ..fields.variables import select_variables
+
+    missing = []
+    for name in names:
+        try:
+            select_variables(ds, [name])
+        except MissingVariableError:
+            missing.append(name)
+    return missing
+
+
+def _check_invariants(wanted, missing, source: str) -> None:
+    """ConfigError naming ``data.invariants`` when the data lacks some of them (a preset's defaults,
+    orog / lsm, are often absent from a user's own data)."""
+    if missing:
+        keep = [v for v in wanted if v not in missing]
+        raise ConfigError(explain(
+            f"The invariants {missing} of data.invariants are not in the data",
+            expected=f"data.invariants {list(wanted)} (the preset's default) in {source}",
+            found=f"missing {missing}",
+            fix=f"train without them: data.invariants={keep} (e.g. data.invariants=[]), or add them to the data",
+        ))
 
 
 def _fine_and_coarse(cfg: TrainConfig):
