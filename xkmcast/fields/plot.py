@@ -25,7 +25,7 @@ from ..errors import InvalidDataError, MissingVariableError, explain
 
 __all__ = ["use_packaged_naturalearth", "projection", "map", "members", "spectra", "animate", "NATURALEARTH_DIR"]
 
-NATURALEARTH_DIR = Path(__file__).resolve().parent / "naturalearth"
+NATURALEARTH_DIR = Path(__file__).resolve().parents[1] / "naturalearth"
 SCALES = ("50m", "110m")
 
 
