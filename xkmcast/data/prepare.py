@@ -155,7 +155,7 @@ def _span(t: np.ndarray) -> str:
     return f"{t.size} times {t.min()} .. {t.max()}" if t.size else "no times"
 
 
-def _on_fine_grid(coarse: xr.Dataset, fine: xr.Dataset, method: str) -> xr.Dataset:
+def _on_fine_grid(coarse: xr.Dataset, fine: xr.Dataset, method: str, options: dict) -> xr.Dataset:
     """The coarse variables on the fine grid (Regridder; identity when the grids already agree)."""
     cg, fg = find_grid(coarse), find_grid(fine)
     if cg.shape == fg.shape and np.allclose(cg.lat, fg.lat) and np.allclose(cg.lon, fg.lon):
@@ -163,26 +163,31 @@ def _on_fine_grid(coarse: xr.Dataset, fine: xr.Dataset, method: str) -> xr.Datas
             [c for c in coarse.coords if set(coarse[c].dims) & {cg.y_dim, cg.x_dim}])
     from ..fields.regrid import Regridder
 
-    return Regridder(coarse, fine, method=method)(coarse)
+    return Regridder(coarse, fine, method=method, **options)(coarse)
 
 
 def prepare(fine: xr.Dataset, coarse: xr.Dataset, out: str | os.PathLike, *, input_vars: Sequence[str],
             output_vars: Sequence[str], invariants: Sequence[str] = (), times=None,
-            regrid_method: str = "bilinear", chunks: dict | None = None, log_vars: Iterable[str] = (),
-            log_eps: float = DEFAULT_LOG_EPS, convert_units: bool = True, overwrite: bool = False,
-            stats_times=None) -> Path:
+            regrid_method: str = "bilinear", regrid_options: dict | None = None, chunks: dict | None = None,
+            log_vars: Iterable[str] = (), log_eps: float = DEFAULT_LOG_EPS, convert_units: bool = True,
+            overwrite: bool = False, stats_times=None) -> Path:
     """Write the training store ``out`` (layout in the module docstring) and return its path.
 
     ``fine`` holds ``output_vars`` and ``invariants``; ``coarse`` holds ``input_vars`` (canonical
     names, found by alias / standard_name and converted to canonical units). Times are the inner join
     of both, optionally restricted by ``times`` (a label slice or a list); none left ->
-    TimeCoverageError. ``log_vars`` (canonical names) get the log1p transform in the statistics.
+    TimeCoverageError. ``regrid_options`` go to the :class:`~xkmcast.fields.regrid.Regridder` (``allow_outside``,
+    ``subsample``, ``backend``) and are recorded with ``regrid_method``. ``log_vars`` (canonical names) get the
+    log1p transform in the statistics.
     ``stats_times`` (a label slice, labels or positions; default all times) restricts the times the
     statistics are computed over, e.g. to the training window, so that no evaluation time leaks
     into the normalisation; the store records them in ``xkmcast_stats_times``.
     ``chunks`` overrides the default ``{"time": 1, y: -1, x: -1}``.
     """
+    from ..fields.regrid import check_options
+
     out = Path(out)
+    regrid_options = check_options(regrid_options)
     if out.exists() and not overwrite:
         raise ConfigError(explain("The output store exists already", found=str(out),
                                   fix="pass overwrite=True or choose another path"))
@@ -196,7 +201,7 @@ def prepare(fine: xr.Dataset, coarse: xr.Dataset, out: str | os.PathLike, *, inp
     coarse_sel = coarse_sel.rename({cdim: "time"}) if cdim != "time" else coarse_sel
     common = _common_times(fine_sel, coarse_sel, times)
     grid = find_grid(fine_sel)
-    on_fine = _on_fine_grid(coarse_sel.sel(time=common), fine_sel, regrid_method)
+    on_fine = _on_fine_grid(coarse_sel.sel(time=common), fine_sel, regrid_method, regrid_options)
 
     data = {}
     for v in input_vars:
@@ -221,6 +226,7 @@ def prepare(fine: xr.Dataset, coarse: xr.Dataset, out: str | os.PathLike, *, inp
         "xkmcast_output_vars": json.dumps(list(output_vars)),
         "xkmcast_invariants": json.dumps(list(invariants)),
         "regrid_method": regrid_method,
+        "regrid_options": json.dumps(regrid_options),
         "title": "xkmcast training store",
     }
 

@@ -117,13 +117,28 @@ class Pipeline(torch.nn.Module):
         self.register_buffer("grid_lon", torch.zeros(0, 0, dtype=torch.float64))
         self.register_buffer("invariant", torch.zeros(0, 0, 0))
         self.source_path: str | None = None  # set by load_bundle
+        self._pad_periodic()
 
     def set_grid(self, lat, lon, **grid_info) -> None:
-        """Attach the model grid: 2-D lat / lon (degrees) and ``grid_info`` (grid_mapping, x, y) to the spec."""
+        """Attach the model grid: 2-D lat / lon (degrees) and ``grid_info`` to the spec: ``grid_mapping``,
+        ``x`` / ``y``, ``latlon_dims``, ``periodic_x`` (:meth:`xkmcast.fields.grid.Grid.model_info`) and
+        ``regrid`` (``{"method", "options"}``: how the inputs were regridded in training)."""
         lat_t, lon_t = torch.as_tensor(lat, dtype=torch.float64), torch.as_tensor(lon, dtype=torch.float64)
         self.grid_lat.resize_(lat_t.shape).copy_(lat_t)
         self.grid_lon.resize_(lon_t.shape).copy_(lon_t)
         self.spec.grid = {"shape": list(lat_t.shape), **{k: _plain(v) for k, v in grid_info.items()}}
+        self._pad_periodic()
+
+    @property
+    def periodic_x(self) -> bool:
+        """Whether the model grid closes the circle in longitude (``spec.grid["periodic_x"]``): then the
+        networks pad circularly along x and patches wrap around (:func:`xkmcast.nn.set_periodic_x`)."""
+        return bool(self.spec.grid.get("periodic_x", False))
+
+    def _pad_periodic(self) -> None:
+        from ..nn.layers import set_periodic_x
+
+        set_periodic_x(self.stages, self.periodic_x)
 
     def set_invariants(self, values) -> None:
         """Attach the invariant fields ``(C_inv, H, W)`` (normalised) in the order of ``spec.invariant_vars``."""

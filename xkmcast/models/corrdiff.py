@@ -114,7 +114,8 @@ class CorrDiff(Pipeline):
         net = self.stages["diffusion"]
         if patch is None or tuple(patch) == tuple(shape):
             return net
-        return PatchedDenoiser(net, GridPatching(shape, patch, **self.spec.extra.get("patching", {})))
+        patching = {"periodic_x": self.periodic_x, **self.spec.extra.get("patching", {})}
+        return PatchedDenoiser(net, GridPatching(shape, patch, **patching))
 
     # -------------------------------------------------------------------------------- training
     def loss(self, stage: str, batch: dict, generator: torch.Generator | None = None):
@@ -138,8 +139,9 @@ class CorrDiff(Pipeline):
         # patched: cut the residual and its condition at the same random places; the whole condition,
         # resized to the patch size, is appended so every patch sees the large-scale situation
         n = int(self.spec.extra.get("patches_per_sample", 1))
-        pt = random_patches(residual, dcond, patch, n, context=dcond, generator=generator)
-        pmask = None if mask is None else extract_patches(mask, pt.offsets, patch)
+        pt = random_patches(residual, dcond, patch, n, context=dcond, generator=generator,
+                            periodic_x=self.periodic_x)
+        pmask = None if mask is None else extract_patches(mask, pt.offsets, patch, self.periodic_x)
         return losses.denoising_loss(
             self.stages["diffusion"], pt.target, pt.condition, sigma_dist=sigma_dist,
             channel_weights=weights, mask=pmask, generator=generator, global_index=pt.global_index,

@@ -3,7 +3,7 @@
 * U-Nets of the SongUNet family (CorrDiff, StormCast), compatible with PhysicsNeMo 2.2.2
   weights: :class:`SongUNet`, :class:`SongUNetPosEmbd`, :class:`SongUNetPosLtEmbd`, the
   regression wrappers :class:`RegressionUNet` and :class:`StormCastUNet`, presets
-  (:func:`songunet_preset`);
+  (:func:`songunet_preset`); :func:`set_periodic_x` pads them circularly along x (global grids);
 * :class:`DiT`, xkmcast's diffusion transformer; :class:`PhysicsNeMoDiT`, PhysicsNeMo 2.2.2's DiT
   (weights of StormScope / CorrDiff COSMO-REA, dense or neighbourhood attention with NATTEN's rule,
   :func:`neighborhood_attention_2d`); :class:`WeatherViT`, a deterministic ViT forecaster;
@@ -13,6 +13,7 @@
 """
 
 from xkmcast.nn.dit import DiT
+from xkmcast.nn.layers import set_periodic_x
 from xkmcast.nn.mdlus import EDMCheckpoint, load_mdlus, read_mdlus, save_mdlus
 from xkmcast.nn.neighborhood_attention import neighborhood_attention_2d
 from xkmcast.nn.physicsnemo_dit import PhysicsNeMoDiT
@@ -40,5 +41,6 @@ __all__ = [
     "read_mdlus",
     "regression_unet",
     "save_mdlus",
+    "set_periodic_x",
     "songunet_preset",
 ]

@@ -73,7 +73,8 @@ class DataConfig(_Strict):
     own, or ``"synthetic"`` (:mod:`xkmcast.data.synthetic`, its arguments in ``params``). The fine
     target is ``source``; the coarse input is ``coarse`` (another entry / path) or the target
     block-averaged by ``coarsen``; the coarse input is regridded onto the fine grid with
-    ``regrid_method`` when the training store is prepared (once, in the run directory). Or ``dataset_class: "package.module:Class"``, a torch Dataset with
+    ``regrid_method`` and ``regrid_options`` (e.g. ``{allow_outside: true}``, see
+    :data:`xkmcast.fields.regrid.OPTIONS`) when the training store is prepared (once, in the run directory). Or ``dataset_class: "package.module:Class"``, a torch Dataset with
     the StormCast sample interface, built as ``Class(split="train"|"valid", **params)``.
 
     Times: ``train_times`` / ``valid_times`` windows; ``train_times`` alone gives its last
@@ -101,6 +102,7 @@ class DataConfig(_Strict):
     valid_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     train_fraction: float = Field(default=1.0, gt=0.0, le=1.0)
     regrid_method: Literal["bilinear", "nearest", "conservative"] = "bilinear"
+    regrid_options: dict[str, Any] = Field(default_factory=dict)
     patch: list[int] | None = None
     patches_per_sample: int = Field(default=1, ge=1)
     num_workers: int = Field(default=0, ge=0)
@@ -111,6 +113,13 @@ class DataConfig(_Strict):
         if value is not None and not re.fullmatch(r"[\w.]+:[\w.]+", value):
             raise ValueError(f"expected 'package.module:Class', found {value!r}")
         return value
+
+    @field_validator("regrid_options")
+    @classmethod
+    def _regrid_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from ..fields.regrid import check_options
+
+        return check_options(value)  # ConfigError is a ValueError: pydantic reports it
 
     @field_validator("patch")
     @classmethod

@@ -91,6 +91,7 @@ def build_datasets(cfg: TrainConfig, stats: dict | None, env: D.DistEnv) -> RunD
 
     store_path = _training_store(cfg, env)
     ds = open_store(store_path)
+    _check_invariants(d.invariants, [v for v in d.invariants if v not in ds.data_vars], str(store_path))
     train_t, valid_t = _time_split(ds, cfg)
     roles = _role_stats(ds, cfg, stats, train_t)
     if not _forecast(cfg):
@@ -153,6 +154,7 @@ def _training_store(cfg: TrainConfig, env: D.DistEnv) -> Path:
     out = run_dir(cfg) / "data" / "train.zarr"
     if env.is_main and not out.exists():
         fine, coarse = _fine_and_coarse(cfg)
+        _check_invariants(d.invariants, _missing_variables(fine, d.invariants), str(d.source))
         from ..data.prepare import prepare
 
         forecast = _forecast(cfg)
@@ -163,9 +165,36 @@ def _training_store(cfg: TrainConfig, env: D.DistEnv) -> Path:
         window = d.train_times
         stats_times = slice(window.start, window.end) if (window.start or window.end) else None
         prepare(fine, coarse, out, input_vars=inputs, output_vars=outputs, invariants=d.invariants,
-                regrid_method=d.regrid_method, stats_times=stats_times)
+                regrid_method=d.regrid_method, regrid_options=d.regrid_options, stats_times=stats_times)
     D.barrier(env)
     return out
+
+
+def _missing_variables(ds, names) -> list[str]:
+    """The canonical ``names`` that ``ds`` does not hold (by name, alias or CF standard_name)."""
+    from ..errors import MissingVariableError
+    from ..fields.variables import select_variables
+
+    missing = []
+    for name in names:
+        try:
+            select_variables(ds, [name])
+        except MissingVariableError:
+            missing.append(name)
+    return missing
+
+
+def _check_invariants(wanted, missing, source: str) -> None:
+    """ConfigError naming ``data.invariants`` when the data lacks some of them (a preset's defaults,
+    orog / lsm, are often absent from a user's own data)."""
+    if missing:
+        keep = [v for v in wanted if v not in missing]
+        raise ConfigError(explain(
+            f"The invariants {missing} of data.invariants are not in the data",
+            expected=f"data.invariants {list(wanted)} (the preset's default) in {source}",
+            found=f"missing {missing}",
+            fix=f"train without them: data.invariants={keep} (e.g. data.invariants=[]), or add them to the data",
+        ))
 
 
 def _fine_and_coarse(cfg: TrainConfig):
@@ -329,18 +358,24 @@ def _attach_grid(pipeline, data: RunData, cfg: TrainConfig) -> None:
 
     ds = data.store
     g = find_grid(ds)
-    pipeline.spec.grid = {"shape": list(g.shape), "grid_mapping": g.grid_mapping,
-                          "x": None if g.x is None else np.asarray(g.x).tolist(),
-                          "y": None if g.y is None else np.asarray(g.y).tolist()}
-    for name, values in (("grid_lat", g.lat), ("grid_lon", g.lon)):
-        t = torch.as_tensor(np.asarray(values, dtype=np.float64))
-        getattr(pipeline, name).resize_(t.shape).copy_(t)
+    pipeline.set_grid(g.lat, g.lon, **g.model_info(), regrid=_store_regrid(ds, cfg))
     inv = cfg.data.invariants if pipeline.spec.invariant_vars else []
     if inv:
         fields = np.stack([np.asarray(ds[v].values, dtype=np.float64) for v in inv])
         normed = data.stats["invariant"].normalise(fields, inv, axis=0).astype(np.float32)
         t = torch.from_numpy(np.ascontiguousarray(normed))
         pipeline.invariant.resize_(t.shape).copy_(t)
+
+
+def _store_regrid(ds, cfg: TrainConfig) -> dict:
+    """How the store's inputs were regridded (its ``regrid_method`` / ``regrid_options`` attributes,
+    else the config's): the bundle records it and ``downscale`` uses it by default."""
+    import json
+
+    method = ds.attrs.get("regrid_method", cfg.data.regrid_method)
+    options = ds.attrs.get("regrid_options")
+    options = json.loads(options) if isinstance(options, str) else dict(cfg.data.regrid_options)
+    return {"method": str(method), "options": options}
 
 
 def seed_everything(seed: int) -> None:
