@@ -25,6 +25,8 @@ __all__ = [
     "CheckpointError",
     "BundleError",
     "OptionalDependencyError",
+    "OutputExistsError",
+    "OutputBusyError",
     "explain",
     "require",
 ]
@@ -111,6 +113,14 @@ class CheckpointError(XkmcastError, ValueError):
 
 class BundleError(XkmcastError, ValueError):
     """A model bundle or imported checkpoint is malformed or does not match."""
+
+
+class OutputExistsError(XkmcastError, FileExistsError):
+    """The output exists and overwriting was not asked for."""
+
+
+class OutputBusyError(XkmcastError, OSError):
+    """Another live process is writing the same output (its lock file names the process)."""
 
 
 class OptionalDependencyError(XkmcastError, ImportError):

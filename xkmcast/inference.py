@@ -32,22 +32,42 @@ __all__ = ["downscale", "model_grid", "model_result", "ModelRef", "resolve_model
 
 
 class ModelRef:
-    """A picklable handle on a model: a bundle path + device, loaded once per process (dask workers)."""
+    """A picklable handle on a model: a bundle path + device, loaded once per process (dask workers).
 
-    _cache: dict[tuple[str, str], Any] = {}
+    The cache key is the resolved path, the device and a stamp of the bundle's two files (inode,
+    size, modification time): a relative and an absolute path share one entry, and a bundle
+    re-exported to the same path (atomically: new inodes) is loaded afresh."""
+
+    _cache: dict[tuple[str, str], tuple[tuple, Any]] = {}
     _lock = threading.Lock()
 
     def __init__(self, path: str, device: str = "cpu"):
         self.path, self.device = str(path), str(device)
 
+    def _stamp(self, folder) -> tuple:
+        from .models.bundle import CONFIG, WEIGHTS
+
+        stamp = []
+        for name in (CONFIG, WEIGHTS):
+            try:
+                st = (folder / name).stat()
+            except OSError:
+                return ()
+            stamp.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(stamp)
+
     def get(self):
-        key = (self.path, self.device)
+        from pathlib import Path
+
+        folder = Path(self.path).resolve()
+        key, stamp = (str(folder), self.device), self._stamp(folder)
         with self._lock:
-            if key not in self._cache:
+            cached = self._cache.get(key)
+            if cached is None or cached[0] != stamp or not stamp:
                 from .models.bundle import load_bundle
 
-                self._cache[key] = load_bundle(self.path, device=self.device).eval()
-            return self._cache[key]
+                self._cache[key] = (stamp, load_bundle(folder, device=self.device).eval())
+            return self._cache[key][1]
 
 
 def resolve_model(model, device: str | None = None):

@@ -117,6 +117,7 @@ class Pipeline(torch.nn.Module):
         self.register_buffer("grid_lon", torch.zeros(0, 0, dtype=torch.float64))
         self.register_buffer("invariant", torch.zeros(0, 0, 0))
         self.source_path: str | None = None  # set by load_bundle
+        self.bundle_integrity: dict[str, str] | None = None  # digests checked by load_bundle
 
     def set_grid(self, lat, lon, **grid_info) -> None:
         """Attach the model grid: 2-D lat / lon (degrees) and ``grid_info`` (grid_mapping, x, y) to the spec."""
