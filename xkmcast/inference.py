@@ -130,16 +130,20 @@ def _wrap(dlon: np.ndarray) -> np.ndarray:
 
 
 def to_model_inputs(ds: xr.Dataset, pipeline, names, *, role: str = "input", regrid_method: str = "bilinear",
-                    time_dim: str = "time", require_on_grid: bool = False):
-    """Select ``names`` (canonical), regrid onto the model grid and normalise: a lazy DataArray
-    ``(time, channel, y, x)`` of float32 on the model grid, normalised with the statistics of
-    ``role``. With ``require_on_grid`` a dataset that is
+                    time_dim: str = "time", require_on_grid: bool = False, check_ranges: bool = True):
+    """Select ``names`` (canonical), check them (:mod:`xkmcast.validate`: times distinct and not
+    empty, values finite and, with ``check_ranges``, plausible), regrid onto the model grid and
+    normalise: a lazy DataArray ``(time, channel, y, x)`` of float32 on the model grid, normalised
+    with the statistics of ``role``. With ``require_on_grid`` a dataset that is
     not already on the model grid is refused (GridError) instead of regridded."""
     from .regrid import Regridder
+    from .validate import as_dataset, check_times, checked_values
 
-    selected = select_variables(ds, names)
+    selected = select_variables(as_dataset(ds, role), names)
     target = model_grid(pipeline)
     src_grid = find_grid(selected)
+    check_times(selected, src_grid.time_dim, role)
+    selected = checked_values(selected, names, check_ranges=check_ranges, time_dim=src_grid.time_dim)
     same = src_grid.shape == target.lat.shape and np.allclose(src_grid.lat, target.lat.values, atol=1e-4) and \
         np.allclose(_wrap(src_grid.lon - target.lon.values), 0.0, atol=1e-4)
     if same:
@@ -181,8 +185,13 @@ def downscale(
     regrid_method: str = "bilinear",
     device: str | None = None,
     precision: str = "fp32",
+    check_ranges: bool = True,
 ) -> xr.Dataset:
     """Downscale the coarse ``ds`` with ``model`` (a pipeline or a bundle path).
+
+    ``ds`` is a Dataset or a named DataArray. The input is checked first (:mod:`xkmcast.validate`):
+    distinct, non-empty times; finite values (NaN like inf: an InvalidDataError naming the variable);
+    values within each variable's plausible range unless ``check_ranges=False``.
 
     ``device``: "cuda", "cpu", ... (default: CUDA when present); ``precision="amp-bf16"`` runs the
     networks under bfloat16 autocast (CUDA and CPU), the sampler state staying float64.
@@ -194,13 +203,16 @@ def downscale(
     computed before returning.
     """
     from .device import check_precision
+    from .validate import as_dataset, require_positive
 
     check_precision(precision)
+    require_positive(members=members, time_chunk=time_chunk, num_steps=num_steps, batch_size=batch_size)
+    ds = as_dataset(ds)
     pipeline = resolve_model(model, device)
     spec = pipeline.spec
     require_task(pipeline, forecast=False)
     lazy_input = any(v.chunks is not None for v in ds.data_vars.values())
-    inputs = to_model_inputs(ds, pipeline, spec.input_vars, regrid_method=regrid_method)
+    inputs = to_model_inputs(ds, pipeline, spec.input_vars, regrid_method=regrid_method, check_ranges=check_ranges)
     inputs = inputs.chunk({"time": time_chunk, "channel": -1, "y": -1, "x": -1})
     times = inputs["time"].values
     n_out = len(spec.output_vars)

@@ -49,22 +49,24 @@ def forecast(
     device: str | None = None,
     precision: str = "fp32",
     progress: bool = False,
+    check_ranges: bool = True,
 ) -> xr.Dataset:
     """Roll ``model`` forward ``steps`` time steps from every time of ``ds`` (see the module doc).
 
-    ``precision="amp-bf16"`` runs the networks under bfloat16 autocast (CUDA and CPU)."""
+    ``precision="amp-bf16"`` runs the networks under bfloat16 autocast (CUDA and CPU). The state and
+    the background are checked as in :func:`xkmcast.inference.downscale` (``check_ranges``)."""
     from .device import check_precision
+    from .validate import require_positive
 
     check_precision(precision)
+    require_positive(steps=steps, members=members, num_steps=num_steps, batch_size=batch_size)
     pipeline = resolve_model(model, device)
     spec = pipeline.spec
     require_task(pipeline, forecast=True)
-    if steps < 1:
-        raise XkmcastError(explain("steps must be at least 1", found=steps))
     dt = pd.Timedelta(spec.time_step or pipeline.model_kind.time_step)
-    state = to_model_inputs(ds, pipeline, spec.input_vars, require_on_grid=True)
+    state = to_model_inputs(ds, pipeline, spec.input_vars, require_on_grid=True, check_ranges=check_ranges)
     init_times = state["time"].values
-    bg = _background(background, pipeline, init_times, steps, dt, regrid_method)
+    bg = _background(background, pipeline, init_times, steps, dt, regrid_method, check_ranges)
     options = {"sampler": sampler, "num_steps": num_steps, "batch_size": batch_size, "_precision": precision}
     options = {k: v for k, v in options.items() if v is not None}
     leads = np.array([dt * n for n in range(steps + 1)], dtype="timedelta64[ns]")
@@ -86,7 +88,7 @@ def forecast(
     return result if lazy else result.compute()
 
 
-def _background(background, pipeline, init_times, steps, dt, regrid_method):
+def _background(background, pipeline, init_times, steps, dt, regrid_method, check_ranges=True):
     """The background at the input time of every step, on the model grid: (init, step, C_bg, y, x)."""
     spec = pipeline.spec
     needed = any("background" in v for v in spec.conditions.values())
@@ -95,7 +97,8 @@ def _background(background, pipeline, init_times, steps, dt, regrid_method):
     if background is None:
         raise TimeCoverageError(explain("This model needs a background (coarse) dataset",
                                         expected=f"background= with {spec.background_vars}", found=None))
-    bg = to_model_inputs(background, pipeline, spec.background_vars, role="background", regrid_method=regrid_method)
+    bg = to_model_inputs(background, pipeline, spec.background_vars, role="background", regrid_method=regrid_method,
+                         check_ranges=check_ranges)
     want = np.array([[np.datetime64(t) + np.timedelta64(dt * n) for n in range(steps)] for t in init_times],
                     dtype="datetime64[ns]")
     have = pd.DatetimeIndex(bg["time"].values)
