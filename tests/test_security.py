@@ -146,3 +146,57 @@ def test_lock_of_a_killed_writer_is_taken_over(tmp_path):
     (tmp_path / ".lock-out.nc").write_text(str(dead.pid))
     write_dataset(coarse_dataset(1), out)
     assert xr.open_dataset(out).sizes["time"] == 1
+
+
+# -------------------------------------------------------- 3. one forecast store, one model
+def _interrupted(path, model, steps=3):
+    """A streamed forecast of ``model`` whose last lead is not completed (as after Ctrl-C)."""
+    state_dataset(1).kmcast.forecast(model, steps=steps, background=coarse_dataset(steps + 1), output=path)
+    flags = xr.Dataset({"completed": (("init_time", "lead_time"), np.zeros((1, 1), np.int8))})
+    flags.to_zarr(path, region={"init_time": slice(0, 1), "lead_time": slice(steps, steps + 1)}, consolidated=False)
+    return xr.open_zarr(path, consolidated=False).t2m.values.copy()
+
+
+def test_resume_with_another_model_is_refused(tmp_path):
+    path = tmp_path / "fc.zarr"
+    before = _interrupted(path, tiny_stormcast(seed=0))
+    other = tiny_stormcast(seed=1)  # same variables and grid, other weights: used to continue silently
+    with pytest.raises(XkmcastError, match="written by another model"):
+        state_dataset(1).kmcast.forecast(other, steps=3, background=coarse_dataset(4), output=path)
+    after = xr.open_zarr(path, consolidated=False)
+    np.testing.assert_array_equal(after.t2m.values, before)  # nothing overwritten
+    assert not after.completed.values[0, 3]
+    assert after.attrs["xkmcast_model_sha256"] == model_identity(tiny_stormcast(seed=0))
+
+
+def test_resume_with_other_sampler_settings_is_refused_and_same_settings_finish(tmp_path):
+    path = tmp_path / "fc.zarr"
+    model = tiny_stormcast(seed=0)
+    _interrupted(path, model)
+    with pytest.raises(XkmcastError, match="written by another sampler settings"):
+        state_dataset(1).kmcast.forecast(model, steps=3, background=coarse_dataset(4), output=path, num_steps=2)
+    done = state_dataset(1).kmcast.forecast(model, steps=3, background=coarse_dataset(4), output=path)
+    assert done.completed.values.all()
+
+
+def test_resume_with_the_same_bundle_from_disk_is_accepted(tmp_path):
+    model = tiny_stormcast(seed=0)
+    bundle = save_bundle(model, tmp_path / "sc")
+    path = tmp_path / "fc.zarr"
+    _interrupted(path, model)  # started with the in-memory pipeline, resumed from its exported bundle
+    done = state_dataset(1).kmcast.forecast(str(bundle), steps=3, background=coarse_dataset(4), output=path)
+    assert done.completed.values.all()
+
+
+# ------------------------------------------------------------- 1. registry keys (catalog)
+def test_registry_keys_leaving_the_cache_are_refused(tmp_path):
+    from xkmcast.data.catalog import load_registry
+
+    good = "a" * 64
+    for bad in ("../../dir/file", "/etc/passwd", "a/../../b", "C:/x"):
+        registry = tmp_path / "registry.txt"
+        registry.write_text(f"{bad} {good} http://127.0.0.1:9/x\n")
+        with pytest.raises(XkmcastError, match="not a plain relative name"):
+            load_registry(registry)  # before: the key became a path outside the cache
+    registry.write_text(f"hrrr/2024/file.nc {good} http://127.0.0.1:9/x\n")
+    assert "hrrr/2024/file.nc" in load_registry(registry)

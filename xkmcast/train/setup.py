@@ -141,14 +141,20 @@ def _user_datasets(cfg: TrainConfig, stats: dict | None) -> RunData:
 
 def _training_store(cfg: TrainConfig, env: D.DistEnv) -> Path:
     """The prepared store of the run: ``data.source`` itself when it is one, else prepared (rank 0)
-    into ``<run dir>/data/train.zarr`` from the fine source and its coarse twin."""
+    into ``<run dir>/data/train.zarr`` from the fine source and its coarse twin, with the recipe it
+    was built from (:mod:`xkmcast.train.store_recipe`), checked when the run directory is reused."""
     from ..data.prepare import open_store
 
     d = cfg.data
     src = Path(d.source) if d.source not in (None, "synthetic") else None
     if src is not None and src.exists() and open_store(src).attrs.get("xkmcast_store"):
         return src
+    from .store_recipe import check_recipe, store_recipe, write_recipe
+
     out = run_dir(cfg) / "data" / "train.zarr"
+    recipe = store_recipe(d)
+    if out.exists():
+        check_recipe(out, recipe)  # a changed data config: refuse rather than train on the old store
     if env.is_main and not out.exists():
         fine, coarse = _fine_and_coarse(cfg)
         from ..data.prepare import prepare
@@ -160,6 +166,7 @@ def _training_store(cfg: TrainConfig, env: D.DistEnv) -> Path:
         inputs = inputs or outputs[:1]
         prepare(fine, coarse, out, input_vars=inputs, output_vars=outputs, invariants=d.invariants,
                 regrid_method=d.regrid_method)
+        write_recipe(out, recipe)
     D.barrier(env)
     return out
 
@@ -250,13 +257,59 @@ def _spec(cfg: TrainConfig, data: RunData, base):
     if data.state_vars is not None:  # a user dataset class names its channels
         d = d.model_copy(update={"output_vars": d.output_vars or data.state_vars,
                                  "background_vars": d.background_vars or data.background_vars})
+    if base is not None and data.shape is not None:
+        _check_base_grid(base, data, cfg)
     spec = spec_from_config(cfg.model, d, shape)
+    _check_network_overrides(spec, cfg.model.network, skip=("regression",) if base is not None else ())
     if base is not None:
         spec.networks["regression"] = base.spec.networks["regression"]
         spec.stats, spec.grid = base.spec.stats, base.spec.grid
     elif data.stats is not None:
         spec.stats = {role: stats.to_dict() for role, stats in data.stats.items()}
     return spec
+
+
+def _check_network_overrides(spec, overrides: dict[str, Any], skip=()) -> None:
+    """ConfigError when ``model.network`` sets an argument the data decide (channels, image size)
+    to another value than the data give (it used to be silently replaced)."""
+    import json
+
+    for stage, entry in spec.networks.items():
+        if stage in skip:
+            continue
+        kwargs = entry.get("kwargs", {})
+        for key, value in overrides.items():
+            if key in kwargs and json.dumps(kwargs[key], default=list) != json.dumps(value, default=list):
+                raise ConfigError(explain(
+                    f"model.network.{key}={value!r} conflicts with the data",
+                    expected=f"{key}={kwargs[key]!r} for the {stage} network (from the variables, conditions and grid)",
+                    found=f"model.network.{key}={value!r}",
+                    fix=f"remove model.network.{key}: channel counts and the image size come from the data",
+                ))
+
+
+def _check_base_grid(base, data: RunData, cfg: TrainConfig) -> None:
+    """GridError when the regression bundle's grid is not the grid of the diffusion run's data."""
+    import numpy as np
+
+    from ..errors import GridError
+    from ..grid import find_grid
+
+    have = tuple(int(n) for n in base.spec.grid.get("shape", ()))
+    same = have == tuple(int(n) for n in data.shape)
+    if same and data.store is not None:
+        g = find_grid(data.store)
+        lat, lon = base.grid_lat.cpu().numpy(), base.grid_lon.cpu().numpy()
+        same = np.allclose(lat, g.lat, atol=1e-4) and np.allclose((lon - g.lon + 180) % 360 - 180, 0, atol=1e-4)
+    if not same:
+        raise GridError(explain(
+            "The regression bundle and the diffusion run's data are on different grids",
+            expected=f"the regression bundle's grid {list(have)} ({cfg.model.regression_bundle})",
+            found=f"training data on a grid of shape {list(data.shape)}"
+                  + ("" if have != tuple(data.shape) else " with other latitudes / longitudes"),
+            fix="train the diffusion stage on the data the regression bundle was trained on, "
+                "or point model.regression_bundle at a bundle of this grid",
+        ))
 
 
 def _attach_grid(pipeline, data: RunData, cfg: TrainConfig) -> None:
