@@ -16,12 +16,12 @@ from .errors import XkmcastError
 __all__ = ["reported_errors", "set_debug", "EXIT_ERROR", "signal_exit_code"]
 
 EXIT_ERROR = 2
-_state = {"debug": os.environ.get("XKMCAST_DEBUG", "") not in ("", "0")}
+_state = {"debug": False}
 
 
 def set_debug(on: bool) -> None:
-    """Show tracebacks of reported errors (the ``--debug`` option)."""
-    _state["debug"] = bool(on) or _state["debug"]
+    """Show tracebacks of reported errors: the ``--debug`` option of this invocation, or ``XKMCAST_DEBUG``."""
+    _state["debug"] = bool(on) or os.environ.get("XKMCAST_DEBUG", "") not in ("", "0")
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ __all__ = [
     "CheckpointError",
     "BundleError",
     "OptionalDependencyError",
+    "DataNotFoundError",
     "OutputExistsError",
     "OutputBusyError",
     "explain",
@@ -113,6 +114,10 @@ class CheckpointError(XkmcastError, ValueError):
 
 class BundleError(XkmcastError, ValueError):
     """A model bundle or imported checkpoint is malformed or does not match."""
+
+
+class DataNotFoundError(XkmcastError, FileNotFoundError):
+    """An input file or store named by the user does not exist."""
 
 
 class OutputExistsError(XkmcastError, FileExistsError):
