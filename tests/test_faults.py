@@ -24,8 +24,8 @@ from xkmcast.atomic import temporary_name
 from xkmcast.cli import app
 from xkmcast.errors import (ConfigError, CoordinateError, GridError, InvalidDataError, MissingVariableError,
                             TimeCoverageError)
-from xkmcast.inference import downscale
-from xkmcast.io import write_dataset
+from xkmcast.fields.downscale import downscale
+from xkmcast.fields.io import write_dataset
 from xkmcast.models import build_pipeline, corrdiff_spec
 from xkmcast.models.bundle import save_bundle
 from xkmcast.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -156,7 +156,7 @@ def test_hpa_labelled_pa_is_refused_lazily_and_writes_nothing(pipe, tmp_path):
 
 
 def test_ranges_live_in_the_one_variables_table():
-    from xkmcast.variables import variable_info
+    from xkmcast.fields.variables import variable_info
 
     assert variable_info("t2m").valid_range == (170.0, 340.0)
     assert variable_info("t850").valid_range == (150.0, 350.0)  # pressure levels take their base's range

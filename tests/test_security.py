@@ -18,10 +18,10 @@ import xarray as xr
 from _tiny import coarse_dataset, state_dataset, tiny_corrdiff, tiny_stormcast
 from xkmcast.atomic import atomic_path
 from xkmcast.errors import BundleError, CheckpointError, OutputBusyError, OutputExistsError, XkmcastError
-from xkmcast.inference import ModelRef, downscale
-from xkmcast.io import write_dataset
+from xkmcast.fields.downscale import ModelRef, downscale
+from xkmcast.fields.io import write_dataset
 from xkmcast.models.bundle import WEIGHTS, load_bundle, model_identity, save_bundle
-from xkmcast.rollout import forecast
+from xkmcast.fields.forecast import forecast
 from xkmcast.train.checkpoint import load_checkpoint, save_checkpoint
 
 

@@ -115,9 +115,9 @@ def downscale(
     check_ranges: bool = typer.Option(True, help="refuse physically implausible input values (wrong units)"),
 ) -> None:
     """Downscale INPUT with MODEL and write OUTPUT (streamed time chunk by time chunk)."""
-    from .inference import downscale as run
-    from .io import output_format, write_corrdiff_netcdf, write_dataset
-    from .validate import require_positive
+    from .fields.downscale import downscale as run
+    from .fields.io import output_format, write_corrdiff_netcdf, write_dataset
+    from .fields.validate import require_positive
 
     with reported_errors():
         require_positive(members=members, time_chunk=time_chunk, steps=steps, batch_size=batch_size)
@@ -155,8 +155,8 @@ def forecast(
     check_ranges: bool = typer.Option(True, help="refuse physically implausible input values (wrong units)"),
 ) -> None:
     """Roll MODEL forward from INIT and write OUTPUT (zarr: each step as soon as it is computed)."""
-    from .io import output_format, write_dataset
-    from .rollout import forecast as run
+    from .fields.io import output_format, write_dataset
+    from .fields.forecast import forecast as run
 
     with reported_errors():
         common = dict(steps=steps, members=members, seed=seed, sampler=sampler, num_steps=sampler_steps,
@@ -184,7 +184,7 @@ def score(
     """Score PREDICTION against TRUTH: CRPS, MAE, RMSE, spread, spread-skill per variable."""
     from rich.console import Console
 
-    from .scoring import format_table, score_files
+    from .fields.scoring import format_table, score_files
 
     with reported_errors():
         scores = score_files(prediction, truth, out=output, baseline_path=baseline, keep=keep, fair=fair)

@@ -293,7 +293,7 @@ def _check_base_grid(base, data: RunData, cfg: TrainConfig) -> None:
     import numpy as np
 
     from ..errors import GridError
-    from ..grid import find_grid
+    from ..fields.grid import find_grid
 
     have = tuple(int(n) for n in base.spec.grid.get("shape", ()))
     same = have == tuple(int(n) for n in data.shape)
@@ -316,7 +316,7 @@ def _attach_grid(pipeline, data: RunData, cfg: TrainConfig) -> None:
     """The model grid (lat / lon buffers, ``spec.grid``) and normalised invariants from the store."""
     import numpy as np
 
-    from ..grid import find_grid
+    from ..fields.grid import find_grid
 
     ds = data.store
     g = find_grid(ds)

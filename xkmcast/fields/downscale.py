@@ -21,7 +21,7 @@ import dask.array as dsa
 import numpy as np
 import xarray as xr
 
-from .errors import GridError, InvalidDataError, XkmcastError, explain
+from ..errors import GridError, InvalidDataError, XkmcastError, explain
 from .grid import Grid, find_grid
 from .variables import cf_attrs, select_variables
 
@@ -45,7 +45,7 @@ class ModelRef:
         self.path, self.device = str(path), str(device)
 
     def _stamp(self, folder) -> tuple:
-        from .models.bundle import CONFIG, WEIGHTS
+        from ..models.bundle import CONFIG, WEIGHTS
 
         stamp = []
         for name in (CONFIG, WEIGHTS):
@@ -64,7 +64,7 @@ class ModelRef:
         with self._lock:
             cached = self._cache.get(key)
             if cached is None or cached[0] != stamp or not stamp:
-                from .models.bundle import load_bundle
+                from ..models.bundle import load_bundle
 
                 self._cache[key] = (stamp, load_bundle(folder, device=self.device).eval())
             return self._cache[key][1]
@@ -72,7 +72,7 @@ class ModelRef:
 
 def resolve_model(model, device: str | None = None):
     """A pipeline from a pipeline, a bundle path or a :class:`ModelRef`; moved to ``device``."""
-    from .device import select_device
+    from ..device import select_device
 
     dev = select_device(device)
     if isinstance(model, ModelRef):
@@ -85,7 +85,7 @@ def resolve_model(model, device: str | None = None):
 def require_task(pipeline, *, forecast: bool) -> None:
     """XkmcastError unless ``pipeline`` forecasts (has ``step``) when ``forecast``, else downscales
     (has ``sample``); the message names the kinds that do (:data:`xkmcast.models.kinds.KINDS`)."""
-    from .models.kinds import KINDS
+    from ..models.kinds import KINDS
 
     if hasattr(pipeline, "step" if forecast else "sample"):
         return
@@ -131,7 +131,7 @@ def _wrap(dlon: np.ndarray) -> np.ndarray:
 
 def to_model_inputs(ds: xr.Dataset, pipeline, names, *, role: str = "input", regrid_method: str = "bilinear",
                     time_dim: str = "time", require_on_grid: bool = False, check_ranges: bool = True):
-    """Select ``names`` (canonical), check them (:mod:`xkmcast.validate`: times distinct and not
+    """Select ``names`` (canonical), check them (:mod:`xkmcast.fields.validate`: times distinct and not
     empty, values finite and, with ``check_ranges``, plausible), regrid onto the model grid and
     normalise: a lazy DataArray ``(time, channel, y, x)`` of float32 on the model grid, normalised
     with the statistics of ``role``. With ``require_on_grid`` a dataset that is
@@ -189,7 +189,7 @@ def downscale(
 ) -> xr.Dataset:
     """Downscale the coarse ``ds`` with ``model`` (a pipeline or a bundle path).
 
-    ``ds`` is a Dataset or a named DataArray. The input is checked first (:mod:`xkmcast.validate`):
+    ``ds`` is a Dataset or a named DataArray. The input is checked first (:mod:`xkmcast.fields.validate`):
     distinct, non-empty times; finite values (NaN like inf: an InvalidDataError naming the variable);
     values within each variable's plausible range unless ``check_ranges=False``.
 
@@ -202,7 +202,7 @@ def downscale(
     dask-backed input the result is dask-backed (one task per time chunk); with numpy input it is
     computed before returning.
     """
-    from .device import check_precision
+    from ..device import check_precision
     from .validate import as_dataset, require_positive
 
     check_precision(precision)
@@ -246,7 +246,7 @@ def _downscale_block(block: np.ndarray, *, handle, times, members, seed, include
     """One time chunk: (t, C_in, H, W) normalised -> (members [+1 mean], t, C_out, H, W) physical."""
     import torch
 
-    from .diffusion.seeds import row_seeds
+    from ..diffusion.seeds import row_seeds
 
     pipeline = handle.get() if isinstance(handle, ModelRef) else handle
     start, stop = block_info[0]["array-location"][0] if block_info else (0, block.shape[0])
@@ -262,7 +262,7 @@ def _downscale_block(block: np.ndarray, *, handle, times, members, seed, include
         )
     seeds = [row_seeds(seed, members, t) for t in times[start:stop]]
     cond = torch.from_numpy(np.ascontiguousarray(block)).to(pipeline.device)
-    from .device import autocast
+    from ..device import autocast
 
     with torch.no_grad(), autocast(pipeline.device, precision):
         samples, mean = pipeline.sample(cond, seeds=seeds, **{k: v for k, v in options.items() if v is not None})

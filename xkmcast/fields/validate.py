@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .errors import ConfigError, CoordinateError, InvalidDataError, TimeCoverageError, explain
+from ..errors import ConfigError, CoordinateError, InvalidDataError, TimeCoverageError, explain
 
 __all__ = ["as_dataset", "require_positive", "check_times", "checked_values"]
 
