@@ -76,7 +76,15 @@ def main() -> None:
     for title, cmd, out, code in sections:
         body += [f"## {title}", "", f"`python bench/{cmd}`" + ("" if code == 0 else f" (exit code {code})"), "",
                  "```text", out, "```", ""]
-    (HERE.parent / "docs" / "benchmarks.md").write_text("\n".join(head + body))
+    path = HERE.parent / "docs" / "benchmarks.md"
+    kept = ""  # bench/science.py records its own section (minutes of training): keep it
+    if path.exists():
+        old = path.read_text()
+        start = old.find("## Skill on real data")
+        if start >= 0:
+            end = old.find("\n## ", start + 1)
+            kept = old[start:] if end < 0 else old[start:end + 1]
+    path.write_text("\n".join(head + body) + ("\n" + kept if kept else ""))
     print(f"recorded in {HERE.parent / 'docs' / 'benchmarks.md'}")
 
 

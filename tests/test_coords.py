@@ -6,7 +6,7 @@ import cf_xarray
 import numpy as np
 import xarray as xr
 
-from xkmcast.fields import grid, scoring
+from xkmcast.fields import grid, scoring_align
 from xkmcast.fields.coords import COORDINATES, CRITERIA, coordinate_attrs, coordinate_key, coordinate_names
 from xkmcast.data import layouts
 
@@ -30,7 +30,7 @@ def test_criteria_are_accepted_by_cf_xarray_and_find_the_aliases():
 
 def test_the_readers_share_the_table():
     assert grid.LAT_ALIASES == coordinate_names("latitude") == COORDINATES["latitude"]["names"]
-    assert scoring.TIME_NAMES == coordinate_names("time")
+    assert scoring_align.TIME_NAMES == coordinate_names("time")  # the truth matching of scores
     assert grid.find_grid(_wrf_like()).lat_name == "XLAT"
     ds = layouts.read_cf(xr.Dataset({"t2m": (("nav_lat", "nav_lon"), np.zeros((2, 3)))},
                                     coords={"nav_lat": [1.0, 2.0], "nav_lon": [3.0, 4.0, 5.0]}))["data"]

@@ -149,3 +149,49 @@ def test_runs_on_dask_distributed(tmp_path, sources):
         out = _prepare(sources, tmp_path / "s.zarr")
     ds = open_store(out)
     assert ds.sizes["time"] == 4 and float(ds.orog.max()) > 0
+
+
+def test_statistics_only_from_the_statistics_window(tmp_path, sources):
+    """stats_times keeps evaluation times out of the normalisation: numpy over the window alone."""
+    fine, coarse = sources
+    window = slice(str(fine.time.values[2])[:19], str(fine.time.values[4])[:19])
+    out = _prepare(sources, tmp_path / "train.zarr", stats_times=window, log_vars=[])
+    ds = open_store(out)
+    stats = Stats.from_attrs(ds)
+    truth = fine["t2m"].sel(time=window).values.astype(np.float32).astype(np.float64)
+    np.testing.assert_allclose(stats.mean["target_t2m"], truth.mean(), rtol=1e-6)
+    np.testing.assert_allclose(stats.std["target_t2m"], truth.std(), rtol=1e-5)
+    everything = fine["t2m"].sel(time=ds.time).values.astype(np.float64)
+    assert abs(stats.mean["target_t2m"] - everything.mean()) > 1e-4  # the window made a difference
+    assert json.loads(ds.attrs["xkmcast_stats_times"]) == {"first": window.start, "last": window.stop, "count": 3}
+    with pytest.raises(TimeCoverageError):
+        _prepare(sources, tmp_path / "none.zarr", stats_times=slice("2030-01-01", None))
+
+
+def test_allow_outside_reaches_the_regridder_from_prepare_and_the_cli(tmp_path, sources):
+    from typer.testing import CliRunner
+
+    from xkmcast.cli import app
+    from xkmcast.errors import DomainCoverageError
+
+    fine, coarse = sources
+    east = coarse.sel(longitude=slice(-97.5, None))  # misses the western fine columns
+    with pytest.raises(DomainCoverageError, match="allow_outside"):
+        prepare(fine, east, tmp_path / "a.zarr", input_vars=["t2m"], output_vars=["t2m"])
+    with pytest.raises(ConfigError, match="allow_outsde"):
+        prepare(fine, east, tmp_path / "a.zarr", input_vars=["t2m"], output_vars=["t2m"],
+                regrid_options={"allow_outsde": True})
+    ds = open_store(prepare(fine, east, tmp_path / "a.zarr", input_vars=["t2m"], output_vars=["t2m"],
+                            regrid_options={"allow_outside": True}))
+    west = fine.lon.values < -97.5
+    assert np.isnan(ds.input_t2m.values[:, west]).all() and np.isfinite(ds.input_t2m.values[:, ~west]).all()
+    assert json.loads(ds.attrs["regrid_options"]) == {"allow_outside": True}
+    fine.to_netcdf(tmp_path / "fine.nc")
+    east.to_netcdf(tmp_path / "east.nc")
+    args = ["prepare", str(tmp_path / "fine.nc"), str(tmp_path / "b.zarr"), "--input", "t2m", "--output", "t2m",
+            "--coarse", str(tmp_path / "east.nc")]
+    assert CliRunner().invoke(app, args).exit_code != 0
+    result = CliRunner().invoke(app, [*args, "--allow-outside"])
+    assert result.exit_code == 0, result.output
+    cli = open_store(tmp_path / "b.zarr")
+    np.testing.assert_array_equal(cli.input_t2m.values, ds.input_t2m.values)

@@ -203,3 +203,21 @@ def test_forecast_lead_time_labels(store):
     for index, (i, j, k) in enumerate(f.pairs):
         assert j - i == k and labels[index] == k - 1
     assert f[0]["background"].shape == (0, 24, 20)
+
+
+def test_a_small_store_is_read_into_memory_once_with_the_same_items(tmp_path):
+    """Items of an in-memory store equal those read chunk by chunk (DownscalingSamples, ForecastSamples)."""
+    from xkmcast.data.prepare import prepare
+    from xkmcast.data.samples import DownscalingSamples, ForecastSamples
+    from xkmcast.data.synthetic import synthetic_pair
+
+    coarse, fine = synthetic_pair(nx=16, ny=16, factor=4, times=5, seed=3)
+    path = prepare(fine, coarse, tmp_path / "s.zarr", input_vars=["t2m", "msl"], output_vars=["t2m"],
+                   invariants=["orog"], regrid_method="nearest")
+    for cls, args in ((DownscalingSamples, (["t2m", "msl"], ["t2m"], ["orog"])), (ForecastSamples, (["t2m"], ["msl"], ["orog"]))):
+        fast, slow = cls(path, *args), cls(path, *args, in_memory=False)
+        a, b = fast[1], slow[1]
+        assert fast._open()["target_t2m"].variable._in_memory and not slow._open()["target_t2m"].variable._in_memory
+        for key in a:
+            left, right = (a[key], b[key]) if key != "state" else (torch.cat(a[key]), torch.cat(b[key]))
+            assert torch.equal(torch.as_tensor(left), torch.as_tensor(right)), key

@@ -48,6 +48,13 @@ def test_every_kind_and_stage_builds_from_the_table_defaults(kind, stage):
         assert set(getattr(m, f"{s}_conditions")) == set(row.conditions.get(s, ()))
     torch.manual_seed(0)
     spec = spec_from_config(m, cfg.data, SHAPE)
+    assert bool(spec.extra.get("input_skip")) == (row.input_skip and "regression" in spec.networks)
+    if spec.extra.get("input_skip"):  # the skip renormalises the input of each output: identity statistics
+        from xkmcast.data.stats import Stats
+
+        names = sorted({*cfg.data.input_vars, *cfg.data.output_vars, *INVARIANTS})
+        ident = Stats({n: 0.0 for n in names}, {n: 1.0 for n in names}).to_dict()
+        spec.stats = {"input": ident, "output": ident, "invariant": ident}
     pipe = build_pipeline(spec)
     assert type(pipe) is row.pipeline_class() and pipe.stage_names == row.stages
     assert spec.time_step == row.time_step

@@ -258,6 +258,29 @@ def test_import_mdlus_pair_equals_the_original(tmp_path):
         load_model(tmp_path / "regression.mdlus")
 
 
+def test_stormscope_exports_and_imports_as_physicsnemo_preconditioner(tmp_path):
+    """Stormscope's DiT saved as EDMPreconditioner(ConcatConditionWrapper(DiT)) (the StormScope package layout)
+    and imported with the metadata: the same forecast step."""
+    from xkmcast.nn.mdlus import EDMCheckpoint, read_mdlus, save_mdlus
+
+    spec = stormscope_spec(STATE_VARS, FINE_SHAPE, background_vars=["msl"], size="tiny", sampler={"num_steps": 2},
+                           diffusion_conditions=["state", "background"])
+    pipe = build_pipeline(spec).eval()
+    with torch.no_grad():
+        for p in pipe.parameters():  # adaLN-Zero and the output layers start at zero
+            p.add_(0.05 * torch.randn_like(p))
+    net = pipe.stages["diffusion"].model
+    path = save_mdlus(EDMCheckpoint(network=net, wrapper="EDMPreconditioner", sigma_data=0.5), tmp_path / "scope.mdlus")
+    assert read_mdlus(path).name == "EDMPreconditioner"
+    meta = {k: v for k, v in pipe.spec.to_dict().items() if k != "networks"}
+    meta.update(lat=pipe.grid_lat.numpy(), lon=pipe.grid_lon.numpy())
+    imported = load_model(mdlus={"diffusion": path}, spec=meta)
+    state, bg = torch.randn(1, len(STATE_VARS), *FINE_SHAPE), torch.randn(1, 1, *FINE_SHAPE)
+    a = pipe.step(state, bg, seeds=[5])
+    torch.testing.assert_close(imported.step(state, bg, seeds=[5]), a, atol=1e-5, rtol=1e-5)
+    assert a.std() > 0.1
+
+
 def test_a_sampler_named_per_call_brings_its_own_defaults():
     """The bundle says heun / 4 steps; naming euler gives euler's 9 steps, dpmpp_2m its 10 log-uniform."""
     from xkmcast.models.base import sampler_config

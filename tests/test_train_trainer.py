@@ -249,3 +249,22 @@ def test_bf16_training_learns_and_keeps_fp32_weights(store, tmp_path):
     assert np.mean(train_losses[-5:]) < np.mean(train_losses[:5]), train_losses
     weights = _checkpoint(run.run_dir, 20)
     assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float32}
+
+
+def test_training_statistics_come_from_the_training_times_only(store, tmp_path):
+    """With data.train_times, the normalisation of the run (and of its bundle) is that of the
+    training window, computed with numpy from the store, not the store's all-times statistics."""
+    from xkmcast.data.prepare import open_store
+    from xkmcast.train.setup import build_run
+
+    ds = open_store(store)
+    times = ds.time.values
+    window = (str(times[0])[:19], str(times[9])[:19])
+    cfg = tiny_config(store, tmp_path, f"data.train_times={{start: '{window[0]}', end: '{window[1]}'}}",
+                      f"data.valid_times={{start: '{str(times[10])[:19]}'}}")
+    pipeline, train_set, _ = build_run(cfg)
+    got = pipeline.spec.stats["output"]["t2m"]
+    values = ds["target_t2m"].sel(time=slice(*window)).values.astype(np.float64)
+    np.testing.assert_allclose([got["mean"], got["std"]], [values.mean(), values.std()], rtol=1e-6)
+    everything = ds["target_t2m"].values.astype(np.float64)
+    assert abs(got["std"] - everything.std()) > 1e-4 * everything.std()

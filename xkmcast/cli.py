@@ -108,6 +108,10 @@ def downscale(
     include_mean: bool = typer.Option(False, help="also write the regression mean as <var>_regression"),
     layout: str = typer.Option("cf", help="NetCDF layout: cf, or corrdiff (groups input / truth / prediction)"),
     truth: str | None = typer.Option(None, help="truth dataset to store in the corrdiff layout"),
+    regrid: str | None = typer.Option(None, "--regrid",
+                                      help="bilinear | nearest | conservative (default: as the model was trained)"),
+    allow_outside: bool = typer.Option(False, "--allow-outside",
+                                       help="model grid points the input does not cover come out NaN instead of an error"),
     device: str | None = typer.Option(None, help="cuda / cpu (default: automatic)"),
     precision: str = typer.Option("fp32", help="fp32, or amp-bf16 (bfloat16 autocast on CUDA and CPU)"),
     overwrite: bool = typer.Option(False, help="replace an existing output"),
@@ -125,6 +129,7 @@ def downscale(
         ds = _open_input(input, part, times).chunk({"time": time_chunk})
         result = run(ds, model, members=members, seed=seed, num_steps=steps, sampler=sampler, batch_size=batch_size,
                      time_chunk=time_chunk, include_mean=include_mean, device=device, precision=precision,
+                     regrid_method=regrid, regrid_options={"allow_outside": True} if allow_outside else None,
                      check_ranges=check_ranges)
         if layout == "corrdiff":
             truth_ds = _open_input(truth, "target" if part else None, times) if truth else None

@@ -174,6 +174,24 @@ def is_zarr_store(path: Path) -> bool:
         (path / m).exists() for m in (".zgroup", ".zattrs", ".zmetadata", "zarr.json")))
 
 
+def zarr_consolidated(path: Path) -> bool:
+    """Whether the zarr store at ``path`` has consolidated metadata (v2 ``.zmetadata``, or v3
+    ``consolidated_metadata`` in the root ``zarr.json``): the ``consolidated=`` to open it with, so
+    that xarray neither warns about missing consolidated metadata nor reads the store twice."""
+    path = Path(path)
+    if (path / ".zmetadata").exists():
+        return True
+    root = path / "zarr.json"
+    if root.exists():
+        import json
+
+        try:
+            return json.loads(root.read_text()).get("consolidated_metadata") is not None
+        except (OSError, ValueError):
+            return False
+    return False
+
+
 def _zarr_has(path: Path, name: str) -> bool:
     return any((path / name / m).exists() for m in (".zarray", "zarr.json"))
 
@@ -240,7 +258,7 @@ def read_cf(path: str | Path | xr.Dataset, **kwargs) -> dict[str, xr.Dataset]:
     else:
         path = Path(path)
         if is_zarr_store(path):
-            kwargs.setdefault("consolidated", (path / ".zmetadata").exists() or None)
+            kwargs.setdefault("consolidated", zarr_consolidated(path))
             ds = xr.open_zarr(path, **kwargs)
         else:
             ds = xr.open_dataset(path, chunks=kwargs.pop("chunks", {}), **kwargs)

@@ -36,7 +36,7 @@ import xarray as xr
 
 from ..fields.coords import coordinate_attrs
 from ..errors import InvalidDataError, MissingVariableError, explain
-from .layouts import channel_dataset, channel_names, index_xy, set_stats, variable_attrs
+from .layouts import channel_dataset, channel_names, index_xy, set_stats, variable_attrs, zarr_consolidated
 
 __all__ = ["read_cwa", "read_hrrr_mini"]
 
@@ -204,7 +204,7 @@ def read_cwa(path: str | Path, *, consolidated: bool | None = None, chunks: dict
     """Open the CWA Taiwan zarr store; see the module docstring."""
     path = Path(path)
     if consolidated is None:
-        consolidated = (path / ".zmetadata").exists() or None
+        consolidated = zarr_consolidated(path)
     ds = xr.open_zarr(path, consolidated=consolidated, chunks=chunks if chunks is not None else {})
     missing = [v for v in CWA_REQUIRED if v not in ds.variables]
     if missing:

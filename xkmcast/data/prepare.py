@@ -8,7 +8,8 @@ Layout of a prepared store (zarr v3, unconsolidated; one chunk per time step by 
     lat, lon (y, x), x, y (m), crs, time     the fine grid's CF coordinates
     attrs: xkmcast_store = "training/1"; xkmcast_input_vars / xkmcast_output_vars /
            xkmcast_invariants (JSON lists of canonical names); xkmcast_stats (JSON, keyed by the
-           store's variable names, see :mod:`xkmcast.data.stats`); regrid_method.
+           store's variable names, see :mod:`xkmcast.data.stats`); xkmcast_stats_times (JSON
+           ``{"first", "last", "count"}`` of the times the statistics cover); regrid_method.
 
 :func:`prepare` is lazy until the write (dask: it also runs on a ``dask.distributed`` cluster when
 ``out`` is on a filesystem the workers share), then computes the statistics from the written store
@@ -31,11 +32,34 @@ from ..errors import ConfigError, DataNotFoundError, MissingVariableError, TimeC
 from ..fields.grid import find_grid
 from .stats import DEFAULT_LOG_EPS, STATS_ATTR, Stats, compute_stats
 
-__all__ = ["prepare", "open_store", "store_names", "split_stats", "INPUT_PREFIX", "TARGET_PREFIX", "STORE_FORMAT"]
+__all__ = ["prepare", "open_store", "store_names", "split_stats", "select_times", "times_fingerprint",
+           "INPUT_PREFIX", "TARGET_PREFIX", "STORE_FORMAT", "STATS_TIMES_ATTR"]
 
 INPUT_PREFIX = "input_"
 TARGET_PREFIX = "target_"
 STORE_FORMAT = "training/1"
+#: the store attribute naming the times its statistics were computed over
+STATS_TIMES_ATTR = "xkmcast_stats_times"
+
+
+def select_times(ds: xr.Dataset, times) -> xr.Dataset:
+    """``ds`` at ``times``: None (all), a label slice, a list of labels, or a list of int positions."""
+    if times is None:
+        return ds
+    if isinstance(times, slice):
+        return ds.sel(time=times)
+    values = list(times)
+    if values and all(isinstance(v, (int, np.integer)) for v in values):
+        return ds.isel(time=values)
+    return ds.sel(time=np.asarray(values, dtype=ds["time"].dtype))
+
+
+def times_fingerprint(time: xr.DataArray) -> dict:
+    """``{"first", "last", "count"}`` of a time coordinate (ISO strings): what statistics cover."""
+    values = np.asarray(time.values)
+    if values.size == 0:
+        return {"first": None, "last": None, "count": 0}
+    return {"first": str(values.min())[:19], "last": str(values.max())[:19], "count": int(values.size)}
 
 
 def store_names(input_vars: Iterable[str] = (), output_vars: Iterable[str] = (), invariants: Iterable[str] = ()):
@@ -131,7 +155,7 @@ def _span(t: np.ndarray) -> str:
     return f"{t.size} times {t.min()} .. {t.max()}" if t.size else "no times"
 
 
-def _on_fine_grid(coarse: xr.Dataset, fine: xr.Dataset, method: str) -> xr.Dataset:
+def _on_fine_grid(coarse: xr.Dataset, fine: xr.Dataset, method: str, options: dict) -> xr.Dataset:
     """The coarse variables on the fine grid (Regridder; identity when the grids already agree)."""
     cg, fg = find_grid(coarse), find_grid(fine)
     if cg.shape == fg.shape and np.allclose(cg.lat, fg.lat) and np.allclose(cg.lon, fg.lon):
@@ -139,22 +163,31 @@ def _on_fine_grid(coarse: xr.Dataset, fine: xr.Dataset, method: str) -> xr.Datas
             [c for c in coarse.coords if set(coarse[c].dims) & {cg.y_dim, cg.x_dim}])
     from ..fields.regrid import Regridder
 
-    return Regridder(coarse, fine, method=method)(coarse)
+    return Regridder(coarse, fine, method=method, **options)(coarse)
 
 
 def prepare(fine: xr.Dataset, coarse: xr.Dataset, out: str | os.PathLike, *, input_vars: Sequence[str],
             output_vars: Sequence[str], invariants: Sequence[str] = (), times=None,
-            regrid_method: str = "bilinear", chunks: dict | None = None, log_vars: Iterable[str] = (),
-            log_eps: float = DEFAULT_LOG_EPS, convert_units: bool = True, overwrite: bool = False) -> Path:
+            regrid_method: str = "bilinear", regrid_options: dict | None = None, chunks: dict | None = None,
+            log_vars: Iterable[str] = (), log_eps: float = DEFAULT_LOG_EPS, convert_units: bool = True,
+            overwrite: bool = False, stats_times=None) -> Path:
     """Write the training store ``out`` (layout in the module docstring) and return its path.
 
     ``fine`` holds ``output_vars`` and ``invariants``; ``coarse`` holds ``input_vars`` (canonical
     names, found by alias / standard_name and converted to canonical units). Times are the inner join
     of both, optionally restricted by ``times`` (a label slice or a list); none left ->
-    TimeCoverageError. ``log_vars`` (canonical names) get the log1p transform in the statistics.
+    TimeCoverageError. ``regrid_options`` go to the :class:`~xkmcast.fields.regrid.Regridder` (``allow_outside``,
+    ``subsample``, ``backend``) and are recorded with ``regrid_method``. ``log_vars`` (canonical names) get the
+    log1p transform in the statistics.
+    ``stats_times`` (a label slice, labels or positions; default all times) restricts the times the
+    statistics are computed over, e.g. to the training window, so that no evaluation time leaks
+    into the normalisation; the store records them in ``xkmcast_stats_times``.
     ``chunks`` overrides the default ``{"time": 1, y: -1, x: -1}``.
     """
+    from ..fields.regrid import check_options
+
     out = Path(out)
+    regrid_options = check_options(regrid_options)
     if out.exists() and not overwrite:
         raise ConfigError(explain("The output store exists already", found=str(out),
                                   fix="pass overwrite=True or choose another path"))
@@ -168,7 +201,7 @@ def prepare(fine: xr.Dataset, coarse: xr.Dataset, out: str | os.PathLike, *, inp
     coarse_sel = coarse_sel.rename({cdim: "time"}) if cdim != "time" else coarse_sel
     common = _common_times(fine_sel, coarse_sel, times)
     grid = find_grid(fine_sel)
-    on_fine = _on_fine_grid(coarse_sel.sel(time=common), fine_sel, regrid_method)
+    on_fine = _on_fine_grid(coarse_sel.sel(time=common), fine_sel, regrid_method, regrid_options)
 
     data = {}
     for v in input_vars:
@@ -193,16 +226,21 @@ def prepare(fine: xr.Dataset, coarse: xr.Dataset, out: str | os.PathLike, *, inp
         "xkmcast_output_vars": json.dumps(list(output_vars)),
         "xkmcast_invariants": json.dumps(list(invariants)),
         "regrid_method": regrid_method,
+        "regrid_options": json.dumps(regrid_options),
         "title": "xkmcast training store",
     }
 
     with atomic_path(out, overwrite=overwrite) as tmp:
         ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=True)
-        written = xr.open_zarr(tmp, consolidated=False)
+        written = select_times(xr.open_zarr(tmp, consolidated=False), stats_times)
+        if written.sizes["time"] == 0:
+            raise TimeCoverageError(explain("No store time lies in the statistics window", found=stats_times,
+                                            expected=f"times within {_span(common)}"))
         stats = compute_stats(written, [*i_names, *o_names, *inv_names], log_vars={n: log_eps for n in log_names})
         import zarr
 
-        zarr.open_group(str(tmp), mode="r+", zarr_format=3).attrs.update({STATS_ATTR: stats.to_json()})
+        zarr.open_group(str(tmp), mode="r+", zarr_format=3).attrs.update(
+            {STATS_ATTR: stats.to_json(), STATS_TIMES_ATTR: json.dumps(times_fingerprint(written["time"]))})
     return out
 
 

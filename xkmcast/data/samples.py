@@ -14,6 +14,9 @@ otherwise ``<v>`` itself (so any Dataset with the coarse input already on the fi
 Values are float32 tensors, normalised with the store's ``xkmcast_stats`` (or ``stats=`` given, or
 computed once at construction when neither exists; ``stats=False`` turns normalisation off).
 
+Speed: a store of at most ``IN_MEMORY_BYTES`` (1 GiB; ``in_memory=`` overrides) is read into memory
+once per process on first use, so items are sliced from arrays instead of read chunk by chunk.
+
 Worker safety: a path is opened lazily in each process, on first use, and re-opened when the process
 id changes (fork); pickling (spawn) drops the open handle. Items depend only on the index, so any
 ``num_workers`` and any ``DistributedSampler`` split give the same items.
@@ -33,13 +36,16 @@ from ..errors import ConfigError, MissingVariableError, TimeCoverageError, expla
 from .prepare import INPUT_PREFIX, TARGET_PREFIX, open_store
 from .stats import Stats, as_stats, compute_stats
 
-__all__ = ["DownscalingSamples", "ForecastSamples"]
+__all__ = ["DownscalingSamples", "ForecastSamples", "IN_MEMORY_BYTES"]
+
+#: stores up to this size are read into memory once per process (see the module docstring)
+IN_MEMORY_BYTES = 1 << 30
 
 
 class _StoreSamples(torch.utils.data.Dataset):
     """Lazy, fork/spawn-safe access to a store or an in-memory Dataset (shared by both datasets)."""
 
-    def __init__(self, store_or_ds, stats):
+    def __init__(self, store_or_ds, stats, in_memory: bool | None = None):
         if isinstance(store_or_ds, xr.Dataset):
             self._path, self._mem = None, store_or_ds
         else:
@@ -48,19 +54,27 @@ class _StoreSamples(torch.utils.data.Dataset):
         self._pid: int | None = None
         self._inv_cache: np.ndarray | None = None
         self._stats_arg = stats
+        self._in_memory = in_memory
+        self._loading = False  # the metadata handle of __init__ is not loaded
 
     def _open(self) -> xr.Dataset:
         if self._mem is not None:
             return self._mem
         if self._ds is None or self._pid != os.getpid():
-            self._ds, self._pid, self._inv_cache = open_store(self._path), os.getpid(), None
+            ds = open_store(self._path)
+            keep = self._in_memory if self._in_memory is not None else ds.nbytes <= IN_MEMORY_BYTES
+            if keep and self._loading:
+                ds = ds.load()
+            self._ds, self._pid, self._inv_cache = ds, os.getpid(), None
         return self._ds
 
     def _close(self) -> None:
-        """Close the handle opened for reading metadata in the main process (before any fork)."""
+        """Close the handle opened for reading metadata in the main process (before any fork); items
+        are read through a handle opened afterwards (in memory when the store is small)."""
         if self._path is not None and self._ds is not None:
             self._ds.close()
         self._ds, self._pid, self._inv_cache = None, None, None
+        self._loading = True
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -139,8 +153,8 @@ class DownscalingSamples(_StoreSamples):
     """Pairs (coarse input on the fine grid + invariants, fine target), whole fields (one item per time)."""
 
     def __init__(self, store_or_ds, input_vars: Sequence[str], output_vars: Sequence[str],
-                 invariants: Sequence[str] = (), *, stats=None, times=None):
-        super().__init__(store_or_ds, stats)
+                 invariants: Sequence[str] = (), *, stats=None, times=None, in_memory: bool | None = None):
+        super().__init__(store_or_ds, stats, in_memory)
         ds = self._open()
         try:
             self.input_names = self._resolve(ds, input_vars, INPUT_PREFIX, "Input")
@@ -191,8 +205,9 @@ class ForecastSamples(_StoreSamples):
 
     def __init__(self, store_or_ds, state_vars: Sequence[str], background_vars: Sequence[str] = (),
                  invariants: Sequence[str] = (), *, stats=None, step=1, times=None,
-                 lead_time_steps: int | None = None, background_at: str = "current"):
-        super().__init__(store_or_ds, stats)
+                 lead_time_steps: int | None = None, background_at: str = "current",
+                 in_memory: bool | None = None):
+        super().__init__(store_or_ds, stats, in_memory)
         if background_at not in ("current", "next"):
             raise ConfigError(explain("Unknown background_at", expected=["current", "next"], found=background_at))
         ds = self._open()

@@ -17,6 +17,11 @@ top/left (and as much as needed on the bottom/right); patches of (ph, pw) tile i
 them, patch index p = ix * ny + iy. :meth:`GridPatching.fuse` sums the patches back, crops the
 padding and divides by the number of patches covering each pixel (overlaps averaged), so fusing
 the split of an image returns the image. Rectangular patches and rectangular domains are allowed.
+
+Periodic x (``periodic_x=True``, a global grid in longitude): training corners range over every
+column and patches wrap around the last column to the first (global index columns modulo W);
+in inference the domain is padded circularly along x (reflect along y) and the padded columns are
+summed back onto the columns they copy, so patches across the seam blend like any others.
 """
 
 from __future__ import annotations
@@ -52,32 +57,37 @@ def random_patch_offsets(
     *,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    periodic_x: bool = False,
 ) -> Tensor:
-    """(P, 2) long tensor of top-left corners (y0, x0), y0 ~ U{0..H-ph}, x0 ~ U{0..W-pw}."""
+    """(P, 2) long tensor of top-left corners (y0, x0), y0 ~ U{0..H-ph}, x0 ~ U{0..W-pw}
+    (``periodic_x``: x0 ~ U{0..W-1}, the patch wrapping around)."""
     (H, W), (ph, pw) = _pair(domain_shape), _pair(patch_shape)
     if ph > H or pw > W:
         raise GridError(explain("the patch is larger than the domain", expected=f"patch <= {(H, W)}",
                                 found=(ph, pw), fix="use a smaller patch_shape"))
     gdev = generator.device if generator is not None else (device or "cpu")
     y0 = torch.randint(0, H - ph + 1, (num_patches,), generator=generator, device=gdev)
-    x0 = torch.randint(0, W - pw + 1, (num_patches,), generator=generator, device=gdev)
+    x0 = torch.randint(0, W if periodic_x else W - pw + 1, (num_patches,), generator=generator, device=gdev)
     return torch.stack([y0, x0], dim=1).to(device or gdev)
 
 
-def global_index(offsets: Tensor, patch_shape: tuple[int, int] | int) -> Tensor:
-    """(P, 2, ph, pw) pixel coordinates (y, x) in the full grid of patches with top-left ``offsets``."""
+def global_index(offsets: Tensor, patch_shape: tuple[int, int] | int, periodic_width: int | None = None) -> Tensor:
+    """(P, 2, ph, pw) pixel coordinates (y, x) in the full grid of patches with top-left ``offsets``;
+    columns modulo ``periodic_width`` when given (patches wrapping around a periodic x)."""
     ph, pw = _pair(patch_shape)
     dy = torch.arange(ph, device=offsets.device).reshape(1, ph, 1)
     dx = torch.arange(pw, device=offsets.device).reshape(1, 1, pw)
     yy = (offsets[:, 0].reshape(-1, 1, 1) + dy).expand(-1, ph, pw)
     xx = (offsets[:, 1].reshape(-1, 1, 1) + dx).expand(-1, ph, pw)
+    if periodic_width is not None:
+        xx = torch.remainder(xx, periodic_width)
     return torch.stack([yy, xx], dim=1).long()
 
 
-def extract_patches(x: Tensor, offsets: Tensor, patch_shape: tuple[int, int] | int) -> Tensor:
+def extract_patches(x: Tensor, offsets: Tensor, patch_shape: tuple[int, int] | int, periodic_x: bool = False) -> Tensor:
     """Cut the patches at ``offsets`` (P, 2) from every sample of x (B, C, H, W): (P*B, C, ph, pw),
-    row p * B + b = x[b, :, y0_p:y0_p+ph, x0_p:x0_p+pw]."""
-    gi = global_index(offsets.to(x.device), patch_shape)  # (P, 2, ph, pw)
+    row p * B + b = x[b, :, y0_p:y0_p+ph, x0_p:x0_p+pw] (columns modulo W with ``periodic_x``)."""
+    gi = global_index(offsets.to(x.device), patch_shape, x.shape[-1] if periodic_x else None)  # (P, 2, ph, pw)
     patches = x[:, :, gi[:, 0], gi[:, 1]]  # advanced indexing -> (B, C, P, ph, pw)
     return patches.permute(2, 0, 1, 3, 4).reshape((-1, x.shape[1]) + tuple(gi.shape[2:]))
 
@@ -107,6 +117,7 @@ def random_patches(
     context: Tensor | None = None,
     generator: torch.Generator | None = None,
     offsets: Tensor | None = None,
+    periodic_x: bool = False,
 ) -> RandomPatches:
     """Random training patches of a fine target (B, C, H, W) and its condition.
 
@@ -114,26 +125,30 @@ def random_patches(
     first resized bilinearly to (H, W). ``context`` (B, Cx, h', w'), e.g. the low-resolution input,
     is resized as a whole to the patch size and appended to the condition channels
     (cat([condition patch, context resized])). Give ``offsets`` (P, 2) to reuse positions.
+    ``periodic_x``: corners anywhere along x, patches wrapping around (module docstring).
     """
     B, _, H, W = target.shape
     ph, pw = _pair(patch_shape)
     if offsets is None:
-        offsets = random_patch_offsets((H, W), (ph, pw), num_patches, generator=generator, device=target.device)
+        offsets = random_patch_offsets((H, W), (ph, pw), num_patches, generator=generator, device=target.device,
+                                       periodic_x=periodic_x)
     offsets = offsets.to(target.device)
     cond = None
     if condition is not None:
-        cond = extract_patches(resize_to(condition, (H, W)), offsets, (ph, pw))
+        cond = extract_patches(resize_to(condition, (H, W)), offsets, (ph, pw), periodic_x)
     if context is not None:
         ctx = resize_to(context, (ph, pw)).repeat(offsets.shape[0], 1, 1, 1)
         cond = ctx if cond is None else torch.cat([cond, ctx.to(cond.dtype)], dim=1)
-    return RandomPatches(extract_patches(target, offsets, (ph, pw)), cond, offsets, global_index(offsets, (ph, pw)))
+    return RandomPatches(extract_patches(target, offsets, (ph, pw), periodic_x), cond, offsets,
+                         global_index(offsets, (ph, pw), W if periodic_x else None))
 
 
 class GridPatching:
     """Overlapping grid patches of a (H, W) domain for inference, and their fusion.
 
     Parameters: ``domain_shape`` (H, W), ``patch_shape`` (ph, pw) or an int, ``overlap`` pixels
-    shared by neighbouring patches (default 4), ``boundary`` pixels of padding (default 2).
+    shared by neighbouring patches (default 4), ``boundary`` pixels of padding (default 2),
+    ``periodic_x`` circular padding along x with the padded columns fused back where they came from.
     Needs ph > overlap + 2 boundary (and likewise for pw).
     """
 
@@ -143,7 +158,9 @@ class GridPatching:
         patch_shape: tuple[int, int] | int,
         overlap: int = 4,
         boundary: int = 2,
+        periodic_x: bool = False,
     ):
+        self.periodic_x = bool(periodic_x)
         self.domain_shape, self.patch_shape = _pair(domain_shape), _pair(patch_shape)
         self.overlap, self.boundary = int(overlap), int(boundary)
         for p, name in zip(self.patch_shape, ("height", "width")):
@@ -164,7 +181,7 @@ class GridPatching:
                                     found=f"padding (l, r, t, b) = {self.padding}",
                                     fix="use smaller patches, or no patching for such a small domain"))
         ones = torch.ones((1, 1) + self.padded_shape, dtype=torch.float64)
-        self._count = self._fold(self._unfold(ones))  # patches covering each padded pixel
+        self._count = self._crop(self._fold(self._unfold(ones)))  # patches covering each pixel
 
     @property
     def num_patches(self) -> int:
@@ -185,7 +202,20 @@ class GridPatching:
         return F.fold(cols, output_size=self.padded_shape, kernel_size=self.patch_shape, stride=self.stride)
 
     def _pad(self, x: Tensor) -> Tensor:
+        if self.periodic_x:
+            left, right, top, bottom = self.padding
+            return F.pad(F.pad(x, (left, right, 0, 0), mode="circular"), (0, 0, top, bottom), mode="reflect")
         return F.pad(x, self.padding, mode="reflect")
+
+    def _crop(self, padded: Tensor) -> Tensor:
+        """(B, C, Hp, Wp) sums over the padded domain -> (B, C, H, W): rows cropped; columns cropped,
+        or with ``periodic_x`` every padded column added onto the column it copies."""
+        (H, W), (left, _, top, _) = self.domain_shape, self.padding
+        rows = padded[..., top:top + H, :]
+        if not self.periodic_x:
+            return rows[..., left:left + W]
+        cols = torch.remainder(torch.arange(rows.shape[-1], device=rows.device) - left, W)
+        return rows.new_zeros(rows.shape[:-1] + (W,)).index_add_(-1, cols, rows)
 
     def split(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """(B, C, H, W) -> (P*B, C, ph, pw); ``context`` (B, Cx, h, w) resized to the patch size is
@@ -203,10 +233,8 @@ class GridPatching:
         """(P*B, C, ph, pw) -> (B, C, H, W): overlaps averaged, padding cropped."""
         if batch_size is not None and patches.shape[0] != batch_size * self.num_patches:
             raise ValueError(f"{patches.shape[0]} patches for batch {batch_size} x {self.num_patches} patches")
-        summed = self._fold(patches)
-        count = self._count.to(device=summed.device, dtype=summed.dtype)
-        (H, W), (left, _, top, _) = self.domain_shape, self.padding
-        return (summed / count)[..., top:top + H, left:left + W]
+        summed = self._crop(self._fold(patches))
+        return summed / self._count.to(device=summed.device, dtype=summed.dtype)
 
     def offsets(self, device: torch.device | str | None = None) -> Tensor:
         """(P, 2) top-left corners (y0, x0) of the patches in the unpadded grid (may be negative)."""
@@ -217,7 +245,7 @@ class GridPatching:
 
     def global_index(self, device: torch.device | str | None = None) -> Tensor:
         """(P, 2, ph, pw) long: the (y, x) pixel of the full grid seen by each patch pixel; pixels in
-        the padding carry the coordinates of the pixel reflected into them."""
+        the padding carry the coordinates of the pixel reflected (or wrapped) into them."""
         H, W = self.domain_shape
         yy, xx = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64),
                                 indexing="ij")

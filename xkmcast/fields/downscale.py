@@ -4,7 +4,8 @@
 variables the bundle asks for, found by canonical name / CF standard name / alias, units converted),
 regrids it onto the bundle's fine grid, normalises it, runs the pipeline's ``sample`` (regression +
 residual diffusion for CorrDiff) one time chunk at a time inside a dask graph, denormalises and
-returns a CF-annotated Dataset with dims ``(member, time, y, x)``.
+returns a CF-annotated Dataset with dims ``(member, time, y, x)`` (on a lat/lon model grid, its
+latitude / longitude dims in place of ``y`` / ``x``).
 
 Reproducibility contract: the noise of member ``k`` at valid time ``t`` comes from a generator seeded
 by :func:`xkmcast.diffusion.seeds.row_seed` ``(seed, k, t)`` only, so the result does not depend on
@@ -22,10 +23,11 @@ import numpy as np
 import xarray as xr
 
 from ..errors import GridError, InvalidDataError, XkmcastError, explain
-from .grid import Grid, find_grid
+from .grid import Grid, find_grid, make_latlon_grid
 from .variables import cf_attrs, select_variables
 
-__all__ = ["downscale", "model_grid", "model_result", "ModelRef", "resolve_model", "to_model_inputs"]
+__all__ = ["downscale", "grid_dims", "model_grid", "model_result", "regrid_defaults", "ModelRef", "resolve_model",
+           "to_model_inputs"]
 
 
 # ----------------------------------------------------------------------------------------- models
@@ -111,11 +113,23 @@ def _graph_handle(model, pipeline):
 # ------------------------------------------------------------------------------------------ grids
 
 
+def grid_dims(pipeline) -> tuple[str, str]:
+    """The dims of the model grid in results: the 1-D latitude / longitude dims of a lat/lon grid
+    (``spec.grid["latlon_dims"]``, e.g. ``("latitude", "longitude")``), else ``("y", "x")``."""
+    dims = pipeline.spec.grid.get("latlon_dims")
+    return (str(dims[0]), str(dims[1])) if dims else ("y", "x")
+
+
 def model_grid(pipeline) -> xr.Dataset:
-    """The model's fine grid as a coordinates-only CF Dataset (dims ``y``, ``x``)."""
+    """The model's fine grid as a coordinates-only CF Dataset: 1-D latitude / longitude dims and
+    coordinates for a lat/lon grid (:func:`grid_dims`); else dims ``y`` / ``x`` with 2-D ``lat`` /
+    ``lon``, and ``y`` / ``x`` values in metres (axis Y / X) and the ``crs`` of a projected grid."""
     spec = pipeline.spec.grid
     lat = pipeline.grid_lat.detach().cpu().numpy().astype(float)
     lon = pipeline.grid_lon.detach().cpu().numpy().astype(float)
+    if spec.get("latlon_dims"):
+        ydim, xdim = grid_dims(pipeline)
+        return make_latlon_grid(lat[:, 0], lon[0, :], lat_name=ydim, lon_name=xdim)
     x = np.asarray(spec["x"], float) if spec.get("x") is not None else None
     y = np.asarray(spec["y"], float) if spec.get("y") is not None else None
     grid = Grid("y", "x", None, lat, lon, "lat", "lon", x, y, "x", "y", None, spec.get("grid_mapping"))
@@ -130,22 +144,25 @@ def _wrap(dlon: np.ndarray) -> np.ndarray:
 
 
 def to_model_inputs(ds: xr.Dataset, pipeline, names, *, role: str = "input", regrid_method: str = "bilinear",
-                    time_dim: str = "time", require_on_grid: bool = False, check_ranges: bool = True):
+                    regrid_options: dict | None = None, time_dim: str = "time", require_on_grid: bool = False,
+                    check_ranges: bool = True):
     """Select ``names`` (canonical), check them (:mod:`xkmcast.fields.validate`: times distinct and not
-    empty, values finite and, with ``check_ranges``, plausible), regrid onto the model grid and
-    normalise: a lazy DataArray ``(time, channel, y, x)`` of float32 on the model grid, normalised
-    with the statistics of ``role``. With ``require_on_grid`` a dataset that is
-    not already on the model grid is refused (GridError) instead of regridded."""
-    from .regrid import Regridder
+    empty, values finite and, with ``check_ranges``, plausible), regrid onto the model grid
+    (``regrid_method``, with the :class:`~xkmcast.fields.regrid.Regridder` options ``regrid_options``)
+    and normalise: a lazy DataArray ``(time, channel, y, x)`` of float32 on the model grid, normalised
+    with the statistics of ``role``. With ``require_on_grid`` a dataset that is not already on the
+    model grid is refused (GridError) instead of regridded."""
+    from .regrid import Regridder, check_options
     from .validate import as_dataset, check_times, checked_values
 
     selected = select_variables(as_dataset(ds, role), names)
     target = model_grid(pipeline)
+    tlat, tlon = (pipeline.grid_lat.detach().cpu().numpy(), pipeline.grid_lon.detach().cpu().numpy())
     src_grid = find_grid(selected)
     check_times(selected, src_grid.time_dim, role)
     selected = checked_values(selected, names, check_ranges=check_ranges, time_dim=src_grid.time_dim)
-    same = src_grid.shape == target.lat.shape and np.allclose(src_grid.lat, target.lat.values, atol=1e-4) and \
-        np.allclose(_wrap(src_grid.lon - target.lon.values), 0.0, atol=1e-4)
+    same = src_grid.shape == tlat.shape and np.allclose(src_grid.lat, tlat, atol=1e-4) and \
+        np.allclose(_wrap(src_grid.lon - tlon), 0.0, atol=1e-4)
     if same:
         on_grid = selected.rename({src_grid.y_dim: "y", src_grid.x_dim: "x"})
         on_grid = on_grid.drop_vars([c for c in on_grid.coords if set(on_grid[c].dims) & {"y", "x"}])
@@ -153,14 +170,15 @@ def to_model_inputs(ds: xr.Dataset, pipeline, names, *, role: str = "input", reg
         raise GridError(
             explain(
                 "The state is not on the model's grid",
-                expected=f"the bundle's grid {target.lat.shape} "
-                f"(lat {float(target.lat.min()):.3f}..{float(target.lat.max()):.3f})",
+                expected=f"the bundle's grid {tlat.shape} (lat {tlat.min():.3f}..{tlat.max():.3f})",
                 found=f"grid {src_grid.shape} (lat {src_grid.lat.min():.3f}..{src_grid.lat.max():.3f})",
                 fix="give the initial state on the grid the model was trained on",
             )
         )
     else:
-        on_grid = Regridder(selected, target, method=regrid_method)(selected)
+        on_grid = Regridder(selected, target, method=regrid_method, **check_options(regrid_options))(selected)
+        ty, tx = grid_dims(pipeline)
+        on_grid = on_grid.rename({ty: "y", tx: "x"}) if (ty, tx) != ("y", "x") else on_grid
     normed = pipeline.stats_for(role).normalise(on_grid[list(names)])
     if src_grid.time_dim and src_grid.time_dim != time_dim:
         normed = normed.rename({src_grid.time_dim: time_dim})
@@ -182,12 +200,19 @@ def downscale(
     batch_size: int | None = None,
     time_chunk: int = 1,
     include_mean: bool = False,
-    regrid_method: str = "bilinear",
+    regrid_method: str | None = None,
+    regrid_options: dict | None = None,
     device: str | None = None,
     precision: str = "fp32",
     check_ranges: bool = True,
 ) -> xr.Dataset:
     """Downscale the coarse ``ds`` with ``model`` (a pipeline or a bundle path).
+
+    ``regrid_method`` / ``regrid_options`` (e.g. ``{"allow_outside": True}``): how ``ds`` is regridded
+    onto the model grid; by default as the model's training inputs were (``spec.grid["regrid"]``,
+    bilinear for bundles that do not record it), the options given updating the recorded ones. With
+    ``allow_outside`` the model grid points ``ds`` does not cover come out NaN (the network sees the
+    normalised mean there); without it they raise DomainCoverageError.
 
     ``ds`` is a Dataset or a named DataArray. The input is checked first (:mod:`xkmcast.fields.validate`):
     distinct, non-empty times; finite values (NaN like inf: an InvalidDataError naming the variable);
@@ -197,7 +222,8 @@ def downscale(
     networks under bfloat16 autocast (CUDA and CPU), the sampler state staying float64.
 
     Returns a Dataset on the model grid with one variable per output channel, dims
-    ``(member, time, y, x)``, 2-D ``lat`` / ``lon``, the grid's ``crs`` and CF attributes; with
+    ``(member, time, y, x)``, 2-D ``lat`` / ``lon``, the grid's ``crs`` and CF attributes (on a lat/lon
+    model grid dims ``(member, time, <lat>, <lon>)`` with 1-D coordinates, see :func:`model_grid`); with
     ``include_mean`` also ``<var>_regression`` ``(time, y, x)``, the regression mean. With
     dask-backed input the result is dask-backed (one task per time chunk); with numpy input it is
     computed before returning.
@@ -212,7 +238,9 @@ def downscale(
     spec = pipeline.spec
     require_task(pipeline, forecast=False)
     lazy_input = any(v.chunks is not None for v in ds.data_vars.values())
-    inputs = to_model_inputs(ds, pipeline, spec.input_vars, regrid_method=regrid_method, check_ranges=check_ranges)
+    method, options = regrid_defaults(pipeline, regrid_method, regrid_options)
+    inputs = to_model_inputs(ds, pipeline, spec.input_vars, regrid_method=method, regrid_options=options,
+                             check_ranges=check_ranges)
     inputs = inputs.chunk({"time": time_chunk, "channel": -1, "y": -1, "x": -1})
     times = inputs["time"].values
     n_out = len(spec.output_vars)
@@ -226,6 +254,7 @@ def downscale(
         include_mean=include_mean,
         options={"sampler": sampler, "num_steps": num_steps, "patch": patch, "batch_size": batch_size},
         precision=precision,
+        outside_nan=bool(options.get("allow_outside")),
     )
     data = dsa.map_blocks(
         run,
@@ -241,15 +270,31 @@ def downscale(
     return result if lazy_input else result.compute()
 
 
+def regrid_defaults(pipeline, method: str | None, options: dict | None) -> tuple[str, dict]:
+    """``(method, options)`` of a call: ``method`` or the one recorded in ``spec.grid["regrid"]`` (else
+    bilinear); the recorded options when the method is the recorded one, updated with ``options``."""
+    recorded = pipeline.spec.grid.get("regrid") or {}
+    rec_method = recorded.get("method", "bilinear")
+    chosen = method or rec_method
+    base = dict(recorded.get("options") or {}) if chosen == rec_method else {}
+    return chosen, {**base, **(options or {})}
+
+
 def _downscale_block(block: np.ndarray, *, handle, times, members, seed, include_mean, options, precision="fp32",
-                     block_info=None):
-    """One time chunk: (t, C_in, H, W) normalised -> (members [+1 mean], t, C_out, H, W) physical."""
+                     outside_nan=False, block_info=None):
+    """One time chunk: (t, C_in, H, W) normalised -> (members [+1 mean], t, C_out, H, W) physical.
+
+    ``outside_nan`` (``allow_outside``): grid points where the input is NaN (outside its domain) are fed
+    zeros (the normalised mean) and come out NaN; otherwise NaN input is refused."""
     import torch
 
     from ..diffusion.seeds import row_seeds
 
     pipeline = handle.get() if isinstance(handle, ModelRef) else handle
     start, stop = block_info[0]["array-location"][0] if block_info else (0, block.shape[0])
+    outside = ~np.isfinite(block).all(axis=1) if outside_nan else None  # (t, H, W)
+    if outside is not None:
+        block = np.where(outside[:, None], 0.0, block).astype(block.dtype)
     if not np.isfinite(block).all():
         bad = [str(t) for t, b in zip(times[start:stop], block) if not np.isfinite(b).all()]
         raise InvalidDataError(
@@ -269,15 +314,19 @@ def _downscale_block(block: np.ndarray, *, handle, times, members, seed, include
     out = samples.float().cpu().numpy()  # (M, t, C_out, H, W)
     if include_mean:
         out = np.concatenate([out, mean.float().cpu().numpy()[None]], axis=0)
+    if outside is not None:
+        out = np.where(outside[None, :, None], np.nan, out)
     return pipeline.stats_for("output").denormalise(out, pipeline.spec.output_vars, axis=2).astype(np.float32)
 
 
 def model_result(pipeline, data, dims: tuple[str, ...], coords: dict, task: str, mean=None) -> xr.Dataset:
     """The CF Dataset of a model's output: one variable per output channel of ``data``
-    ``(*dims, channel, y, x)`` (``dims`` starting with ``member``), on the model grid (2-D lat / lon,
-    ``crs``), with ``coords`` for the other dims; ``mean`` ``(*dims[1:], channel, y, x)`` adds
+    ``(*dims, channel, y, x)`` (``dims`` starting with ``member``), on the model grid
+    (:func:`model_grid`: its lat/lon dims, or y / x with 2-D lat / lon and ``crs``), with ``coords``
+    for the other dims; ``mean`` ``(*dims[1:], channel, y, x)`` adds
     ``<var>_regression``, the regression mean. ``task`` ("downscaling", "forecast") names the source."""
     grid = model_grid(pipeline)
+    ydim, xdim = grid_dims(pipeline)
     members = data.shape[0]
     all_coords = {**grid.coords, "member": ("member", np.arange(members), {"long_name": "ensemble member"}), **coords}
     gm = {"grid_mapping": "crs"} if "crs" in grid.coords else {}
@@ -285,10 +334,10 @@ def model_result(pipeline, data, dims: tuple[str, ...], coords: dict, task: str,
     variables = {}
     for i, name in enumerate(pipeline.spec.output_vars):
         attrs = {**cf_attrs(name), **gm}
-        variables[name] = ((*dims, "y", "x"), data[(*axis, i)], attrs)
+        variables[name] = ((*dims, ydim, xdim), data[(*axis, i)], attrs)
         if mean is not None:
             mean_attrs = {**attrs, "long_name": attrs["long_name"] + " (regression mean)"}
-            variables[f"{name}_regression"] = ((*dims[1:], "y", "x"), mean[(*axis[1:], i)], mean_attrs)
+            variables[f"{name}_regression"] = ((*dims[1:], ydim, xdim), mean[(*axis[1:], i)], mean_attrs)
     attrs = {"Conventions": "CF-1.8", "source": f"xkmcast {pipeline.spec.kind} {task}",
              "xkmcast_model_kind": pipeline.spec.kind}
     return xr.Dataset(variables, coords=all_coords, attrs=attrs)

@@ -32,7 +32,8 @@ import pandas as pd
 import xarray as xr
 
 from ..errors import InvalidDataError, TimeCoverageError, XkmcastError, explain
-from .downscale import ModelRef, _graph_handle, model_result, require_task, resolve_model, to_model_inputs
+from .downscale import (ModelRef, _graph_handle, grid_dims, model_result, require_task, resolve_model,
+                        to_model_inputs)
 
 __all__ = ["forecast"]
 
@@ -99,7 +100,9 @@ def forecast(
 def _background(background, pipeline, init_times, steps, dt, regrid_method, check_ranges=True):
     """The background at the input time of every step, on the model grid: (init, step, C_bg, y, x)."""
     spec = pipeline.spec
-    needed = any("background" in v for v in spec.conditions.values())
+    # only the stages the model holds count (a regression bundle keeps the diffusion defaults)
+    needed = bool(spec.background_vars) and any(
+        "background" in names for stage, names in spec.conditions.items() if stage in pipeline.stages)
     if not needed:
         return None
     if background is None:
@@ -215,7 +218,7 @@ def _forecast_to_zarr(pipeline, state, bg, path: Path, leads, members, seed, opt
         def write(n: int, x_n: np.ndarray, i=i) -> None:
             phys = stats.denormalise(x_n, names, axis=1).astype(np.float32)
             region = {"init_time": slice(i, i + 1), "lead_time": slice(n, n + 1)}
-            step_ds = xr.Dataset({name: (("member", "init_time", "lead_time", "y", "x"), phys[:, None, None, c])
+            step_ds = xr.Dataset({name: (("member", "init_time", "lead_time", *grid_dims(pipeline)), phys[:, None, None, c])
                                   for c, name in enumerate(names)})
             step_ds["completed"] = (("init_time", "lead_time"), np.ones((1, 1), np.int8))
             step_ds.to_zarr(path, region=region, consolidated=False)

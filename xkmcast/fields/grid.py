@@ -28,7 +28,11 @@ import xarray as xr
 from .coords import coordinate_attrs, coordinate_names
 from ..errors import CoordinateError, GridError, explain
 
-__all__ = ["Grid", "find_grid", "make_lambert_grid", "make_latlon_grid", "check_monotonic", "HRRR_CRS_CF"]
+__all__ = ["Grid", "find_grid", "make_lambert_grid", "make_latlon_grid", "check_monotonic", "HRRR_CRS_CF",
+           "EARTH_RADIUS_M"]
+
+#: radius (m) of the sphere on which great-circle grid spacings are measured
+EARTH_RADIUS_M = 6371000.0
 
 LAT_ALIASES = coordinate_names("latitude")
 LON_ALIASES = coordinate_names("longitude")
@@ -80,15 +84,39 @@ class Grid:
         return (self.y_dim, self.x_dim)
 
     def spacing_m(self) -> tuple[float, float]:
-        """Mean grid spacing (dy, dx) in metres: from x/y when present, else great-circle distances."""
+        """Mean grid spacing (dy, dx) in metres: from x/y when present, else the mean great-circle
+        distance (haversine, sphere of radius :data:`EARTH_RADIUS_M`) between neighbouring points along
+        y and along x. On a lat/lon grid that is ``R dlat`` along y and ``~R cos(lat) dlon`` averaged
+        over the rows along x; on a grid rotated against north (a projection given by 2-D lat/lon
+        only) it is the true spacing, which latitude / longitude differences alone underestimate."""
         if self.x is not None and self.y is not None and len(self.x) > 1 and len(self.y) > 1:
             return float(np.abs(np.diff(self.y)).mean()), float(np.abs(np.diff(self.x)).mean())
-        r = 6371000.0
         lat, lon = np.deg2rad(self.lat), np.deg2rad(self.lon)
-        dy = r * np.abs(np.diff(lat, axis=0)).mean() if lat.shape[0] > 1 else np.nan
-        dlon = np.angle(np.exp(1j * np.diff(lon, axis=1)))
-        dx = r * np.abs(dlon * np.cos(lat[:, 1:])).mean() if lat.shape[1] > 1 else np.nan
-        return float(dy), float(dx)
+        dy = _haversine(lat[:-1], lon[:-1], lat[1:], lon[1:]).mean() if lat.shape[0] > 1 else np.nan
+        dx = _haversine(lat[:, :-1], lon[:, :-1], lat[:, 1:], lon[:, 1:]).mean() if lat.shape[1] > 1 else np.nan
+        return float(EARTH_RADIUS_M * dy), float(EARTH_RADIUS_M * dx)
+
+    @property
+    def periodic_x(self) -> bool:
+        """True for a rectilinear lat/lon grid whose longitudes close the circle (a global grid): the
+        column after the last is the first (:class:`xkmcast.fields.regrid_weights.LonAxis`)."""
+        if not self.rectilinear or self.x is not None or self.shape[1] < 2:
+            return False
+        from .regrid_weights import LonAxis
+
+        return LonAxis(self.lon[0, :]).periodic
+
+    def model_info(self) -> dict[str, Any]:
+        """What a model records about its grid besides the 2-D lat / lon (``spec.grid``, see
+        :meth:`xkmcast.models.base.Pipeline.set_grid`): ``grid_mapping``; ``x`` / ``y`` in metres
+        (projected grids); ``latlon_dims``, the names of the 1-D latitude / longitude dims of a
+        rectilinear lat/lon grid (its results keep them), else None; ``periodic_x``."""
+        latlon = self.rectilinear and self.x is None and self.lat_name == self.y_dim and self.lon_name == self.x_dim
+        return {"grid_mapping": self.grid_mapping,
+                "x": None if self.x is None else np.asarray(self.x, float).tolist(),
+                "y": None if self.y is None else np.asarray(self.y, float).tolist(),
+                "latlon_dims": [self.y_dim, self.x_dim] if latlon else None,
+                "periodic_x": self.periodic_x}
 
     def to_dataset(self) -> xr.Dataset:
         """The grid alone as a CF Dataset: 2-D lat/lon, x/y in metres and a ``crs`` grid_mapping."""
@@ -105,6 +133,12 @@ class Grid:
             ds["crs"] = xr.DataArray(np.int32(0), attrs=dict(self.grid_mapping))
             ds = ds.set_coords("crs")
         return ds
+
+
+def _haversine(lat1, lon1, lat2, lon2) -> np.ndarray:
+    """Central angle (radians) between points given in radians."""
+    a = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
+    return 2.0 * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
 
 
 def _axis_attrs(axis: str) -> dict:

@@ -22,8 +22,9 @@ The numpy kernels (``crps_ensemble_kernel``, ``rank_kernel``) work on arrays wit
 last axis; the xarray functions wrap them with ``xr.apply_ufunc(..., dask="parallelized")`` or use
 plain xarray operations, so dask input stays lazy until ``.compute()``.
 
-Power spectra, autocorrelation and the patch size suggestion live in :mod:`xkmcast.fields.spectra`
-and are re-exported here. Nothing here knows of torch.
+Power spectra, autocorrelation and the patch size suggestion live in :mod:`xkmcast.fields.spectra`,
+the patch-seam :func:`blockiness` in :mod:`xkmcast.fields.blockiness`; both are re-exported here.
+Nothing here knows of torch.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import CoordinateError, InvalidDataError, explain
+from .blockiness import blockiness
 from .spectra import (
     autocorrelation,
     decorrelation_length,
@@ -43,6 +45,7 @@ from .spectra import (
 )
 
 __all__ = [
+    "blockiness",
     "mae",
     "rmse",
     "bias",

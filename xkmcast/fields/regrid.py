@@ -9,12 +9,19 @@ so NaNs in the source are excluded and the remaining weights renormalised. A tar
 only where the valid weight sum is at most ``MIN_VALID_WEIGHT`` (1e-10): that is, where every
 contributor is NaN, or where the target is outside the source (``allow_outside=True``).
 
+Global grids: a source whose longitudes close the circle is periodic (the cell between the last and
+first longitude is used); bilinear weights from such a source reach the poles when its outermost rows
+are cell centres within one spacing of them (extrapolated along the meridian, see
+:func:`xkmcast.fields.regrid_weights.bilinear_rectilinear`), so a global 1-degree target is covered by a
+global 4-degree source. Descending latitudes and any longitude convention are accepted.
+
 Supported (builtin backend; the weight builders are in :mod:`xkmcast.fields.regrid_weights`):
 
 ============  =========================  ===========================================================
 method        source grid                target grid
 ============  =========================  ===========================================================
-bilinear      rectilinear lat/lon        any (rectilinear or curvilinear 2-D lat/lon)
+bilinear      rectilinear lat/lon        any (rectilinear or curvilinear 2-D lat/lon); on a global
+                                         source, periodic in longitude and out to the poles
 bilinear      curvilinear (2-D lat/lon)  any; linear on the grid cells split in 2 triangles (no poles)
 nearest       any                        any
 conservative  rectilinear lat/lon        rectilinear lat/lon: exact spherical-rectangle overlaps
@@ -40,11 +47,13 @@ from . import regrid_weights as rw
 from ..errors import ConfigError, DomainCoverageError, GridError, OptionalDependencyError, explain, require
 from .grid import Grid, find_grid
 
-__all__ = ["Regridder", "regrid", "METHODS", "BACKENDS", "MIN_VALID_WEIGHT"]
+__all__ = ["Regridder", "regrid", "check_options", "METHODS", "BACKENDS", "OPTIONS", "MIN_VALID_WEIGHT"]
 
 METHODS = ("bilinear", "nearest", "conservative")
 BACKENDS = ("auto", "builtin", "xesmf")
 MIN_VALID_WEIGHT = 1e-10
+#: keyword options of :class:`Regridder` besides the method, as recorded in a store or a bundle
+OPTIONS = ("backend", "allow_outside", "subsample")
 FORMAT_VERSION = 1
 _TY, _TX = "__regrid_target_y", "__regrid_target_x"
 _XESMF_METHODS = {"bilinear": "bilinear", "nearest": "nearest_s2d", "conservative": "conservative"}
@@ -226,6 +235,16 @@ class Regridder:
                 f"{self.weights.nnz} weights, {self.n_outside} target points outside)")
 
 
+def check_options(options: dict | None) -> dict:
+    """``options`` (None or a mapping of :data:`OPTIONS` keys) as a plain dict; ConfigError otherwise."""
+    opts = dict(options or {})
+    unknown = sorted(set(opts) - set(OPTIONS))
+    if unknown:
+        raise ConfigError(explain("Unknown regridding options", expected=OPTIONS, found=unknown,
+                                  fix="e.g. regrid_options={'allow_outside': True}"))
+    return opts
+
+
 def regrid(obj: xr.Dataset | xr.DataArray, target: Any, method: str = "bilinear", **kwargs) -> xr.Dataset | xr.DataArray:
     """Regrid ``obj`` to the grid of ``target`` in one call: ``Regridder(obj, target, method, **kwargs)(obj)``."""
     return Regridder(obj, target, method, **kwargs)(obj)
@@ -305,16 +324,28 @@ def _builtin_weights(src: Grid, tgt: Grid, method: str, subsample: int | None):
     return rw.conservative_subsampled(src.lat[:, 0], src.lon[0, :], tgt.lat, tgt.lon, n=int(subsample))
 
 
-def _lon_range(lon: np.ndarray) -> tuple[float, float]:
-    c = rw.central_lon(lon)
-    d = np.mod(np.ravel(lon) - c + 180.0, 360.0) - 180.0
-    return c + d.min(), c + d.max()
+def _lon_range(lon: np.ndarray) -> str:
+    """The longitudes a grid spans, in the data's own convention: ``"0.000..359.000 (global)"``, or from
+    the point after the largest gap to the point before it (``"350.000..10.000"`` across 0)."""
+    u = np.unique(np.mod(np.ravel(lon), 360.0))
+    if u.size < 2:
+        return f"{float(np.ravel(lon)[0]):.3f}"
+    gaps = np.diff(np.append(u, u[0] + 360.0))
+    k = int(np.argmax(gaps))
+    own = -180.0 if np.min(lon) < 0 else 0.0  # the data's convention: -180..180 or 0..360
+
+    def conv(v: float) -> float:
+        return own + np.mod(v - own, 360.0)
+
+    if gaps[k] <= 1.5 * np.median(gaps) + 1e-9:  # no gap that stands out: the circle is closed
+        return f"{np.min(lon):.3f}..{np.max(lon):.3f} (global)"
+    lo, hi = conv(u[(k + 1) % u.size]), conv(u[k])
+    return f"{lo:.3f}..{hi:.3f}" + (f" (across {'180' if own else '0/360'})" if hi < lo else "")
 
 
 def _coverage_message(src: Grid, tgt: Grid, outside: np.ndarray, method: str) -> str:
     def ext(g: Grid) -> str:
-        lo, hi = _lon_range(g.lon)
-        return f"lat {g.lat.min():.3f}..{g.lat.max():.3f}, lon {lo:.3f}..{hi:.3f}"
+        return f"lat {g.lat.min():.3f}..{g.lat.max():.3f}, lon {_lon_range(g.lon)}"
 
     lat_o, lon_o = tgt.lat.ravel()[outside], tgt.lon.ravel()[outside]
     return explain(

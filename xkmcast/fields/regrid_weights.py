@@ -9,7 +9,9 @@ Methods and the grids they accept:
 
 * :func:`bilinear_rectilinear` -- source rectilinear in lat/lon (1-D ``lat`` ascending or descending,
   1-D ``lon`` in any convention, crossing 0 or 180, global or regional), any target. Bilinear in
-  (lat, lon), so any function ``a + b*lat + c*lon + d*lat*lon`` is reproduced exactly.
+  (lat, lon), so any function ``a + b*lat + c*lon + d*lat*lon`` is reproduced exactly. On a global
+  source the cell between the last and first longitude is used and targets between the outermost
+  row and the pole are extrapolated linearly along their meridian (:func:`polar_reach`).
 * :func:`bilinear_curvilinear` -- any 2-D source: barycentric (linear) weights on the grid's own
   cells, each split into two triangles, in the (lon - lon_c, lat) plane (lon_c the source's central
   longitude). Linear functions of (lat, lon) are reproduced exactly; a target in no cell is
@@ -38,6 +40,7 @@ __all__ = [
     "LonAxis",
     "bilinear_rectilinear",
     "bilinear_curvilinear",
+    "polar_reach",
     "nearest",
     "conservative_rectilinear",
     "conservative_subsampled",
@@ -174,14 +177,25 @@ def bilinear_rectilinear(src_lat: np.ndarray, src_lon: np.ndarray, tgt_lat: np.n
 
     With ``i, j`` the cell holding the target and ``a, b`` its fractional position in lat and lon:
     ``f = (1-a)(1-b) f[i,j] + (1-a) b f[i,j+1] + a (1-b) f[i+1,j] + a b f[i+1,j+1]``.
+
+    Poles (see :func:`polar_reach`): on a source global in longitude whose outermost latitude row is
+    within one latitude spacing of a pole, targets between that row and the pole are extrapolated
+    linearly along their meridian from the two outermost rows (the same formula with ``a > 1`` or
+    ``a < 0``; weights ``1 + a'`` and ``-a'`` with ``a' <= 1``). Linear along the meridian rather than a
+    pole point holding the ring mean because wind components at the pole depend on longitude (a flow
+    across the pole has ``u = U sin(lon - lon0)`` there), which a ring mean would flatten to zero; the
+    price is a small overshoot beyond the outer row (a positive field can dip below zero there).
     """
     lat_s, lat_o = _lat_axis(src_lat)
     ax = LonAxis(src_lon)
     lon_e, lon_o = ax.extended()
     t_lat = np.asarray(tgt_lat, float).ravel()
     t_lon = ax.normalise(np.asarray(tgt_lon, float).ravel())
-    outside = (t_lat < lat_s[0] - _TOL) | (t_lat > lat_s[-1] + _TOL) | (t_lon > lon_e[-1] + _TOL)
+    lo, hi = polar_reach(lat_s, ax.periodic)
+    outside = (t_lat < lo - _TOL) | (t_lat > hi + _TOL) | (t_lon > lon_e[-1] + _TOL)
     i, a = _locate(lat_s, np.clip(t_lat, lat_s[0], lat_s[-1]))
+    beyond = (t_lat < lat_s[0]) | (t_lat > lat_s[-1])  # only inside polar_reach when not outside
+    a[beyond] = (t_lat[beyond] - lat_s[i[beyond]]) / (lat_s[i[beyond] + 1] - lat_s[i[beyond]])
     j, b = _locate(lon_e, np.minimum(t_lon, lon_e[-1]))
     nx = ax.u.size
     rows, cols, vals = [], [], []
@@ -193,6 +207,19 @@ def bilinear_rectilinear(src_lat: np.ndarray, src_lon: np.ndarray, tgt_lat: np.n
             vals.append((wa * wb)[tidx])
     w = _csr(np.concatenate(rows), np.concatenate(cols), np.concatenate(vals), t_lat.size, lat_s.size * nx)
     return w, outside
+
+
+def polar_reach(lat_sorted: np.ndarray, periodic: bool) -> tuple[float, float]:
+    """The latitudes ``(lo, hi)`` a rectilinear source covers for bilinear weights: its outer rows, or
+    the pole beyond an outer row when the longitudes are periodic and the row is within one latitude
+    spacing of that pole (a global grid whose rows are cell centres, e.g. -88..88 every 4 degrees)."""
+    lo, hi = float(lat_sorted[0]), float(lat_sorted[-1])
+    if periodic and lat_sorted.size >= 2:
+        if 90.0 - hi <= lat_sorted[-1] - lat_sorted[-2] + _TOL:
+            hi = 90.0
+        if lo + 90.0 <= lat_sorted[1] - lat_sorted[0] + _TOL:
+            lo = -90.0
+    return lo, hi
 
 
 def _plane(lat: np.ndarray, lon: np.ndarray, lon_c: float) -> np.ndarray:

@@ -34,14 +34,13 @@ import numpy as np
 import xarray as xr
 
 from . import metrics
-from ..data.layouts import is_zarr_store
-from .coords import coordinate_names
-from ..errors import CoordinateError, DataNotFoundError, InvalidDataError, MissingVariableError, TimeCoverageError, explain
+from ..data.layouts import is_zarr_store, zarr_consolidated
+from ..errors import CoordinateError, DataNotFoundError, InvalidDataError, MissingVariableError, explain
+from .scoring_align import match_truth
 
 __all__ = ["score", "format_table", "format_text", "open_corrdiff_netcdf", "score_files", "open_any"]
 
 SCORE_ORDER = ("crps", "mae", "rmse", "bias", "spread", "spread_skill", "baseline_mae", "baseline_rmse")
-TIME_NAMES = coordinate_names("time")
 
 
 # --------------------------------------------------------------------------------------------- score
@@ -65,15 +64,17 @@ def score(
     errors are ``prediction - truth``, so a positive ``bias`` means the prediction is too high.
 
     ``dim``: dims to average over (None: all but the members, minus those in ``keep``); ``keep``:
-    dims to keep instead, e.g. ``keep="lead_time"``. The truth is first selected at the prediction's
-    coordinates (``time``, ``x``...), and at its ``valid_time`` when the prediction is indexed by
-    lead time. Raises :class:`MissingVariableError` when no variable is shared and
-    :class:`TimeCoverageError` when the truth lacks some of the prediction's times.
+    dims to keep instead, e.g. ``keep="lead_time"``. The truth is first put on the prediction's dims
+    (:func:`xkmcast.fields.scoring_align.match_truth`): selected at the prediction's coordinates (``time``,
+    ``x``...), at its ``valid_time`` when the prediction is indexed by lead time, its grid dims renamed
+    when it is the same grid under other names. Raises :class:`MissingVariableError` when no variable
+    is shared, :class:`TimeCoverageError` when the truth lacks some of the prediction's times and
+    :class:`~xkmcast.errors.GridError` when its dims would broadcast against the prediction's.
     """
     if isinstance(prediction, xr.DataArray) or isinstance(truth, xr.DataArray):
         prediction, truth = _as_dataset(prediction), _as_dataset(truth)
     names = _shared_variables(prediction, truth, variables)
-    prediction, truth = prediction[names], _match_truth(prediction[names], truth[names])
+    prediction, truth = prediction[names], match_truth(prediction[names], truth[names], member_dim)
     reduce = _score_dims(prediction, dim, keep, member_dim)
 
     has_members = member_dim in prediction.dims
@@ -96,7 +97,7 @@ def score(
             raise MissingVariableError(
                 explain("The baseline lacks variables of the prediction", expected=names, found=list(base.data_vars))
             )
-        base = _match_truth(prediction, base[names])
+        base = match_truth(prediction, base[names], member_dim, what="baseline")
         if member_dim in base.dims:
             base = base.mean(member_dim)
         base = base.transpose(*[d for d in mean.dims if d in base.dims], ...)
@@ -155,48 +156,6 @@ def _shared_variables(prediction: xr.Dataset, truth: xr.Dataset, variables) -> l
             )
         )
     return names
-
-
-def _match_truth(prediction: xr.Dataset, truth: xr.Dataset) -> xr.Dataset:
-    """``truth`` at the prediction's index coordinates (and at its valid times for lead-time forecasts)."""
-    for d in prediction.dims:
-        if d in truth.dims and d in prediction.indexes and d in truth.indexes:
-            wanted = prediction.indexes[d]
-            if truth.indexes[d].equals(wanted):
-                continue
-            try:
-                truth = truth.sel({d: wanted})
-            except KeyError as exc:
-                error = TimeCoverageError if d in TIME_NAMES else CoordinateError
-                raise error(
-                    explain(
-                        f"The truth does not cover the prediction along {d!r}",
-                        expected=f"{d} values {_span(wanted)}",
-                        found=f"{_span(truth.indexes[d])}",
-                        fix="pass a truth covering the prediction, or select the prediction's common part",
-                    )
-                ) from exc
-    free_time = [t for t in TIME_NAMES if t in truth.dims and t not in prediction.dims]
-    if free_time and "valid_time" in prediction.coords:
-        t = free_time[0]
-        try:
-            truth = truth.sel({t: prediction["valid_time"]}).drop_vars([t, "valid_time"], errors="ignore")
-        except KeyError as exc:
-            raise TimeCoverageError(
-                explain(
-                    "The truth does not cover the valid times of the forecast",
-                    expected=_span(prediction["valid_time"].values.ravel()),
-                    found=_span(truth.indexes[t]),
-                )
-            ) from exc
-    return truth
-
-
-def _span(values) -> str:
-    values = np.asarray(values)
-    if values.size == 0:
-        return "nothing"
-    return f"{values.size} values from {values.min()} to {values.max()}"
 
 
 def _score_dims(prediction: xr.Dataset, dim, keep, member_dim) -> list[Hashable]:
@@ -316,7 +275,7 @@ def open_any(path: str | Path, chunks: dict | None = None) -> xr.Dataset:
     if not path.exists():
         raise DataNotFoundError(explain("No such file or store", found=str(path)))
     if is_zarr_store(path):
-        return xr.open_zarr(path, consolidated=False, chunks=chunks if chunks is not None else {})
+        return xr.open_zarr(path, consolidated=zarr_consolidated(path), chunks=chunks if chunks is not None else {})
     return xr.open_dataset(path, chunks=chunks if chunks is not None else {})
 
 

@@ -6,9 +6,10 @@ Conventions (all wavenumbers in cycles per km, all lengths in km):
   ``dy, dx`` km (mean removed): ``P(kx, ky) = |FFT2(f)|^2 / (nx ny)^2``, then summed over annuli
   ``|k| in [k_j - dk/2, k_j + dk/2)`` with ``k_j = j dk``, ``dk = max(1/(nx dx), 1/(ny dy))`` (the
   coarser of the two fundamental wavenumbers), and divided by ``dk``: a spectral density
-  ``E(k)`` in (field units)^2 km. Parseval: ``sum_j E(k_j) dk = mean((f - mean f)^2)``, the spatial
-  variance, exactly (annuli run out to the corner wavenumber, so no power is dropped; above the
-  ``nyquist`` attribute, ``min(1/(2dx), 1/(2dy))``, annuli are only partly sampled).
+  ``E(k)`` in (field units)^2 km. The axis stops at the last ``k_j`` not above the ``nyquist``
+  attribute, ``min(1/(2dx), 1/(2dy))``: beyond it annuli are only partly sampled (the corners of the
+  FFT square), their power is dropped. Parseval: ``sum_j E(k_j) dk = mean((f - mean f)^2)``, the
+  spatial variance, less the power in those corners (none for a field band-limited to Nyquist).
 - :func:`periodogram` - the 1-D spectrum of the CorrDiff recipe's scoring / plotting scripts: along x
   (one row at a time) the one-sided periodogram density of ``scipy.signal.periodogram(f, fs=1/dx)``
   (constant detrend, boxcar window): ``S(f_k) = c_k |rfft(f - mean)|_k^2 dx / n`` with ``c_k = 2``
@@ -127,7 +128,8 @@ def _radial_bins(ny: int, nx: int, dy: float, dx: float) -> tuple[np.ndarray, np
     kmag = np.hypot(ky[:, None], kx[None, :])
     dk = max(1.0 / (nx * dx), 1.0 / (ny * dy))
     index = np.floor(kmag / dk + 0.5).astype(np.int64)  # annulus j holds [j - 1/2, j + 1/2) dk
-    nbins = int(index.max()) + 1
+    nbins = int(np.floor(min(0.5 / dx, 0.5 / dy) / dk * (1 + 1e-12))) + 1  # k_j <= Nyquist
+    index = np.where(index < nbins, index, nbins)  # the corners go to a bin that is dropped
     return index.ravel(), np.arange(nbins) * dk, dk
 
 
@@ -141,7 +143,8 @@ def radial_spectrum_kernel(f: np.ndarray, dy: float, dx: float, detrend: bool = 
         f = f - f.mean(axis=(-2, -1), keepdims=True)
     power = np.abs(np.fft.fft2(f)) ** 2 / float(nx * ny) ** 2
     index, k, dk = _radial_bins(ny, nx, dy, dx)
-    onehot = scipy.sparse.csr_matrix((np.ones(index.size), (index, np.arange(index.size))), shape=(k.size, index.size))
+    onehot = scipy.sparse.csr_matrix((np.ones(index.size), (index, np.arange(index.size))),
+                                     shape=(k.size + 1, index.size))[: k.size]
     flat = power.reshape(-1, ny * nx)
     summed = (onehot @ flat.T).T
     return summed.reshape(*f.shape[:-2], k.size) / dk
@@ -261,7 +264,7 @@ def _set_attrs(spec: XArray, field: XArray, attrs: dict, extra_unit: str) -> XAr
         da.attrs = dict(attrs)
         src = field[name] if name is not None else field
         if units(src):
-            da.attrs["units"] = units(src)
+            da.attrs["units"] = units(src).strip()
     if isinstance(spec, xr.Dataset):
         spec.attrs = dict(attrs)
     return spec

@@ -118,13 +118,28 @@ class Pipeline(torch.nn.Module):
         self.register_buffer("invariant", torch.zeros(0, 0, 0))
         self.source_path: str | None = None  # set by load_bundle
         self.bundle_integrity: dict[str, str] | None = None  # digests checked by load_bundle
+        self._pad_periodic()
 
     def set_grid(self, lat, lon, **grid_info) -> None:
-        """Attach the model grid: 2-D lat / lon (degrees) and ``grid_info`` (grid_mapping, x, y) to the spec."""
+        """Attach the model grid: 2-D lat / lon (degrees) and ``grid_info`` to the spec: ``grid_mapping``,
+        ``x`` / ``y``, ``latlon_dims``, ``periodic_x`` (:meth:`xkmcast.fields.grid.Grid.model_info`) and
+        ``regrid`` (``{"method", "options"}``: how the inputs were regridded in training)."""
         lat_t, lon_t = torch.as_tensor(lat, dtype=torch.float64), torch.as_tensor(lon, dtype=torch.float64)
         self.grid_lat.resize_(lat_t.shape).copy_(lat_t)
         self.grid_lon.resize_(lon_t.shape).copy_(lon_t)
         self.spec.grid = {"shape": list(lat_t.shape), **{k: _plain(v) for k, v in grid_info.items()}}
+        self._pad_periodic()
+
+    @property
+    def periodic_x(self) -> bool:
+        """Whether the model grid closes the circle in longitude (``spec.grid["periodic_x"]``): then the
+        networks pad circularly along x and patches wrap around (:func:`xkmcast.nn.set_periodic_x`)."""
+        return bool(self.spec.grid.get("periodic_x", False))
+
+    def _pad_periodic(self) -> None:
+        from ..nn.layers import set_periodic_x
+
+        set_periodic_x(self.stages, self.periodic_x)
 
     def set_invariants(self, values) -> None:
         """Attach the invariant fields ``(C_inv, H, W)`` (normalised) in the order of ``spec.invariant_vars``."""
@@ -141,6 +156,24 @@ class Pipeline(torch.nn.Module):
                                       expected=f"spec.stats[{role!r}]", found=sorted(self.spec.stats),
                                       fix="re-export the bundle from its training run"))
         return Stats.from_dict(self.spec.stats[role])
+
+    def residual_scale(self, like: torch.Tensor, sampling: bool = False) -> torch.Tensor:
+        """``s`` of shape (1, C_out, 1, 1): the diffusion stage models ``r / s`` where ``r`` is the
+        residual of the regression mean (``spec.extra["residual_scale"]``, one value per output
+        channel, set when a diffusion run starts: ``s_c = RMS(r_c) / sigma_data_c`` over training
+        samples, so the modelled residual has the spread the EDM preconditioner assumes). Ones when
+        the spec has none (bundles from before, diffusion without a regression). ``sampling``: the
+        scale members are drawn with, ``spec.extra["sample_scale"]`` when set (the same measure on
+        the validation times: the regression's error on unseen times), else the training one."""
+        scale = self.spec.extra.get("sample_scale") if sampling else None
+        scale = scale if scale is not None else self.spec.extra.get("residual_scale")
+        n = len(self.spec.output_vars)
+        values = [1.0] * n if scale is None else [float(v) for v in scale]
+        return torch.as_tensor(values, dtype=like.dtype, device=like.device).reshape(1, n, 1, 1)
+
+    def residual(self, batch: dict) -> torch.Tensor:
+        """``target - regression mean`` of a training batch (B, C_out, H, W), unscaled."""
+        raise NotImplementedError
 
     @property
     def model_kind(self):

@@ -27,7 +27,10 @@ from ..errors import ConfigError, explain
 from .base import ModelSpec, Pipeline, sampler_config, training_sigma
 from .stages import build_stage
 
-__all__ = ["CorrDiff", "PatchedDenoiser"]
+__all__ = ["CorrDiff", "PatchedDenoiser", "MEAN_CACHE_BYTES"]
+
+#: the regression means a diffusion run keeps per store time (see CorrDiff._frozen_mean)
+MEAN_CACHE_BYTES = 256 * 2**20
 
 
 class CorrDiff(Pipeline):
@@ -54,12 +57,14 @@ class CorrDiff(Pipeline):
 
     def interpolation(self, cond: Tensor) -> Tensor:
         """The regridded coarse input of each output variable, in output normalisation:
-        ``(x_n s_in + m_in - m_out) / s_out`` (channels under a log transform contribute 0)."""
+        ``(x_n s_in + m_in - m_out) / s_out`` (channels under a log transform, and outputs that are
+        not inputs, contribute 0)."""
         names = self.spec.output_vars
-        idx = [self.spec.input_vars.index(v) for v in names]
-        m_in, s_in, e_in = self.stats_for("input").arrays(names)
+        shared = np.array([v in self.spec.input_vars for v in names])
+        idx = [self.spec.input_vars.index(v) if v in self.spec.input_vars else 0 for v in names]
+        m_in, s_in, e_in = _shared_arrays(self.stats_for("input"), names, shared)
         m_out, s_out, e_out = self.stats_for("output").arrays(names)
-        linear = (e_in == 0) & (e_out == 0)
+        linear = shared & (e_in == 0) & (e_out == 0)
         shape = (1, len(names), 1, 1)
         a = torch.as_tensor(np.where(linear, s_in / s_out, 0.0), dtype=cond.dtype, device=cond.device).reshape(shape)
         b = torch.as_tensor(np.where(linear, (m_in - m_out) / s_out, 0.0), dtype=cond.dtype, device=cond.device)
@@ -101,6 +106,7 @@ class CorrDiff(Pipeline):
             self._denoiser(patch, tuple(cond.shape[-2:])), mean.shape[1:], row_seeds, condition=rows_cond,
             config=config, batch_size=batch_size,
         ).to(torch.float32)
+        residual = residual * self.residual_scale(residual, sampling=True)
         samples = residual.reshape(members, *mean.shape) + mean.unsqueeze(0)
         return samples, mean
 
@@ -108,7 +114,8 @@ class CorrDiff(Pipeline):
         net = self.stages["diffusion"]
         if patch is None or tuple(patch) == tuple(shape):
             return net
-        return PatchedDenoiser(net, GridPatching(shape, patch, **self.spec.extra.get("patching", {})))
+        patching = {"periodic_x": self.periodic_x, **self.spec.extra.get("patching", {})}
+        return PatchedDenoiser(net, GridPatching(shape, patch, **patching))
 
     # -------------------------------------------------------------------------------- training
     def loss(self, stage: str, batch: dict, generator: torch.Generator | None = None):
@@ -121,30 +128,62 @@ class CorrDiff(Pipeline):
             return losses.LossOutput(losses.reduce_per_sample(error, weights, mask), None)
         if stage != "diffusion":
             raise ConfigError(explain("Unknown training stage for CorrDiff", expected=self.stage_names, found=stage))
-        with torch.no_grad():
-            mean = self.regression_mean(cond)
+        mean = self._frozen_mean(cond, batch.get("time") if "offset" not in batch else None)
+        residual = (target - mean) / self.residual_scale(target)  # the residual the diffusion models
         sigma_dist = training_sigma(self.spec.loss, self.spec.kind)
         patch = tuple(self.spec.patch) if self.spec.patch else None
+        dcond = self._diffusion_condition(cond, mean)
         if patch is None or patch == tuple(target.shape[-2:]):
-            return losses.residual_loss(
-                self.stages["diffusion"], target, cond, mean=mean,
-                condition_on_mean=self.spec.loss.get("condition_on_mean", False), sigma_dist=sigma_dist,
-                channel_weights=weights, mask=mask, generator=generator,
-            )
+            return losses.denoising_loss(self.stages["diffusion"], residual, dcond, sigma_dist=sigma_dist,
+                                         channel_weights=weights, mask=mask, generator=generator)
         # patched: cut the residual and its condition at the same random places; the whole condition,
         # resized to the patch size, is appended so every patch sees the large-scale situation
-        dcond = self._diffusion_condition(cond, mean)
         n = int(self.spec.extra.get("patches_per_sample", 1))
-        pt = random_patches(target - mean, dcond, patch, n, context=dcond, generator=generator)
-        pmask = None if mask is None else extract_patches(mask, pt.offsets, patch)
+        pt = random_patches(residual, dcond, patch, n, context=dcond, generator=generator,
+                            periodic_x=self.periodic_x)
+        pmask = None if mask is None else extract_patches(mask, pt.offsets, patch, self.periodic_x)
         return losses.denoising_loss(
             self.stages["diffusion"], pt.target, pt.condition, sigma_dist=sigma_dist,
             channel_weights=weights, mask=pmask, generator=generator, global_index=pt.global_index,
         )
 
+    @torch.no_grad()
+    def _frozen_mean(self, cond: Tensor, times: Tensor | None) -> Tensor:
+        """The frozen regression's mean of a diffusion training batch, cached per store time (whole
+        fields, ``times`` given) up to ``MEAN_CACHE_BYTES``: an epoch after the first costs no
+        regression forward. The regression is frozen and in eval mode, so the mean of a time is fixed."""
+        if times is None:
+            return self.regression_mean(cond)
+        cache = self.__dict__.setdefault("_mean_cache", {})
+        keys = [int(t) for t in torch.as_tensor(times).reshape(-1)]
+        missing = [i for i, k in enumerate(keys) if k not in cache]
+        if missing:
+            fresh = self.regression_mean(cond[missing])
+            if sum(v.numel() * v.element_size() for v in cache.values()) < MEAN_CACHE_BYTES:
+                for i, m in zip(missing, fresh):
+                    cache[keys[i]] = m.detach().clone()
+            if len(missing) == len(keys):
+                return fresh
+            out = torch.stack([cache[k] if k in cache else fresh[missing.index(i)] for i, k in enumerate(keys)])
+            return out.to(cond.dtype)
+        return torch.stack([cache[k] for k in keys]).to(device=cond.device, dtype=cond.dtype)
+
+    @torch.no_grad()
+    def residual(self, batch: dict) -> Tensor:
+        return batch["target"] - self.regression_mean(batch["input"])
+
     def _channel_weights(self, like: Tensor) -> Tensor | None:
         w = self.spec.loss.get("channel_weights")
         return None if w is None else torch.as_tensor(w, dtype=like.dtype, device=like.device)
+
+
+def _shared_arrays(stats, names, shared):
+    """``stats.arrays(names)`` with neutral values (mean 0, std 1, no transform) where not ``shared``."""
+    m, sd, e = np.zeros(len(names)), np.ones(len(names)), np.zeros(len(names))
+    for i, v in enumerate(names):
+        if shared[i]:
+            m[i], sd[i], e[i] = (a[0] for a in stats.arrays([v]))
+    return m, sd, e
 
 
 class PatchedDenoiser(torch.nn.Module):

@@ -35,10 +35,13 @@ def _stage_entry(obj) -> tuple[dict[str, Any], torch.nn.Module]:
     from ..nn.mdlus import EDMCheckpoint
 
     if isinstance(obj, EDMCheckpoint):
-        if obj.wrapper not in ("EDMPrecond", "EDMPrecondSuperResolution"):
+        # PhysicsNeMo 2.x's EDMPreconditioner(ConcatConditionWrapper(net)) computes what EDMPrecond does
+        wrapper = {"EDMPreconditioner": "EDMPrecond"}.get(obj.wrapper, obj.wrapper)
+        if wrapper not in ("EDMPrecond", "EDMPrecondSuperResolution"):
             raise BundleError(explain("Unsupported EDM preconditioner in the checkpoint",
-                                      expected=["EDMPrecond", "EDMPrecondSuperResolution"], found=obj.wrapper))
-        precond = {"class": obj.wrapper, "sigma_data": obj.sigma_data, "sigma_min": obj.sigma_min,
+                                      expected=["EDMPrecond", "EDMPrecondSuperResolution", "EDMPreconditioner"],
+                                      found=obj.wrapper))
+        precond = {"class": wrapper, "sigma_data": obj.sigma_data, "sigma_min": obj.sigma_min,
                    "sigma_max": obj.sigma_max}
         net = obj.network
         return {"class": type(net).__name__, "kwargs": net.config, "precond": precond}, net

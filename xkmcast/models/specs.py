@@ -8,7 +8,10 @@ conditions, so that a training configuration only names variables, sizes and opt
   grid when patched (the whole condition resized to the patch size appended), sinusoidal otherwise.
 * StormCast: regression ``StormCastUNet(SongUNet(embedding "zero"))`` on
   cat(state, background, invariant); diffusion ``EDMPrecond(SongUNetPosEmbd)`` on the residual.
-* Stormscope: diffusion only, ``EDMPrecond(DiT)``.
+* Stormscope: diffusion only, ``EDMPrecond(PhysicsNeMoDiT)`` (PhysicsNeMo's DiT layout, exportable
+  as PhysicsNeMo / Earth2Studio read it): neighbourhood attention with 2-D RoPE (``natten2d_rope``,
+  a ``DIT_ATTENTION_KERNEL``-token neighbourhood) and the convolutional detokenizer that couples
+  neighbouring patches (against 4 x 4 block artefacts); the grid must be whole patches.
 * ViT: ``WeatherViT`` on cat(state[, background, invariant]).
 """
 
@@ -36,6 +39,8 @@ TRANSFORMER_SIZES: dict[str, dict[str, Any]] = {
     "mini": {"hidden_size": 256, "depth": 8, "num_heads": 8, "patch_size": 4},
     "normal": {"hidden_size": 768, "depth": 16, "num_heads": 12, "patch_size": 4},
 }
+#: Stormscope DiT: neighbourhood side in tokens (smaller when the token grid is smaller)
+DIT_ATTENTION_KERNEL = 7
 #: the network size when none is named
 DEFAULT_SIZE = "mini"
 #: the data standard deviation of the EDM preconditioner (one value, or one per output channel)
@@ -99,16 +104,13 @@ def corrdiff_spec(
 ) -> ModelSpec:
     """The CorrDiff spec for ``input_vars`` (+ ``invariant_vars``) -> ``output_vars`` on a ``shape`` grid.
 
-    ``stages``: default both. ``sigma_data``: of the EDM preconditioner. ``input_skip``: the regression mean is ``R(c) + interp(x)``, where
-    ``interp(x)`` is the coarse input of each output variable (regridded to the fine grid,
-    renormalised with the output statistics): the network learns the departure from interpolation.
+    ``stages``: default both. ``sigma_data``: of the EDM preconditioner. ``input_skip``: the
+    regression mean is ``R(c) + interp(x)``, where ``interp(x)`` is the coarse input of each output
+    variable (regridded to the fine grid, renormalised with the output statistics; 0 for outputs that
+    are not inputs): the network learns the departure from interpolation.
     """
     kind = get_kind("corrdiff")
     stages = kind.stages if stages is None else tuple(stages)
-    if input_skip and not set(output_vars) <= set(input_vars):
-        raise ConfigError(explain("input_skip needs every output variable among the inputs",
-                                  expected=f"{list(output_vars)} within the inputs", found=list(input_vars),
-                                  fix="add the missing variables to the inputs or set input_skip false"))
     c_out = len(output_vars)
     c_cond = len(input_vars) + len(invariant_vars)
     net = _size(kind, size, network_overrides)
@@ -233,13 +235,25 @@ def stormscope_spec(
     c = len(state_vars)
     networks = {
         "diffusion": {
-            "class": "DiT",
-            "kwargs": {**net, "img_resolution": [int(shape[0]), int(shape[1])], "out_channels": c,
+            "class": "PhysicsNeMoDiT",
+            "kwargs": {**_dit_kwargs(net, shape), "input_size": [int(shape[0]), int(shape[1])], "out_channels": c,
                        "in_channels": c + _channels(cond["diffusion"], state_vars, background_vars, invariant_vars)},
             "precond": {"class": "EDMPrecond", "sigma_data": sigma_data},
         }
     }
     return _forecast_spec(kind, state_vars, background_vars, invariant_vars, networks, cond, sampler, loss, time_step)
+
+
+def _dit_kwargs(net: dict[str, Any], shape) -> dict[str, Any]:
+    """Stormscope's DiT arguments: size table + overrides, with neighbourhood RoPE attention and the conv detokenizer."""
+    patch = int(net.get("patch_size", 4))
+    if int(shape[0]) % patch or int(shape[1]) % patch:
+        raise ConfigError(explain("The Stormscope DiT needs a grid of whole patches", expected=f"multiples of {patch}",
+                                  found=list(shape), fix="crop the grid (data.crop) or choose another patch_size"))  # fmt: skip
+    out = {"attention_backend": "natten2d_rope", "detokenizer": "proj_reshape_2d_conv", **net}
+    if out["attention_backend"].startswith("natten2d") and "attn_kwargs" not in out:
+        out["attn_kwargs"] = {"attn_kernel": min(DIT_ATTENTION_KERNEL, int(shape[0]) // patch, int(shape[1]) // patch)}
+    return out
 
 
 def vit_spec(
@@ -295,9 +309,13 @@ def spec_from_config(model, data, shape: tuple[int, int]) -> ModelSpec:
         conditions = {f"{s}_conditions": getattr(model, f"{s}_conditions") for s in stages}
         spec = factory(data.output_vars or data.input_vars, shape, background_vars=data.background_vars,
                        invariant_vars=data.invariants, time_step=model.time_step, **conditions, **common)
+        if "regression" in stages and model.input_skip:  # the regression learns the departure from the state
+            spec.extra["input_skip"] = True
     else:
         used = getattr(model, f"{model.stage}_conditions")
         spec = factory(data.input_vars, data.output_vars, shape,
                        invariant_vars=data.invariants if "invariant" in used else [], patch=data.patch,
                        condition_on_mean=model.condition_on_mean, input_skip=model.input_skip, **common)
+        if data.patch is not None and data.patches_per_sample > 1:
+            spec.extra["patches_per_sample"] = int(data.patches_per_sample)
     return spec

@@ -4,7 +4,8 @@ Conditions are named as in the StormCast recipe and concatenated in this order:
 ``state`` (x_t), ``background`` (coarse fields regridded to the state grid), ``invariant``
 (orography, land-sea mask) and, for diffusion, ``regression`` (the regression mean).
 
-    mu      = R(cat(conditions_regression))                 (StormCast regression stage)
+    mu      = R(cat(conditions_regression)) [+ x_t]         (StormCast regression stage; + x_t with
+                                                            spec.extra["input_skip"]: from persistence)
     x_{t+1} = mu + r,  r ~ p(r | cat(conditions_diffusion))  ("regression" among diffusion conditions)
     x_{t+1} ~ p(x | cat(conditions_diffusion))               (Stormscope: diffusion only)
 
@@ -78,7 +79,8 @@ class StormCast(ForecastPipeline):
             return None
         cond = self.conditions(self.stage_conditions("regression"),
                                state=state, background=background, invariant=invariant)
-        return self.stages["regression"](cond, **kwargs)
+        out = self.stages["regression"](cond, **kwargs)
+        return out + state if self.spec.extra.get("input_skip") else out
 
     @torch.no_grad()
     def step(self, state: Tensor, background: Tensor | None = None, *, seeds: list[int],
@@ -97,7 +99,9 @@ class StormCast(ForecastPipeline):
         config = sampler_config(self.spec, sampler, num_steps, **extra_options)
         out = sample_rows(self.stages["diffusion"], state.shape[1:], seeds, condition=dcond, config=config,
                           batch_size=batch_size, **kwargs).to(torch.float32)
-        return out + mean if (mean is not None and "regression" in names) else out
+        if mean is None or "regression" not in names:
+            return out
+        return out * self.residual_scale(out, sampling=True) + mean
 
     def loss(self, stage: str, batch: dict, generator: torch.Generator | None = None):
         prev, nxt, background, invariant = self._unpack(batch)
@@ -105,9 +109,7 @@ class StormCast(ForecastPipeline):
         weights = self.spec.loss.get("channel_weights")
         weights = None if weights is None else torch.as_tensor(weights, dtype=nxt.dtype, device=nxt.device)
         if stage == "regression":
-            cond = self.conditions(self.stage_conditions("regression"),
-                                   state=prev, background=background, invariant=invariant)
-            prediction = self.stages["regression"](cond, **kwargs)
+            prediction = self._regression_mean(prev, background, invariant, kwargs)
             return losses.LossOutput(losses.reduce_per_sample((prediction - nxt) ** 2, weights, None), None)
         if stage != "diffusion":
             raise ConfigError(explain(f"Unknown training stage for {self.spec.kind}", expected=self.stage_names, found=stage))
@@ -117,11 +119,18 @@ class StormCast(ForecastPipeline):
             with torch.no_grad():
                 mean = self._regression_mean(prev, background, invariant, kwargs)
         cond = self.conditions(names, state=prev, background=background, invariant=invariant, regression=mean)
-        target = nxt - mean if mean is not None else nxt
+        target = (nxt - mean) / self.residual_scale(nxt) if mean is not None else nxt
         return losses.denoising_loss(
             self.stages["diffusion"], target, cond, sigma_dist=training_sigma(self.spec.loss, self.spec.kind),
             channel_weights=weights, generator=generator, **kwargs,
         )
+
+
+    @torch.no_grad()
+    def residual(self, batch: dict) -> Tensor:
+        prev, nxt, background, invariant = self._unpack(batch)
+        mean = self._regression_mean(prev, background, invariant, self._net_kwargs(batch.get("lead_time_label")))
+        return nxt if mean is None else nxt - mean
 
 
 class Stormscope(StormCast):

@@ -22,6 +22,7 @@ __all__ = [
     "GroupNorm",
     "PositionalEmbedding",
     "FourierEmbedding",
+    "set_periodic_x",
 ]
 
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -101,7 +102,14 @@ class Conv2d(torch.nn.Module):
     For the box filter [1, 1] the resampling is computed as 2x2 average pooling / nearest-
     neighbour repetition (identical values, much cheaper than a depthwise convolution), and an
     up-sampling 1x1 convolution is applied before the repetition (the two commute exactly).
+
+    ``periodic_x`` (an attribute, False by default; see :func:`set_periodic_x`): pad along x (the
+    last dim) circularly instead of with zeros, for every convolution and resampling filter, so
+    that the layer commutes with circular shifts along x (by multiples of 2 when it down-samples):
+    the field is periodic in x, as a global grid is in longitude. Rows (y) stay zero-padded.
     """
+
+    periodic_x: bool = False
 
     def __init__(
         self,
@@ -137,18 +145,32 @@ class Conv2d(torch.nn.Module):
         self.register_buffer("resample_filter", f if (up or down) else None)
         self._box = bool(len(resample_filter) == 2 and resample_filter[0] == resample_filter[1])
 
-    # -- resampling -----------------------------------------------------------------------------
+    # -- padding and resampling -----------------------------------------------------------------
+    def _conv(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, padding: int, **kw) -> torch.Tensor:
+        """``F.conv2d`` with ``padding`` on all sides: zeros, or circular along x when periodic."""
+        if self.periodic_x and padding:
+            return F.conv2d(_wrap_x(x, padding), w, b, padding=(padding, 0), **kw)
+        return F.conv2d(x, w, b, padding=padding, **kw)
+
     def _down(self, x: torch.Tensor, channels: int, padding: int) -> torch.Tensor:
         if self._box and padding == 0:
             return F.avg_pool2d(x, 2)
         f = self.resample_filter.to(x.dtype).tile([channels, 1, 1, 1])
-        return F.conv2d(x, f, groups=channels, stride=2, padding=padding)
+        return self._conv(x, f, None, padding, groups=channels, stride=2)
 
     def _up(self, x: torch.Tensor, channels: int, padding: int) -> torch.Tensor:
         if self._box and padding == 0:
             return _repeat2(x)
         f = (4 * self.resample_filter.to(x.dtype)).tile([channels, 1, 1, 1])
-        return F.conv_transpose2d(x, f, groups=channels, stride=2, padding=padding)
+        if not self.periodic_x:
+            return F.conv_transpose2d(x, f, groups=channels, stride=2, padding=padding)
+        # transposed convolution of the periodic signal: q wrapped columns on each side feed every
+        # output column (input i reaches outputs 2i - padding .. 2i - padding + k - 1), then crop
+        k, width = f.shape[-1], x.shape[-1]
+        q = (k + 1) // 2
+        y = F.conv_transpose2d(_wrap_x(x, q), f, groups=channels, stride=2, padding=(padding, 0))
+        start = 2 * q + padding
+        return y[..., start : start + 2 * (width - 1) - 2 * padding + k]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = None if self.weight is None else self.weight.to(x.dtype)
@@ -158,23 +180,38 @@ class Conv2d(torch.nn.Module):
 
         if self.fused_resample and w is not None and self.up:
             x = self._up(x, self.in_channels, max(f_pad - w_pad, 0))
-            return F.conv2d(x, w, b, padding=max(w_pad - f_pad, 0))
+            return self._conv(x, w, b, max(w_pad - f_pad, 0))
         if self.fused_resample and w is not None and self.down:
-            x = F.conv2d(x, w, padding=w_pad + f_pad)
+            x = self._conv(x, w, None, w_pad + f_pad)
             x = self._down(x, self.out_channels, 0)
             return x if b is None else x + b.reshape(1, -1, 1, 1)
         if self.up and w is not None and self._box and f_pad == 0:
             if w.shape[-1] == 1:
                 return _repeat2(F.conv2d(x, w, b))  # 1x1 convolution commutes with repetition
             if w.shape[-1] == 3:
-                return _upsample_conv3(x, w, b)
+                return _upsample_conv3(x, w, b, periodic_x=self.periodic_x)
         if self.up:
             x = self._up(x, self.in_channels, f_pad)
         if self.down:
             x = self._down(x, self.in_channels, f_pad)
         if w is not None:
-            x = F.conv2d(x, w, b, padding=w_pad)
+            x = self._conv(x, w, b, w_pad)
         return x
+
+
+def set_periodic_x(model: torch.nn.Module, enabled: bool = True) -> torch.nn.Module:
+    """Make every :class:`Conv2d` of ``model`` pad circularly along x (periodic longitude); returns
+    ``model``. A switch, not a constructor argument: it follows from the grid a model runs on, and
+    it leaves the parameters, the recorded arguments and PhysicsNeMo exports unchanged."""
+    for module in model.modules():
+        if isinstance(module, Conv2d):
+            module.periodic_x = enabled
+    return model
+
+
+def _wrap_x(x: torch.Tensor, n: int) -> torch.Tensor:
+    """``x`` with its last ``n`` columns copied before the first and its first ``n`` after the last."""
+    return F.pad(x, (n, n, 0, 0), mode="circular")
 
 
 def _repeat2(x: torch.Tensor) -> torch.Tensor:
@@ -182,7 +219,7 @@ def _repeat2(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2.0, mode="nearest")
 
 
-def _upsample_conv3(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+def _upsample_conv3(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, periodic_x: bool = False) -> torch.Tensor:
     """3x3 convolution (padding 1) of the nearest-neighbour 2x up-sampled x, computed at low resolution.
 
     Output pixel (2i + a, 2j + b) only sees input rows {i-1, i} (a = 0) or {i, i+1} (a = 1), and the
@@ -197,7 +234,8 @@ def _upsample_conv3(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) ->
         for c in (0, 1)
     ]  # phases (a, b) = (0, 0), (0, 1), (1, 0), (1, 1), each (O, C, 2, 2)
     out_ch, (h, wd) = w.shape[0], x.shape[-2:]
-    y = F.conv2d(F.pad(x, (1, 1, 1, 1)), torch.cat(kernels, 0), None if b is None else b.repeat(4))
+    padded = F.pad(_wrap_x(x, 1), (0, 0, 1, 1)) if periodic_x else F.pad(x, (1, 1, 1, 1))
+    y = F.conv2d(padded, torch.cat(kernels, 0), None if b is None else b.repeat(4))
     phases = [y[:, k * out_ch : (k + 1) * out_ch, a : a + h, c : c + wd] for k, (a, c) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)])]
     out = torch.stack(phases, 2).view(x.shape[0], out_ch, 2, 2, h, wd)  # (B, O, a, b, i, j)
     return out.permute(0, 1, 4, 2, 5, 3).reshape(x.shape[0], out_ch, 2 * h, 2 * wd)

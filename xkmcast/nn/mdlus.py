@@ -12,17 +12,15 @@ A ``.mdlus`` file is a zip archive (older ones: a tar archive) holding
 constructor arguments and state-dict layout. EDM preconditioner wrappers (``EDMPrecond``,
 ``EDMPrecondSuperResolution``, ``EDMPrecondSR``) hold the network under ``model.``: for those
 the inner network is returned together with the wrapper's arguments (:class:`EDMCheckpoint`);
-the preconditioning itself lives in :mod:`xkmcast.diffusion`. :func:`save_mdlus` writes the same
+the preconditioning itself lives in :mod:`xkmcast.diffusion`. PhysicsNeMo 2.x's nested wrappers
+(``EDMPreconditioner(ConcatConditionWrapper(DiT))``, :mod:`xkmcast.nn.mdlus_wrappers`) load the same
+way; a PhysicsNeMo ``DiT`` becomes :class:`xkmcast.nn.PhysicsNeMoDiT`. :func:`save_mdlus` writes the same
 format, so PhysicsNeMo's ``Module.from_checkpoint`` can read our U-Nets.
 """
 
 from __future__ import annotations
 
 import inspect
-import io
-import json
-import tarfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,15 +29,16 @@ import torch
 
 from xkmcast.errors import BundleError, explain
 from xkmcast.nn.base import Network
+from xkmcast.nn.mdlus_archive import MdlusContents, read_mdlus, write_archive
+from xkmcast.nn.mdlus_wrappers import MODULE_WRAPPERS, NESTED_PREFIX, unwrap, wrapped_args
 from xkmcast.nn.registry import NETWORKS
 from xkmcast.nn.unet import match_physicsnemo_eval
 
 __all__ = ["EDMCheckpoint", "MdlusContents", "read_mdlus", "load_mdlus", "save_mdlus", "SUPPORTED_CLASSES"]
 
-_FILES = ("model.pt", "args.json", "metadata.json")
-_NESTED_PREFIX = "__physicsnemo.Module__"
-_FILE_VERSION = "0.1.0"
 _EDM_MODULE = "physicsnemo.diffusion.preconditioners.legacy"
+#: metadata.json key of the wrapped network's file version, by wrapper
+_VERSION_KEY = {"EDMPreconditioner": f"{NESTED_PREFIX}.model.model.mdlus_file_version"}
 
 #: Wrapper arguments of each EDM preconditioner (everything else goes to the inner network).
 _EDM_WRAPPERS: dict[str, tuple[str, ...]] = {
@@ -61,21 +60,12 @@ _EDM_DEFAULT_MODEL = {"EDMPrecondSuperResolution": "SongUNetPosEmbd", "EDMPrecon
 _ALIASES = {"UNet": "CorrDiffRegressionUNet"}
 #: Arguments old PhysicsNeMo versions wrote that the current classes drop (``_backward_compat_arg_mapper``).
 _DROPPED_ARGS = {"CorrDiffRegressionUNet": ("img_channels", "sigma_min", "sigma_max", "sigma_data")}
+#: Arguments old PhysicsNeMo versions wrote under another name (DiT checkpoints of version 0.1.0).
+_RENAMED_ARGS = {"PhysicsNeMoDiT": {"timestep_embed_kwargs": "conditioning_embedder_kwargs"}}
 #: Inner networks an EDM wrapper may hold.
 _INNER = ("SongUNet", "SongUNetPosEmbd", "SongUNetPosLtEmbd", "DiT")
 
-SUPPORTED_CLASSES: tuple[str, ...] = tuple(sorted(set(NETWORKS) | set(_ALIASES) | set(_EDM_WRAPPERS)))
-
-
-@dataclass(frozen=True)
-class MdlusContents:
-    """The three parts of a ``.mdlus`` file, parsed."""
-
-    name: str
-    module: str
-    args: dict[str, Any]
-    state_dict: dict[str, torch.Tensor]
-    metadata: dict[str, Any]
+SUPPORTED_CLASSES: tuple[str, ...] = tuple(sorted(set(NETWORKS) | set(_ALIASES) | set(_EDM_WRAPPERS) | set(MODULE_WRAPPERS)))
 
 
 @dataclass
@@ -111,66 +101,9 @@ class EDMCheckpoint:
             own += net.pos_embd.shape[0]
         if getattr(net, "lt_embd", None) is not None:
             own += net.lt_embd.shape[1]
-        if self.wrapper == "EDMPrecond":
+        if self.wrapper in ("EDMPrecond", "EDMPreconditioner"):
             return self.img_in_channels - self.img_out_channels - own
         return self.img_in_channels - own
-
-
-# -- reading --------------------------------------------------------------------------------------
-def read_mdlus(path: str | Path, map_location: str | torch.device = "cpu") -> MdlusContents:
-    """Parse a ``.mdlus`` file (zip or tar) without building any network."""
-    path = Path(path)
-    if not path.is_file():
-        raise BundleError(explain("checkpoint file not found", expected="a .mdlus file", found=str(path)))
-    raw = _read_archive(path)
-    try:
-        args = json.loads(raw["args.json"].decode("utf-8"))
-        metadata = json.loads(raw["metadata.json"].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(explain(f"{path.name}: args.json or metadata.json is not valid JSON", found=str(exc))) from exc
-    if not isinstance(args, dict) or not isinstance(args.get("__name__"), str) or not isinstance(args.get("__args__"), dict):
-        raise BundleError(
-            explain(f"{path.name}: args.json is malformed", expected='{"__name__": ..., "__args__": {...}}', found=_short(args))
-        )
-    try:
-        state = torch.load(io.BytesIO(raw["model.pt"]), map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for bad payloads
-        raise BundleError(
-            explain(
-                f"{path.name}: model.pt cannot be read as a plain state dict",
-                found=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                fix="only tensors are loaded (weights_only=True); re-export the checkpoint with a state dict",
-            )
-        ) from exc
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise BundleError(explain(f"{path.name}: model.pt is not a state dict", expected="{name: tensor}", found=type(state).__name__))
-    return MdlusContents(args["__name__"], str(args.get("__module__", "")), args, dict(state), metadata)
-
-
-def _read_archive(path: Path) -> dict[str, bytes]:
-    """The bytes of the three members; tar first (old files can look like both)."""
-    found: dict[str, bytes] = {}
-    try:
-        if tarfile.is_tarfile(path):
-            with tarfile.open(path, "r") as tar:
-                for member in tar.getmembers():
-                    base = Path(member.name).name
-                    if member.isfile() and base in _FILES:
-                        found[base] = tar.extractfile(member).read()
-        elif zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                for name in archive.namelist():
-                    base = Path(name).name
-                    if base in _FILES and not name.endswith("/"):
-                        found[base] = archive.read(name)
-        else:
-            raise BundleError(explain(f"{path.name} is not a .mdlus checkpoint", expected="a zip or tar archive", found="neither"))
-    except (tarfile.TarError, zipfile.BadZipFile, OSError) as exc:
-        raise BundleError(explain(f"{path.name}: the archive is damaged", found=str(exc))) from exc
-    missing = [f for f in _FILES if f not in found]
-    if missing:
-        raise BundleError(explain(f"{path.name}: incomplete .mdlus archive", expected=list(_FILES), found=sorted(found)))
-    return found
 
 
 # -- loading --------------------------------------------------------------------------------------
@@ -184,21 +117,26 @@ def load_mdlus(
 
     Returns the network (``SongUNet``, ``SongUNetPosEmbd``, ``SongUNetPosLtEmbd``,
     ``RegressionUNet`` for CorrDiffRegressionUNet / UNet, ``StormCastUNet``, or an xkmcast
-    ``DiT`` / ``WeatherViT`` export), in eval mode, or an :class:`EDMCheckpoint` for EDM
-    preconditioner wrappers. ``physicsnemo_eval_groupnorm`` reproduces PhysicsNeMo's eval-mode
+    ``DiT`` / ``WeatherViT`` export, :class:`PhysicsNeMoDiT` for PhysicsNeMo's DiT), in eval mode,
+    or an :class:`EDMCheckpoint` for EDM preconditioner wrappers (``EDMPreconditioner`` included;
+    a ``ConcatConditionWrapper`` gives its network: the caller concatenates the image condition). ``physicsnemo_eval_groupnorm`` reproduces PhysicsNeMo's eval-mode
     group norm (see :func:`xkmcast.nn.unet.match_physicsnemo_eval`).
 
     Raises BundleError for unknown classes, unknown constructor arguments, nested modules or
     weights that do not fit the network.
     """
     contents = read_mdlus(path, map_location)
-    name = _ALIASES.get(contents.name, contents.name)
+    name = _network_name(contents.name, contents.module)
     args = dict(contents.args["__args__"])
-    _refuse_nested(args, contents.name)
-    if name in _EDM_WRAPPERS:
+    if name in MODULE_WRAPPERS:
+        result = _load_wrapped(contents, path)
+        network = result.network if isinstance(result, EDMCheckpoint) else result
+    elif name in _EDM_WRAPPERS:
+        _refuse_nested(args, contents.name)
         result = _load_edm(name, args, contents, path)
         network = result.network
     else:
+        _refuse_nested(args, contents.name)
         network = _build(name, args, source=contents.name)
         _load_weights(network, contents.state_dict, path)
         result = network
@@ -207,6 +145,40 @@ def load_mdlus(
     if physicsnemo_eval_groupnorm:
         match_physicsnemo_eval(network)
     return result
+
+
+def _network_name(name: str, module: str) -> str:
+    """xkmcast's class for a PhysicsNeMo class name (PhysicsNeMo's ``DiT`` is not xkmcast's ``DiT``)."""
+    name = _ALIASES.get(name, name)
+    return "PhysicsNeMoDiT" if name == "DiT" and module.startswith("physicsnemo") else name
+
+
+def _load_wrapped(contents: MdlusContents, path) -> torch.nn.Module | EDMCheckpoint:
+    """A network inside PhysicsNeMo 2.x module wrappers (see :mod:`xkmcast.nn.mdlus_wrappers`)."""
+    inner = unwrap(contents.args, contents.name)
+    _refuse_nested(inner.args, inner.name)
+    network = _build(_network_name(inner.name, inner.module), inner.args, source=f"{contents.name}({inner.name})")
+    state = contents.state_dict
+    buffers = {prefix + "sigma_data" for name, prefix, _ in inner.wrappers if name == "EDMPreconditioner"}
+    outside = sorted(k for k in state if not k.startswith(inner.prefix) and k not in buffers)
+    if outside:
+        raise BundleError(explain(f"{contents.name}: unexpected weights outside the wrapped model", found=outside[:20]))
+    _load_weights(network, {k[len(inner.prefix) :]: v for k, v in state.items() if k.startswith(inner.prefix)}, path)
+    precond = [(prefix, args) for name, prefix, args in inner.wrappers if name == "EDMPreconditioner"]
+    if not precond:
+        return network
+    prefix, args = precond[0]
+    sd = state.get(prefix + "sigma_data")
+    sigma_data = args.get("sigma_data", 0.5) if sd is None else (sd.float().item() if sd.ndim == 0 else sd.float().tolist())
+    config = getattr(network, "config", {})
+    return EDMCheckpoint(
+        network=network,
+        wrapper="EDMPreconditioner",
+        sigma_data=sigma_data,
+        img_in_channels=int(config.get("in_channels", 0)),
+        img_out_channels=int(config.get("out_channels") or config.get("in_channels", 0)),
+        args=contents.args,
+    )
 
 
 def _build(name: str, args: dict[str, Any], source: str) -> torch.nn.Module:
@@ -221,6 +193,9 @@ def _build(name: str, args: dict[str, Any], source: str) -> torch.nn.Module:
         )
     for dropped in _DROPPED_ARGS.get(name, ()):
         args.pop(dropped, None)
+    for old, new in _RENAMED_ARGS.get(name, {}).items():
+        if old in args:
+            args.setdefault(new, args.pop(old))
     if name == "SongUNetPosEmbd" and args.get("lead_time_mode"):  # written by older PhysicsNeMo
         name = "SongUNetPosLtEmbd"
         args.pop("lead_time_mode")
@@ -307,7 +282,7 @@ def _load_weights(network: torch.nn.Module, state: dict[str, torch.Tensor], path
 
 
 def _refuse_nested(args: dict[str, Any], source: str) -> None:
-    nested = [k for k, v in args.items() if isinstance(v, str) and v.startswith(_NESTED_PREFIX)]
+    nested = [k for k, v in args.items() if isinstance(v, str) and v.startswith(NESTED_PREFIX)]
     if nested:
         raise BundleError(explain(f"{source}: nested PhysicsNeMo modules are not supported", found=nested))
 
@@ -322,7 +297,9 @@ def save_mdlus(model: Network | EDMCheckpoint, path: str | Path, *, legacy_forma
     path = Path(path)
     if path.suffix != ".mdlus":
         raise BundleError(explain("wrong file name", expected="a name ending in .mdlus", found=path.name))
-    if isinstance(model, EDMCheckpoint):
+    if isinstance(model, EDMCheckpoint) and model.wrapper == "EDMPreconditioner":
+        args, state = _preconditioner_export(model)
+    elif isinstance(model, EDMCheckpoint):
         args, state = _edm_export(model)
     elif isinstance(model, Network):
         name = model.physicsnemo_name or type(model).__name__
@@ -333,23 +310,22 @@ def save_mdlus(model: Network | EDMCheckpoint, path: str | Path, *, legacy_forma
         raise BundleError(
             explain("cannot export this object", expected="an xkmcast network or EDMCheckpoint", found=type(model).__name__)
         )
-    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    metadata = {"mdlus_file_version": _FILE_VERSION, "exported_by": "xkmcast"}
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    members = {"model.pt": buffer.getvalue(), "args.json": json.dumps(args).encode(), "metadata.json": json.dumps(metadata).encode()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if legacy_format:
-        with tarfile.open(path, "w") as tar:
-            for member, data in members.items():
-                info = tarfile.TarInfo(member)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    else:
-        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
-            for member, data in members.items():
-                archive.writestr(member, data)
-    return path
+    inner = model.network if isinstance(model, EDMCheckpoint) else model
+    version = getattr(inner, "mdlus_file_version", None)  # PhysicsNeMo upgrades files of older versions
+    versions = {} if version is None else {_VERSION_KEY.get(getattr(model, "wrapper", None), "mdlus_file_version"): version}
+    return write_archive(path, args, state, legacy_format=legacy_format, versions=versions)
+
+
+def _preconditioner_export(ckpt: EDMCheckpoint) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """EDMPreconditioner(ConcatConditionWrapper(network)) as PhysicsNeMo 2.x writes it."""
+    net = ckpt.network
+    if not isinstance(net, Network) or not net.physicsnemo_name:
+        raise BundleError(explain("cannot export the wrapped network", expected="an xkmcast network with a PhysicsNeMo class",
+                                  found=type(net).__name__))  # fmt: skip
+    inner = {"__name__": net.physicsnemo_name, "__module__": net.physicsnemo_module, "__args__": net.config}
+    state = {f"model.model.{k}": v for k, v in net.state_dict().items()}
+    state["sigma_data"] = torch.as_tensor(ckpt.sigma_data, dtype=torch.float32)
+    return wrapped_args(inner, ckpt.sigma_data), state
 
 
 def _edm_export(ckpt: EDMCheckpoint) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -374,8 +350,3 @@ def _edm_export(ckpt: EDMCheckpoint) -> tuple[dict[str, Any], dict[str, torch.Te
     if ckpt.wrapper == "EDMPrecond":
         state["sigma_data"] = torch.as_tensor(ckpt.sigma_data, dtype=torch.float32)
     return {"__name__": ckpt.wrapper, "__module__": _EDM_MODULE, "__args__": {**wrapper, **inner}}, state
-
-
-def _short(value: Any, limit: int = 200) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from xkmcast.nn.dit import DiT
+from xkmcast.nn.physicsnemo_dit import PhysicsNeMoDiT
 from xkmcast.nn.unet import SongUNet
 from xkmcast.nn.unet_posembd import SongUNetPosEmbd, SongUNetPosLtEmbd
 from xkmcast.nn.unet_regression import RegressionUNet, StormCastUNet
@@ -22,6 +23,7 @@ NETWORKS: dict[str, type[torch.nn.Module]] = {
     "CorrDiffRegressionUNet": RegressionUNet,
     "StormCastUNet": StormCastUNet,
     "DiT": DiT,
+    "PhysicsNeMoDiT": PhysicsNeMoDiT,
     "WeatherViT": WeatherViT,
 }
 

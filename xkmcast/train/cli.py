@@ -102,6 +102,11 @@ def prepare_command(
     coarse: str = typer.Option(None, "--coarse", help="Coarse input dataset (entry or path)."),
     coarsen: int = typer.Option(None, "--coarsen", help="Make the input by block-averaging the fine data."),
     regrid_method: str = typer.Option("bilinear", "--regrid", help="bilinear | nearest | conservative."),
+    stats_start: str = typer.Option(None, "--stats-start", help="First time of the statistics window (ISO)."),
+    stats_end: str = typer.Option(None, "--stats-end", help="Last time of the statistics window (ISO); "
+                                  "use your training window so that no evaluation time enters the normalisation."),
+    allow_outside: bool = typer.Option(False, "--allow-outside",
+                                       help="Fine points the coarse grid does not cover become NaN instead of an error."),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
     """Write a training store (inputs on the fine grid, targets, invariants, statistics).
@@ -113,7 +118,8 @@ def prepare_command(
         fine_ds, coarse_ds = open_pair(fine, coarse, coarsen)
         path = prepare(fine_ds, coarse_ds, out, input_vars=_names(input_vars), output_vars=_names(output_vars),
                        invariants=_names(invariants), log_vars=_names(log_vars), regrid_method=regrid_method,
-                       overwrite=overwrite)
+                       regrid_options={"allow_outside": True} if allow_outside else None, overwrite=overwrite,
+                       stats_times=slice(stats_start, stats_end) if (stats_start or stats_end) else None)
     typer.echo(str(path))
 
 

@@ -73,14 +73,18 @@ class DataConfig(_Strict):
     own, or ``"synthetic"`` (:mod:`xkmcast.data.synthetic`, its arguments in ``params``). The fine
     target is ``source``; the coarse input is ``coarse`` (another entry / path) or the target
     block-averaged by ``coarsen``; the coarse input is regridded onto the fine grid with
-    ``regrid_method`` when the training store is prepared (once, in the run directory). Or ``dataset_class: "package.module:Class"``, a torch Dataset with
+    ``regrid_method`` and ``regrid_options`` (e.g. ``{allow_outside: true}``, see
+    :data:`xkmcast.fields.regrid.OPTIONS`) when the training store is prepared (once, in the run directory). Or ``dataset_class: "package.module:Class"``, a torch Dataset with
     the StormCast sample interface, built as ``Class(split="train"|"valid", **params)``.
 
-    Times: ``train_times`` / ``valid_times`` windows; when neither is set the last ``valid_fraction``
-    of the times validate and the first ``train_fraction`` of the others train (scaling runs).
+    Times: ``train_times`` / ``valid_times`` windows; ``train_times`` alone gives its last
+    ``valid_fraction`` to validation; when neither is set the last ``valid_fraction`` of the times
+    validate and the first ``train_fraction`` of the others train (scaling runs). The normalisation
+    statistics are those of the training times.
     Forecast kinds (StormCast, Stormscope, ViT): ``input_vars`` / ``output_vars`` are the state,
     ``background_vars`` the coarse conditioning. ``patch``: CorrDiff's patched diffusion (the pipeline
-    cuts random patches from whole fields). ``num_workers > 0`` loads faster but resuming is then no
+    cuts ``patches_per_sample`` random patches from each whole field: one regression forward serves
+    them all). ``num_workers > 0`` loads faster but resuming is then no
     longer bitwise exact.
     """
 
@@ -98,7 +102,9 @@ class DataConfig(_Strict):
     valid_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     train_fraction: float = Field(default=1.0, gt=0.0, le=1.0)
     regrid_method: Literal["bilinear", "nearest", "conservative"] = "bilinear"
+    regrid_options: dict[str, Any] = Field(default_factory=dict)
     patch: list[int] | None = None
+    patches_per_sample: int = Field(default=1, ge=1)
     num_workers: int = Field(default=0, ge=0)
 
     @field_validator("dataset_class")
@@ -107,6 +113,13 @@ class DataConfig(_Strict):
         if value is not None and not re.fullmatch(r"[\w.]+:[\w.]+", value):
             raise ValueError(f"expected 'package.module:Class', found {value!r}")
         return value
+
+    @field_validator("regrid_options")
+    @classmethod
+    def _regrid_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from ..fields.regrid import check_options
+
+        return check_options(value)  # ConfigError is a ValueError: pydantic reports it
 
     @field_validator("patch")
     @classmethod
@@ -141,8 +154,15 @@ class ModelConfig(_Strict):
     :mod:`xkmcast.models.specs`) and ``network`` overrides its constructor arguments (e.g.
     ``model.network.model_channels=32``); channel counts and the image size come from the data.
     ``condition_on_mean`` (CorrDiff): also give the regression mean to the diffusion network.
-    ``input_skip`` (CorrDiff): the regression predicts the departure from the coarse input regridded
-    to the fine grid (for output variables that are also inputs), so it starts from interpolation.
+    ``input_skip``: the regression predicts the departure from its input for the output variables
+    that are also inputs: CorrDiff from the coarse input regridded to the fine grid (it starts from
+    interpolation), StormCast from the current state (it starts from persistence). None: the kind's
+    default (on for both).
+    ``residual_scale`` (diffusion on a regression): the diffusion models ``(y - mu) / s`` per output
+    channel with ``s = RMS(y - mu) / sigma_data`` measured on training samples when the run starts
+    ("auto"), no scaling ("none"), or the given values. ``spread_calibration`` (with "auto" and
+    validation times): members are drawn with the scale measured on the validation times instead, so
+    their spread is that of the regression's error on unseen times, not on the times it was fitted to.
     """
 
     kind: Kind = KIND_NAMES[0]
@@ -153,7 +173,9 @@ class ModelConfig(_Strict):
     diffusion_conditions: list[Condition] | None = None
     regression_bundle: str | None = None
     condition_on_mean: bool = False
-    input_skip: bool = False
+    input_skip: bool | None = None
+    residual_scale: Literal["auto", "none"] | list[float] = "auto"
+    spread_calibration: bool = True
     loss: LossConfig = Field(default_factory=LossConfig)
     sampler: dict[str, Any] = Field(default_factory=dict)
     time_step: str | None = None
@@ -188,6 +210,8 @@ class ModelConfig(_Strict):
             self.loss.P_mean = kind.P_mean
         if self.loss.P_std is None:
             self.loss.P_std = kind.P_std
+        if self.input_skip is None:
+            self.input_skip = kind.input_skip
         needs_reg = self.stage == "diffusion" and "regression" in (self.diffusion_conditions or [])
         if needs_reg and not self.regression_bundle:
             raise ValueError("a diffusion run conditioned on 'regression' needs model.regression_bundle "
@@ -214,7 +238,11 @@ _UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 
 
 
 class TrainingConfig(_Strict):
-    """How to train: duration, batch, optimiser, precision, budgets, checkpoints, outputs."""
+    """How to train: duration, batch, optimiser, precision, budgets, checkpoints, outputs.
+
+    ``stages: [regression, diffusion]`` trains both stages in one run (a recipe, see
+    :mod:`xkmcast.train.recipe`): ``regression_share`` of ``time_budget`` to the regression, the rest
+    to the diffusion; one bundle with both stages at ``<run dir>/model``."""
 
     duration: int = Field(default=1000, ge=1)
     duration_unit: Literal["steps", "samples"] = "steps"
@@ -248,6 +276,8 @@ class TrainingConfig(_Strict):
     tensorboard: bool = True
     log_every: int = Field(default=10, ge=1)
     image_every: int | None = Field(default=None, ge=1)
+    stages: list[Literal["regression", "diffusion"]] | None = None
+    regression_share: float = Field(default=0.5, gt=0, lt=1)
 
     @field_validator("time_budget", mode="before")
     @classmethod
@@ -290,8 +320,8 @@ class TrainConfig(_Strict):
         d = self.data
         if d.dataset_class is None and d.source is None:
             raise ValueError("data: set data.source (catalog entry, path or 'synthetic') or data.dataset_class")
-        if not get_kind(self.model.kind).forecast and d.dataset_class is None:
-            if not d.output_vars:
+        if not get_kind(self.model.kind).forecast and d.dataset_class is None and not self.training.stages:
+            if not d.output_vars:  # a recipe (training.stages) fills them from the data
                 raise ValueError("data.output_vars: list the predicted variables")
         return self
 

@@ -12,9 +12,11 @@ statistics, grid and invariants).
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError, explain
@@ -89,8 +91,9 @@ def build_datasets(cfg: TrainConfig, stats: dict | None, env: D.DistEnv) -> RunD
 
     store_path = _training_store(cfg, env)
     ds = open_store(store_path)
-    roles = _role_stats(ds, cfg, stats)
+    _check_invariants(d.invariants, [v for v in d.invariants if v not in ds.data_vars], str(store_path))
     train_t, valid_t = _time_split(ds, cfg)
+    roles = _role_stats(ds, cfg, stats, train_t)
     if not _forecast(cfg):
         args = (store_path, d.input_vars, d.output_vars, d.invariants)
         store_stats = _store_stats(roles, "input", d.input_vars, d.output_vars, d.invariants)
@@ -157,6 +160,7 @@ def _training_store(cfg: TrainConfig, env: D.DistEnv) -> Path:
         check_recipe(out, recipe)  # a changed data config: refuse rather than train on the old store
     if env.is_main and not out.exists():
         fine, coarse = _fine_and_coarse(cfg)
+        _check_invariants(d.invariants, _missing_variables(fine, d.invariants), str(d.source))
         from ..data.prepare import prepare
 
         forecast = _forecast(cfg)
@@ -164,11 +168,40 @@ def _training_store(cfg: TrainConfig, env: D.DistEnv) -> Path:
         outputs = (d.output_vars or d.input_vars) if forecast else d.output_vars
         # prepare() needs at least one coarse input; a forecast without background stores an unused one
         inputs = inputs or outputs[:1]
+        window = d.train_times
+        stats_times = slice(window.start, window.end) if (window.start or window.end) else None
         prepare(fine, coarse, out, input_vars=inputs, output_vars=outputs, invariants=d.invariants,
-                regrid_method=d.regrid_method)
+                regrid_method=d.regrid_method, regrid_options=d.regrid_options, stats_times=stats_times)
         write_recipe(out, recipe)
     D.barrier(env)
     return out
+
+
+def _missing_variables(ds, names) -> list[str]:
+    """The canonical ``names`` that ``ds`` does not hold (by name, alias or CF standard_name)."""
+    from ..errors import MissingVariableError
+    from ..fields.variables import select_variables
+
+    missing = []
+    for name in names:
+        try:
+            select_variables(ds, [name])
+        except MissingVariableError:
+            missing.append(name)
+    return missing
+
+
+def _check_invariants(wanted, missing, source: str) -> None:
+    """ConfigError naming ``data.invariants`` when the data lacks some of them (a preset's defaults,
+    orog / lsm, are often absent from a user's own data)."""
+    if missing:
+        keep = [v for v in wanted if v not in missing]
+        raise ConfigError(explain(
+            f"The invariants {missing} of data.invariants are not in the data",
+            expected=f"data.invariants {list(wanted)} (the preset's default) in {source}",
+            found=f"missing {missing}",
+            fix=f"train without them: data.invariants={keep} (e.g. data.invariants=[]), or add them to the data",
+        ))
 
 
 def _fine_and_coarse(cfg: TrainConfig):
@@ -183,9 +216,11 @@ def _fine_and_coarse(cfg: TrainConfig):
     return open_pair(d.source, d.coarse, d.coarsen)
 
 
-def _role_stats(ds, cfg: TrainConfig, given: dict | None) -> dict[str, Any]:
-    """Statistics per role (canonical names): the regression bundle's, else the store's."""
-    from ..data.prepare import split_stats
+def _role_stats(ds, cfg: TrainConfig, given: dict | None, train_times=None) -> dict[str, Any]:
+    """Statistics per role (canonical names): the regression bundle's, else those of the store over
+    the training times ``train_times`` (the store's own when they cover exactly these times, else
+    computed here: no validation or evaluation time enters the normalisation)."""
+    from ..data.prepare import STATS_TIMES_ATTR, select_times, split_stats, times_fingerprint
     from ..data.stats import Stats, compute_stats
 
     if given:
@@ -194,7 +229,14 @@ def _role_stats(ds, cfg: TrainConfig, given: dict | None) -> dict[str, Any]:
     forecast = _forecast(cfg)
     inputs = d.background_vars if forecast else d.input_vars
     outputs = (d.output_vars or d.input_vars) if forecast else d.output_vars
-    store = Stats.from_attrs(ds) or compute_stats(ds)
+    store = Stats.from_attrs(ds)
+    train = select_times(ds, train_times)
+    covered = ds.attrs.get(STATS_TIMES_ATTR)
+    covered = json.loads(covered) if covered else times_fingerprint(ds["time"])
+    if store is None or covered != times_fingerprint(train["time"]):
+        names = list(store.names) if store is not None else None
+        logs = {n: e for n, e in store.log_eps.items()} if store is not None else {}
+        store = compute_stats(train, names, log_vars=logs)
     coarse, fine = split_stats(store, inputs, outputs, d.invariants)
     roles = {"output": fine, "invariant": coarse.subset(d.invariants)}
     if forecast:  # the state is both the input and the output
@@ -218,17 +260,23 @@ def _store_stats(roles: dict[str, Any], coarse_role: str, inputs, outputs, invar
 
 
 def _time_split(ds, cfg: TrainConfig):
-    """``(train, valid)`` time selections: the configured windows, else the last ``valid_fraction``."""
+    """``(train, valid)`` time selections: the configured windows; a training window alone gives up
+    its last ``valid_fraction`` to validation (when it holds at least 4 times); no window: the last
+    ``valid_fraction`` of the store validates."""
     d = cfg.data
     tr, va = d.train_times, d.valid_times
-    if any(v is not None for v in (tr.start, tr.end, va.start, va.end)):
-        return slice(tr.start, tr.end), (slice(va.start, va.end) if (va.start or va.end) else None)
-    n = ds.sizes["time"]
-    n_valid = int(round(n * d.valid_fraction))
-    if _forecast(cfg) and d.valid_fraction > 0:
+    if va.start is not None or va.end is not None:
+        return slice(tr.start, tr.end), slice(va.start, va.end)
+    positions = np.arange(ds.sizes["time"])
+    if tr.start is not None or tr.end is not None:
+        positions = positions[ds.indexes["time"].slice_indexer(tr.start, tr.end)]
+    n = positions.size
+    n_valid = int(round(n * d.valid_fraction)) if n >= 4 else 0
+    if _forecast(cfg) and d.valid_fraction > 0 and n_valid:
         n_valid = max(n_valid, 2)  # a forecast sample needs two consecutive times
     n_train = max(1, int(round((n - n_valid) * d.train_fraction)))
-    return list(range(n_train)), (list(range(n - n_valid, n)) if n_valid else None)
+    train = positions[:n_train].tolist()
+    return train, (positions[n - n_valid:].tolist() if n_valid else None)
 
 
 def build_pipeline_for(cfg: TrainConfig, data: RunData, base=None):
@@ -244,13 +292,56 @@ def build_pipeline_for(cfg: TrainConfig, data: RunData, base=None):
             getattr(pipeline, name).resize_(buf.shape).copy_(buf)
     elif data.store is not None:
         _attach_grid(pipeline, data, cfg)
+    if cfg.model.stage == "diffusion" and "regression" in pipeline.stages and "diffusion" in pipeline.stages:
+        scale = residual_scale(pipeline, data.train, cfg.model.residual_scale)
+        if scale is not None:
+            pipeline.spec.extra["residual_scale"] = scale
+            if cfg.model.spread_calibration and data.valid is not None and cfg.model.residual_scale == "auto":
+                # the regression fits its training times better than unseen ones: members get the
+                # spread of its error on the validation times
+                pipeline.spec.extra["sample_scale"] = residual_scale(pipeline, data.valid, "auto")
     return pipeline
+
+
+def residual_scale(pipeline, dataset, setting="auto", max_samples: int = 64) -> list[float] | None:
+    """The per-channel scale ``s_c = RMS_c(y - mu) / sigma_data_c`` of a diffusion stage on a frozen
+    regression (see :meth:`xkmcast.models.base.Pipeline.residual_scale`): the RMS over up to
+    ``max_samples`` training samples spread evenly over ``dataset``, ``sigma_data`` of the diffusion
+    preconditioner. ``setting``: ``"auto"`` (that), ``"none"`` (no scaling) or explicit values."""
+    if setting == "none" or dataset is None:
+        return None
+    n_out = len(pipeline.spec.output_vars)
+    if setting != "auto":
+        values = [float(v) for v in setting]
+        if len(values) != n_out:
+            raise ConfigError(explain("model.residual_scale needs one value per output variable",
+                                      expected=n_out, found=values))
+        return values
+    from torch.utils.data import default_collate
+
+    n = len(dataset)
+    index = sorted({int(i) for i in torch.linspace(0, n - 1, min(n, max_samples)).round().tolist()})
+    total = torch.zeros(n_out, dtype=torch.float64)
+    count = 0
+    device = pipeline.device
+    for start in range(0, len(index), 8):
+        batch = default_collate([dataset[i] for i in index[start:start + 8]])
+        batch = {k: (v.to(device) if torch.is_tensor(v) else [t.to(device) for t in v] if isinstance(v, list) else v)
+                 for k, v in batch.items()}
+        r = pipeline.residual(batch).double()
+        total += r.pow(2).sum(dim=(0, 2, 3)).cpu()
+        count += r.shape[0] * r.shape[2] * r.shape[3]
+    rms = (total / max(count, 1)).sqrt()
+    sd = torch.as_tensor(pipeline.stages["diffusion"].sigma_data, dtype=torch.float64).reshape(-1).cpu()
+    scale = rms / sd.expand(n_out)
+    return [float(v) if v > 0 else 1.0 for v in scale]
 
 
 def _spec(cfg: TrainConfig, data: RunData, base):
     """The spec of the run (:func:`xkmcast.models.specs.spec_from_config`), with the statistics of the
     data, or the regression stage, statistics and grid of ``base``."""
     from ..models.specs import spec_from_config
+    from .run_checks import check_base_grid, check_network_overrides
 
     d = cfg.data
     shape = tuple(data.shape or base.spec.grid["shape"])
@@ -258,58 +349,16 @@ def _spec(cfg: TrainConfig, data: RunData, base):
         d = d.model_copy(update={"output_vars": d.output_vars or data.state_vars,
                                  "background_vars": d.background_vars or data.background_vars})
     if base is not None and data.shape is not None:
-        _check_base_grid(base, data, cfg)
+        check_base_grid(base, data.shape, data.store, cfg.model.regression_bundle)
     spec = spec_from_config(cfg.model, d, shape)
-    _check_network_overrides(spec, cfg.model.network, skip=("regression",) if base is not None else ())
+    check_network_overrides(spec, cfg.model.network, skip=("regression",) if base is not None else ())
     if base is not None:
         spec.networks["regression"] = base.spec.networks["regression"]
         spec.stats, spec.grid = base.spec.stats, base.spec.grid
+        spec.extra["input_skip"] = bool(base.spec.extra.get("input_skip", False))  # how the regression was trained
     elif data.stats is not None:
         spec.stats = {role: stats.to_dict() for role, stats in data.stats.items()}
     return spec
-
-
-def _check_network_overrides(spec, overrides: dict[str, Any], skip=()) -> None:
-    """ConfigError when ``model.network`` sets an argument the data decide (channels, image size)
-    to another value than the data give (it used to be silently replaced)."""
-    import json
-
-    for stage, entry in spec.networks.items():
-        if stage in skip:
-            continue
-        kwargs = entry.get("kwargs", {})
-        for key, value in overrides.items():
-            if key in kwargs and json.dumps(kwargs[key], default=list) != json.dumps(value, default=list):
-                raise ConfigError(explain(
-                    f"model.network.{key}={value!r} conflicts with the data",
-                    expected=f"{key}={kwargs[key]!r} for the {stage} network (from the variables, conditions and grid)",
-                    found=f"model.network.{key}={value!r}",
-                    fix=f"remove model.network.{key}: channel counts and the image size come from the data",
-                ))
-
-
-def _check_base_grid(base, data: RunData, cfg: TrainConfig) -> None:
-    """GridError when the regression bundle's grid is not the grid of the diffusion run's data."""
-    import numpy as np
-
-    from ..errors import GridError
-    from ..fields.grid import find_grid
-
-    have = tuple(int(n) for n in base.spec.grid.get("shape", ()))
-    same = have == tuple(int(n) for n in data.shape)
-    if same and data.store is not None:
-        g = find_grid(data.store)
-        lat, lon = base.grid_lat.cpu().numpy(), base.grid_lon.cpu().numpy()
-        same = np.allclose(lat, g.lat, atol=1e-4) and np.allclose((lon - g.lon + 180) % 360 - 180, 0, atol=1e-4)
-    if not same:
-        raise GridError(explain(
-            "The regression bundle and the diffusion run's data are on different grids",
-            expected=f"the regression bundle's grid {list(have)} ({cfg.model.regression_bundle})",
-            found=f"training data on a grid of shape {list(data.shape)}"
-                  + ("" if have != tuple(data.shape) else " with other latitudes / longitudes"),
-            fix="train the diffusion stage on the data the regression bundle was trained on, "
-                "or point model.regression_bundle at a bundle of this grid",
-        ))
 
 
 def _attach_grid(pipeline, data: RunData, cfg: TrainConfig) -> None:
@@ -320,18 +369,24 @@ def _attach_grid(pipeline, data: RunData, cfg: TrainConfig) -> None:
 
     ds = data.store
     g = find_grid(ds)
-    pipeline.spec.grid = {"shape": list(g.shape), "grid_mapping": g.grid_mapping,
-                          "x": None if g.x is None else np.asarray(g.x).tolist(),
-                          "y": None if g.y is None else np.asarray(g.y).tolist()}
-    for name, values in (("grid_lat", g.lat), ("grid_lon", g.lon)):
-        t = torch.as_tensor(np.asarray(values, dtype=np.float64))
-        getattr(pipeline, name).resize_(t.shape).copy_(t)
+    pipeline.set_grid(g.lat, g.lon, **g.model_info(), regrid=_store_regrid(ds, cfg))
     inv = cfg.data.invariants if pipeline.spec.invariant_vars else []
     if inv:
         fields = np.stack([np.asarray(ds[v].values, dtype=np.float64) for v in inv])
         normed = data.stats["invariant"].normalise(fields, inv, axis=0).astype(np.float32)
         t = torch.from_numpy(np.ascontiguousarray(normed))
         pipeline.invariant.resize_(t.shape).copy_(t)
+
+
+def _store_regrid(ds, cfg: TrainConfig) -> dict:
+    """How the store's inputs were regridded (its ``regrid_method`` / ``regrid_options`` attributes,
+    else the config's): the bundle records it and ``downscale`` uses it by default."""
+    import json
+
+    method = ds.attrs.get("regrid_method", cfg.data.regrid_method)
+    options = ds.attrs.get("regrid_options")
+    options = json.loads(options) if isinstance(options, str) else dict(cfg.data.regrid_options)
+    return {"method": str(method), "options": options}
 
 
 def seed_everything(seed: int) -> None:

@@ -2,6 +2,7 @@
 
 Beside ``<run dir>/data/train.zarr`` the run keeps ``train.recipe.json``: the settings the store
 depends on (``data.source``, ``coarse``, ``coarsen``, ``params``, the variables, ``regrid_method``,
+``regrid_options`` and ``train_times``, the window of the statistics,
 i.e. the sources, variables and transforms) and a fingerprint of the source's content (for a path:
 the SHA-256 of the relative name, size and modification time of every file under it; a catalog entry
 is pinned by its hashes, so its name is its fingerprint), plus the times the store holds (for the
@@ -22,7 +23,7 @@ from ..errors import ConfigError, explain
 __all__ = ["store_recipe", "recipe_path", "check_recipe", "write_recipe"]
 
 _KEYS = ("source", "coarse", "coarsen", "params", "input_vars", "output_vars", "background_vars", "invariants",
-         "regrid_method")
+         "regrid_method", "regrid_options", "train_times")
 
 
 def recipe_path(store: Path) -> Path:

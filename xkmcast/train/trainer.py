@@ -536,5 +536,10 @@ def _unsharded_copy(pipeline, stage: str, full_state: dict):
 
 
 def train(cfg: TrainConfig, **kwargs) -> TrainResult:
-    """Run :class:`Trainer` ``(cfg, **kwargs)``."""
+    """Run :class:`Trainer` ``(cfg, **kwargs)``; with ``training.stages`` (a recipe), each stage in turn
+    (:func:`xkmcast.train.recipe.train_stages`)."""
+    from .recipe import is_recipe, train_stages
+
+    if is_recipe(cfg):
+        return train_stages(cfg, **kwargs)
     return Trainer(cfg, **kwargs).run()

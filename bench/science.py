@@ -1,0 +1,256 @@
+"""Skill on real data: the user workflow against bilinear, linear statistical downscaling, persistence.
+
+    python bench/science.py [--quick] [--budgets 120,300,600] [--cases storm-x2,...] [--no-record]
+
+For each real case (bench/science_cases.py) this trains a model exactly as a user would, with the
+package's presets and the Python API of the docs (``xkmcast.train.train(load_config(preset,
+overrides))``, CPU, ``training.time_budget``), then scores on held-out times:
+
+- downscaling (CorrDiff, ``corrdiff-tiny-*`` presets): bilinear (``Dataset.kmcast.regrid``), the
+  linear statistical downscaling (``xkmcast.fields.baselines.fit_linear`` on all interpolated inputs, fitted
+  on the training times: ``linear`` pooled per variable, the baseline the ratios use; ``linear-px`` per
+  pixel), the regression stage alone, the regression + diffusion ensemble;
+- stepping (StormCast, ``stormcast-tiny-*`` presets, state only): persistence, the per-pixel linear
+  step iterated, the regression, the ensemble, at leads 1..3 steps.
+
+Each budget B in ``--budgets`` (seconds of training in total, regression then diffusion half each; the
+regression resumes from the previous budget, the diffusion restarts on it) gives one block of the
+table. The table is printed and, unless ``--no-record``, recorded in docs/benchmarks.md under
+"Skill on real data". Columns: see bench/science_scores.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from science_cases import Case, all_cases, open_case, window  # noqa: E402
+from science_scores import on_truth, patch_borders, scores  # noqa: E402
+
+SECTION = "## Skill on real data"
+
+
+def _q(t: str) -> str:
+    return f'"{t}"'
+
+
+def _common(case: Case, outdir: Path, seconds: float, extra: list[str]) -> list[str]:
+    valid = [f"data.valid_times={{start: {_q(case.valid[0])}, end: {_q(case.valid[1])}}}"] if case.valid \
+        else ["data.valid_fraction=0"]
+    return [f"data.source={case.fine}", "data.params={}", "data.regrid_method=bilinear", "data.invariants=[]",
+            f"data.input_vars=[{','.join(case.inputs)}]", f"data.output_vars=[{','.join(case.outputs)}]",
+            f"data.train_times={{start: {_q(case.train[0])}, end: {_q(case.train[1])}}}", *valid,
+            f"training.time_budget={seconds}", "training.duration=10000000", f"training.outdir={outdir}",
+            "training.tensorboard=false", "training.checkpoint_every=100000", "training.validate_every=200",
+            *extra]
+
+
+def train_pair(case: Case, outdir: Path, seconds: float, tag: str, extra: list[str], reuse: bool = False):
+    """Regression (resumed to seconds/2) then a fresh diffusion on it (seconds/2): both bundles."""
+    from xkmcast.train import load_config, train
+
+    half = seconds / 2
+    if case.kind == "downscale":
+        presets = ("corrdiff-tiny-regression", "corrdiff-tiny-diffusion")
+        kind = [f"data.coarse={case.coarse}"]
+        dif_kind = []
+    else:
+        presets = ("stormcast-tiny-regression", "stormcast-tiny-diffusion")
+        kind = ["data.coarsen=1", "data.background_vars=[]", "model.regression_conditions=[state]",
+                "model.time_step=6h"]
+        dif_kind = ["model.diffusion_conditions=[state,regression]"]
+    common = [*_common(case, outdir, half, [*case.overrides, *extra]), *kind]
+    reg = train(load_config(presets[0], [*common, f"training.experiment={case.name}-regression"]), quiet=True)
+    dif = train(load_config(presets[1], [*common, *dif_kind, f"training.experiment={case.name}-diffusion",
+                                         f"training.run_id={tag}", f"training.resume={'latest' if reuse else 'null'}",
+                                         f"model.regression_bundle={reg.bundle}"]), quiet=True)
+    return reg, dif
+
+
+# ------------------------------------------------------------------------------------ downscaling
+def downscale_rows(case: Case, reg, dif, members: int) -> list[dict]:
+    import xkmcast
+    from xkmcast.fields.baselines import fit_linear
+
+    fine, coarse = open_case(case)
+    test_truth = window(fine, case.test)[case.outputs]
+    interp = coarse[case.inputs].kmcast.regrid(fine, method="bilinear")
+    train_in, test_in, train_out = window(interp, case.train), window(interp, case.test), window(fine, case.train)
+    preds = {"bilinear": test_in[case.outputs],
+             "linear": fit_linear(train_in, train_out[case.outputs], pooled=True).predict(test_in),
+             }
+    if train_in.sizes["time"] >= 4 * (len(case.inputs) + 1):  # per pixel only with enough samples per pixel
+        preds["linear-px"] = fit_linear(train_in, train_out[case.outputs]).predict(test_in)
+    model = xkmcast.load_model(dif.bundle)
+    out = window(coarse, case.test)[case.inputs].kmcast.downscale(model, members=members, include_mean=True, seed=0)
+    rows = []
+    for v in case.outputs:
+        truth = test_truth[v]
+        got = {**{k: p[v] for k, p in preds.items()},
+               "regression": on_truth(out[f"{v}_regression"], truth), "ensemble": on_truth(out[v], truth)}
+        for method, pred in got.items():
+            s = scores(pred, truth, patch_borders(model) if method == "ensemble" else None)
+            rows.append({"case": case.name, "var": v, "lead": "", "method": method, **s})
+    return _ratios(rows, ("bilinear", "linear", "regression"))
+
+
+# ------------------------------------------------------------------------------------ stepping
+def step_rows(case: Case, reg, dif, members: int, steps: int = 3) -> list[dict]:
+    import xkmcast
+    from xkmcast.fields.baselines import fit_linear
+
+    state, _ = open_case(case)
+    names = case.outputs
+    train = window(state, case.train)[names]
+    lin = fit_linear(train.isel(time=slice(0, -1)),
+                     train.isel(time=slice(1, None)).assign_coords(time=train.time[:-1].values))
+    test = window(state, case.test)[names]
+    inits = test.isel(time=slice(0, test.sizes["time"] - steps, 2))  # every other held-out time
+    ens = inits.kmcast.forecast(xkmcast.load_model(dif.bundle), steps=steps, members=members, seed=0)
+    det = inits.kmcast.forecast(xkmcast.load_model(reg.bundle), steps=steps, members=1, seed=0)
+    rows = []
+    n = inits.sizes["time"]
+    current = inits
+    for lead in range(1, steps + 1):
+        truth = test.isel(time=slice(lead, lead + 2 * n - 1, 2))
+        current = lin.predict(current.assign_coords(time=inits.time.values))
+        for v in names:
+            t = truth[v].assign_coords(time=inits.time.values)
+            got = {"persistence": inits[v], "linear": current[v],
+                   "regression": _lead(det[v], lead, t).squeeze("member", drop=True),
+                   "ensemble": _lead(ens[v], lead, t)}
+            for method, pred in got.items():
+                rows.append({"case": case.name, "var": v, "lead": f"{6 * lead}h", "method": method,
+                             **scores(pred, t)})
+    return _ratios(rows, ("persistence", "linear", "regression"))
+
+
+def _lead(da: xr.DataArray, lead: int, truth: xr.DataArray) -> xr.DataArray:
+    """Lead ``lead`` (1-based step) of a forecast (member, init_time, lead_time, y, x) on truth's grid."""
+    one = da.isel(lead_time=lead if da.sizes["lead_time"] > lead and _has_lead0(da) else lead - 1)
+    one = one.rename({"init_time": "time"}) if "init_time" in one.dims else one
+    return on_truth(one.drop_vars([c for c in one.coords if c in ("lead_time", "valid_time")]), truth)
+
+
+def _has_lead0(da: xr.DataArray) -> bool:
+    lt = da["lead_time"].values if "lead_time" in da.coords else None
+    return lt is not None and np.asarray(lt).astype("timedelta64[s]").astype(int)[0] == 0
+
+
+def _ratios(rows: list[dict], bases: tuple[str, ...]) -> list[dict]:
+    ref = {(r["var"], r["lead"], r["method"]): r["mae"] for r in rows}
+    for r in rows:
+        for b in bases:
+            r[f"/{b[:4]}"] = r["mae"] / ref[(r["var"], r["lead"], b)]
+    return rows
+
+
+# ------------------------------------------------------------------------------------ table
+COLS = ["case", "var", "lead", "method", "mae", "/bili|/pers", "/line", "/regr", "crps", "crps_fair", "ssr",
+        "spec", "seam", "min/max (truth)"]
+
+
+def _fmt(x: float) -> str:
+    if x != x:
+        return "-"
+    a = abs(x)
+    return f"{x:.3g}" if a < 1000 else f"{x:.0f}"
+
+
+def table(rows: list[dict]) -> str:
+    lines = []
+    head = f"{'case':10s} {'var':5s} {'lead':4s} {'method':11s} {'MAE':>7s} {'/bilin':>6s} {'/lin':>6s} {'/regr':>6s} " \
+           f"{'CRPS':>7s} {'fCRPS':>7s} {'SSR':>5s} {'spec':>5s} {'seam':>5s}  min/max (truth)"
+    lines.append(head)
+    for r in rows:
+        first = r.get("/bili", r.get("/pers"))
+        lines.append(
+            f"{r['case']:10s} {r['var']:5s} {r['lead']:4s} {r['method']:11s} {_fmt(r['mae']):>7s} {_fmt(first):>6s} "
+            f"{_fmt(r['/line']):>6s} {_fmt(r['/regr']):>6s} {_fmt(r['crps']):>7s} {_fmt(r['crps_fair']):>7s} "
+            f"{_fmt(r['ssr']):>5s} {_fmt(r['spec']):>5s} {_fmt(r['seam']):>5s}  "
+            f"{_fmt(r['lo'])}/{_fmt(r['hi'])} ({_fmt(r['tlo'])}/{_fmt(r['thi'])})")
+    return "\n".join(lines)
+
+
+INTRO = ("Columns: MAE of the ensemble mean and its ratio to bilinear (or persistence), to the linear statistical "
+         "baseline (pooled per variable) and to the regression mean; CRPS and fair CRPS; spread-skill ratio; power "
+         "of one member / truth over the finest third of wavenumbers; jump across patch borders / truth's "
+         "(- when unpatched); min/max of the members (truth's). Data and splits: bench/science_cases.py. "
+         "One block per command; each run replaces its own block.")
+
+
+def record(text: str, command: str) -> Path:
+    """Write ``text`` as the block of ``command`` in the "Skill on real data" section of docs/benchmarks.md
+    (replacing that command's previous block, keeping the others)."""
+    path = HERE.parent / "docs" / "benchmarks.md"
+    doc = path.read_text() if path.exists() else "# Benchmarks\n"
+    start = doc.find(SECTION)
+    blocks: dict[str, str] = {}
+    if start >= 0:
+        end = doc.find("\n## ", start + len(SECTION))
+        body = doc[start:] if end < 0 else doc[start:end + 1]
+        doc = doc[:start] + ("" if end < 0 else doc[end + 1:])
+        for part in body.split("\n### ")[1:]:
+            head, _, rest = part.partition("\n")
+            blocks[head.strip()] = rest.strip("\n")
+    stamp = f"{datetime.date.today().isoformat()}, {os.cpu_count()} cores (shared)"
+    blocks[f"`{command}`"] = f"{stamp}\n\n```text\n{text}\n```"
+    lines = [SECTION, "", INTRO, ""]
+    for head, rest in blocks.items():
+        lines += [f"### {head}", "", rest, ""]
+    path.write_text(doc.rstrip("\n") + "\n\n" + "\n".join(lines))
+    return path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="30 s per stage, 4 members (about 5 minutes)")
+    p.add_argument("--budgets", default=None, help="total training seconds per model, comma-separated "
+                   "(default 600; --quick: 60)")
+    p.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
+    p.add_argument("--members", type=int, default=None)
+    p.add_argument("--work", default="bench-science-runs", help="work directory (data, runs)")
+    p.add_argument("--set", action="append", default=[], help="extra config override for every run (key=value)")
+    p.add_argument("--reuse", action="store_true", help="resume the diffusion runs of --work too (a finished "
+                   "run only re-exports: scores the models trained before without training again)")
+    p.add_argument("--no-record", action="store_true")
+    args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    budgets = [float(b) for b in (args.budgets or ("60" if args.quick else "600")).split(",")]
+    members = args.members or (4 if args.quick else 8)
+    work = Path(args.work).resolve()
+    cases = all_cases(work / "data", args.cases.split(",") if args.cases else None)
+    blocks = []
+    for budget in sorted(budgets):
+        rows = []
+        for case in cases:
+            t0 = time.perf_counter()
+            reg, dif = train_pair(case, work / "runs", budget, f"b{int(budget)}", args.set, args.reuse)
+            fn = downscale_rows if case.kind == "downscale" else step_rows
+            new = fn(case, reg, dif, members)
+            rows += new
+            print(f"# {case.name}: {case.note}; regression {reg.step} steps, diffusion {dif.step} steps, "
+                  f"{time.perf_counter() - t0:.0f} s\n{table(new)}", flush=True)
+        text = f"training budget {budget:.0f} s per model (regression {budget / 2:.0f} s + diffusion " \
+               f"{budget / 2:.0f} s), {members} members\n" + table(rows)
+        print(text, flush=True)
+        blocks.append(text)
+    if not args.no_record:
+        cmd = "python bench/science.py " + " ".join(sys.argv[1:])
+        print(f"recorded in {record(chr(10).join(blocks), cmd.strip())}")
+
+
+if __name__ == "__main__":
+    main()

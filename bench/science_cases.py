@@ -1,0 +1,146 @@
+"""The real-data cases of bench/science.py: how each real dataset becomes a downscaling or a stepping case.
+
+- ``storm-x2`` / ``storm-x3``: the January 1996 blizzard (NCL example data, six-hourly analyses,
+  1.25 x 2.5 deg). The coarse input is the real field block-averaged x2 / x3; the target is the real
+  field on the window of the fine grid that the coarse cell centres cover (so bilinear needs no
+  extrapolation): latitude 31.25..57.5 N, longitude 125..72.5 W (22 x 22), inside the rectangle where
+  the analyses are defined at every time (they are NaN outside a trapezoid). Train on the first 40 times
+  (10 days), validate on the next 8, score on the last 16 (4 days, held out).
+- ``guam-x4``: WRF 0.78 km over Guam (3 hourly times), coarsened x4; train on the first 2 times, score
+  on the third (a round trip: informative against the linear baseline, not for a diffusion ensemble).
+- ``storm-step``: the blizzard state (6 variables, 24 x 26) stepped 6 h, 12 h, 18 h ahead from every
+  held-out initial time; persistence and the per-pixel linear stepping baseline.
+
+Data: ../shared/data (see its README); the files are written as CF NetCDF into the work directory,
+which is what a user's own data would look like.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if not DATA.exists():  # a worktree beside the main checkout
+    DATA = Path("/work/shared/data")
+STORM_FILES = {"t2m": ("Tstorm", "t", "K"), "msl": ("Pstorm", "p", "Pa"), "u10m": ("Ustorm", "u", "m s-1"),
+               "v10m": ("Vstorm", "v", "m s-1"), "u500": ("U500storm", "u", "m s-1"),
+               "v500": ("V500storm", "v", "m s-1")}
+STORM_OUTPUTS = ["t2m", "msl", "u10m", "v10m"]
+#: the analyses are NaN outside a trapezoid (a conic domain): this rectangle is valid at every time
+STORM_VALID = {"latitude": slice(8, 32), "longitude": slice(5, 31)}  # 24 x 26, 30..58.75 N, 127.5..65 W
+#: the fine window inside the centres of both the x2 and the x3 coarse cells (22 x 22)
+STORM_WINDOW = {"latitude": slice(1, 23), "longitude": slice(1, 23)}
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    kind: str  # "downscale" or "step"
+    fine: Path  # CF NetCDF of the target (downscale) or the state (step)
+    coarse: Path | None
+    inputs: list[str]
+    outputs: list[str]
+    train: tuple[str, str]
+    valid: tuple[str, str] | None
+    test: tuple[str, str]
+    note: str = ""
+    overrides: tuple[str, ...] = ()  # config overrides this case needs (e.g. a batch its few times can fill)
+
+
+def storm() -> xr.Dataset:
+    """The six blizzard fields as one CF Dataset (time built from the hours since reftime)."""
+    out = {}
+    for name, (stem, var, units) in STORM_FILES.items():
+        ds = xr.open_dataset(DATA / "ncl_storm" / f"{stem}.cdf", decode_times=False)
+        out[name] = ds[var].rename({"timestep": "time", "lat": "latitude", "lon": "longitude"}).assign_attrs(units=units)
+    ds = xr.Dataset(out).load().isel(STORM_VALID)
+    ds = ds.assign_coords(time=pd.Timestamp("1996-01-05") + pd.to_timedelta(ds["time"].values.astype(int), "h"))
+    # three fields miss one whole time each (t2m and v10m at index 17, v10m 37, v500 36, all in the
+    # training period): linear interpolation in time there, so that 6-hourly pairs stay contiguous
+    ds = ds.interpolate_na("time")
+    ds["latitude"].attrs.update(standard_name="latitude", units="degrees_north")
+    ds["longitude"].attrs.update(standard_name="longitude", units="degrees_east")
+    ds.attrs = {"source": "NCAR Command Language example data (Debian libncarg-data 6.6.2), BSD-4-clause, UCAR"}
+    return ds
+
+
+def _block(ds: xr.Dataset, factor: int) -> xr.Dataset:
+    """Block means of a rectilinear lat/lon dataset (cell centres = means of the fine centres)."""
+    out = ds.coarsen(latitude=factor, longitude=factor, boundary="trim").mean(keep_attrs=True)
+    for c in ("latitude", "longitude"):
+        out[c].attrs = dict(ds[c].attrs)
+    return out
+
+
+def _times(ds: xr.Dataset, a: int, b: int) -> tuple[str, str]:
+    t = ds["time"].values
+    return str(t[a])[:19], str(t[b])[:19]
+
+
+def storm_cases(work: Path) -> list[Case]:
+    ds = storm()
+    work.mkdir(parents=True, exist_ok=True)
+    fine = work / "storm_fine.nc"
+    ds[STORM_OUTPUTS].isel(STORM_WINDOW).to_netcdf(fine)
+    cases = []
+    for f in (2, 3):
+        coarse = work / f"storm_coarse_x{f}.nc"
+        _block(ds, f).to_netcdf(coarse)
+        cases.append(Case(f"storm-x{f}", "downscale", fine, coarse, list(STORM_FILES), STORM_OUTPUTS,
+                          _times(ds, 0, 39), _times(ds, 40, 47), _times(ds, 48, 63),
+                          f"blizzard 1996, 22x22 at 1.25x2.5 deg, coarse x{f} block means"))
+    state = work / "storm_state.nc"
+    ds.to_netcdf(state)
+    cases.append(Case("storm-step", "step", state, None, list(STORM_FILES), list(STORM_FILES),
+                      _times(ds, 0, 39), _times(ds, 40, 47), _times(ds, 48, 63),
+                      "blizzard 1996, 6 variables 24x26, 6-hourly steps"))
+    return cases
+
+
+def guam_case(work: Path) -> Case | None:
+    """WRF Guam coarsened x4: the fine window inside the coarse cell centres (56 x 48)."""
+    path = DATA / "guam.nc"
+    if not path.exists():
+        return None
+    import xkmcast  # noqa: F401  (the accessor)
+
+    raw = xr.open_dataset(path)
+    ds = raw.kmcast.variables(["t2m", "u10m", "v10m"]).rename({"Time": "time"}).load()
+    ds = ds.isel(south_north=slice(0, 68), west_east=slice(0, 60))
+    ds.attrs = {"source": "Dynamical Downscaled and Projected Climate for the Pacific Islands - Guam "
+                          "(WRF, C. Zhang, University of Hawaii; USGS CIDA), licence: Freely available"}
+    coarse = ds.coarsen(south_north=4, west_east=4).mean()
+    coarse = coarse.assign_coords(XLAT=ds["XLAT"].coarsen(south_north=4, west_east=4).mean(),
+                                  XLONG=ds["XLONG"].coarsen(south_north=4, west_east=4).mean())
+    for c in ("XLAT", "XLONG"):
+        coarse[c].attrs = dict(raw[c].attrs)
+    fine_path, coarse_path = work / "guam_fine.nc", work / "guam_coarse_x4.nc"
+    ds.isel(south_north=slice(6, 62), west_east=slice(6, 54)).to_netcdf(fine_path)
+    coarse.to_netcdf(coarse_path)
+    return Case("guam-x4", "downscale", fine_path, coarse_path, ["t2m", "u10m", "v10m"], ["t2m", "u10m", "v10m"],
+                _times(ds, 0, 1), None, _times(ds, 2, 2), "WRF 0.78 km Guam, 56x48, coarse x4, 2 training times",
+                ("training.batch_size=2",))
+
+
+def all_cases(work: Path, names: list[str] | None = None) -> list[Case]:
+    cases = storm_cases(work)
+    g = guam_case(work)
+    if g is not None:
+        cases.insert(2, g)
+    return [c for c in cases if names is None or c.name in names]
+
+
+def open_case(case: Case) -> tuple[xr.Dataset, xr.Dataset | None]:
+    """``(fine, coarse)`` of a case as xarray Datasets (loaded)."""
+    fine = xr.open_dataset(case.fine).load()
+    coarse = xr.open_dataset(case.coarse).load() if case.coarse else None
+    return fine, coarse
+
+
+def window(ds: xr.Dataset, span: tuple[str, str]) -> xr.Dataset:
+    return ds.sel(time=slice(np.datetime64(span[0]), np.datetime64(span[1])))

@@ -1,0 +1,92 @@
+"""The columns of bench/science.py, computed with xkmcast.fields.metrics on (prediction, truth) pairs.
+
+Every prediction is first put on the truth's grid coordinates (``on_truth``). Columns:
+
+- ``mae``: MAE of the ensemble mean (of the field itself for one-member methods);
+- ``crps`` / ``crps_fair``: standard and fair CRPS (a one-member forecast: its absolute error);
+- ``ssr``: spread-skill ratio (Fortin et al.; NaN for one member);
+- ``spec``: power of one member over the truth's, averaged over the finest resolved third of the
+  wavenumbers (2/3 Nyquist .. Nyquist, grid units): 1 is right, < 1 too smooth, > 1 too noisy;
+- ``seam``: mean |jump| between neighbouring pixels across the patch borders of the model's patching,
+  over the truth's at the same places (NaN when the model is not patched);
+- ``lo`` / ``hi``: minimum and maximum of the members vs the truth's (printed side by side).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from xkmcast.fields import metrics
+
+
+def on_truth(pred: xr.DataArray, truth: xr.DataArray) -> xr.DataArray:
+    """``pred`` with its last two dims renamed and re-labelled as the truth's spatial dims."""
+    ydim, xdim = truth.dims[-2:]
+    pred = pred.rename({pred.dims[-2]: ydim, pred.dims[-1]: xdim})
+    keep = [c for c in pred.coords if set(pred[c].dims) & {ydim, xdim}]
+    pred = pred.drop_vars(keep).assign_coords({ydim: truth[ydim], xdim: truth[xdim]}) \
+        if ydim in truth.coords else pred.drop_vars(keep)
+    if "time" in pred.dims and "time" in truth.dims:
+        pred = pred.assign_coords(time=truth["time"].values)
+    return pred
+
+
+def top_third_power_ratio(pred: xr.DataArray, truth: xr.DataArray) -> float:
+    """Power ratio (one member vs truth) over wavenumbers 2/3 Nyquist .. Nyquist (grid units)."""
+    ydim, xdim = truth.dims[-2:]
+    one = pred.isel(member=0) if "member" in pred.dims else pred
+    ps = metrics.power_spectrum(one, dx=1.0, dy=1.0, spatial=(ydim, xdim))
+    pt = metrics.power_spectrum(truth, dx=1.0, dy=1.0, spatial=(ydim, xdim))
+    k = ps["wavenumber"]
+    band = (k >= 0.5 * 2 / 3) & (k <= 0.5)
+    return float(ps.where(band).sum() / pt.where(band).sum())
+
+
+def seam_ratio(pred: xr.DataArray, truth: xr.DataArray, borders: tuple[list[int], list[int]] | None) -> float:
+    """Mean |f[i] - f[i-1]| across the patch borders (rows, cols) of pred over that of truth."""
+    if not borders or not (borders[0] or borders[1]):
+        return float("nan")
+    ydim, xdim = truth.dims[-2:]
+
+    def jumps(f: xr.DataArray) -> float:
+        a = np.asarray(f.transpose(..., ydim, xdim).values, dtype=np.float64)
+        parts = [np.abs(a[..., r, :] - a[..., r - 1, :]).ravel() for r in borders[0] if 0 < r < a.shape[-2]]
+        parts += [np.abs(a[..., :, c] - a[..., :, c - 1]).ravel() for c in borders[1] if 0 < c < a.shape[-1]]
+        return float(np.mean(np.concatenate(parts)))
+
+    return jumps(pred) / jumps(truth)
+
+
+def patch_borders(model) -> tuple[list[int], list[int]] | None:
+    """Rows and columns of the grid where a patched model's inference patches meet (None: unpatched)."""
+    spec = model.spec
+    if not spec.patch or tuple(spec.patch) == tuple(spec.grid["shape"]):
+        return None
+    from xkmcast.diffusion.patching import GridPatching
+
+    g = GridPatching(tuple(spec.grid["shape"]), tuple(spec.patch), **spec.extra.get("patching", {}))
+    (sy, sx), b = g.stride, g.boundary
+    # patch j covers padded [j*s, j*s + p); its own interior ends where the next one's begins
+    rows = [j * sy - b + g.overlap // 2 for j in range(1, g.grid_shape[0])]
+    cols = [j * sx - b + g.overlap // 2 for j in range(1, g.grid_shape[1])]
+    return rows, cols
+
+
+def scores(pred: xr.DataArray, truth: xr.DataArray, borders=None) -> dict[str, float]:
+    """The columns for one method and one variable (see the module docstring)."""
+    ens = "member" in pred.dims and pred.sizes["member"] > 1
+    mean = pred.mean("member") if "member" in pred.dims else pred
+    out = {"mae": float(metrics.mae(mean, truth))}
+    if ens:
+        out["crps"] = float(metrics.crps(pred, truth))
+        out["crps_fair"] = float(metrics.crps(pred, truth, fair=True))
+        out["ssr"] = float(metrics.spread_skill(pred, truth))
+    else:
+        out["crps"] = out["crps_fair"] = out["mae"]
+        out["ssr"] = float("nan")
+    out["spec"] = top_third_power_ratio(pred, truth)
+    out["seam"] = seam_ratio(pred, truth, borders)
+    out["lo"], out["hi"] = float(pred.min()), float(pred.max())
+    out["tlo"], out["thi"] = float(truth.min()), float(truth.max())
+    return out
