@@ -7,20 +7,33 @@ every file written is flushed to disk (``fsync``), an existing target is moved a
 and the temporary path is renamed into place, the folder entry is flushed, and the old copy removed.
 On any error (a NaN found in a late chunk, a full disk, Ctrl-C) the temporary path is removed and the
 target is left untouched: a reader sees either the previous complete target or the new one.
+
+Concurrent writers: while the block runs the writer holds ``.lock-<name>`` (created exclusively,
+holding its PID), so a second writer of the same target fails at once with
+:class:`~xkmcast.errors.OutputBusyError`; ``overwrite=False`` is checked again under the lock just
+before the move. A lock whose process is gone is taken over.
+
+Leftovers of a killed writer (``kill -9``): before writing, :func:`remove_stale` deletes the
+``.tmp-<name>-<pid>-*`` entries of processes that no longer exist (live ones are left alone) and
+restores or deletes their ``.old-<name>-<pid>-*`` copies (restored when the target is missing).
+PIDs are those of this machine: do not share one output folder between hosts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import explain
+from .errors import OutputBusyError, OutputExistsError, explain
 
-__all__ = ["atomic_path", "atomic_write_text", "temporary_name"]
+__all__ = ["atomic_path", "atomic_write_text", "temporary_name", "writer_lock", "remove_stale", "pid_alive"]
+
+_LEFTOVER = re.compile(r"^\.(tmp|old)-(?P<name>.+)-(?P<pid>\d+)-[0-9a-f]{8}$")
 
 
 def temporary_name(path: Path, tag: str = "tmp") -> Path:
@@ -38,6 +51,13 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True, durable: boo
     path = Path(path)
     _refuse_existing(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with writer_lock(path):
+        remove_stale(path.parent, path.name)
+        _refuse_existing(path, overwrite)
+        yield from _write(path, overwrite, durable)
+
+
+def _write(path: Path, overwrite: bool, durable: bool) -> Iterator[Path]:
     tmp = temporary_name(path)
     try:
         yield tmp
@@ -69,7 +89,81 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def _refuse_existing(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
-        raise FileExistsError(explain(f"{path} exists", fix="choose another output or pass overwrite=True (--overwrite)"))
+        raise OutputExistsError(explain(f"{path} exists", fix="choose another output or pass overwrite=True (--overwrite)"))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (a process of another user counts)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def writer_lock(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold ``<folder>/.lock-<name>`` (exclusive create, holding the PID) while the block runs.
+
+    Raises :class:`OutputBusyError` when a live process (this one included) holds it; the lock of a
+    process that is gone is taken over."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(f".lock-{path.name}")
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                owner = 0  # being written right now, or garbage: look again
+            if owner and pid_alive(owner):
+                raise OutputBusyError(explain(
+                    f"{path} is being written by another process (pid {owner})",
+                    expected="one writer per output", found=f"the lock file {lock}",
+                    fix="wait for that run to finish, or write to another path "
+                        "(delete the lock file only if that process is not an xkmcast run)",
+                )) from None
+            if owner:
+                lock.unlink(missing_ok=True)  # its process is gone
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        break
+    else:
+        raise OutputBusyError(explain(f"cannot take the lock {lock} of {path}", fix="retry"))
+    try:
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def remove_stale(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Remove the temporaries of dead processes in ``folder`` (those of target ``name`` or all).
+
+    ``.tmp-*`` entries are deleted; an ``.old-*`` copy is renamed back to its target when the target
+    is missing (the writer died between its two renames), else deleted. Returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in folder.iterdir():
+        m = _LEFTOVER.match(entry.name)
+        if not m or (name is not None and m["name"] != name) or pid_alive(int(m["pid"])):
+            continue
+        target = folder / m["name"]
+        if entry.name.startswith(".old-") and not target.exists():
+            with contextlib.suppress(OSError):
+                os.replace(entry, target)
+                continue
+        _remove(entry)
+        removed.append(entry)
+    return removed
 
 
 def _fsync_tree(tmp: Path) -> None:

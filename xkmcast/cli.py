@@ -1,8 +1,13 @@
-"""The ``xkmcast`` command line: each command is a few lines over the library."""
+"""The ``xkmcast`` command line: each command is a few lines over the library.
+
+Every command reports an :class:`~xkmcast.errors.XkmcastError` as ``error: <message>`` with exit code 2
+(``xkmcast --debug COMMAND`` also prints the traceback; :mod:`xkmcast.cli_errors`)."""
 
 from __future__ import annotations
 
 import typer
+
+from .cli_errors import reported_errors
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Kilometre-scale generative weather models for xarray.")
 catalog_app = typer.Typer(no_args_is_help=True, help="List and download the datasets of the xkmcast catalog.")
@@ -10,8 +15,9 @@ app.add_typer(catalog_app, name="catalog")
 
 
 def _register_training() -> None:
-    from .train.cli import register
+    from .train.cli import debug_option, register
 
+    app.callback()(debug_option)  # xkmcast --debug COMMAND ...
     register(app)  # train, scale, prepare
 
 
@@ -59,12 +65,15 @@ def catalog_fetch(name: str) -> None:
     """Download the files of catalog entry NAME (hash-checked, cached); print the local path."""
     from .data.catalog import catalog_fetch as fetch
 
-    typer.echo(str(fetch(name)))
+    with reported_errors():
+        typer.echo(str(fetch(name)))
 
 
 def _open_input(name_or_path: str, part: str | None, times: str | None):
     """A catalog entry or path (any published layout), optionally one part and a time selection."""
     import xkmcast
+
+    from .errors import TimeCoverageError, explain
 
     kwargs = {"part": part} if part else {}
     ds = xkmcast.open_dataset(name_or_path, **kwargs)
@@ -73,7 +82,13 @@ def _open_input(name_or_path: str, part: str | None, times: str | None):
             start, stop = times.split(":", 1)
             ds = ds.sel(time=slice(start or None, stop or None))
         else:
-            ds = ds.sel(time=[t.strip() for t in times.split(",")])
+            try:
+                ds = ds.sel(time=[t.strip() for t in times.split(",")])
+            except (KeyError, ValueError) as exc:
+                raise TimeCoverageError(explain(f"--times {times} are not all times of {name_or_path}",
+                                                expected=f"times within {ds.time.values.min()} .. {ds.time.values.max()}",
+                                                found=str(exc).splitlines()[0] if str(exc) else times,
+                                                fix="list times the data hold, or give a range START:END")) from None
     return ds
 
 
@@ -101,22 +116,28 @@ def downscale(
     precision: str = typer.Option("fp32", help="fp32, or amp-bf16 (bfloat16 autocast on CUDA and CPU)"),
     overwrite: bool = typer.Option(False, help="replace an existing output"),
     quiet: bool = typer.Option(False, help="no progress bar"),
+    check_ranges: bool = typer.Option(True, help="refuse physically implausible input values (wrong units)"),
 ) -> None:
     """Downscale INPUT with MODEL and write OUTPUT (streamed time chunk by time chunk)."""
     from .fields.downscale import downscale as run
-    from .fields.io import write_corrdiff_netcdf, write_dataset
+    from .fields.io import output_format, write_corrdiff_netcdf, write_dataset
+    from .fields.validate import require_positive
 
-    ds = _open_input(input, part, times).chunk({"time": time_chunk})
-    result = run(ds, model, members=members, seed=seed, num_steps=steps, sampler=sampler, batch_size=batch_size,
-                 time_chunk=time_chunk, include_mean=include_mean, device=device, precision=precision,
-                 regrid_method=regrid, regrid_options={"allow_outside": True} if allow_outside else None)
-    if layout == "corrdiff":
-        truth_ds = _open_input(truth, "target" if part else None, times) if truth else None
-        if truth_ds is not None:
-            truth_ds = truth_ds[[v for v in result.data_vars if v in truth_ds.data_vars]].sel(time=result.time)
-        write_corrdiff_netcdf(result, output, truth=truth_ds, overwrite=overwrite, progress=not quiet)
-    else:
-        write_dataset(result, output, overwrite=overwrite, progress=not quiet)
+    with reported_errors():
+        require_positive(members=members, time_chunk=time_chunk, steps=steps, batch_size=batch_size)
+        output_format(output)
+        ds = _open_input(input, part, times).chunk({"time": time_chunk})
+        result = run(ds, model, members=members, seed=seed, num_steps=steps, sampler=sampler, batch_size=batch_size,
+                     time_chunk=time_chunk, include_mean=include_mean, device=device, precision=precision,
+                     regrid_method=regrid, regrid_options={"allow_outside": True} if allow_outside else None,
+                     check_ranges=check_ranges)
+        if layout == "corrdiff":
+            truth_ds = _open_input(truth, "target" if part else None, times) if truth else None
+            if truth_ds is not None:
+                truth_ds = truth_ds[[v for v in result.data_vars if v in truth_ds.data_vars]].sel(time=result.time)
+            write_corrdiff_netcdf(result, output, truth=truth_ds, overwrite=overwrite, progress=not quiet)
+        else:
+            write_dataset(result, output, overwrite=overwrite, progress=not quiet)
     typer.echo(f"wrote {output}: {dict(result.sizes)}")
 
 
@@ -135,20 +156,24 @@ def forecast(
     part: str | None = typer.Option(None, help="part of a published layout holding the state"),
     device: str | None = typer.Option(None, help="cuda / cpu (default: automatic)"),
     quiet: bool = typer.Option(False, help="no progress output"),
+    overwrite: bool = typer.Option(False, help="replace an existing NetCDF output (zarr outputs resume)"),
+    check_ranges: bool = typer.Option(True, help="refuse physically implausible input values (wrong units)"),
 ) -> None:
     """Roll MODEL forward from INIT and write OUTPUT (zarr: each step as soon as it is computed)."""
     from .fields.io import output_format, write_dataset
     from .fields.forecast import forecast as run
 
-    state = _open_input(init, part, times)
-    bg = _open_input(background, "background" if part else None, None) if background else None
-    if output_format(output) == "zarr":
-        result = run(state, model, steps=steps, background=bg, members=members, seed=seed, output=output,
-                     sampler=sampler, num_steps=sampler_steps, device=device, progress=not quiet)
-    else:
-        result = run(state.chunk({"time": 1}), model, steps=steps, background=bg, members=members, seed=seed,
-                     sampler=sampler, num_steps=sampler_steps, device=device)
-        write_dataset(result, output, progress=not quiet)
+    with reported_errors():
+        common = dict(steps=steps, members=members, seed=seed, sampler=sampler, num_steps=sampler_steps,
+                      device=device, check_ranges=check_ranges)
+        zarr = output_format(output) == "zarr"
+        state = _open_input(init, part, times)
+        bg = _open_input(background, "background" if part else None, None) if background else None
+        if zarr:
+            result = run(state, model, background=bg, output=output, progress=not quiet, **common)
+        else:
+            result = run(state.chunk({"time": 1}), model, background=bg, **common)
+            write_dataset(result, output, overwrite=overwrite, progress=not quiet)
     typer.echo(f"wrote {output}: {dict(result.sizes)}")
 
 
@@ -166,7 +191,8 @@ def score(
 
     from .fields.scoring import format_table, score_files
 
-    scores = score_files(prediction, truth, out=output, baseline_path=baseline, keep=keep, fair=fair)
+    with reported_errors():
+        scores = score_files(prediction, truth, out=output, baseline_path=baseline, keep=keep, fair=fair)
     Console().print(format_table(scores, title=f"scores of {prediction}"))
 
 
@@ -180,7 +206,8 @@ def demo(
     """Train a tiny CorrDiff on the shipped sample, downscale held-out hours, score and plot them."""
     from .demo import run_demo
 
-    result = run_demo(outdir, members=members, overrides=tuple(overrides or ()), quiet=quiet)
+    with reported_errors():
+        result = run_demo(outdir, members=members, overrides=tuple(overrides or ()), quiet=quiet)
     if not result.ok:
         typer.echo("the demo's claims did not hold (see the lines above): this is a bug to report", err=True)
         raise typer.Exit(1)

@@ -25,6 +25,9 @@ __all__ = [
     "CheckpointError",
     "BundleError",
     "OptionalDependencyError",
+    "DataNotFoundError",
+    "OutputExistsError",
+    "OutputBusyError",
     "explain",
     "require",
 ]
@@ -111,6 +114,18 @@ class CheckpointError(XkmcastError, ValueError):
 
 class BundleError(XkmcastError, ValueError):
     """A model bundle or imported checkpoint is malformed or does not match."""
+
+
+class DataNotFoundError(XkmcastError, FileNotFoundError):
+    """An input file or store named by the user does not exist."""
+
+
+class OutputExistsError(XkmcastError, FileExistsError):
+    """The output exists and overwriting was not asked for."""
+
+
+class OutputBusyError(XkmcastError, OSError):
+    """Another live process is writing the same output (its lock file names the process)."""
 
 
 class OptionalDependencyError(XkmcastError, ImportError):

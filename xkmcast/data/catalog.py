@@ -192,6 +192,8 @@ def _load(pup, path: Path) -> None:
         raise CatalogError(explain(f"The registry {path} is malformed", expected="<key> <sha256|unknown> <url>",
                                    found=str(exc))) from exc
     for key, digest in pup.registry.items():
+        if before.get(key) != digest:
+            check_registry_key(key, path)
         if before.get(key) != digest and _sha256(digest) is None and digest not in _UNKNOWN_HASHES:
             raise CatalogError(
                 explain(
@@ -200,6 +202,19 @@ def _load(pup, path: Path) -> None:
                     found=digest,
                 )
             )
+
+
+def check_registry_key(key: str, registry: Path | str = "the registry") -> str:
+    """``key`` if it is a plain relative name inside the cache (``a/b/file.nc``), else CatalogError:
+    no absolute path, drive, backslash, empty part, ``.`` or ``..`` (a key is a path under the cache)."""
+    parts = key.split("/")
+    if (not key or key.startswith("/") or "\\" in key or ":" in parts[0] or "\0" in key
+            or any(part in ("", ".", "..") for part in parts)):
+        raise CatalogError(explain(
+            f"The registry key {key!r} of {registry} is not a plain relative name",
+            expected="a relative path such as 'hrrr/2024/file.nc' (no '..', no leading '/', no drive)",
+            found=key, fix="fix the registry line; keys name files inside the download cache"))
+    return key
 
 
 def _sha256(digest: str | None) -> str | None:

@@ -28,7 +28,7 @@ import numpy as np
 import xarray as xr
 
 from ..atomic import atomic_path
-from ..errors import ConfigError, MissingVariableError, TimeCoverageError, explain
+from ..errors import ConfigError, DataNotFoundError, MissingVariableError, TimeCoverageError, explain
 from ..fields.grid import find_grid
 from .stats import DEFAULT_LOG_EPS, STATS_ATTR, Stats, compute_stats
 
@@ -106,7 +106,7 @@ def open_store(path: str | os.PathLike, *, chunks=None) -> xr.Dataset:
     """Open a prepared zarr store (or any zarr / NetCDF) lazily; ``chunks=None`` reads with no dask."""
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(explain("No store at this path", found=str(p),
+        raise DataNotFoundError(explain("No store at this path", found=str(p),
                                         fix="run xkmcast.data.prepare.prepare(...) or check the path"))
     if p.is_dir():
         return xr.open_zarr(p, consolidated=False, chunks=chunks)

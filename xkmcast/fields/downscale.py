@@ -34,22 +34,42 @@ __all__ = ["downscale", "grid_dims", "model_grid", "model_result", "regrid_defau
 
 
 class ModelRef:
-    """A picklable handle on a model: a bundle path + device, loaded once per process (dask workers)."""
+    """A picklable handle on a model: a bundle path + device, loaded once per process (dask workers).
 
-    _cache: dict[tuple[str, str], Any] = {}
+    The cache key is the resolved path, the device and a stamp of the bundle's two files (inode,
+    size, modification time): a relative and an absolute path share one entry, and a bundle
+    re-exported to the same path (atomically: new inodes) is loaded afresh."""
+
+    _cache: dict[tuple[str, str], tuple[tuple, Any]] = {}
     _lock = threading.Lock()
 
     def __init__(self, path: str, device: str = "cpu"):
         self.path, self.device = str(path), str(device)
 
+    def _stamp(self, folder) -> tuple:
+        from ..models.bundle import CONFIG, WEIGHTS
+
+        stamp = []
+        for name in (CONFIG, WEIGHTS):
+            try:
+                st = (folder / name).stat()
+            except OSError:
+                return ()
+            stamp.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(stamp)
+
     def get(self):
-        key = (self.path, self.device)
+        from pathlib import Path
+
+        folder = Path(self.path).resolve()
+        key, stamp = (str(folder), self.device), self._stamp(folder)
         with self._lock:
-            if key not in self._cache:
+            cached = self._cache.get(key)
+            if cached is None or cached[0] != stamp or not stamp:
                 from ..models.bundle import load_bundle
 
-                self._cache[key] = load_bundle(self.path, device=self.device).eval()
-            return self._cache[key]
+                self._cache[key] = (stamp, load_bundle(folder, device=self.device).eval())
+            return self._cache[key][1]
 
 
 def resolve_model(model, device: str | None = None):
@@ -124,18 +144,23 @@ def _wrap(dlon: np.ndarray) -> np.ndarray:
 
 
 def to_model_inputs(ds: xr.Dataset, pipeline, names, *, role: str = "input", regrid_method: str = "bilinear",
-                    regrid_options: dict | None = None, time_dim: str = "time", require_on_grid: bool = False):
-    """Select ``names`` (canonical), regrid onto the model grid (``regrid_method``, with the
-    :class:`~xkmcast.fields.regrid.Regridder` options ``regrid_options``) and normalise: a lazy
-    DataArray ``(time, channel, y, x)`` of float32 on the model grid, normalised with the statistics
-    of ``role``. With ``require_on_grid`` a dataset that is not already on the model grid is refused
-    (GridError) instead of regridded."""
+                    regrid_options: dict | None = None, time_dim: str = "time", require_on_grid: bool = False,
+                    check_ranges: bool = True):
+    """Select ``names`` (canonical), check them (:mod:`xkmcast.fields.validate`: times distinct and not
+    empty, values finite and, with ``check_ranges``, plausible), regrid onto the model grid
+    (``regrid_method``, with the :class:`~xkmcast.fields.regrid.Regridder` options ``regrid_options``)
+    and normalise: a lazy DataArray ``(time, channel, y, x)`` of float32 on the model grid, normalised
+    with the statistics of ``role``. With ``require_on_grid`` a dataset that is not already on the
+    model grid is refused (GridError) instead of regridded."""
     from .regrid import Regridder, check_options
+    from .validate import as_dataset, check_times, checked_values
 
-    selected = select_variables(ds, names)
+    selected = select_variables(as_dataset(ds, role), names)
     target = model_grid(pipeline)
     tlat, tlon = (pipeline.grid_lat.detach().cpu().numpy(), pipeline.grid_lon.detach().cpu().numpy())
     src_grid = find_grid(selected)
+    check_times(selected, src_grid.time_dim, role)
+    selected = checked_values(selected, names, check_ranges=check_ranges, time_dim=src_grid.time_dim)
     same = src_grid.shape == tlat.shape and np.allclose(src_grid.lat, tlat, atol=1e-4) and \
         np.allclose(_wrap(src_grid.lon - tlon), 0.0, atol=1e-4)
     if same:
@@ -179,6 +204,7 @@ def downscale(
     regrid_options: dict | None = None,
     device: str | None = None,
     precision: str = "fp32",
+    check_ranges: bool = True,
 ) -> xr.Dataset:
     """Downscale the coarse ``ds`` with ``model`` (a pipeline or a bundle path).
 
@@ -187,6 +213,10 @@ def downscale(
     bilinear for bundles that do not record it), the options given updating the recorded ones. With
     ``allow_outside`` the model grid points ``ds`` does not cover come out NaN (the network sees the
     normalised mean there); without it they raise DomainCoverageError.
+
+    ``ds`` is a Dataset or a named DataArray. The input is checked first (:mod:`xkmcast.fields.validate`):
+    distinct, non-empty times; finite values (NaN like inf: an InvalidDataError naming the variable);
+    values within each variable's plausible range unless ``check_ranges=False``.
 
     ``device``: "cuda", "cpu", ... (default: CUDA when present); ``precision="amp-bf16"`` runs the
     networks under bfloat16 autocast (CUDA and CPU), the sampler state staying float64.
@@ -199,14 +229,18 @@ def downscale(
     computed before returning.
     """
     from ..device import check_precision
+    from .validate import as_dataset, require_positive
 
     check_precision(precision)
+    require_positive(members=members, time_chunk=time_chunk, num_steps=num_steps, batch_size=batch_size)
+    ds = as_dataset(ds)
     pipeline = resolve_model(model, device)
     spec = pipeline.spec
     require_task(pipeline, forecast=False)
     lazy_input = any(v.chunks is not None for v in ds.data_vars.values())
     method, options = regrid_defaults(pipeline, regrid_method, regrid_options)
-    inputs = to_model_inputs(ds, pipeline, spec.input_vars, regrid_method=method, regrid_options=options)
+    inputs = to_model_inputs(ds, pipeline, spec.input_vars, regrid_method=method, regrid_options=options,
+                             check_ranges=check_ranges)
     inputs = inputs.chunk({"time": time_chunk, "channel": -1, "y": -1, "x": -1})
     times = inputs["time"].values
     n_out = len(spec.output_vars)

@@ -13,7 +13,11 @@ with ``lead_time = 0, dt, ..., steps dt`` (lead 0 is the initial state) and a 2-
 Without ``output`` the result is lazy: one dask task per initial time runs its whole rollout.
 With ``output=`` (a zarr path) the rollout runs now and each step is written as soon as it is
 computed, with a ``completed`` flag per (init_time, lead_time); running the same call again
-continues from the last completed step of each initial time.
+continues from the last completed step of each initial time. The store records the model's
+identity (``xkmcast_model_sha256``, :func:`xkmcast.models.bundle.model_identity`) and the settings
+that shape the result (``xkmcast_settings``: sampler, steps, precision, regrid method, with the
+seed and members); a resume with another model or other settings is refused, and a second process
+streaming to the same store fails while the first runs (:func:`xkmcast.atomic.writer_lock`).
 """
 
 from __future__ import annotations
@@ -50,27 +54,33 @@ def forecast(
     device: str | None = None,
     precision: str = "fp32",
     progress: bool = False,
+    check_ranges: bool = True,
 ) -> xr.Dataset:
     """Roll ``model`` forward ``steps`` time steps from every time of ``ds`` (see the module doc).
 
-    ``precision="amp-bf16"`` runs the networks under bfloat16 autocast (CUDA and CPU)."""
+    ``precision="amp-bf16"`` runs the networks under bfloat16 autocast (CUDA and CPU). The state and
+    the background are checked as in :func:`xkmcast.fields.downscale.downscale` (``check_ranges``)."""
     from ..device import check_precision
+    from .validate import require_positive
 
     check_precision(precision)
+    require_positive(steps=steps, members=members, num_steps=num_steps, batch_size=batch_size)
     pipeline = resolve_model(model, device)
     spec = pipeline.spec
     require_task(pipeline, forecast=True)
-    if steps < 1:
-        raise XkmcastError(explain("steps must be at least 1", found=steps))
     dt = pd.Timedelta(spec.time_step or pipeline.model_kind.time_step)
-    state = to_model_inputs(ds, pipeline, spec.input_vars, require_on_grid=True)
+    state = to_model_inputs(ds, pipeline, spec.input_vars, require_on_grid=True, check_ranges=check_ranges)
     init_times = state["time"].values
-    bg = _background(background, pipeline, init_times, steps, dt, regrid_method)
+    bg = _background(background, pipeline, init_times, steps, dt, regrid_method, check_ranges)
     options = {"sampler": sampler, "num_steps": num_steps, "batch_size": batch_size, "_precision": precision}
     options = {k: v for k, v in options.items() if v is not None}
     leads = np.array([dt * n for n in range(steps + 1)], dtype="timedelta64[ns]")
     if output is not None:
-        return _forecast_to_zarr(pipeline, state, bg, Path(output), leads, members, seed, options, progress)
+        from ..atomic import writer_lock
+
+        with writer_lock(output):
+            return _forecast_to_zarr(pipeline, state, bg, Path(output), leads, members, seed,
+                                     dict(options, _regrid_method=regrid_method), progress)
     run = dask.delayed(functools.partial(_rollout_block, handle=_graph_handle(model, pipeline), steps=steps,
                                          members=members, seed=seed, options=options), pure=True)
     state_data = state.chunk({"time": 1, "channel": -1, "y": -1, "x": -1}).data
@@ -87,7 +97,7 @@ def forecast(
     return result if lazy else result.compute()
 
 
-def _background(background, pipeline, init_times, steps, dt, regrid_method):
+def _background(background, pipeline, init_times, steps, dt, regrid_method, check_ranges=True):
     """The background at the input time of every step, on the model grid: (init, step, C_bg, y, x)."""
     spec = pipeline.spec
     # only the stages the model holds count (a regression bundle keeps the diffusion defaults)
@@ -98,7 +108,8 @@ def _background(background, pipeline, init_times, steps, dt, regrid_method):
     if background is None:
         raise TimeCoverageError(explain("This model needs a background (coarse) dataset",
                                         expected=f"background= with {spec.background_vars}", found=None))
-    bg = to_model_inputs(background, pipeline, spec.background_vars, role="background", regrid_method=regrid_method)
+    bg = to_model_inputs(background, pipeline, spec.background_vars, role="background", regrid_method=regrid_method,
+                         check_ranges=check_ranges)
     want = np.array([[np.datetime64(t) + np.timedelta64(dt * n) for n in range(steps)] for t in init_times],
                     dtype="datetime64[ns]")
     have = pd.DatetimeIndex(bg["time"].values)
@@ -182,7 +193,15 @@ def _forecast_to_zarr(pipeline, state, bg, path: Path, leads, members, seed, opt
                                                  dtype=np.float32), init_times, leads)
     template["completed"] = (("init_time", "lead_time"), dsa.zeros((len(init_times), steps + 1), dtype=np.int8,
                                                                    chunks=(1, 1)))
-    template.attrs.update(xkmcast_seed=int(seed), xkmcast_members=int(members))
+    import json
+
+    from ..models.bundle import model_identity
+
+    settings = {"sampler": options.get("sampler"), "num_steps": options.get("num_steps"),
+                "precision": options.get("_precision", "fp32"), "regrid_method": options.pop("_regrid_method", None)}
+    template.attrs.update(xkmcast_seed=int(seed), xkmcast_members=int(members),
+                          xkmcast_model_sha256=model_identity(pipeline),
+                          xkmcast_settings=json.dumps(settings, sort_keys=True))
     done = _open_or_create(path, template)
     names = pipeline.spec.output_vars
     for i, t0 in enumerate(init_times):
@@ -235,6 +254,15 @@ def _open_or_create(path: Path, template: xr.Dataset) -> np.ndarray:
                     fix="write to a new path, or delete the old store to start over",
                 )
             )
+        for key, what in (("xkmcast_model_sha256", "model"), ("xkmcast_settings", "sampler settings")):
+            if existing.attrs.get(key) != template.attrs[key]:
+                raise XkmcastError(explain(
+                    f"{path} was written by another {what}: resuming would mix two in one forecast",
+                    expected=f"{key} = {template.attrs[key]}",
+                    found=f"{key} = {existing.attrs.get(key, '<not recorded>')}",
+                    fix="resume with the model and settings that started it, write to a new path, "
+                        "or delete the old store to start over",
+                ))
         return existing["completed"].values.astype(bool)
     template.to_zarr(path, compute=False, consolidated=False)
     return np.zeros((template.sizes["init_time"], template.sizes["lead_time"]), bool)

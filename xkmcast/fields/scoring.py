@@ -35,7 +35,7 @@ import xarray as xr
 
 from . import metrics
 from ..data.layouts import is_zarr_store, zarr_consolidated
-from ..errors import CoordinateError, InvalidDataError, MissingVariableError, explain
+from ..errors import CoordinateError, DataNotFoundError, InvalidDataError, MissingVariableError, explain
 from .scoring_align import match_truth
 
 __all__ = ["score", "format_table", "format_text", "open_corrdiff_netcdf", "score_files", "open_any"]
@@ -236,7 +236,7 @@ def open_corrdiff_netcdf(path: str | Path, chunks: dict | None = None) -> tuple[
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(explain("No such prediction file", found=str(path)))
+        raise DataNotFoundError(explain("No such prediction file", found=str(path)))
     chunks = chunks if chunks is not None else {}
     # one open_dataset per group: xr.open_groups gives same-named variables of different groups the same
     # dask name (xarray 2026.9), which silently mixes truth and prediction in one graph
@@ -273,7 +273,7 @@ def open_any(path: str | Path, chunks: dict | None = None) -> xr.Dataset:
     """Open a zarr store (consolidated or not) or a NetCDF file lazily (dask chunks as stored)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(explain("No such file or store", found=str(path)))
+        raise DataNotFoundError(explain("No such file or store", found=str(path)))
     if is_zarr_store(path):
         return xr.open_zarr(path, consolidated=zarr_consolidated(path), chunks=chunks if chunks is not None else {})
     return xr.open_dataset(path, chunks=chunks if chunks is not None else {})

@@ -100,6 +100,7 @@ class Variable:
     accumulated_aliases: tuple[str, ...] = ()
     level: float | None = None  # hPa, for pressure-level variables
     base: str | None = None
+    valid_range: tuple[float, float] | None = None  # plausible values in the canonical units
 
     @property
     def attrs(self) -> dict:
@@ -122,6 +123,7 @@ def _table() -> tuple[dict[str, Variable], dict[str, Variable]]:
                 long_name=e["long_name"],
                 aliases=tuple(e.get("aliases", ())),
                 accumulated_aliases=tuple(e.get("accumulated_aliases", ())),
+                valid_range=tuple(float(v) for v in e["valid_range"]) if "valid_range" in e else None,
             )
             for name, e in section.items()
         }

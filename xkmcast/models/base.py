@@ -117,6 +117,7 @@ class Pipeline(torch.nn.Module):
         self.register_buffer("grid_lon", torch.zeros(0, 0, dtype=torch.float64))
         self.register_buffer("invariant", torch.zeros(0, 0, 0))
         self.source_path: str | None = None  # set by load_bundle
+        self.bundle_integrity: dict[str, str] | None = None  # digests checked by load_bundle
         self._pad_periodic()
 
     def set_grid(self, lat, lon, **grid_info) -> None:

@@ -6,6 +6,13 @@ and CF names, the target grid, normalisation statistics and sampler defaults. Th
 every tensor of the pipeline's state dict: ``stages.<stage>.<parameter>``, ``grid_lat``,
 ``grid_lon`` and ``invariant``.
 
+Integrity: ``config.json`` also holds ``"integrity": {"weights_sha256", "spec_sha256"}``, the
+SHA-256 of the tensors (:func:`xkmcast.digest.state_sha256`) and of the spec fields that give them
+their meaning (:data:`MEANING_FIELDS`: variables and their order, statistics, grid, networks,
+conditions). Loading recomputes both and refuses a mismatch (:class:`BundleError` naming the file),
+so flipped bytes in the weights or a reordered ``output_vars`` are caught. The model's identity
+(:func:`model_identity`) combines the two digests; streamed outputs and the model cache use it.
+
 Writing is atomic: the bundle is written into a temporary sibling folder and renamed into place, so
 a crash never leaves a half-written bundle. Loading builds the pipeline from the spec and loads the
 tensors strictly: a missing, unexpected or mis-shaped tensor is a :class:`BundleError` naming them.
@@ -23,12 +30,41 @@ from ..atomic import atomic_path
 from ..errors import BundleError, explain
 from .base import ModelSpec
 
-__all__ = ["save_bundle", "load_bundle", "load_model", "read_spec", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["save_bundle", "load_bundle", "load_model", "read_spec", "model_identity", "FORMAT", "FORMAT_VERSION",
+           "MEANING_FIELDS"]
 
 FORMAT = "xkmcast-bundle"
 FORMAT_VERSION = 1
 WEIGHTS = "weights.safetensors"
 CONFIG = "config.json"
+#: the spec fields that say what the tensors mean (editing them in config.json mislabels the weights)
+MEANING_FIELDS = ("kind", "input_vars", "output_vars", "background_vars", "invariant_vars", "stats", "grid",
+                  "networks", "conditions", "time_step", "patch")
+
+
+def _spec_sha256(spec_doc: dict) -> str:
+    from ..digest import json_sha256
+
+    plain = json.loads(json.dumps(spec_doc, default=_json_default))
+    return json_sha256({k: plain.get(k) for k in MEANING_FIELDS})
+
+
+def _integrity(tensors: dict, spec_doc: dict) -> dict[str, str]:
+    from ..digest import state_sha256
+
+    return {"weights_sha256": state_sha256(tensors), "spec_sha256": _spec_sha256(spec_doc)}
+
+
+def model_identity(pipeline) -> str:
+    """SHA-256 naming the model: its bundle's digests (weights and meaning of the spec), computed
+    from the pipeline itself when it did not come from a bundle."""
+    from ..digest import combine
+
+    known = getattr(pipeline, "bundle_integrity", None)
+    if known is None:
+        tensors = {k: v for k, v in pipeline.state_dict().items()}
+        known = _integrity(tensors, pipeline.spec.to_dict())
+    return combine(known["weights_sha256"], known["spec_sha256"])
 
 
 def save_bundle(pipeline, path: str | os.PathLike, *, extra: dict | None = None) -> Path:
@@ -48,6 +84,7 @@ def save_bundle(pipeline, path: str | os.PathLike, *, extra: dict | None = None)
         "spec": pipeline.spec.to_dict(),
         **(extra or {}),
     }
+    config["integrity"] = _integrity(tensors, config["spec"])
     with atomic_path(path) as tmp:
         tmp.mkdir()
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
@@ -102,15 +139,39 @@ def load_bundle(path: str | os.PathLike, *, device: str | torch.device = "cpu"):
     from . import build_pipeline
 
     path = Path(path)
-    spec = ModelSpec.from_dict(_read_config(path)["spec"])
-    pipeline = build_pipeline(spec)
+    config = _read_config(path)
+    spec = ModelSpec.from_dict(config["spec"])
     try:
         tensors = load_file(str(path / WEIGHTS), device="cpu")
     except (SafetensorError, OSError) as exc:
         raise BundleError(explain(f"Cannot read {path / WEIGHTS}", found=str(exc), fix="re-export the bundle")) from exc
+    integrity = _check_integrity(path, config, tensors)
+    pipeline = build_pipeline(spec)
     load_state(pipeline, tensors, where=str(path))
     pipeline.source_path = str(path.resolve())
+    pipeline.bundle_integrity = integrity
     return pipeline.to(device).eval()
+
+
+def _check_integrity(path: Path, config: dict, tensors: dict) -> dict[str, str] | None:
+    """The recorded digests, after checking them against ``tensors`` and the spec (BundleError)."""
+    recorded = config.get("integrity")
+    if recorded is None:  # bundles written before xkmcast recorded digests
+        import warnings
+
+        warnings.warn(f"{path / CONFIG} records no SHA-256 of its weights: their integrity is not checked "
+                      "(re-export the bundle to add it)", stacklevel=3)
+        return None
+    actual = _integrity(tensors, config["spec"])
+    for key, file, what in (("weights_sha256", WEIGHTS, "tensors"), ("spec_sha256", CONFIG, "spec")):
+        if recorded.get(key) != actual[key]:
+            raise BundleError(explain(
+                f"{path / file} does not match the SHA-256 of its {what} recorded in {path / CONFIG}",
+                expected=recorded.get(key), found=actual[key],
+                fix=f"the file was corrupted or edited ({', '.join(MEANING_FIELDS)} give the weights their meaning "
+                    "and may not be changed); re-export or re-download the bundle",
+            ))
+    return actual
 
 
 def load_state(pipeline, tensors: dict[str, torch.Tensor], *, where: str) -> None:

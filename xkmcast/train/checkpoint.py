@@ -7,7 +7,12 @@ numpy and Python and of every rank; the data position; the model signature of th
 
 Writing is atomic (:func:`xkmcast.atomic.atomic_path`): the file is written under a temporary name in
 the same folder, flushed to disk and renamed with ``os.replace``, so a process killed at any moment leaves either the previous complete
-checkpoint or the new one, never half a file. Only ``max_keep`` newest checkpoints are kept (0: all).
+checkpoint or the new one, never half a file; temporaries left by killed runs are removed by the next
+save (:func:`xkmcast.atomic.remove_stale`). Only ``max_keep`` newest checkpoints are kept (0: all).
+
+Integrity: ``state["sha256"]`` is the SHA-256 of the model and EMA tensors
+(:func:`xkmcast.digest.state_sha256`), recomputed on load; a mismatch is a :class:`CheckpointError`
+naming the file.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, remove_stale
 from ..errors import CheckpointError, explain
 
 __all__ = [
@@ -81,6 +86,8 @@ def save_checkpoint(directory: str | os.PathLike, state: dict[str, Any], step: i
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(directory, step)
+    remove_stale(directory)
+    state = {**state, "sha256": _tensor_digest(state)}
     with atomic_path(final) as tmp:
         torch.save(state, tmp)
     if max_keep > 0:
@@ -104,9 +111,21 @@ def load_checkpoint(path: str | os.PathLike, signature: dict[str, Any] | None = 
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise CheckpointError(explain(f"{path} is not an xkmcast training checkpoint",
                                       expected="keys model, step, ...", found=type(state).__name__))
+    if "sha256" in state and state["sha256"] != _tensor_digest(state):
+        raise CheckpointError(explain(
+            f"checkpoint {path} is corrupted: its tensors do not match the SHA-256 recorded in it",
+            expected=state["sha256"], found=_tensor_digest(state),
+            fix="delete the file to resume from the previous checkpoint, or set training.resume=null",
+        ))
     if signature is not None:
         check_signature(state.get("signature", {}), signature, where=str(path))
     return state
+
+
+def _tensor_digest(state: dict[str, Any]) -> str:
+    from ..digest import state_sha256
+
+    return state_sha256({"model": state.get("model"), "ema": state.get("ema")})
 
 
 def check_signature(found: dict[str, Any], expected: dict[str, Any], *, where: str = "the checkpoint") -> None:

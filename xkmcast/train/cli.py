@@ -14,16 +14,11 @@ import sys
 
 import typer
 
-from ..errors import XkmcastError
+from ..cli_errors import reported_errors, set_debug, signal_exit_code
 
 __all__ = ["register", "train_command", "scale_command", "prepare_command", "app"]
 
 _EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
-
-
-def _fail(exc: Exception) -> None:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(code=2)
 
 
 def train_command(
@@ -40,12 +35,14 @@ def train_command(
     if list_presets or config is None:
         typer.echo("\n".join(presets()))
         return
-    try:
+    with reported_errors():
         result = train(load_config(config, overrides or []), quiet=quiet)
-    except XkmcastError as exc:
-        _fail(exc)
     if result.bundle is not None:
         typer.echo(f"model bundle: {result.bundle}")
+    code = signal_exit_code(result.stop_reason)
+    if code is not None:  # stopped by a signal: checkpoint written; tell the calling script
+        typer.echo(f"stopped by {result.stop_reason} at step {result.step}; checkpoint written", err=True)
+        raise typer.Exit(code=code)
 
 
 def _split_lists(args: list[str], names: tuple[str, ...]) -> tuple[list[str], dict[str, list[str]]]:
@@ -84,11 +81,9 @@ def scale_command(ctx: typer.Context, config: str = typer.Argument(..., help="A 
         raise typer.BadParameter(str(exc)) from exc
     if steps is None and seconds is None:
         steps = 20
-    try:
+    with reported_errors():
         rows = run_scaling(config, overrides, factors=factors, types=opts.get("types", ["width"]), steps=steps,
                            seconds=seconds, outdir=(opts.get("outdir") or [None])[0])
-    except XkmcastError as exc:
-        _fail(exc)
     print_table(rows)
 
 
@@ -119,15 +114,18 @@ def prepare_command(
     Without --coarse / --coarsen, a layout holding both (the sample, HRRR-Mini, CWA) gives its input part."""
     from ..data.prepare import open_pair, prepare
 
-    try:
+    with reported_errors():
         fine_ds, coarse_ds = open_pair(fine, coarse, coarsen)
         path = prepare(fine_ds, coarse_ds, out, input_vars=_names(input_vars), output_vars=_names(output_vars),
                        invariants=_names(invariants), log_vars=_names(log_vars), regrid_method=regrid_method,
                        regrid_options={"allow_outside": True} if allow_outside else None, overwrite=overwrite,
                        stats_times=slice(stats_start, stats_end) if (stats_start or stats_end) else None)
-    except XkmcastError as exc:
-        _fail(exc)
     typer.echo(str(path))
+
+
+def debug_option(debug: bool = typer.Option(False, "--debug", help="Show the traceback of errors.")) -> None:
+    """Kilometre-scale generative weather models for xarray."""
+    set_debug(debug)
 
 
 def register(app: typer.Typer) -> None:
@@ -138,6 +136,7 @@ def register(app: typer.Typer) -> None:
 
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="xkmcast training commands.")
+app.callback()(debug_option)
 register(app)
 
 if __name__ == "__main__":  # torchrun -m xkmcast.train.cli train CONFIG ...

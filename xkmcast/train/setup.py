@@ -144,14 +144,20 @@ def _user_datasets(cfg: TrainConfig, stats: dict | None) -> RunData:
 
 def _training_store(cfg: TrainConfig, env: D.DistEnv) -> Path:
     """The prepared store of the run: ``data.source`` itself when it is one, else prepared (rank 0)
-    into ``<run dir>/data/train.zarr`` from the fine source and its coarse twin."""
+    into ``<run dir>/data/train.zarr`` from the fine source and its coarse twin, with the recipe it
+    was built from (:mod:`xkmcast.train.store_recipe`), checked when the run directory is reused."""
     from ..data.prepare import open_store
 
     d = cfg.data
     src = Path(d.source) if d.source not in (None, "synthetic") else None
     if src is not None and src.exists() and open_store(src).attrs.get("xkmcast_store"):
         return src
+    from .store_recipe import check_recipe, store_recipe, write_recipe
+
     out = run_dir(cfg) / "data" / "train.zarr"
+    recipe = store_recipe(d)
+    if out.exists():
+        check_recipe(out, recipe)  # a changed data config: refuse rather than train on the old store
     if env.is_main and not out.exists():
         fine, coarse = _fine_and_coarse(cfg)
         _check_invariants(d.invariants, _missing_variables(fine, d.invariants), str(d.source))
@@ -166,6 +172,7 @@ def _training_store(cfg: TrainConfig, env: D.DistEnv) -> Path:
         stats_times = slice(window.start, window.end) if (window.start or window.end) else None
         prepare(fine, coarse, out, input_vars=inputs, output_vars=outputs, invariants=d.invariants,
                 regrid_method=d.regrid_method, regrid_options=d.regrid_options, stats_times=stats_times)
+        write_recipe(out, recipe)
     D.barrier(env)
     return out
 
@@ -334,13 +341,17 @@ def _spec(cfg: TrainConfig, data: RunData, base):
     """The spec of the run (:func:`xkmcast.models.specs.spec_from_config`), with the statistics of the
     data, or the regression stage, statistics and grid of ``base``."""
     from ..models.specs import spec_from_config
+    from .run_checks import check_base_grid, check_network_overrides
 
     d = cfg.data
     shape = tuple(data.shape or base.spec.grid["shape"])
     if data.state_vars is not None:  # a user dataset class names its channels
         d = d.model_copy(update={"output_vars": d.output_vars or data.state_vars,
                                  "background_vars": d.background_vars or data.background_vars})
+    if base is not None and data.shape is not None:
+        check_base_grid(base, data.shape, data.store, cfg.model.regression_bundle)
     spec = spec_from_config(cfg.model, d, shape)
+    check_network_overrides(spec, cfg.model.network, skip=("regression",) if base is not None else ())
     if base is not None:
         spec.networks["regression"] = base.spec.networks["regression"]
         spec.stats, spec.grid = base.spec.stats, base.spec.grid
