@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import CatalogError, DownloadError, IntegrityError, explain
+from ..errors import CatalogError, DownloadError, IntegrityError, XkmcastError, explain
 
 __all__ = [
     "CATALOG_PATH",
@@ -46,7 +46,6 @@ CATALOG_PATH = _PACKAGE_DIR / "catalogs" / "xkmcast.yaml"
 REGISTRY_PATH = _PACKAGE_DIR / "catalogs" / "registry.txt"
 
 _UNKNOWN_HASHES = {"unknown", "-", "none", "?"}
-_ARCHIVES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tar", ".zip")
 
 
 # ------------------------------------------------------------------------------------------ catalog
@@ -144,7 +143,9 @@ class RegistryEntry:
 
     @property
     def archive_suffix(self) -> str | None:
-        return next((s for s in _ARCHIVES if self.key.lower().endswith(s)), None)
+        from .archive import archive_suffix
+
+        return archive_suffix(self.key)
 
     @property
     def stem(self) -> str:
@@ -169,6 +170,7 @@ def _parse_registry(path: Path) -> dict[str, RegistryEntry]:
                     )
                 )
             key, digest, url = parts
+            _check_key(key, path, lineno)
             digest = digest.lower().removeprefix("sha256:")
             if digest in _UNKNOWN_HASHES:
                 sha = None
@@ -184,6 +186,19 @@ def _parse_registry(path: Path) -> dict[str, RegistryEntry]:
                 )
             entries[key] = RegistryEntry(key, sha, url)
     return entries
+
+
+def _check_key(key: str, path: Path, lineno: int) -> None:
+    """Registry keys become paths in the cache: only plain relative names are allowed."""
+    from .archive import check_member_name
+
+    try:
+        rel = check_member_name(key, archive=f"registry {path.name}")
+    except Exception as exc:
+        raise CatalogError(explain(f"Line {lineno} of the registry {path} has an unsafe key", expected="a plain relative name such as dir/file.nc",
+                                   found=key)) from exc
+    if str(rel) != key:
+        raise CatalogError(explain(f"Line {lineno} of the registry {path} has a non-canonical key", expected=str(rel), found=key))
 
 
 def load_registry(registry: Path | str | None = None) -> dict[str, RegistryEntry]:
@@ -277,6 +292,8 @@ def fetch(
                 fix="retry later; if it persists the file changed upstream: update the registry hash",
             )
         ) from exc
+    except XkmcastError:  # an unsafe archive: refused, nothing extracted
+        raise
     except Exception as exc:  # network errors from requests / urllib
         raise DownloadError(
             explain(f"Downloading {entry.key!r} failed", found=f"{type(exc).__name__}: {exc}", fix=f"check access to {url}")
@@ -303,10 +320,20 @@ def _check_cached(path: Path, sha: str) -> None:
 
 
 def _processor(entry: RegistryEntry) -> Any:
-    import pooch
-
-    suffix = entry.archive_suffix
-    if suffix is None:
+    """A pooch processor unpacking an archive with :func:`xkmcast.data.archive.extract` (safe)."""
+    if entry.archive_suffix is None:
         return None
-    extract_dir = Path(entry.stem).name
-    return pooch.Unzip(extract_dir=extract_dir) if suffix == ".zip" else pooch.Untar(extract_dir=extract_dir)
+    return unpack_processor(Path(entry.stem).name)
+
+
+def unpack_processor(folder_name: str):
+    """pooch processor: extract the downloaded archive (safely) into the sibling ``folder_name``."""
+    from .archive import extract
+
+    def unpack(fname: str, action: str, _pooch) -> str:
+        dest = Path(fname).parent / folder_name
+        if action in ("download", "update") or not dest.exists():
+            extract(fname, dest)
+        return str(dest)
+
+    return unpack
