@@ -25,7 +25,7 @@ from .errors import GridError, InvalidDataError, XkmcastError, explain
 from .grid import Grid, find_grid
 from .variables import cf_attrs, select_variables
 
-__all__ = ["downscale", "row_seed", "model_grid", "ModelRef", "resolve_model", "to_model_inputs"]
+__all__ = ["downscale", "row_seed", "model_grid", "ModelRef", "resolve_model", "to_model_inputs", "onto_input_grid"]
 
 
 # ----------------------------------------------------------------------------------------- models
@@ -44,9 +44,9 @@ class ModelRef:
         key = (self.path, self.device)
         with self._lock:
             if key not in self._cache:
-                from .models.bundle import load_bundle
+                from .models.published import load
 
-                self._cache[key] = load_bundle(self.path, device=self.device).eval()
+                self._cache[key] = load(self.path, device=self.device).eval()
             return self._cache[key]
 
 
@@ -113,6 +113,8 @@ def to_model_inputs(ds: xr.Dataset, pipeline, names, *, role: str = "input", reg
     from .regrid import Regridder
 
     selected = select_variables(ds, names)
+    if role == "input" and pipeline.spec.extra.get("input_grid") is not None:
+        selected = onto_input_grid(selected, pipeline.spec.extra["input_grid"], regrid_method)
     target = model_grid(pipeline)
     src_grid = find_grid(selected)
     same = src_grid.shape == target.lat.shape and np.allclose(src_grid.lat, target.lat.values, atol=1e-4) and \
@@ -139,6 +141,22 @@ def to_model_inputs(ds: xr.Dataset, pipeline, names, *, role: str = "input", reg
         normed = normed.expand_dims(time_dim)
     arr = normed.to_dataarray("channel").transpose(time_dim, "channel", "y", "x").astype("float32")
     return arr.drop_vars([c for c in arr.coords if c not in (time_dim, "channel")])
+
+
+def onto_input_grid(ds: xr.Dataset, input_grid: dict, regrid_method: str = "bilinear") -> xr.Dataset:
+    """``ds`` on the coarse grid a published package was trained on (``{"lat": [...], "lon": [...]}``,
+    1-D), so that the model sees its inputs interpolated exactly as in training: data already on that
+    grid pass unchanged, any other data covering it are regridded onto it first."""
+    from .grid import make_latlon_grid
+    from .regrid import Regridder
+
+    lat, lon = np.asarray(input_grid["lat"], float), np.asarray(input_grid["lon"], float)
+    src = find_grid(ds)
+    if src.shape == (lat.size, lon.size) and np.allclose(src.lat, lat[:, None], atol=1e-6) and \
+            np.allclose(_wrap(src.lon - lon[None, :]), 0.0, atol=1e-6):
+        return ds
+    target = make_latlon_grid(lat, lon)
+    return Regridder(ds, target, method=regrid_method)(ds)
 
 
 def downscale(

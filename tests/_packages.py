@@ -1,0 +1,97 @@
+"""Build NVIDIA's published package layouts with PhysicsNeMo 2.2.2's own classes (tiny widths, real
+structure, random O(1) weights) and serve them the way their hosts do (NGC files API, Hugging Face
+resolve URLs and revision API) from a 127.0.0.1 server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from _nets import randomise
+
+from xkmcast._reference import skip_without_physicsnemo
+
+SONG_TINY = dict(model_channels=4, channel_mult=[1, 2], channel_mult_emb=1, num_blocks=1, attn_resolutions=[], bottleneck_attention=False,
+                 dropout=0.0)
+
+
+def physicsnemo_classes():
+    skip_without_physicsnemo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from physicsnemo.diffusion.preconditioners.legacy import EDMPrecond, EDMPrecondSR, EDMPrecondSuperResolution
+        from physicsnemo.models.diffusion_unets import StormCastUNet, UNet
+    return dict(UNet=UNet, EDMPrecondSR=EDMPrecondSR, EDMPrecondSuperResolution=EDMPrecondSuperResolution,
+                EDMPrecond=EDMPrecond, StormCastUNet=StormCastUNet)
+
+
+def _save(module, path: Path, seed: int) -> None:
+    randomise(module, seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module.save(str(path))
+
+
+def _zip_folder(folder: Path, archive: Path, arcroot: str) -> Path:
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for p in sorted(folder.rglob("*")):
+            zf.write(p, f"{arcroot}/{p.relative_to(folder)}")
+    return archive
+
+
+# ------------------------------------------------------------------------------ CorrDiff-Taiwan
+def taiwan_grid(n: int = 450):
+    """A curvilinear 2 km-like grid inside the package's input domain (lat 19.25..28, lon 116..125.75)."""
+    j, i = np.meshgrid(np.linspace(0, 1, n), np.linspace(0, 1, n))
+    lat = 21.6 + 3.8 * i + 0.15 * j * (1 - j)
+    lon = 118.2 + 4.0 * j + 0.2 * i - 0.1 * i * j
+    return lat.astype(np.float32), lon.astype(np.float32)
+
+
+def build_taiwan(workdir: Path, *, n: int = 450, scale_cond_input: bool = True) -> Path:
+    """The unpacked package folder ``corrdiff_inference_package`` (checkpoints/, dataset/)."""
+    import zarr
+
+    cls = physicsnemo_classes()
+    root = workdir / "corrdiff_inference_package"
+    res = n - 2
+    reg = cls["UNet"](img_resolution=res, img_in_channels=16, img_out_channels=4, model_type="SongUNet",
+                      embedding_type="zero", **SONG_TINY)
+    _save(reg, root / "checkpoints/regression.mdlus", seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dif = cls["EDMPrecondSR"](img_resolution=res, img_channels=4, img_in_channels=20, img_out_channels=4,
+                                  model_type="SongUNetPosEmbd", scale_cond_input=scale_cond_input,
+                                  gridtype="sinusoidal", N_grid_channels=4, **SONG_TINY)
+    _save(dif, root / "checkpoints/diffusion.mdlus", seed=2)
+    lat, lon = taiwan_grid(n)
+    rng = np.random.default_rng(3)
+    group = zarr.open_group(str(root / "dataset/2023-01-24-cwb-4years_5times.zarr"), mode="w", zarr_format=2)
+    group["XLAT"], group["XLONG"] = lat, lon
+    group["era5_center"] = rng.normal(0, 50, 20).astype(np.float32)
+    group["era5_scale"] = rng.uniform(1, 30, 20).astype(np.float32)
+    group["cwb_center"] = rng.normal(0, 20, 20).astype(np.float32)
+    group["cwb_scale"] = rng.uniform(1, 10, 20).astype(np.float32)
+    return root
+
+
+def zip_taiwan(root: Path, archive: Path) -> Path:
+    return _zip_folder(root, archive, "corrdiff_inference_package")
+
+
+def serve_ngc(served: Path, archive: Path, server_url: str) -> None:
+    """NGC's public files API for corrdiff_inference_package version 1: JSON with the download URL."""
+    api = served / "v2/models/org/nvidia/team/modulus/corrdiff_inference_package/1/files"
+    api.parent.mkdir(parents=True, exist_ok=True)
+    (served / "direct").mkdir(exist_ok=True)
+    shutil.copy(archive, served / "direct" / archive.name)
+    api.write_text(json.dumps({"urls": [f"{server_url}/direct/{archive.name}"]}))
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
