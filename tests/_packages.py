@@ -95,3 +95,63 @@ def serve_ngc(served: Path, archive: Path, server_url: str) -> None:
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------- StormCast v1
+STATE_VARS = ["u10m", "v10m", "t2m", "msl", "u1hl", "Z1hl", "refc"]
+BACKGROUND_VARS = ["u10m", "v10m", "t2m", "tcwv", "sp", "msl", "u1000", "z500"]
+INVARIANTS = ["lsm", "orography"]
+
+
+def build_stormcast(folder: Path, *, shape=(16, 24), sampler_args=None) -> Path:
+    """A StormCast v1 layout with the recipe's structure at a small size (the HRRR window is an option)."""
+    import xarray as xr
+    import yaml
+    import zarr
+
+    cls = physicsnemo_classes()
+    folder.mkdir(parents=True, exist_ok=True)
+    c, cb, ci = len(STATE_VARS), len(BACKGROUND_VARS), len(INVARIANTS)
+    reg = cls["StormCastUNet"](img_resolution=list(shape), img_in_channels=c + cb + ci, img_out_channels=c,
+                               model_type="SongUNet", embedding_type="zero", **SONG_TINY)
+    _save(reg, folder / "StormCastUNet.0.0.mdlus", seed=4)
+    dif = cls["EDMPrecond"](img_resolution=list(shape), img_channels=c, img_in_channels=c + c + ci + c,
+                            img_out_channels=c, model_type="SongUNet", sigma_data=0.5, **SONG_TINY)
+    _save(dif, folder / "EDMPrecond.0.0.mdlus", seed=5)
+    config = {"data": {"invariants": INVARIANTS, "conus_dataset_name": "hrrr_v3"},
+              "model": {"name": "regression", "hyperparameters": "${eval:'1+1'}"},  # never evaluated
+              "sampler_args": sampler_args}
+    (folder / "model.yaml").write_text(yaml.safe_dump(config))
+    rng = np.random.default_rng(6)
+    meta = xr.Dataset(
+        {"means": ("variable", rng.normal(0, 10, c)), "stds": ("variable", rng.uniform(1, 5, c)),
+         "conditioning_means": ("conditioning_variable", rng.normal(0, 10, cb)),
+         "conditioning_stds": ("conditioning_variable", rng.uniform(1, 5, cb)),
+         "invariants": (("invariant", "y", "x"), rng.normal(0, 1, (3, *shape)).astype(np.float32))},
+        coords={"variable": STATE_VARS, "conditioning_variable": BACKGROUND_VARS,
+                "invariant": ["landsea", "orography", "lsm"]},  # stored order differs from model.yaml's
+    )
+    store = zarr.storage.ZipStore(str(folder / "metadata.zarr.zip"), mode="w")
+    meta.to_zarr(store, zarr_format=2, consolidated=True)
+    store.close()
+    return folder
+
+
+def serve_huggingface(served: Path, folder: Path, repo: str, revision: str, *, with_api: bool = True) -> None:
+    """``/{repo}/resolve/{revision}/{file}`` and the revision API listing LFS sha256 / git blob ids."""
+    import hashlib as _h
+
+    target = served / repo / "resolve" / revision
+    target.mkdir(parents=True, exist_ok=True)
+    siblings = []
+    for p in sorted(folder.iterdir()):
+        shutil.copy(p, target / p.name)
+        data = p.read_bytes()
+        if p.suffix in (".yaml", ".json"):
+            siblings.append({"rfilename": p.name, "blobId": _h.sha1(b"blob %d\x00" % len(data) + data).hexdigest()})
+        else:
+            siblings.append({"rfilename": p.name, "lfs": {"sha256": _h.sha256(data).hexdigest(), "size": len(data)}})
+    if with_api:
+        api = served / "api/models" / repo / "revision" / revision
+        api.parent.mkdir(parents=True, exist_ok=True)
+        api.write_text(json.dumps({"sha": revision, "siblings": siblings}))

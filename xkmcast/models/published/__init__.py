@@ -49,8 +49,9 @@ def detect_family(folder: str | os.PathLike) -> tuple[str, Path] | None:
     return None
 
 
-def load_package(path: str | os.PathLike, *, device="cpu", family: str | None = None):
-    """Load the package in folder or archive ``path`` (its family detected, or ``family``)."""
+def load_package(path: str | os.PathLike, *, device="cpu", family: str | None = None, **options):
+    """Load the package in folder or archive ``path`` (its family detected, or ``family``); ``options``
+    go to the family's ``load`` (e.g. ``hrrr_window`` of StormCast v1)."""
     from ...data.archive import is_archive
 
     path = Path(path).expanduser()
@@ -72,8 +73,9 @@ def load_package(path: str | os.PathLike, *, device="cpu", family: str | None = 
             )
         )
     name, root = found
-    pipeline = _family(name).load(root, device=device)
-    pipeline.source_path = str(path.resolve())
+    pipeline = _family(name).load(root, device=device, **options)
+    # reloadable by path in dask workers (ModelRef) unless options made it differ from the default load
+    pipeline.source_path = None if options else str(path.resolve())
     return pipeline
 
 
@@ -89,8 +91,10 @@ def _unpacked(archive: Path) -> Path:
     return dest
 
 
-def load(source: str | os.PathLike, *, device="cpu", **fetch_options):
-    """A pipeline from a published name, a bundle or package folder, or a package archive."""
+def load(source: str | os.PathLike, *, device="cpu", package_options: dict | None = None, **fetch_options):
+    """A pipeline from a published name, a bundle or package folder, or a package archive.
+
+    ``fetch_options`` go to :func:`fetch_package` (names only); ``package_options`` to the family loader."""
     from ..bundle import CONFIG, load_bundle
 
     text = os.fspath(source)
@@ -98,8 +102,8 @@ def load(source: str | os.PathLike, *, device="cpu", **fetch_options):
     if not path.exists() and isinstance(source, str) and "/" not in text and text in published_models(fetch_options.get("registry")):
         entry = lookup(text, fetch_options.get("registry"))
         folder = fetch_package(text, **fetch_options)
-        pipeline = load_package(folder, device=device, family=entry.family)
-        pipeline.source_path = str(folder)
+        pipeline = load_package(folder, device=device, family=entry.family, **(package_options or {}))
+        pipeline.source_path = None if package_options else str(folder)
         return pipeline
     if fetch_options:
         raise BundleError(explain("Download options only apply to published names", found=sorted(fetch_options),
@@ -110,4 +114,4 @@ def load(source: str | os.PathLike, *, device="cpu", **fetch_options):
         raise BundleError(explain(f"{text!r} is neither a published model name nor an existing path",
                                   expected=published_models(), found=text,
                                   fix="use one of the names above, a bundle folder or a package folder / archive"))
-    return load_package(path, device=device)
+    return load_package(path, device=device, **(package_options or {}))
