@@ -155,3 +155,43 @@ def serve_huggingface(served: Path, folder: Path, repo: str, revision: str, *, w
         api = served / "api/models" / repo / "revision" / revision
         api.parent.mkdir(parents=True, exist_ok=True)
         api.write_text(json.dumps({"sha": revision, "siblings": siblings}))
+
+
+# ------------------------------------------------------------------------- generic CorrDiff package
+GEN_INPUTS = ["t2m", "u10m", "v10m", "z500", "tcwv"]
+GEN_OUTPUTS = ["t2m", "u10m", "refc"]
+GEN_INVARIANTS = ["orog", "lsm"]
+
+
+def build_corrdiff_package(folder: Path, *, shape=(20, 28), hr_mean_conditioning=True, metadata_extra=None) -> Path:
+    """The layout PhysicsNeMo's CorrDiff recipe exports (as Earth2Studio's CorrDiff reads it)."""
+    import xarray as xr
+
+    cls = physicsnemo_classes()
+    folder.mkdir(parents=True, exist_ok=True)
+    n_in, n_out, n_inv = len(GEN_INPUTS), len(GEN_OUTPUTS), len(GEN_INVARIANTS)
+    reg = cls["UNet"](img_resolution=list(shape), img_in_channels=n_in + n_inv + 4, img_out_channels=n_out,
+                      model_type="SongUNetPosEmbd", embedding_type="zero", gridtype="sinusoidal", N_grid_channels=4,
+                      **SONG_TINY)
+    _save(reg, folder / "regression.mdlus", seed=7)
+    cond = n_in + n_inv + (n_out if hr_mean_conditioning else 0)
+    dif = cls["EDMPrecondSuperResolution"](img_resolution=list(shape), img_in_channels=cond + 4, img_out_channels=n_out,
+                                           model_type="SongUNetPosEmbd", gridtype="sinusoidal", N_grid_channels=4,
+                                           **SONG_TINY)
+    _save(dif, folder / "diffusion.mdlus", seed=8)
+    lat = 30.0 + 0.05 * np.arange(shape[0])
+    lon = 250.0 + 0.05 * np.arange(shape[1])
+    xr.Dataset(coords={"lat": lat, "lon": lon}).to_netcdf(folder / "output_latlon_grid.nc")
+    xr.Dataset(coords={"lat": np.arange(29.0, 32.01, 0.25), "lon": np.arange(249.0, 252.51, 0.25)}).to_netcdf(
+        folder / "input_latlon_grid.nc")
+    rng = np.random.default_rng(9)
+    xr.Dataset({n: (("lat", "lon"), rng.normal(100 * k, 10, shape)) for k, n in enumerate(GEN_INVARIANTS)},
+               coords={"lat": lat, "lon": lon}).to_netcdf(folder / "invariants.nc")
+    stat = lambda names: {n: {"mean": float(rng.normal(0, 20)), "std": float(rng.uniform(1, 8))} for n in names}  # noqa: E731
+    (folder / "stats.json").write_text(json.dumps({"input": stat(GEN_INPUTS), "output": stat(GEN_OUTPUTS),
+                                                   "invariants": stat(GEN_INVARIANTS)}))
+    meta = {"input_variables": GEN_INPUTS, "output_variables": GEN_OUTPUTS, "invariant_variables": GEN_INVARIANTS,
+            "number_of_steps": 6, "sampler_type": "stochastic", "hr_mean_conditioning": hr_mean_conditioning,
+            "sigma_max": 400, "sigma_min": 0.002, **(metadata_extra or {})}
+    (folder / "metadata.json").write_text(json.dumps(meta))
+    return folder
