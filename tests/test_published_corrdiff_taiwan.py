@@ -198,3 +198,30 @@ def test_published_grid_450(tmp_path):
     names = ["refc", "t2m", "u10m", "v10m"]
     assert _rel(np.stack([fine[f"{v}_regression"].values[0] for v in names]), ref_mean.numpy()) < 1e-5
     assert _rel(np.stack([fine[v].values[:, 0] for v in names], axis=1), ref.numpy()) < 1e-4
+
+
+def test_cli_downscale_by_name(package, tmp_path, http_server, monkeypatch):
+    from typer.testing import CliRunner
+
+    from xkmcast.cli import app
+
+    served = tmp_path / "served"
+    served.mkdir()
+    archive = zip_taiwan(package, tmp_path / "corrdiff_inference_package.zip")
+    server = http_server(served)
+    serve_ngc(served, archive, server.url)
+    monkeypatch.setenv("NGC_CLI_SEARCH_SERVICE_URL", server.url + "/")
+    monkeypatch.setenv("XKMCAST_DATA_DIR", str(tmp_path / "cache"))
+    runner = CliRunner()
+    listed = runner.invoke(app, ["models", "list"])
+    assert listed.exit_code == 0 and "corrdiff-taiwan" in listed.output and "stormcast-v1" in listed.output
+    era5 = era5_on_input_grid(times=1)
+    era5.to_netcdf(tmp_path / "era5.nc")
+    out = tmp_path / "fine.zarr"
+    result = runner.invoke(app, ["downscale", "corrdiff-taiwan", str(tmp_path / "era5.nc"), str(out), "--members", "2",
+                                 "--steps", "2", "--quiet", "--known-hash", f"corrdiff_inference_package.zip={sha256(archive)}"])
+    assert result.exit_code == 0, result.output
+    written = xr.open_zarr(out, consolidated=False)
+    expected = era5.kmcast.downscale(xkmcast.load_model(package), members=2, num_steps=2)
+    np.testing.assert_allclose(written["t2m"].values, expected["t2m"].values, rtol=1e-6)
+    assert written["t2m"].attrs["units"] == "K" and written["lat"].shape == (64, 64)

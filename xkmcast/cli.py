@@ -6,6 +6,11 @@ import typer
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Kilometre-scale generative weather models for xarray.")
 catalog_app = typer.Typer(no_args_is_help=True, help="List and download the datasets of the xkmcast catalog.")
+models_app = typer.Typer(no_args_is_help=True, help="NVIDIA's published models that --model NAME fetches and loads.")
+app.add_typer(models_app, name="models")
+MODEL_HELP = "a published model name (xkmcast models list), a bundle folder, or a package folder / archive"
+KNOWN_HASH_HELP = "FILE=SHA256 of a published model's file whose hash the registry does not know (repeatable)"
+TRUST_HELP = "verify a Hugging Face model against the checksums the host lists at the pinned revision"
 app.add_typer(catalog_app, name="catalog")
 
 
@@ -37,6 +42,33 @@ def catalog_list() -> None:
     Console().print(table)
 
 
+@models_app.command("list")
+def models_list() -> None:
+    """List the published models (name, description)."""
+    from .models.published.registry import entries
+
+    for name, entry in entries().items():
+        typer.echo(f"{name:24s} {entry.description}")
+
+
+def _model(model: str, known_hash: list[str] | None, trust_host_hashes: bool):
+    """A published name becomes a loaded pipeline (with the hash options); anything else stays a path."""
+    from .errors import ConfigError, explain
+    from .models.published import published_models
+
+    if model not in published_models():
+        return model
+    import xkmcast
+
+    hashes = {}
+    for item in known_hash or []:
+        fname, sep, digest = item.partition("=")
+        if not sep:
+            raise ConfigError(explain("--known-hash takes FILE=SHA256", found=item))
+        hashes[fname] = digest
+    return xkmcast.load_model(model, known_hashes=hashes or None, trust_host_hashes=trust_host_hashes)
+
+
 @catalog_app.command("fetch")
 def catalog_fetch(name: str) -> None:
     """Download the files of catalog entry NAME (hash-checked, cached); print the local path."""
@@ -62,7 +94,7 @@ def _open_input(name_or_path: str, part: str | None, times: str | None):
 
 @app.command()
 def downscale(
-    model: str = typer.Argument(..., help="model bundle folder"),
+    model: str = typer.Argument(..., help=MODEL_HELP),
     input: str = typer.Argument(..., help="coarse input: a catalog entry or a NetCDF / zarr path"),
     output: str = typer.Argument(..., help="result path: .zarr or .nc"),
     members: int = typer.Option(1, help="ensemble members"),
@@ -80,11 +112,14 @@ def downscale(
     precision: str = typer.Option("fp32", help="fp32, or amp-bf16 (bfloat16 autocast on CUDA and CPU)"),
     overwrite: bool = typer.Option(False, help="replace an existing output"),
     quiet: bool = typer.Option(False, help="no progress bar"),
+    known_hash: list[str] | None = typer.Option(None, help=KNOWN_HASH_HELP),
+    trust_host_hashes: bool = typer.Option(False, help=TRUST_HELP),
 ) -> None:
     """Downscale INPUT with MODEL and write OUTPUT (streamed time chunk by time chunk)."""
     from .inference import downscale as run
     from .io import write_corrdiff_netcdf, write_dataset
 
+    model = _model(model, known_hash, trust_host_hashes)
     ds = _open_input(input, part, times).chunk({"time": time_chunk})
     result = run(ds, model, members=members, seed=seed, num_steps=steps, sampler=sampler, batch_size=batch_size,
                  time_chunk=time_chunk, include_mean=include_mean, device=device, precision=precision)
@@ -100,7 +135,7 @@ def downscale(
 
 @app.command()
 def forecast(
-    model: str = typer.Argument(..., help="model bundle folder (stormcast, stormscope or vit)"),
+    model: str = typer.Argument(..., help=MODEL_HELP + " (stormcast, stormscope or vit)"),
     init: str = typer.Argument(..., help="initial state: a catalog entry or a NetCDF / zarr path on the model grid"),
     output: str = typer.Argument(..., help="result path: .zarr (written step by step, resumable) or .nc"),
     background: str | None = typer.Option(None, help="coarse background covering the forecast window"),
@@ -113,11 +148,14 @@ def forecast(
     part: str | None = typer.Option(None, help="part of a published layout holding the state"),
     device: str | None = typer.Option(None, help="cuda / cpu (default: automatic)"),
     quiet: bool = typer.Option(False, help="no progress output"),
+    known_hash: list[str] | None = typer.Option(None, help=KNOWN_HASH_HELP),
+    trust_host_hashes: bool = typer.Option(False, help=TRUST_HELP),
 ) -> None:
     """Roll MODEL forward from INIT and write OUTPUT (zarr: each step as soon as it is computed)."""
     from .io import output_format, write_dataset
     from .rollout import forecast as run
 
+    model = _model(model, known_hash, trust_host_hashes)
     state = _open_input(init, part, times)
     bg = _open_input(background, "background" if part else None, None) if background else None
     if output_format(output) == "zarr":

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ...errors import CatalogError, IntegrityError, explain
+from ...errors import CatalogError, DownloadError, IntegrityError, explain
 
 __all__ = ["PackageEntry", "REGISTRY_PATH", "entries", "published_models", "fetch_package", "file_url"]
 
@@ -227,8 +227,12 @@ def _retrieve_git_blob(url: str, blob_id: str, target: Path, *, what: str) -> No
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.part-{os.getpid()}")
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:  # noqa: S310
-            out.write(response.read())
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:  # noqa: S310
+                out.write(response.read())
+        except OSError as exc:
+            raise DownloadError(explain(f"Downloading {what} failed", found=f"{type(exc).__name__}: {exc}",
+                                        fix=f"check access to {url}")) from exc
         found = git_blob_sha1(tmp)
         if found != blob_id:
             raise IntegrityError(explain(f"The download of {what} does not match the host's git blob id; discarded",
