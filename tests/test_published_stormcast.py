@@ -177,3 +177,19 @@ def test_refuses_what_it_cannot_honour(package, tmp_path):
     (bad / "model.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(BundleError, match="sampler_args"):
         xkmcast.load_model(bad, package_options={"hrrr_window": WINDOW})
+
+
+def test_forecast_with_an_era5_background_on_its_own_grid(package):
+    """The documented call: the background on a 0.25 deg lat / lon grid (-180..180) is regridded onto HRRR."""
+    model = xkmcast.load_model(package, package_options={"hrrr_window": WINDOW})
+    state, on_grid = datasets(model, times=("2024-05-01T00",))
+    lat, lon = np.arange(30.0, 45.0, 0.25), np.arange(-105.0, -85.0, 0.25)
+    era5 = xr.Dataset({v: (("time", "latitude", "longitude"), np.full((1, lat.size, lon.size), 10.0 * k + 1, np.float32),
+                           dict(on_grid[v].attrs)) for k, v in enumerate(BACKGROUND_VARS)},
+                      coords={"time": on_grid.time.values, "latitude": lat, "longitude": lon})
+    assert model.grid_lat.numpy().min() > 30 and model.grid_lon.numpy().min() > 180  # HRRR lon in [0, 360)
+    const = xr.Dataset({v: (("time", "y", "x"), np.full((1, *SHAPE), 10.0 * k + 1, np.float32), dict(on_grid[v].attrs))
+                        for k, v in enumerate(BACKGROUND_VARS)}, coords=on_grid.coords)
+    a = state.kmcast.forecast(model, steps=1, background=era5, num_steps=2)
+    b = state.kmcast.forecast(model, steps=1, background=const, num_steps=2)
+    np.testing.assert_allclose(a["t2m"].values, b["t2m"].values, rtol=1e-5)  # a constant field regrids exactly

@@ -64,8 +64,9 @@ def detect(folder: Path) -> Path | None:
             return cand
     if (folder / ZIP).is_file():
         from ...data.archive import extract
+        from ...data.download import sha256_of
 
-        dest = folder / "unpacked"
+        dest = folder / f".unpacked-{sha256_of(folder / ZIP)[:16]}"  # a new zip is never read from an old unpacking
         if not dest.exists():
             extract(folder / ZIP, dest, nested=True)
         for cand in (dest, dest / "corrdiff_inference_package"):
