@@ -45,7 +45,7 @@ def taiwan(work: Path, members: int, steps: int) -> dict:
         grid = torch.as_tensor(np.stack((g1[0], g1[1], g2[0], g2[1]))[None], dtype=torch.float32)
         mean = model.unet_regression(model.regression_model, img_lr=torch.cat((xi, grid), 1), output_channels=4,
                                      number_of_samples=1)
-    np.save(work / "e2s_taiwan_mean.npy", (mean[0] * model.out_scale[:, 0] + model.out_center[:, 0]).numpy())
+    np.save(work / "e2s_taiwan_mean.npy", (mean[0] * model.out_scale + model.out_center).numpy())
     t0 = time.perf_counter()
     model._forward(x)
     return {"taiwan_seconds_per_member": (time.perf_counter() - t0) / members}

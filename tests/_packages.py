@@ -131,10 +131,19 @@ def build_stormcast(folder: Path, *, shape=(16, 24), sampler_args=None) -> Path:
         coords={"variable": STATE_VARS, "conditioning_variable": BACKGROUND_VARS,
                 "invariant": ["landsea", "orography", "lsm"]},  # stored order differs from model.yaml's
     )
-    store = zarr.storage.ZipStore(str(folder / "metadata.zarr.zip"), mode="w")
-    meta.to_zarr(store, zarr_format=2, consolidated=True)
-    store.close()
+    plain = folder.parent / f".{folder.name}-metadata.zarr"
+    meta.to_zarr(plain, zarr_format=2, consolidated=True, mode="w")
+    _zip_folder_flat(plain, folder / "metadata.zarr.zip")
+    shutil.rmtree(plain)
     return folder
+
+
+def _zip_folder_flat(folder: Path, archive: Path) -> Path:
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                zf.write(p, str(p.relative_to(folder)))
+    return archive
 
 
 def serve_huggingface(served: Path, folder: Path, repo: str, revision: str, *, with_api: bool = True) -> None:
