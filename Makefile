@@ -1,26 +1,38 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   create .venv (if needed) and run the demo on the data shipped in the package
-#   make test   create .venv (if needed) and run the whole test suite (what CI runs)
+#   make demo   create .venv (if needed), install the core package only, run the demo on the shipped data
+#   make test   also install the test, reference (PhysicsNeMo) and docs extras, run the whole suite (CI)
 # torch is pinned to the CPU wheel these machines carry (constraints.txt); on a GPU machine install
 # xkmcast with pip as in the README instead.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+CORE_STAMP := $(VENV)/.xkmcast-core-installed
 STAMP := $(VENV)/.xkmcast-installed
+#: what `make test` adds to the core package: the suite's own tools, the PhysicsNeMo reference the
+#: parity tests compare against, and the docs toolchain (the suite builds the site)
+TEST_EXTRAS := test,reference,docs
 PYTEST_ARGS ?=
 
-.PHONY: demo test install clean-venv bench docs
+.PHONY: demo test install install-core clean-venv bench docs
 
-$(STAMP): pyproject.toml constraints.txt
+$(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+
+$(CORE_STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,reference,docs]"
+	$(PY) -m pip install --quiet -c constraints.txt -e .
+	touch $(CORE_STAMP)
+
+$(STAMP): $(CORE_STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[$(TEST_EXTRAS)]"
 	touch $(STAMP)
+
+install-core: $(CORE_STAMP)
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(CORE_STAMP)
 	$(VENV)/bin/xkmcast demo --outdir demo-output
 
 test: $(STAMP)

@@ -227,3 +227,21 @@ def test_sample_entry_opens_offline():
     raw = catalog.open_catalog()["sample"].to_dask()
     ds = open_dataset("sample")
     assert set(raw.data_vars) == set(ds.data_vars) and ds.sizes == raw.sizes
+
+
+def test_registry_pooch_cache_variable_mirror_and_missing_url(tmp_path, monkeypatch):
+    registry = tmp_path / "r.txt"
+    registry.write_text(f"a/x.nc {'ab' * 32}\nb.nc SHA256:{'CD' * 32} http://example.invalid/b\n")
+    monkeypatch.setenv("XKMCAST_DATA_DIR", str(tmp_path / "env-cache"))
+    monkeypatch.delenv("XKMCAST_BASE_URL", raising=False)
+    pup = catalog.registry_pooch(registry)
+    assert Path(pup.abspath) == tmp_path / "env-cache" == catalog.default_cache_dir()
+    assert Path(catalog.registry_pooch(registry, cache_dir=tmp_path / "arg").abspath) == tmp_path / "arg"
+    entries = catalog.load_registry(registry)
+    assert entries["b.nc"].sha256 == "cd" * 32 and entries["a/x.nc"].sha256 == "ab" * 32
+    assert "hrrr_mini.zip" in entries  # the packaged lines stay
+    with pytest.raises(CatalogError, match="no URL"):
+        catalog.fetch("a/x.nc", registry=registry, progress=False)
+    mirrored = catalog.registry_pooch(registry, base_url="http://127.0.0.1:9/m")
+    assert mirrored.get_url("b.nc") == "http://127.0.0.1:9/m/b.nc" and mirrored.get_url("a/x.nc").endswith("/m/a/x.nc")
+    assert not (tmp_path / "env-cache").exists()  # nothing created before a download

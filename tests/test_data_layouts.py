@@ -367,3 +367,21 @@ def test_sample_entry_splits_into_input_and_target_parts():
     assert "t2m" in fine and "latitude" not in fine.dims
     with pytest.raises(ConfigError, match="no part"):
         xkmcast.open_dataset("sample", part="background")
+
+
+def test_layout_stats_are_the_data_stats_form_and_survive_split_and_combine():
+    from xkmcast.data.layouts import _combine, set_stats, split_combined
+    from xkmcast.data.stats import Stats
+
+    fine = xr.Dataset({"tp": (("y", "x"), np.ones((2, 2)))})
+    coarse = xr.Dataset({"t2m": (("y", "x"), np.ones((2, 2)))})
+    set_stats(fine, Stats({"tp": 0.5}, {"tp": 0.25}, {"tp": 0.1}))  # a log1p variable
+    set_stats(coarse, {"t2m": (280.0, 4.0)})
+    combined = _combine({"target": fine, "input": coarse}, ("target", "input"))
+    assert Stats.from_attrs(combined).to_dict() == {
+        "tp": {"mean": 0.5, "std": 0.25, "transform": "log1p", "eps": 0.1},
+        "era5_t2m": {"mean": 280.0, "std": 4.0},
+    }
+    parts = split_combined(combined)
+    assert layout_stats(parts["input"]) == {"t2m": {"mean": 280.0, "std": 4.0}}
+    assert Stats.from_attrs(parts["target"]).log_eps == {"tp": 0.1}

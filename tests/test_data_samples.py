@@ -100,43 +100,29 @@ def test_missing_variables_are_reported(store):
         DownscalingSamples(store, IN, ["refc"])
 
 
-def test_patches_are_deterministic_slices(store):
-    full = DownscalingSamples(store, IN, OUT, INV)
-    s = DownscalingSamples(store, IN, OUT, INV, patch=(8, 12), patches_per_time=3, seed=7, context=True)
-    assert len(s) == 24 and s.image_shape() == (8, 12)
-    offsets = set()
-    for i in (0, 1, 5, 23):
-        item = s[i]
-        oy, ox = item["offset"].tolist()
-        offsets.add((oy, ox))
+def test_training_patches_are_cut_from_the_whole_field_batch(store):
+    """The one patch path: whole fields from the store, patches cut by diffusion.patching.random_patches."""
+    from xkmcast.diffusion.patching import random_patches
+
+    s = DownscalingSamples(store, IN, OUT, INV)
+    assert s.image_shape() == (24, 20) and len(s) == 8
+    batch = next(iter(DataLoader(s, batch_size=4)))
+    cut = random_patches(batch["target"], batch["input"], (8, 12), 3, generator=torch.Generator().manual_seed(7))
+    for p, (oy, ox) in enumerate(cut.offsets.tolist()):
         assert 0 <= oy <= 24 - 8 and 0 <= ox <= 20 - 12
-        ref = full[i // 3]
-        torch.testing.assert_close(item["input"], ref["input"][:, oy:oy + 8, ox:ox + 12])
-        torch.testing.assert_close(item["target"], ref["target"][:, oy:oy + 8, ox:ox + 12])
-        gi = item["global_index"]
-        assert gi.shape == (2, 8, 12) and gi.dtype == torch.int64
-        assert gi[0, :, 0].tolist() == list(range(oy, oy + 8)) and gi[1, 0].tolist() == list(range(ox, ox + 12))
-        # context: the whole input averaged to the patch size (24x20 -> 8x12 adaptive pooling)
-        assert item["context"].shape == (5, 8, 12)
-        assert float(item["context"][0].mean()) == pytest.approx(float(ref["input"][0].mean()), abs=0.05)
-    assert len(offsets) > 1
-    first = s.offset(5)
-    s.set_epoch(1)
-    assert [s.offset(i) for i in range(6)] != [DownscalingSamples(store, IN, OUT, patch=(8, 12), patches_per_time=3,
-                                                                  seed=7).offset(i) for i in range(6)]
-    s.set_epoch(0)
-    assert s.offset(5) == first
-    with pytest.raises(ConfigError):
-        DownscalingSamples(store, IN, OUT, patch=(30, 8))
+        for b in range(4):  # patch-major rows: the pixels of item b of the batch at the offset
+            torch.testing.assert_close(cut.target[p * 4 + b], s[b]["target"][:, oy:oy + 8, ox:ox + 12])
+            torch.testing.assert_close(cut.condition[p * 4 + b], s[b]["input"][:, oy:oy + 8, ox:ox + 12])
+        assert cut.global_index[p, 0, :, 0].tolist() == list(range(oy, oy + 8))
 
 
 @pytest.mark.parametrize("context", [None, pytest.param("spawn", marks=pytest.mark.slow)])
 def test_workers_give_the_same_batches(store, context):
-    s = DownscalingSamples(store, IN, OUT, INV, patch=(8, 8), patches_per_time=2, seed=1)
+    s = DownscalingSamples(store, IN, OUT, INV)
     s[0]  # opened in the parent before forking: workers must reopen, not share the handle
     ref = _batches(DataLoader(s, batch_size=4, num_workers=0))
     got = _batches(DataLoader(s, batch_size=4, num_workers=2, multiprocessing_context=context))
-    assert len(ref) == len(got) == 4
+    assert len(ref) == len(got) == 2
     for a, b in zip(ref, got):
         assert a.keys() == b.keys()
         for k in a:
@@ -160,10 +146,10 @@ def test_netcdf_store_with_workers(store, tmp_path):
 
 
 def test_distributed_sampler_partitions(store):
-    s = DownscalingSamples(store, IN, OUT, patch=(8, 8), patches_per_time=3)  # 24 items
+    s = DownscalingSamples(store, IN, OUT)  # 8 items
     parts = [list(DistributedSampler(s, num_replicas=2, rank=r, shuffle=True, seed=3)) for r in (0, 1)]
-    assert len(parts[0]) == len(parts[1]) == 12
-    assert set(parts[0]).isdisjoint(parts[1]) and set(parts[0]) | set(parts[1]) == set(range(24))
+    assert len(parts[0]) == len(parts[1]) == 4
+    assert set(parts[0]).isdisjoint(parts[1]) and set(parts[0]) | set(parts[1]) == set(range(8))
     loader = DataLoader(s, batch_size=4, sampler=DistributedSampler(s, num_replicas=2, rank=1, shuffle=True, seed=3))
     first = next(iter(loader))
     torch.testing.assert_close(first["input"], torch.stack([s[i]["input"] for i in parts[1][:4]]))

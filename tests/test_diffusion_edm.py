@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from xkmcast.diffusion.edm import EDMPrecond, EDMPrecondSuperResolution, edm_coefficients, round_sigma
+from xkmcast.diffusion.edm import EDMPrecond, EDMPrecondSuperResolution, edm_coefficients
 
 
 class TinyNet(nn.Module):
@@ -87,14 +87,12 @@ def test_zero_network_is_the_optimal_denoiser_of_gaussian_data():
     torch.testing.assert_close(D(x, sigma), expected)
 
 
-def test_state_dict_layout_and_round_sigma():
+def test_state_dict_layout():
     D = EDMPrecondSuperResolution(TinyNet(5, 3), sigma_data=torch.tensor([0.5, 0.5, 1.0]), sigma_max=800)
     net_keys = ["model.conv.bias", "model.conv.weight", "model.emb.bias", "model.emb.weight"]
     assert sorted(D.state_dict()) == net_keys  # as PhysicsNeMo's EDMPrecondSuperResolution
     assert sorted(EDMPrecond(TinyNet(3, 3)).state_dict()) == net_keys + ["sigma_data"]  # as its EDMPrecond
     assert D.sigma_max == 800 and D.sigma_min == 0
-    assert torch.equal(round_sigma([0.5, 2.0]), torch.tensor([0.5, 2.0]))
-    assert torch.equal(D.round_sigma(torch.tensor(3.0)), torch.tensor(3.0))
 
 
 def test_super_resolution_accepts_img_lr_or_condition_and_scalar_sigma():

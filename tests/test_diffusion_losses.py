@@ -48,7 +48,7 @@ class Regression(nn.Module):
 
 
 def test_named_distributions_have_the_published_parameters():
-    assert (sigma_distribution("corrdiff").P_mean, sigma_distribution("corrdiff").P_std) == (0.0, 1.2)
+    assert (sigma_distribution("residual").P_mean, sigma_distribution("residual").P_std) == (0.0, 1.2)
     assert (sigma_distribution("edm").P_mean, sigma_distribution("edm").P_std) == (-1.2, 1.2)
     lu = sigma_distribution("loguniform")
     assert (lu.sigma_min, lu.sigma_max) == (0.002, 80.0)
@@ -167,7 +167,7 @@ def test_residual_loss_uses_the_frozen_regression(condition_on_mean):
     # same as the denoising loss on the residual y - mu (with cat(mu, lr) as condition if asked)
     mu = reg(torch.zeros_like(y), lr).detach()
     cond = torch.cat([mu, lr], 1) if condition_on_mean else lr
-    again = denoising_loss(D, y - mu, cond, sigma_dist="corrdiff", generator=torch.Generator().manual_seed(11))
+    again = denoising_loss(D, y - mu, cond, sigma_dist="residual", generator=torch.Generator().manual_seed(11))
     torch.testing.assert_close(out.loss, again.loss)
     torch.testing.assert_close(out.sigma, again.sigma)
     # a precomputed mean gives the same loss

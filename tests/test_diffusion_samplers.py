@@ -22,15 +22,8 @@ from scipy import optimize, stats
 from torch import nn
 
 from xkmcast.diffusion.edm import EDMPrecondSuperResolution
-from xkmcast.diffusion.samplers import (
-    CountingDenoiser,
-    member_generators,
-    member_seed,
-    nfe,
-    sample,
-    solve,
-    time_steps,
-)
+from xkmcast.diffusion.samplers import CountingDenoiser, SamplerConfig, nfe, sample, solve, time_steps
+from xkmcast.diffusion.seeds import row_generators, row_seed, row_seeds
 from xkmcast.errors import ConfigError
 
 SIGMA_MAX = 800.0
@@ -125,10 +118,11 @@ def test_nfe_counts_network_calls():
     for method, n, expected in [("heun", 18, 35), ("euler", 9, 9), ("dpmpp_2m", 10, 10)]:
         assert nfe(method, n) == expected
         counter = CountingDenoiser(GAUSS)
-        sample(counter, (2,), members=4, sampler=method, num_steps=n)
+        config = SamplerConfig(method, num_steps=n)
+        sample(counter, (2,), row_seeds(0, 4), config=config)
         assert counter.calls == expected and counter.evaluations == 4 * expected
         counter = CountingDenoiser(GAUSS)
-        sample(counter, (2,), members=4, batch_size=3, sampler=method, num_steps=n)
+        sample(counter, (2,), row_seeds(0, 4), batch_size=3, config=config)
         assert counter.calls == 2 * expected  # two batches
 
 
@@ -215,13 +209,13 @@ def test_member_is_independent_of_batch_layout(method, churn):
     torch.manual_seed(0)
     den = EDMPrecondSuperResolution(TinyNet(), sigma_max=80.0).eval()
     cond = torch.randn(1, 6, 8)
-    kw = dict(condition=cond, seed=42, sampler=method, num_steps=6, **churn)
+    kw = dict(condition=cond, config=SamplerConfig(method, num_steps=6, **churn))
     with torch.no_grad():
-        all_at_once = sample(den, (2, 6, 8), members=5, **kw)
-        in_threes = sample(den, (2, 6, 8), members=5, batch_size=3, **kw)
-        one_by_one = sample(den, (2, 6, 8), members=5, batch_size=1, **kw)
-        just_three = sample(den, (2, 6, 8), members=[3], **kw)
-        other_seed = sample(den, (2, 6, 8), members=5, **{**kw, "seed": 43})
+        all_at_once = sample(den, (2, 6, 8), row_seeds(42, 5), **kw)
+        in_threes = sample(den, (2, 6, 8), row_seeds(42, 5), batch_size=3, **kw)
+        one_by_one = sample(den, (2, 6, 8), row_seeds(42, 5), batch_size=1, **kw)
+        just_three = sample(den, (2, 6, 8), row_seeds(42, [3]), **kw)
+        other_seed = sample(den, (2, 6, 8), row_seeds(43, 5), **kw)
     assert all_at_once.shape == (5, 2, 6, 8)
     # a float32 network gives ~1 ulp differences between batch sizes (conv kernels), amplified
     # along the trajectory from sigma = 80: 1e-5 relative
@@ -237,19 +231,33 @@ def test_member_is_independent_of_batch_layout(method, churn):
 def test_member_is_bitwise_identical_with_an_elementwise_denoiser(method, churn):
     """Noise and churn noise are the same bits whatever the layout: with a denoiser that acts on
     each row alone (no batched kernels), the members are bitwise equal."""
-    kw = dict(seed=3, sampler=method, num_steps=8, **churn)
-    ref = sample(GAUSS, (3, 4), members=6, **kw)
+    config = SamplerConfig(method, num_steps=8, **churn)
+    ref = sample(GAUSS, (3, 4), row_seeds(3, 6), config=config)
     for layout in (dict(batch_size=1), dict(batch_size=4), dict(members=[5, 1])):
-        got = sample(GAUSS, (3, 4), **{"members": 6, **kw, **layout})
-        want = ref[[5, 1]] if "members" in layout else ref
+        got = sample(GAUSS, (3, 4), row_seeds(3, layout.pop("members", 6)), config=config, **layout)
+        want = ref[[5, 1]] if len(got) == 2 else ref
         assert torch.equal(got, want), layout
 
 
-def test_member_seeds_and_generators():
-    assert member_seed(0, 1) == member_seed(0, 1) != member_seed(0, 2) != member_seed(1, 1)
-    a = torch.randn(3, generator=member_generators(7, [2])[0])
-    b = torch.randn(3, generator=member_generators(7, 4)[2])
+def test_row_seeds_and_generators():
+    assert row_seed(0, 1) == row_seed(0, 1) != row_seed(0, 2) != row_seed(1, 1)
+    assert row_seeds(7, [2]) == row_seeds(7, 4)[2:3] == [row_seed(7, 2)]
+    a = torch.randn(3, generator=row_generators(row_seeds(7, [2]))[0])
+    b = torch.randn(3, generator=row_generators(row_seeds(7, 4))[2])
     assert torch.equal(a, b)
+    assert 0 <= row_seed(2**40, -1, 10**12) < 2**63  # words enter as 32-bit pieces
+
+
+def test_sampler_config_defaults_and_overrides():
+    """A solver's defaults come with it (DEFAULT_STEPS / DEFAULT_RHO); the given settings win."""
+    heun = SamplerConfig()
+    assert (heun.sampler, heun.num_steps, heun.rho) == ("heun", 18, 7.0)
+    dpm = heun.override("dpmpp_2m")
+    assert (dpm.num_steps, dpm.rho, dpm.sigma_max) == (10, math.inf, heun.sigma_max)
+    assert heun.override(num_steps=5, S_churn=None).num_steps == 5
+    assert SamplerConfig.from_dict(heun.to_dict()) == heun and "S_churn" not in heun.to_dict()
+    with pytest.raises(ConfigError, match="num_step"):
+        SamplerConfig.from_dict({"num_step": 3})
 
 
 def test_per_member_condition_and_sigma_range_of_the_denoiser():
@@ -266,10 +274,10 @@ def test_per_member_condition_and_sigma_range_of_the_denoiser():
 
     rec = Recorder()
     cond = torch.arange(3.0).reshape(3, 1, 1, 1).expand(3, 1, 2, 2)
-    sample(rec, (1, 2, 2), members=3, condition=cond, sampler="euler", num_steps=4)
+    sample(rec, (1, 2, 2), row_seeds(0, 3), condition=cond, config=SamplerConfig("euler", num_steps=4))
     assert rec.sigmas[0] == pytest.approx(80.0) and rec.sigmas[-1] == pytest.approx(0.01)
-    assert torch.equal(rec.conds[0], cond)  # member k sees condition k
+    assert torch.equal(rec.conds[0], cond)  # row k sees condition k
     with pytest.raises(ConfigError, match="expected"):
-        sample(rec, (1,), sampler="ddim")
+        sample(rec, (1,), [0], config={"sampler": "ddim"})
     with pytest.raises(ConfigError):
-        sample(rec, (1,), sampler="dpmpp_2m", S_churn=1.0)
+        sample(rec, (1,), [0], config=SamplerConfig("dpmpp_2m", S_churn=1.0))

@@ -112,3 +112,44 @@ def test_site_builds_in_strict_mode(tmp_path):
         assert (tmp_path / "site" / page).is_file(), page
     api = (tmp_path / "site" / "api" / "index.html").read_text()
     assert 'id="xkmcast.inference.downscale"' in api and 'id="xkmcast.regrid.Regridder"' in api
+
+
+def _xkmcast_references(code: str) -> tuple[set[tuple[str, str]], set[tuple[str, frozenset]]]:
+    """(module, name) imported from xkmcast, and (accessor method, keywords) called as ``.kmcast.<m>(...)``."""
+    import ast
+
+    names, calls = set(), set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "xkmcast":
+            names |= {(node.module, alias.name) for alias in node.names}
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = node.func.value
+            if isinstance(owner, ast.Attribute) and owner.attr == "kmcast":
+                calls.add((node.func.attr, frozenset(k.arg for k in node.keywords if k.arg)))
+    return names, calls
+
+
+@pytest.mark.parametrize("page", GUIDE + [DOCS / "index.md"], ids=lambda p: p.stem)
+def test_illustrative_snippets_name_what_exists(page):
+    """Every block, also the ones not run: names imported from xkmcast exist, and every
+    ``.kmcast.<method>(..., key=...)`` is an accessor method taking those keywords."""
+    import importlib
+    import inspect
+
+    import xkmcast  # noqa: F401  (registers the accessor)
+    from xkmcast.accessor import KmcastDatasetAccessor
+
+    for lang, code, _, line in blocks(page):
+        if lang != "python":
+            continue
+        names, calls = _xkmcast_references(code)
+        for module, name in names:
+            mod = importlib.import_module(module)
+            assert hasattr(mod, name) or importlib.util.find_spec(f"{module}.{name}"), \
+                f"{page.name}:{line}: `from {module} import {name}`: no such name"
+        for method, keywords in calls:
+            assert hasattr(KmcastDatasetAccessor, method), f"{page.name}:{line}: no accessor method {method!r}"
+            params = inspect.signature(getattr(KmcastDatasetAccessor, method)).parameters
+            if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                unknown = keywords - set(params)
+                assert not unknown, f"{page.name}:{line}: .kmcast.{method}() has no argument {sorted(unknown)}"

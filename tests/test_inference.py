@@ -10,7 +10,7 @@ import xarray as xr
 import xkmcast  # noqa: F401
 from _tiny import FINE_SHAPE, OUTPUT_VARS, coarse_dataset, tiny_corrdiff
 from xkmcast.errors import DomainCoverageError, InvalidDataError, MissingVariableError
-from xkmcast.inference import row_seed
+from xkmcast.diffusion.seeds import row_seed
 from xkmcast.models.bundle import save_bundle
 
 
@@ -130,7 +130,12 @@ def test_nan_input_is_refused_before_anything_is_written(pipe, tmp_path):
     ds["2t"][1, :, :] = np.nan
     with pytest.raises(InvalidDataError, match="2024-05-01T01"):
         ds.kmcast.downscale(pipe)
-    assert OUTPUT_VARS  # nothing else to clean: the eager path raises before returning
+    from xkmcast.io import write_dataset
+
+    out = tmp_path / "out.zarr"
+    with pytest.raises(InvalidDataError, match="2024-05-01T01"):  # lazy: raised while writing at the latest
+        write_dataset(ds.chunk({"time": 1}).kmcast.downscale(pipe), out)
+    assert list(tmp_path.iterdir()) == []  # no output and no temporary store left behind
 
 
 @pytest.mark.slow

@@ -357,3 +357,26 @@ def test_spectrum_of_wrf_guam_uses_the_great_circle_spacing():
     np.testing.assert_allclose(float((spec * spec.attrs["dk"]).sum()), float(variance), rtol=1e-5)
     ny, nx = M.suggest_patch_size(t)
     assert ny % 16 == 0 and nx % 16 == 0 and 16 <= ny <= 64 and 16 <= nx <= 48
+
+
+def test_argument_order_is_forecast_then_truth_and_swaps_are_caught():
+    """xskillscore takes (observations, forecasts); ours is (forecast, truth): bias = forecast - truth."""
+    import inspect
+
+    xs = pytest.importorskip("xskillscore", reason="xskillscore is a test extra")
+    y = xr.DataArray(np.zeros((3, 4)), dims=("y", "x"))
+    warm = y + 1.5
+    assert float(M.bias(warm, y)) == 1.5  # too warm -> positive
+    assert float(M.bias(truth=y, forecast=warm)) == 1.5  # keywords in any order
+    assert float(xs.me(y, warm)) == -1.5  # xskillscore's mean error: other order, other sign
+    ens = warm.expand_dims(member=3) + xr.DataArray([-1.0, 0.0, 1.0], dims="member")
+    for score in (M.crps, M.spread_skill, M.rank_histogram, M.bias):
+        with pytest.raises(InvalidDataError, match="xskillscore"):
+            score(y, ens)  # swapped: the "truth" has members
+    for score in (M.bias, M.mae, M.rmse, M.crps, M.spread, M.spread_skill, M.rank_histogram):
+        params = inspect.signature(score).parameters
+        assert list(params)[:2] == ["forecast", "truth"] and params["dim"].kind is inspect.Parameter.KEYWORD_ONLY
+        doc = " ".join(score.__doc__.split())
+        assert "(forecast, truth)" in doc and "(observations, forecasts)" in doc, score.__name__
+    with pytest.raises(TypeError):
+        M.mae(warm, y, ["y", "x"])  # dim is keyword-only: no silent positional mix-up

@@ -37,10 +37,39 @@ def test_corrdiff_losses_backpropagate_only_into_their_stage():
     assert any(p.grad is not None for p in pipe.stages["diffusion"].parameters())
 
 
-def test_corrdiff_patched_loss_uses_patches():
-    pipe = tiny_corrdiff(patch=(8, 8)).train()
-    loss, sigma = pipe.loss("diffusion", _downscaling_batch(), generator=torch.Generator().manual_seed(0))
-    assert loss.shape == (2,) and torch.isfinite(loss).all()
+def _edm_weight(sigma, sigma_data):
+    return ((sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2).reshape(-1, 1, 1, 1)
+
+
+def test_corrdiff_patched_loss_is_the_edm_loss_of_the_patches():
+    """Recomputed by hand: patches sliced at the drawn corners, the whole condition resized bilinearly
+    and appended, the pixel indices, then lambda(sigma) |D(y + sigma eps) - y|^2 averaged per sample."""
+    import torch.nn.functional as F
+
+    from _nets import randomise
+
+    pipe = tiny_corrdiff(patch=(8, 8))  # eval: no dropout
+    randomise(pipe.stages["diffusion"], seed=3)
+    batch = _downscaling_batch()
+    with torch.no_grad():
+        loss, sigma = pipe.loss("diffusion", batch, generator=torch.Generator().manual_seed(0))
+        replay = torch.Generator().manual_seed(0)  # the draws in order: corners, ln(sigma), eps
+        y0 = int(torch.randint(0, FINE_SHAPE[0] - 8 + 1, (1,), generator=replay))
+        x0 = int(torch.randint(0, FINE_SHAPE[1] - 8 + 1, (1,), generator=replay))
+        torch.randn(2, generator=replay)
+        cond, target = batch["input"], batch["target"]
+        residual = target - pipe.stages["regression"](torch.zeros_like(target), cond)  # R(0, c): no input skip
+        patch = residual[:, :, y0:y0 + 8, x0:x0 + 8]
+        condition = torch.cat([cond[:, :, y0:y0 + 8, x0:x0 + 8],
+                               F.interpolate(cond, size=(8, 8), mode="bilinear", align_corners=False)], dim=1)
+        rows, cols = torch.meshgrid(torch.arange(y0, y0 + 8), torch.arange(x0, x0 + 8), indexing="ij")
+        eps = torch.randn(patch.shape, generator=replay)
+        net = pipe.stages["diffusion"]
+        D = net(patch + sigma.reshape(-1, 1, 1, 1) * eps, sigma=sigma, condition=condition,
+                global_index=torch.stack([rows, cols])[None])
+        expected = (_edm_weight(sigma, net.sigma_data) * (D - patch) ** 2).mean(dim=(1, 2, 3))
+    assert loss.shape == (2,) and float(expected.abs().min()) > 1e-3
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_corrdiff_sample_members_independent_of_batching():
@@ -79,6 +108,29 @@ def test_stormcast_step_and_losses():
     for stage in ("regression", "diffusion"):
         loss, _ = pipe.train().loss(stage, batch)
         assert loss.shape == (3,) and torch.isfinite(loss).all()
+    # the values, recomputed by hand (eval: no dropout): regression MSE on cat(state, background, invariant);
+    # diffusion EDM loss of the residual next - regression, conditioned on (state, background, invariant, mean)
+    from _nets import randomise
+
+    pipe.eval()
+    randomise(pipe.stages["diffusion"], seed=5)
+    prev, nxt, inv = batch["state"][0], batch["state"][1], batch["invariant"]
+    with torch.no_grad():
+        reg_in = torch.cat([prev, bg, inv], dim=1)
+        mean = pipe.stages["regression"](reg_in)
+        loss, _ = pipe.loss("regression", batch)
+        expected = ((mean - nxt) ** 2).mean(dim=(1, 2, 3))
+        assert float(expected.min()) > 1e-3
+        torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+        loss, sigma = pipe.loss("diffusion", batch, generator=torch.Generator().manual_seed(2))
+        replay = torch.Generator().manual_seed(2)
+        torch.randn(3, generator=replay)  # ln(sigma) draws; sigma itself is returned
+        residual = nxt - mean
+        eps = torch.randn(residual.shape, generator=replay)
+        net = pipe.stages["diffusion"]
+        D = net(residual + sigma.reshape(-1, 1, 1, 1) * eps, sigma=sigma, condition=torch.cat([reg_in, mean], dim=1))
+        expected = (_edm_weight(sigma, net.sigma_data) * (D - residual) ** 2).mean(dim=(1, 2, 3))
+        torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_stormscope_and_vit_step_and_train():
@@ -105,7 +157,8 @@ def test_stormscope_and_vit_step_and_train():
 
 def test_condition_rules_are_enforced():
     with pytest.raises(ConfigError, match="no regression stage"):
-        stormcast_spec(STATE_VARS, FINE_SHAPE, background_vars=["msl"], invariant_vars=["orog"], stages=("diffusion",))
+        stormcast_spec(STATE_VARS, FINE_SHAPE, background_vars=["msl"], invariant_vars=["orog"], stages=("diffusion",),
+                       diffusion_conditions=["state", "regression"])
     with pytest.raises(ConfigError, match="background"):
         stormcast_spec(STATE_VARS, FINE_SHAPE, regression_conditions=["state", "background"])
     with pytest.raises(ConfigError, match="diffusion-only"):
@@ -203,15 +256,14 @@ def test_import_mdlus_pair_equals_the_original(tmp_path):
 
 def test_a_sampler_named_per_call_brings_its_own_defaults():
     """The bundle says heun / 4 steps; naming euler gives euler's 9 steps, dpmpp_2m its 10 log-uniform."""
-    from xkmcast.models.base import sampler_options
+    from xkmcast.models.base import sampler_config
 
     pipe = tiny_corrdiff()
-    defaults = pipe.spec.sampler
-    assert sampler_options(defaults, None, None, {})["num_steps"] == 4
-    euler = sampler_options(defaults, "euler", None, {})
-    assert (euler["sampler"], euler["num_steps"], euler["rho"]) == ("euler", 9, 7.0)
-    dpm = sampler_options(defaults, "dpmpp_2m", 6, {"S_churn": None})
-    assert dpm["num_steps"] == 6 and dpm["rho"] == float("inf") and "S_churn" not in dpm
+    assert sampler_config(pipe.spec).num_steps == 4
+    euler = sampler_config(pipe.spec, "euler")
+    assert (euler.sampler, euler.num_steps, euler.rho) == ("euler", 9, 7.0)
+    dpm = sampler_config(pipe.spec, "dpmpp_2m", 6, S_churn=None)
+    assert dpm.num_steps == 6 and dpm.rho == float("inf") and dpm.S_churn == 0.0
     x = torch.randn(1, len(INPUT_VARS), *FINE_SHAPE)
     a, _ = pipe.sample(x, seeds=[[1]], sampler="euler")
     b, _ = pipe.sample(x, seeds=[[1]], sampler="euler", num_steps=9)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from _nets import TINY_UNET as TINY, rand as _rand, randomise
 
-from xkmcast.errors import BundleError, ConfigError
+from xkmcast.errors import BundleError
 from xkmcast.nn import (
     DiT,
     EDMCheckpoint,
@@ -22,7 +22,6 @@ from xkmcast.nn import (
     SongUNetPosEmbd,
     SongUNetPosLtEmbd,
     WeatherViT,
-    build_network,
     load_mdlus,
     read_mdlus,
     save_mdlus,
@@ -183,11 +182,14 @@ def test_old_tar_with_directory_prefix_and_alias_names(tmp_path):
     assert torch.equal(model(x, lr), loaded(x, lr))
 
 
-def test_build_network_registry():
+def test_build_stage_from_the_registry():
+    from xkmcast.models.stages import build_stage
+
     assert NETWORKS["CorrDiffRegressionUNet"] is RegressionUNet
-    net = build_network("DiT", img_resolution=8, in_channels=1, out_channels=1, hidden_size=16, depth=1, num_heads=2)
-    assert isinstance(net, DiT) and build_network("DiT", **net.config).config == net.config
-    with pytest.raises(ConfigError, match="SongUNet"):
-        build_network("UNet3D")
-    with pytest.raises(ConfigError):
-        build_network("DiT", img_resolution=8, in_channels=1, out_channels=1, depthh=2)
+    kwargs = dict(img_resolution=8, in_channels=1, out_channels=1, hidden_size=16, depth=1, num_heads=2)
+    net = build_stage({"class": "DiT", "kwargs": kwargs})
+    assert isinstance(net, DiT) and build_stage({"class": "DiT", "kwargs": net.config}).config == net.config
+    with pytest.raises(BundleError, match="SongUNet"):
+        build_stage({"class": "UNet3D"})
+    with pytest.raises(BundleError):
+        build_stage({"class": "DiT", "kwargs": {**kwargs, "depthh": 2}})

@@ -167,3 +167,28 @@ def test_animation_has_one_frame_per_lead_time(tmp_path):
             frames.append(np.asarray(gif.convert("RGB")).astype(int))
     assert all(f.std() > 20 for f in frames)
     assert np.abs(frames[0] - frames[1]).mean() > 1.0  # the field changes between frames
+
+
+def test_saving_figures_leaves_the_backend_and_pyplot_alone(tmp_path):
+    """Library calls that write files draw on their own Agg canvas: no backend switch, no pyplot."""
+    code = f"""
+import sys, matplotlib, numpy as np, torch, xarray as xr
+matplotlib.use("svg")  # a user's choice the library must not change
+from pathlib import Path
+from xkmcast import plot
+from xkmcast.grid import make_latlon_grid
+from xkmcast.train.logging import save_image
+out = Path({str(tmp_path)!r})
+g = make_latlon_grid(np.linspace(10, 12, 6), np.linspace(140, 143, 8))
+da = xr.DataArray(np.random.default_rng(0).normal(size=(6, 8)), dims=("lat", "lon"), coords=g.coords, name="t2m")
+fig = plot.map(da, path=out / "map.png", coastlines=False, borders=False)
+plot.spectra(da.rename(lat="y", lon="x").drop_vars(["y", "x"]), dx=2.0, path=out / "spectra.png")
+save_image(out / "img.png", torch.rand(2, 6, 8), torch.rand(2, 6, 8), ["a", "b"])
+assert type(fig).__name__ in ("Figure", "GeoFigure"), type(fig)
+assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
+assert "matplotlib.pyplot" not in sys.modules
+"""
+    env = {k: v for k, v in __import__("os").environ.items() if k != "MPLBACKEND"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
+    for name in ("map.png", "spectra.png", "img.png"):
+        assert_not_blank(rgb(tmp_path / name))

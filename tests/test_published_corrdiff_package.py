@@ -16,7 +16,7 @@ from _packages import GEN_INPUTS, GEN_OUTPUTS, build_corrdiff_package, physicsne
 
 import xkmcast
 from xkmcast.errors import BundleError
-from xkmcast.inference import row_seed
+from xkmcast.diffusion.seeds import row_seed
 
 SHAPE = (20, 28)
 UNITS = {"t2m": "K", "u10m": "m s-1", "v10m": "m s-1", "z500": "m2 s-2", "tcwv": "kg m-2"}

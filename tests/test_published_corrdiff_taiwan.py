@@ -20,7 +20,7 @@ from _packages import build_taiwan, physicsnemo_classes, serve_ngc, sha256, zip_
 
 import xkmcast
 from xkmcast.errors import IntegrityError
-from xkmcast.inference import row_seed
+from xkmcast.diffusion.seeds import row_seed
 
 INPUTS = ["tcwv", "z500", "t500", "u500", "v500", "z850", "t850", "u850", "v850", "t2m", "u10m", "v10m"]
 UNITS = {"tcwv": "kg m-2", "z": "m2 s-2", "t": "K", "u": "m s-1", "v": "m s-1"}

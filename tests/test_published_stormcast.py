@@ -19,7 +19,7 @@ from _packages import BACKGROUND_VARS, STATE_VARS, build_stormcast, physicsnemo_
 
 import xkmcast
 from xkmcast.errors import BundleError, IntegrityError
-from xkmcast.inference import row_seed
+from xkmcast.diffusion.seeds import row_seed
 
 REPO, REVISION = "nvidia/stormcast-v1-era5-hrrr", "6c89a0877a0d6b231033d3b0d8b9828a6f833ed8"
 WINDOW = ((400, 416), (800, 824))

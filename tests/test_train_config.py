@@ -6,12 +6,12 @@ import pytest
 import yaml
 
 from xkmcast.errors import ConfigError
+from xkmcast.models.kinds import KINDS
 from xkmcast.train.config import (
-    ALLOWED_CONDITIONS,
     TrainConfig,
+    apply_overrides,
     list_presets,
     load_config,
-    parse_overrides,
     run_dir,
     save_config,
 )
@@ -27,8 +27,7 @@ def test_every_preset_validates_and_tiny_ones_are_small():
     assert EXPECTED_PRESETS <= set(list_presets())
     for name in list_presets():
         cfg = load_config(name)
-        stages = ALLOWED_CONDITIONS[cfg.model.kind]
-        assert cfg.model.stage in stages
+        assert cfg.model.stage in KINDS[cfg.model.kind].stages
         if "tiny" in name:
             assert cfg.model.size == "tiny" and cfg.data.source == "synthetic" and cfg.training.duration <= 500
     # the kind's loss default is filled in: CorrDiff's residual loss vs EDM / StormCast
@@ -41,15 +40,21 @@ def test_every_preset_validates_and_tiny_ones_are_small():
 
 
 def test_overrides_are_parsed_as_yaml_and_merged():
-    nested = parse_overrides(["training.lr=1e-4", "data.patch=[32, 32]", "training.resume=null", "a.b.c=3"])
-    assert nested["data"]["patch"] == [32, 32] and nested["training"]["resume"] is None and nested["a"]["b"]["c"] == 3
+    nested = apply_overrides({}, ["training.lr=3.0e-4", "data.patch=[32, 32]", "training.resume=null", "a.b.c=3"])
+    assert nested == {"training": {"lr": 3.0e-4, "resume": None}, "data": {"patch": [32, 32]}, "a": {"b": {"c": 3}}}
+    # set, not merged: a mapping value replaces the old mapping; a dotted key below a scalar replaces it
+    base = {"data": {"params": {"a": 1, "b": 2}}, "x": 5}
+    assert apply_overrides(base, ["data.params={}", "data.params.c=3", "x.y=1"]) == {"data": {"params": {"c": 3}},
+                                                                                     "x": {"y": 1}}
     cfg = load_config("corrdiff-tiny-regression", ["training.lr=1e-4", "data.patch=[16, 16]", "training.resume=null",
                                                    "training.time_budget=1.5h", "training.flops_budget=2e15"])
     assert cfg.training.lr == pytest.approx(1e-4) and cfg.data.patch == [16, 16] and cfg.training.resume is None
     assert cfg.training.time_budget == 5400.0 and cfg.training.flops_budget == 2e15
     assert cfg.data.input_vars == load_config("corrdiff-tiny-regression").data.input_vars  # untouched keys kept
     with pytest.raises(ConfigError, match="dotted.key=value"):
-        parse_overrides(["training.lr"])
+        apply_overrides({}, ["training.lr"])
+    with pytest.raises(ConfigError, match="dotted.key=value"):
+        apply_overrides({}, ["training..lr=1"])
 
 
 @pytest.mark.parametrize(("override", "path", "suggestion"), [

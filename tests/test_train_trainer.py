@@ -205,3 +205,47 @@ def test_user_dataset_class_trains_a_stormcast_model(tmp_path):
     assert model.spec.output_vars == ["t2m", "u10m", "v10m"] and model.spec.background_vars == ["msl"]
     out = model.step(torch.zeros(1, 3, 24, 24), torch.zeros(1, 1, 24, 24), seeds=[0])
     assert out.shape == (1, 3, 24, 24) and torch.isfinite(out).all()
+
+
+# ------------------------------------------------------------------- accumulation, bf16
+def _checkpoint(run: Path, step: int, part: str = "model") -> dict:
+    from xkmcast.train.checkpoint import checkpoint_path, load_checkpoint
+
+    return load_checkpoint(checkpoint_path(run / "checkpoints", step))[part]
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_equals_the_large_batch_step(store, tmp_path):
+    """4 micro-batches of 1 sample == 1 batch of 4: the same weights after each optimiser step."""
+    common = ("training.duration=2", "training.checkpoint_every=1", "training.warmup_steps=0",
+              "training.validate_every=100", "model.network.dropout=0.0")  # dropout would draw other masks
+    big = train(tiny_config(store, tmp_path, "training.experiment=big", *common), quiet=True)
+    acc = train(tiny_config(store, tmp_path, "training.experiment=acc", "training.batch_size_per_rank=1", *common),
+                quiet=True)
+    assert big.samples == acc.samples == 8
+    a1, a2 = _checkpoint(big.run_dir, 1), _checkpoint(big.run_dir, 2)
+    b2 = _checkpoint(acc.run_dir, 2)
+    moved = max(float((a2[k] - a1[k]).abs().max()) for k in a2 if a2[k].is_floating_point())
+    differ = max(float((a2[k] - b2[k]).abs().max()) for k in a2 if a2[k].is_floating_point())
+    assert moved > 1e-4, moved  # the step changed the weights ...
+    assert differ < 1e-3 * moved, (differ, moved)  # ... identically with and without accumulation
+    # Adam is blind to the scale of the gradient: compare the gradient itself, exp_avg = (1 - beta1) g
+    ga = [s["exp_avg"] for s in _checkpoint(big.run_dir, 1, "optimizer")["state"].values()]
+    gb = [s["exp_avg"] for s in _checkpoint(acc.run_dir, 1, "optimizer")["state"].values()]
+    assert len(ga) == len(gb) > 0
+    scale = max(float(g.abs().max()) for g in ga)
+    assert scale > 0 and max(float((x - y).abs().max()) for x, y in zip(ga, gb)) < 1e-4 * scale
+
+
+@pytest.mark.slow
+def test_bf16_training_learns_and_keeps_fp32_weights(store, tmp_path):
+    run = train(tiny_config(store, tmp_path, "training.experiment=bf16", "training.precision=amp-bf16",
+                            "training.duration=20"), quiet=True)
+    losses = [v for _, v in run.valid_losses]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < 0.8 * losses[0], losses
+    logged = [json.loads(line) for line in (run.run_dir / "log.jsonl").read_text().splitlines()]
+    train_losses = [row["loss"] for row in logged if "loss" in row]
+    assert len(train_losses) >= 10 and all(math.isfinite(v) for v in train_losses)
+    assert np.mean(train_losses[-5:]) < np.mean(train_losses[:5]), train_losses
+    weights = _checkpoint(run.run_dir, 20)
+    assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float32}

@@ -87,3 +87,18 @@ def test_lazy_conversion_stays_lazy(era5_like):
     ds = era5_like.chunk({"time": 1})
     out = select_variables(ds, ["msl"])
     assert out.msl.chunks is not None
+
+
+def test_layout_names_and_attributes_come_from_the_variables_table():
+    from xkmcast.data.layouts import canonical_name, variable_attrs
+    from xkmcast.variables import _table, canonical_alias, variable_info
+
+    surface, levels = _table()
+    for canon, info in surface.items():  # every alias in variables.yaml maps back to its name
+        for alias in info.aliases:
+            assert canonical_alias(alias) in (canon, *[c for c, i in surface.items() if alias in i.aliases])
+    assert canonical_name("10U") == "u10m" and canonical_name("temperature", 850) == "t850"
+    assert canonical_name("z_500") == "z500" and canonical_name("my_channel") == "my_channel"
+    assert variable_attrs("t850", "T850") == {**variable_info("t850").attrs, "xkmcast_channel": "T850"}
+    assert "units" not in variable_attrs("tp") and variable_attrs("unknown") == {}
+    assert set(levels) and canonical_alias("temperature", pressure_level=True) == "t"

@@ -1,15 +1,55 @@
 """The ``.kmcast`` accessor: thin bindings of xkmcast functions onto Datasets and DataArrays.
 
-It keeps no state (xarray builds a new accessor for every object): each method imports and calls a
-function of the library, passing the object as the first argument. Loaded networks are cached by
-:mod:`xkmcast.models.bundle`, never here.
+Each method *is* a library function with the object bound as its first argument (:class:`_Bound`):
+``help(ds.kmcast.downscale)`` shows the signature and docstring of :func:`xkmcast.inference.downscale`
+(without its first argument), and every default lives in that function only. The functions' modules
+are imported on first access of a method, so ``import xkmcast`` stays cheap.
+
+xarray keeps one accessor per object, so the :attr:`grid` found for an object is kept with it (after
+changing an object's coordinates in place, call :func:`xkmcast.grid.find_grid` again). Loaded
+networks are cached by :mod:`xkmcast.models.bundle`, never here.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import inspect
+
 import xarray as xr
 
 __all__ = ["KmcastDatasetAccessor", "KmcastDataArrayAccessor"]
+
+
+class _Bound:
+    """Descriptor: the function ``xkmcast.<module>.<name>`` with the accessor's object as first argument.
+
+    On an accessor it returns a wrapper carrying the function's docstring (``functools.wraps``) and its
+    signature without the first parameter (``__signature__``); on the class, the function itself.
+    """
+
+    def __init__(self, module: str, name: str | None = None):
+        self.module, self.name = module, name
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = self.name or name
+
+    def function(self):
+        return getattr(importlib.import_module(f"xkmcast.{self.module}"), self.name)
+
+    def __get__(self, accessor, owner=None):
+        func = self.function()
+        if accessor is None:
+            return func
+        obj = accessor._obj
+
+        @functools.wraps(func)
+        def bound(*args, **kwargs):
+            return func(obj, *args, **kwargs)
+
+        sig = inspect.signature(func)
+        bound.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:])
+        return bound
 
 
 class _PlotMethods:
@@ -18,49 +58,25 @@ class _PlotMethods:
     def __init__(self, obj):
         self._obj = obj
 
-    def map(self, var=None, **kwargs):
-        from . import plot
-
-        return plot.map(self._obj, var, **kwargs)
-
-    def members(self, var=None, **kwargs):
-        from . import plot
-
-        return plot.members(self._obj, var, **kwargs)
-
-    def spectra(self, var=None, **kwargs):
-        from . import plot
-
-        return plot.spectra(self._obj, var, **kwargs)
-
-    def animate(self, var=None, **kwargs):
-        from . import plot
-
-        return plot.animate(self._obj, var, **kwargs)
+    map = _Bound("plot")
+    members = _Bound("plot")
+    spectra = _Bound("plot")
+    animate = _Bound("plot")
 
 
 class _CommonMethods:
     def __init__(self, obj):
         self._obj = obj
 
-    @property
+    @functools.cached_property
     def grid(self):
-        """The horizontal grid (:class:`xkmcast.grid.Grid`): dims, 2-D lat/lon, x/y, CRS."""
+        """The horizontal grid (:class:`xkmcast.grid.Grid`): dims, 2-D lat/lon, x/y, CRS (found once per object)."""
         from .grid import find_grid
 
         return find_grid(self._obj)
 
-    def regrid(self, target, method: str = "bilinear", **kwargs):
-        """Regrid onto ``target`` (a Dataset or Grid) lazily; see :func:`xkmcast.regrid.regrid`."""
-        from .regrid import regrid
-
-        return regrid(self._obj, target, method=method, **kwargs)
-
-    def score(self, truth, **kwargs):
-        """Scores of this forecast against ``truth``; see :func:`xkmcast.scoring.score`."""
-        from .scoring import score
-
-        return score(self._obj, truth, **kwargs)
+    regrid = _Bound("regrid")
+    score = _Bound("scoring")
 
     @property
     def plot(self) -> _PlotMethods:
@@ -72,23 +88,9 @@ class _CommonMethods:
 class KmcastDatasetAccessor(_CommonMethods):
     """``ds.kmcast``: grid, variables, regrid, downscale, forecast, score, plot."""
 
-    def variables(self, names, **kwargs) -> xr.Dataset:
-        """The canonical variables ``names`` (renamed, units converted); see :func:`xkmcast.variables.select_variables`."""
-        from .variables import select_variables
-
-        return select_variables(self._obj, names, **kwargs)
-
-    def downscale(self, model, members: int = 1, **kwargs) -> xr.Dataset:
-        """Downscale this coarse dataset with ``model``; see :func:`xkmcast.inference.downscale`."""
-        from .inference import downscale
-
-        return downscale(self._obj, model, members=members, **kwargs)
-
-    def forecast(self, model, steps: int = 12, background=None, **kwargs) -> xr.Dataset:
-        """Roll ``model`` forward ``steps`` from this state; see :func:`xkmcast.rollout.forecast`."""
-        from .rollout import forecast
-
-        return forecast(self._obj, model, steps=steps, background=background, **kwargs)
+    variables = _Bound("variables", "select_variables")
+    downscale = _Bound("inference")
+    forecast = _Bound("rollout")
 
 
 @xr.register_dataarray_accessor("kmcast")

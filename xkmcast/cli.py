@@ -28,6 +28,23 @@ def version() -> None:
     typer.echo(xkmcast.__version__)
 
 
+@app.command()
+def kinds() -> None:
+    """List the model kinds: stages, the conditions each stage may use, time step, sampler defaults."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .models.kinds import KINDS
+
+    table = Table("kind", "regression may use", "diffusion may use", "time step", "sampler", "description")
+    for kind in KINDS.values():
+        uses = [", ".join(kind.conditions[s]) if s in kind.conditions else "(no such stage)"
+                for s in ("regression", "diffusion")]
+        sampler = "" if kind.sampler is None else f"{kind.sampler.sampler} {kind.sampler.num_steps} steps"
+        table.add_row(kind.name, *uses, kind.time_step or "(downscaling)", sampler, kind.description)
+    Console(width=200).print(table)
+
+
 @catalog_app.command("list")
 def catalog_list() -> None:
     """List the catalog entries with their descriptions."""

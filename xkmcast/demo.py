@@ -138,28 +138,15 @@ def _plain_table(scores: xr.Dataset) -> str:
 
 
 def _plots(result, truth, bilinear, outputs, outdir: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from xkmcast import plot
+    from xkmcast import plot  # figures written to files: own Agg canvases, the user's backend untouched
 
     shown = result.isel(time=-1)
     for v in outputs:
-        fig = plot.members(shown, v, truth=truth.isel(time=-1), baselines={"bilinear": bilinear[v].isel(time=-1)},
-                           n=4, ncols=4, path=outdir / f"members_{v}.png")
-        _close(fig)
-        fig = plot.spectra(result, v, truth=truth, path=outdir / f"spectra_{v}.png")
-        _close(fig)
-    fig = plot.map(truth.isel(time=-1), outputs[0], path=outdir / f"truth_{outputs[0]}.png")
-    _close(fig)
-    fig = plot.map(bilinear.isel(time=-1), outputs[0], path=outdir / f"bilinear_{outputs[0]}.png")
-    _close(fig)
-
-
-def _close(fig) -> None:
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+        plot.members(shown, v, truth=truth.isel(time=-1), baselines={"bilinear": bilinear[v].isel(time=-1)},
+                     n=4, ncols=4, path=outdir / f"members_{v}.png")
+        plot.spectra(result, v, truth=truth, path=outdir / f"spectra_{v}.png")
+    plot.map(truth.isel(time=-1), outputs[0], path=outdir / f"truth_{outputs[0]}.png")
+    plot.map(bilinear.isel(time=-1), outputs[0], path=outdir / f"bilinear_{outputs[0]}.png")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,7 +5,7 @@ Search order (first hit wins):
 1. CF meaning through cf_xarray: coordinates with ``standard_name`` latitude / longitude (or units
    degrees_north / degrees_east), ``axis`` X / Y / T, ``projection_[xy]_coordinate``, and the CF
    ``grid_mapping`` variable named by a data variable.
-2. Known aliases of published datasets: ERA5 (``latitude`` / ``longitude``, descending latitude,
+2. Known aliases of published datasets (the table of :mod:`xkmcast.coords`): ERA5 (``latitude`` / ``longitude``, descending latitude,
    longitudes 0..360), WRF and CWA (``XLAT`` / ``XLONG``, dims ``south_north`` / ``west_east`` /
    ``Time``, projection in the global attributes ``MAP_PROJ``, ``TRUELAT1`` ...), HRRR
    (``gridlat_0`` / ``gridlon_0``, Lambert conformal).
@@ -25,15 +25,16 @@ import cf_xarray  # noqa: F401  (registers the .cf accessor used below)
 import numpy as np
 import xarray as xr
 
+from .coords import coordinate_attrs, coordinate_names
 from .errors import CoordinateError, GridError, explain
 
 __all__ = ["Grid", "find_grid", "make_lambert_grid", "make_latlon_grid", "check_monotonic", "HRRR_CRS_CF"]
 
-LAT_ALIASES = ("latitude", "lat", "XLAT", "XLAT_M", "gridlat_0", "nav_lat", "LAT", "lats")
-LON_ALIASES = ("longitude", "lon", "XLONG", "XLONG_M", "gridlon_0", "nav_lon", "LON", "lons")
-TIME_ALIASES = ("time", "Time", "valid_time", "XTIME", "Times", "t")
-X_ALIASES = ("x", "west_east", "xgrid_0", "projection_x_coordinate", "easting")
-Y_ALIASES = ("y", "south_north", "ygrid_0", "projection_y_coordinate", "northing")
+LAT_ALIASES = coordinate_names("latitude")
+LON_ALIASES = coordinate_names("longitude")
+TIME_ALIASES = coordinate_names("time")
+X_ALIASES = coordinate_names("X")
+Y_ALIASES = coordinate_names("Y")
 
 #: CF grid_mapping of the HRRR 3 km CONUS grid (Lambert conformal on a sphere of radius 6371229 m).
 HRRR_CRS_CF = {
@@ -93,8 +94,8 @@ class Grid:
         """The grid alone as a CF Dataset: 2-D lat/lon, x/y in metres and a ``crs`` grid_mapping."""
         dims = (self.y_dim, self.x_dim)
         coords: dict[str, Any] = {
-            "lat": (dims, self.lat, {"standard_name": "latitude", "units": "degrees_north", "long_name": "latitude"}),
-            "lon": (dims, self.lon, {"standard_name": "longitude", "units": "degrees_east", "long_name": "longitude"}),
+            "lat": (dims, self.lat, coordinate_attrs("latitude")),
+            "lon": (dims, self.lon, coordinate_attrs("longitude")),
         }
         if self.x is not None and self.y is not None:
             coords[self.x_dim] = (self.x_dim, self.x, _axis_attrs("x"))
@@ -107,12 +108,7 @@ class Grid:
 
 
 def _axis_attrs(axis: str) -> dict:
-    return {
-        "standard_name": f"projection_{axis}_coordinate",
-        "units": "m",
-        "axis": axis.upper(),
-        "long_name": f"{axis} coordinate of projection",
-    }
+    return {**coordinate_attrs(axis.upper()), "units": "m", "long_name": f"{axis} coordinate of projection"}
 
 
 # --------------------------------------------------------------------------------------------- find
@@ -435,7 +431,7 @@ def make_latlon_grid(lat: np.ndarray, lon: np.ndarray, *, lat_name: str = "lat",
     check_monotonic(lat, lat_name)
     return xr.Dataset(
         coords={
-            lat_name: (lat_name, lat, {"standard_name": "latitude", "units": "degrees_north", "axis": "Y"}),
-            lon_name: (lon_name, lon, {"standard_name": "longitude", "units": "degrees_east", "axis": "X"}),
+            lat_name: (lat_name, lat, {**coordinate_attrs("latitude"), "axis": "Y"}),
+            lon_name: (lon_name, lon, {**coordinate_attrs("longitude"), "axis": "X"}),
         }
     )

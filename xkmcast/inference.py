@@ -7,8 +7,8 @@ residual diffusion for CorrDiff) one time chunk at a time inside a dask graph, d
 returns a CF-annotated Dataset with dims ``(member, time, y, x)``.
 
 Reproducibility contract: the noise of member ``k`` at valid time ``t`` comes from a generator seeded
-by :func:`row_seed` ``(seed, k, t)`` only, so the result does not depend on ``batch_size``, on the
-time chunking, on which other times are asked for, or on the dask scheduler.
+by :func:`xkmcast.diffusion.seeds.row_seed` ``(seed, k, t)`` only, so the result does not depend on
+``batch_size``, on the time chunking, on which other times are asked for, or on the dask scheduler.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .errors import GridError, InvalidDataError, XkmcastError, explain
 from .grid import Grid, find_grid
 from .variables import cf_attrs, select_variables
 
-__all__ = ["downscale", "row_seed", "model_grid", "ModelRef", "resolve_model", "to_model_inputs", "onto_input_grid"]
+__all__ = ["downscale", "model_grid", "model_result", "ModelRef", "resolve_model", "to_model_inputs", "onto_input_grid"]
 
 
 # ----------------------------------------------------------------------------------------- models
@@ -62,6 +62,24 @@ def resolve_model(model, device: str | None = None):
     return model.to(dev).eval()
 
 
+def require_task(pipeline, *, forecast: bool) -> None:
+    """XkmcastError unless ``pipeline`` forecasts (has ``step``) when ``forecast``, else downscales
+    (has ``sample``); the message names the kinds that do (:data:`xkmcast.models.kinds.KINDS`)."""
+    from .models.kinds import KINDS
+
+    if hasattr(pipeline, "step" if forecast else "sample"):
+        return
+    kind = pipeline.spec.kind
+    able = [k.name for k in KINDS.values() if k.forecast == forecast]
+    if forecast:
+        raise XkmcastError(explain(f"A {kind} model downscales, it does not step a state forward",
+                                   expected=f"a model of kind {' / '.join(able)}", found=kind,
+                                   fix="use ds.kmcast.downscale(model) for downscaling models"))
+    raise XkmcastError(explain(f"A {kind} model steps a state forward, it does not downscale",
+                               expected=f"a model of kind {' / '.join(able)}", found=kind,
+                               fix="use state.kmcast.forecast(model, steps=..., background=...)"))
+
+
 def _graph_handle(model, pipeline):
     """What the dask graph carries: a path handle when the model came from disk, else the object."""
     source = getattr(pipeline, "source_path", None)
@@ -82,19 +100,6 @@ def model_grid(pipeline) -> xr.Dataset:
     y = np.asarray(spec["y"], float) if spec.get("y") is not None else None
     grid = Grid("y", "x", None, lat, lon, "lat", "lon", x, y, "x", "y", None, spec.get("grid_mapping"))
     return grid.to_dataset()
-
-
-def row_seed(seed: int, member: int, *keys) -> int:
-    """The seed of one sample: a SeedSequence hash of (seed, member, keys...).
-
-    Keys are valid times (datetime64, hashed in ns) or integers (e.g. a rollout step), so a sample's
-    noise depends on what it is, never on how samples are batched or chunked.
-    """
-    words = [int(seed) & 0xFFFFFFFF, int(member) & 0xFFFFFFFF]
-    for key in keys:
-        k = int(np.datetime64(key, "ns").astype(np.int64)) if isinstance(key, (np.datetime64, str)) else int(key)
-        words += [k & 0xFFFFFFFF, (k >> 32) & 0xFFFFFFFF]
-    return int(np.random.SeedSequence(words).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
 
 
 def _wrap(dlon: np.ndarray) -> np.ndarray:
@@ -191,10 +196,7 @@ def downscale(
     check_precision(precision)
     pipeline = resolve_model(model, device)
     spec = pipeline.spec
-    if not hasattr(pipeline, "sample"):
-        raise XkmcastError(explain(f"A {spec.kind} model steps a state forward, it does not downscale",
-                                   expected="a corrdiff model", found=spec.kind,
-                                   fix="use state.kmcast.forecast(model, steps=..., background=...)"))
+    require_task(pipeline, forecast=False)
     lazy_input = any(v.chunks is not None for v in ds.data_vars.values())
     inputs = to_model_inputs(ds, pipeline, spec.input_vars, regrid_method=regrid_method)
     inputs = inputs.chunk({"time": time_chunk, "channel": -1, "y": -1, "x": -1})
@@ -219,7 +221,9 @@ def downscale(
         chunks=((n_lead,), inputs.data.chunks[0], (n_out,), inputs.data.chunks[2], inputs.data.chunks[3]),
         name="xkmcast-downscale",
     )
-    result = _build_result(pipeline, data, times, members, include_mean)
+    time = {"time": ("time", times, {"standard_name": "time", "axis": "T"})}
+    result = model_result(pipeline, data[:members], ("member", "time"), time, "downscaling",
+                          mean=data[members] if include_mean else None)
     return result if lazy_input else result.compute()
 
 
@@ -227,6 +231,8 @@ def _downscale_block(block: np.ndarray, *, handle, times, members, seed, include
                      block_info=None):
     """One time chunk: (t, C_in, H, W) normalised -> (members [+1 mean], t, C_out, H, W) physical."""
     import torch
+
+    from .diffusion.seeds import row_seeds
 
     pipeline = handle.get() if isinstance(handle, ModelRef) else handle
     start, stop = block_info[0]["array-location"][0] if block_info else (0, block.shape[0])
@@ -240,7 +246,7 @@ def _downscale_block(block: np.ndarray, *, handle, times, members, seed, include
                 fix="fill or drop those times (ds.dropna / ds.fillna) or check the domain coverage",
             )
         )
-    seeds = [[row_seed(seed, k, t) for k in range(members)] for t in times[start:stop]]
+    seeds = [row_seeds(seed, members, t) for t in times[start:stop]]
     cond = torch.from_numpy(np.ascontiguousarray(block)).to(pipeline.device)
     from .device import autocast
 
@@ -252,22 +258,23 @@ def _downscale_block(block: np.ndarray, *, handle, times, members, seed, include
     return pipeline.stats_for("output").denormalise(out, pipeline.spec.output_vars, axis=2).astype(np.float32)
 
 
-def _build_result(pipeline, data, times, members: int, include_mean: bool) -> xr.Dataset:
+def model_result(pipeline, data, dims: tuple[str, ...], coords: dict, task: str, mean=None) -> xr.Dataset:
+    """The CF Dataset of a model's output: one variable per output channel of ``data``
+    ``(*dims, channel, y, x)`` (``dims`` starting with ``member``), on the model grid (2-D lat / lon,
+    ``crs``), with ``coords`` for the other dims; ``mean`` ``(*dims[1:], channel, y, x)`` adds
+    ``<var>_regression``, the regression mean. ``task`` ("downscaling", "forecast") names the source."""
     grid = model_grid(pipeline)
-    coords = dict(grid.coords)
-    coords["time"] = ("time", times, {"standard_name": "time", "axis": "T"})
-    coords["member"] = ("member", np.arange(members), {"long_name": "ensemble member"})
-    variables = {}
+    members = data.shape[0]
+    all_coords = {**grid.coords, "member": ("member", np.arange(members), {"long_name": "ensemble member"}), **coords}
     gm = {"grid_mapping": "crs"} if "crs" in grid.coords else {}
+    axis = (slice(None),) * len(dims)
+    variables = {}
     for i, name in enumerate(pipeline.spec.output_vars):
         attrs = {**cf_attrs(name), **gm}
-        variables[name] = (("member", "time", "y", "x"), data[:members, :, i], attrs)
-        if include_mean:
+        variables[name] = ((*dims, "y", "x"), data[(*axis, i)], attrs)
+        if mean is not None:
             mean_attrs = {**attrs, "long_name": attrs["long_name"] + " (regression mean)"}
-            variables[f"{name}_regression"] = (("time", "y", "x"), data[members, :, i], mean_attrs)
-    attrs = {
-        "Conventions": "CF-1.8",
-        "source": f"xkmcast {pipeline.spec.kind} downscaling",
-        "xkmcast_model_kind": pipeline.spec.kind,
-    }
-    return xr.Dataset(variables, coords=coords, attrs=attrs)
+            variables[f"{name}_regression"] = ((*dims[1:], "y", "x"), mean[(*axis[1:], i)], mean_attrs)
+    attrs = {"Conventions": "CF-1.8", "source": f"xkmcast {pipeline.spec.kind} {task}",
+             "xkmcast_model_kind": pipeline.spec.kind}
+    return xr.Dataset(variables, coords=all_coords, attrs=attrs)

@@ -1,7 +1,7 @@
 """Writing results: zarr (v3) or NetCDF, atomically, and the CorrDiff ``generate.py`` NetCDF layout.
 
-Every writer first writes to a temporary sibling (``.<name>.tmp-<pid>``) and renames it into place
-only when the whole dataset is written, so an error (a NaN found in a late time chunk, a full disk,
+Every writer first writes to a temporary sibling and renames it into place only when the whole
+dataset is written (:func:`xkmcast.atomic.atomic_path`), so an error (a NaN found in a late time chunk, a full disk,
 Ctrl-C) never leaves a half-written output behind. Dask-backed datasets are streamed chunk by chunk
 (with a progress bar when asked).
 
@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from pathlib import Path
 
 import xarray as xr
 
+from .atomic import atomic_path
 from .errors import XkmcastError, explain
 
 __all__ = ["write_dataset", "write_corrdiff_netcdf", "output_format"]
@@ -35,32 +35,6 @@ def output_format(path: str | os.PathLike) -> str:
                                found=str(path), fix="name the output e.g. result.zarr or result.nc"))
 
 
-@contextlib.contextmanager
-def _atomic_path(path: Path, overwrite: bool):
-    if path.exists() and not overwrite:
-        raise FileExistsError(explain(f"{path} exists", fix="choose another output or pass overwrite=True (--overwrite)"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _remove(tmp)
-    try:
-        yield tmp
-    except BaseException:
-        _remove(tmp)
-        raise
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    _remove(old)
-
-
-def _remove(p: Path) -> None:
-    if p.is_dir():
-        shutil.rmtree(p, ignore_errors=True)
-    elif p.exists():
-        p.unlink()
-
-
 def _progress(enabled: bool):
     if not enabled:
         return contextlib.nullcontext()
@@ -73,7 +47,7 @@ def write_dataset(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = 
     """Write ``ds`` to ``path`` (zarr v3 or NetCDF4 by suffix), atomically, streaming dask chunks."""
     path = Path(path)
     fmt = output_format(path)
-    with _atomic_path(path, overwrite) as tmp, _progress(progress):
+    with atomic_path(path, overwrite=overwrite) as tmp, _progress(progress):
         if fmt == "zarr":
             ds.to_zarr(tmp, consolidated=False, zarr_format=3)
         else:
@@ -112,7 +86,7 @@ def write_corrdiff_netcdf(
 
     pred = plain(prediction[[v for v in prediction.data_vars if member_dim in prediction[v].dims]])
     pred = pred.rename({member_dim: "ensemble"}).transpose("ensemble", "time", "y", "x")
-    with _atomic_path(path, overwrite) as tmp, _progress(progress):
+    with atomic_path(path, overwrite=overwrite) as tmp, _progress(progress):
         root.to_netcdf(tmp, engine="h5netcdf")
         pred.to_netcdf(tmp, group="prediction", mode="a", engine="h5netcdf")
         if truth is not None:

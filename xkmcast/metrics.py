@@ -2,8 +2,12 @@
 
 Every score has the same signature::
 
-    score(forecast, truth, dim=None, weights=None, member_dim="member", ...)
+    score(forecast, truth, *, dim=None, weights=None, member_dim="member", ...)
 
+- ORDER: the forecast first, the truth second -- the reverse of xskillscore's ``(observations,
+  forecasts)``. Errors are ``forecast - truth``: a positive ``bias`` means the forecast is too high.
+  Passing both by name (``bias(forecast=f, truth=y)``) makes a call order-proof; a truth with a
+  member dimension (the usual sign of swapped arguments) is refused.
 - ``forecast`` / ``truth``: DataArray or Dataset (variables matched by name). ``truth`` has no
   member dimension. Both must share their index coordinates exactly (else :class:`CoordinateError`):
   select the common times first, e.g. ``truth.sel(time=forecast.time)``.
@@ -70,9 +74,11 @@ def _all_dims(*objs: XArray | None) -> list[Hashable]:
     return list(dims)
 
 
-def _reduce_dims(dim: Dim, member_dim: Hashable, *objs: XArray | None) -> list[Hashable]:
-    """The dims to average over: ``dim`` checked against the data, or all dims except the member dim."""
-    available = _all_dims(*objs)
+def _reduce_dims(dim: Dim, member_dim: Hashable, *objs: XArray | None,
+                 keep: Sequence[Hashable] = ()) -> list[Hashable]:
+    """The dims to average over (the one helper of metrics, spectra and scores): ``dim`` checked
+    against the dims of ``objs`` other than ``keep``, or (``dim=None``) all those except the member dim."""
+    available = [d for d in _all_dims(*objs) if d not in keep]
     if dim is None:
         return [d for d in available if d != member_dim]
     dims = [dim] if isinstance(dim, str) or not isinstance(dim, Sequence) else list(dim)
@@ -80,7 +86,7 @@ def _reduce_dims(dim: Dim, member_dim: Hashable, *objs: XArray | None) -> list[H
     if missing:
         raise CoordinateError(
             explain(
-                f"Cannot average over {missing}: no such dimension",
+                f"Cannot average over {missing}: no such dimension" + (f" besides {list(keep)}" if keep else ""),
                 expected=f"names among {available}",
                 found=str(dims),
                 fix="pass dim=None to average over every dimension except the members",
@@ -104,7 +110,9 @@ def _align(forecast: XArray, truth: XArray, member_dim: Hashable) -> tuple[XArra
                 f"The truth has a member dimension {member_dim!r}",
                 expected="a single observed / analysed state per point",
                 found=f"truth dims {list(truth.dims)}",
-                fix=f"select one member of the truth, or pass the right member_dim (forecast dims: {list(forecast.dims)})",
+                fix="xkmcast scores take (forecast, truth), the reverse of xskillscore's (observations, forecasts): "
+                f"check the order (or pass forecast=, truth=), select one member of the truth, or pass the right "
+                f"member_dim (forecast dims: {list(forecast.dims)})",
             )
         )
     try:
@@ -148,25 +156,31 @@ def _ensemble(forecast: XArray, member_dim: Hashable) -> XArray:
 # --------------------------------------------------------------------------------------------- deterministic
 
 
-def bias(forecast: XArray, truth: XArray, dim: Dim = None, weights=None, member_dim: Hashable = "member") -> XArray:
-    """Mean error: ``bias = mean_dim(f - y)``. A member dimension of ``forecast`` is kept (one score per
-    member); pass ``forecast.mean("member")`` for the bias of the ensemble mean."""
+def bias(forecast: XArray, truth: XArray, *, dim: Dim = None, weights=None, member_dim: Hashable = "member") -> XArray:
+    """Mean error ``bias = mean_dim(f - y)`` of forecast ``f`` against truth ``y``: positive when the
+    forecast is too high. ``(forecast, truth)``: forecast first (xskillscore takes ``(observations, forecasts)``).
+    A member dimension of ``forecast`` is kept (one score per member); pass ``forecast.mean("member")``
+    for the bias of the ensemble mean."""
     forecast, truth = _align(forecast, truth, member_dim)
     dims = _reduce_dims(dim, member_dim, forecast, truth)
     return _with_units(_mean(forecast - truth, dims, weights), truth, "bias")
 
 
-def mae(forecast: XArray, truth: XArray, dim: Dim = None, weights=None, member_dim: Hashable = "member") -> XArray:
-    """Mean absolute error: ``mae = mean_dim |f - y|``. A member dimension of ``forecast`` is kept
-    (one score per member); pass ``forecast.mean("member")`` for the MAE of the ensemble mean."""
+def mae(forecast: XArray, truth: XArray, *, dim: Dim = None, weights=None, member_dim: Hashable = "member") -> XArray:
+    """Mean absolute error ``mae = mean_dim |f - y|`` of forecast ``f`` against truth ``y``.
+    ``(forecast, truth)``: forecast first (xskillscore takes ``(observations, forecasts)``);
+    errors are ``f - y``. A member dimension of ``forecast`` is kept (one score per member); pass
+    ``forecast.mean("member")`` for the MAE of the ensemble mean."""
     forecast, truth = _align(forecast, truth, member_dim)
     dims = _reduce_dims(dim, member_dim, forecast, truth)
     return _with_units(_mean(abs(forecast - truth), dims, weights), truth, "mean absolute error")
 
 
-def rmse(forecast: XArray, truth: XArray, dim: Dim = None, weights=None, member_dim: Hashable = "member") -> XArray:
-    """Root mean square error: ``rmse = sqrt(mean_dim (f - y)^2)``. A member dimension of ``forecast``
-    is kept (one score per member); pass ``forecast.mean("member")`` for the ensemble mean."""
+def rmse(forecast: XArray, truth: XArray, *, dim: Dim = None, weights=None, member_dim: Hashable = "member") -> XArray:
+    """Root mean square error ``rmse = sqrt(mean_dim (f - y)^2)`` of forecast ``f`` against truth ``y``.
+    ``(forecast, truth)``: forecast first (xskillscore takes ``(observations, forecasts)``);
+    errors are ``f - y``. A member dimension of ``forecast`` is kept (one score per member); pass
+    ``forecast.mean("member")`` for the ensemble mean."""
     forecast, truth = _align(forecast, truth, member_dim)
     dims = _reduce_dims(dim, member_dim, forecast, truth)
     return _with_units(np.sqrt(_mean((forecast - truth) ** 2, dims, weights)), truth, "root mean square error")
@@ -210,13 +224,16 @@ def crps_ensemble_kernel(x: np.ndarray, y: np.ndarray, fair: bool = False) -> np
 def crps(
     forecast: XArray,
     truth: XArray,
+    *,
     dim: Dim = None,
     weights=None,
     member_dim: Hashable = "member",
-    *,
     fair: bool = False,
 ) -> XArray:
-    """Continuous ranked probability score of an ensemble, averaged over ``dim``.
+    """Continuous ranked probability score of an ensemble ``forecast`` against ``truth``, averaged over ``dim``.
+
+    ``(forecast, truth)``: forecast first (xskillscore takes ``(observations, forecasts)``);
+    the members are on ``member_dim`` of the forecast, never of the truth.
 
     Per point, with members ``x_1..x_M`` and truth ``y``:
 
@@ -252,11 +269,14 @@ def crps(
 def spread(
     forecast: XArray,
     truth: XArray | None = None,
+    *,
     dim: Dim = None,
     weights=None,
     member_dim: Hashable = "member",
 ) -> XArray:
     """Ensemble spread: ``sqrt(mean_dim var_member(f))`` with the unbiased member variance (ddof=1).
+
+    ``(forecast, truth)``: forecast first (xskillscore takes ``(observations, forecasts)``).
 
     ``truth`` is optional (it only takes part in the choice of the dims when ``dim=None``; where it is
     NaN the points are skipped, so that spread and RMSE cover the same points).
@@ -274,6 +294,7 @@ def spread(
 def spread_skill(
     forecast: XArray,
     truth: XArray,
+    *,
     dim: Dim = None,
     weights=None,
     member_dim: Hashable = "member",
@@ -287,9 +308,11 @@ def spread_skill(
     mean is ``(M + 1)/M`` times the expected unbiased member variance, so ``ssr`` is close to 1;
     ``ssr < 1`` means under-dispersion, ``> 1`` over-dispersion. Points where truth or the ensemble mean
     is NaN are left out of both averages.
+    ``(forecast, truth)``: forecast first (xskillscore takes ``(observations, forecasts)``);
+    errors are ``mean_member(f) - y``.
     """
-    _require_members(forecast, member_dim, 2, "the spread-skill ratio")
     forecast, truth = _align(forecast, truth, member_dim)
+    _require_members(forecast, member_dim, 2, "the spread-skill ratio")
     dims = _reduce_dims(dim, member_dim, forecast, truth)
     m = forecast.sizes[member_dim]
     err2 = (forecast.mean(member_dim, skipna=False) - truth) ** 2
@@ -334,13 +357,16 @@ def rank_kernel(x: np.ndarray, y: np.ndarray, seed: int | None = 0) -> np.ndarra
 def rank_histogram(
     forecast: XArray,
     truth: XArray,
+    *,
     dim: Dim = None,
     weights=None,
     member_dim: Hashable = "member",
-    *,
     seed: int | None = 0,
 ) -> XArray:
     """Rank (Talagrand) histogram: how often the truth falls at rank ``r`` among the M members.
+
+    ``(forecast, truth)``: forecast first (xskillscore takes ``(observations, forecasts)``):
+    swapping them makes the histogram meaningless.
 
     ``hist[r] = sum over dim of 1{rank == r}`` for ``r = 1..M+1`` (new dimension ``rank``), with the
     rank of :func:`rank_kernel` (ties broken at random with ``seed``). With ``weights`` the counts are

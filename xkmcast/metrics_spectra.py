@@ -32,7 +32,7 @@ Grid spacing: the ``dx`` / ``dy`` arguments (km), else 1-D x / y coordinates wit
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 
 import numpy as np
 import xarray as xr
@@ -118,19 +118,6 @@ def grid_spacing_km(
     )
 
 
-def _average_dims(obj: XArray, dim, member_dim: Hashable, core: Sequence[Hashable]) -> list[Hashable]:
-    others = [d for d in obj.dims if d not in core]
-    if dim is None:
-        return [d for d in others if d != member_dim]
-    dims = [dim] if isinstance(dim, str) or not isinstance(dim, Sequence) else list(dim)
-    bad = [d for d in dims if d not in others]
-    if bad:
-        raise CoordinateError(
-            explain(f"Cannot average spectra over {bad}", expected=f"names among {others}", found=str(dims))
-        )
-    return dims
-
-
 # --------------------------------------------------------------------------------------------- 2-D spectrum
 
 
@@ -191,7 +178,9 @@ def power_spectrum(
         output_dtypes=[np.float64],
         dask_gufunc_kwargs={"output_sizes": {"wavenumber": k.size}, "allow_rechunk": True},
     )
-    spec = spec.mean(_average_dims(field, dim, member_dim, (y_dim, x_dim)))
+    from .metrics import _reduce_dims  # metrics imports this module
+
+    spec = spec.mean(_reduce_dims(dim, member_dim, field, keep=(y_dim, x_dim)))
     spec = spec.assign_coords(
         wavenumber=("wavenumber", k, {"units": "km-1", "long_name": "wavenumber (cycles per km)"})
     )
@@ -255,7 +244,9 @@ def periodogram(
         output_dtypes=[np.float64],
         dask_gufunc_kwargs={"output_sizes": {"frequency": freq.size}, "allow_rechunk": True},
     )
-    spec = spec.mean(_average_dims(field, dim, member_dim, (along,)))
+    from .metrics import _reduce_dims  # metrics imports this module
+
+    spec = spec.mean(_reduce_dims(dim, member_dim, field, keep=(along,)))
     spec = spec.assign_coords(frequency=("frequency", freq, {"units": "km-1", "long_name": "frequency (cycles per km)"}))
     return _set_attrs(spec, field, {"n": n, "dx_km": float(dx), "long_name": "periodogram density"}, "km")
 

@@ -52,10 +52,21 @@ def _cartopy():
     return ccrs
 
 
-def _pyplot():
-    import matplotlib.pyplot as plt
+def _new_figure(figsize: tuple[float, float], path) -> Any:
+    """A figure to draw on. Written to ``path``: a plain ``Figure`` on its own Agg canvas, so saving a
+    file neither needs nor switches a GUI backend and leaves no figure open in pyplot (the figure is
+    still returned, and notebooks display it). Without ``path`` (interactive use): pyplot's figure,
+    shown by ``plt.show()`` or the notebook backend in use."""
+    if path is None:
+        import matplotlib.pyplot as plt
 
-    return plt
+        return plt.figure(figsize=figsize)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def projection(obj: xr.Dataset | xr.DataArray):
@@ -213,9 +224,8 @@ def map(  # noqa: A001 - the name users expect (ds.kmcast.plot.map)
     """
     proj, grid, native = projection(_variable(obj, var))
     da, label = _field(obj, var, member, time, sel, member_dim, grid.dims)
-    plt = _pyplot()
     if ax is None:
-        fig = plt.figure(figsize=figsize)
+        fig = _new_figure(figsize, path)
         ax = fig.add_subplot(1, 1, 1, projection=proj)
     else:
         fig = ax.figure
@@ -270,10 +280,9 @@ def members(
     values = np.concatenate([np.ravel(p.values) for _, p in panels])
     vmin, vmax = float(np.nanmin(values)), float(np.nanmax(values))
 
-    plt = _pyplot()
     cols = min(ncols or (len(panels) if len(panels) <= 6 else 4), len(panels))
     rows = int(np.ceil(len(panels) / cols))
-    fig = plt.figure(figsize=(3.2 * cols + 1.0, 3.0 * rows))
+    fig = _new_figure((3.2 * cols + 1.0, 3.0 * rows), path)
     axes = [fig.add_subplot(rows, cols, i + 1, projection=proj) for i in range(len(panels))]
     mesh = None
     for ax, (name, field) in zip(axes, panels):
@@ -303,9 +312,9 @@ def spectra(
     def pick(obj):
         return obj[var] if isinstance(obj, xr.Dataset) else obj
 
-    plt = _pyplot()
     if ax is None:
-        fig, ax = plt.subplots(figsize=(6.0, 4.5))
+        fig = _new_figure((6.0, 4.5), path)
+        ax = fig.add_subplot(1, 1, 1)
     else:
         fig = ax.figure
     spec = metrics.power_spectrum(pick(ds), dx=dx, member_dim=member_dim).compute()
@@ -353,8 +362,7 @@ def animate(
     frames = [_field(da.isel({dim: i}), None, member, None, None, member_dim, grid.dims)[0] for i in range(da.sizes[dim])]
     vmin = float(min(np.nanmin(f.values) for f in frames))
     vmax = float(max(np.nanmax(f.values) for f in frames))
-    plt = _pyplot()
-    fig = plt.figure(figsize=(6.0, 5.0))
+    fig = _new_figure((6.0, 5.0), path)
     ax = fig.add_subplot(1, 1, 1, projection=proj)
     mesh = _draw(ax, frames[0], proj, grid, native, scale=scale, vmin=vmin, vmax=vmax, cmap=cmap)
     fig.colorbar(mesh, ax=ax, shrink=0.8, label=_label(frames[0]))
@@ -369,5 +377,4 @@ def animate(
     anim = FuncAnimation(fig, update, frames=len(frames), blit=False)
     path = Path(path)
     anim.save(path, writer=PillowWriter(fps=fps))
-    plt.close(fig)
     return path

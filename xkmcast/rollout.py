@@ -4,6 +4,8 @@ For each initial time ``t0`` and member ``k`` the pipeline steps the state on it
 
     x_0 = state(t0),   x_{n+1} = step(x_n, background(t0 + n dt); seed = row_seed(seed, k, t0, n))
 
+(:func:`xkmcast.diffusion.seeds.row_seed`)
+
 where the background (coarse fields) at the input time of each step is regridded to the state grid
 and the invariants come from the bundle. The result has dims ``(member, init_time, lead_time, y, x)``
 with ``lead_time = 0, dt, ..., steps dt`` (lead 0 is the initial state) and a 2-D ``valid_time``.
@@ -26,8 +28,7 @@ import pandas as pd
 import xarray as xr
 
 from .errors import InvalidDataError, TimeCoverageError, XkmcastError, explain
-from .inference import ModelRef, _graph_handle, model_grid, resolve_model, row_seed, to_model_inputs
-from .variables import cf_attrs
+from .inference import ModelRef, _graph_handle, model_result, require_task, resolve_model, to_model_inputs
 
 __all__ = ["forecast"]
 
@@ -57,13 +58,10 @@ def forecast(
     check_precision(precision)
     pipeline = resolve_model(model, device)
     spec = pipeline.spec
-    if not hasattr(pipeline, "step"):
-        raise XkmcastError(explain(f"A {spec.kind} model downscales, it does not step a state forward",
-                                   expected="a stormcast, stormscope or vit model", found=spec.kind,
-                                   fix="use ds.kmcast.downscale(model) for downscaling models"))
+    require_task(pipeline, forecast=True)
     if steps < 1:
         raise XkmcastError(explain("steps must be at least 1", found=steps))
-    dt = pd.Timedelta(spec.time_step or "1h")
+    dt = pd.Timedelta(spec.time_step or pipeline.model_kind.time_step)
     state = to_model_inputs(ds, pipeline, spec.input_vars, require_on_grid=True)
     init_times = state["time"].values
     bg = _background(background, pipeline, init_times, steps, dt, regrid_method)
@@ -83,7 +81,7 @@ def forecast(
         for i in range(len(init_times))
     ]
     data = dsa.concatenate(blocks, axis=1)
-    result = _build_result(pipeline, data, init_times, leads, members)
+    result = _forecast_result(pipeline, data, init_times, leads)
     lazy = any(v.chunks is not None for v in ds.data_vars.values())
     return result if lazy else result.compute()
 
@@ -120,6 +118,8 @@ def _rollout(pipeline, state0: np.ndarray, bg: np.ndarray | None, init_time, mem
     """Normalised rollout of one initial time: (members, C, H, W) per step; returns all states."""
     import torch
 
+    from .diffusion.seeds import row_seeds
+
     if not np.isfinite(state0).all():
         raise InvalidDataError(explain("The initial state holds NaN or infinite values",
                                        expected="finite values on the whole model grid",
@@ -140,7 +140,7 @@ def _rollout(pipeline, state0: np.ndarray, bg: np.ndarray | None, init_time, mem
             if bg is not None:
                 b = torch.from_numpy(np.ascontiguousarray(bg[n], dtype=np.float32)).to(pipeline.device)
                 b = b.unsqueeze(0).expand(members, -1, -1, -1)
-            seeds = [row_seed(seed, k, init_time, n) for k in range(members)]
+            seeds = row_seeds(seed, members, init_time, n)
             x = pipeline.step(x, b, seeds=seeds, **options).float()
             states.append(x.cpu().numpy())
             if on_step is not None:
@@ -156,21 +156,14 @@ def _rollout_block(state0, bg, init_time, *, handle, steps, members, seed, optio
     return phys[:, None].astype(np.float32)
 
 
-def _build_result(pipeline, data, init_times, leads, members: int) -> xr.Dataset:
-    grid = model_grid(pipeline)
-    coords = dict(grid.coords)
-    coords["member"] = ("member", np.arange(members), {"long_name": "ensemble member"})
-    coords["init_time"] = ("init_time", init_times, {"long_name": "initial time", "standard_name": "forecast_reference_time"})
-    coords["lead_time"] = ("lead_time", leads, {"long_name": "lead time", "standard_name": "forecast_period"})
-    coords["valid_time"] = (("init_time", "lead_time"), init_times[:, None] + leads[None, :], {"standard_name": "time"})
-    gm = {"grid_mapping": "crs"} if "crs" in grid.coords else {}
-    variables = {
-        name: (("member", "init_time", "lead_time", "y", "x"), data[:, :, :, i], {**cf_attrs(name), **gm})
-        for i, name in enumerate(pipeline.spec.output_vars)
+def _forecast_result(pipeline, data, init_times, leads) -> xr.Dataset:
+    """:func:`xkmcast.inference.model_result` with the forecast's time coordinates."""
+    coords = {
+        "init_time": ("init_time", init_times, {"long_name": "initial time", "standard_name": "forecast_reference_time"}),
+        "lead_time": ("lead_time", leads, {"long_name": "lead time", "standard_name": "forecast_period"}),
+        "valid_time": (("init_time", "lead_time"), init_times[:, None] + leads[None, :], {"standard_name": "time"}),
     }
-    attrs = {"Conventions": "CF-1.8", "source": f"xkmcast {pipeline.spec.kind} forecast",
-             "xkmcast_model_kind": pipeline.spec.kind}
-    return xr.Dataset(variables, coords=coords, attrs=attrs)
+    return model_result(pipeline, data, ("member", "init_time", "lead_time"), coords, "forecast")
 
 
 # ------------------------------------------------------------------------------------- streaming
@@ -181,9 +174,9 @@ def _forecast_to_zarr(pipeline, state, bg, path: Path, leads, members, seed, opt
     stats = pipeline.stats_for("output")
     init_times = state["time"].values
     steps = len(leads) - 1
-    template = _build_result(pipeline, dsa.zeros((members, len(init_times), steps + 1, state.shape[1],
+    template = _forecast_result(pipeline, dsa.zeros((members, len(init_times), steps + 1, state.shape[1],
                                                   *state.shape[2:]), chunks=(members, 1, 1, -1, -1, -1),
-                                                 dtype=np.float32), init_times, leads, members)
+                                                 dtype=np.float32), init_times, leads)
     template["completed"] = (("init_time", "lead_time"), dsa.zeros((len(init_times), steps + 1), dtype=np.int8,
                                                                    chunks=(1, 1)))
     template.attrs.update(xkmcast_seed=int(seed), xkmcast_members=int(members))

@@ -35,12 +35,13 @@ import xarray as xr
 
 from . import metrics
 from .data.layouts import is_zarr_store
+from .coords import coordinate_names
 from .errors import CoordinateError, InvalidDataError, MissingVariableError, TimeCoverageError, explain
 
 __all__ = ["score", "format_table", "format_text", "open_corrdiff_netcdf", "score_files", "open_any"]
 
 SCORE_ORDER = ("crps", "mae", "rmse", "bias", "spread", "spread_skill", "baseline_mae", "baseline_rmse")
-TIME_NAMES = ("time", "valid_time", "Time")
+TIME_NAMES = coordinate_names("time")
 
 
 # --------------------------------------------------------------------------------------------- score
@@ -60,6 +61,9 @@ def score(
 ) -> xr.Dataset:
     """Score ``prediction`` against ``truth`` for every variable they share (see the module docstring).
 
+    ``(prediction, truth)``: the forecast first (xskillscore takes ``(observations, forecasts)``);
+    errors are ``prediction - truth``, so a positive ``bias`` means the prediction is too high.
+
     ``dim``: dims to average over (None: all but the members, minus those in ``keep``); ``keep``:
     dims to keep instead, e.g. ``keep="lead_time"``. The truth is first selected at the prediction's
     coordinates (``time``, ``x``...), and at its ``valid_time`` when the prediction is indexed by
@@ -70,7 +74,7 @@ def score(
         prediction, truth = _as_dataset(prediction), _as_dataset(truth)
     names = _shared_variables(prediction, truth, variables)
     prediction, truth = prediction[names], _match_truth(prediction[names], truth[names])
-    reduce = _reduce_dims(prediction, dim, keep, member_dim)
+    reduce = _score_dims(prediction, dim, keep, member_dim)
 
     has_members = member_dim in prediction.dims
     mean = prediction.mean(member_dim) if has_members else prediction
@@ -195,16 +199,16 @@ def _span(values) -> str:
     return f"{values.size} values from {values.min()} to {values.max()}"
 
 
-def _reduce_dims(prediction: xr.Dataset, dim, keep, member_dim) -> list[Hashable]:
-    if dim is not None:
-        return [dim] if isinstance(dim, str) else list(dim)
-    kept = [] if keep is None else [keep] if isinstance(keep, str) else list(keep)
+def _score_dims(prediction: xr.Dataset, dim, keep, member_dim) -> list[Hashable]:
+    """The dims the scores average over: ``dim``, else all but the members and ``keep``
+    (:func:`xkmcast.metrics._reduce_dims`)."""
+    kept = [] if keep is None or dim is not None else [keep] if isinstance(keep, str) else list(keep)
     missing = [k for k in kept if k not in prediction.dims]
     if missing:
         raise CoordinateError(
             explain(f"Cannot keep {missing}: no such dimension", expected=list(prediction.dims), found=kept)
         )
-    return [d for d in prediction.dims if d != member_dim and d not in kept]
+    return metrics._reduce_dims(dim, member_dim, prediction, keep=kept)
 
 
 # --------------------------------------------------------------------------------------------- tables

@@ -129,6 +129,29 @@ def _table() -> tuple[dict[str, Variable], dict[str, Variable]]:
     return build(raw["surface"]), build(raw["pressure_levels"])
 
 
+@functools.cache
+def _alias_maps() -> tuple[dict[str, str], dict[str, str]]:
+    """(surface alias -> canonical name, pressure-level alias -> base); first entry in the table wins."""
+    maps = []
+    for section in _table():
+        alias: dict[str, str] = {}
+        for canon, info in section.items():
+            for name in (canon, *info.aliases):
+                alias.setdefault(str(name), canon)
+        maps.append(alias)
+    return maps[0], maps[1]
+
+
+def canonical_alias(label: str, *, pressure_level: bool = False) -> str | None:
+    """The canonical surface name (or, with ``pressure_level=True``, the level base) listing ``label``
+    among its aliases in ``variables.yaml``: exact match first, then case-insensitive; None if none."""
+    table = _alias_maps()[1 if pressure_level else 0]
+    label = str(label)
+    if label in table:
+        return table[label]
+    return next((canon for alias, canon in table.items() if alias.lower() == label.lower()), None)
+
+
 def cf_attrs(name: str) -> dict:
     """CF attributes (standard_name, units, long_name) of canonical ``name``; ``{"long_name": name}``
     for a name the table does not know (a user's own channel)."""

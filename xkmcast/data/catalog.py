@@ -5,16 +5,20 @@
 
 Contract of :func:`fetch`:
 
-* Every download is pinned by a SHA-256 hash from ``xkmcast/catalogs/registry.txt`` (lines
-  ``<key> <sha256> <url>``; ``unknown`` marks files whose hash has not been published yet), from a
-  registry file named by ``$XKMCAST_REGISTRY`` or the ``registry=`` argument (its entries replace the
-  packaged ones), or from ``known_hash=``. Without a known hash nothing is downloaded.
+* The downloads go through one ``pooch.Pooch`` (:func:`registry_pooch`: ``pooch.create`` +
+  ``load_registry``). Every download is pinned by a SHA-256 hash from ``xkmcast/catalogs/registry.txt``
+  (pooch registry lines ``<key> <sha256> <url>``; ``unknown`` marks files whose hash has not been
+  published yet), from a registry file named by ``$XKMCAST_REGISTRY`` or the ``registry=`` argument
+  (its entries replace the packaged ones), or from ``known_hash=``. Without a known hash nothing is
+  downloaded.
 * The cache directory is ``cache_dir=``, else ``$XKMCAST_DATA_DIR``, else ``pooch.os_cache("xkmcast")``.
   Nothing is created or read at import time.
 * A file whose hash does not match, freshly downloaded or already in the cache, is removed and
   :class:`~xkmcast.errors.IntegrityError` is raised: it is never returned.
 * Archives (``.zip``, ``.tar``, ``.tar.gz``, ``.tgz``, ``.tar.bz2``, ``.tar.xz``) are unpacked next to
   the archive into a folder named like the archive without its extension; that folder is returned.
+  Unpacking is :func:`xkmcast.data.archive.extract`: members outside the folder, absolute paths, links
+  and devices are refused before anything is written. Registry keys must be plain relative names.
 * ``$XKMCAST_BASE_URL`` (or ``base_url=``) replaces every URL by ``<base_url>/<key>`` (a mirror).
 
 ``catalog_list`` and ``catalog_fetch`` are the plain functions behind ``xkmcast catalog list|fetch``.
@@ -39,6 +43,7 @@ __all__ = [
     "fetch",
     "load_registry",
     "open_catalog",
+    "registry_pooch",
 ]
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
@@ -53,12 +58,7 @@ _UNKNOWN_HASHES = {"unknown", "-", "none", "?"}
 
 def default_cache_dir() -> Path:
     """``$XKMCAST_DATA_DIR`` if set, else ``pooch.os_cache("xkmcast")``. Computes a path, creates nothing."""
-    env = os.environ.get("XKMCAST_DATA_DIR")
-    if env:
-        return Path(env).expanduser()
-    import pooch
-
-    return Path(pooch.os_cache("xkmcast"))
+    return Path(registry_pooch(packaged_only=True).abspath)
 
 
 def _catalog_sources(path: Path | str | None = None) -> dict[str, dict]:
@@ -153,57 +153,26 @@ class RegistryEntry:
         return self.key[: -len(suffix)] if suffix else self.key
 
 
-def _parse_registry(path: Path) -> dict[str, RegistryEntry]:
-    entries: dict[str, RegistryEntry] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, 1):
-            line = raw.split("#", 1)[0].strip()
-            if not line:
-                continue
-            parts = line.split()
-            if len(parts) != 3:
-                raise CatalogError(
-                    explain(
-                        f"Malformed line {lineno} of the registry {path}",
-                        expected="<key> <sha256|unknown> <url>",
-                        found=raw.strip(),
-                    )
-                )
-            key, digest, url = parts
-            _check_key(key, path, lineno)
-            digest = digest.lower().removeprefix("sha256:")
-            if digest in _UNKNOWN_HASHES:
-                sha = None
-            elif len(digest) == 64 and all(c in "0123456789abcdef" for c in digest):
-                sha = digest
-            else:
-                raise CatalogError(
-                    explain(
-                        f"Line {lineno} of the registry {path} has an invalid hash",
-                        expected="64 hexadecimal digits (SHA-256) or 'unknown'",
-                        found=digest,
-                    )
-                )
-            entries[key] = RegistryEntry(key, sha, url)
-    return entries
+def registry_pooch(registry: Path | str | None = None, *, cache_dir: Path | str | None = None,
+                   base_url: str | None = None, packaged_only: bool = False):
+    """The ``pooch.Pooch`` of the downloads: ``pooch.create`` + ``load_registry`` of the registry files.
 
+    Cache folder: ``cache_dir``, else ``$XKMCAST_DATA_DIR`` (pooch's ``env=``), else
+    ``pooch.os_cache("xkmcast")``. Registry: the packaged file, then ``registry`` or else
+    ``$XKMCAST_REGISTRY`` (its lines replace or extend the packaged ones). Mirror: ``base_url`` or
+    ``$XKMCAST_BASE_URL`` makes every URL ``<mirror>/<key>``. Updates of a cached file are disallowed:
+    a cached file whose hash differs is an error (see :func:`fetch`), never silently replaced.
+    Hashes are checked to be SHA-256 or ``unknown``; nothing is read from the network or the cache.
+    """
+    import pooch
 
-def _check_key(key: str, path: Path, lineno: int) -> None:
-    """Registry keys become paths in the cache: only plain relative names are allowed."""
-    from .archive import check_member_name
-
-    try:
-        rel = check_member_name(key, archive=f"registry {path.name}")
-    except Exception as exc:
-        raise CatalogError(explain(f"Line {lineno} of the registry {path} has an unsafe key", expected="a plain relative name such as dir/file.nc",
-                                   found=key)) from exc
-    if str(rel) != key:
-        raise CatalogError(explain(f"Line {lineno} of the registry {path} has a non-canonical key", expected=str(rel), found=key))
-
-
-def load_registry(registry: Path | str | None = None) -> dict[str, RegistryEntry]:
-    """The packaged registry, updated by ``registry`` (a file) or else by ``$XKMCAST_REGISTRY``."""
-    entries = _parse_registry(REGISTRY_PATH)
+    mirror = base_url if base_url is not None else os.environ.get("XKMCAST_BASE_URL")
+    pup = pooch.create(path=Path(cache_dir) if cache_dir is not None else pooch.os_cache("xkmcast"),
+                       base_url=mirror or "", env=None if cache_dir is not None else "XKMCAST_DATA_DIR",
+                       allow_updates=False)
+    if packaged_only:
+        return pup
+    _load(pup, REGISTRY_PATH)
     override = registry if registry is not None else os.environ.get("XKMCAST_REGISTRY")
     if override:
         path = Path(override).expanduser()
@@ -211,20 +180,70 @@ def load_registry(registry: Path | str | None = None) -> dict[str, RegistryEntry
             raise CatalogError(
                 explain("The registry file does not exist", expected="a file of <key> <sha256> <url> lines", found=str(path))
             )
-        entries.update(_parse_registry(path))
-    return entries
+        _load(pup, path)
+    if mirror:
+        pup.urls.clear()
+    return pup
 
 
-def _resolve(name: str, entries: dict[str, RegistryEntry]) -> RegistryEntry:
-    if name in entries:
-        return entries[name]
-    matches = [e for e in entries.values() if e.stem == name]
+def _load(pup, path: Path) -> None:
+    """``pup.load_registry(path)``, with pooch's errors and malformed hashes as :class:`CatalogError`."""
+    before = dict(pup.registry)
+    try:
+        pup.load_registry(path)
+    except OSError as exc:
+        raise CatalogError(explain(f"The registry {path} is malformed", expected="<key> <sha256|unknown> <url>",
+                                   found=str(exc))) from exc
+    for key, digest in pup.registry.items():
+        if key not in before:
+            _check_key(key, path)
+        if before.get(key) != digest and _sha256(digest) is None and digest not in _UNKNOWN_HASHES:
+            raise CatalogError(
+                explain(
+                    f"The entry {key!r} of the registry {path} has an invalid hash",
+                    expected="64 hexadecimal digits (SHA-256, optionally 'sha256:<digest>') or 'unknown'",
+                    found=digest,
+                )
+            )
+
+
+def _check_key(key: str, path: Path) -> None:
+    """Registry keys become paths in the cache: only plain relative names are allowed."""
+    from ..errors import UnsafeArchiveError
+    from .archive import check_member_name
+
+    try:
+        rel = check_member_name(key, archive=f"registry {path.name}")
+    except UnsafeArchiveError as exc:
+        raise CatalogError(explain(f"The registry {path} has an unsafe key", expected="a plain relative name such as dir/file.nc",
+                                   found=key)) from exc
+    if str(rel) != key:
+        raise CatalogError(explain(f"The registry {path} has a non-canonical key", expected=str(rel), found=key))
+
+
+def _sha256(digest: str | None) -> str | None:
+    """The bare hex SHA-256 of ``digest`` ("sha256:<hex>" or "<hex>"), None if it is not one."""
+    hexa = (digest or "").lower().removeprefix("sha256:")
+    return hexa if len(hexa) == 64 and all(c in "0123456789abcdef" for c in hexa) else None
+
+
+def load_registry(registry: Path | str | None = None) -> dict[str, RegistryEntry]:
+    """The registry entries (packaged, updated by ``registry`` or else ``$XKMCAST_REGISTRY``) by key."""
+    pup = registry_pooch(registry, base_url="")
+    return {key: RegistryEntry(key, _sha256(digest), pup.get_url(key)) for key, digest in pup.registry.items()}
+
+
+def _resolve(name: str, keys) -> str:
+    """The registry key of ``name``: the key itself or, if unique, a key without its archive suffix."""
+    if name in keys:
+        return name
+    matches = [k for k in keys if RegistryEntry(k, None, "").stem == name]
     if len(matches) == 1:
         return matches[0]
     raise CatalogError(
         explain(
             f"{name!r} is not in the download registry",
-            expected=sorted(entries),
+            expected=sorted(keys),
             found=name if not matches else f"{len(matches)} entries named {name!r}",
             fix="use one of the names above, or add a line to a registry file named by $XKMCAST_REGISTRY",
         )
@@ -248,13 +267,14 @@ def fetch(
     See the module docstring for the hash, cache and archive rules. ``known_hash`` ("sha256:..." or
     the bare hex digest) overrides the registry's hash, e.g. for the NGC files whose hash is unknown.
     """
-    entry = _resolve(name, load_registry(registry))
-    sha = (known_hash or "").lower().removeprefix("sha256:") or entry.sha256
-    if not sha:
+    pup = registry_pooch(registry, cache_dir=cache_dir, base_url=base_url)
+    key = _resolve(name, pup.registry)
+    entry = RegistryEntry(key, _sha256(known_hash) or _sha256(pup.registry[key]), pup.get_url(key))
+    if not entry.sha256:
         raise IntegrityError(
             explain(
                 f"No known SHA-256 for {entry.key!r}: xkmcast never downloads an unpinned file",
-                found=f"registry hash 'unknown' for {entry.url}",
+                found=f"registry hash {known_hash or pup.registry[key]!r} for {entry.url}",
                 fix=(
                     "download it once by hand, compute `sha256sum` and pass "
                     f"xkmcast.fetch({name!r}, known_hash='sha256:<digest>'), or write "
@@ -262,32 +282,30 @@ def fetch(
                 ),
             )
         )
-    import pooch
-
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    target = root / entry.key
-    if target.exists():
-        _check_cached(target, sha)
-    base_url = base_url if base_url is not None else os.environ.get("XKMCAST_BASE_URL")
-    url = f"{base_url.rstrip('/')}/{entry.key}" if base_url else entry.url
-    processor = _processor(entry)
+    if not entry.url.partition("://")[1]:
+        raise CatalogError(explain(f"The registry entry {key!r} has no URL", expected="<key> <sha256> <url>",
+                                   fix="add the URL, or set $XKMCAST_BASE_URL to a mirror"))
+    pup.registry[key] = f"sha256:{entry.sha256}"
+    target = Path(pup.abspath) / key
     try:
-        pooch.retrieve(
-            url,
-            known_hash=f"sha256:{sha}",
-            fname=target.name,
-            path=target.parent,
-            processor=processor,
-            progressbar=progress,
-        )
+        pup.fetch(key, processor=_processor(entry), progressbar=progress)
     except ValueError as exc:
+        if "updates are disallowed" in str(exc):
+            target.unlink(missing_ok=True)
+            raise IntegrityError(
+                explain(
+                    f"The cached file {target} does not match its registered SHA-256; it was removed",
+                    expected=entry.sha256,
+                    fix="run the fetch again to download a fresh copy",
+                )
+            ) from exc
         if "hash" not in str(exc).lower():
             raise
         target.unlink(missing_ok=True)  # pooch keeps a bad download in a temp file only; be sure
         raise IntegrityError(
             explain(
                 f"The download of {entry.key!r} does not match its registered SHA-256 and was discarded",
-                expected=sha,
+                expected=entry.sha256,
                 found=str(exc).splitlines()[0],
                 fix="retry later; if it persists the file changed upstream: update the registry hash",
             )
@@ -296,27 +314,12 @@ def fetch(
         raise
     except Exception as exc:  # network errors from requests / urllib
         raise DownloadError(
-            explain(f"Downloading {entry.key!r} failed", found=f"{type(exc).__name__}: {exc}", fix=f"check access to {url}")
+            explain(f"Downloading {entry.key!r} failed", found=f"{type(exc).__name__}: {exc}",
+                    fix=f"check access to {entry.url}")
         ) from exc
     if entry.archive_suffix:
         return target.parent / Path(entry.stem).name
     return target
-
-
-def _check_cached(path: Path, sha: str) -> None:
-    import pooch
-
-    found = pooch.file_hash(str(path), alg="sha256")
-    if found != sha:
-        path.unlink()
-        raise IntegrityError(
-            explain(
-                f"The cached file {path} does not match its registered SHA-256; it was removed",
-                expected=sha,
-                found=found,
-                fix="run the fetch again to download a fresh copy",
-            )
-        )
 
 
 def _processor(entry: RegistryEntry) -> Any:

@@ -39,8 +39,6 @@ Conventions of the result (what the tests check):
 
 from __future__ import annotations
 
-import functools
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -49,7 +47,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..errors import ConfigError, InvalidDataError, explain
+from ..coords import coordinate_attrs, coordinate_key
+from ..errors import ConfigError, InvalidDataError, MissingVariableError, explain
+from ..variables import canonical_alias, variable_info
+from .stats import STATS_ATTR, Stats
 
 __all__ = ["LAYOUTS", "canonical_name", "detect_layout", "layout_stats", "open_dataset", "read_cf"]
 
@@ -63,37 +64,10 @@ LAYOUTS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 PREFIXED_ROLES = ("input", "background")
 PREFIX = "era5_"
-STATS_ATTR = "xkmcast_stats"
 _NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5", ".hdf")
 
 
 # ------------------------------------------------------------------------------- variable naming
-
-
-@functools.lru_cache(maxsize=1)
-def _variable_table() -> tuple[dict, dict, dict, dict]:
-    """(surface alias -> canonical, pressure alias -> base, surface meta, pressure meta) from variables.yaml."""
-    import yaml
-
-    path = Path(__file__).resolve().parent.parent / "variables.yaml"
-    doc = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    tables = []
-    for section in ("surface", "pressure_levels"):
-        entries = (doc or {}).get(section) or {}
-        alias = {}
-        for canon, meta in entries.items():
-            for name in [canon, *(meta.get("aliases") or [])]:
-                alias.setdefault(str(name), canon)
-        tables.append((alias, entries))
-    (sfc_alias, sfc_meta), (pl_alias, pl_meta) = tables
-    return sfc_alias, pl_alias, sfc_meta, pl_meta
-
-
-def _lookup(table: dict, label: str) -> str | None:
-    if label in table:
-        return table[label]
-    lowered = {k.lower(): v for k, v in table.items()}
-    return lowered.get(label.lower())
 
 
 def canonical_name(label: Any, level: Any = None, *, model_levels: bool = False) -> str:
@@ -105,43 +79,36 @@ def canonical_name(label: Any, level: Any = None, *, model_levels: bool = False)
     Unknown labels come back unchanged.
     """
     label = str(label).strip()
-    sfc_alias, pl_alias, _, _ = _variable_table()
     if level is not None and np.isfinite(float(level)):
-        base = _lookup(pl_alias, label)
+        base = canonical_alias(label, pressure_level=True)
         if label == "geopotential_height":
             base = "z"  # CWA labels raw ERA5 geopotential (m2 s-2) "geopotential_height"; see read_cwa
         return f"{base or label}{int(round(float(level)))}"
     if model_levels and re.fullmatch(r"[A-Za-z]+\d+", label):
         return label
-    found = _lookup(sfc_alias, label)
+    found = canonical_alias(label)
     if found:
         return found
     match = re.fullmatch(r"([A-Za-z]+?)_?(\d{1,4})(?:hPa|hpa)?", label)
     if match and not model_levels and 1 <= int(match.group(2)) <= 1100:
-        base = _lookup(pl_alias, match.group(1))
+        base = canonical_alias(match.group(1), pressure_level=True)
         if base:
             return f"{base}{int(match.group(2))}"
     return label
 
 
 def variable_attrs(name: str, label: Any = None) -> dict:
-    """CF attributes of a canonical variable (empty for unknown names)."""
-    _, _, sfc_meta, pl_meta = _variable_table()
-    attrs: dict[str, Any] = {}
-    meta = sfc_meta.get(name)
-    level = None
-    match = re.fullmatch(r"([a-z]+)(\d+)", name)
-    if meta is None and match and match.group(1) in pl_meta:
-        meta, level = pl_meta[match.group(1)], int(match.group(2))
-    if meta:
-        attrs["standard_name"] = meta.get("standard_name")
-        if name != "tp" and meta.get("units") is not None:
-            attrs["units"] = str(meta["units"])
-        long_name = meta.get("long_name", name)
-        attrs["long_name"] = f"{long_name} at {level} hPa" if level is not None else long_name
+    """CF attributes of a canonical variable from :mod:`xkmcast.variables` (empty for unknown names;
+    no ``units`` for ``tp``, whose unit differs between sources) plus the original ``label``."""
+    try:
+        attrs = variable_info(name).attrs
+    except MissingVariableError:
+        attrs = {}
+    if name == "tp":
+        attrs.pop("units", None)
     if label is not None:
         attrs["xkmcast_channel"] = str(label)
-    return {k: v for k, v in attrs.items() if v is not None}
+    return attrs
 
 
 def channel_names(labels, levels=None, *, model_levels: bool = False) -> list[str]:
@@ -159,12 +126,6 @@ def channel_names(labels, levels=None, *, model_levels: bool = False) -> list[st
 # ----------------------------------------------------------------------------------- CF helpers
 
 
-def latlon_attrs(which: str) -> dict:
-    if which == "lat":
-        return {"standard_name": "latitude", "units": "degrees_north", "long_name": "latitude"}
-    return {"standard_name": "longitude", "units": "degrees_east", "long_name": "longitude"}
-
-
 def index_xy(ds: xr.Dataset, y: str = "y", x: str = "x") -> xr.Dataset:
     """Give dims ``y`` / ``x`` integer index coordinates carrying ``axis`` Y / X (projection unknown)."""
     for dim, axis in ((y, "Y"), (x, "X")):
@@ -173,19 +134,21 @@ def index_xy(ds: xr.Dataset, y: str = "y", x: str = "x") -> xr.Dataset:
     return ds
 
 
-def set_stats(ds: xr.Dataset, stats: Mapping[str, tuple[float, float]]) -> xr.Dataset:
-    """Store ``{var: (mean, std)}`` as JSON in ``ds.attrs["xkmcast_stats"]`` (see module docstring)."""
-    if stats:
-        ds.attrs[STATS_ATTR] = json.dumps(
-            {k: {"mean": float(m), "std": float(s)} for k, (m, s) in stats.items()}, sort_keys=True
-        )
+def set_stats(ds: xr.Dataset, stats: Stats | Mapping[str, tuple[float, float]]) -> xr.Dataset:
+    """Keep ``stats`` (a :class:`~xkmcast.data.stats.Stats` or ``{var: (mean, std)}``) in
+    ``ds.attrs["xkmcast_stats"]`` in the JSON form of :mod:`xkmcast.data.stats`; returns ``ds``."""
+    if not isinstance(stats, Stats):
+        stats = Stats({k: float(m) for k, (m, _) in stats.items()}, {k: float(s) for k, (_, s) in stats.items()})
+    if stats.names:
+        ds.attrs[STATS_ATTR] = stats.to_json()
     return ds
 
 
 def layout_stats(ds: xr.Dataset) -> dict[str, dict[str, float]]:
-    """The normalisation statistics kept by :func:`open_dataset`: ``{variable: {"mean", "std"}}``."""
-    text = ds.attrs.get(STATS_ATTR)
-    return json.loads(text) if text else {}
+    """The statistics kept by :func:`open_dataset` as ``{variable: {"mean", "std"}}``
+    (``Stats.from_attrs(ds).to_dict()``; ``{}`` when there are none)."""
+    stats = Stats.from_attrs(ds)
+    return stats.to_dict() if stats is not None else {}
 
 
 def channel_dataset(
@@ -287,11 +250,9 @@ def read_cf(path: str | Path | xr.Dataset, **kwargs) -> dict[str, xr.Dataset]:
     for old, new in rename.items():
         ds[new].attrs = {**variable_attrs(new, old), **ds[new].attrs}
     for name in ds.coords:
-        lname = str(name).lower()
-        if lname in ("lat", "latitude", "xlat", "nav_lat") and "standard_name" not in ds[name].attrs:
-            ds[name].attrs.update(latlon_attrs("lat"))
-        elif lname in ("lon", "longitude", "xlong", "nav_lon") and "standard_name" not in ds[name].attrs:
-            ds[name].attrs.update(latlon_attrs("lon"))
+        key = coordinate_key(name)
+        if key in ("latitude", "longitude") and "standard_name" not in ds[name].attrs:
+            ds[name].attrs.update(coordinate_attrs(key))
     return {"data": ds, **split_combined(ds)}
 
 
@@ -318,14 +279,13 @@ def split_combined(ds: xr.Dataset) -> dict[str, xr.Dataset]:
     inputs = inputs.drop_vars([c for c in ("crs",) if c in inputs.coords])
     inputs = inputs.rename({v: str(v)[len(PREFIX):] for v in coarse})
     for name in inputs.coords:  # give the coarse grid back its CF meaning
-        lname = str(name).lower()
-        if lname in ("latitude", "lat", "era5_latitude", "era5_lat"):
-            inputs[name].attrs.update({**latlon_attrs("lat"), "axis": "Y"})
-        elif lname in ("longitude", "lon", "era5_longitude", "era5_lon"):
-            inputs[name].attrs.update({**latlon_attrs("lon"), "axis": "X"})
-    stats = layout_stats(ds)
-    target = set_stats(target, {k: (v["mean"], v["std"]) for k, v in stats.items() if k in fine})
-    inputs = set_stats(inputs, {k[len(PREFIX):]: (v["mean"], v["std"]) for k, v in stats.items() if k in coarse})
+        key = coordinate_key(name, prefix=PREFIX)
+        if key in ("latitude", "longitude"):
+            inputs[name].attrs.update({**coordinate_attrs(key), "axis": "Y" if key == "latitude" else "X"})
+    stats = Stats.from_attrs(ds) or Stats({}, {})
+    target = set_stats(target, stats.subset([k for k in stats.names if k in fine]))
+    inputs = set_stats(inputs, stats.subset([k for k in stats.names if k in coarse]).rename(
+        {k: k[len(PREFIX):] for k in coarse}))
     return {"target": target, "input": inputs}
 
 
@@ -340,13 +300,13 @@ def _reader(layout: str):
 
 def _combine(parts: dict[str, xr.Dataset], roles: tuple[str, ...]) -> xr.Dataset:
     main = parts[roles[0]]
-    stats = {k: (v["mean"], v["std"]) for k, v in layout_stats(main).items()}
+    stats = Stats.from_attrs(main) or Stats({}, {})
     out = main.copy()
     for role in roles[1:]:
         if role not in parts:
             continue
         part = parts[role]
-        part_stats = layout_stats(part)
+        part_stats = Stats.from_attrs(part) or Stats({}, {})
         prefix = PREFIX if role in PREFIXED_ROLES else ""
         rename = {v: prefix + v for v in part.data_vars}
         for dim in part.dims:
@@ -361,7 +321,7 @@ def _combine(parts: dict[str, xr.Dataset], roles: tuple[str, ...]) -> xr.Dataset
                 part[name].attrs.pop("standard_name", None)
                 part[name].attrs.pop("axis", None)
         out = xr.merge([out, part], compat="no_conflicts", join="outer", combine_attrs="drop_conflicts")
-        stats.update({rename.get(k, k): (v["mean"], v["std"]) for k, v in part_stats.items()})
+        stats = stats.merge(part_stats.rename(rename))
     out.attrs = {k: v for k, v in main.attrs.items() if k != STATS_ATTR}
     return set_stats(out, stats)
 

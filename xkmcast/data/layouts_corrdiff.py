@@ -34,8 +34,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from ..coords import coordinate_attrs
 from ..errors import InvalidDataError, MissingVariableError, explain
-from .layouts import channel_dataset, channel_names, index_xy, latlon_attrs, set_stats, variable_attrs
+from .layouts import channel_dataset, channel_names, index_xy, set_stats, variable_attrs
 
 __all__ = ["read_cwa", "read_hrrr_mini"]
 
@@ -163,7 +164,7 @@ def read_hrrr_mini(path: str | Path, *, stats_path: str | Path | None = None, ch
             data[name] = var
             if label in stats.get(group_key, {}):
                 part_stats[name] = (stats[group_key][label]["mean"], stats[group_key][label]["std"])
-        coords = {**common, "lat": (dims3, lat_, latlon_attrs("lat")), "lon": (dims3, lon_, latlon_attrs("lon"))}
+        coords = {**common, "lat": (dims3, lat_, coordinate_attrs("latitude")), "lon": (dims3, lon_, coordinate_attrs("longitude"))}
         return xr.Dataset(data, coords=coords), part_stats
 
     target, target_stats = group_dataset(out, out_vars, oy, ox, "target", "output", lat, lon)
@@ -212,8 +213,8 @@ def read_cwa(path: str | Path, *, consolidated: bool | None = None, chunks: dict
         )
     ydim, xdim = ds["XLAT"].dims
     coords = {
-        "lat": (("y", "x"), ds["XLAT"].values, latlon_attrs("lat")),
-        "lon": (("y", "x"), ds["XLONG"].values, latlon_attrs("lon")),
+        "lat": (("y", "x"), ds["XLAT"].values, coordinate_attrs("latitude")),
+        "lon": (("y", "x"), ds["XLONG"].values, coordinate_attrs("longitude")),
     }
     parts = {}
     for prefix, role in (("cwb", "target"), ("era5", "input")):

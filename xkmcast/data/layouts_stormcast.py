@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from ..coords import coordinate_attrs
 from ..errors import InvalidDataError, MissingVariableError, explain
 from ..grid import HRRR_CRS_CF
-from .layouts import channel_dataset, channel_names, index_xy, latlon_attrs, set_stats
+from .layouts import channel_dataset, channel_names, index_xy, set_stats
 
 __all__ = ["read_stormcast", "hrrr_projection_xy"]
 
@@ -129,7 +130,7 @@ def _state(hrrr: xr.Dataset, hrrr_dir: Path, stats_name: str | None, location: P
     labels = [str(c) for c in np.asarray(hrrr["channel"].values)]
     names = channel_names(labels, model_levels=True)
     da = da.drop_vars([c for c in da.coords if c not in ("time",)]).rename({ydim: "y", xdim: "x"})
-    coords = {"lat": (("y", "x"), lat, latlon_attrs("lat")), "lon": (("y", "x"), lon, latlon_attrs("lon"))}
+    coords = {"lat": (("y", "x"), lat, coordinate_attrs("latitude")), "lon": (("y", "x"), lon, coordinate_attrs("longitude"))}
     state = channel_dataset(da, "channel", names, labels, "state", coords)
     stats_dir = hrrr_dir / stats_name if stats_name else next(
         (p for p in sorted(hrrr_dir.iterdir()) if (p / "means.npy").is_file()), hrrr_dir / "stats"
@@ -171,7 +172,7 @@ def _background(era5: xr.Dataset, era5_dir: Path, location: Path) -> xr.Dataset:
     da = da.drop_vars([c for c in da.coords if c not in ("time", lat_name, lon_name)])
     da = da.rename({lat_name: "latitude", lon_name: "longitude"})
     bg = channel_dataset(da, "channel", names, labels, "background")
-    bg["latitude"].attrs.update({**latlon_attrs("lat"), "axis": "Y"})
-    bg["longitude"].attrs.update({**latlon_attrs("lon"), "axis": "X"})
+    bg["latitude"].attrs.update({**coordinate_attrs("latitude"), "axis": "Y"})
+    bg["longitude"].attrs.update({**coordinate_attrs("longitude"), "axis": "X"})
     bg.attrs = {"xkmcast_layout": "stormcast", "source": str(location)}
     return set_stats(bg, _stats(era5_dir / "stats", names))

@@ -33,8 +33,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ..coords import coordinate_attrs
 from ..errors import InvalidDataError, MissingVariableError, explain
-from .layouts import channel_dataset, channel_names, latlon_attrs, set_stats
+from .layouts import channel_dataset, channel_names, set_stats
 
 __all__ = ["read_vit", "vit_default_latlon"]
 
@@ -125,8 +126,8 @@ def read_vit(
     fields.attrs = {}
     state = channel_dataset(fields, "channel", names, labels, "state")
     state = state.assign_coords(
-        latitude=("latitude", lat, {**latlon_attrs("lat"), "axis": "Y"}),
-        longitude=("longitude", lon, {**latlon_attrs("lon"), "axis": "X"}),
+        latitude=("latitude", lat, {**coordinate_attrs("latitude"), "axis": "Y"}),
+        longitude=("longitude", lon, {**coordinate_attrs("longitude"), "axis": "X"}),
     )
     state["time"].attrs = {"standard_name": "time"} if decoded else {"long_name": "time step index"}
     state.attrs = {"xkmcast_layout": "vit", "source": str(root)}

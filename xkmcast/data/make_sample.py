@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ..atomic import atomic_path
 from ..grid import make_lambert_grid, make_latlon_grid
 from .stats import STATS_ATTR, compute_stats
 from .synthetic import COARSE_VARS, FINE_VARS, INVARIANTS, SyntheticWeather
@@ -97,9 +98,8 @@ def write_sample(path: str | Path = SAMPLE_PATH, **kwargs) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ds = build_sample(**kwargs)
-    tmp = path.with_name(path.name + ".tmp")
-    ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=_encoding(ds))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=_encoding(ds))
     return path
 
 

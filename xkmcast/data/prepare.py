@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
+from ..atomic import atomic_path
 from ..errors import ConfigError, MissingVariableError, TimeCoverageError, explain
 from ..grid import find_grid
 from .stats import DEFAULT_LOG_EPS, STATS_ATTR, Stats, compute_stats
@@ -197,19 +196,13 @@ def prepare(fine: xr.Dataset, coarse: xr.Dataset, out: str | os.PathLike, *, inp
         "title": "xkmcast training store",
     }
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:10]}"
-    try:
+    with atomic_path(out, overwrite=overwrite) as tmp:
         ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=True)
         written = xr.open_zarr(tmp, consolidated=False)
         stats = compute_stats(written, [*i_names, *o_names, *inv_names], log_vars={n: log_eps for n in log_names})
         import zarr
 
         zarr.open_group(str(tmp), mode="r+", zarr_format=3).attrs.update({STATS_ATTR: stats.to_json()})
-        _move_into_place(tmp, out, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -217,16 +210,3 @@ def _f32(da: xr.DataArray, role: str) -> xr.DataArray:
     out = da.astype("float32")
     out.attrs = {**{k: v for k, v in da.attrs.items() if k not in ("coordinates",)}, "xkmcast_role": role}
     return out
-
-
-def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` (overwrite) is moved aside first, removed after."""
-    old = None
-    if out.exists():
-        if not overwrite:
-            raise ConfigError(explain("The output store appeared while preparing", found=str(out)))
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:10]}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -2,10 +2,8 @@
 
 * :class:`DownscalingSamples` (CorrDiff): ``{"input": (C_in, H, W), "target": (C_out, H, W),
   "time": int}``; the input channels are the coarse inputs on the fine grid followed by the
-  invariants. With ``patch=(ph, pw)`` each item is a random patch at a deterministic offset drawn
-  from ``(seed, epoch, index)``, plus ``"offset"`` ``(2,)`` (row, column of its top-left pixel) and
-  ``"global_index"`` ``(2, ph, pw)`` (the global row / column of every pixel); ``context=True``
-  adds ``"context"``, the whole input field area-averaged to ``(ph, pw)``.
+  invariants. Items are whole fields: patch-based training cuts its random patches from the batch
+  inside the model (:func:`xkmcast.diffusion.patching.random_patches`), the one patch path.
 * :class:`ForecastSamples` (StormCast / Stormscope): ``{"background": (C_bg, H, W), "state":
   [previous (C, H, W), next (C, H, W)], "invariant": (C_inv, H, W), "time": int}`` for pairs of times
   ``(t, t + k * step)``; a pair is only formed when both times exist, so gaps are skipped. With
@@ -17,9 +15,8 @@ Values are float32 tensors, normalised with the store's ``xkmcast_stats`` (or ``
 computed once at construction when neither exists; ``stats=False`` turns normalisation off).
 
 Worker safety: a path is opened lazily in each process, on first use, and re-opened when the process
-id changes (fork); pickling (spawn) drops the open handle. Items depend only on the index (and the
-epoch set by :meth:`set_epoch`), so any ``num_workers`` and any ``DistributedSampler`` split give the
-same items.
+id changes (fork); pickling (spawn) drops the open handle. Items depend only on the index, so any
+``num_workers`` and any ``DistributedSampler`` split give the same items.
 """
 
 from __future__ import annotations
@@ -51,7 +48,6 @@ class _StoreSamples(torch.utils.data.Dataset):
         self._pid: int | None = None
         self._inv_cache: np.ndarray | None = None
         self._stats_arg = stats
-        self.epoch = 0
 
     def _open(self) -> xr.Dataset:
         if self._mem is not None:
@@ -70,10 +66,6 @@ class _StoreSamples(torch.utils.data.Dataset):
         state = self.__dict__.copy()
         state.update(_ds=None, _pid=None, _inv_cache=None)
         return state
-
-    def set_epoch(self, epoch: int) -> None:
-        """Draw other random patches (as ``DistributedSampler.set_epoch``)."""
-        self.epoch = int(epoch)
 
     @staticmethod
     def _resolve(ds: xr.Dataset, names: Sequence[str], prefix: str, what: str) -> list[str]:
@@ -144,14 +136,10 @@ def _time_positions(ds: xr.Dataset, times) -> np.ndarray:
 
 
 class DownscalingSamples(_StoreSamples):
-    """Pairs (coarse input on the fine grid + invariants, fine target), whole fields or random patches.
-
-    ``patches_per_time`` items are drawn per time when ``patch`` is set (``len = times x patches``).
-    """
+    """Pairs (coarse input on the fine grid + invariants, fine target), whole fields (one item per time)."""
 
     def __init__(self, store_or_ds, input_vars: Sequence[str], output_vars: Sequence[str],
-                 invariants: Sequence[str] = (), *, stats=None, patch: tuple[int, int] | None = None,
-                 times=None, seed: int = 0, patches_per_time: int = 1, context: bool = False):
+                 invariants: Sequence[str] = (), *, stats=None, times=None):
         super().__init__(store_or_ds, stats)
         ds = self._open()
         try:
@@ -167,13 +155,6 @@ class DownscalingSamples(_StoreSamples):
                                           self.times)
         finally:
             self._close()
-        if patch is not None:
-            patch = (int(patch[0]), int(patch[1]))
-            if not (0 < patch[0] <= self.shape[0] and 0 < patch[1] <= self.shape[1]):
-                raise ConfigError(explain("The patch does not fit in the grid", expected=f"<= {self.shape}",
-                                          found=patch))
-        self.patch, self.seed, self.context = patch, int(seed), bool(context)
-        self.patches_per_time = int(patches_per_time) if patch is not None else 1
 
     @property
     def input_channels(self) -> list[str]:
@@ -184,44 +165,20 @@ class DownscalingSamples(_StoreSamples):
         return list(self.output_vars)
 
     def image_shape(self) -> tuple[int, int]:
-        return self.patch or self.shape
+        return self.shape
 
     def __len__(self) -> int:
-        return len(self.times) * self.patches_per_time
-
-    def offset(self, index: int) -> tuple[int, int]:
-        """Top-left pixel of item ``index``'s patch: a function of (seed, epoch, index) only."""
-        if self.patch is None:
-            return 0, 0
-        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-        return (int(rng.integers(0, self.shape[0] - self.patch[0] + 1)),
-                int(rng.integers(0, self.shape[1] - self.patch[1] + 1)))
+        return len(self.times)
 
     def __getitem__(self, index: int) -> dict:
         if not -len(self) <= index < len(self):
             raise IndexError(index)
-        index %= len(self)
-        t = int(self.times[index // self.patches_per_time])
+        t = int(self.times[index % len(self)])
         sel: dict = {"time": t}
-        oy, ox = self.offset(index)
-        if self.patch is not None:
-            sel.update({self.y_dim: slice(oy, oy + self.patch[0]), self.x_dim: slice(ox, ox + self.patch[1])})
         x = self._norm(self._read(self.input_names, sel), self.input_names)
         y = self._norm(self._read(self.output_names, sel), self.output_names)
         inv = self._invariants(self.invariant_names)
-        if self.patch is not None:
-            inv_p = inv[:, oy:oy + self.patch[0], ox:ox + self.patch[1]]
-        else:
-            inv_p = inv
-        item = {"input": torch.from_numpy(np.concatenate([x, inv_p])), "target": torch.from_numpy(y), "time": t}
-        if self.patch is not None:
-            rows, cols = np.meshgrid(np.arange(oy, oy + self.patch[0]), np.arange(ox, ox + self.patch[1]), indexing="ij")
-            item["offset"] = torch.tensor([oy, ox])
-            item["global_index"] = torch.from_numpy(np.stack([rows, cols]).astype(np.int64))
-            if self.context:
-                full = np.concatenate([self._norm(self._read(self.input_names, {"time": t}), self.input_names), inv])
-                item["context"] = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(full), self.patch)
-        return item
+        return {"input": torch.from_numpy(np.concatenate([x, inv])), "target": torch.from_numpy(y), "time": t}
 
 
 class ForecastSamples(_StoreSamples):

@@ -5,7 +5,7 @@ preconditioning, the loss and the Heun / Euler samplers; Lu et al. 2022 for DPM-
 Mardani et al. 2023 (CorrDiff) for the regression + residual split and patching.
 """
 
-from .edm import EDMPrecond, EDMPrecondSuperResolution, edm_coefficients, round_sigma
+from .edm import EDMPrecond, EDMPrecondSuperResolution, edm_coefficients
 from .losses import (
     LogNormalSigma,
     LogUniformSigma,
@@ -20,13 +20,13 @@ from .losses import (
     sigma_distribution,
 )
 from .patching import GridPatching, RandomPatches, extract_patches, global_index, random_patch_offsets, random_patches
-from .samplers import CountingDenoiser, member_generators, member_seed, nfe, sample, solve, time_steps
+from .samplers import CountingDenoiser, SamplerConfig, nfe, sample, solve, time_steps
+from .seeds import row_generators, row_seed, row_seeds
 
 __all__ = [
     "EDMPrecond",
     "EDMPrecondSuperResolution",
     "edm_coefficients",
-    "round_sigma",
     "SigmaDistribution",
     "LogNormalSigma",
     "LogUniformSigma",
@@ -48,7 +48,9 @@ __all__ = [
     "solve",
     "time_steps",
     "nfe",
-    "member_seed",
-    "member_generators",
+    "SamplerConfig",
+    "row_seed",
+    "row_seeds",
+    "row_generators",
     "CountingDenoiser",
 ]

@@ -33,16 +33,9 @@ from torch import Tensor, nn
 
 __all__ = [
     "edm_coefficients",
-    "round_sigma",
     "EDMPrecond",
     "EDMPrecondSuperResolution",
 ]
-
-
-def round_sigma(sigma: float | list | Tensor) -> Tensor:
-    """Noise levels as a tensor. EDM's continuous-sigma formulation needs no rounding (the VP and
-    iDDPM formulations round to their discrete schedules; EDM does not)."""
-    return torch.as_tensor(sigma)
 
 
 def _channel_view(value: float | Tensor, like: Tensor) -> float | Tensor:
@@ -99,8 +92,6 @@ class _Preconditioned(nn.Module):
         self.sigma_min = float(sigma_min)
         self.sigma_max = float(sigma_max)
         self.use_fp16 = bool(use_fp16)
-
-    round_sigma = staticmethod(round_sigma)
 
     def _net_dtype(self, x: Tensor, force_fp32: bool) -> torch.dtype:
         """float16 only when asked for and on CUDA (as PhysicsNeMo); float32 otherwise."""

@@ -69,10 +69,16 @@ def _draw(kind: str, n: int, generator: torch.Generator | None, device) -> Tenso
     return fn(n, generator=generator, device=gdev, dtype=torch.float32).to(device or gdev)
 
 
+#: EDM's training noise prior ln sigma ~ N(-1.2, 1.2^2) (Karras et al. 2022, table 1)
+EDM_P_MEAN, EDM_P_STD = -1.2, 1.2
+#: the default log-uniform training noise range
+LOGUNIFORM_SIGMA_MIN, LOGUNIFORM_SIGMA_MAX = 0.002, 80.0
+
+
 class LogNormalSigma:
     """ln(sigma) ~ N(P_mean, P_std^2)."""
 
-    def __init__(self, P_mean: float = -1.2, P_std: float = 1.2):
+    def __init__(self, P_mean: float = EDM_P_MEAN, P_std: float = EDM_P_STD):
         self.P_mean, self.P_std = float(P_mean), float(P_std)
 
     def __call__(self, n, *, generator=None, device=None) -> Tensor:
@@ -85,7 +91,7 @@ class LogNormalSigma:
 class LogUniformSigma:
     """ln(sigma) ~ U(ln sigma_min, ln sigma_max)."""
 
-    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
+    def __init__(self, sigma_min: float = LOGUNIFORM_SIGMA_MIN, sigma_max: float = LOGUNIFORM_SIGMA_MAX):
         if not 0 < sigma_min < sigma_max:
             raise ConfigError(
                 explain("log-uniform sigma needs 0 < sigma_min < sigma_max",
@@ -101,18 +107,18 @@ class LogUniformSigma:
         return f"LogUniformSigma(sigma_min={self.sigma_min}, sigma_max={self.sigma_max})"
 
 
+#: the published noise distributions by name: "edm" (Karras et al.; StormCast), "residual" (CorrDiff's
+#: residual model), "loguniform"; the model kinds name theirs (:mod:`xkmcast.models.kinds`)
 _NAMED = {
-    "edm": lambda: LogNormalSigma(-1.2, 1.2),
-    "stormcast": lambda: LogNormalSigma(-1.2, 1.2),
-    "corrdiff": lambda: LogNormalSigma(0.0, 1.2),
-    "residual": lambda: LogNormalSigma(0.0, 1.2),
-    "loguniform": lambda: LogUniformSigma(0.002, 80.0),
+    "edm": lambda: LogNormalSigma(EDM_P_MEAN, EDM_P_STD),
+    "residual": lambda: LogNormalSigma(0.0, EDM_P_STD),
+    "loguniform": lambda: LogUniformSigma(),
 }
 
 
 def sigma_distribution(spec: str | SigmaDistribution) -> SigmaDistribution:
-    """A sigma distribution from a name ('edm', 'stormcast', 'corrdiff', 'residual', 'loguniform')
-    or an object already following the interface (returned unchanged)."""
+    """A sigma distribution from a name ('edm', 'residual', 'loguniform') or an object already
+    following the interface (returned unchanged)."""
     if callable(spec):
         return spec
     try:
@@ -219,7 +225,7 @@ def residual_loss(
     regression: Any = None,
     mean: Tensor | None = None,
     condition_on_mean: bool = False,
-    sigma_dist: str | SigmaDistribution = "corrdiff",
+    sigma_dist: str | SigmaDistribution = "residual",
     sigma_data: float | Tensor | None = None,
     channel_weights: Tensor | None = None,
     mask: Tensor | None = None,
@@ -257,8 +263,8 @@ def edm_loss(
     target: Tensor,
     condition: Tensor | None = None,
     *,
-    P_mean: float = -1.2,
-    P_std: float = 1.2,
+    P_mean: float = EDM_P_MEAN,
+    P_std: float = EDM_P_STD,
     **kwargs: Any,
 ) -> LossOutput:
     """The EDM loss with ln(sigma) ~ N(P_mean, P_std^2) (StormCast's diffusion loss: -1.2, 1.2).

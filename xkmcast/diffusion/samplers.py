@@ -28,31 +28,34 @@ Solvers (``method``):
   first order (Dhat = x0) at the first step, and x_N = x0_{N-1} at the last (sigma_N = 0).
   N evaluations.
 
-Reproducibility contract of :func:`sample`: ensemble member k draws its initial noise and every churn
-noise from its own ``torch.Generator`` seeded from (seed, k) alone, so member k is the same whether
-it is drawn alone or in a batch with any others (up to floating-point differences of batched
-network arithmetic, ~1e-6).
+The settings of a sampler are one :class:`SamplerConfig` (solver, steps, noise range, rho, churn).
+
+Reproducibility contract of :func:`sample`, the one sampler production and the tests share: row i
+draws its initial noise and every churn noise from its own ``torch.Generator`` seeded by
+``seeds[i]`` alone (:func:`xkmcast.diffusion.seeds.row_seed` names a sample by seed, member and
+valid time), so a row is the same whether it is drawn alone or in a batch with any others (up to
+floating-point differences of batched network arithmetic, ~1e-6).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError, explain
+from .seeds import row_generators
 
 __all__ = [
     "SAMPLERS",
     "DEFAULT_STEPS",
     "DEFAULT_RHO",
+    "SamplerConfig",
     "time_steps",
-    "member_seed",
-    "member_generators",
     "nfe",
     "CountingDenoiser",
     "solve",
@@ -64,17 +67,72 @@ DEFAULT_STEPS = {"heun": 18, "euler": 9, "dpmpp_2m": 10}
 DEFAULT_RHO = {"heun": 7.0, "euler": 7.0, "dpmpp_2m": math.inf}
 
 
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """The settings of one sampler run: the solver (``sampler``: heun, euler, dpmpp_2m), its
+    ``num_steps`` N and ``rho`` (None: the solver's defaults, :data:`DEFAULT_STEPS` /
+    :data:`DEFAULT_RHO`), the noise range [sigma_min, sigma_max] of the time steps, and the churn of
+    EDM algorithm 2 (S_churn, S_min, S_max, S_noise; S_churn = 0: deterministic)."""
+
+    sampler: str = "heun"
+    num_steps: int | None = None
+    sigma_min: float = 0.002
+    sigma_max: float = 800.0
+    rho: float | None = None
+    S_churn: float = 0.0
+    S_min: float = 0.0
+    S_max: float = math.inf
+    S_noise: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_method(self.sampler)
+        if self.num_steps is None:
+            object.__setattr__(self, "num_steps", DEFAULT_STEPS[self.sampler])
+        if self.rho is None:
+            object.__setattr__(self, "rho", DEFAULT_RHO[self.sampler])
+        object.__setattr__(self, "num_steps", int(self.num_steps))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> SamplerConfig:
+        """From a mapping of field names (a spec's ``sampler``); ConfigError on an unknown key."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        bad = sorted(set(values) - set(known))
+        if bad:
+            raise ConfigError(explain("unknown sampler settings", expected=known, found=bad))
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The solver, steps, noise range and rho, plus the churn settings that differ from none."""
+        out = dataclasses.asdict(self)
+        plain = SamplerConfig()
+        for name in ("S_churn", "S_min", "S_max", "S_noise"):
+            if out[name] == getattr(plain, name):
+                del out[name]
+        return out
+
+    def override(self, sampler: str | None = None, num_steps: int | None = None, **options: Any) -> SamplerConfig:
+        """These settings with a call's choices: another ``sampler`` brings its own default steps and
+        rho; ``num_steps`` and the other ``options`` given (not None) win."""
+        changes: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
+        if sampler is not None and sampler != self.sampler:
+            changes.update(sampler=sampler, num_steps=None, rho=changes.get("rho"))
+        if num_steps is not None:
+            changes["num_steps"] = num_steps
+        return SamplerConfig.from_dict({**dataclasses.asdict(self), **changes})
+
+
 def time_steps(
     num_steps: int,
-    sigma_min: float = 0.002,
-    sigma_max: float = 800.0,
-    rho: float = 7.0,
+    sigma_min: float = SamplerConfig.sigma_min,
+    sigma_max: float = SamplerConfig.sigma_max,
+    rho: float = DEFAULT_RHO["heun"],
     *,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
 ) -> Tensor:
     """The EDM noise levels sigma_0 = sigma_max > ... > sigma_{N-1} = sigma_min, sigma_N = 0;
-    a tensor of N + 1 values. ``rho=math.inf``: geometric (log-uniform) spacing."""
+    a tensor of N + 1 values (defaults: those of :class:`SamplerConfig`, rho = 7).
+    ``rho=math.inf``: geometric (log-uniform) spacing."""
     if num_steps < 1:
         raise ConfigError(explain("the number of sampler steps must be at least 1", expected=">= 1", found=num_steps))
     i = torch.arange(num_steps, dtype=torch.float64)
@@ -87,20 +145,6 @@ def time_steps(
     return torch.cat([sigmas, sigmas.new_zeros(1)]).to(dtype=dtype, device=device)
 
 
-def member_seed(seed: int, member: int) -> int:
-    """A 63-bit seed that depends on (seed, member) only (numpy's SeedSequence hashing)."""
-    state = np.random.SeedSequence([int(seed), int(member)]).generate_state(2, dtype=np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
-
-
-def member_generators(
-    seed: int, members: int | Sequence[int], device: torch.device | str = "cpu"
-) -> list[torch.Generator]:
-    """One generator per ensemble member, seeded by (seed, k)."""
-    ids = range(members) if isinstance(members, int) else members
-    return [torch.Generator(device=device).manual_seed(member_seed(seed, k)) for k in ids]
-
-
 def nfe(method: str, num_steps: int) -> int:
     """Network evaluations per sample: Heun 2N - 1, Euler N, DPM-Solver++(2M) N."""
     _check_method(method)
@@ -110,15 +154,15 @@ def nfe(method: str, num_steps: int) -> int:
 class CountingDenoiser:
     """Wraps a denoiser and counts its calls (``calls``) and the samples evaluated (``evaluations``).
 
-    ``calls`` is the NFE of one batch; the sigma range and ``round_sigma`` of the wrapped denoiser
-    are kept so the samplers clip to them as before.
+    ``calls`` is the NFE of one batch; the sigma range of the wrapped denoiser is kept so the
+    sampler clips to it as before.
     """
 
     def __init__(self, denoiser: Any):
         self.denoiser = denoiser
         self.calls = 0
         self.evaluations = 0
-        for name in ("sigma_min", "sigma_max", "sigma_data", "round_sigma"):
+        for name in ("sigma_min", "sigma_max", "sigma_data"):
             if hasattr(denoiser, name):
                 setattr(self, name, getattr(denoiser, name))
 
@@ -235,62 +279,45 @@ def _sigma_range(denoiser: Any, sigma_min: float, sigma_max: float) -> tuple[flo
 def sample(
     denoiser: Any,
     shape: Sequence[int],
+    seeds: Sequence[int],
     *,
     condition: Tensor | None = None,
-    members: int | Sequence[int] = 1,
-    seed: int = 0,
+    config: SamplerConfig | Mapping[str, Any] | None = None,
     batch_size: int | None = None,
-    sampler: str = "heun",
-    num_steps: int | None = None,
-    sigma_min: float = 0.002,
-    sigma_max: float = 800.0,
-    rho: float | None = None,
-    S_churn: float = 0.0,
-    S_min: float = 0.0,
-    S_max: float = math.inf,
-    S_noise: float = 1.0,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
-    generator_device: torch.device | str = "cpu",
     **denoiser_kwargs: Any,
 ) -> Tensor:
-    """Draw ensemble members from an EDM denoiser; returns (M, *shape).
+    """One sample per seed from an EDM denoiser; returns (len(seeds), *shape) in ``dtype``.
 
-    ``shape`` is one member's shape, e.g. (C, H, W). ``members`` is a count M (members 0..M-1) or
-    the member indices to draw (e.g. ``range(8, 16)`` on a second GPU); member k's noise comes from
-    a generator seeded by (seed, k) on ``generator_device`` (CPU by default, so results do not depend
-    on the device the network runs on). Members go through the denoiser ``batch_size`` at a time
-    (default: all at once). ``condition`` is either one condition shared by all members (ndim =
-    len(shape)) or one per member ((M, ...)). ``num_steps`` defaults to 18 (heun), 9 (euler),
-    10 (dpmpp_2m), ``rho`` to 7 (heun, euler; EDM) and inf (dpmpp_2m: log-uniform).
-    sigma_min / sigma_max are clipped to the denoiser's range and the steps are passed through
-    its ``round_sigma`` when it has these attributes. Other keyword arguments go to the denoiser
+    ``shape`` is one row's shape, e.g. (C, H, W). Row i's initial and churn noise come from a CPU
+    generator seeded by ``seeds[i]`` alone (so results depend neither on the batching nor on the
+    device the network runs on). Rows go through the denoiser ``batch_size`` at a time (default:
+    all at once). ``condition`` is one condition shared by all rows (ndim = len(shape)) or one per
+    row ((N, ...)); the state lives on its device (else ``device``). ``config``: the solver and its
+    settings (:class:`SamplerConfig`, default Heun 18 steps); its sigma_min / sigma_max are clipped to
+    the denoiser's range when it has these attributes. Other keyword arguments go to the denoiser
     unchanged.
     """
-    _check_method(sampler)
-    ids = list(range(members)) if isinstance(members, int) else [int(k) for k in members]
-    num_steps = DEFAULT_STEPS[sampler] if num_steps is None else int(num_steps)
-    lo, hi = _sigma_range(denoiser, sigma_min, sigma_max)
-    rho = DEFAULT_RHO[sampler] if rho is None else float(rho)
-    sigmas = time_steps(num_steps, lo, hi, rho, dtype=dtype, device=device)
-    if hasattr(denoiser, "round_sigma"):
-        rounded = torch.as_tensor(denoiser.round_sigma(sigmas[:-1]))
-        sigmas = torch.cat([rounded.to(dtype=dtype, device=sigmas.device), sigmas[-1:]])
+    cfg = config if isinstance(config, SamplerConfig) else SamplerConfig.from_dict(config or {})
+    if condition is not None:
+        device = condition.device
+    lo, hi = _sigma_range(denoiser, cfg.sigma_min, cfg.sigma_max)
+    sigmas = time_steps(cfg.num_steps, lo, hi, cfg.rho, dtype=dtype, device=device)
     shape = tuple(int(s) for s in shape)
-    per_member = condition is not None and condition.ndim == len(shape) + 1
-    if per_member and condition.shape[0] != len(ids):
-        raise ValueError(f"condition has {condition.shape[0]} rows for {len(ids)} members")
-    batch_size = len(ids) if batch_size is None else max(1, int(batch_size))
+    n = len(seeds)
+    per_row = condition is not None and condition.ndim == len(shape) + 1
+    if per_row and condition.shape[0] != n:
+        raise ValueError(f"condition has {condition.shape[0]} rows for {n} seeds")
+    batch_size = n if batch_size is None else max(1, int(batch_size))
     out = []
-    for start in range(0, len(ids), batch_size):
-        chunk = ids[start:start + batch_size]
-        gens = member_generators(seed, chunk, generator_device)
-        latents = _randn((len(chunk),) + shape, gens, dtype, device)
+    for start in range(0, n, batch_size):
+        gens = row_generators(seeds[start:start + batch_size])
+        latents = _randn((len(gens),) + shape, gens, dtype, device)
         cond = None
         if condition is not None:
-            cond = condition[start:start + len(chunk)] if per_member else condition.unsqueeze(0).expand(
-                (len(chunk),) + tuple(condition.shape))
-            cond = cond.to(device)
-        out.append(solve(denoiser, latents, sigmas, method=sampler, S_churn=S_churn, S_min=S_min,
-                         S_max=S_max, S_noise=S_noise, generator=gens, condition=cond, **denoiser_kwargs))
+            cond = condition[start:start + len(gens)] if per_row else condition.unsqueeze(0).expand(
+                (len(gens),) + tuple(condition.shape))
+        out.append(solve(denoiser, latents, sigmas, method=cfg.sampler, S_churn=cfg.S_churn, S_min=cfg.S_min,
+                         S_max=cfg.S_max, S_noise=cfg.S_noise, generator=gens, condition=cond, **denoiser_kwargs))
     return torch.cat(out)

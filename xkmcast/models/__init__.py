@@ -1,6 +1,7 @@
 """Pipelines that join networks, diffusion and normalisation; bundles to save and load them.
 
-``build_pipeline(spec)`` makes a pipeline with fresh networks from a :class:`ModelSpec`; the spec
+``build_pipeline(spec)`` makes a pipeline with fresh networks from a :class:`ModelSpec`; the model
+kinds are the rows of :data:`KINDS` (:mod:`xkmcast.models.kinds`); the spec
 factories (:func:`corrdiff_spec`, :func:`stormcast_spec`, :func:`stormscope_spec`, :func:`vit_spec`)
 size the networks for given variables and grid.
 """
@@ -8,30 +9,19 @@ size the networks for given variables and grid.
 from __future__ import annotations
 
 from ..errors import BundleError, explain
-from .base import ModelSpec, Pipeline, member_seeds
-from .specs import corrdiff_spec, stormcast_spec, stormscope_spec, vit_spec
+from .base import ModelSpec, Pipeline
+from .kinds import KIND_NAMES, KINDS, ModelKind, get_kind
+from .specs import corrdiff_spec, spec_from_config, stormcast_spec, stormscope_spec, vit_spec
 
 __all__ = [
-    "ModelSpec", "Pipeline", "member_seeds", "build_pipeline", "PIPELINES",
-    "corrdiff_spec", "stormcast_spec", "stormscope_spec", "vit_spec",
+    "ModelSpec", "Pipeline", "build_pipeline", "KINDS", "KIND_NAMES", "ModelKind", "get_kind",
+    "corrdiff_spec", "stormcast_spec", "stormscope_spec", "vit_spec", "spec_from_config",
 ]
 
 
-def _pipelines() -> dict[str, type]:
-    from .corrdiff import CorrDiff
-    from .stormcast import StormCast, Stormscope
-    from .transformer import WeatherTransformer
-
-    return {c.kind: c for c in (CorrDiff, StormCast, Stormscope, WeatherTransformer)}
-
-
-PIPELINES = ("corrdiff", "stormcast", "stormscope", "vit")
-
-
 def build_pipeline(spec: ModelSpec | dict) -> Pipeline:
-    """A pipeline of ``spec.kind`` with freshly initialised networks."""
+    """A pipeline of ``spec.kind`` (its class from :data:`KINDS`) with freshly initialised networks."""
     spec = spec if isinstance(spec, ModelSpec) else ModelSpec.from_dict(spec)
-    classes = _pipelines()
-    if spec.kind not in classes:
-        raise BundleError(explain("Unknown model kind", expected=sorted(classes), found=spec.kind))
-    return classes[spec.kind].from_spec(spec)
+    if spec.kind not in KINDS:
+        raise BundleError(explain("Unknown model kind", expected=list(KINDS), found=spec.kind))
+    return get_kind(spec.kind).pipeline_class().from_spec(spec)

@@ -19,11 +19,11 @@ xarray (variable selection, regridding, normalisation) is :mod:`xkmcast.inferenc
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
-__all__ = ["ModelSpec", "Pipeline", "member_seeds", "training_sigma", "sampler_options"]
+__all__ = ["ModelSpec", "Pipeline", "training_sigma", "sampler_config"]
 
 
 def _plain(value):
@@ -78,52 +78,36 @@ class ModelSpec:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def training_sigma(loss: dict[str, Any], default_P_mean: float):
+def training_sigma(loss: dict[str, Any], kind: str):
     """The training noise distribution of ``spec.loss``: ``{"sigma_distribution": "lognormal", "P_mean",
-    "P_std"}`` (ln sigma ~ N(P_mean, P_std^2)), ``{"sigma_distribution": "loguniform", "sigma_min",
-    "sigma_max"}``, or a named one of :func:`xkmcast.diffusion.losses.sigma_distribution`."""
+    "P_std"}`` (ln sigma ~ N(P_mean, P_std^2); missing values: the kind's prior),
+    ``{"sigma_distribution": "loguniform", "sigma_min", "sigma_max"}``, or a named one of
+    :func:`xkmcast.diffusion.losses.sigma_distribution`."""
     from ..diffusion import losses
+    from .kinds import get_kind
 
-    kind = loss.get("sigma_distribution", "lognormal")
-    if kind == "lognormal":
-        p_mean = loss.get("P_mean")
-        return losses.LogNormalSigma(default_P_mean if p_mean is None else p_mean, loss.get("P_std", 1.2))
-    if kind == "loguniform":
-        return losses.LogUniformSigma(loss.get("sigma_min", 0.002), loss.get("sigma_max", 80.0))
-    return losses.sigma_distribution(kind)
-
-
-def sampler_options(defaults: dict[str, Any], sampler: str | None, num_steps: int | None,
-                    extra: dict[str, Any]) -> dict[str, Any]:
-    """The sampler settings of one call: the bundle's ``defaults`` unless the call names another
-    sampler, which then brings its own defaults (steps, rho: Heun 18 / rho 7, Euler 9, DPM-Solver++(2M)
-    10 log-uniform); ``num_steps`` and the other options given win."""
-    from ..diffusion.samplers import DEFAULT_RHO, DEFAULT_STEPS
-
-    options = dict(defaults)
-    if sampler is not None and sampler != options.get("sampler", "heun"):
-        options.update(sampler=sampler, num_steps=DEFAULT_STEPS.get(sampler), rho=DEFAULT_RHO.get(sampler))
-    if num_steps is not None:
-        options["num_steps"] = num_steps
-    options.update({k: v for k, v in extra.items() if v is not None})
-    return {k: v for k, v in options.items() if v is not None}
+    name = loss.get("sigma_distribution", "lognormal")
+    if name == "lognormal":
+        row = get_kind(kind)
+        p_mean, p_std = loss.get("P_mean"), loss.get("P_std")
+        return losses.LogNormalSigma(row.P_mean if p_mean is None else p_mean, row.P_std if p_std is None else p_std)
+    if name == "loguniform":
+        bounds = {k: loss[k] for k in ("sigma_min", "sigma_max") if loss.get(k) is not None}
+        return losses.LogUniformSigma(**bounds)
+    return losses.sigma_distribution(name)
 
 
-def member_seeds(seed: int, members: int | list[int]) -> list[int]:
-    """The seeds of ensemble members: member k of a run with seed s always gets the same seed.
+def sampler_config(spec: ModelSpec, sampler: str | None = None, num_steps: int | None = None, **options: Any):
+    """The :class:`~xkmcast.diffusion.samplers.SamplerConfig` of one call: the bundle's settings
+    (``spec.sampler``) unless the call names another sampler, which then brings its own default steps
+    and rho; ``num_steps`` and the other options given (not None) win."""
+    from ..diffusion.samplers import SamplerConfig
 
-    ``seed * 1_000_003 + k`` keeps members of different runs apart while member k never depends on how
-    many members are drawn or how they are batched.
-    """
-    ids = range(members) if isinstance(members, int) else members
-    return [int(seed) * 1_000_003 + int(k) for k in ids]
+    return SamplerConfig.from_dict(spec.sampler).override(sampler, num_steps, **options)
 
 
 class Pipeline(torch.nn.Module):
     """Base class: holds the spec and the stage networks (``self.stages``, a ModuleDict)."""
-
-    kind: ClassVar[str] = ""
-    stage_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, spec: ModelSpec, stages: dict[str, torch.nn.Module]):
         super().__init__()
@@ -156,6 +140,18 @@ class Pipeline(torch.nn.Module):
                                       expected=f"spec.stats[{role!r}]", found=sorted(self.spec.stats),
                                       fix="re-export the bundle from its training run"))
         return Stats.from_dict(self.spec.stats[role])
+
+    @property
+    def model_kind(self):
+        """The :class:`~xkmcast.models.kinds.ModelKind` row of ``spec.kind``."""
+        from .kinds import get_kind
+
+        return get_kind(self.spec.kind)
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        """The stages of the kind (the networks the pipeline holds may be fewer: ``stages``)."""
+        return self.model_kind.stages
 
     @property
     def device(self) -> torch.device:

@@ -14,7 +14,7 @@ and samples on overlapping grid patches fused by averaging at every denoiser cal
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,18 +22,15 @@ from torch import Tensor
 
 from ..diffusion import losses
 from ..diffusion.patching import GridPatching, extract_patches, random_patches
-from ..diffusion.samplers import DEFAULT_STEPS, solve, time_steps
+from ..diffusion.samplers import sample as sample_rows
 from ..errors import ConfigError, explain
-from .base import ModelSpec, Pipeline, sampler_options, training_sigma
+from .base import ModelSpec, Pipeline, sampler_config, training_sigma
 from .stages import build_stage
 
-__all__ = ["CorrDiff", "rows_sample"]
+__all__ = ["CorrDiff", "PatchedDenoiser"]
 
 
 class CorrDiff(Pipeline):
-    kind: ClassVar[str] = "corrdiff"
-    stage_names: ClassVar[tuple[str, ...]] = ("regression", "diffusion")
-
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> CorrDiff:
         return cls(spec, {name: build_stage(entry) for name, entry in spec.networks.items()})
@@ -98,12 +95,12 @@ class CorrDiff(Pipeline):
         dcond = self._diffusion_condition(cond, mean)
         rows_cond = dcond.unsqueeze(0).expand(members, -1, -1, -1, -1).reshape(-1, *dcond.shape[1:])
         row_seeds = [seeds[b][k] for k in range(members) for b in range(len(seeds))]
-        options = sampler_options(self.spec.sampler, sampler, num_steps, extra_options)
+        config = sampler_config(self.spec, sampler, num_steps, **extra_options)
         patch = patch if patch is not None else (tuple(self.spec.patch) if self.spec.patch else None)
-        residual = rows_sample(
-            self._denoiser(patch, tuple(cond.shape[-2:])), rows_cond, row_seeds,
-            out_channels=mean.shape[1], batch_size=batch_size, **options,
-        )
+        residual = sample_rows(
+            self._denoiser(patch, tuple(cond.shape[-2:])), mean.shape[1:], row_seeds, condition=rows_cond,
+            config=config, batch_size=batch_size,
+        ).to(torch.float32)
         samples = residual.reshape(members, *mean.shape) + mean.unsqueeze(0)
         return samples, mean
 
@@ -126,7 +123,7 @@ class CorrDiff(Pipeline):
             raise ConfigError(explain("Unknown training stage for CorrDiff", expected=self.stage_names, found=stage))
         with torch.no_grad():
             mean = self.regression_mean(cond)
-        sigma_dist = training_sigma(self.spec.loss, default_P_mean=0.0)
+        sigma_dist = training_sigma(self.spec.loss, self.spec.kind)
         patch = tuple(self.spec.patch) if self.spec.patch else None
         if patch is None or patch == tuple(target.shape[-2:]):
             return losses.residual_loss(
@@ -156,7 +153,7 @@ class PatchedDenoiser(torch.nn.Module):
     def __init__(self, net: torch.nn.Module, patching: GridPatching):
         super().__init__()
         self.net, self.patching = net, patching
-        for name in ("sigma_min", "sigma_max", "sigma_data", "round_sigma"):
+        for name in ("sigma_min", "sigma_max", "sigma_data"):
             if hasattr(net, name):
                 setattr(self, name, getattr(net, name))
 
@@ -169,35 +166,3 @@ class PatchedDenoiser(torch.nn.Module):
         out = self.net(xp, sigma=sig, condition=cp, global_index=self.patching.global_index(x.device), **kwargs)
         return self.patching.fuse(out, batch_size=b)
 
-
-def rows_sample(
-    denoiser,
-    condition: Tensor,
-    seeds: list[int],
-    *,
-    out_channels: int,
-    sampler: str = "heun",
-    num_steps: int | None = None,
-    sigma_min: float = 0.002,
-    sigma_max: float = 800.0,
-    rho: float = 7.0,
-    batch_size: int | None = None,
-    dtype: torch.dtype = torch.float64,
-    **solver_options: Any,
-) -> Tensor:
-    """One sample per condition row, row i seeded by ``seeds[i]`` alone (independent of batching)."""
-    num_steps = DEFAULT_STEPS[sampler] if num_steps is None else int(num_steps)
-    lo = max(sigma_min, float(getattr(denoiser, "sigma_min", 0.0)))
-    hi = min(sigma_max, float(getattr(denoiser, "sigma_max", float("inf"))))
-    sigmas = time_steps(num_steps, lo, hi, rho, dtype=dtype, device=condition.device)
-    n, (h, w) = condition.shape[0], condition.shape[-2:]
-    batch_size = n if batch_size is None else max(1, int(batch_size))
-    out = []
-    for start in range(0, n, batch_size):
-        gens = [torch.Generator().manual_seed(int(s)) for s in seeds[start:start + batch_size]]
-        latents = torch.stack([torch.randn((out_channels, h, w), generator=g, dtype=dtype) for g in gens])
-        out.append(
-            solve(denoiser, latents.to(condition.device), sigmas, method=sampler, generator=gens,
-                  condition=condition[start:start + batch_size], **solver_options).to(torch.float32)
-        )
-    return torch.cat(out)

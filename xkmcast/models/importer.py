@@ -3,7 +3,7 @@
 A ``.mdlus`` file holds a network (and, for diffusion, its EDM preconditioner settings) but not what
 a pipeline needs around it. ``spec`` supplies that, as in a bundle's ``config.json``:
 
-* ``kind`` ("corrdiff" or "stormcast"), ``input_vars``, ``output_vars``, ``invariant_vars``,
+* ``kind`` (a row of :data:`xkmcast.models.kinds.KINDS`), ``input_vars``, ``output_vars``, ``invariant_vars``,
   ``background_vars``, ``conditions``, ``sampler``, ``time_step``;
 * ``stats`` by role (``{"input": {...}, "output": {...}}``, the JSON of
   :class:`xkmcast.data.stats.Stats`);

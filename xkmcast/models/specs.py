@@ -14,12 +14,15 @@ conditions, so that a training configuration only names variables, sizes and opt
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import ConfigError, explain
 from .base import ModelSpec
+from .kinds import ModelKind, get_kind
 
-__all__ = ["corrdiff_spec", "stormcast_spec", "stormscope_spec", "vit_spec", "UNET_SIZES", "TRANSFORMER_SIZES"]
+__all__ = ["corrdiff_spec", "stormcast_spec", "stormscope_spec", "vit_spec", "spec_from_config",
+           "UNET_SIZES", "TRANSFORMER_SIZES", "DEFAULT_SIZE"]
 
 #: SongUNet sizes: "mini" and "normal" are the published presets; "tiny" is for CPU tests and the demo.
 UNET_SIZES: dict[str, dict[str, Any]] = {
@@ -33,14 +36,49 @@ TRANSFORMER_SIZES: dict[str, dict[str, Any]] = {
     "mini": {"hidden_size": 256, "depth": 8, "num_heads": 8, "patch_size": 4},
     "normal": {"hidden_size": 768, "depth": 16, "num_heads": 12, "patch_size": 4},
 }
+#: the network size when none is named
+DEFAULT_SIZE = "mini"
+#: the data standard deviation of the EDM preconditioner (one value, or one per output channel)
+SIGMA_DATA = 0.5
 GRID_CHANNELS = 4
 LEARNABLE_GRID_CHANNELS = 100
 
 
-def _size(table: dict, size: str, overrides: dict | None) -> dict[str, Any]:
+def _size(kind: ModelKind, size: str, overrides: dict | None) -> dict[str, Any]:
+    table = kind.size_table()
     if size not in table:
         raise ConfigError(explain("Unknown network size", expected=sorted(table), found=size))
     return {**{k: list(v) if isinstance(v, list) else v for k, v in table[size].items()}, **(overrides or {})}
+
+
+def _sampler(kind: ModelKind, sampler: dict | None) -> dict[str, Any]:
+    """The kind's sampler defaults with the given settings (another solver brings its own steps / rho)."""
+    return kind.sampler.override(**(sampler or {})).to_dict() if kind.sampler is not None else {}
+
+
+def _loss(kind: ModelKind, loss: dict | None, **extra: Any) -> dict[str, Any]:
+    """The kind's noise prior (lognormal P_mean, P_std) with the given loss settings on top."""
+    return {"sigma_distribution": "lognormal", "P_mean": kind.P_mean, "P_std": kind.P_std, **extra, **(loss or {})}
+
+
+def _stage_conditions(kind: ModelKind, stages: Sequence[str], given: dict[str, Sequence[str] | None],
+                      background_vars: Sequence[str], invariant_vars: Sequence[str]) -> dict[str, list[str]]:
+    """The conditions of each stage in ``stages``, checked against the kind; a stage given none takes
+    the kind's defaults that the variables allow (background / invariant only when given, regression
+    only with a regression stage)."""
+    available = {"state": True, "background": bool(background_vars), "invariant": bool(invariant_vars),
+                 "regression": "regression" in stages}
+    out = {}
+    for stage, names in given.items():
+        if names is not None:
+            kind.check_conditions(stage, names, stages=stages, background_vars=background_vars,
+                                  invariant_vars=invariant_vars)
+    for stage in stages:
+        names = given.get(stage)
+        if names is None:
+            names = [c for c in kind.default_conditions(stage) if available[c]]
+        out[stage] = list(names)
+    return out
 
 
 def corrdiff_spec(
@@ -49,28 +87,31 @@ def corrdiff_spec(
     shape: tuple[int, int],
     *,
     invariant_vars: list[str] = (),
-    size: str = "mini",
+    size: str = DEFAULT_SIZE,
     patch: tuple[int, int] | None = None,
     condition_on_mean: bool = False,
     input_skip: bool = False,
-    stages: tuple[str, ...] = ("regression", "diffusion"),
+    stages: tuple[str, ...] | None = None,
     network_overrides: dict | None = None,
     sampler: dict | None = None,
     loss: dict | None = None,
+    sigma_data: float | list[float] = SIGMA_DATA,
 ) -> ModelSpec:
     """The CorrDiff spec for ``input_vars`` (+ ``invariant_vars``) -> ``output_vars`` on a ``shape`` grid.
 
-    ``input_skip``: the regression mean is ``R(c) + interp(x)``, where ``interp(x)`` is the coarse
-    input of each output variable (regridded to the fine grid, renormalised with the output
-    statistics): the network learns the departure from interpolation.
+    ``stages``: default both. ``sigma_data``: of the EDM preconditioner. ``input_skip``: the regression mean is ``R(c) + interp(x)``, where
+    ``interp(x)`` is the coarse input of each output variable (regridded to the fine grid,
+    renormalised with the output statistics): the network learns the departure from interpolation.
     """
+    kind = get_kind("corrdiff")
+    stages = kind.stages if stages is None else tuple(stages)
     if input_skip and not set(output_vars) <= set(input_vars):
         raise ConfigError(explain("input_skip needs every output variable among the inputs",
                                   expected=f"{list(output_vars)} within the inputs", found=list(input_vars),
                                   fix="add the missing variables to the inputs or set input_skip false"))
     c_out = len(output_vars)
     c_cond = len(input_vars) + len(invariant_vars)
-    net = _size(UNET_SIZES, size, network_overrides)
+    net = _size(kind, size, network_overrides)
     res = [int(shape[0]), int(shape[1])]
     networks: dict[str, Any] = {}
     if "regression" in stages:
@@ -91,21 +132,36 @@ def corrdiff_spec(
                        "in_channels": c_out + c_dcond * (2 if patched else 1) + grid_channels,
                        "out_channels": c_out, "embedding_type": "positional",
                        "gridtype": "learnable" if patched else "sinusoidal", "N_grid_channels": grid_channels},
-            "precond": {"class": "EDMPrecondSuperResolution", "sigma_data": 0.5},
+            "precond": {"class": "EDMPrecondSuperResolution", "sigma_data": sigma_data},
         }
     return ModelSpec(
-        kind="corrdiff",
+        kind=kind.name,
         input_vars=list(input_vars),
         output_vars=list(output_vars),
         invariant_vars=list(invariant_vars),
         networks=networks,
         patch=list(patch) if patch is not None else None,
-        sampler={"sampler": "heun", "num_steps": 18, "sigma_min": 0.002, "sigma_max": 800.0, "rho": 7.0,
-                 **(sampler or {})},
-        loss={"sigma_distribution": "lognormal", "P_mean": 0.0, "P_std": 1.2, "condition_on_mean": condition_on_mean,
-              **(loss or {})},
+        sampler=_sampler(kind, sampler),
+        loss=_loss(kind, loss, condition_on_mean=condition_on_mean),
         extra={"input_skip": bool(input_skip)},
     )
+
+
+def _forecast_spec(kind: ModelKind, state_vars, background_vars, invariant_vars, networks, conditions,
+                   sampler, loss, time_step) -> ModelSpec:
+    return ModelSpec(
+        kind=kind.name, input_vars=list(state_vars), output_vars=list(state_vars),
+        background_vars=list(background_vars), invariant_vars=list(invariant_vars), networks=networks,
+        conditions=conditions, sampler=_sampler(kind, sampler),
+        loss=_loss(kind, loss) if kind.sampler is not None else dict(loss or {}),
+        time_step=time_step or kind.time_step,
+    )
+
+
+def _channels(conditions: Sequence[str], state_vars, background_vars, invariant_vars) -> int:
+    n = {"state": len(state_vars), "background": len(background_vars), "invariant": len(invariant_vars),
+         "regression": len(state_vars)}
+    return sum(n[c] for c in conditions)
 
 
 def stormcast_spec(
@@ -114,21 +170,23 @@ def stormcast_spec(
     *,
     background_vars: list[str] = (),
     invariant_vars: list[str] = (),
-    size: str = "normal",
-    regression_conditions: list[str] = ("state", "background", "invariant"),
-    diffusion_conditions: list[str] = ("state", "background", "invariant", "regression"),
-    stages: tuple[str, ...] = ("regression", "diffusion"),
+    size: str = DEFAULT_SIZE,
+    regression_conditions: list[str] | None = None,
+    diffusion_conditions: list[str] | None = None,
+    stages: tuple[str, ...] | None = None,
     network_overrides: dict | None = None,
     sampler: dict | None = None,
     loss: dict | None = None,
-    time_step: str = "1h",
+    sigma_data: float | list[float] = SIGMA_DATA,
+    time_step: str | None = None,
 ) -> ModelSpec:
-    """The StormCast spec: a ``shape`` state of ``state_vars`` stepped by ``time_step``."""
-    n = {"state": len(state_vars), "background": len(background_vars), "invariant": len(invariant_vars),
-         "regression": len(state_vars)}
-    _check_conditions(regression_conditions if "regression" in stages else (),
-                      diffusion_conditions if "diffusion" in stages else (), stages, background_vars, invariant_vars)
-    net = _size(UNET_SIZES, size, network_overrides)
+    """The StormCast spec: a ``shape`` state of ``state_vars`` stepped by ``time_step`` (default the
+    kind's); conditions default to the kind's that the given variables allow."""
+    kind = get_kind("stormcast")
+    stages = kind.stages if stages is None else tuple(stages)
+    cond = _stage_conditions(kind, stages, {"regression": regression_conditions, "diffusion": diffusion_conditions},
+                             background_vars, invariant_vars)
+    net = _size(kind, size, network_overrides)
     res = [int(shape[0]), int(shape[1])]
     c = len(state_vars)
     networks: dict[str, Any] = {}
@@ -136,25 +194,20 @@ def stormcast_spec(
         networks["regression"] = {
             "class": "StormCastUNet",
             "kwargs": {**net, "img_resolution": res, "img_out_channels": c, "embedding_type": "zero",
-                       "img_in_channels": sum(n[k] for k in regression_conditions), "model_type": "SongUNet"},
+                       "img_in_channels": _channels(cond["regression"], state_vars, background_vars, invariant_vars),
+                       "model_type": "SongUNet"},
             "precond": None,
         }
     if "diffusion" in stages:
         networks["diffusion"] = {
             "class": "SongUNetPosEmbd",
             "kwargs": {**net, "img_resolution": res, "out_channels": c, "embedding_type": "positional",
-                       "in_channels": c + sum(n[k] for k in diffusion_conditions) + GRID_CHANNELS,
+                       "in_channels": c + _channels(cond["diffusion"], state_vars, background_vars, invariant_vars)
+                       + GRID_CHANNELS,
                        "gridtype": "sinusoidal", "N_grid_channels": GRID_CHANNELS},
-            "precond": {"class": "EDMPrecond", "sigma_data": 0.5},
+            "precond": {"class": "EDMPrecond", "sigma_data": sigma_data},
         }
-    return ModelSpec(
-        kind="stormcast", input_vars=list(state_vars), output_vars=list(state_vars),
-        background_vars=list(background_vars), invariant_vars=list(invariant_vars), networks=networks,
-        conditions={"regression": list(regression_conditions), "diffusion": list(diffusion_conditions)},
-        sampler={"sampler": "heun", "num_steps": 18, "sigma_min": 0.002, "sigma_max": 800.0, "rho": 7.0,
-                 **(sampler or {})},
-        loss={"P_mean": -1.2, "P_std": 1.2, **(loss or {})}, time_step=time_step,
-    )
+    return _forecast_spec(kind, state_vars, background_vars, invariant_vars, networks, cond, sampler, loss, time_step)
 
 
 def stormscope_spec(
@@ -163,37 +216,30 @@ def stormscope_spec(
     *,
     background_vars: list[str] = (),
     invariant_vars: list[str] = (),
-    size: str = "mini",
-    diffusion_conditions: list[str] = ("state", "background", "invariant"),
+    size: str = DEFAULT_SIZE,
+    diffusion_conditions: list[str] | None = None,
+    stages: tuple[str, ...] | None = None,
     network_overrides: dict | None = None,
     sampler: dict | None = None,
     loss: dict | None = None,
-    time_step: str = "1h",
+    sigma_data: float | list[float] = SIGMA_DATA,
+    time_step: str | None = None,
 ) -> ModelSpec:
     """The Stormscope spec: diffusion only, a DiT conditioned on state / background / invariants."""
-    if "regression" in diffusion_conditions:
-        raise ConfigError(explain("Stormscope is diffusion-only: 'regression' cannot be a condition",
-                                  expected=["state", "background", "invariant"], found=list(diffusion_conditions)))
-    _check_conditions((), diffusion_conditions, ("diffusion",), background_vars, invariant_vars)
-    n = {"state": len(state_vars), "background": len(background_vars), "invariant": len(invariant_vars)}
+    kind = get_kind("stormscope")
+    stages = kind.stages if stages is None else tuple(stages)
+    cond = _stage_conditions(kind, stages, {"diffusion": diffusion_conditions}, background_vars, invariant_vars)
+    net = _size(kind, size, network_overrides)
     c = len(state_vars)
-    net = _size(TRANSFORMER_SIZES, size, network_overrides)
     networks = {
         "diffusion": {
             "class": "DiT",
             "kwargs": {**net, "img_resolution": [int(shape[0]), int(shape[1])], "out_channels": c,
-                       "in_channels": c + sum(n[k] for k in diffusion_conditions)},
-            "precond": {"class": "EDMPrecond", "sigma_data": 0.5},
+                       "in_channels": c + _channels(cond["diffusion"], state_vars, background_vars, invariant_vars)},
+            "precond": {"class": "EDMPrecond", "sigma_data": sigma_data},
         }
     }
-    return ModelSpec(
-        kind="stormscope", input_vars=list(state_vars), output_vars=list(state_vars),
-        background_vars=list(background_vars), invariant_vars=list(invariant_vars), networks=networks,
-        conditions={"diffusion": list(diffusion_conditions)},
-        sampler={"sampler": "heun", "num_steps": 18, "sigma_min": 0.002, "sigma_max": 800.0, "rho": 7.0,
-                 **(sampler or {})},
-        loss={"P_mean": -1.2, "P_std": 1.2, **(loss or {})}, time_step=time_step,
-    )
+    return _forecast_spec(kind, state_vars, background_vars, invariant_vars, networks, cond, sampler, loss, time_step)
 
 
 def vit_spec(
@@ -202,50 +248,56 @@ def vit_spec(
     *,
     background_vars: list[str] = (),
     invariant_vars: list[str] = (),
-    size: str = "mini",
-    conditions: list[str] = ("state",),
+    size: str = DEFAULT_SIZE,
+    regression_conditions: list[str] | None = None,
+    stages: tuple[str, ...] | None = None,
     network_overrides: dict | None = None,
+    sampler: dict | None = None,
     loss: dict | None = None,
-    time_step: str = "6h",
+    time_step: str | None = None,
 ) -> ModelSpec:
-    """The ViT weather transformer spec: deterministic x_{t+1} = F(cat(conditions))."""
-    _check_conditions(conditions, (), ("regression",), background_vars, invariant_vars)
-    n = {"state": len(state_vars), "background": len(background_vars), "invariant": len(invariant_vars)}
-    net = _size(TRANSFORMER_SIZES, size, None)
+    """The ViT weather transformer spec: deterministic x_{t+1} = F(cat(conditions)); ``sampler`` is
+    accepted for a uniform signature and unused (the kind has no sampler)."""
+    kind = get_kind("vit")
+    stages = kind.stages if stages is None else tuple(stages)
+    cond = _stage_conditions(kind, stages, {"regression": regression_conditions}, background_vars, invariant_vars)
+    net = _size(kind, size, None)
     net = {("embed_dim" if k == "hidden_size" else k): v for k, v in net.items()}  # the ViT's name for it
     net.update(network_overrides or {})
     networks = {
         "regression": {
             "class": "WeatherViT",
             "kwargs": {**net, "img_resolution": [int(shape[0]), int(shape[1])], "out_channels": len(state_vars),
-                       "in_channels": sum(n[k] for k in conditions)},
+                       "in_channels": _channels(cond["regression"], state_vars, background_vars, invariant_vars)},
             "precond": None,
         }
     }
-    return ModelSpec(
-        kind="vit", input_vars=list(state_vars), output_vars=list(state_vars),
-        background_vars=list(background_vars), invariant_vars=list(invariant_vars), networks=networks,
-        conditions={"regression": list(conditions)}, loss=dict(loss or {}), time_step=time_step,
-    )
+    return _forecast_spec(kind, state_vars, background_vars, invariant_vars, networks, cond, None, loss, time_step)
 
 
-def _check_conditions(reg, diff, stages, background_vars, invariant_vars) -> None:
-    allowed = {"state", "background", "invariant", "regression"}
-    for label, names in (("regression_conditions", reg), ("diffusion_conditions", diff)):
-        bad = [c for c in names if c not in allowed]
-        if bad:
-            raise ConfigError(explain(f"Unknown {label}", expected=sorted(allowed), found=bad))
-    if "regression" in reg:
-        raise ConfigError(explain("The regression cannot be conditioned on itself",
-                                  expected="state / background / invariant", found=list(reg)))
-    if "regression" in diff and "regression" not in stages:
-        raise ConfigError(explain("diffusion_conditions name 'regression' but the model has no regression stage",
-                                  expected="a regression stage (or drop 'regression' from diffusion_conditions)",
-                                  found=list(stages)))
-    for names in (reg, diff):
-        if "background" in names and not background_vars:
-            raise ConfigError(explain("'background' is a condition but no background variables are given",
-                                      expected="background_vars", found=[]))
-        if "invariant" in names and not invariant_vars:
-            raise ConfigError(explain("'invariant' is a condition but no invariant variables are given",
-                                      expected="invariant_vars", found=[]))
+def spec_from_config(model, data, shape: tuple[int, int]) -> ModelSpec:
+    """The spec of a training run from its ``model`` and ``data`` configuration sections (see
+    :mod:`xkmcast.train.config`) and the grid ``shape``: the kind's spec factory called with the
+    stages the trained stage needs; the loss settings and the preconditioner's sigma_data from
+    ``model.loss``."""
+    kind = get_kind(model.kind)
+    stages = kind.stages_for(model.stage, model.diffusion_conditions)
+    loss_cfg = model.loss
+    loss: dict[str, Any] = {"sigma_distribution": loss_cfg.sigma_distribution, "P_mean": loss_cfg.P_mean,
+                            "P_std": loss_cfg.P_std, "sigma_min": loss_cfg.sigma_min, "sigma_max": loss_cfg.sigma_max}
+    if loss_cfg.channel_weights is not None:
+        loss["channel_weights"] = list(loss_cfg.channel_weights)
+    common = dict(size=model.size, stages=stages, network_overrides=model.network, sampler=model.sampler, loss=loss)
+    if "diffusion" in kind.stages:
+        common["sigma_data"] = loss_cfg.sigma_data
+    factory = kind.spec_factory()
+    if kind.forecast:
+        conditions = {f"{s}_conditions": getattr(model, f"{s}_conditions") for s in stages}
+        spec = factory(data.output_vars or data.input_vars, shape, background_vars=data.background_vars,
+                       invariant_vars=data.invariants, time_step=model.time_step, **conditions, **common)
+    else:
+        used = getattr(model, f"{model.stage}_conditions")
+        spec = factory(data.input_vars, data.output_vars, shape,
+                       invariant_vars=data.invariants if "invariant" in used else [], patch=data.patch,
+                       condition_on_mean=model.condition_on_mean, input_skip=model.input_skip, **common)
+    return spec

@@ -14,20 +14,19 @@ on the residual ``x_{t+1} - mu`` (or on ``x_{t+1}`` without regression).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..diffusion import losses
 from ..errors import ConfigError, explain
-from .base import ModelSpec, Pipeline, sampler_options, training_sigma
-from .corrdiff import rows_sample
+from ..diffusion.samplers import sample as sample_rows
+from .base import ModelSpec, Pipeline, sampler_config, training_sigma
+from .kinds import CONDITIONS
 from .stages import build_stage
 
-__all__ = ["ForecastPipeline", "StormCast", "Stormscope", "CONDITIONS"]
-
-CONDITIONS = ("state", "background", "invariant", "regression")
+__all__ = ["ForecastPipeline", "StormCast", "Stormscope"]
 
 
 class ForecastPipeline(Pipeline):
@@ -53,6 +52,10 @@ class ForecastPipeline(Pipeline):
                 parts.append(available[name])
         return torch.cat(parts, dim=1)
 
+    def stage_conditions(self, stage: str) -> list[str]:
+        """The conditions of ``stage``: the spec's, else the kind's defaults."""
+        return list(self.spec.conditions.get(stage, self.model_kind.default_conditions(stage)))
+
     def batch_invariant(self, n: int, like: Tensor) -> Tensor | None:
         if self.invariant.numel() == 0:
             return None
@@ -73,13 +76,10 @@ class ForecastPipeline(Pipeline):
 class StormCast(ForecastPipeline):
     """Regression + diffusion step (set ``networks`` to only ``regression`` for a deterministic model)."""
 
-    kind: ClassVar[str] = "stormcast"
-    stage_names: ClassVar[tuple[str, ...]] = ("regression", "diffusion")
-
     def _regression_mean(self, state, background, invariant, kwargs) -> Tensor | None:
         if "regression" not in self.stages:
             return None
-        cond = self.conditions(self.spec.conditions.get("regression", ["state", "background", "invariant"]),
+        cond = self.conditions(self.stage_conditions("regression"),
                                state=state, background=background, invariant=invariant)
         return self.stages["regression"](cond, **kwargs)
 
@@ -95,11 +95,11 @@ class StormCast(ForecastPipeline):
         mean = self._regression_mean(state, background, invariant, kwargs)
         if "diffusion" not in self.stages:
             return mean
-        names = self.spec.conditions.get("diffusion", ["state", "background", "invariant", "regression"])
+        names = self.stage_conditions("diffusion")
         dcond = self.conditions(names, state=state, background=background, invariant=invariant, regression=mean)
-        options = sampler_options(self.spec.sampler, sampler, num_steps, extra_options)
-        out = rows_sample(self.stages["diffusion"], dcond, seeds, out_channels=state.shape[1],
-                          batch_size=batch_size, **options, **kwargs)
+        config = sampler_config(self.spec, sampler, num_steps, **extra_options)
+        out = sample_rows(self.stages["diffusion"], state.shape[1:], seeds, condition=dcond, config=config,
+                          batch_size=batch_size, **kwargs).to(torch.float32)
         return out + mean if (mean is not None and "regression" in names) else out
 
     def loss(self, stage: str, batch: dict, generator: torch.Generator | None = None):
@@ -108,13 +108,13 @@ class StormCast(ForecastPipeline):
         weights = self.spec.loss.get("channel_weights")
         weights = None if weights is None else torch.as_tensor(weights, dtype=nxt.dtype, device=nxt.device)
         if stage == "regression":
-            cond = self.conditions(self.spec.conditions.get("regression", ["state", "background", "invariant"]),
+            cond = self.conditions(self.stage_conditions("regression"),
                                    state=prev, background=background, invariant=invariant)
             prediction = self.stages["regression"](cond, **kwargs)
             return losses.LossOutput(losses.reduce_per_sample((prediction - nxt) ** 2, weights, None), None)
         if stage != "diffusion":
-            raise ConfigError(explain(f"Unknown training stage for {self.kind}", expected=self.stage_names, found=stage))
-        names = self.spec.conditions.get("diffusion", ["state", "background", "invariant", "regression"])
+            raise ConfigError(explain(f"Unknown training stage for {self.spec.kind}", expected=self.stage_names, found=stage))
+        names = self.stage_conditions("diffusion")
         mean = None
         if "regression" in names:
             with torch.no_grad():
@@ -122,13 +122,10 @@ class StormCast(ForecastPipeline):
         cond = self.conditions(names, state=prev, background=background, invariant=invariant, regression=mean)
         target = nxt - mean if mean is not None else nxt
         return losses.denoising_loss(
-            self.stages["diffusion"], target, cond, sigma_dist=training_sigma(self.spec.loss, default_P_mean=-1.2),
+            self.stages["diffusion"], target, cond, sigma_dist=training_sigma(self.spec.loss, self.spec.kind),
             channel_weights=weights, generator=generator, **kwargs,
         )
 
 
 class Stormscope(StormCast):
     """Diffusion-only step with a transformer (DiT); conditions without ``regression``."""
-
-    kind: ClassVar[str] = "stormscope"
-    stage_names: ClassVar[tuple[str, ...]] = ("diffusion",)

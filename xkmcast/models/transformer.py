@@ -7,8 +7,6 @@ the forecast loop treats all pipelines alike.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 from torch import Tensor
 
@@ -20,11 +18,8 @@ __all__ = ["WeatherTransformer"]
 
 
 class WeatherTransformer(ForecastPipeline):
-    kind: ClassVar[str] = "vit"
-    stage_names: ClassVar[tuple[str, ...]] = ("regression",)
-
     def _predict(self, state: Tensor, background: Tensor | None, invariant: Tensor | None) -> Tensor:
-        names = self.spec.conditions.get("regression", ["state"])
+        names = self.stage_conditions("regression")
         return self.stages["regression"](self.conditions(names, state=state, background=background, invariant=invariant))
 
     @torch.no_grad()

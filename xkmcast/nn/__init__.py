@@ -7,12 +7,13 @@
 * :class:`DiT`, the diffusion transformer of Stormscope; :class:`WeatherViT`, a deterministic
   ViT forecaster;
 * :func:`load_mdlus` / :func:`save_mdlus` for PhysicsNeMo ``.mdlus`` checkpoints;
-* :data:`NETWORKS` / :func:`build_network` to rebuild a network from its name and arguments.
+* :data:`NETWORKS`: the network classes by name (built from a spec entry by
+  :func:`xkmcast.models.stages.build_stage`).
 """
 
 from xkmcast.nn.dit import DiT
 from xkmcast.nn.mdlus import EDMCheckpoint, load_mdlus, read_mdlus, save_mdlus
-from xkmcast.nn.registry import NETWORKS, build_network
+from xkmcast.nn.registry import NETWORKS
 from xkmcast.nn.unet import SONGUNET_PRESETS, SongUNet, match_physicsnemo_eval, songunet_preset
 from xkmcast.nn.unet_posembd import SongUNetPosEmbd, SongUNetPosLtEmbd
 from xkmcast.nn.unet_regression import RegressionUNet, StormCastUNet, regression_unet
@@ -29,7 +30,6 @@ __all__ = [
     "SongUNetPosLtEmbd",
     "StormCastUNet",
     "WeatherViT",
-    "build_network",
     "load_mdlus",
     "match_physicsnemo_eval",
     "read_mdlus",

@@ -5,8 +5,8 @@ with ``torch.load(weights_only=True)``: it holds only tensors, numbers, strings,
 (state dicts of the model, optimizer and EMA; the step and samples seen; the RNG states of torch,
 numpy and Python and of every rank; the data position; the model signature of the configuration).
 
-Writing is atomic: the file is written under a temporary name in the same folder, flushed to disk and
-renamed with ``os.replace``, so a process killed at any moment leaves either the previous complete
+Writing is atomic (:func:`xkmcast.atomic.atomic_path`): the file is written under a temporary name in
+the same folder, flushed to disk and renamed with ``os.replace``, so a process killed at any moment leaves either the previous complete
 checkpoint or the new one, never half a file. Only ``max_keep`` newest checkpoints are kept (0: all).
 """
 
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import atomic_path
 from ..errors import CheckpointError, explain
 
 __all__ = [
@@ -80,34 +81,12 @@ def save_checkpoint(directory: str | os.PathLike, state: dict[str, Any], step: i
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(directory, step)
-    tmp = directory / f".{final.name}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(directory)
+    with atomic_path(final) as tmp:
+        torch.save(state, tmp)
     if max_keep > 0:
         for old in list_checkpoints(directory)[:-max_keep]:
             old.unlink(missing_ok=True)
     return final
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory handles
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path: str | os.PathLike, signature: dict[str, Any] | None = None) -> dict[str, Any]:

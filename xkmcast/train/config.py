@@ -26,7 +26,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..diffusion.losses import LOGUNIFORM_SIGMA_MAX, LOGUNIFORM_SIGMA_MIN
+from ..diffusion.samplers import SamplerConfig
 from ..errors import ConfigError, explain
+from ..models.kinds import CONDITIONS, KIND_NAMES, get_kind
+from ..models.specs import DEFAULT_SIZE, SIGMA_DATA
 
 __all__ = [
     "DataConfig",
@@ -36,31 +40,19 @@ __all__ = [
     "TrainingConfig",
     "TrainConfig",
     "CONDITIONS",
-    "ALLOWED_CONDITIONS",
     "list_presets",
     "load_config",
     "read_raw",
     "validate",
     "deep_merge",
-    "parse_overrides",
+    "apply_overrides",
     "save_config",
     "run_dir",
 ]
 
-Condition = Literal["state", "background", "invariant", "regression"]
-CONDITIONS: tuple[str, ...] = ("state", "background", "invariant", "regression")
-
-#: The conditions each kind accepts, per stage (StormCast recipe names; for downscaling the coarse
-#: input plays the role of "background"). A missing stage means the kind has no such stage.
-ALLOWED_CONDITIONS: dict[str, dict[str, set[str]]] = {
-    "corrdiff": {"regression": {"background", "invariant"}, "diffusion": {"background", "invariant", "regression"}},
-    "stormcast": {"regression": {"state", "background", "invariant"}, "diffusion": set(CONDITIONS)},
-    "stormscope": {"diffusion": {"state", "background", "invariant"}},
-    "vit": {"regression": {"state", "background", "invariant"}},
-}
-#: The noise distribution centre of each kind (CorrDiff's residual loss vs the EDM / StormCast loss).
+Condition = Literal[CONDITIONS]  # type: ignore[valid-type]
+Kind = Literal[KIND_NAMES]  # type: ignore[valid-type]
 PRESETS = Path(__file__).resolve().parents[1] / "presets"
-DEFAULT_P_MEAN = {"corrdiff": 0.0, "stormcast": -1.2, "stormscope": -1.2, "vit": -1.2}
 
 
 class _Strict(BaseModel):
@@ -126,21 +118,25 @@ class DataConfig(_Strict):
 
 class LossConfig(_Strict):
     """Training noise: ln(sigma) ~ N(P_mean, P_std^2) ("lognormal") or log-uniform on
-    [sigma_min, sigma_max]; ``P_mean`` None takes the kind's value (CorrDiff 0.0, EDM / StormCast -1.2).
+    [sigma_min, sigma_max]; ``P_mean`` / ``P_std`` None take the kind's prior
+    (:data:`xkmcast.models.kinds.KINDS`: CorrDiff 0.0, EDM / StormCast -1.2; 1.2).
     ``channel_weights``: one weight per output channel (None: equal)."""
 
     sigma_distribution: Literal["lognormal", "loguniform"] = "lognormal"
     P_mean: float | None = None
-    P_std: float = Field(default=1.2, gt=0)
-    sigma_min: float = Field(default=0.002, gt=0)
-    sigma_max: float = Field(default=80.0, gt=0)
-    sigma_data: float | list[float] = 0.5
+    P_std: float | None = Field(default=None, gt=0)
+    sigma_min: float = Field(default=LOGUNIFORM_SIGMA_MIN, gt=0)
+    sigma_max: float = Field(default=LOGUNIFORM_SIGMA_MAX, gt=0)
+    sigma_data: float | list[float] = SIGMA_DATA
     channel_weights: list[float] | None = None
 
 
 class ModelConfig(_Strict):
     """The model: its ``kind``, the ``stage`` this run trains, the network size, the conditions.
 
+    ``kind``: a row of :data:`xkmcast.models.kinds.KINDS`, which gives the stages, the conditions
+    allowed and their defaults, the noise prior, the sampler defaults and the forecast time step.
+    ``sampler``: settings of :class:`xkmcast.diffusion.samplers.SamplerConfig` over the kind's.
     ``size`` is a published network size ("tiny" for CPU tests, "mini", "normal"; see
     :mod:`xkmcast.models.specs`) and ``network`` overrides its constructor arguments (e.g.
     ``model.network.model_channels=32``); channel counts and the image size come from the data.
@@ -149,9 +145,9 @@ class ModelConfig(_Strict):
     to the fine grid (for output variables that are also inputs), so it starts from interpolation.
     """
 
-    kind: Literal["corrdiff", "stormcast", "stormscope", "vit"] = "corrdiff"
+    kind: Kind = KIND_NAMES[0]
     stage: Literal["regression", "diffusion"] | None = None
-    size: Literal["tiny", "mini", "normal"] = "mini"
+    size: Literal["tiny", "mini", "normal"] = DEFAULT_SIZE
     network: dict[str, Any] = Field(default_factory=dict)
     regression_conditions: list[Condition] | None = None
     diffusion_conditions: list[Condition] | None = None
@@ -162,29 +158,36 @@ class ModelConfig(_Strict):
     sampler: dict[str, Any] = Field(default_factory=dict)
     time_step: str | None = None
 
+    @field_validator("sampler")
+    @classmethod
+    def _sampler(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            SamplerConfig.from_dict(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
     @model_validator(mode="after")
     def _kind_rules(self) -> ModelConfig:
-        allowed = ALLOWED_CONDITIONS[self.kind]
+        kind = get_kind(self.kind)
         if self.stage is None:
-            self.stage = "regression" if "regression" in allowed else "diffusion"
-        if self.stage not in allowed:
-            raise ValueError(f"kind {self.kind!r} has no {self.stage!r} stage; it has {sorted(allowed)}")
-        defaults = {"regression": sorted(allowed.get("regression", set()) - {"regression"}),
-                    "diffusion": sorted(allowed.get("diffusion", set()))}
+            self.stage = kind.default_stage()
+        if self.stage not in kind.stages:
+            raise ValueError(f"kind {self.kind!r} has no {self.stage!r} stage; it has {list(kind.stages)}")
         for stage in ("regression", "diffusion"):
             field = f"{stage}_conditions"
             given = getattr(self, field)
             if given is None:
-                setattr(self, field, defaults[stage] if stage in allowed else [])
+                setattr(self, field, kind.default_conditions(stage))
                 continue
-            if given and stage not in allowed:
-                raise ValueError(f"{field}: kind {self.kind!r} has no {stage} stage, so it takes no conditions")
-            bad = [c for c in given if c not in allowed.get(stage, set())]
-            if bad:
-                raise ValueError(f"{field}: {bad} not allowed for kind {self.kind!r}; "
-                                 f"allowed: {sorted(allowed[stage])}")
+            try:
+                kind.check_conditions(stage, given)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
         if self.loss.P_mean is None:
-            self.loss.P_mean = DEFAULT_P_MEAN[self.kind]
+            self.loss.P_mean = kind.P_mean
+        if self.loss.P_std is None:
+            self.loss.P_std = kind.P_std
         needs_reg = self.stage == "diffusion" and "regression" in (self.diffusion_conditions or [])
         if needs_reg and not self.regression_bundle:
             raise ValueError("a diffusion run conditioned on 'regression' needs model.regression_bundle "
@@ -287,7 +290,7 @@ class TrainConfig(_Strict):
         d = self.data
         if d.dataset_class is None and d.source is None:
             raise ValueError("data: set data.source (catalog entry, path or 'synthetic') or data.dataset_class")
-        if self.model.kind == "corrdiff" and d.dataset_class is None:
+        if not get_kind(self.model.kind).forecast and d.dataset_class is None:
             if not d.output_vars:
                 raise ValueError("data.output_vars: list the predicted variables")
         return self
@@ -337,11 +340,19 @@ def _read_yaml(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> dict[str
 
 
 def read_raw(config: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """The unvalidated nested dict of a preset / YAML path / dict with dotted overrides applied.
-
-    An override sets the value at its dotted key: ``data.params={}`` empties the preset's params
-    (``extends:`` chains, by contrast, merge mappings key by key)."""
+    """The unvalidated nested dict of a preset / YAML path / dict with dotted overrides applied."""
     raw = copy.deepcopy(dict(config)) if isinstance(config, dict) else _read_yaml(config)
+    return apply_overrides(raw, overrides)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``raw`` (changed in place and returned) with each ``dotted.key=value`` override set; values are YAML.
+
+    ``apply_overrides({}, ["training.lr=3.0e-4", "data.patch=[32, 32]"])`` ->
+    ``{"training": {"lr": 3.0e-4}, "data": {"patch": [32, 32]}}``. An override *sets* the value at its
+    key: ``data.params={}`` empties the preset's params (``extends:`` chains, by contrast, merge
+    mappings key by key); a later ``data.params.x=1`` then adds to it, and a dotted key below a
+    non-mapping value replaces that value by a mapping."""
     for item in overrides:
         key, value = _one_override(item)
         node = raw
@@ -371,20 +382,6 @@ def _one_override(item: str) -> tuple[list[str], Any]:
         raise ConfigError(explain("malformed override", expected="dotted.key=value", found=item,
                                   fix="write e.g. training.lr=1e-4"))
     return key.strip().split("."), (yaml.safe_load(text) if text.strip() else None)
-
-
-def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """``["training.lr=1e-4", "data.patch=[32, 32]"]`` -> nested dict; values parsed as YAML."""
-    out: dict[str, Any] = {}
-    for item in items:
-        parts, value = _one_override(item)
-        node = out
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(explain("conflicting overrides", found=item))
-        node[parts[-1]] = value
-    return out
 
 
 def load_config(config: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
@@ -468,11 +465,6 @@ def run_dir(cfg: TrainConfig) -> Path:
 
 def save_config(cfg: TrainConfig, path: str | Path) -> Path:
     """Write the resolved configuration as YAML (atomically)."""
-    import os
+    from ..atomic import atomic_write_text
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))

@@ -115,14 +115,14 @@ class RunLog:
 
 def save_image(path: Path, target: torch.Tensor, prediction: torch.Tensor, names: list[str], title: str = "") -> Path:
     """A PNG with one column per channel: target (top) and prediction (bottom), shared colour scale."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     target, prediction = target.detach().float().cpu(), prediction.detach().float().cpu()
     n = target.shape[0]
-    fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 4.4), squeeze=False)
+    fig = Figure(figsize=(2.2 * n, 4.4))  # its own Agg canvas: no pyplot, the user's backend untouched
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, n, squeeze=False)
     for c in range(n):
         lo = float(torch.minimum(target[c].min(), prediction[c].min()))
         hi = float(torch.maximum(target[c].max(), prediction[c].max()))
@@ -135,5 +135,4 @@ def save_image(path: Path, target: torch.Tensor, prediction: torch.Tensor, names
     fig.suptitle(title, fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
-    plt.close(fig)
     return path

@@ -38,13 +38,13 @@ HEADERS = ("type", "factor", "params", "FLOPs/step", "samples/s", "steps", "loss
 
 def _network(raw: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     """The network arguments in effect (size table + overrides) and whether it is a transformer."""
-    from ..models.specs import TRANSFORMER_SIZES, UNET_SIZES
+    from ..models.kinds import KIND_NAMES, get_kind
+    from ..models.specs import DEFAULT_SIZE
 
     model = raw.get("model", {})
-    transformer = model.get("kind") in ("stormscope", "vit")
-    table = TRANSFORMER_SIZES if transformer else UNET_SIZES
-    size = model.get("size", "mini")
-    return {**table.get(size, {}), **model.get("network", {})}, transformer
+    kind = get_kind(model.get("kind", KIND_NAMES[0]))
+    size = model.get("size", DEFAULT_SIZE)
+    return {**kind.size_table().get(size, {}), **model.get("network", {})}, kind.sizes == "transformer"
 
 
 def _round_to(value: float, multiple: int) -> int:

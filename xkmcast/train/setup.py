@@ -48,6 +48,13 @@ def build_run(cfg: TrainConfig, pipeline=None, train_data=None, valid_data=None,
     return pipeline, data.train, data.valid
 
 
+def _forecast(cfg: TrainConfig) -> bool:
+    """The run's kind steps a state forward (else it downscales)."""
+    from ..models.kinds import get_kind
+
+    return get_kind(cfg.model.kind).forecast
+
+
 def _regression_base(cfg: TrainConfig):
     """The regression bundle a diffusion run builds on (loaded, frozen), or None."""
     m = cfg.model
@@ -84,11 +91,11 @@ def build_datasets(cfg: TrainConfig, stats: dict | None, env: D.DistEnv) -> RunD
     ds = open_store(store_path)
     roles = _role_stats(ds, cfg, stats)
     train_t, valid_t = _time_split(ds, cfg)
-    if cfg.model.kind == "corrdiff":
+    if not _forecast(cfg):
         args = (store_path, d.input_vars, d.output_vars, d.invariants)
         store_stats = _store_stats(roles, "input", d.input_vars, d.output_vars, d.invariants)
-        train = DownscalingSamples(*args, stats=store_stats, times=train_t, seed=cfg.training.seed)
-        valid = DownscalingSamples(*args, stats=store_stats, times=valid_t, seed=cfg.training.seed) if valid_t else None
+        train = DownscalingSamples(*args, stats=store_stats, times=train_t)
+        valid = DownscalingSamples(*args, stats=store_stats, times=valid_t) if valid_t else None
     else:
         state = d.output_vars or d.input_vars
         args = (store_path, state, d.background_vars, d.invariants)
@@ -146,7 +153,7 @@ def _training_store(cfg: TrainConfig, env: D.DistEnv) -> Path:
         fine, coarse = _fine_and_coarse(cfg)
         from ..data.prepare import prepare
 
-        forecast = cfg.model.kind != "corrdiff"
+        forecast = _forecast(cfg)
         inputs = d.background_vars if forecast else d.input_vars
         outputs = (d.output_vars or d.input_vars) if forecast else d.output_vars
         # prepare() needs at least one coarse input; a forecast without background stores an unused one
@@ -177,7 +184,7 @@ def _role_stats(ds, cfg: TrainConfig, given: dict | None) -> dict[str, Any]:
     if given:
         return {role: Stats.from_dict(doc) for role, doc in given.items()}
     d = cfg.data
-    forecast = cfg.model.kind != "corrdiff"
+    forecast = _forecast(cfg)
     inputs = d.background_vars if forecast else d.input_vars
     outputs = (d.output_vars or d.input_vars) if forecast else d.output_vars
     store = Stats.from_attrs(ds) or compute_stats(ds)
@@ -211,7 +218,7 @@ def _time_split(ds, cfg: TrainConfig):
         return slice(tr.start, tr.end), (slice(va.start, va.end) if (va.start or va.end) else None)
     n = ds.sizes["time"]
     n_valid = int(round(n * d.valid_fraction))
-    if cfg.model.kind != "corrdiff" and d.valid_fraction > 0:
+    if _forecast(cfg) and d.valid_fraction > 0:
         n_valid = max(n_valid, 2)  # a forecast sample needs two consecutive times
     n_train = max(1, int(round((n - n_valid) * d.train_fraction)))
     return list(range(n_train)), (list(range(n - n_valid, n)) if n_valid else None)
@@ -234,60 +241,22 @@ def build_pipeline_for(cfg: TrainConfig, data: RunData, base=None):
 
 
 def _spec(cfg: TrainConfig, data: RunData, base):
-    from .. import models
+    """The spec of the run (:func:`xkmcast.models.specs.spec_from_config`), with the statistics of the
+    data, or the regression stage, statistics and grid of ``base``."""
+    from ..models.specs import spec_from_config
 
-    m, d = cfg.model, cfg.data
+    d = cfg.data
     shape = tuple(data.shape or base.spec.grid["shape"])
     if data.state_vars is not None:  # a user dataset class names its channels
         d = d.model_copy(update={"output_vars": d.output_vars or data.state_vars,
                                  "background_vars": d.background_vars or data.background_vars})
-    loss = _spec_loss(cfg)
-    if m.kind == "corrdiff":
-        stages = ("regression", "diffusion") if (m.stage == "regression" or "regression" in m.diffusion_conditions) \
-            else ("diffusion",)
-        inv = d.invariants if "invariant" in (m.regression_conditions if m.stage == "regression"
-                                              else m.diffusion_conditions) else []
-        spec = models.corrdiff_spec(d.input_vars, d.output_vars, shape, invariant_vars=inv, size=m.size,
-                                    patch=d.patch, condition_on_mean=m.condition_on_mean, input_skip=m.input_skip,
-                                    stages=stages if m.stage == "diffusion" else ("regression",),
-                                    network_overrides=m.network, sampler=m.sampler, loss=loss)
-    elif m.kind == "stormcast":
-        stages = ("regression",) if m.stage == "regression" else (
-            ("regression", "diffusion") if "regression" in m.diffusion_conditions else ("diffusion",))
-        spec = models.stormcast_spec(d.output_vars or d.input_vars, shape, background_vars=d.background_vars,
-                                     invariant_vars=d.invariants, size=m.size, stages=stages,
-                                     regression_conditions=m.regression_conditions,
-                                     diffusion_conditions=m.diffusion_conditions, network_overrides=m.network,
-                                     sampler=m.sampler, loss=loss, time_step=m.time_step or "1h")
-    elif m.kind == "stormscope":
-        spec = models.stormscope_spec(d.output_vars or d.input_vars, shape, background_vars=d.background_vars,
-                                      invariant_vars=d.invariants, size=m.size,
-                                      diffusion_conditions=m.diffusion_conditions, network_overrides=m.network,
-                                      sampler=m.sampler, loss=loss, time_step=m.time_step or "1h")
-    else:
-        spec = models.vit_spec(d.output_vars or d.input_vars, shape, background_vars=d.background_vars,
-                               invariant_vars=d.invariants, size=m.size, conditions=m.regression_conditions,
-                               network_overrides=m.network, loss=loss, time_step=m.time_step or "6h")
-    sd = m.loss.sigma_data
-    for entry in spec.networks.values():
-        if entry.get("precond") and "sigma_data" in entry["precond"]:
-            entry["precond"]["sigma_data"] = sd
+    spec = spec_from_config(cfg.model, d, shape)
     if base is not None:
         spec.networks["regression"] = base.spec.networks["regression"]
         spec.stats, spec.grid = base.spec.stats, base.spec.grid
     elif data.stats is not None:
         spec.stats = {role: stats.to_dict() for role, stats in data.stats.items()}
     return spec
-
-
-def _spec_loss(cfg: TrainConfig) -> dict[str, Any]:
-    """The loss settings of the config in the pipelines' vocabulary."""
-    loss = cfg.model.loss
-    out: dict[str, Any] = {"sigma_distribution": loss.sigma_distribution, "P_mean": loss.P_mean, "P_std": loss.P_std,
-                           "sigma_min": loss.sigma_min, "sigma_max": loss.sigma_max}
-    if loss.channel_weights is not None:
-        out["channel_weights"] = list(loss.channel_weights)
-    return out
 
 
 def _attach_grid(pipeline, data: RunData, cfg: TrainConfig) -> None:

@@ -1,0 +1,167 @@
+"""The model kinds xkmcast knows: one table that configuration, training setup, spec factories,
+pipelines, the CLI and the docs read.
+
+A kind is a :class:`ModelKind` row of :data:`KINDS`:
+
+* ``conditions``: its stages (in order) and the conditions each stage accepts, from ``state`` (x_t),
+  ``background`` (coarse fields on the model grid; for downscaling the coarse input), ``invariant``
+  (static fields) and ``regression`` (the regression mean, for a diffusion stage);
+* ``defaults``: the conditions a stage takes when the configuration names none (None: all it accepts);
+* ``sigma_prior``: the training noise prior ln sigma ~ N(P_mean, P_std^2) of its diffusion stage, by
+  its name in :func:`xkmcast.diffusion.losses.sigma_distribution` ("edm": -1.2, 1.2; "residual": 0, 1.2);
+* ``sampler``: the :class:`~xkmcast.diffusion.samplers.SamplerConfig` its bundles default to (None:
+  deterministic kind);
+* ``time_step``: the forecast step (None: a downscaling kind);
+* ``sizes``: which network size table it uses (:data:`xkmcast.models.specs.UNET_SIZES` or
+  ``TRANSFORMER_SIZES``);
+* ``spec`` / ``pipeline``: the spec factory in :mod:`xkmcast.models.specs` and the pipeline class
+  (``module:Class`` under :mod:`xkmcast.models`, imported when first needed).
+
+Adding a kind: one row here, its spec factory and its pipeline class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..diffusion.losses import sigma_distribution
+from ..diffusion.samplers import SamplerConfig
+from ..errors import ConfigError, explain
+
+__all__ = ["CONDITIONS", "STAGES", "ModelKind", "KINDS", "KIND_NAMES", "get_kind"]
+
+#: the condition names, in the order their tensors are concatenated
+CONDITIONS: tuple[str, ...] = ("state", "background", "invariant", "regression")
+#: the stage names, in training order
+STAGES: tuple[str, ...] = ("regression", "diffusion")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelKind:
+    """One model kind (see the module docstring for the fields)."""
+
+    name: str
+    pipeline: str
+    spec: str
+    conditions: Mapping[str, tuple[str, ...]]
+    sigma_prior: str = "edm"
+    sampler: SamplerConfig | None = SamplerConfig()
+    time_step: str | None = None
+    sizes: str = "unet"
+    description: str = ""
+    defaults: Mapping[str, tuple[str, ...]] | None = None
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The stages the kind has, in training order."""
+        return tuple(s for s in STAGES if s in self.conditions)
+
+    @property
+    def P_mean(self) -> float:
+        """The centre of the kind's lognormal noise prior."""
+        return float(sigma_distribution(self.sigma_prior).P_mean)
+
+    @property
+    def P_std(self) -> float:
+        """The width of the kind's lognormal noise prior."""
+        return float(sigma_distribution(self.sigma_prior).P_std)
+
+    @property
+    def forecast(self) -> bool:
+        """Steps a state forward in time (else downscales)."""
+        return self.time_step is not None
+
+    def default_stage(self) -> str:
+        """The stage a run trains when the configuration names none: the first one."""
+        return self.stages[0]
+
+    def stages_for(self, stage: str, diffusion_conditions: Sequence[str] = ()) -> tuple[str, ...]:
+        """The networks a pipeline trained at ``stage`` holds: a regression run only its
+        regression; a diffusion run also the (frozen) regression when it is conditioned on it."""
+        if stage == "regression":
+            return ("regression",)
+        return ("regression", "diffusion") if "regression" in diffusion_conditions else ("diffusion",)
+
+    def check_conditions(self, stage: str, names: Sequence[str], *, stages: Sequence[str] | None = None,
+                         background_vars: Sequence[str] | None = None,
+                         invariant_vars: Sequence[str] | None = None) -> None:
+        """ConfigError unless ``names`` are conditions ``stage`` accepts; with ``stages``,
+        ``background_vars`` / ``invariant_vars`` given, also that what they name exists."""
+        if stage not in self.conditions:
+            if names:
+                raise ConfigError(explain(f"{stage}_conditions: kind {self.name!r} has no {stage} stage, so it "
+                                          "takes no conditions", expected=list(self.stages), found=list(names)))
+            return
+        allowed = self.conditions[stage]
+        bad = [c for c in names if c not in allowed]
+        if bad:
+            hint = " (it is diffusion-only)" if self.stages == ("diffusion",) and "regression" in bad else ""
+            raise ConfigError(explain(f"{stage}_conditions: {bad} not allowed for kind {self.name!r}{hint}",
+                                      expected=sorted(allowed), found=list(names)))
+        if stages is not None and "regression" in names and "regression" not in stages:
+            raise ConfigError(explain(f"{stage}_conditions name 'regression' but the model has no regression stage",
+                                      expected="a regression stage (or drop 'regression' from the conditions)",
+                                      found=list(stages)))
+        for cond, given in (("background", background_vars), ("invariant", invariant_vars)):
+            if given is not None and cond in names and not given:
+                raise ConfigError(explain(f"{cond!r} is a condition but no {cond} variables are given",
+                                          expected=f"{cond}_vars", found=[]))
+
+    def default_conditions(self, stage: str) -> list[str]:
+        """The conditions of ``stage`` when none are named, sorted as a configuration records them
+        ([] when the kind has no such stage; tensors are concatenated in :data:`CONDITIONS` order)."""
+        return sorted((self.defaults if self.defaults is not None else self.conditions).get(stage, ()))
+
+    def pipeline_class(self) -> type:
+        module, _, name = self.pipeline.partition(":")
+        return getattr(importlib.import_module(f"{__package__}.{module}"), name)
+
+    def spec_factory(self):
+        from . import specs
+
+        return getattr(specs, self.spec)
+
+    def size_table(self) -> dict[str, dict[str, Any]]:
+        from . import specs
+
+        return {"unet": specs.UNET_SIZES, "transformer": specs.TRANSFORMER_SIZES}[self.sizes]
+
+
+KINDS: dict[str, ModelKind] = {k.name: k for k in (
+    ModelKind(
+        "corrdiff", "corrdiff:CorrDiff", "corrdiff_spec",
+        conditions={"regression": ("background", "invariant"),
+                    "diffusion": ("background", "invariant", "regression")},
+        sigma_prior="residual", description="downscaling: regression U-Net + residual EDM diffusion (Mardani et al. 2023)",
+    ),
+    ModelKind(
+        "stormcast", "stormcast:StormCast", "stormcast_spec",
+        conditions={"regression": ("state", "background", "invariant"), "diffusion": CONDITIONS},
+        time_step="1h", description="forecast: regression U-Net + EDM diffusion (Pathak et al. 2024)",
+    ),
+    ModelKind(
+        "stormscope", "stormcast:Stormscope", "stormscope_spec",
+        conditions={"diffusion": ("state", "background", "invariant")},
+        time_step="1h", sizes="transformer", description="forecast: diffusion-only DiT",
+    ),
+    ModelKind(
+        "vit", "transformer:WeatherTransformer", "vit_spec",
+        conditions={"regression": ("state", "background", "invariant")},
+        sampler=None, time_step="6h", sizes="transformer",
+        description="forecast: deterministic vision transformer",
+    ),
+)}
+
+#: the kind names, in table order
+KIND_NAMES: tuple[str, ...] = tuple(KINDS)
+
+
+def get_kind(name: str) -> ModelKind:
+    """The row of kind ``name``; ConfigError listing the known kinds otherwise."""
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise ConfigError(explain("Unknown model kind", expected=list(KINDS), found=name)) from None
