@@ -75,6 +75,7 @@ def reference(root, x, latents):
     return (mean + res) * out_s + out_c, mean[0] * out_s[0] + out_c[0]
 
 
+@pytest.mark.slow
 def test_by_folder_matches_earth2studio_steps(package):
     model = xkmcast.load_model(package)
     assert model.spec.sampler == {"sampler": "heun", "num_steps": 6, "rho": 7.0, "sigma_min": 0.002, "sigma_max": 400.0}

@@ -113,6 +113,7 @@ def _rel(a, b):
 
 
 # ---------------------------------------------------------------------------------------- tests
+@pytest.mark.slow
 def test_by_name_through_the_ngc_files_api_matches_earth2studio_steps(package, tmp_path, http_server, monkeypatch):
     served = tmp_path / "served"
     served.mkdir()
@@ -200,6 +201,7 @@ def test_published_grid_450(tmp_path):
     assert _rel(np.stack([fine[v].values[:, 0] for v in names], axis=1), ref.numpy()) < 1e-4
 
 
+@pytest.mark.slow
 def test_cli_downscale_by_name(package, tmp_path, http_server, monkeypatch):
     from typer.testing import CliRunner
 

@@ -80,6 +80,7 @@ def test_load_model_with_mdlus_and_spec_works_as_documented(tmp_path):
         xkmcast.load_model(tmp_path, mdlus={"regression": tmp_path / "regression.mdlus"}, spec=spec)
 
 
+@pytest.mark.slow
 def test_a_loaded_package_saves_as_a_bundle_and_reloads_exactly(tmp_path):
     """Fine-tuning starts from a bundle: the Taiwan adapter (grid channels, legacy condition scaling) survives."""
     from _packages import build_taiwan

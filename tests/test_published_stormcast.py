@@ -93,6 +93,7 @@ def reference(root, state, background, latents, sampler, num_steps):
     return (out + edm) * stds + means, out * stds + means
 
 
+@pytest.mark.slow
 def test_by_name_from_hugging_face_pinned_revision(package, tmp_path, http_server, monkeypatch):
     served = tmp_path / "served"
     server = http_server(served)
@@ -115,6 +116,7 @@ def test_by_name_from_hugging_face_pinned_revision(package, tmp_path, http_serve
     assert cached.read_bytes() == (package / "EDMPrecond.0.0.mdlus").read_bytes()
 
 
+@pytest.mark.slow
 def test_grid_is_the_published_hrrr_window():
     from xkmcast.models.published.stormcast_v1 import HRRR_WINDOW, hrrr_subgrid
 
@@ -127,6 +129,7 @@ def test_grid_is_the_published_hrrr_window():
     assert grid["grid_mapping"]["longitude_of_central_meridian"] == 262.5
 
 
+@pytest.mark.slow
 def test_forecast_matches_earth2studio_steps(package):
     model = xkmcast.load_model(package, package_options={"hrrr_window": WINDOW})
     assert model.spec.sampler["sigma_max"] == 400.0 and model.spec.sampler["num_steps"] == 18
@@ -179,6 +182,7 @@ def test_refuses_what_it_cannot_honour(package, tmp_path):
         xkmcast.load_model(bad, package_options={"hrrr_window": WINDOW})
 
 
+@pytest.mark.slow
 def test_forecast_with_an_era5_background_on_its_own_grid(package):
     """The documented call: the background on a 0.25 deg lat / lon grid (-180..180) is regridded onto HRRR."""
     model = xkmcast.load_model(package, package_options={"hrrr_window": WINDOW})
