@@ -29,7 +29,7 @@ def _case(size: str, times: int, members: int, steps: int, workdir: str) -> dict
 
     import xkmcast  # noqa: F401
     from xkmcast.data.stats import Stats
-    from xkmcast.grid import find_grid, make_lambert_grid
+    from xkmcast.fields.grid import find_grid, make_lambert_grid
     from xkmcast.models import build_pipeline, corrdiff_spec
 
     torch.manual_seed(0)

@@ -29,7 +29,7 @@ def main() -> None:
     import xkmcast
     from xkmcast.demo import DEMO_TIMES, run_demo
     from xkmcast.diffusion.samplers import nfe
-    from xkmcast.metrics import crps
+    from xkmcast.fields.metrics import crps
 
     bundle = args.bundle
     if bundle is None:

@@ -26,7 +26,7 @@ from xkmcast.data.prepare import prepare
 from xkmcast.data.samples import DownscalingSamples
 from xkmcast.diffusion.patching import random_patches
 from xkmcast.data.synthetic import SyntheticWeather
-from xkmcast.grid import find_grid, make_lambert_grid, make_latlon_grid
+from xkmcast.fields.grid import find_grid, make_lambert_grid, make_latlon_grid
 
 INPUTS = ["t2m", "u10m", "v10m", "tp", "msl", "tcwv", "z500", "t850"]
 OUTPUTS = ["t2m", "u10m", "v10m", "tp"]

@@ -7,7 +7,7 @@ import torch
 import xarray as xr
 
 from xkmcast.data.stats import Stats
-from xkmcast.grid import find_grid, make_lambert_grid
+from xkmcast.fields.grid import find_grid, make_lambert_grid
 from xkmcast.models import build_pipeline, corrdiff_spec, stormcast_spec
 
 FINE_SHAPE = (16, 20)

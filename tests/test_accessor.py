@@ -9,12 +9,12 @@ import pytest
 import xarray as xr
 
 import xkmcast  # noqa: F401  (registers the accessor)
-from xkmcast import grid as grid_mod
-from xkmcast import inference, plot, regrid, rollout, scoring, variables
-from xkmcast.grid import make_latlon_grid
+from xkmcast.fields import grid as grid_mod
+from xkmcast.fields import downscale, forecast, plot, regrid, scoring, variables
+from xkmcast.fields.grid import make_latlon_grid
 
 BOUND = {
-    "downscale": inference.downscale, "forecast": rollout.forecast, "regrid": regrid.regrid,
+    "downscale": downscale.downscale, "forecast": forecast.forecast, "regrid": regrid.regrid,
     "score": scoring.score, "variables": variables.select_variables,
 }
 PLOTS = {"map": plot.map, "members": plot.members, "spectra": plot.spectra, "animate": plot.animate}
@@ -44,7 +44,7 @@ def test_methods_show_the_real_signature_and_docstring(ds):
     assert inspect.signature(ds.kmcast.downscale).parameters["members"].default == 1
     assert inspect.signature(ds.kmcast.forecast).parameters["steps"].default == 12
     assert inspect.signature(ds["t2m"].kmcast.regrid).parameters["method"].default == "bilinear"
-    assert type(ds).kmcast.downscale is inference.downscale  # on the class: the function itself
+    assert type(ds).kmcast.downscale is downscale.downscale  # on the class: the function itself
 
 
 def test_bound_methods_give_what_the_functions_give(ds):

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from _tiny import coarse_dataset, state_dataset, tiny_corrdiff, tiny_stormcast
 from xkmcast.cli import app
 from xkmcast.models.bundle import save_bundle
-from xkmcast.scoring import open_corrdiff_netcdf
+from xkmcast.fields.scoring import open_corrdiff_netcdf
 
 runner = CliRunner()
 

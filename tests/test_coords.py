@@ -1,4 +1,4 @@
-"""xkmcast.coords: the one coordinate-criteria table, read by grid detection, layouts and scoring."""
+"""xkmcast.fields.coords: the one coordinate-criteria table, read by grid detection, layouts and scoring."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import cf_xarray
 import numpy as np
 import xarray as xr
 
-from xkmcast import grid, scoring
-from xkmcast.coords import COORDINATES, CRITERIA, coordinate_attrs, coordinate_key, coordinate_names
+from xkmcast.fields import grid, scoring
+from xkmcast.fields.coords import COORDINATES, CRITERIA, coordinate_attrs, coordinate_key, coordinate_names
 from xkmcast.data import layouts
 
 

@@ -14,7 +14,7 @@ import xarray as xr
 from xkmcast.data import layout_stats, open_dataset
 from xkmcast.data.layouts import canonical_name, detect_layout
 from xkmcast.errors import ConfigError, IntegrityError, InvalidDataError, MissingVariableError
-from xkmcast.grid import HRRR_CRS_CF
+from xkmcast.fields.grid import HRRR_CRS_CF
 
 RNG = np.random.default_rng(0)
 
@@ -344,7 +344,7 @@ def test_canonical_name(label, level, expected):
 
 def test_results_feed_find_grid(stormcast, cwa_store):
     """The grid finder used by inference sees one unambiguous grid (HRRR with its CRS; CWA 2-D lat/lon)."""
-    from xkmcast.grid import find_grid
+    from xkmcast.fields.grid import find_grid
 
     root, x, _, lat = stormcast
     grid = find_grid(open_dataset(root))

@@ -15,7 +15,7 @@ from xkmcast.data.prepare import open_store, prepare, split_stats
 from xkmcast.data.stats import Stats
 from xkmcast.data.synthetic import SyntheticWeather
 from xkmcast.errors import ConfigError, MissingVariableError, TimeCoverageError
-from xkmcast.grid import find_grid, make_lambert_grid, make_latlon_grid
+from xkmcast.fields.grid import find_grid, make_lambert_grid, make_latlon_grid
 
 INPUTS, OUTPUTS, INVARIANTS = ["t2m", "u10m", "tp", "msl"], ["t2m", "tp"], ["orog", "lsm"]
 

@@ -15,7 +15,7 @@ from xkmcast.data.samples import DownscalingSamples, ForecastSamples
 from xkmcast.data.stats import Stats
 from xkmcast.data.synthetic import SyntheticWeather
 from xkmcast.errors import ConfigError, MissingVariableError, TimeCoverageError
-from xkmcast.grid import find_grid, make_lambert_grid, make_latlon_grid
+from xkmcast.fields.grid import find_grid, make_lambert_grid, make_latlon_grid
 
 IN, OUT, INV = ["t2m", "u10m", "msl"], ["t2m", "tp"], ["orog", "lsm"]
 

@@ -9,7 +9,7 @@ from scipy.interpolate import RegularGridInterpolator
 
 from xkmcast.data.make_sample import SAMPLE_PATH, _DIGITS, build_sample, open_sample, split_sample
 from xkmcast.data.synthetic import SyntheticWeather, block_mean, synthetic_pair
-from xkmcast.grid import find_grid, make_lambert_grid, make_latlon_grid
+from xkmcast.fields.grid import find_grid, make_lambert_grid, make_latlon_grid
 
 FACTOR = 8
 

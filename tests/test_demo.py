@@ -22,7 +22,7 @@ from xkmcast.demo import DEMO_TIMES, run_demo
 
 
 def _bilinear(coarse: xr.DataArray, lat2: np.ndarray, lon2: np.ndarray) -> np.ndarray:
-    """Bilinear interpolation in (latitude, longitude) degrees with scipy, independent of xkmcast.regrid."""
+    """Bilinear interpolation in (latitude, longitude) degrees with scipy, independent of xkmcast.fields.regrid."""
     c = coarse.sortby("latitude")
     f = RegularGridInterpolator((c.latitude.values, c.longitude.values), c.values, method="linear")
     return f(np.stack([lat2.ravel(), lon2.ravel()], axis=-1)).reshape(lat2.shape)

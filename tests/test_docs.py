@@ -111,7 +111,7 @@ def test_site_builds_in_strict_mode(tmp_path):
     for page in ["index.html", "api/index.html", *[f"guide/{p.stem}/index.html" for p in GUIDE]]:
         assert (tmp_path / "site" / page).is_file(), page
     api = (tmp_path / "site" / "api" / "index.html").read_text()
-    assert 'id="xkmcast.inference.downscale"' in api and 'id="xkmcast.regrid.Regridder"' in api
+    assert 'id="xkmcast.fields.downscale.downscale"' in api and 'id="xkmcast.fields.regrid.Regridder"' in api
 
 
 def _xkmcast_references(code: str) -> tuple[set[tuple[str, str]], set[tuple[str, frozenset]]]:

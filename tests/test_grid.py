@@ -9,7 +9,7 @@ from pyproj import CRS, Transformer
 
 import xkmcast  # noqa: F401  (accessor)
 from xkmcast.errors import CoordinateError, GridError
-from xkmcast.grid import HRRR_CRS_CF, find_grid, make_lambert_grid, make_latlon_grid
+from xkmcast.fields.grid import HRRR_CRS_CF, find_grid, make_lambert_grid, make_latlon_grid
 
 
 def test_wrf_guam_real_output(guam):

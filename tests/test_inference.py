@@ -130,7 +130,7 @@ def test_nan_input_is_refused_before_anything_is_written(pipe, tmp_path):
     ds["2t"][1, :, :] = np.nan
     with pytest.raises(InvalidDataError, match="2024-05-01T01"):
         ds.kmcast.downscale(pipe)
-    from xkmcast.io import write_dataset
+    from xkmcast.fields.io import write_dataset
 
     out = tmp_path / "out.zarr"
     with pytest.raises(InvalidDataError, match="2024-05-01T01"):  # lazy: raised while writing at the latest

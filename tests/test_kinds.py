@@ -119,8 +119,8 @@ def test_downscale_and_forecast_name_the_kinds_that_do_them():
     import xarray as xr
 
     from xkmcast.errors import XkmcastError
-    from xkmcast.inference import downscale
-    from xkmcast.rollout import forecast
+    from xkmcast.fields.downscale import downscale
+    from xkmcast.fields.forecast import forecast
 
     pipes = {kind: build_pipeline(spec_from_config(_config(kind, KINDS[kind].stages[0]).model,
                                                    _config(kind, KINDS[kind].stages[0]).data, SHAPE))

@@ -1,4 +1,4 @@
-"""Tests of xkmcast.metrics / xkmcast.metrics_spectra against analytic cases and second libraries.
+"""Tests of xkmcast.fields.metrics / xkmcast.fields.spectra against analytic cases and second libraries.
 
 References: closed-form CRPS of a Gaussian, scoringrules (estimators "nrg", "qd", "int" = plain,
 "fair", "pwm" = fair), xskillscore (crps_ensemble, rmse, mae, rank_histogram), scipy.signal.periodogram,
@@ -16,7 +16,7 @@ import scipy.signal
 import scipy.stats
 import xarray as xr
 
-from xkmcast import metrics as M
+from xkmcast.fields import metrics as M
 from xkmcast.errors import CoordinateError, InvalidDataError
 
 GUAM = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data" / "guam.nc"

@@ -1,4 +1,4 @@
-"""Tests of xkmcast.plot: figures are rendered to PNG / GIF files and checked as images.
+"""Tests of xkmcast.fields.plot: figures are rendered to PNG / GIF files and checked as images.
 
 Real data: guam.nc, WRF 0.78 km output around Guam from "Dynamical Downscaled and Projected Climate
 for the Pacific Islands - Guam" (creator Chunxi Zhang, University of Hawaii; served by USGS CIDA;
@@ -23,8 +23,8 @@ import scipy.ndimage  # noqa: E402
 import xarray as xr  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from xkmcast import plot as P  # noqa: E402
-from xkmcast.grid import make_lambert_grid, make_latlon_grid  # noqa: E402
+from xkmcast.fields import plot as P  # noqa: E402
+from xkmcast.fields.grid import make_lambert_grid, make_latlon_grid  # noqa: E402
 
 GUAM = Path(__file__).resolve().parents[2] / "shared" / "data" / "guam.nc"
 needs_guam = pytest.mark.skipif(not GUAM.exists(), reason=f"shared test data not found at {GUAM}")
@@ -67,7 +67,7 @@ def with_field(grid: xr.Dataset, seed=0, name="t2m") -> xr.Dataset:
 
 
 def test_import_does_not_load_cartopy_or_pyplot():
-    code = "import sys, xkmcast.plot; print('cartopy' in sys.modules, 'matplotlib.pyplot' in sys.modules)"
+    code = "import sys, xkmcast.fields.plot; print('cartopy' in sys.modules, 'matplotlib.pyplot' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 
@@ -175,8 +175,8 @@ def test_saving_figures_leaves_the_backend_and_pyplot_alone(tmp_path):
 import sys, matplotlib, numpy as np, torch, xarray as xr
 matplotlib.use("svg")  # a user's choice the library must not change
 from pathlib import Path
-from xkmcast import plot
-from xkmcast.grid import make_latlon_grid
+from xkmcast.fields import plot
+from xkmcast.fields.grid import make_latlon_grid
 from xkmcast.train.logging import save_image
 out = Path({str(tmp_path)!r})
 g = make_latlon_grid(np.linspace(10, 12, 6), np.linspace(140, 143, 8))

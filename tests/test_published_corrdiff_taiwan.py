@@ -162,13 +162,14 @@ def test_by_folder_and_archive_give_the_same_model(package, tmp_path, monkeypatc
 
 def test_any_input_covering_the_input_grid_is_regridded_onto_it_first(package):
     """A finer ERA5 (0.125 deg over a larger box) gives what its bilinear onto the 0.25 deg grid gives."""
-    from xkmcast.regrid import regrid
+    from xkmcast.fields.downscale import onto_input_grid
+    from xkmcast.fields.regrid import regrid
 
     model = xkmcast.load_model(package)
     coarse = era5_on_input_grid(times=1)
     fine_in = coarse.interp(lat=np.arange(19.0, 28.3, 0.125), lon=np.arange(115.5, 126.4, 0.125),
                             kwargs={"fill_value": None})
-    onto = regrid(fine_in, xkmcast.inference.onto_input_grid(coarse, model.spec.extra["input_grid"]))
+    onto = regrid(fine_in, onto_input_grid(coarse, model.spec.extra["input_grid"]))
     a = fine_in.kmcast.downscale(model, members=1, num_steps=1, include_mean=True)
     b = onto.kmcast.downscale(model, members=1, num_steps=1, include_mean=True)
     np.testing.assert_allclose(a["t2m_regression"].values, b["t2m_regression"].values, rtol=1e-5)

@@ -1,4 +1,4 @@
-"""Tests of xkmcast.regrid against analytic cases, conservation laws and two other libraries.
+"""Tests of xkmcast.fields.regrid against analytic cases, conservation laws and two other libraries.
 
 References used: exactness of bilinear / linear interpolation on (bi)linear fields, spherical cell
 areas computed here from the cell bounds we build, xarray's own ``Dataset.interp`` and the
@@ -12,7 +12,7 @@ import pytest
 import xarray as xr
 
 from xkmcast.errors import DomainCoverageError, GridError, OptionalDependencyError
-from xkmcast.regrid import Regridder, regrid
+from xkmcast.fields.regrid import Regridder, regrid
 
 RNG = np.random.default_rng(0)
 
@@ -314,7 +314,7 @@ def test_four_d_input_keeps_coords_and_passes_through():
     xr.testing.assert_identical(out["p_level"].drop_vars("crs"), ds["p_level"])  # scalar coords attach to all
     one = regrid(ds["t"].isel(time=1, level=0), tgt)  # a DataArray slice: same numbers
     np.testing.assert_allclose(out["t"].isel(time=1, level=0).values, one.values, rtol=0, atol=1e-6)
-    from xkmcast.grid import find_grid
+    from xkmcast.fields.grid import find_grid
 
     unnamed = regrid(ds["t"].isel(time=1, level=0).rename(None), find_grid(tgt))  # a Grid as target
     assert unnamed.name is None and {"lat", "lon", "crs"} <= set(unnamed.coords)

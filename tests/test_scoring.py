@@ -1,4 +1,4 @@
-"""Tests of xkmcast.scoring: scores per variable checked against xskillscore / numpy, truth selection,
+"""Tests of xkmcast.fields.scoring: scores per variable checked against xskillscore / numpy, truth selection,
 the CorrDiff generate.py NetCDF layout (written here with netCDF4 the way generate.py writes it:
 root lat/lon (y, x) and time in hours since 1990-01-01, groups truth (time, y, x), prediction
 (ensemble, time, y, x), input (time, y, x)), score_files on NetCDF and zarr, and the table renderings.
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from xkmcast import scoring
+from xkmcast.fields import scoring
 from xkmcast.errors import InvalidDataError, MissingVariableError, TimeCoverageError
 
 xs = pytest.importorskip("xskillscore", reason="xskillscore is a test extra")

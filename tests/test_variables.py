@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 
 from xkmcast.errors import MissingVariableError, UnitError
-from xkmcast.variables import G, convert_units, deaccumulate, find_variable, get_variable, select_variables, variable_info
+from xkmcast.fields.variables import G, convert_units, deaccumulate, find_variable, get_variable, select_variables, variable_info
 
 
 def test_era5_aliases_levels_and_units(era5_like):
@@ -91,7 +91,7 @@ def test_lazy_conversion_stays_lazy(era5_like):
 
 def test_layout_names_and_attributes_come_from_the_variables_table():
     from xkmcast.data.layouts import canonical_name, variable_attrs
-    from xkmcast.variables import _table, canonical_alias, variable_info
+    from xkmcast.fields.variables import _table, canonical_alias, variable_info
 
     surface, levels = _table()
     for canon, info in surface.items():  # every alias in variables.yaml maps back to its name

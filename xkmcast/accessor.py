@@ -1,12 +1,12 @@
 """The ``.kmcast`` accessor: thin bindings of xkmcast functions onto Datasets and DataArrays.
 
 Each method *is* a library function with the object bound as its first argument (:class:`_Bound`):
-``help(ds.kmcast.downscale)`` shows the signature and docstring of :func:`xkmcast.inference.downscale`
+``help(ds.kmcast.downscale)`` shows the signature and docstring of :func:`xkmcast.fields.downscale.downscale`
 (without its first argument), and every default lives in that function only. The functions' modules
 are imported on first access of a method, so ``import xkmcast`` stays cheap.
 
 xarray keeps one accessor per object, so the :attr:`grid` found for an object is kept with it (after
-changing an object's coordinates in place, call :func:`xkmcast.grid.find_grid` again). Loaded
+changing an object's coordinates in place, call :func:`xkmcast.fields.grid.find_grid` again). Loaded
 networks are cached by :mod:`xkmcast.models.bundle`, never here.
 """
 
@@ -22,7 +22,7 @@ __all__ = ["KmcastDatasetAccessor", "KmcastDataArrayAccessor"]
 
 
 class _Bound:
-    """Descriptor: the function ``xkmcast.<module>.<name>`` with the accessor's object as first argument.
+    """Descriptor: the function ``xkmcast.fields.<module>.<name>`` with the accessor's object as first argument.
 
     On an accessor it returns a wrapper carrying the function's docstring (``functools.wraps``) and its
     signature without the first parameter (``__signature__``); on the class, the function itself.
@@ -35,7 +35,7 @@ class _Bound:
         self.name = self.name or name
 
     def function(self):
-        return getattr(importlib.import_module(f"xkmcast.{self.module}"), self.name)
+        return getattr(importlib.import_module(f"xkmcast.fields.{self.module}"), self.name)
 
     def __get__(self, accessor, owner=None):
         func = self.function()
@@ -53,7 +53,7 @@ class _Bound:
 
 
 class _PlotMethods:
-    """``obj.kmcast.plot.<kind>(...)``: the functions of :mod:`xkmcast.plot` bound to ``obj``."""
+    """``obj.kmcast.plot.<kind>(...)``: the functions of :mod:`xkmcast.fields.plot` bound to ``obj``."""
 
     def __init__(self, obj):
         self._obj = obj
@@ -70,8 +70,8 @@ class _CommonMethods:
 
     @functools.cached_property
     def grid(self):
-        """The horizontal grid (:class:`xkmcast.grid.Grid`): dims, 2-D lat/lon, x/y, CRS (found once per object)."""
-        from .grid import find_grid
+        """The horizontal grid (:class:`xkmcast.fields.grid.Grid`): dims, 2-D lat/lon, x/y, CRS (found once per object)."""
+        from .fields.grid import find_grid
 
         return find_grid(self._obj)
 
@@ -80,7 +80,7 @@ class _CommonMethods:
 
     @property
     def plot(self) -> _PlotMethods:
-        """Maps, member panels, spectra and animations; see :mod:`xkmcast.plot`."""
+        """Maps, member panels, spectra and animations; see :mod:`xkmcast.fields.plot`."""
         return _PlotMethods(self._obj)
 
 
@@ -89,8 +89,8 @@ class KmcastDatasetAccessor(_CommonMethods):
     """``ds.kmcast``: grid, variables, regrid, downscale, forecast, score, plot."""
 
     variables = _Bound("variables", "select_variables")
-    downscale = _Bound("inference")
-    forecast = _Bound("rollout")
+    downscale = _Bound("downscale")
+    forecast = _Bound("forecast")
 
 
 @xr.register_dataarray_accessor("kmcast")

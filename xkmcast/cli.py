@@ -133,8 +133,8 @@ def downscale(
     trust_host_hashes: bool = typer.Option(False, help=TRUST_HELP),
 ) -> None:
     """Downscale INPUT with MODEL and write OUTPUT (streamed time chunk by time chunk)."""
-    from .inference import downscale as run
-    from .io import write_corrdiff_netcdf, write_dataset
+    from .fields.downscale import downscale as run
+    from .fields.io import write_corrdiff_netcdf, write_dataset
 
     model = _model(model, known_hash, trust_host_hashes)
     ds = _open_input(input, part, times).chunk({"time": time_chunk})
@@ -169,8 +169,8 @@ def forecast(
     trust_host_hashes: bool = typer.Option(False, help=TRUST_HELP),
 ) -> None:
     """Roll MODEL forward from INIT and write OUTPUT (zarr: each step as soon as it is computed)."""
-    from .io import output_format, write_dataset
-    from .rollout import forecast as run
+    from .fields.io import output_format, write_dataset
+    from .fields.forecast import forecast as run
 
     model = _model(model, known_hash, trust_host_hashes)
     state = _open_input(init, part, times)
@@ -197,7 +197,7 @@ def score(
     """Score PREDICTION against TRUTH: CRPS, MAE, RMSE, spread, spread-skill per variable."""
     from rich.console import Console
 
-    from .scoring import format_table, score_files
+    from .fields.scoring import format_table, score_files
 
     scores = score_files(prediction, truth, out=output, baseline_path=baseline, keep=keep, fair=fair)
     Console().print(format_table(scores, title=f"scores of {prediction}"))

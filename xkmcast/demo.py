@@ -50,8 +50,8 @@ def run_demo(outdir: str | Path = "demo-output", *, members: int = 8, overrides:
     """Run the demo into ``outdir`` (see the module docstring); returns the scores and the two checks."""
     import xkmcast
     from xkmcast.data.prepare import prepare
-    from xkmcast.io import write_dataset
-    from xkmcast.scoring import format_table, score
+    from xkmcast.fields.io import write_dataset
+    from xkmcast.fields.scoring import format_table, score
     from xkmcast.train import load_config, train
 
     t0 = time.perf_counter()
@@ -126,19 +126,19 @@ def _first_last(values) -> str:
 
 
 def _ens_mae(result: xr.Dataset, truth: xr.Dataset, var: str) -> float:
-    from xkmcast.metrics import mae
+    from xkmcast.fields.metrics import mae
 
     return float(mae(result[var].mean("member"), truth[var]))
 
 
 def _plain_table(scores: xr.Dataset) -> str:
-    from xkmcast.scoring import format_text
+    from xkmcast.fields.scoring import format_text
 
     return format_text(scores) + "\n"
 
 
 def _plots(result, truth, bilinear, outputs, outdir: Path) -> None:
-    from xkmcast import plot  # figures written to files: own Agg canvases, the user's backend untouched
+    from xkmcast.fields import plot  # figures written to files: own Agg canvases, the user's backend untouched
 
     shown = result.isel(time=-1)
     for v in outputs:

@@ -17,7 +17,7 @@ cf         any CF NetCDF / zarr                           read_cf (here)        
 Conventions of the result (what the tests check):
 
 * one data variable per channel, named canonically (``t2m``, ``u10m``, ``z500``...) from the
-  variables table ``xkmcast/variables.yaml``; labels the table does not know are kept as they are, and
+  variables table ``xkmcast/fields/variables.yaml``; labels the table does not know are kept as they are, and
   the original label is in ``attrs["xkmcast_channel"]``; ``standard_name`` / ``units`` /
   ``long_name`` from the table (units are left out for ``tp``, whose unit differs between sources);
 * ``attrs["xkmcast_role"]`` says what the variable is in its recipe (``input``, ``target``, ``state``,
@@ -47,9 +47,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..coords import coordinate_attrs, coordinate_key
+from ..fields.coords import coordinate_attrs, coordinate_key
 from ..errors import ConfigError, InvalidDataError, MissingVariableError, explain
-from ..variables import canonical_alias, variable_info
+from ..fields.variables import canonical_alias, variable_info
 from .stats import STATS_ATTR, Stats
 
 __all__ = ["LAYOUTS", "canonical_name", "detect_layout", "layout_stats", "open_dataset", "read_cf"]
@@ -98,7 +98,7 @@ def canonical_name(label: Any, level: Any = None, *, model_levels: bool = False)
 
 
 def variable_attrs(name: str, label: Any = None) -> dict:
-    """CF attributes of a canonical variable from :mod:`xkmcast.variables` (empty for unknown names;
+    """CF attributes of a canonical variable from :mod:`xkmcast.fields.variables` (empty for unknown names;
     no ``units`` for ``tp``, whose unit differs between sources) plus the original ``label``."""
     try:
         attrs = variable_info(name).attrs

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from ..coords import coordinate_attrs
+from ..fields.coords import coordinate_attrs
 from ..errors import InvalidDataError, MissingVariableError, explain
 from .layouts import channel_dataset, channel_names, index_xy, set_stats, variable_attrs
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from ..coords import coordinate_attrs
+from ..fields.coords import coordinate_attrs
 from ..errors import InvalidDataError, MissingVariableError, explain
-from ..grid import HRRR_CRS_CF
+from ..fields.grid import HRRR_CRS_CF
 from .layouts import channel_dataset, channel_names, index_xy, set_stats
 
 __all__ = ["read_stormcast", "hrrr_projection_xy"]

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..coords import coordinate_attrs
+from ..fields.coords import coordinate_attrs
 from ..errors import InvalidDataError, MissingVariableError, explain
 from .layouts import channel_dataset, channel_names, set_stats
 

@@ -36,7 +36,7 @@ import pandas as pd
 import xarray as xr
 
 from ..atomic import atomic_path
-from ..grid import make_lambert_grid, make_latlon_grid
+from ..fields.grid import make_lambert_grid, make_latlon_grid
 from .stats import STATS_ATTR, compute_stats
 from .synthetic import COARSE_VARS, FINE_VARS, INVARIANTS, SyntheticWeather
 

@@ -28,7 +28,7 @@ import xarray as xr
 
 from ..atomic import atomic_path
 from ..errors import ConfigError, MissingVariableError, TimeCoverageError, explain
-from ..grid import find_grid
+from ..fields.grid import find_grid
 from .stats import DEFAULT_LOG_EPS, STATS_ATTR, Stats, compute_stats
 
 __all__ = ["prepare", "open_store", "store_names", "split_stats", "INPUT_PREFIX", "TARGET_PREFIX", "STORE_FORMAT"]
@@ -91,7 +91,7 @@ def open_store(path: str | os.PathLike, *, chunks=None) -> xr.Dataset:
 
 def _select(ds: xr.Dataset, names: Sequence[str], convert_units: bool) -> xr.Dataset:
     try:
-        from ..variables import select_variables
+        from ..fields.variables import select_variables
     except ImportError:  # pragma: no cover - the variables table ships with the package
         select_variables = None
     if select_variables is not None:
@@ -137,7 +137,7 @@ def _on_fine_grid(coarse: xr.Dataset, fine: xr.Dataset, method: str) -> xr.Datas
     if cg.shape == fg.shape and np.allclose(cg.lat, fg.lat) and np.allclose(cg.lon, fg.lon):
         return coarse.rename({cg.y_dim: fg.y_dim, cg.x_dim: fg.x_dim}).drop_vars(
             [c for c in coarse.coords if set(coarse[c].dims) & {cg.y_dim, cg.x_dim}])
-    from ..regrid import Regridder
+    from ..fields.regrid import Regridder
 
     return Regridder(coarse, fine, method=method)(coarse)
 

@@ -40,8 +40,8 @@ import pandas as pd
 import xarray as xr
 
 from ..errors import GridError, MissingVariableError, explain
-from ..grid import Grid, find_grid, make_lambert_grid
-from ..variables import variable_info
+from ..fields.grid import Grid, find_grid, make_lambert_grid
+from ..fields.variables import variable_info
 
 __all__ = [
     "SyntheticWeather",
@@ -287,7 +287,7 @@ def block_mean(ds: xr.Dataset, factor: int, *, grid: Grid | None = None) -> xr.D
     Every data variable becomes the exact mean of its ``factor**2`` fine values; x/y become the block
     centres and the 2-D lat/lon are recomputed from the CRS at those centres (block means when there
     is no CRS). ``lsm`` becomes the land fraction. The grid's size must be a multiple of ``factor``.
-    ``grid`` (the :class:`~xkmcast.grid.Grid` of ``ds``) saves finding it again.
+    ``grid`` (the :class:`~xkmcast.fields.grid.Grid` of ``ds``) saves finding it again.
     """
     g = grid or find_grid(ds)
     ydim, xdim = g.dims

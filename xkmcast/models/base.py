@@ -1,7 +1,7 @@
 """The common interface of xkmcast pipelines (networks + diffusion + what they need to run).
 
 A pipeline works on normalised tensors on the model grid; it knows nothing of xarray. The bridge to
-xarray (variable selection, regridding, normalisation) is :mod:`xkmcast.inference`, and training is
+xarray (variable selection, regridding, normalisation) is :mod:`xkmcast.fields.downscale`, and training is
 :mod:`xkmcast.train`. Both only use what is defined here:
 
 * ``pipeline.spec`` -- a :class:`ModelSpec`: variables, grid, normalisation statistics, invariants,

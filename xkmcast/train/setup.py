@@ -263,7 +263,7 @@ def _attach_grid(pipeline, data: RunData, cfg: TrainConfig) -> None:
     """The model grid (lat / lon buffers, ``spec.grid``) and normalised invariants from the store."""
     import numpy as np
 
-    from ..grid import find_grid
+    from ..fields.grid import find_grid
 
     ds = data.store
     g = find_grid(ds)

@@ -53,7 +53,7 @@ def hrrr_subgrid(window=HRRR_WINDOW) -> dict:
     """x, y (m), 2-D lat / lon (lon in [0, 360) as Earth2Studio) and the CF grid_mapping of a HRRR window."""
     from pyproj import CRS, Transformer
 
-    from ...grid import HRRR_CRS_CF
+    from ...fields.grid import HRRR_CRS_CF
 
     (r0, r1), (c0, c1) = window
     x = np.linspace(*HRRR_X[:2], HRRR_X[2])[c0:c1]

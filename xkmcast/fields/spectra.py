@@ -27,7 +27,7 @@ Conventions (all wavenumbers in cycles per km, all lengths in km):
   exponential autocorrelation is down to 5 %, the "drops to about zero" rule of the CorrDiff recipe.
 
 Grid spacing: the ``dx`` / ``dy`` arguments (km), else 1-D x / y coordinates with length units
-(m or km), else the mean great-circle spacing of the grid found by :func:`xkmcast.grid.find_grid`.
+(m or km), else the mean great-circle spacing of the grid found by :func:`xkmcast.fields.grid.find_grid`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from collections.abc import Hashable
 import numpy as np
 import xarray as xr
 
-from .errors import CoordinateError, GridError, InvalidDataError, explain
+from ..errors import CoordinateError, GridError, InvalidDataError, explain
 
 __all__ = [
     "power_spectrum",
@@ -60,7 +60,7 @@ _LENGTH_UNITS = {"m": 1e-3, "metre": 1e-3, "meter": 1e-3, "metres": 1e-3, "meter
 
 
 def _try_grid(obj: XArray):
-    """The grid of ``obj`` from :func:`xkmcast.grid.find_grid`, or None when it is not recognised."""
+    """The grid of ``obj`` from :func:`xkmcast.fields.grid.find_grid`, or None when it is not recognised."""
     try:
         from .grid import find_grid
 
@@ -73,7 +73,7 @@ _UNSET = object()
 
 
 def spatial_dims(obj: XArray, grid=_UNSET) -> tuple[Hashable, Hashable]:
-    """(y_dim, x_dim): from :func:`xkmcast.grid.find_grid` when it recognises the grid, else the last two dims."""
+    """(y_dim, x_dim): from :func:`xkmcast.fields.grid.find_grid` when it recognises the grid, else the last two dims."""
     grid = _try_grid(obj) if grid is _UNSET else grid
     if grid is not None and grid.y_dim in obj.dims and grid.x_dim in obj.dims:
         return grid.y_dim, grid.x_dim
@@ -310,7 +310,7 @@ def _spectrum_meta(spectrum: XArray) -> tuple[int, float]:
         raise InvalidDataError(
             explain(
                 "autocorrelation needs a periodogram",
-                expected="the output of xkmcast.metrics.periodogram (dim 'frequency', attrs n and dx_km)",
+                expected="the output of xkmcast.fields.metrics.periodogram (dim 'frequency', attrs n and dx_km)",
                 found=f"dims {list(spectrum.dims)}, attrs {sorted(attrs)}",
             )
         )

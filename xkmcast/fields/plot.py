@@ -1,6 +1,6 @@
 """Maps, member panels, power spectra and rollout animations (matplotlib + cartopy, imported lazily).
 
-``import xkmcast.plot`` imports neither matplotlib nor cartopy; each function does. Every function
+``import xkmcast.fields.plot`` imports neither matplotlib nor cartopy; each function does. Every function
 returns the matplotlib Figure (``animate`` the path of the GIF) and saves it when given ``path``.
 
 Maps are drawn in the grid's own projection: Lambert conformal built from the CF ``grid_mapping`` (x/y
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .errors import InvalidDataError, MissingVariableError, explain
+from ..errors import InvalidDataError, MissingVariableError, explain
 
 __all__ = ["use_packaged_naturalearth", "projection", "map", "members", "spectra", "animate", "NATURALEARTH_DIR"]
 
@@ -70,7 +70,7 @@ def _new_figure(figsize: tuple[float, float], path) -> Any:
 
 
 def projection(obj: xr.Dataset | xr.DataArray):
-    """The cartopy CRS to draw ``obj`` in and the grid (:class:`xkmcast.grid.Grid`)."""
+    """The cartopy CRS to draw ``obj`` in and the grid (:class:`xkmcast.fields.grid.Grid`)."""
     from .grid import find_grid
 
     ccrs = _cartopy()
@@ -305,7 +305,7 @@ def spectra(
     ax=None,
     path: str | Path | None = None,
 ):
-    """Isotropic power spectra (:func:`xkmcast.metrics.power_spectrum`, averaged over time) on log-log
+    """Isotropic power spectra (:func:`xkmcast.fields.metrics.power_spectrum`, averaged over time) on log-log
     axes: each member thin, their mean thick, and the truth."""
     from . import metrics
 

@@ -9,7 +9,7 @@ so NaNs in the source are excluded and the remaining weights renormalised. A tar
 only where the valid weight sum is at most ``MIN_VALID_WEIGHT`` (1e-10): that is, where every
 contributor is NaN, or where the target is outside the source (``allow_outside=True``).
 
-Supported (builtin backend; the weight builders are in :mod:`xkmcast.regrid_weights`):
+Supported (builtin backend; the weight builders are in :mod:`xkmcast.fields.regrid_weights`):
 
 ============  =========================  ===========================================================
 method        source grid                target grid
@@ -37,7 +37,7 @@ import scipy.sparse as sp
 import xarray as xr
 
 from . import regrid_weights as rw
-from .errors import ConfigError, DomainCoverageError, GridError, OptionalDependencyError, explain, require
+from ..errors import ConfigError, DomainCoverageError, GridError, OptionalDependencyError, explain, require
 from .grid import Grid, find_grid
 
 __all__ = ["Regridder", "regrid", "METHODS", "BACKENDS", "MIN_VALID_WEIGHT"]
@@ -55,8 +55,8 @@ class Regridder:
 
     Parameters
     ----------
-    source, target : Dataset, DataArray or :class:`~xkmcast.grid.Grid`
-        Only their grids are used (found by :func:`xkmcast.grid.find_grid`).
+    source, target : Dataset, DataArray or :class:`~xkmcast.fields.grid.Grid`
+        Only their grids are used (found by :func:`xkmcast.fields.grid.find_grid`).
     method : "bilinear" | "nearest" | "conservative"
     backend : "auto" | "builtin" | "xesmf"
     allow_outside : bool

@@ -9,7 +9,7 @@ dimension (one row per forecast variable)::
     Data variables: mae, rmse, bias, crps[, spread, spread_skill][, baseline_mae, baseline_rmse]
 
 - ``mae`` / ``rmse`` / ``bias``: of the ensemble mean (of the forecast itself when it has no members).
-- ``crps``: ensemble CRPS (:func:`xkmcast.metrics.crps`, plain estimator unless ``fair=True``); for a
+- ``crps``: ensemble CRPS (:func:`xkmcast.fields.metrics.crps`, plain estimator unless ``fair=True``); for a
   deterministic forecast it equals ``mae``.
 - ``spread`` / ``spread_skill``: only for ensembles of two or more members.
 - ``baseline_mae`` / ``baseline_rmse``: of ``baseline`` (its ensemble mean if it has members), e.g.
@@ -34,9 +34,9 @@ import numpy as np
 import xarray as xr
 
 from . import metrics
-from .data.layouts import is_zarr_store
+from ..data.layouts import is_zarr_store
 from .coords import coordinate_names
-from .errors import CoordinateError, InvalidDataError, MissingVariableError, TimeCoverageError, explain
+from ..errors import CoordinateError, InvalidDataError, MissingVariableError, TimeCoverageError, explain
 
 __all__ = ["score", "format_table", "format_text", "open_corrdiff_netcdf", "score_files", "open_any"]
 
@@ -151,7 +151,7 @@ def _shared_variables(prediction: xr.Dataset, truth: xr.Dataset, variables) -> l
                 else "Some requested variables are missing from the prediction or the truth",
                 expected=wanted,
                 found=f"prediction {list(prediction.data_vars)}, truth {list(truth.data_vars)}",
-                fix="rename the truth's variables to the prediction's names (xkmcast.variables.select_variables)",
+                fix="rename the truth's variables to the prediction's names (xkmcast.fields.variables.select_variables)",
             )
         )
     return names
@@ -201,7 +201,7 @@ def _span(values) -> str:
 
 def _score_dims(prediction: xr.Dataset, dim, keep, member_dim) -> list[Hashable]:
     """The dims the scores average over: ``dim``, else all but the members and ``keep``
-    (:func:`xkmcast.metrics._reduce_dims`)."""
+    (:func:`xkmcast.fields.metrics._reduce_dims`)."""
     kept = [] if keep is None or dim is not None else [keep] if isinstance(keep, str) else list(keep)
     missing = [k for k in kept if k not in prediction.dims]
     if missing:

@@ -22,7 +22,7 @@ The numpy kernels (``crps_ensemble_kernel``, ``rank_kernel``) work on arrays wit
 last axis; the xarray functions wrap them with ``xr.apply_ufunc(..., dask="parallelized")`` or use
 plain xarray operations, so dask input stays lazy until ``.compute()``.
 
-Power spectra, autocorrelation and the patch size suggestion live in :mod:`xkmcast.metrics_spectra`
+Power spectra, autocorrelation and the patch size suggestion live in :mod:`xkmcast.fields.spectra`
 and are re-exported here. Nothing here knows of torch.
 """
 
@@ -33,8 +33,8 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 import xarray as xr
 
-from .errors import CoordinateError, InvalidDataError, explain
-from .metrics_spectra import (
+from ..errors import CoordinateError, InvalidDataError, explain
+from .spectra import (
     autocorrelation,
     decorrelation_length,
     periodogram,

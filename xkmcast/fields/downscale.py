@@ -21,7 +21,7 @@ import dask.array as dsa
 import numpy as np
 import xarray as xr
 
-from .errors import GridError, InvalidDataError, XkmcastError, explain
+from ..errors import GridError, InvalidDataError, XkmcastError, explain
 from .grid import Grid, find_grid
 from .variables import cf_attrs, select_variables
 
@@ -44,7 +44,7 @@ class ModelRef:
         key = (self.path, self.device)
         with self._lock:
             if key not in self._cache:
-                from .models.published import load
+                from ..models.published import load
 
                 self._cache[key] = load(self.path, device=self.device).eval()
             return self._cache[key]
@@ -52,7 +52,7 @@ class ModelRef:
 
 def resolve_model(model, device: str | None = None):
     """A pipeline from a pipeline, a bundle path or a :class:`ModelRef`; moved to ``device``."""
-    from .device import select_device
+    from ..device import select_device
 
     dev = select_device(device)
     if isinstance(model, ModelRef):
@@ -65,7 +65,7 @@ def resolve_model(model, device: str | None = None):
 def require_task(pipeline, *, forecast: bool) -> None:
     """XkmcastError unless ``pipeline`` forecasts (has ``step``) when ``forecast``, else downscales
     (has ``sample``); the message names the kinds that do (:data:`xkmcast.models.kinds.KINDS`)."""
-    from .models.kinds import KINDS
+    from ..models.kinds import KINDS
 
     if hasattr(pipeline, "step" if forecast else "sample"):
         return
@@ -191,7 +191,7 @@ def downscale(
     dask-backed input the result is dask-backed (one task per time chunk); with numpy input it is
     computed before returning.
     """
-    from .device import check_precision
+    from ..device import check_precision
 
     check_precision(precision)
     pipeline = resolve_model(model, device)
@@ -232,7 +232,7 @@ def _downscale_block(block: np.ndarray, *, handle, times, members, seed, include
     """One time chunk: (t, C_in, H, W) normalised -> (members [+1 mean], t, C_out, H, W) physical."""
     import torch
 
-    from .diffusion.seeds import row_seeds
+    from ..diffusion.seeds import row_seeds
 
     pipeline = handle.get() if isinstance(handle, ModelRef) else handle
     start, stop = block_info[0]["array-location"][0] if block_info else (0, block.shape[0])
@@ -248,7 +248,7 @@ def _downscale_block(block: np.ndarray, *, handle, times, members, seed, include
         )
     seeds = [row_seeds(seed, members, t) for t in times[start:stop]]
     cond = torch.from_numpy(np.ascontiguousarray(block)).to(pipeline.device)
-    from .device import autocast
+    from ..device import autocast
 
     with torch.no_grad(), autocast(pipeline.device, precision):
         samples, mean = pipeline.sample(cond, seeds=seeds, **{k: v for k, v in options.items() if v is not None})

@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .errors import InvalidDataError, TimeCoverageError, XkmcastError, explain
-from .inference import ModelRef, _graph_handle, model_result, require_task, resolve_model, to_model_inputs
+from ..errors import InvalidDataError, TimeCoverageError, XkmcastError, explain
+from .downscale import ModelRef, _graph_handle, model_result, require_task, resolve_model, to_model_inputs
 
 __all__ = ["forecast"]
 
@@ -53,7 +53,7 @@ def forecast(
     """Roll ``model`` forward ``steps`` time steps from every time of ``ds`` (see the module doc).
 
     ``precision="amp-bf16"`` runs the networks under bfloat16 autocast (CUDA and CPU)."""
-    from .device import check_precision
+    from ..device import check_precision
 
     check_precision(precision)
     pipeline = resolve_model(model, device)
@@ -118,7 +118,7 @@ def _rollout(pipeline, state0: np.ndarray, bg: np.ndarray | None, init_time, mem
     """Normalised rollout of one initial time: (members, C, H, W) per step; returns all states."""
     import torch
 
-    from .diffusion.seeds import row_seeds
+    from ..diffusion.seeds import row_seeds
 
     if not np.isfinite(state0).all():
         raise InvalidDataError(explain("The initial state holds NaN or infinite values",
@@ -128,7 +128,7 @@ def _rollout(pipeline, state0: np.ndarray, bg: np.ndarray | None, init_time, mem
     if x.ndim == 3:
         x = x.unsqueeze(0).expand(members, -1, -1, -1)
     states = [x.cpu().numpy()]
-    from .device import autocast
+    from ..device import autocast
 
     options = dict(options)
     precision = options.pop("_precision", "fp32")
@@ -157,7 +157,7 @@ def _rollout_block(state0, bg, init_time, *, handle, steps, members, seed, optio
 
 
 def _forecast_result(pipeline, data, init_times, leads) -> xr.Dataset:
-    """:func:`xkmcast.inference.model_result` with the forecast's time coordinates."""
+    """:func:`xkmcast.fields.downscale.model_result` with the forecast's time coordinates."""
     coords = {
         "init_time": ("init_time", init_times, {"long_name": "initial time", "standard_name": "forecast_reference_time"}),
         "lead_time": ("lead_time", leads, {"long_name": "lead time", "standard_name": "forecast_period"}),

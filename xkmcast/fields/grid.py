@@ -5,7 +5,7 @@ Search order (first hit wins):
 1. CF meaning through cf_xarray: coordinates with ``standard_name`` latitude / longitude (or units
    degrees_north / degrees_east), ``axis`` X / Y / T, ``projection_[xy]_coordinate``, and the CF
    ``grid_mapping`` variable named by a data variable.
-2. Known aliases of published datasets (the table of :mod:`xkmcast.coords`): ERA5 (``latitude`` / ``longitude``, descending latitude,
+2. Known aliases of published datasets (the table of :mod:`xkmcast.fields.coords`): ERA5 (``latitude`` / ``longitude``, descending latitude,
    longitudes 0..360), WRF and CWA (``XLAT`` / ``XLONG``, dims ``south_north`` / ``west_east`` /
    ``Time``, projection in the global attributes ``MAP_PROJ``, ``TRUELAT1`` ...), HRRR
    (``gridlat_0`` / ``gridlon_0``, Lambert conformal).
@@ -26,7 +26,7 @@ import numpy as np
 import xarray as xr
 
 from .coords import coordinate_attrs, coordinate_names
-from .errors import CoordinateError, GridError, explain
+from ..errors import CoordinateError, GridError, explain
 
 __all__ = ["Grid", "find_grid", "make_lambert_grid", "make_latlon_grid", "check_monotonic", "HRRR_CRS_CF"]
 

@@ -5,8 +5,8 @@ xkmcast writes on the coordinates it creates) and the names the published datase
 preference (ERA5 ``latitude``, WRF / CWA ``XLAT``, HRRR ``gridlat_0``, NEMO ``nav_lat`` ...).
 :data:`CRITERIA` is the same table in cf_xarray's ``custom_criteria`` format (``{key: {attribute:
 regex}}``, ``"name"`` matching the variable name), so ``cf_xarray.set_options(custom_criteria=CRITERIA)``
-lets ``ds.cf["latitude"]`` find the aliases too. Grid detection (:mod:`xkmcast.grid`), the layout
-readers (:mod:`xkmcast.data.layouts`) and scoring (:mod:`xkmcast.scoring`) read names from here.
+lets ``ds.cf["latitude"]`` find the aliases too. Grid detection (:mod:`xkmcast.fields.grid`), the layout
+readers (:mod:`xkmcast.data.layouts`) and scoring (:mod:`xkmcast.fields.scoring`) read names from here.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
-from .errors import CoordinateError, GridError, explain
+from ..errors import CoordinateError, GridError, explain
 
 __all__ = [
     "LonAxis",

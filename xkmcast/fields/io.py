@@ -5,7 +5,7 @@ dataset is written (:func:`xkmcast.atomic.atomic_path`), so an error (a NaN foun
 Ctrl-C) never leaves a half-written output behind. Dask-backed datasets are streamed chunk by chunk
 (with a progress bar when asked).
 
-The CorrDiff layout (read by :func:`xkmcast.scoring.open_corrdiff_netcdf` and by the recipe's
+The CorrDiff layout (read by :func:`xkmcast.fields.scoring.open_corrdiff_netcdf` and by the recipe's
 scoring scripts): root variables ``lat`` / ``lon`` (y, x) and ``time``; groups ``prediction``
 (ensemble, time, y, x), ``truth`` (time, y, x) and ``input`` (time, y, x), one variable per channel.
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import xarray as xr
 
-from .atomic import atomic_path
-from .errors import XkmcastError, explain
+from ..atomic import atomic_path
+from ..errors import XkmcastError, explain
 
 __all__ = ["write_dataset", "write_corrdiff_netcdf", "output_format"]
 

@@ -23,7 +23,7 @@ import numpy as np
 import xarray as xr
 import yaml
 
-from .errors import MissingVariableError, TimeCoverageError, UnitError, explain
+from ..errors import MissingVariableError, TimeCoverageError, UnitError, explain
 
 __all__ = [
     "Variable",
