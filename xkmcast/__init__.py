@@ -16,7 +16,7 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0+unknown"
 
-__all__ = ["open_catalog", "fetch", "open_dataset", "load_model", "XkmcastError", "__version__"]
+__all__ = ["open_catalog", "fetch", "open_dataset", "load_model", "published_models", "XkmcastError", "__version__"]
 
 
 def open_catalog(path=None, **kwargs):
@@ -40,8 +40,17 @@ def open_dataset(name_or_path, **kwargs):
     return _open(name_or_path, **kwargs)
 
 
-def load_model(path, **kwargs):
-    """Load a model bundle written by ``xkmcast train`` (or imported PhysicsNeMo .mdlus files)."""
+def load_model(source=None, **kwargs):
+    """Load a model: a published name (:func:`published_models`), a bundle folder written by ``xkmcast
+    train``, a published package folder or archive, or PhysicsNeMo ``.mdlus`` files with ``mdlus=`` and
+    ``spec=``. See :func:`xkmcast.models.bundle.load_model`."""
     from .models.bundle import load_model as _load
 
-    return _load(path, **kwargs)
+    return _load(source, **kwargs)
+
+
+def published_models() -> list[str]:
+    """The names of NVIDIA's published models that :func:`load_model` fetches (pinned, verified) and loads."""
+    from .models.published import published_models as _names
+
+    return _names()

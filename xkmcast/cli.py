@@ -11,6 +11,11 @@ from .cli_errors import reported_errors
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Kilometre-scale generative weather models for xarray.")
 catalog_app = typer.Typer(no_args_is_help=True, help="List and download the datasets of the xkmcast catalog.")
+models_app = typer.Typer(no_args_is_help=True, help="NVIDIA's published models that --model NAME fetches and loads.")
+app.add_typer(models_app, name="models")
+MODEL_HELP = "a published model name (xkmcast models list), a bundle folder, or a package folder / archive"
+KNOWN_HASH_HELP = "FILE=SHA256 of a published model's file whose hash the registry does not know (repeatable)"
+TRUST_HELP = "verify a Hugging Face model against the checksums the host lists at the pinned revision"
 app.add_typer(catalog_app, name="catalog")
 
 
@@ -60,6 +65,33 @@ def catalog_list() -> None:
     Console().print(table)
 
 
+@models_app.command("list")
+def models_list() -> None:
+    """List the published models (name, description)."""
+    from .models.published.registry import entries
+
+    for name, entry in entries().items():
+        typer.echo(f"{name:24s} {entry.description}")
+
+
+def _model(model: str, known_hash: list[str] | None, trust_host_hashes: bool):
+    """A published name becomes a loaded pipeline (with the hash options); anything else stays a path."""
+    from .errors import ConfigError, explain
+    from .models.published import published_models
+
+    if model not in published_models():
+        return model
+    import xkmcast
+
+    hashes = {}
+    for item in known_hash or []:
+        fname, sep, digest = item.partition("=")
+        if not sep:
+            raise ConfigError(explain("--known-hash takes FILE=SHA256", found=item))
+        hashes[fname] = digest
+    return xkmcast.load_model(model, known_hashes=hashes or None, trust_host_hashes=trust_host_hashes)
+
+
 @catalog_app.command("fetch")
 def catalog_fetch(name: str) -> None:
     """Download the files of catalog entry NAME (hash-checked, cached); print the local path."""
@@ -94,7 +126,7 @@ def _open_input(name_or_path: str, part: str | None, times: str | None):
 
 @app.command()
 def downscale(
-    model: str = typer.Argument(..., help="model bundle folder"),
+    model: str = typer.Argument(..., help=MODEL_HELP),
     input: str = typer.Argument(..., help="coarse input: a catalog entry or a NetCDF / zarr path"),
     output: str = typer.Argument(..., help="result path: .zarr or .nc"),
     members: int = typer.Option(1, help="ensemble members"),
@@ -117,6 +149,8 @@ def downscale(
     overwrite: bool = typer.Option(False, help="replace an existing output"),
     quiet: bool = typer.Option(False, help="no progress bar"),
     check_ranges: bool = typer.Option(True, help="refuse physically implausible input values (wrong units)"),
+    known_hash: list[str] | None = typer.Option(None, help=KNOWN_HASH_HELP),
+    trust_host_hashes: bool = typer.Option(False, help=TRUST_HELP),
 ) -> None:
     """Downscale INPUT with MODEL and write OUTPUT (streamed time chunk by time chunk)."""
     from .fields.downscale import downscale as run
@@ -124,6 +158,7 @@ def downscale(
     from .fields.validate import require_positive
 
     with reported_errors():
+        model = _model(model, known_hash, trust_host_hashes)
         require_positive(members=members, time_chunk=time_chunk, steps=steps, batch_size=batch_size)
         output_format(output)
         ds = _open_input(input, part, times).chunk({"time": time_chunk})
@@ -143,7 +178,7 @@ def downscale(
 
 @app.command()
 def forecast(
-    model: str = typer.Argument(..., help="model bundle folder (stormcast, stormscope or vit)"),
+    model: str = typer.Argument(..., help=MODEL_HELP + " (stormcast, stormscope or vit)"),
     init: str = typer.Argument(..., help="initial state: a catalog entry or a NetCDF / zarr path on the model grid"),
     output: str = typer.Argument(..., help="result path: .zarr (written step by step, resumable) or .nc"),
     background: str | None = typer.Option(None, help="coarse background covering the forecast window"),
@@ -158,12 +193,15 @@ def forecast(
     quiet: bool = typer.Option(False, help="no progress output"),
     overwrite: bool = typer.Option(False, help="replace an existing NetCDF output (zarr outputs resume)"),
     check_ranges: bool = typer.Option(True, help="refuse physically implausible input values (wrong units)"),
+    known_hash: list[str] | None = typer.Option(None, help=KNOWN_HASH_HELP),
+    trust_host_hashes: bool = typer.Option(False, help=TRUST_HELP),
 ) -> None:
     """Roll MODEL forward from INIT and write OUTPUT (zarr: each step as soon as it is computed)."""
     from .fields.io import output_format, write_dataset
     from .fields.forecast import forecast as run
 
     with reported_errors():
+        model = _model(model, known_hash, trust_host_hashes)
         common = dict(steps=steps, members=members, seed=seed, sampler=sampler, num_steps=sampler_steps,
                       device=device, check_ranges=check_ranges)
         zarr = output_format(output) == "zarr"

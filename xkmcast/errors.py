@@ -21,6 +21,7 @@ __all__ = [
     "CatalogError",
     "DownloadError",
     "IntegrityError",
+    "UnsafeArchiveError",
     "ConfigError",
     "CheckpointError",
     "BundleError",
@@ -102,6 +103,10 @@ class DownloadError(XkmcastError, OSError):
 
 class IntegrityError(DownloadError):
     """A downloaded or cached file does not match its registered hash (it was removed)."""
+
+
+class UnsafeArchiveError(IntegrityError):
+    """An archive holds a member that would land outside its folder, a link or a device: nothing was extracted."""
 
 
 class ConfigError(XkmcastError, ValueError):

@@ -17,6 +17,8 @@ Contract of :func:`fetch`:
   :class:`~xkmcast.errors.IntegrityError` is raised: it is never returned.
 * Archives (``.zip``, ``.tar``, ``.tar.gz``, ``.tgz``, ``.tar.bz2``, ``.tar.xz``) are unpacked next to
   the archive into a folder named like the archive without its extension; that folder is returned.
+  Unpacking is :func:`xkmcast.data.archive.extract`: members outside the folder, absolute paths, links
+  and devices are refused before anything is written. Registry keys must be plain relative names.
 * ``$XKMCAST_BASE_URL`` (or ``base_url=``) replaces every URL by ``<base_url>/<key>`` (a mirror).
 
 ``catalog_list`` and ``catalog_fetch`` are the plain functions behind ``xkmcast catalog list|fetch``.
@@ -29,7 +31,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import CatalogError, DownloadError, IntegrityError, explain
+from ..errors import CatalogError, DownloadError, IntegrityError, XkmcastError, explain
 
 __all__ = [
     "CATALOG_PATH",
@@ -49,7 +51,6 @@ CATALOG_PATH = _PACKAGE_DIR / "catalogs" / "xkmcast.yaml"
 REGISTRY_PATH = _PACKAGE_DIR / "catalogs" / "registry.txt"
 
 _UNKNOWN_HASHES = {"unknown", "-", "none", "?"}
-_ARCHIVES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tar", ".zip")
 
 
 # ------------------------------------------------------------------------------------------ catalog
@@ -142,7 +143,9 @@ class RegistryEntry:
 
     @property
     def archive_suffix(self) -> str | None:
-        return next((s for s in _ARCHIVES if self.key.lower().endswith(s)), None)
+        from .archive import archive_suffix
+
+        return archive_suffix(self.key)
 
     @property
     def stem(self) -> str:
@@ -306,6 +309,8 @@ def fetch(
                 fix="retry later; if it persists the file changed upstream: update the registry hash",
             )
         ) from exc
+    except XkmcastError:  # an unsafe archive: refused, nothing extracted
+        raise
     except Exception as exc:  # network errors from requests / urllib
         raise DownloadError(
             explain(f"Downloading {entry.key!r} failed", found=f"{type(exc).__name__}: {exc}",
@@ -317,10 +322,20 @@ def fetch(
 
 
 def _processor(entry: RegistryEntry) -> Any:
-    import pooch
-
-    suffix = entry.archive_suffix
-    if suffix is None:
+    """A pooch processor unpacking an archive with :func:`xkmcast.data.archive.extract` (safe)."""
+    if entry.archive_suffix is None:
         return None
-    extract_dir = Path(entry.stem).name
-    return pooch.Unzip(extract_dir=extract_dir) if suffix == ".zip" else pooch.Untar(extract_dir=extract_dir)
+    return unpack_processor(Path(entry.stem).name)
+
+
+def unpack_processor(folder_name: str):
+    """pooch processor: extract the downloaded archive (safely) into the sibling ``folder_name``."""
+    from .archive import extract
+
+    def unpack(fname: str, action: str, _pooch) -> str:
+        dest = Path(fname).parent / folder_name
+        if action in ("download", "update") or not dest.exists():
+            extract(fname, dest)
+        return str(dest)
+
+    return unpack

@@ -70,6 +70,7 @@ class _Preconditioned(nn.Module):
     """Shared state: the wrapped network ``model``, sigma_data, the supported sigma range, fp16."""
 
     _sigma_data_in_state_dict = False
+    scale_cond_input = False  # PhysicsNeMo's legacy EDMPrecondSR(scale_cond_input=True) also scales the condition
 
     def __init__(
         self,
@@ -106,7 +107,8 @@ class _Preconditioned(nn.Module):
         c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data, x.ndim)
         arg = c_in * x
         if condition is not None:
-            arg = torch.cat([arg, condition.to(arg.dtype)], dim=1)
+            cond = condition.to(arg.dtype)
+            arg = torch.cat([arg, c_in * cond if self.scale_cond_input else cond], dim=1)
         F_x = self._run(arg, c_noise, self._net_dtype(x, force_fp32), **net_kwargs)
         return c_skip * x + c_out * F_x
 
@@ -163,7 +165,15 @@ class EDMPrecondSuperResolution(_Preconditioned):
     Unlike PhysicsNeMo this class takes an already built network (the constructor arguments of the
     network live with the network), and also accepts the condition as ``condition=`` so that the
     samplers and losses can call every denoiser as ``denoiser(x, sigma=..., condition=...)``.
+
+    ``scale_cond_input=True`` reproduces the legacy ``EDMPrecondSR`` of old CorrDiff checkpoints, whose
+    network input is ``c_in * cat([x, img_lr])`` (the condition scaled too).
     """
+
+    def __init__(self, net: nn.Module, sigma_data: float | Tensor = 0.5, sigma_min: float = 0.0,
+                 sigma_max: float = math.inf, use_fp16: bool = False, scale_cond_input: bool = False):
+        super().__init__(net, sigma_data, sigma_min, sigma_max, use_fp16)
+        self.scale_cond_input = bool(scale_cond_input)
 
     def forward(
         self,

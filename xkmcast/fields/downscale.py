@@ -27,7 +27,7 @@ from .grid import Grid, find_grid, make_latlon_grid
 from .variables import cf_attrs, select_variables
 
 __all__ = ["downscale", "grid_dims", "model_grid", "model_result", "regrid_defaults", "ModelRef", "resolve_model",
-           "to_model_inputs"]
+           "to_model_inputs", "onto_input_grid"]
 
 
 # ----------------------------------------------------------------------------------------- models
@@ -65,10 +65,10 @@ class ModelRef:
         key, stamp = (str(folder), self.device), self._stamp(folder)
         with self._lock:
             cached = self._cache.get(key)
-            if cached is None or cached[0] != stamp or not stamp:
-                from ..models.bundle import load_bundle
+            if cached is None or cached[0] != stamp:
+                from ..models.published import load
 
-                self._cache[key] = (stamp, load_bundle(folder, device=self.device).eval())
+                self._cache[key] = (stamp, load(self.path, device=self.device).eval())
             return self._cache[key][1]
 
 
@@ -156,6 +156,8 @@ def to_model_inputs(ds: xr.Dataset, pipeline, names, *, role: str = "input", reg
     from .validate import as_dataset, check_times, checked_values
 
     selected = select_variables(as_dataset(ds, role), names)
+    if role == "input" and pipeline.spec.extra.get("input_grid") is not None:
+        selected = onto_input_grid(selected, pipeline.spec.extra["input_grid"], regrid_method)
     target = model_grid(pipeline)
     tlat, tlon = (pipeline.grid_lat.detach().cpu().numpy(), pipeline.grid_lon.detach().cpu().numpy())
     src_grid = find_grid(selected)
@@ -186,6 +188,22 @@ def to_model_inputs(ds: xr.Dataset, pipeline, names, *, role: str = "input", reg
         normed = normed.expand_dims(time_dim)
     arr = normed.to_dataarray("channel").transpose(time_dim, "channel", "y", "x").astype("float32")
     return arr.drop_vars([c for c in arr.coords if c not in (time_dim, "channel")])
+
+
+def onto_input_grid(ds: xr.Dataset, input_grid: dict, regrid_method: str = "bilinear") -> xr.Dataset:
+    """``ds`` on the coarse grid a published package was trained on (``{"lat": [...], "lon": [...]}``,
+    1-D), so that the model sees its inputs interpolated exactly as in training: data already on that
+    grid pass unchanged, any other data covering it are regridded onto it first."""
+    from .grid import make_latlon_grid
+    from .regrid import Regridder
+
+    lat, lon = np.asarray(input_grid["lat"], float), np.asarray(input_grid["lon"], float)
+    src = find_grid(ds)
+    if src.shape == (lat.size, lon.size) and np.allclose(src.lat, lat[:, None], atol=1e-6) and \
+            np.allclose(_wrap(src.lon - lon[None, :]), 0.0, atol=1e-6):
+        return ds
+    target = make_latlon_grid(lat, lon)
+    return Regridder(ds, target, method=regrid_method)(ds)
 
 
 def downscale(

@@ -315,7 +315,12 @@ def get_variable(
     Precipitation stored accumulated since the model start (WRF ``RAINNC``) is only accepted with
     ``deaccumulate_time=True``, which differences it along time (see :func:`deaccumulate`).
     """
-    info = variable_info(name)
+    try:
+        info = variable_info(name)
+    except MissingVariableError:
+        if name in ds.data_vars:  # a channel the table does not know (a model's own name): taken as is
+            return ds[name].rename(name)
+        raise
     src, level_dim, accumulated = _locate(ds, info)
     da = ds[src]
     if level_dim is not None:

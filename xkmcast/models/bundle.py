@@ -199,20 +199,30 @@ def load_state(pipeline, tensors: dict[str, torch.Tensor], *, where: str) -> Non
     pipeline.load_state_dict(tensors, strict=True)
 
 
-def load_model(path=None, *, device: str | torch.device = "cpu", mdlus: dict | None = None, spec: dict | None = None):
-    """Open a bundle folder, or build a pipeline from PhysicsNeMo ``.mdlus`` checkpoints.
+def load_model(source=None, *, device: str | torch.device = "cpu", mdlus: dict | None = None,
+               spec: dict | None = None, **fetch_options):
+    """Open a model by name, folder or archive, or build a pipeline from PhysicsNeMo ``.mdlus`` checkpoints.
 
-    ``load_model("run/model")`` opens a bundle. ``load_model(mdlus={"regression": "reg.mdlus",
-    "diffusion": "diff.mdlus"}, spec={...})`` imports published checkpoints: ``spec`` supplies what a
-    ``.mdlus`` file does not hold (kind, variables, statistics, grid); the networks come from the files.
+    * ``load_model("corrdiff-taiwan")``: a published model (``xkmcast.published_models()``), fetched once
+      (pinned revision, every file verified by SHA-256) and loaded; ``fetch_options`` are those of
+      :func:`xkmcast.models.published.registry.fetch_package` (``known_hashes``, ``trust_host_hashes``,
+      ``cache_dir``, ``progress``).
+    * ``load_model("run/model")``: a bundle written by ``xkmcast train``; ``load_model(PATH)`` also opens a
+      published package's folder or archive (:mod:`xkmcast.models.published`).
+    * ``load_model(mdlus={"regression": "reg.mdlus", "diffusion": "diff.mdlus"}, spec={...})`` imports
+      checkpoints: ``spec`` supplies what a ``.mdlus`` file does not hold (kind, variables, statistics,
+      grid); the networks come from the files.
     """
     if mdlus is not None:
         from .importer import pipeline_from_mdlus
 
+        if source is not None:
+            raise BundleError(explain("Pass either a model name / path or mdlus= files", found=f"both ({source!r})"))
         return pipeline_from_mdlus(mdlus, spec or {}, device=device)
-    if path is None:
-        raise BundleError(explain("load_model needs a bundle path or mdlus= files", found="neither"))
-    path = Path(path)
+    if source is None:
+        raise BundleError(explain("load_model needs a model name, a path or mdlus= files", found="none of them",
+                                  fix="e.g. load_model('corrdiff-taiwan') or load_model('run/model')"))
+    path = Path(source)
     if path.suffix == ".mdlus":
         raise BundleError(
             explain(
@@ -222,4 +232,6 @@ def load_model(path=None, *, device: str | torch.device = "cpu", mdlus: dict | N
                 fix="pass the .mdlus files with mdlus= and the variables / stats / grid with spec=",
             )
         )
-    return load_bundle(path, device=device)
+    from .published import load
+
+    return load(source, device=device, **fetch_options)

@@ -6,6 +6,8 @@ An entry is ``{"class": <network class name>, "kwargs": {...constructor args...}
 (set for imported PhysicsNeMo weights) makes group norms use PhysicsNeMo's eval-mode variance
 (:func:`xkmcast.nn.unet.match_physicsnemo_eval`), so imports reproduce PhysicsNeMo's outputs. The
 preconditioner wraps the network under ``model.`` as PhysicsNeMo does, so state dicts line up.
+``"append_grid": {"kind": "sinusoidal", "shape": [H, W]}`` appends fixed grid channels to the
+condition (:class:`xkmcast.nn.fixed_inputs.AppendGridChannels`, the network then sits under ``net.``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ def build_stage(entry: dict[str, Any]) -> torch.nn.Module:
         from ..nn import match_physicsnemo_eval
 
         match_physicsnemo_eval(net)
+    if entry.get("append_grid"):  # fixed channels appended to the condition (CorrDiff-Taiwan's regression)
+        from ..nn.fixed_inputs import AppendGridChannels
+
+        spec = entry["append_grid"]
+        net = AppendGridChannels(net, spec["kind"], tuple(spec["shape"]))
     precond = dict(entry.get("precond") or {})
     pname = precond.pop("class", None)
     if pname is None:

@@ -39,10 +39,13 @@ class ForecastPipeline(Pipeline):
 
     def conditions(self, names, *, state: Tensor, background: Tensor | None, invariant: Tensor | None,
                    regression: Tensor | None = None) -> Tensor:
-        """``cat`` of the named conditions in the canonical order (state, background, invariant, regression)."""
+        """``cat`` of the named conditions in the canonical order (state, background, invariant, regression),
+        or in the order listed when ``spec.extra["conditions_as_listed"]`` (published StormCast v1: its
+        diffusion sees state, regression, invariant)."""
         available = {"state": state, "background": background, "invariant": invariant, "regression": regression}
         parts = []
-        for name in CONDITIONS:
+        order = names if self.spec.extra.get("conditions_as_listed") else CONDITIONS
+        for name in order:
             if name in names:
                 if available[name] is None:
                     raise ConfigError(explain(f"The {name!r} condition is needed but was not given",

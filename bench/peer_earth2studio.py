@@ -1,0 +1,134 @@
+"""Earth2Studio 0.19 and xkmcast side by side on the same local published-layout packages (not CI).
+
+    python bench/peer_earth2studio.py [--venv .peer-venv] [--members 2] [--steps 8] [--width 16]
+                                      [--taiwan-size 450] [--stormcast-window small|published]
+
+1. Builds a CorrDiff-Taiwan package (the NGC zip) and a StormCast v1 folder with PhysicsNeMo 2.2.2's
+   classes (``--width`` channels, random O(1) weights) in ``--workdir``, and the inputs.
+2. Creates ``--venv`` once (``earth2studio==0.19.0 nvidia-physicsnemo==2.2.2 torch==2.13.0``; it pins
+   netCDF4 < 1.7.3, so it cannot share xkmcast's venv) and runs ``bench/_peer_e2s.py`` in it:
+   Earth2Studio's ``CorrDiffTaiwan.load_model`` / ``StormCast.load_model`` on the local packages.
+3. Runs xkmcast on the same packages and inputs (``load_model(PATH)`` and the accessor), and prints
+   the maximum difference of the deterministic parts (the regression means, physical units) and the
+   time per ensemble member at the same number of sampler steps, one thread each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+PEER = ["torch==2.13.0", "nvidia-physicsnemo==2.2.2", "earth2studio==0.19.0"]
+
+
+def ensure_venv(venv: Path) -> Path:
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER], check=True)
+    return python
+
+
+def build(work: Path, args) -> dict:
+    import _packages as P
+    import xarray as xr
+
+    P.SONG_TINY.update(model_channels=args.width, channel_mult=[1, 2, 2], num_blocks=1)
+    work.mkdir(parents=True, exist_ok=True)
+    out = {}
+    if not (work / "taiwan_ngc" / "corrdiff_inference_package.zip").exists():
+        root = P.build_taiwan(work / "taiwan_src", n=args.taiwan_size)
+        (work / "taiwan_ngc").mkdir(exist_ok=True)
+        P.zip_taiwan(root, work / "taiwan_ngc" / "corrdiff_inference_package.zip")
+    lat, lon = np.linspace(19.25, 28, 36), np.linspace(116, 126, 40, endpoint=False)
+    la, lo = np.meshgrid(lat, lon, indexing="ij")
+    x = np.stack([np.sin(la / (3 + k)) * np.cos(lo / (2 + k)) * (10 + k) for k in range(12)]).astype(np.float32)
+    np.save(work / "taiwan_input.npy", x)
+    names = ["tcwv", "z500", "t500", "u500", "v500", "z850", "t850", "u850", "v850", "t2m", "u10m", "v10m"]
+    units = ["kg m-2", "m2 s-2", "K", "m s-1", "m s-1", "m2 s-2", "K", "m s-1", "m s-1", "K", "m s-1", "m s-1"]
+    out["taiwan"] = xr.Dataset({n: (("time", "lat", "lon"), x[k][None], {"units": u}) for k, (n, u) in enumerate(zip(names, units))},
+                               coords={"time": np.array(["2024-01-01"], "datetime64[ns]"), "lat": lat, "lon": lon})
+    if not args.skip_stormcast:
+        window = ((273, 785), (579, 1219)) if args.stormcast_window == "published" else ((400, 432), (800, 840))
+        shape = (window[0][1] - window[0][0], window[1][1] - window[1][0])
+        if not (work / "stormcast" / "model.yaml").exists():
+            P.build_stormcast(work / "stormcast", shape=shape, sampler_args={"S_churn": 0.0})
+        rng = np.random.default_rng(0)
+        np.save(work / "stormcast_state.npy", rng.normal(0, 3, (len(P.STATE_VARS), *shape)).astype(np.float32) + 5)
+        np.save(work / "stormcast_background.npy", rng.normal(0, 3, (len(P.BACKGROUND_VARS), *shape)).astype(np.float32) + 5)
+        out["window"] = window
+    return out
+
+
+def xkmcast_side(work: Path, built: dict, args) -> dict:
+    import torch
+
+    import _packages as P
+    import xkmcast
+
+    torch.set_num_threads(args.threads)
+    res = {}
+    model = xkmcast.load_model(work / "taiwan_ngc" / "corrdiff_inference_package.zip")
+    era5 = built["taiwan"]
+    mean = era5.kmcast.downscale(model, members=1, num_steps=1, include_mean=True)
+    res["taiwan_mean"] = np.stack([mean[f"{v}_regression"].values[0] for v in ("refc", "t2m", "u10m", "v10m")])
+    era5.kmcast.downscale(model, members=1, num_steps=1)  # warm the regridding weights cache
+    t0 = time.perf_counter()
+    era5.kmcast.downscale(model, members=args.members, num_steps=args.steps)
+    res["taiwan_seconds_per_member"] = (time.perf_counter() - t0) / args.members
+    if "window" in built:
+        sc = xkmcast.load_model(work / "stormcast", package_options={"hrrr_window": built["window"]})
+        x = np.load(work / "stormcast_state.npy")
+        bg = np.load(work / "stormcast_background.npy")
+        xn = torch.as_tensor(sc.stats_for("input").normalise(x, P.STATE_VARS), dtype=torch.float32)[None]
+        bn = torch.as_tensor(sc.stats_for("background").normalise(bg, P.BACKGROUND_VARS), dtype=torch.float32)[None]
+        with torch.no_grad():
+            m = sc._regression_mean(xn, bn, sc.batch_invariant(1, xn), {})
+        res["stormcast_mean"] = sc.stats_for("output").denormalise(m.numpy(), P.STATE_VARS, axis=1)[0]
+        t0 = time.perf_counter()
+        sc.step(xn.expand(args.members, -1, -1, -1), bn.expand(args.members, -1, -1, -1),
+                seeds=list(range(args.members)), num_steps=args.steps)
+        res["stormcast_seconds_per_member"] = (time.perf_counter() - t0) / args.members
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--venv", type=Path, default=HERE.parent / ".peer-venv")
+    p.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "xkmcast-peer")
+    p.add_argument("--members", type=int, default=2)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--taiwan-size", type=int, default=450)
+    p.add_argument("--stormcast-window", choices=["small", "published"], default="small")
+    p.add_argument("--skip-stormcast", action="store_true")
+    args = p.parse_args()
+    built = build(args.workdir, args)
+    python = ensure_venv(args.venv)
+    subprocess.run([str(python), str(HERE / "_peer_e2s.py"), str(args.workdir), str(args.members), str(args.steps),
+                    str(args.threads)], check=True)
+    e2s = json.loads((args.workdir / "e2s.json").read_text())
+    ours = xkmcast_side(args.workdir, built, args)
+    print(f"members {args.members}, sampler steps {args.steps}, U-Net width {args.width}, {args.threads} thread(s)")
+    print(f"{'model':12s} {'max |mean diff|':>16s} {'E2S s/member':>13s} {'xkmcast s/member':>17s} {'ratio':>6s}")
+    for name in ("taiwan", "stormcast"):
+        if f"{name}_seconds_per_member" not in e2s:
+            continue
+        ref = np.load(args.workdir / f"e2s_{name}_mean.npy")
+        diff = float(np.abs(ours[f"{name}_mean"] - ref).max())
+        a, b = e2s[f"{name}_seconds_per_member"], ours[f"{name}_seconds_per_member"]
+        print(f"{name:12s} {diff:16.3g} {a:13.2f} {b:17.2f} {b / a:6.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""Build NVIDIA's published package layouts with PhysicsNeMo 2.2.2's own classes (tiny widths, real
+structure, random O(1) weights) and serve them the way their hosts do (NGC files API, Hugging Face
+resolve URLs and revision API) from a 127.0.0.1 server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from _nets import randomise
+
+from xkmcast._reference import skip_without_physicsnemo
+
+SONG_TINY = dict(model_channels=4, channel_mult=[1, 2], channel_mult_emb=1, num_blocks=1, attn_resolutions=[], bottleneck_attention=False,
+                 dropout=0.0)
+
+
+def physicsnemo_classes():
+    skip_without_physicsnemo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from physicsnemo.diffusion.preconditioners.legacy import EDMPrecond, EDMPrecondSR, EDMPrecondSuperResolution
+        from physicsnemo.models.diffusion_unets import StormCastUNet, UNet
+    return dict(UNet=UNet, EDMPrecondSR=EDMPrecondSR, EDMPrecondSuperResolution=EDMPrecondSuperResolution,
+                EDMPrecond=EDMPrecond, StormCastUNet=StormCastUNet)
+
+
+def _save(module, path: Path, seed: int) -> None:
+    randomise(module, seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module.save(str(path))
+
+
+def _zip_folder(folder: Path, archive: Path, arcroot: str) -> Path:
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for p in sorted(folder.rglob("*")):
+            zf.write(p, f"{arcroot}/{p.relative_to(folder)}")
+    return archive
+
+
+# ------------------------------------------------------------------------------ CorrDiff-Taiwan
+def taiwan_grid(n: int = 450):
+    """A curvilinear 2 km-like grid inside the package's input domain (lat 19.25..28, lon 116..125.75)."""
+    j, i = np.meshgrid(np.linspace(0, 1, n), np.linspace(0, 1, n))
+    lat = 21.6 + 3.8 * i + 0.15 * j * (1 - j)
+    lon = 118.2 + 4.0 * j + 0.2 * i - 0.1 * i * j
+    return lat.astype(np.float32), lon.astype(np.float32)
+
+
+def build_taiwan(workdir: Path, *, n: int = 450, scale_cond_input: bool = True) -> Path:
+    """The unpacked package folder ``corrdiff_inference_package`` (checkpoints/, dataset/)."""
+    import zarr
+
+    cls = physicsnemo_classes()
+    root = workdir / "corrdiff_inference_package"
+    res = n - 2
+    reg = cls["UNet"](img_resolution=res, img_in_channels=16, img_out_channels=4, model_type="SongUNet",
+                      embedding_type="zero", **SONG_TINY)
+    _save(reg, root / "checkpoints/regression.mdlus", seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dif = cls["EDMPrecondSR"](img_resolution=res, img_channels=4, img_in_channels=20, img_out_channels=4,
+                                  model_type="SongUNetPosEmbd", scale_cond_input=scale_cond_input,
+                                  gridtype="sinusoidal", N_grid_channels=4, **SONG_TINY)
+    _save(dif, root / "checkpoints/diffusion.mdlus", seed=2)
+    lat, lon = taiwan_grid(n)
+    rng = np.random.default_rng(3)
+    group = zarr.open_group(str(root / "dataset/2023-01-24-cwb-4years_5times.zarr"), mode="w", zarr_format=2)
+    group["XLAT"], group["XLONG"] = lat, lon
+    group["era5_center"] = rng.normal(0, 50, 20).astype(np.float32)
+    group["era5_scale"] = rng.uniform(1, 30, 20).astype(np.float32)
+    group["cwb_center"] = rng.normal(0, 20, 20).astype(np.float32)
+    group["cwb_scale"] = rng.uniform(1, 10, 20).astype(np.float32)
+    return root
+
+
+def zip_taiwan(root: Path, archive: Path) -> Path:
+    return _zip_folder(root, archive, "corrdiff_inference_package")
+
+
+def serve_ngc(served: Path, archive: Path, server_url: str) -> None:
+    """NGC's public files API for corrdiff_inference_package version 1: JSON with the download URL."""
+    api = served / "v2/models/org/nvidia/team/modulus/corrdiff_inference_package/1/files"
+    api.parent.mkdir(parents=True, exist_ok=True)
+    (served / "direct").mkdir(exist_ok=True)
+    shutil.copy(archive, served / "direct" / archive.name)
+    api.write_text(json.dumps({"urls": [f"{server_url}/direct/{archive.name}"]}))
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------- StormCast v1
+STATE_VARS = ["u10m", "v10m", "t2m", "msl", "u1hl", "Z1hl", "refc"]
+BACKGROUND_VARS = ["u10m", "v10m", "t2m", "tcwv", "sp", "msl", "u1000", "z500"]
+INVARIANTS = ["lsm", "orography"]
+
+
+def build_stormcast(folder: Path, *, shape=(16, 24), sampler_args=None) -> Path:
+    """A StormCast v1 layout with the recipe's structure at a small size (the HRRR window is an option)."""
+    import xarray as xr
+    import yaml
+    import zarr
+
+    cls = physicsnemo_classes()
+    folder.mkdir(parents=True, exist_ok=True)
+    c, cb, ci = len(STATE_VARS), len(BACKGROUND_VARS), len(INVARIANTS)
+    reg = cls["StormCastUNet"](img_resolution=list(shape), img_in_channels=c + cb + ci, img_out_channels=c,
+                               model_type="SongUNet", embedding_type="zero", **SONG_TINY)
+    _save(reg, folder / "StormCastUNet.0.0.mdlus", seed=4)
+    dif = cls["EDMPrecond"](img_resolution=list(shape), img_channels=c, img_in_channels=c + c + ci + c,
+                            img_out_channels=c, model_type="SongUNet", sigma_data=0.5, **SONG_TINY)
+    _save(dif, folder / "EDMPrecond.0.0.mdlus", seed=5)
+    config = {"data": {"invariants": INVARIANTS, "conus_dataset_name": "hrrr_v3"},
+              "model": {"name": "regression", "hyperparameters": "${eval:'1+1'}"},  # never evaluated
+              "sampler_args": sampler_args}
+    (folder / "model.yaml").write_text(yaml.safe_dump(config))
+    rng = np.random.default_rng(6)
+    meta = xr.Dataset(
+        {"means": ("variable", rng.normal(0, 10, c)), "stds": ("variable", rng.uniform(1, 5, c)),
+         "conditioning_means": ("conditioning_variable", rng.normal(0, 10, cb)),
+         "conditioning_stds": ("conditioning_variable", rng.uniform(1, 5, cb)),
+         "invariants": (("invariant", "y", "x"), rng.normal(0, 1, (3, *shape)).astype(np.float32))},
+        coords={"variable": STATE_VARS, "conditioning_variable": BACKGROUND_VARS,
+                "invariant": ["landsea", "orography", "lsm"]},  # stored order differs from model.yaml's
+    )
+    plain = folder.parent / f".{folder.name}-metadata.zarr"
+    meta.to_zarr(plain, zarr_format=2, consolidated=True, mode="w")
+    _zip_folder_flat(plain, folder / "metadata.zarr.zip")
+    shutil.rmtree(plain)
+    return folder
+
+
+def _zip_folder_flat(folder: Path, archive: Path) -> Path:
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                zf.write(p, str(p.relative_to(folder)))
+    return archive
+
+
+def serve_huggingface(served: Path, folder: Path, repo: str, revision: str, *, with_api: bool = True) -> None:
+    """``/{repo}/resolve/{revision}/{file}`` and the revision API listing LFS sha256 / git blob ids."""
+    import hashlib as _h
+
+    target = served / repo / "resolve" / revision
+    target.mkdir(parents=True, exist_ok=True)
+    siblings = []
+    for p in sorted(folder.iterdir()):
+        shutil.copy(p, target / p.name)
+        data = p.read_bytes()
+        if p.suffix in (".yaml", ".json"):
+            siblings.append({"rfilename": p.name, "blobId": _h.sha1(b"blob %d\x00" % len(data) + data).hexdigest()})
+        else:
+            siblings.append({"rfilename": p.name, "lfs": {"sha256": _h.sha256(data).hexdigest(), "size": len(data)}})
+    if with_api:
+        api = served / "api/models" / repo / "revision" / revision
+        api.parent.mkdir(parents=True, exist_ok=True)
+        api.write_text(json.dumps({"sha": revision, "siblings": siblings}))
+
+
+# ------------------------------------------------------------------------- generic CorrDiff package
+GEN_INPUTS = ["t2m", "u10m", "v10m", "z500", "tcwv"]
+GEN_OUTPUTS = ["t2m", "u10m", "refc"]
+GEN_INVARIANTS = ["orog", "lsm"]
+
+
+def build_corrdiff_package(folder: Path, *, shape=(20, 28), hr_mean_conditioning=True, metadata_extra=None) -> Path:
+    """The layout PhysicsNeMo's CorrDiff recipe exports (as Earth2Studio's CorrDiff reads it)."""
+    import xarray as xr
+
+    cls = physicsnemo_classes()
+    folder.mkdir(parents=True, exist_ok=True)
+    n_in, n_out, n_inv = len(GEN_INPUTS), len(GEN_OUTPUTS), len(GEN_INVARIANTS)
+    reg = cls["UNet"](img_resolution=list(shape), img_in_channels=n_in + n_inv + 4, img_out_channels=n_out,
+                      model_type="SongUNetPosEmbd", embedding_type="zero", gridtype="sinusoidal", N_grid_channels=4,
+                      **SONG_TINY)
+    _save(reg, folder / "regression.mdlus", seed=7)
+    cond = n_in + n_inv + (n_out if hr_mean_conditioning else 0)
+    dif = cls["EDMPrecondSuperResolution"](img_resolution=list(shape), img_in_channels=cond + 4, img_out_channels=n_out,
+                                           model_type="SongUNetPosEmbd", gridtype="sinusoidal", N_grid_channels=4,
+                                           **SONG_TINY)
+    _save(dif, folder / "diffusion.mdlus", seed=8)
+    lat = 30.0 + 0.05 * np.arange(shape[0])
+    lon = 250.0 + 0.05 * np.arange(shape[1])
+    xr.Dataset(coords={"lat": lat, "lon": lon}).to_netcdf(folder / "output_latlon_grid.nc")
+    xr.Dataset(coords={"lat": np.arange(29.0, 32.01, 0.25), "lon": np.arange(249.0, 252.51, 0.25)}).to_netcdf(
+        folder / "input_latlon_grid.nc")
+    rng = np.random.default_rng(9)
+    xr.Dataset({n: (("lat", "lon"), rng.normal(100 * k, 10, shape)) for k, n in enumerate(GEN_INVARIANTS)},
+               coords={"lat": lat, "lon": lon}).to_netcdf(folder / "invariants.nc")
+    stat = lambda names: {n: {"mean": float(rng.normal(0, 20)), "std": float(rng.uniform(1, 8))} for n in names}  # noqa: E731
+    (folder / "stats.json").write_text(json.dumps({"input": stat(GEN_INPUTS), "output": stat(GEN_OUTPUTS),
+                                                   "invariants": stat(GEN_INVARIANTS)}))
+    meta = {"input_variables": GEN_INPUTS, "output_variables": GEN_OUTPUTS, "invariant_variables": GEN_INVARIANTS,
+            "number_of_steps": 6, "sampler_type": "stochastic", "hr_mean_conditioning": hr_mean_conditioning,
+            "sigma_max": 400, "sigma_min": 0.002, **(metadata_extra or {})}
+    (folder / "metadata.json").write_text(json.dumps(meta))
+    return folder

@@ -1,0 +1,195 @@
+"""Safe extraction of zip and tar archives: the one place xkmcast unpacks anything.
+
+Contract of :func:`extract` (the semantics of Python's ``tarfile`` "data" filter, applied the same way
+on every supported Python version and to zip files too):
+
+* Every member is checked **before** anything is written. A member whose name is absolute (``/x``,
+  ``C:\\x``, ``\\\\server\\x``), contains a ``..`` component or otherwise resolves outside the target
+  folder, a symbolic or hard link, a device, a FIFO, or any other non-regular member (directories
+  excepted) makes the whole archive refused with :class:`~xkmcast.errors.UnsafeArchiveError`: nothing
+  is written.
+* Files are written with mode ``0o644`` (``0o755`` when the archive marks them executable): no
+  set-uid / set-gid / sticky bits, no group- or world-writable files.
+* Extraction goes into a temporary sibling folder that is renamed onto the target at the end, so an
+  interrupted extraction never leaves a half-filled target; an existing target is replaced.
+* ``nested=True``: when the archive's content is a single archive file (optionally inside a single
+  folder), that inner archive is extracted the same way, in place of the outer content.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from ..errors import UnsafeArchiveError, explain
+
+__all__ = ["ARCHIVE_SUFFIXES", "archive_suffix", "check_member_name", "extract", "is_archive"]
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tar", ".zip")
+
+
+def archive_suffix(name: str | os.PathLike) -> str | None:
+    """The archive extension of ``name`` (``.tar.gz``, ``.zip``, ...) or None."""
+    low = str(name).lower()
+    return next((s for s in ARCHIVE_SUFFIXES if low.endswith(s)), None)
+
+
+def is_archive(path: str | os.PathLike) -> bool:
+    """True for an existing zip or tar file (by content, not by name)."""
+    path = Path(path)
+    return path.is_file() and (zipfile.is_zipfile(path) or tarfile.is_tarfile(path))
+
+
+def check_member_name(name: str, *, archive: str = "archive") -> PurePosixPath:
+    """The member's relative path, or UnsafeArchiveError for absolute / escaping / empty names.
+
+    Also used to validate registry keys: a plain relative name (``a/b.nc``) passes.
+    """
+    win = PureWindowsPath(name)
+    posix = PurePosixPath(name.replace("\\", "/"))
+    if not name or "\x00" in name or posix.is_absolute() or win.drive or win.root:
+        _refuse(archive, name, "an absolute path")
+    parts = [p for p in posix.parts if p not in ("", ".")]
+    if not parts:
+        _refuse(archive, name, "an empty name")
+    if ".." in parts:
+        _refuse(archive, name, "a '..' component (it would land outside the target folder)")
+    return PurePosixPath(*parts)
+
+
+def _refuse(archive: str, member: str, why: str) -> None:
+    raise UnsafeArchiveError(
+        explain(
+            f"Refusing to extract {archive}: member {member!r} is {why}; nothing was extracted",
+            expected="regular files and folders with relative names inside the archive's folder",
+            found=member,
+            fix="the archive is damaged or hostile; do not use it (download it again from the publisher)",
+        )
+    )
+
+
+# -------------------------------------------------------------------------------------- planning
+def _zip_plan(path: Path) -> list[tuple[PurePosixPath, bool, bool, zipfile.ZipInfo]]:
+    """[(relative path, is_dir, executable, info)] of a zip, every member checked."""
+    plan = []
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            rel = check_member_name(info.filename, archive=path.name)
+            mode = info.external_attr >> 16
+            kind = stat.S_IFMT(mode)
+            if kind == stat.S_IFLNK:
+                _refuse(path.name, info.filename, "a symbolic link")
+            if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+                _refuse(path.name, info.filename, "a device, FIFO or socket")
+            is_dir = info.is_dir() or kind == stat.S_IFDIR
+            plan.append((rel, is_dir, bool(mode & 0o111) and not is_dir, info))
+    return plan
+
+
+def _tar_plan(path: Path) -> list[tuple[PurePosixPath, bool, bool, tarfile.TarInfo]]:
+    plan = []
+    with tarfile.open(path) as tf:
+        for info in tf.getmembers():
+            rel = check_member_name(info.name, archive=path.name)
+            if info.issym() or info.islnk():
+                _refuse(path.name, info.name, f"a {'symbolic' if info.issym() else 'hard'} link to {info.linkname!r}")
+            if not (info.isfile() or info.isdir()):
+                _refuse(path.name, info.name, "a device, FIFO or other special file")
+            plan.append((rel, info.isdir(), bool(info.mode & 0o111) and info.isfile(), info))
+    return plan
+
+
+def _check_targets(plan, root: Path, archive: str) -> None:
+    """No member may resolve outside ``root`` and no file may also be a folder of another member."""
+    files = {rel for rel, is_dir, _, _ in plan if not is_dir}
+    for rel, _, _, _ in plan:
+        target = (root / rel).resolve()
+        if target != root and root not in target.parents:
+            _refuse(archive, str(rel), "outside the target folder once resolved")
+        for parent in rel.parents:
+            if parent in files:
+                _refuse(archive, str(rel), f"inside {str(parent)!r}, which is also a file")
+
+
+# ------------------------------------------------------------------------------------ extraction
+def extract(archive: str | os.PathLike, dest: str | os.PathLike, *, nested: bool = False) -> Path:
+    """Extract ``archive`` (zip or tar, any compression) into the folder ``dest``; returns ``dest``.
+
+    See the module docstring for what is refused. ``dest`` is replaced atomically.
+    """
+    archive, dest = Path(archive), Path(dest)
+    if zipfile.is_zipfile(archive):
+        plan, reader = _zip_plan(archive), _write_zip
+    elif tarfile.is_tarfile(archive):
+        plan, reader = _tar_plan(archive), _write_tar
+    else:
+        raise UnsafeArchiveError(explain(f"{archive} is not an archive", expected="a zip or tar file", found=archive.name))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent)).resolve()
+    try:
+        _check_targets(plan, tmp, archive.name)
+        reader(archive, plan, tmp)
+        if nested:
+            inner = _single_inner_archive(tmp)
+            if inner is not None:
+                unpacked = extract(inner, tmp.with_name(tmp.name + ".inner"), nested=True)
+                shutil.rmtree(tmp)
+                os.replace(unpacked, tmp)
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp.with_name(tmp.name + ".inner"), ignore_errors=True)
+        raise
+    return dest
+
+
+def _single_inner_archive(root: Path) -> Path | None:
+    """The only file under ``root`` (through single folders) when it is an archive, else None."""
+    entries = list(root.iterdir())
+    while len(entries) == 1 and entries[0].is_dir():
+        entries = list(entries[0].iterdir())
+    if len(entries) == 1 and entries[0].is_file() and archive_suffix(entries[0].name) and is_archive(entries[0]):
+        return entries[0]
+    return None
+
+
+def _mode(executable: bool) -> int:
+    return 0o755 if executable else 0o644
+
+
+def _write_zip(archive: Path, plan, root: Path) -> None:
+    with zipfile.ZipFile(archive) as zf:
+        for rel, is_dir, executable, info in plan:
+            target = root / rel
+            if is_dir:
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, open(target, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+            os.chmod(target, _mode(executable))
+
+
+def _write_tar(archive: Path, plan, root: Path) -> None:
+    with tarfile.open(archive) as tf:
+        for rel, is_dir, executable, info in plan:
+            target = root / rel
+            if is_dir:
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            src = tf.extractfile(info)
+            with src, open(target, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+            os.chmod(target, _mode(executable))
