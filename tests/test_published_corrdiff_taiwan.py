@@ -36,8 +36,10 @@ def era5_on_input_grid(times=2, seed=0) -> xr.Dataset:
     rng = np.random.default_rng(seed)
     lat2, lon2 = np.meshgrid(IN_LAT, IN_LON, indexing="ij")
     data = {}
-    for k, name in enumerate(INPUTS):
+    offset = {"tcwv": 30.0, "z500": 55000.0, "z850": 14000.0, "t500": 250.0, "t850": 270.0, "t2m": 285.0}
+    for k, name in enumerate(INPUTS):  # physically plausible values: downscale checks ranges
         field = np.sin(lat2 / (3 + k) + k) * np.cos(lon2 / (2 + k)) * (10 + k) + rng.normal(0, 1, (times, 36, 40))
+        field = field + offset.get(name, 0.0)
         units = UNITS.get(name, UNITS.get(name.rstrip("0123456789m")[:1], "1"))
         if name in ("t2m",):
             units = "K"

@@ -55,8 +55,12 @@ def datasets(model, times=("2024-05-01T00", "2024-05-01T01", "2024-05-01T02"), s
     units = {"u10m": "m s-1", "v10m": "m s-1", "t2m": "K", "msl": "Pa", "refc": "dBZ", "tcwv": "kg m-2", "sp": "Pa",
              "u1000": "m s-1", "z500": "m2 s-2"}
 
+    # physically plausible levels (downscale and forecast check ranges); the offsets per unit
+    level = {"K": 280.0, "Pa": 100000.0, "kg m-2": 30.0, "m2 s-2": 55000.0, "dBZ": 20.0}
+
     def make(names, n):
-        return xr.Dataset({v: (("time", "y", "x"), rng.normal(0, 3, (n, *lat.shape)).astype(np.float32) + 10 * k,
+        return xr.Dataset({v: (("time", "y", "x"), rng.normal(0, 3, (n, *lat.shape)).astype(np.float32) + 10 * k
+                               + level.get(units.get(v, "1"), 0.0),
                                {"units": units.get(v, "1")}) for k, v in enumerate(names)},
                           coords={k: v for k, v in coords.items() if k != "time"} | {"time": coords["time"][:n]})
 

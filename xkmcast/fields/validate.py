@@ -65,16 +65,20 @@ def check_times(ds: xr.Dataset, dim: str | None, what: str = "input") -> None:
 def checked_values(ds: xr.Dataset, names, *, check_ranges: bool = True, time_dim: str | None = None) -> xr.Dataset:
     """``ds`` whose variables ``names`` raise (when their values are read) on non-finite or
     implausible values (see the module docstring); messages name the times along ``time_dim``."""
+    from ..errors import MissingVariableError
     from .variables import variable_info
 
     out = ds.copy()
     for name in names:
         da = ds[name]
-        info = variable_info(name)
-        bounds = info.valid_range if check_ranges else None
+        try:
+            info = variable_info(name)
+            units, bounds = info.units, (info.valid_range if check_ranges else None)
+        except MissingVariableError:  # a model's own channel the table does not know: finiteness only
+            units, bounds = da.attrs.get("units", "1"), None
         axis = da.dims.index(time_dim) if time_dim in da.dims else None
         times = ds[time_dim].values if axis is not None and time_dim in ds.coords else None
-        check = _Check(name, info.units, bounds, axis, times)
+        check = _Check(name, units, bounds, axis, times)
         if da.chunks is not None:
             out[name] = da.copy(data=da.data.map_blocks(check, dtype=da.dtype))
         else:
