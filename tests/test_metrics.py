@@ -19,7 +19,7 @@ import xarray as xr
 from xkmcast import metrics as M
 from xkmcast.errors import CoordinateError, InvalidDataError
 
-GUAM = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data" / "guam.nc"
+from conftest import GUAM
 
 
 def ensemble(seed=0, m=7, shape=(4, 6, 8), spread=1.0, calibrated=True):

@@ -26,7 +26,7 @@ from PIL import Image  # noqa: E402
 from xkmcast import plot as P  # noqa: E402
 from xkmcast.grid import make_lambert_grid, make_latlon_grid  # noqa: E402
 
-GUAM = Path(__file__).resolve().parents[2] / "shared" / "data" / "guam.nc"
+from conftest import GUAM
 needs_guam = pytest.mark.skipif(not GUAM.exists(), reason=f"shared test data not found at {GUAM}")
 RED = "#ff0000"
 

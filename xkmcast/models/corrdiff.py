@@ -148,7 +148,8 @@ class CorrDiff(Pipeline):
 
 
 class PatchedDenoiser(torch.nn.Module):
-    """Run a denoiser on overlapping patches and fuse them (mean over overlaps) at every call."""
+    """Run a denoiser on overlapping patches and fuse them (taper-weighted blend of the overlaps,
+    :meth:`GridPatching.fuse`) at every call."""
 
     def __init__(self, net: torch.nn.Module, patching: GridPatching):
         super().__init__()
