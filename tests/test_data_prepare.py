@@ -149,3 +149,16 @@ def test_runs_on_dask_distributed(tmp_path, sources):
         out = _prepare(sources, tmp_path / "s.zarr")
     ds = open_store(out)
     assert ds.sizes["time"] == 4 and float(ds.orog.max()) > 0
+
+
+def test_transforms_are_applied_before_the_statistics(tmp_path, sources):
+    """transforms={tp: sqrt}: the store's statistics of input_tp and target_tp are those of sqrt(tp)."""
+    out = _prepare(sources, tmp_path / "sqrt.zarr", log_vars=[], transforms={"tp": "sqrt"})
+    ds = open_store(out)
+    stats = Stats.from_attrs(ds)
+    for name in ("input_tp", "target_tp"):
+        z = np.sqrt(np.maximum(ds[name].values.astype(float), 0))
+        assert stats.transform_of(name) == "sqrt"
+        assert stats.mean[name] == pytest.approx(z.mean(), rel=1e-6)
+        assert stats.std[name] == pytest.approx(z.std(), rel=1e-6)
+    assert stats.transform_of("input_t2m") == "none"

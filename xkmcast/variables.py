@@ -100,6 +100,8 @@ class Variable:
     accumulated_aliases: tuple[str, ...] = ()
     level: float | None = None  # hPa, for pressure-level variables
     base: str | None = None
+    valid_min: float | None = None  # physical range (CF valid_min / valid_max), None: unbounded
+    valid_max: float | None = None
 
     @property
     def attrs(self) -> dict:
@@ -122,6 +124,8 @@ def _table() -> tuple[dict[str, Variable], dict[str, Variable]]:
                 long_name=e["long_name"],
                 aliases=tuple(e.get("aliases", ())),
                 accumulated_aliases=tuple(e.get("accumulated_aliases", ())),
+                valid_min=None if e.get("valid_min") is None else float(e["valid_min"]),
+                valid_max=None if e.get("valid_max") is None else float(e["valid_max"]),
             )
             for name, e in section.items()
         }

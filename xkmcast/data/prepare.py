@@ -29,6 +29,7 @@ import xarray as xr
 from ..atomic import atomic_path
 from ..errors import ConfigError, MissingVariableError, TimeCoverageError, explain
 from ..grid import find_grid
+from ..transforms import parse_transforms
 from .stats import DEFAULT_LOG_EPS, STATS_ATTR, Stats, compute_stats
 
 __all__ = ["prepare", "open_store", "store_names", "split_stats", "INPUT_PREFIX", "TARGET_PREFIX", "STORE_FORMAT"]
@@ -145,13 +146,16 @@ def _on_fine_grid(coarse: xr.Dataset, fine: xr.Dataset, method: str) -> xr.Datas
 def prepare(fine: xr.Dataset, coarse: xr.Dataset, out: str | os.PathLike, *, input_vars: Sequence[str],
             output_vars: Sequence[str], invariants: Sequence[str] = (), times=None,
             regrid_method: str = "bilinear", chunks: dict | None = None, log_vars: Iterable[str] = (),
-            log_eps: float = DEFAULT_LOG_EPS, convert_units: bool = True, overwrite: bool = False) -> Path:
+            log_eps: float = DEFAULT_LOG_EPS, convert_units: bool = True, overwrite: bool = False,
+            transforms: dict[str, str] | None = None) -> Path:
     """Write the training store ``out`` (layout in the module docstring) and return its path.
 
     ``fine`` holds ``output_vars`` and ``invariants``; ``coarse`` holds ``input_vars`` (canonical
     names, found by alias / standard_name and converted to canonical units). Times are the inner join
     of both, optionally restricted by ``times`` (a label slice or a list); none left ->
-    TimeCoverageError. ``log_vars`` (canonical names) get the log1p transform in the statistics.
+    TimeCoverageError. ``transforms`` ``{canonical name: "log1p" | "sqrt"}`` (:mod:`xkmcast.transforms`)
+    are recorded in the statistics, computed on the transformed values of the input and the target of
+    that variable; ``log_vars`` is the same as ``log1p`` for each name (with ``log_eps``).
     ``chunks`` overrides the default ``{"time": 1, y: -1, x: -1}``.
     """
     out = Path(out)
@@ -187,6 +191,8 @@ def prepare(fine: xr.Dataset, coarse: xr.Dataset, out: str | os.PathLike, *, inp
         var.encoding = {}
     i_names, o_names, inv_names = store_names(input_vars, output_vars, invariants)
     log_names = [n for v in log_vars for n in (INPUT_PREFIX + v, TARGET_PREFIX + v) if n in ds.data_vars]
+    store_transforms = {n: t for v, t in parse_transforms(transforms).items()
+                        for n in (INPUT_PREFIX + v, TARGET_PREFIX + v) if n in ds.data_vars}
     ds.attrs = {
         "xkmcast_store": STORE_FORMAT,
         "xkmcast_input_vars": json.dumps(list(input_vars)),
@@ -199,7 +205,8 @@ def prepare(fine: xr.Dataset, coarse: xr.Dataset, out: str | os.PathLike, *, inp
     with atomic_path(out, overwrite=overwrite) as tmp:
         ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=True)
         written = xr.open_zarr(tmp, consolidated=False)
-        stats = compute_stats(written, [*i_names, *o_names, *inv_names], log_vars={n: log_eps for n in log_names})
+        stats = compute_stats(written, [*i_names, *o_names, *inv_names], log_vars={n: log_eps for n in log_names},
+                              eps=log_eps, transforms=store_transforms)
         import zarr
 
         zarr.open_group(str(tmp), mode="r+", zarr_format=3).attrs.update({STATS_ATTR: stats.to_json()})

@@ -54,12 +54,14 @@ class CorrDiff(Pipeline):
 
     def interpolation(self, cond: Tensor) -> Tensor:
         """The regridded coarse input of each output variable, in output normalisation:
-        ``(x_n s_in + m_in - m_out) / s_out`` (channels under a log transform contribute 0)."""
+        ``(x_n s_in + m_in - m_out) / s_out`` in transformed units (channels whose input and output
+        transforms differ contribute 0)."""
         names = self.spec.output_vars
         idx = [self.spec.input_vars.index(v) for v in names]
-        m_in, s_in, e_in = self.stats_for("input").arrays(names)
-        m_out, s_out, e_out = self.stats_for("output").arrays(names)
-        linear = (e_in == 0) & (e_out == 0)
+        sin, sout = self.stats_for("input"), self.stats_for("output")
+        m_in, s_in, e_in = sin.arrays(names)
+        m_out, s_out, e_out = sout.arrays(names)
+        linear = np.array([sin.transform_of(n) == sout.transform_of(n) for n in names]) & (e_in == e_out)
         shape = (1, len(names), 1, 1)
         a = torch.as_tensor(np.where(linear, s_in / s_out, 0.0), dtype=cond.dtype, device=cond.device).reshape(shape)
         b = torch.as_tensor(np.where(linear, (m_in - m_out) / s_out, 0.0), dtype=cond.dtype, device=cond.device)

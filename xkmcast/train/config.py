@@ -81,7 +81,9 @@ class DataConfig(_Strict):
     Forecast kinds (StormCast, Stormscope, ViT): ``input_vars`` / ``output_vars`` are the state,
     ``background_vars`` the coarse conditioning. ``patch``: CorrDiff's patched diffusion (the pipeline
     cuts random patches from whole fields). ``num_workers > 0`` loads faster but resuming is then no
-    longer bitwise exact.
+    longer bitwise exact. ``transforms``: ``{variable: log1p | sqrt}`` (:mod:`xkmcast.transforms`),
+    applied before the statistics and inverted (clipped to the physical range) at output; the model
+    bundle records them. On the command line: ``"data.transforms={tp: log1p}"``.
     """
 
     source: str | None = None
@@ -100,6 +102,14 @@ class DataConfig(_Strict):
     regrid_method: Literal["bilinear", "nearest", "conservative"] = "bilinear"
     patch: list[int] | None = None
     num_workers: int = Field(default=0, ge=0)
+    transforms: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("transforms")
+    @classmethod
+    def _transforms(cls, value: dict[str, str]) -> dict[str, str]:
+        from ..transforms import parse_transforms
+
+        return parse_transforms(value)
 
     @field_validator("dataset_class")
     @classmethod

@@ -159,7 +159,7 @@ def _training_store(cfg: TrainConfig, env: D.DistEnv) -> Path:
         # prepare() needs at least one coarse input; a forecast without background stores an unused one
         inputs = inputs or outputs[:1]
         prepare(fine, coarse, out, input_vars=inputs, output_vars=outputs, invariants=d.invariants,
-                regrid_method=d.regrid_method)
+                regrid_method=d.regrid_method, transforms=d.transforms)
     D.barrier(env)
     return out
 
