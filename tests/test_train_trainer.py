@@ -249,3 +249,22 @@ def test_bf16_training_learns_and_keeps_fp32_weights(store, tmp_path):
     assert np.mean(train_losses[-5:]) < np.mean(train_losses[:5]), train_losses
     weights = _checkpoint(run.run_dir, 20)
     assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float32}
+
+
+def test_progress_lines_go_to_non_tty_logs_every_n_steps(tmp_path, capsys):
+    """stderr is not a terminal under pytest: a plain progress line every progress_every steps and
+    at the last step; none with quiet."""
+    from xkmcast.train.logging import RunLog
+
+    log = RunLog(tmp_path / "run", total_steps=25, tensorboard=False, progress_every=10)
+    for step in range(1, 26):
+        log.progress(step, 0.5 / step, 8.0)
+    log.close()
+    lines = [line for line in capsys.readouterr().err.splitlines() if "step" in line]
+    assert [line.split("step ")[1].split(" ")[0] for line in lines] == ["10/25", "20/25", "25/25"]
+    assert "loss 0.05," in lines[0] and "samples/s" in lines[0] and "ETA" in lines[0]
+    quiet = RunLog(tmp_path / "q", total_steps=25, tensorboard=False, progress_every=10, quiet=True)
+    for step in range(1, 26):
+        quiet.progress(step, 1.0, 8.0)
+    quiet.close()
+    assert "step" not in capsys.readouterr().err
