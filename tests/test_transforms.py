@@ -95,3 +95,21 @@ def test_trained_pipeline_with_log1p_precipitation_never_rains_negative(tmp_path
     tp = out["tp"].values
     assert np.isfinite(tp).all() and (tp >= 0).all()
     assert tp.max() < 20 * float(fine["tp"].max()) + 1.0  # an inverted log, not a normalised value
+
+
+def test_a_prepared_store_without_the_transform_is_refused(tmp_path):
+    """data.transforms on a store prepared without them: ConfigError (its statistics would not match)."""
+    from xkmcast.data.prepare import prepare
+    from xkmcast.data.synthetic import synthetic_pair
+    from xkmcast.train.config import load_config
+    from xkmcast.train.trainer import train
+
+    coarse, fine = synthetic_pair(nx=8, ny=8, factor=2, times=3, seed=1)
+    store = prepare(fine, coarse, tmp_path / "s.zarr", input_vars=["t2m", "tp"], output_vars=["tp"],
+                    regrid_method="nearest")
+    cfg = load_config("corrdiff-tiny-regression", [
+        f"data.source={store}", "data.input_vars=[t2m, tp]", "data.output_vars=[tp]", "data.invariants=[]",
+        "data.transforms={tp: sqrt}", f"training.outdir={tmp_path / 'runs'}", "training.duration=1",
+        "training.tensorboard=false", "training.device=cpu"])
+    with pytest.raises(ConfigError, match="transforms"):
+        train(cfg, quiet=True)
