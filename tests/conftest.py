@@ -11,8 +11,24 @@ import xarray as xr
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def shared_dir() -> Path:
+    """The shared real-data folder: ``$XKMCAST_SHARED`` if set, else the first ``shared`` folder
+    beside this clone or beside one of its parents (a clone in /work/main and a worktree in
+    /work/wt/NAME both find /work/shared)."""
+    if os.environ.get("XKMCAST_SHARED"):
+        return Path(os.environ["XKMCAST_SHARED"])
+    here = Path(__file__).resolve().parents[1]
+    for parent in here.parents:
+        if (parent / "shared" / "data").is_dir():
+            return parent / "shared"
+    return here.parent / "shared"
+
+
+SHARED = shared_dir()
 GUAM = SHARED / "data" / "guam.nc"
+NCL_STORM = SHARED / "data" / "ncl_storm"
 
 
 @pytest.fixture(scope="session")

@@ -83,3 +83,17 @@ def test_catalog_list():
     assert result.exit_code == 0
     for name in ("hrrr_mini", "cwa_taiwan", "era5", "hrrr_era5", "sample"):
         assert name in result.output
+
+
+def test_times_accept_iso_minutes_and_a_range_syntax():
+    """--times: ISO datetimes keep their ':' (13:00 is not a range); START..END is the range."""
+    from xkmcast.cli import parse_times
+
+    ds = xr.Dataset({"a": ("time", np.arange(6.0))},
+                    coords={"time": np.datetime64("2018-09-14T12:00", "ns") + np.arange(6) * np.timedelta64(1, "h")})
+    picked = ds.sel(time=parse_times("2018-09-14T13:00,2018-09-14T14:00"))
+    assert picked["a"].values.tolist() == [1.0, 2.0]
+    assert ds.sel(time=parse_times("2018-09-14T13:00..2018-09-14T15:00"))["a"].values.tolist() == [1.0, 2.0, 3.0]
+    assert ds.sel(time=parse_times("..2018-09-14T13:00"))["a"].values.tolist() == [0.0, 1.0]
+    assert ds.sel(time=parse_times("2018-09-14T16:00"))["a"].values.tolist() == [4.0]
+    assert parse_times("2021-02-01:2021-02-03") == slice("2021-02-01", "2021-02-03")  # the older form

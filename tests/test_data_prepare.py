@@ -195,3 +195,16 @@ def test_allow_outside_reaches_the_regridder_from_prepare_and_the_cli(tmp_path, 
     assert result.exit_code == 0, result.output
     cli = open_store(tmp_path / "b.zarr")
     np.testing.assert_array_equal(cli.input_t2m.values, ds.input_t2m.values)
+
+
+def test_transforms_are_applied_before_the_statistics(tmp_path, sources):
+    """transforms={tp: sqrt}: the store's statistics of input_tp and target_tp are those of sqrt(tp)."""
+    out = _prepare(sources, tmp_path / "sqrt.zarr", log_vars=[], transforms={"tp": "sqrt"})
+    ds = open_store(out)
+    stats = Stats.from_attrs(ds)
+    for name in ("input_tp", "target_tp"):
+        z = np.sqrt(np.maximum(ds[name].values.astype(float), 0))
+        assert stats.transform_of(name) == "sqrt"
+        assert stats.mean[name] == pytest.approx(z.mean(), rel=1e-6)
+        assert stats.std[name] == pytest.approx(z.std(), rel=1e-6)
+    assert stats.transform_of("input_t2m") == "none"

@@ -122,7 +122,7 @@ def test_json_round_trip(tmp_path, data):
     with pytest.raises(InvalidDataError):
         Stats.from_dict({"t2m": {"mean": 1.0}})
     with pytest.raises(InvalidDataError):
-        Stats.from_dict({"t2m": {"mean": 1.0, "std": 1.0, "transform": "sqrt"}})
+        Stats.from_dict({"t2m": {"mean": 1.0, "std": 1.0, "transform": "cube"}})
 
 
 def test_subset_rename_merge_and_missing():

@@ -49,12 +49,12 @@ def test_grid_layout_numbers():
     gp = GridPatching((100, 50), (30, 20), overlap=4, boundary=2)
     assert gp.stride == (24, 14) and gp.grid_shape == (5, 4) and gp.num_patches == 20
     # every pixel is seen by at least one patch, overlaps by more
-    count = gp.fuse(torch.ones(20, 1, 30, 20) * 0 + 1)  # average of ones is one
-    assert torch.equal(count, torch.ones(1, 1, 100, 50))
+    count = gp.fuse(torch.ones(20, 1, 30, 20) * 0 + 1)  # weighted average of ones is one
+    torch.testing.assert_close(count, torch.ones(1, 1, 100, 50), rtol=1e-6, atol=0)
 
 
 def test_grid_fuse_averages_the_overlaps():
-    gp = GridPatching((10, 10), (6, 6), overlap=2, boundary=0)  # stride 4, patches at 0, 4, 8
+    gp = GridPatching((10, 10), (6, 6), overlap=2, boundary=0, blend="mean")  # stride 4, patches at 0, 4, 8
     patches = torch.arange(gp.num_patches, dtype=torch.float64).reshape(-1, 1, 1, 1).expand(-1, 1, 6, 6)
     fused = gp.fuse(patches)
     # patch p = ix * ny + iy; pixel (4, 0) is covered by (iy, ix) = (0, 0) and (1, 0): (0 + 1) / 2
@@ -144,7 +144,7 @@ def test_grid_and_random_patching_match_physicsnemo():
 
     x, ctx = _field(2, 3, 40, 56).float(), _field(2, 2, 10, 14).float()
     ref = GridPatching2D((40, 56), (16, 24), overlap_pix=4, boundary_pix=2)
-    ours = GridPatching((40, 56), (16, 24), overlap=4, boundary=2)
+    ours = GridPatching((40, 56), (16, 24), overlap=4, boundary=2, blend="mean")
     assert ours.num_patches == ref.patch_num
     torch.testing.assert_close(ours.split(x, context=ctx), ref.apply(x, additional_input=ctx))
     assert torch.equal(ours.global_index(), ref.global_index())

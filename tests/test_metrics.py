@@ -19,7 +19,7 @@ import xarray as xr
 from xkmcast.fields import metrics as M
 from xkmcast.errors import CoordinateError, InvalidDataError
 
-GUAM = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data" / "guam.nc"
+from conftest import GUAM
 
 
 def ensemble(seed=0, m=7, shape=(4, 6, 8), spread=1.0, calibrated=True):
@@ -188,6 +188,20 @@ def test_spread_skill_is_about_one_for_a_calibrated_ensemble_and_not_otherwise()
     assert float(M.spread_skill(f2, y2)) < 0.5
     # spread: sqrt of the mean unbiased member variance, against numpy
     np.testing.assert_allclose(float(M.spread(f)), np.sqrt(np.var(f.values, axis=0, ddof=1).mean()), rtol=1e-12)
+
+
+def test_spread_skill_is_nan_at_lead_zero_not_a_ratio_of_round_off():
+    """Members equal to the truth up to float32 round-off (a forecast at lead 0) have no skill to
+    compare the spread with: NaN there, while the other lead keeps its ratio."""
+    rng = np.random.default_rng(3)
+    truth = xr.DataArray(280 + rng.normal(size=(2, 8, 9)), dims=("lead", "y", "x"))
+    members = np.stack([truth.values.astype(np.float32).astype(float) * (1 + 1e-7 * rng.normal(size=truth.shape))
+                        for _ in range(4)])
+    members[:, 1] = truth.values[1] + rng.normal(size=(4, 8, 9))  # lead 1: a real error
+    f = xr.DataArray(members, dims=("member", "lead", "y", "x"))
+    ssr = M.spread_skill(f, truth, dim=["y", "x"])
+    assert np.isnan(float(ssr.isel(lead=0)))
+    assert 0.3 < float(ssr.isel(lead=1)) < 3
 
 
 def test_rank_histogram_is_flat_for_a_calibrated_ensemble_and_agrees_with_xskillscore():

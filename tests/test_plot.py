@@ -26,7 +26,7 @@ from PIL import Image  # noqa: E402
 from xkmcast.fields import plot as P  # noqa: E402
 from xkmcast.fields.grid import make_lambert_grid, make_latlon_grid  # noqa: E402
 
-GUAM = Path(__file__).resolve().parents[2] / "shared" / "data" / "guam.nc"
+from conftest import GUAM
 needs_guam = pytest.mark.skipif(not GUAM.exists(), reason=f"shared test data not found at {GUAM}")
 RED = "#ff0000"
 
@@ -143,6 +143,29 @@ def test_member_panels_share_one_colour_scale(tmp_path):
     img = rgb(png)
     assert_not_blank(img)
     assert coloured_regions(img) == 6 + 1  # six panels and the colour bar
+
+
+def test_member_panels_of_precipitation_take_scale_options_and_keep_the_label_inside(tmp_path):
+    from matplotlib.colors import LogNorm
+
+    ens = ensemble(m=3, nt=1)
+    rain = np.exp(ens["t2m"] - 290.0)
+    ens["tp"] = rain.assign_attrs(units="kg m-2", standard_name="precipitation_amount",
+                                  long_name="total precipitation over the time step")
+    fig = P.members(ens, "tp", n=3, vmin=0.0, vmax=5.0, path=tmp_path / "a.png")
+    maps = [ax for ax in fig.axes if hasattr(ax, "projection")]
+    assert {ax.collections[0].get_clim() for ax in maps} == {(0.0, 5.0)}
+    assert {ax.collections[0].get_cmap().name for ax in maps} == {P.PRECIP_CMAP}
+    fig = P.members(ens, "tp", n=2, norm=LogNorm(0.1, 10.0), path=tmp_path / "b.png")
+    maps = [ax for ax in fig.axes if hasattr(ax, "projection")]
+    assert all(isinstance(ax.collections[0].norm, LogNorm) for ax in maps)
+    # a long colour-bar label stays inside the saved figure
+    renderer = fig.canvas.get_renderer()
+    cbar = [ax for ax in fig.axes if not hasattr(ax, "projection")][0]
+    label = cbar.yaxis.label.get_window_extent(renderer)
+    assert label.width > 0 and fig.bbox.x0 <= label.x0 and label.x1 <= fig.bbox.x1
+    assert fig.bbox.y0 <= label.y0 and label.y1 <= fig.bbox.y1  # a long name is wrapped, not cut
+    assert "precipitation" in cbar.get_ylabel()
 
 
 def test_spectra_plot_is_log_log_with_members_mean_and_truth(tmp_path):

@@ -268,3 +268,22 @@ def test_training_statistics_come_from_the_training_times_only(store, tmp_path):
     np.testing.assert_allclose([got["mean"], got["std"]], [values.mean(), values.std()], rtol=1e-6)
     everything = ds["target_t2m"].values.astype(np.float64)
     assert abs(got["std"] - everything.std()) > 1e-4 * everything.std()
+
+
+def test_progress_lines_go_to_non_tty_logs_every_n_steps(tmp_path, capsys):
+    """stderr is not a terminal under pytest: a plain progress line every progress_every steps and
+    at the last step; none with quiet."""
+    from xkmcast.train.logging import RunLog
+
+    log = RunLog(tmp_path / "run", total_steps=25, tensorboard=False, progress_every=10)
+    for step in range(1, 26):
+        log.progress(step, 0.5 / step, 8.0)
+    log.close()
+    lines = [line for line in capsys.readouterr().err.splitlines() if "step" in line]
+    assert [line.split("step ")[1].split(" ")[0] for line in lines] == ["10/25", "20/25", "25/25"]
+    assert "loss 0.05," in lines[0] and "samples/s" in lines[0] and "ETA" in lines[0]
+    quiet = RunLog(tmp_path / "q", total_steps=25, tensorboard=False, progress_every=10, quiet=True)
+    for step in range(1, 26):
+        quiet.progress(step, 1.0, 8.0)
+    quiet.close()
+    assert "step" not in capsys.readouterr().err

@@ -5,6 +5,8 @@ Every command reports an :class:`~xkmcast.errors.XkmcastError` as ``error: <mess
 
 from __future__ import annotations
 
+import re
+
 import typer
 
 from .cli_errors import reported_errors
@@ -110,18 +112,33 @@ def _open_input(name_or_path: str, part: str | None, times: str | None):
     kwargs = {"part": part} if part else {}
     ds = xkmcast.open_dataset(name_or_path, **kwargs)
     if times:
-        if ":" in times:
-            start, stop = times.split(":", 1)
-            ds = ds.sel(time=slice(start or None, stop or None))
-        else:
-            try:
-                ds = ds.sel(time=[t.strip() for t in times.split(",")])
-            except (KeyError, ValueError) as exc:
-                raise TimeCoverageError(explain(f"--times {times} are not all times of {name_or_path}",
-                                                expected=f"times within {ds.time.values.min()} .. {ds.time.values.max()}",
-                                                found=str(exc).splitlines()[0] if str(exc) else times,
-                                                fix="list times the data hold, or give a range START:END")) from None
+        try:
+            ds = ds.sel(time=parse_times(times))
+        except (KeyError, ValueError) as exc:
+            raise TimeCoverageError(explain(f"--times {times} are not all times of {name_or_path}",
+                                            expected=f"times within {ds.time.values.min()} .. {ds.time.values.max()}",
+                                            found=str(exc).splitlines()[0] if str(exc) else times,
+                                            fix="list times the data hold, or give a range START..END")) from None
     return ds
+
+
+#: a time range on the command line: START..END (either end may be empty); the older START:END form
+#: is still read when what follows the ':' is a date (a year), never the minutes of an ISO time
+_RANGE = re.compile(r"^(?P<start>.*?)(?:\.\.|:(?=\d{4}-|$))(?P<stop>.*)$")
+
+
+def parse_times(text: str) -> slice | list[str]:
+    """``--times`` text -> a label slice or a list of labels.
+
+    ``"2018-09-14T13:00..2018-09-14T18:00"`` -> slice (inclusive, open ends allowed: ``"..2018-09-15"``);
+    ``"2018-09-14T13:00,2018-09-14T14:00"`` -> list; one time -> a one-element list. ISO datetimes
+    keep their ``:`` (hours and minutes); ``START:END`` between two dates still means a range.
+    """
+    text = text.strip()
+    m = _RANGE.match(text) if "," not in text else None
+    if m and (".." in text or m.group("stop") == "" or m.group("start") == "" or re.match(r"\d{4}-", m.group("stop"))):
+        return slice(m.group("start").strip() or None, m.group("stop").strip() or None)
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 @app.command()
@@ -133,7 +150,7 @@ def downscale(
     seed: int = typer.Option(0, help="seed of the ensemble (member k is the same whatever the batching)"),
     steps: int | None = typer.Option(None, "--steps", help="sampler steps (default: the model's)"),
     sampler: str | None = typer.Option(None, help="heun | euler | dpmpp_2m"),
-    times: str | None = typer.Option(None, help="'START:END' or a comma-separated list of times"),
+    times: str | None = typer.Option(None, help="'START..END' (inclusive) or a comma-separated list of ISO times"),
     part: str | None = typer.Option(None, help="part of a published layout to use as input (e.g. input)"),
     batch_size: int | None = typer.Option(None, help="samples per network call"),
     time_chunk: int = typer.Option(1, help="times per dask task"),
@@ -187,7 +204,7 @@ def forecast(
     seed: int = typer.Option(0, help="seed of the ensemble"),
     sampler_steps: int | None = typer.Option(None, help="sampler steps of diffusion models"),
     sampler: str | None = typer.Option(None, help="heun | euler | dpmpp_2m"),
-    times: str | None = typer.Option(None, help="initial times: 'START:END' or a comma-separated list"),
+    times: str | None = typer.Option(None, help="initial times: 'START..END' (inclusive) or a comma-separated list"),
     part: str | None = typer.Option(None, help="part of a published layout holding the state"),
     device: str | None = typer.Option(None, help="cuda / cpu (default: automatic)"),
     quiet: bool = typer.Option(False, help="no progress output"),

@@ -30,6 +30,7 @@ import xarray as xr
 from ..atomic import atomic_path
 from ..errors import ConfigError, DataNotFoundError, MissingVariableError, TimeCoverageError, explain
 from ..fields.grid import find_grid
+from ..fields.transforms import parse_transforms
 from .stats import DEFAULT_LOG_EPS, STATS_ATTR, Stats, compute_stats
 
 __all__ = ["prepare", "open_store", "store_names", "split_stats", "select_times", "times_fingerprint",
@@ -170,7 +171,7 @@ def prepare(fine: xr.Dataset, coarse: xr.Dataset, out: str | os.PathLike, *, inp
             output_vars: Sequence[str], invariants: Sequence[str] = (), times=None,
             regrid_method: str = "bilinear", regrid_options: dict | None = None, chunks: dict | None = None,
             log_vars: Iterable[str] = (), log_eps: float = DEFAULT_LOG_EPS, convert_units: bool = True,
-            overwrite: bool = False, stats_times=None) -> Path:
+            overwrite: bool = False, stats_times=None, transforms: dict[str, str] | None = None) -> Path:
     """Write the training store ``out`` (layout in the module docstring) and return its path.
 
     ``fine`` holds ``output_vars`` and ``invariants``; ``coarse`` holds ``input_vars`` (canonical
@@ -182,6 +183,9 @@ def prepare(fine: xr.Dataset, coarse: xr.Dataset, out: str | os.PathLike, *, inp
     ``stats_times`` (a label slice, labels or positions; default all times) restricts the times the
     statistics are computed over, e.g. to the training window, so that no evaluation time leaks
     into the normalisation; the store records them in ``xkmcast_stats_times``.
+    TimeCoverageError. ``transforms`` ``{canonical name: "log1p" | "sqrt"}`` (:mod:`xkmcast.fields.transforms`)
+    are recorded in the statistics, computed on the transformed values of the input and the target of
+    that variable; ``log_vars`` is the same as ``log1p`` for each name (with ``log_eps``).
     ``chunks`` overrides the default ``{"time": 1, y: -1, x: -1}``.
     """
     from ..fields.regrid import check_options
@@ -220,6 +224,8 @@ def prepare(fine: xr.Dataset, coarse: xr.Dataset, out: str | os.PathLike, *, inp
         var.encoding = {}
     i_names, o_names, inv_names = store_names(input_vars, output_vars, invariants)
     log_names = [n for v in log_vars for n in (INPUT_PREFIX + v, TARGET_PREFIX + v) if n in ds.data_vars]
+    store_transforms = {n: t for v, t in parse_transforms(transforms).items()
+                        for n in (INPUT_PREFIX + v, TARGET_PREFIX + v) if n in ds.data_vars}
     ds.attrs = {
         "xkmcast_store": STORE_FORMAT,
         "xkmcast_input_vars": json.dumps(list(input_vars)),
@@ -236,7 +242,8 @@ def prepare(fine: xr.Dataset, coarse: xr.Dataset, out: str | os.PathLike, *, inp
         if written.sizes["time"] == 0:
             raise TimeCoverageError(explain("No store time lies in the statistics window", found=stats_times,
                                             expected=f"times within {_span(common)}"))
-        stats = compute_stats(written, [*i_names, *o_names, *inv_names], log_vars={n: log_eps for n in log_names})
+        stats = compute_stats(written, [*i_names, *o_names, *inv_names], log_vars={n: log_eps for n in log_names},
+                              eps=log_eps, transforms=store_transforms)
         import zarr
 
         zarr.open_group(str(tmp), mode="r+", zarr_format=3).attrs.update(

@@ -3,10 +3,15 @@
 For each variable ``v`` with values ``x``:
 
 * plain variables:   ``n = (x - mean_v) / std_v``,  inverse ``x = n std_v + mean_v``;
-* log variables (precipitation-like, ``log_eps`` set): first ``z = log1p(max(x, 0) / eps_v)``, then
-  ``n = (z - mean_v) / std_v`` where ``mean_v`` / ``std_v`` are those of ``z``; inverse
-  ``x = eps_v expm1(n std_v + mean_v)``. The transform is monotonic and exactly invertible for
-  ``x >= 0``; it compresses heavy tails (``x >> eps``) and is near-linear for ``x << eps``.
+* transformed variables (precipitation-like; ``transforms`` / ``log_eps`` set): first
+  ``z = T_v(x)`` (:mod:`xkmcast.fields.transforms`: ``log1p(max(x, 0) / eps_v)``, ``sqrt(max(x, 0))``),
+  then ``n = (z - mean_v) / std_v`` where ``mean_v`` / ``std_v`` are those of ``z``; inverse
+  ``x = T_v^-1(n std_v + mean_v)``. The transforms are monotonic and exactly invertible for
+  ``x >= 0``; they compress heavy tails (log1p: near-linear for ``x << eps``).
+
+Every inverse is clipped to the variable's physical range (:func:`xkmcast.fields.transforms.clip_physical`:
+``valid_min`` / ``valid_max`` of the variables table for canonical names, and the transform's
+domain), so denormalised model outputs never leave it (no negative precipitation).
 
 ``std`` is the population standard deviation (ddof = 0, as ``numpy.std``) over ``dims`` (default:
 all dims of each variable, e.g. time, y, x). A constant variable has ``std = 0``; normalising it
@@ -16,7 +21,8 @@ JSON layout (``Stats.to_json``; the same mapping is ``ModelSpec.stats`` and the 
 attribute of prepared stores and opened layouts)::
 
     {"t2m": {"mean": 288.1, "std": 7.2},
-     "tp":  {"mean": 0.31, "std": 0.62, "transform": "log1p", "eps": 0.1}}
+     "tp":  {"mean": 0.31, "std": 0.62, "transform": "log1p", "eps": 0.1},
+     "q":   {"mean": 0.07, "std": 0.03, "transform": "sqrt"}}
 
 Every function taking statistics accepts a :class:`Stats`, such a mapping, JSON text or a JSON path.
 
@@ -34,6 +40,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import InvalidDataError, MissingVariableError, explain
+from ..fields.transforms import TRANSFORMS, clip_physical, get_transform
 
 __all__ = ["Stats", "as_stats", "compute_stats", "normalise", "denormalise", "normalise_array",
            "denormalise_array", "DEFAULT_LOG_EPS", "STATS_ATTR"]
@@ -46,11 +53,24 @@ STATS_ATTR = "xkmcast_stats"
 
 @dataclasses.dataclass
 class Stats:
-    """Per-variable ``mean`` / ``std`` (of the transformed values) and the log-transform ``eps``."""
+    """Per-variable ``mean`` / ``std`` (of the transformed values), the transform of each transformed
+    variable (``transforms``; a variable in ``log_eps`` alone is ``log1p``) and the log1p ``eps``."""
 
     mean: dict[str, float]
     std: dict[str, float]
     log_eps: dict[str, float] = dataclasses.field(default_factory=dict)
+    transforms: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        self.transforms = {**{n: "log1p" for n in self.log_eps}, **{n: get_transform(t).name for n, t in
+                                                                    self.transforms.items()}}
+        self.transforms = {n: t for n, t in self.transforms.items() if t != "none"}
+        missing = [n for n, t in self.transforms.items() if t == "log1p" and n not in self.log_eps]
+        self.log_eps = {**self.log_eps, **{n: DEFAULT_LOG_EPS for n in missing}}
+
+    def transform_of(self, name: str) -> str:
+        """The transform name of ``name`` (``none`` when untransformed)."""
+        return self.transforms.get(name, "none")
 
     # ----------------------------------------------------------------------------- container
     @property
@@ -65,17 +85,19 @@ class Stats:
         names = list(names)
         self._check(names)
         return Stats({n: self.mean[n] for n in names}, {n: self.std[n] for n in names},
-                     {n: self.log_eps[n] for n in names if n in self.log_eps})
+                     {n: self.log_eps[n] for n in names if n in self.log_eps},
+                     {n: self.transforms[n] for n in names if n in self.transforms})
 
     def rename(self, mapping: Mapping[str, str]) -> Stats:
         """The same statistics under new names (``{old: new}``; names not in ``mapping`` are kept)."""
         r = lambda n: mapping.get(n, n)  # noqa: E731
         return Stats({r(n): v for n, v in self.mean.items()}, {r(n): v for n, v in self.std.items()},
-                     {r(n): v for n, v in self.log_eps.items()})
+                     {r(n): v for n, v in self.log_eps.items()}, {r(n): v for n, v in self.transforms.items()})
 
     def merge(self, other: Stats) -> Stats:
         """Union of two sets of statistics (``other`` wins on shared names)."""
-        return Stats({**self.mean, **other.mean}, {**self.std, **other.std}, {**self.log_eps, **other.log_eps})
+        return Stats({**self.mean, **other.mean}, {**self.std, **other.std}, {**self.log_eps, **other.log_eps},
+                     {**self.transforms, **other.transforms})
 
     def arrays(self, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(mean, safe_std, eps)`` as float64 arrays ``(C,)`` in the order of ``names``; eps 0 = no log."""
@@ -94,12 +116,14 @@ class Stats:
 
     # ----------------------------------------------------------------------------- JSON
     def to_dict(self) -> dict:
-        """``{var: {"mean", "std"[, "transform": "log1p", "eps"]}}`` (module docstring)."""
+        """``{var: {"mean", "std"[, "transform"[, "eps"]]}}`` (module docstring)."""
         out = {}
         for n in self.mean:
             entry = {"mean": float(self.mean[n]), "std": float(self.std[n])}
-            if n in self.log_eps:
-                entry.update(transform="log1p", eps=float(self.log_eps[n]))
+            if n in self.transforms:
+                entry["transform"] = self.transforms[n]
+            if self.transform_of(n) == "log1p":
+                entry["eps"] = float(self.log_eps[n])
             out[n] = entry
         return out
 
@@ -107,13 +131,14 @@ class Stats:
     def from_dict(cls, d: Mapping) -> Stats:
         bad = [n for n, e in d.items() if not (isinstance(e, Mapping) and "mean" in e and "std" in e)]
         transforms = {n: e.get("transform", "none") for n, e in d.items() if n not in bad}
-        bad += [n for n, t in transforms.items() if t not in ("none", "log1p", None)]
+        bad += [n for n, t in transforms.items() if t not in (*TRANSFORMS, None)]
         if bad:
             raise InvalidDataError(explain("Malformed normalisation statistics",
-                                           expected='{var: {"mean": m, "std": s[, "transform": "log1p", "eps": e]}}',
+                                           expected=f'{{var: {{"mean": m, "std": s[, "transform": one of {sorted(TRANSFORMS)}, "eps": e]}}}}',
                                            found=f"entries {bad[:5]}: {str({n: d[n] for n in bad[:2]})[:200]}"))
         return cls({n: float(e["mean"]) for n, e in d.items()}, {n: float(e["std"]) for n, e in d.items()},
-                   {n: float(e["eps"]) for n, e in d.items() if e.get("transform") == "log1p"})
+                   {n: float(e.get("eps", DEFAULT_LOG_EPS)) for n, e in d.items() if e.get("transform") == "log1p"},
+                   {n: t for n, t in transforms.items() if t not in ("none", None)})
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         """The JSON text; also written to ``path`` when given."""
@@ -148,16 +173,14 @@ class Stats:
         return _apply(self, obj, names, axis, inverse=True)
 
 
-def _forward(x, mean, std, eps):
+def _forward(x, mean, std, eps, transform, name):
     """Array kernel: transform then standardise (works on numpy, dask and xarray objects)."""
-    if eps > 0:
-        x = np.log1p(np.maximum(x, 0) / eps)
-    return (x - mean) / std
+    return (get_transform(transform).forward(x, eps) - mean) / std
 
 
-def _inverse(n, mean, std, eps):
-    x = n * std + mean
-    return eps * np.expm1(x) if eps > 0 else x
+def _inverse(n, mean, std, eps, transform, name):
+    """Array kernel: unstandardise, invert the transform, clip to the physical range."""
+    return clip_physical(get_transform(transform).inverse(n * std + mean, eps), name, transform)
 
 
 def _apply(stats: Stats, obj, names, axis: int, inverse: bool):
@@ -167,13 +190,13 @@ def _apply(stats: Stats, obj, names, axis: int, inverse: bool):
         mean, std, eps = stats.arrays(names)
         out = obj.copy()
         for n, m, s, e in zip(names, mean, std, eps):
-            out[n] = kernel(obj[n], m, s, e).astype(obj[n].dtype, copy=False)
+            out[n] = kernel(obj[n], m, s, e, stats.transform_of(n), n).astype(obj[n].dtype, copy=False)
             out[n].attrs = dict(obj[n].attrs)
         return out
     if isinstance(obj, xr.DataArray):
         name = obj.name if names is None else names[0]
         mean, std, eps = stats.arrays([name])
-        out = kernel(obj, mean[0], std[0], eps[0]).astype(obj.dtype, copy=False)
+        out = kernel(obj, mean[0], std[0], eps[0], stats.transform_of(name), name).astype(obj.dtype, copy=False)
         out.attrs = dict(obj.attrs)
         return out
     arr = np.asarray(obj)
@@ -186,11 +209,12 @@ def _apply(stats: Stats, obj, names, axis: int, inverse: bool):
                                        expected=f"{len(names)} channels {names}", found=arr.shape))
     dtype = arr.dtype if np.issubdtype(arr.dtype, np.floating) else np.float32
     out = np.empty(arr.shape, dtype=dtype)
-    for i, (m, s, e) in enumerate(zip(*stats.arrays(names))):
+    for i, (n, m, s, e) in enumerate(zip(names, *stats.arrays(names))):
         idx = [slice(None)] * arr.ndim
         idx[axis] = i
         # python floats keep float32 data in float32 (NEP 50); float64 data stays float64
-        out[tuple(idx)] = kernel(arr[tuple(idx)].astype(dtype, copy=False), float(m), float(s), float(e))
+        out[tuple(idx)] = kernel(arr[tuple(idx)].astype(dtype, copy=False), float(m), float(s), float(e),
+                                 stats.transform_of(n), n)
     return out
 
 
@@ -229,11 +253,14 @@ def denormalise_array(arr, names: Sequence[str], stats, channel_axis: int = 0) -
 
 
 def compute_stats(ds: xr.Dataset, variables: Sequence[str] | None = None, *, dims: Sequence[str] | None = None,
-                  log_vars: Iterable[str] | Mapping[str, float] = (), eps: float = DEFAULT_LOG_EPS) -> Stats:
-    """Mean and std of each variable over ``dims`` (default: all its dims) in ONE dask compute.
+                  log_vars: Iterable[str] | Mapping[str, float] = (), eps: float = DEFAULT_LOG_EPS,
+                  transforms: Mapping[str, str] | None = None) -> Stats:
+    """Mean and std of each variable over ``dims`` (default: all its dims) in ONE dask compute,
+    of the transformed values for transformed variables.
 
-    ``log_vars`` names the variables stored log-transformed (``log1p(x/eps)``); a mapping gives each
-    its own ``eps``. Accumulates in float64. NaNs are skipped.
+    ``transforms`` maps variables to a transform name (:mod:`xkmcast.fields.transforms`); ``log_vars`` names
+    variables under ``log1p(x/eps)`` (a mapping gives each its own ``eps``; also the eps of
+    ``log1p`` entries of ``transforms``). Accumulates in float64. NaNs are skipped.
     """
     import dask
 
@@ -243,16 +270,20 @@ def compute_stats(ds: xr.Dataset, variables: Sequence[str] | None = None, *, dim
         raise MissingVariableError(explain("Cannot compute statistics of absent variables",
                                            expected=variables, found=f"missing {missing}; have {list(ds.data_vars)}"))
     log_eps = dict(log_vars) if isinstance(log_vars, Mapping) else {v: float(eps) for v in log_vars}
-    unknown = [v for v in log_eps if v not in variables]
+    named = {v: get_transform(t).name for v, t in (transforms or {}).items()}
+    log_eps.update({v: float(eps) for v, t in named.items() if t == "log1p" and v not in log_eps})
+    unknown = [v for v in [*log_eps, *named] if v not in variables]
     if unknown:
-        raise MissingVariableError(explain("log_vars must be among the variables", expected=variables, found=unknown))
+        raise MissingVariableError(explain("transformed variables must be among the variables", expected=variables,
+                                           found=unknown))
+    kinds = {**{v: "log1p" for v in log_eps}, **named}
     lazy_mean, lazy_std = {}, {}
     for v in variables:
         x = ds[v].astype("float64")
-        if v in log_eps:
-            x = np.log1p(np.maximum(x, 0) / log_eps[v])
+        if v in kinds:
+            x = get_transform(kinds[v]).forward(x, log_eps.get(v, eps))
         d = [k for k in (dims or x.dims) if k in x.dims]
         lazy_mean[v] = x.mean(d).data
         lazy_std[v] = x.std(d).data
     means, stds = dask.compute(lazy_mean, lazy_std)
-    return Stats({v: float(means[v]) for v in variables}, {v: float(stds[v]) for v in variables}, log_eps)
+    return Stats({v: float(means[v]) for v in variables}, {v: float(stds[v]) for v in variables}, log_eps, kinds)

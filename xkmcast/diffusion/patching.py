@@ -14,9 +14,15 @@ the large-scale situation.
 Inference (:class:`GridPatching`): the domain (H, W) is reflect-padded by ``boundary`` pixels on the
 top/left (and as much as needed on the bottom/right); patches of (ph, pw) tile it with stride
 (ph - overlap - boundary, pw - overlap - boundary), ceil(H / stride_y) x ceil(W / stride_x) of
-them, patch index p = ix * ny + iy. :meth:`GridPatching.fuse` sums the patches back, crops the
-padding and divides by the number of patches covering each pixel (overlaps averaged), so fusing
-the split of an image returns the image. Rectangular patches and rectangular domains are allowed.
+them, patch index p = ix * ny + iy. :meth:`GridPatching.fuse` blends the patches back with smooth
+weights and crops the padding: each patch is weighted by the separable taper w(i, j) = t_y(i) t_x(j),
+t(k) = sin^2(pi (k + 1/2) / (2 L)) over the L = overlap + boundary pixels at each end of the patch
+(the width its neighbour shares) and 1 inside, and the weighted sum is divided by the sum of the
+weights at each pixel, so the weights sum to 1, fusing the split of an image returns the image, a
+constant field stays exactly constant, and a patch's own edge pixels (where a network sees its
+zero padding) get almost no weight: no step at patch borders. ``blend="mean"`` gives every pixel
+of a patch weight 1 (the flat average of PhysicsNeMo's ``GridPatching2D.fuse``, hard edges).
+Rectangular patches and rectangular domains are allowed.
 
 Periodic x (``periodic_x=True``, a global grid in longitude): training corners range over every
 column and patches wrap around the last column to the first (global index columns modulo W);
@@ -43,6 +49,7 @@ __all__ = [
     "RandomPatches",
     "random_patches",
     "GridPatching",
+    "blend_window",
 ]
 
 
@@ -143,12 +150,32 @@ def random_patches(
                          global_index(offsets, (ph, pw), W if periodic_x else None))
 
 
+#: ways :meth:`GridPatching.fuse` weighs the overlapping patches
+BLENDS = ("taper", "mean")
+
+
+def _taper(n: int, ramp: int) -> Tensor:
+    """(n,) float64: sin^2(pi (k + 1/2) / (2 ramp)) for the first and last ``ramp`` entries, 1 between."""
+    k = torch.arange(n, dtype=torch.float64)
+    edge = torch.minimum(k, n - 1 - k)
+    ramp = max(1, min(int(ramp), n // 2))
+    return torch.where(edge < ramp, torch.sin(torch.pi * (edge + 0.5) / (2 * ramp)) ** 2, torch.ones_like(k))
+
+
+def blend_window(patch_shape: tuple[int, int] | int, ramp: int) -> Tensor:
+    """(ph, pw) float64 separable blending weights t_y(i) t_x(j) of a patch whose neighbours share
+    ``ramp`` pixels at each end (strictly positive, 1 in the interior)."""
+    ph, pw = _pair(patch_shape)
+    return _taper(ph, ramp)[:, None] * _taper(pw, ramp)[None, :]
+
+
 class GridPatching:
     """Overlapping grid patches of a (H, W) domain for inference, and their fusion.
 
     Parameters: ``domain_shape`` (H, W), ``patch_shape`` (ph, pw) or an int, ``overlap`` pixels
     shared by neighbouring patches (default 4), ``boundary`` pixels of padding (default 2),
     ``periodic_x`` circular padding along x with the padded columns fused back where they came from.
+    ``blend`` "taper" (smooth weights, the default) or "mean" (flat average; module docstring).
     Needs ph > overlap + 2 boundary (and likewise for pw).
     """
 
@@ -159,8 +186,12 @@ class GridPatching:
         overlap: int = 4,
         boundary: int = 2,
         periodic_x: bool = False,
+        blend: str = "taper",
     ):
+        if blend not in BLENDS:
+            raise ValueError(f"unknown blend {blend!r}; expected one of {BLENDS}")
         self.periodic_x = bool(periodic_x)
+        self.blend = blend
         self.domain_shape, self.patch_shape = _pair(domain_shape), _pair(patch_shape)
         self.overlap, self.boundary = int(overlap), int(boundary)
         for p, name in zip(self.patch_shape, ("height", "width")):
@@ -180,8 +211,10 @@ class GridPatching:
                                     expected=f"padding < domain size {self.domain_shape}",
                                     found=f"padding (l, r, t, b) = {self.padding}",
                                     fix="use smaller patches, or no patching for such a small domain"))
+        ramp = self.overlap + self.boundary
+        self._window = blend_window(self.patch_shape, ramp) if blend == "taper" else torch.ones(self.patch_shape, dtype=torch.float64)
         ones = torch.ones((1, 1) + self.padded_shape, dtype=torch.float64)
-        self._count = self._crop(self._fold(self._unfold(ones)))  # patches covering each pixel
+        self._count = self._crop(self._fold(self._unfold(ones) * self._window))  # sum of the weights at each pixel
 
     @property
     def num_patches(self) -> int:
@@ -230,10 +263,11 @@ class GridPatching:
         return patches
 
     def fuse(self, patches: Tensor, batch_size: int | None = None) -> Tensor:
-        """(P*B, C, ph, pw) -> (B, C, H, W): overlaps averaged, padding cropped."""
+        """(P*B, C, ph, pw) -> (B, C, H, W): overlaps blended with the taper weights (normalised to
+        sum to 1 at every pixel), padding cropped."""
         if batch_size is not None and patches.shape[0] != batch_size * self.num_patches:
             raise ValueError(f"{patches.shape[0]} patches for batch {batch_size} x {self.num_patches} patches")
-        summed = self._crop(self._fold(patches))
+        summed = self._crop(self._fold(patches * self._window.to(device=patches.device, dtype=patches.dtype)))
         return summed / self._count.to(device=summed.device, dtype=summed.dtype)
 
     def offsets(self, device: torch.device | str | None = None) -> Tensor:

@@ -294,6 +294,10 @@ def spread(
     return _with_units(np.sqrt(_mean(var, dims, weights)), forecast if truth is None else truth, "ensemble spread")
 
 
+#: relative RMSE below which the spread-skill ratio is NaN (no error to compare the spread with)
+SPREAD_SKILL_RTOL = 1e-5
+
+
 def spread_skill(
     forecast: XArray,
     truth: XArray,
@@ -310,7 +314,9 @@ def spread_skill(
     For a calibrated ensemble (truth and members exchangeable draws) the expected squared error of the
     mean is ``(M + 1)/M`` times the expected unbiased member variance, so ``ssr`` is close to 1;
     ``ssr < 1`` means under-dispersion, ``> 1`` over-dispersion. Points where truth or the ensemble mean
-    is NaN are left out of both averages.
+    is NaN are left out of both averages. Where the RMSE is below ``SPREAD_SKILL_RTOL`` (1e-5) times
+    the RMS of the truth, the error is round-off (a forecast at lead 0 is its initial state) and the
+    ratio is NaN, not a ratio of round-offs.
     ``(forecast, truth)``: forecast first (xskillscore takes ``(observations, forecasts)``);
     errors are ``mean_member(f) - y``.
     """
@@ -320,7 +326,11 @@ def spread_skill(
     m = forecast.sizes[member_dim]
     err2 = (forecast.mean(member_dim, skipna=False) - truth) ** 2
     var = forecast.var(member_dim, ddof=1).where(err2.notnull())
-    ratio = np.sqrt((m + 1) / m) * np.sqrt(_mean(var, dims, weights) / _mean(err2, dims, weights))
+    mse = _mean(err2, dims, weights)
+    ratio = np.sqrt((m + 1) / m) * np.sqrt(_mean(var, dims, weights) / mse)
+    # no skill to compare with (a forecast at lead 0 equals its initial state up to round-off): NaN
+    scale2 = _mean((truth**2).where(err2.notnull()), dims, weights)
+    ratio = ratio.where(mse > (SPREAD_SKILL_RTOL**2) * scale2)
     return _with_units(ratio, None, "spread-skill ratio", units="1")
 
 

@@ -156,6 +156,21 @@ def _format(value) -> str:
     return format_coordinate(value)
 
 
+#: colormaps by kind of variable: precipitation-like fields (white-ish for dry, dark for heavy)
+PRECIP_CMAP = "YlGnBu"
+_PRECIP_STANDARD_NAMES = ("precipitation_amount", "precipitation_flux", "lwe_precipitation_rate",
+                          "lwe_thickness_of_precipitation_amount", "rainfall_amount", "rainfall_rate")
+
+
+def default_cmap(da: xr.DataArray) -> str | None:
+    """:data:`PRECIP_CMAP` for a precipitation variable (by CF standard_name, or the canonical name
+    ``tp``), else None (matplotlib's default)."""
+    standard = da.attrs.get("standard_name") or ""
+    if standard in _PRECIP_STANDARD_NAMES or da.name == "tp":
+        return PRECIP_CMAP
+    return None
+
+
 def _label(da: xr.DataArray) -> str:
     name = da.attrs.get("long_name") or da.name or ""
     units = da.attrs.get("units")
@@ -254,12 +269,20 @@ def members(
     ncols: int | None = None,
     scale: str = "50m",
     cmap: str | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    norm: Any = None,
     path: str | Path | None = None,
 ):
     """Panels side by side with one colour scale: truth (if given), ``baselines`` (``{title: field}``,
     e.g. the bilinear interpolation of the input), the regression mean (``regression``, or a variable
     ``<var>_regression`` in ``ds``) and the first ``n`` members (the prediction itself when it has no
-    members). ``ncols`` panels per row (default: one row up to six panels, else 4)."""
+    members). ``ncols`` panels per row (default: one row up to six panels, else 4).
+
+    The scale: ``norm`` (a matplotlib Normalize, e.g. ``LogNorm``) if given, else ``vmin`` / ``vmax``
+    (each defaulting to the extreme of all panels). ``cmap`` defaults to :func:`default_cmap`
+    (a precipitation colormap for precipitation variables). The colour bar and its label stay inside
+    the figure (constrained layout)."""
     proj, grid, native = projection(_variable(ds, var))
     dims = grid.dims
     panels: list[tuple[str, xr.DataArray]] = []
@@ -278,18 +301,34 @@ def members(
     for i in range(min(n, m)):
         panels.append((f"{member_dim} {i}", _field(ds, var, i, time, sel, member_dim, dims)[0]))
     values = np.concatenate([np.ravel(p.values) for _, p in panels])
-    vmin, vmax = float(np.nanmin(values)), float(np.nanmax(values))
+    scale_kw = {"norm": norm} if norm is not None else {
+        "vmin": float(np.nanmin(values)) if vmin is None else vmin,
+        "vmax": float(np.nanmax(values)) if vmax is None else vmax}
 
     cols = min(ncols or (len(panels) if len(panels) <= 6 else 4), len(panels))
     rows = int(np.ceil(len(panels) / cols))
     fig = _new_figure((3.2 * cols + 1.0, 3.0 * rows), path)
+    fig.set_layout_engine("constrained")
     axes = [fig.add_subplot(rows, cols, i + 1, projection=proj) for i in range(len(panels))]
     mesh = None
     for ax, (name, field) in zip(axes, panels):
-        mesh = _draw(ax, field, proj, grid, native, scale=scale, vmin=vmin, vmax=vmax, cmap=cmap)
+        mesh = _draw(ax, field, proj, grid, native, scale=scale, cmap=cmap or default_cmap(da), **scale_kw)
         ax.set_title(name, fontsize=9)
-    fig.colorbar(mesh, ax=axes, shrink=0.8, label=_label(panels[-1][1]))
+    fig.colorbar(mesh, ax=axes, shrink=0.8).set_label(_fit_label(_label(panels[-1][1]), 0.8 * fig.get_figheight()),
+                                                       fontsize=_CBAR_FONTSIZE)
     return _save(fig, path)
+
+
+_CBAR_FONTSIZE = 9
+
+
+def _fit_label(text: str, length_inches: float) -> str:
+    """``text`` wrapped onto lines that fit along a colour bar ``length_inches`` long (a character of
+    the colour-bar font is taken as 0.6 of its size)."""
+    import textwrap
+
+    per_line = max(8, int(length_inches * 72 / (0.6 * _CBAR_FONTSIZE)))
+    return textwrap.fill(text, per_line) if len(text) > per_line else text
 
 
 # --------------------------------------------------------------------------------------------- spectra

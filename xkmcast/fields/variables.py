@@ -101,6 +101,8 @@ class Variable:
     level: float | None = None  # hPa, for pressure-level variables
     base: str | None = None
     valid_range: tuple[float, float] | None = None  # plausible values in the canonical units
+    valid_min: float | None = None  # physical range (CF valid_min / valid_max), None: unbounded
+    valid_max: float | None = None
 
     @property
     def attrs(self) -> dict:
@@ -124,6 +126,8 @@ def _table() -> tuple[dict[str, Variable], dict[str, Variable]]:
                 aliases=tuple(e.get("aliases", ())),
                 accumulated_aliases=tuple(e.get("accumulated_aliases", ())),
                 valid_range=tuple(float(v) for v in e["valid_range"]) if "valid_range" in e else None,
+                valid_min=None if e.get("valid_min") is None else float(e["valid_min"]),
+                valid_max=None if e.get("valid_max") is None else float(e["valid_max"]),
             )
             for name, e in section.items()
         }

@@ -57,14 +57,16 @@ class CorrDiff(Pipeline):
 
     def interpolation(self, cond: Tensor) -> Tensor:
         """The regridded coarse input of each output variable, in output normalisation:
-        ``(x_n s_in + m_in - m_out) / s_out`` (channels under a log transform, and outputs that are
-        not inputs, contribute 0)."""
+        ``(x_n s_in + m_in - m_out) / s_out`` in transformed units (channels whose input and output
+        transforms differ, and outputs that are not inputs, contribute 0)."""
         names = self.spec.output_vars
         shared = np.array([v in self.spec.input_vars for v in names])
         idx = [self.spec.input_vars.index(v) if v in self.spec.input_vars else 0 for v in names]
-        m_in, s_in, e_in = _shared_arrays(self.stats_for("input"), names, shared)
-        m_out, s_out, e_out = self.stats_for("output").arrays(names)
-        linear = shared & (e_in == 0) & (e_out == 0)
+        sin, sout = self.stats_for("input"), self.stats_for("output")
+        m_in, s_in, e_in = _shared_arrays(sin, names, shared)
+        m_out, s_out, e_out = sout.arrays(names)
+        same = np.array([bool(v in self.spec.input_vars and sin.transform_of(v) == sout.transform_of(v)) for v in names])
+        linear = shared & same & (e_in == e_out)
         shape = (1, len(names), 1, 1)
         a = torch.as_tensor(np.where(linear, s_in / s_out, 0.0), dtype=cond.dtype, device=cond.device).reshape(shape)
         b = torch.as_tensor(np.where(linear, (m_in - m_out) / s_out, 0.0), dtype=cond.dtype, device=cond.device)
@@ -187,7 +189,8 @@ def _shared_arrays(stats, names, shared):
 
 
 class PatchedDenoiser(torch.nn.Module):
-    """Run a denoiser on overlapping patches and fuse them (mean over overlaps) at every call."""
+    """Run a denoiser on overlapping patches and fuse them (taper-weighted blend of the overlaps,
+    :meth:`GridPatching.fuse`) at every call."""
 
     def __init__(self, net: torch.nn.Module, patching: GridPatching):
         super().__init__()

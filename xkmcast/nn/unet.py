@@ -33,6 +33,7 @@ from torch.utils.checkpoint import checkpoint
 
 from xkmcast.errors import InvalidDataError, explain
 from xkmcast.nn.base import Network
+from xkmcast.nn.padding import crop, is_periodic_x, pad_to_multiple
 from xkmcast.nn.layers import Conv2d, FourierEmbedding, GroupNorm, Linear, PositionalEmbedding, activation
 from xkmcast.nn.unet_blocks import UNetBlock
 
@@ -85,7 +86,9 @@ class SongUNet(Network):
     accepted so that PhysicsNeMo arguments map on, and have no effect here.
 
     forward(x, noise_labels, class_labels=None, augment_labels=None) -> (B, out_channels, H, W)
-      x: (B, in_channels, H, W), H and W multiples of 2^(N-1) (or powers of two below it);
+      x: (B, in_channels, H, W), any H and W: a grid that is not a multiple of 2^(N-1) is padded
+      to one (:func:`xkmcast.nn.padding.pad_to_multiple`: reflect, or circular along x when the
+      network is periodic in x) and the output cropped back;
       noise_labels: (B,) or (1,), the EDM c_noise = ln(sigma) / 4 (zeros for regression);
       class_labels: (B, label_dim); augment_labels: (B, augment_dim).
     """
@@ -252,7 +255,17 @@ class SongUNet(Network):
         augment_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         self._check_inputs(x, noise_labels)
-        emb = self.embed(noise_labels, class_labels, augment_labels, dtype=x.dtype)
+        padding = None
+        if any(self._needs_pad(d) for d in x.shape[-2:]):
+            x, padding = pad_to_multiple(x, self._input_shape_mult, periodic_x=is_periodic_x(self))
+        out = self._forward(x, self.embed(noise_labels, class_labels, augment_labels, dtype=x.dtype), padding)
+        return out if padding is None else crop(out, padding)
+
+    def _needs_pad(self, d: int) -> bool:
+        m = self._input_shape_mult
+        return not ((d & (d - 1) == 0 and 0 < d < m) or d % m == 0)
+
+    def _forward(self, x: torch.Tensor, emb: torch.Tensor, padding) -> torch.Tensor:
         act = self._act
 
         skips: list[torch.Tensor] = []
@@ -267,7 +280,10 @@ class SongUNet(Network):
             elif kind == "conv":
                 x = block(x)
                 if self.additive_pos_embed:
-                    x = x + self.spatial_emb.to(x.dtype)
+                    emb_map = self.spatial_emb.to(x.dtype)
+                    if padding is not None:
+                        emb_map = pad_to_multiple(emb_map, self._input_shape_mult, periodic_x=is_periodic_x(self))[0]
+                    x = x + emb_map
                 skips.append(x)
             else:
                 x = self._run(block, x, emb, self.checkpoint_threshold)
@@ -300,17 +316,6 @@ class SongUNet(Network):
     def _check_inputs(self, x: torch.Tensor, noise_labels: torch.Tensor) -> None:
         if x.ndim != 4:
             raise InvalidDataError(explain("x has the wrong rank", expected="(B, C, H, W)", found=tuple(x.shape)))
-        m = self._input_shape_mult
-        for d in x.shape[-2:]:
-            if not ((d & (d - 1) == 0 and 0 < d < m) or d % m == 0):
-                raise InvalidDataError(
-                    explain(
-                        "the grid does not fit the U-Net levels",
-                        expected=f"H and W multiples of 2**(levels-1) = {m}",
-                        found=tuple(x.shape[-2:]),
-                        fix="pad or interpolate the fields to a compatible grid",
-                    )
-                )
         if noise_labels.ndim != 1 or noise_labels.shape[0] not in (x.shape[0], 1):
             raise InvalidDataError(
                 explain("noise_labels has the wrong shape", expected=f"({x.shape[0]},) or (1,)", found=tuple(noise_labels.shape))

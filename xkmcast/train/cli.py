@@ -92,6 +92,16 @@ def _names(values: list[str]) -> list[str]:
     return [n.strip() for v in values for n in v.split(",") if n.strip()]
 
 
+def _pairs(items: list[str], option: str) -> dict[str, str]:
+    """``["tp=log1p"]`` -> ``{"tp": "log1p"}``; ConfigError for an item without ``=``."""
+    from ..errors import ConfigError, explain
+
+    bad = [i for i in items if "=" not in i]
+    if bad:
+        raise ConfigError(explain(f"{option} takes VARIABLE=NAME", expected="e.g. tp=log1p", found=bad))
+    return dict(i.split("=", 1) for i in items)
+
+
 def prepare_command(
     fine: str = typer.Argument(..., help="Fine (target) dataset: catalog entry or path."),
     out: str = typer.Argument(..., help="Output zarr store."),
@@ -99,6 +109,8 @@ def prepare_command(
     output_vars: list[str] = typer.Option(..., "--output", help="Target variables (repeat, or comma-separated)."),
     invariants: list[str] = typer.Option([], "--invariant", help="Invariant fields of the fine dataset."),
     log_vars: list[str] = typer.Option([], "--log", help="Variables stored log-transformed (precipitation)."),
+    transforms: list[str] = typer.Option([], "--transform",
+                                         help="VAR=log1p|sqrt: transform VAR before its statistics (repeat or comma-separate)."),
     coarse: str = typer.Option(None, "--coarse", help="Coarse input dataset (entry or path)."),
     coarsen: int = typer.Option(None, "--coarsen", help="Make the input by block-averaging the fine data."),
     regrid_method: str = typer.Option("bilinear", "--regrid", help="bilinear | nearest | conservative."),
@@ -119,6 +131,7 @@ def prepare_command(
         path = prepare(fine_ds, coarse_ds, out, input_vars=_names(input_vars), output_vars=_names(output_vars),
                        invariants=_names(invariants), log_vars=_names(log_vars), regrid_method=regrid_method,
                        regrid_options={"allow_outside": True} if allow_outside else None, overwrite=overwrite,
+                       transforms=_pairs(_names(transforms), "--transform"),
                        stats_times=slice(stats_start, stats_end) if (stats_start or stats_end) else None)
     typer.echo(str(path))
 

@@ -85,7 +85,9 @@ class DataConfig(_Strict):
     ``background_vars`` the coarse conditioning. ``patch``: CorrDiff's patched diffusion (the pipeline
     cuts ``patches_per_sample`` random patches from each whole field: one regression forward serves
     them all). ``num_workers > 0`` loads faster but resuming is then no
-    longer bitwise exact.
+    longer bitwise exact. ``transforms``: ``{variable: log1p | sqrt}`` (:mod:`xkmcast.fields.transforms`),
+    applied before the statistics and inverted (clipped to the physical range) at output; the model
+    bundle records them. On the command line: ``"data.transforms={tp: log1p}"``.
     """
 
     source: str | None = None
@@ -106,6 +108,14 @@ class DataConfig(_Strict):
     patch: list[int] | None = None
     patches_per_sample: int = Field(default=1, ge=1)
     num_workers: int = Field(default=0, ge=0)
+    transforms: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("transforms")
+    @classmethod
+    def _transforms(cls, value: dict[str, str]) -> dict[str, str]:
+        from ..fields.transforms import parse_transforms
+
+        return parse_transforms(value)
 
     @field_validator("dataset_class")
     @classmethod

@@ -3,7 +3,9 @@
 Only rank 0 reports (other ranks get a :class:`RunLog` that does nothing). Scalars go to TensorBoard
 (``<run dir>/tensorboard``, imported lazily) and, one JSON object per line, to ``<run dir>/log.jsonl``
 so that tests and scripts can read them without TensorBoard. The progress bar (tqdm) shows samples/s
-and the ETA; it is silent when stderr is not a terminal or with ``quiet``.
+and the ETA when stderr is a terminal; otherwise (a log file, a batch job) a plain line
+``step S/N (P%) loss L, R samples/s, ETA T`` is written to stderr every ``progress_every`` steps
+(and at the last step). ``quiet`` silences both.
 
 Loss per noise level: the per-sample losses of a diffusion stage are binned by ``log10(sigma)`` into
 :data:`SIGMA_EDGES` and logged as ``loss_sigma/<lo>-<hi>``, the mean over the logging interval.
@@ -50,8 +52,10 @@ class RunLog:
     """Scalars, images and progress of a run. ``active=False`` (ranks > 0) makes every call a no-op."""
 
     def __init__(self, run_dir: str | Path, *, total_steps: int, start_step: int = 0, active: bool = True,
-                 tensorboard: bool = True, quiet: bool = False, batch_size: int = 1):
+                 tensorboard: bool = True, quiet: bool = False, batch_size: int = 1, progress_every: int = 10):
         self.run_dir, self.active, self.batch_size = Path(run_dir), active, batch_size
+        self.progress_every = max(1, int(progress_every))
+        self._lines = active and not quiet  # plain progress lines when there is no terminal bar
         self.total_steps, self.start_step = total_steps, start_step
         self._writer = None
         self._bar = None
@@ -70,6 +74,7 @@ class RunLog:
 
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                              desc=self.run_dir.name)
+            self._lines = False
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if not self.active:
@@ -94,6 +99,17 @@ class RunLog:
             self._bar.n = step
             self._bar.set_postfix(loss=f"{loss:.4g}", samples_s=f"{samples_per_s:.1f}", refresh=False)
             self._bar.refresh()
+        elif self._lines and (step % self.progress_every == 0 or step == self.total_steps):
+            print(self._progress_line(step, loss, samples_per_s), file=sys.stderr, flush=True)
+
+    def _progress_line(self, step: int, loss: float, samples_per_s: float) -> str:
+        total = max(self.total_steps, 1)
+        done = step - self.start_step
+        elapsed = time.perf_counter() - self._t0
+        eta = elapsed / done * (total - step) if done > 0 else math.nan
+        eta_text = "?" if not math.isfinite(eta) else f"{int(eta // 60)}m{int(eta % 60):02d}s"
+        return (f"{self.run_dir.name}: step {step}/{total} ({100 * step / total:.0f}%) loss {loss:.4g}, "
+                f"{samples_per_s:.1f} samples/s, ETA {eta_text}")
 
     def image(self, step: int, tag: str, png: Path) -> None:
         if not self.active or self._writer is None:

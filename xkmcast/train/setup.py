@@ -151,6 +151,7 @@ def _training_store(cfg: TrainConfig, env: D.DistEnv) -> Path:
     d = cfg.data
     src = Path(d.source) if d.source not in (None, "synthetic") else None
     if src is not None and src.exists() and open_store(src).attrs.get("xkmcast_store"):
+        _check_store_transforms(open_store(src), d.transforms)
         return src
     from .store_recipe import check_recipe, store_recipe, write_recipe
 
@@ -171,7 +172,8 @@ def _training_store(cfg: TrainConfig, env: D.DistEnv) -> Path:
         window = d.train_times
         stats_times = slice(window.start, window.end) if (window.start or window.end) else None
         prepare(fine, coarse, out, input_vars=inputs, output_vars=outputs, invariants=d.invariants,
-                regrid_method=d.regrid_method, regrid_options=d.regrid_options, stats_times=stats_times)
+                regrid_method=d.regrid_method, regrid_options=d.regrid_options, stats_times=stats_times,
+                transforms=d.transforms)
         write_recipe(out, recipe)
     D.barrier(env)
     return out
@@ -202,6 +204,24 @@ def _check_invariants(wanted, missing, source: str) -> None:
             found=f"missing {missing}",
             fix=f"train without them: data.invariants={keep} (e.g. data.invariants=[]), or add them to the data",
         ))
+
+
+def _check_store_transforms(store, transforms: dict[str, str]) -> None:
+    """A prepared store given as data.source must hold the data.transforms asked for (its statistics
+    were computed with its own); ConfigError naming the difference otherwise."""
+    from ..data.prepare import TARGET_PREFIX
+    from ..data.stats import Stats
+
+    stats = Stats.from_attrs(store)
+    if stats is None or not transforms:
+        return
+    have = {n[len(TARGET_PREFIX):]: stats.transform_of(n) for n in stats.names if n.startswith(TARGET_PREFIX)}
+    wrong = {v: have.get(v, "none") for v, t in transforms.items() if have.get(v, "none") != t}
+    if wrong:
+        raise ConfigError(explain("The prepared store was made with other transforms", expected=transforms,
+                                  found=f"the store's: {wrong}",
+                                  fix="prepare the store again with these transforms (xkmcast prepare --transform), "
+                                      "or drop data.transforms"))
 
 
 def _fine_and_coarse(cfg: TrainConfig):
