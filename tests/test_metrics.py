@@ -367,6 +367,19 @@ def test_decorrelation_length_and_patch_size_of_an_ar1_field():
     assert M.suggest_patch_size(smooth) == (16, 16)
 
 
+def test_patch_size_of_a_dataset_is_the_largest_per_axis():
+    """One recommendation for several variables: per axis the largest of the variables' sizes."""
+    rng = np.random.default_rng(7)
+    short = field(ar1_field(rng, 10.0, 2.0, (400, 256)), dx_m=2000.0)  # ~10 km along x
+    long_ = field(ar1_field(rng, 30.0, 2.0, (400, 256)), dx_m=2000.0)  # ~30 km along x
+    a, b = M.suggest_patch_size(short), M.suggest_patch_size(long_)
+    assert a[1] < b[1]  # the two variables really disagree
+    ds = xr.Dataset({"short": short, "long": long_})
+    assert M.suggest_patch_size(ds) == (max(a[0], b[0]), max(a[1], b[1]))
+    with pytest.raises(InvalidDataError):
+        M.suggest_patch_size(xr.Dataset({"scalar": ((), 1.0)}))
+
+
 @pytest.mark.skipif(not GUAM.exists(), reason=f"shared test data not found at {GUAM}")
 def test_spectrum_of_wrf_guam_uses_the_great_circle_spacing():
     """guam.nc: WRF 0.8 km downscaling around Guam (Chunxi Zhang, University of Hawaii; USGS CIDA;

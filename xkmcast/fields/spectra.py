@@ -351,7 +351,7 @@ def decorrelation_length(acf: XArray, threshold: float = float(np.exp(-1.0))) ->
 
 
 def suggest_patch_size(
-    field: xr.DataArray,
+    field: xr.DataArray | xr.Dataset,
     *,
     n_lengths: float = 3.0,
     multiple: int = 16,
@@ -367,10 +367,23 @@ def suggest_patch_size(
     ``multiple`` and at most the domain (the domain rounded down to a multiple of ``multiple`` when it
     is larger than ``multiple``). Where the field never decorrelates within half the domain the whole
     (rounded) domain is returned.
+
+    A Dataset gives one combined recommendation: along each axis the largest of its variables'
+    sizes (a patch must span the longest correlation of any variable the model generates); the
+    per-variable sizes are what this function returns for ``ds[name]``.
     """
+    kwargs = dict(n_lengths=n_lengths, multiple=multiple, threshold=threshold, dx=dx, dy=dy, spatial=spatial)
+    if isinstance(field, xr.Dataset):
+        names = [n for n, v in field.data_vars.items() if v.ndim >= 2 and np.issubdtype(v.dtype, np.number)]
+        if not names:
+            raise InvalidDataError(explain("suggest_patch_size found no gridded variable in the Dataset",
+                                           expected="numeric variables with two spatial dims",
+                                           found=list(field.data_vars)))
+        per_variable = [suggest_patch_size(field[n], **kwargs) for n in names]
+        return max(p[0] for p in per_variable), max(p[1] for p in per_variable)
     if not isinstance(field, xr.DataArray):
-        raise InvalidDataError(explain("suggest_patch_size takes one variable", found=type(field).__name__,
-                                       fix="pass ds['t2m'] (or the variable with the longest correlation)"))
+        raise InvalidDataError(explain("suggest_patch_size takes a variable or a Dataset", found=type(field).__name__,
+                                       fix="pass ds (combined) or ds['t2m'] (one variable)"))
     grid = _try_grid(field) if spatial is None or dx is None else None
     y_dim, x_dim = spatial if spatial is not None else spatial_dims(field, grid)
     dyk, dxk = grid_spacing_km(field, y_dim, x_dim, dx, dy, grid)
