@@ -32,8 +32,10 @@ def coarse(root, times=1):
         lat, lon = g["lat"].values, g["lon"].values
     rng = np.random.default_rng(1)
     la, lo = np.meshgrid(lat, lon, indexing="ij")
+    level = {"K": 280.0, "Pa": 100000.0, "kg m-2": 30.0, "m2 s-2": 55000.0}  # plausible values: ranges are checked
     data = {v: (("time", "lat", "lon"), (np.sin(la * (k + 1)) * np.cos(lo / (k + 2)) * 10 + rng.normal(0, 1, (times, *la.shape))
-                                         ).astype(np.float32), {"units": UNITS[v]}) for k, v in enumerate(GEN_INPUTS)}
+                                         + level.get(UNITS[v], 0.0)).astype(np.float32), {"units": UNITS[v]})
+            for k, v in enumerate(GEN_INPUTS)}
     return xr.Dataset(data, coords={"time": np.array(["2030-01-01T12"] * times, "datetime64[ns]")[:times],
                                     "lat": ("lat", lat, {"units": "degrees_north"}), "lon": ("lon", lon, {"units": "degrees_east"})})
 

@@ -47,6 +47,10 @@ def e2s_hrrr_grid():
     return la, np.where(lo < 0, lo + 360, lo)
 
 
+#: physically plausible levels per unit (downscale and forecast check value ranges)
+LEVEL = {"K": 280.0, "Pa": 100000.0, "kg m-2": 30.0, "m2 s-2": 55000.0, "dBZ": 20.0}
+
+
 def datasets(model, times=("2024-05-01T00", "2024-05-01T01", "2024-05-01T02"), seed=0):
     rng = np.random.default_rng(seed)
     lat, lon = model.grid_lat.numpy(), model.grid_lon.numpy()
@@ -55,12 +59,9 @@ def datasets(model, times=("2024-05-01T00", "2024-05-01T01", "2024-05-01T02"), s
     units = {"u10m": "m s-1", "v10m": "m s-1", "t2m": "K", "msl": "Pa", "refc": "dBZ", "tcwv": "kg m-2", "sp": "Pa",
              "u1000": "m s-1", "z500": "m2 s-2"}
 
-    # physically plausible levels (downscale and forecast check ranges); the offsets per unit
-    level = {"K": 280.0, "Pa": 100000.0, "kg m-2": 30.0, "m2 s-2": 55000.0, "dBZ": 20.0}
-
     def make(names, n):
         return xr.Dataset({v: (("time", "y", "x"), rng.normal(0, 3, (n, *lat.shape)).astype(np.float32) + 10 * k
-                               + level.get(units.get(v, "1"), 0.0),
+                               + LEVEL.get(units.get(v, "1"), 0.0),
                                {"units": units.get(v, "1")}) for k, v in enumerate(names)},
                           coords={k: v for k, v in coords.items() if k != "time"} | {"time": coords["time"][:n]})
 
@@ -192,11 +193,13 @@ def test_forecast_with_an_era5_background_on_its_own_grid(package):
     model = xkmcast.load_model(package, package_options={"hrrr_window": WINDOW})
     state, on_grid = datasets(model, times=("2024-05-01T00",))
     lat, lon = np.arange(30.0, 45.0, 0.25), np.arange(-105.0, -85.0, 0.25)
-    era5 = xr.Dataset({v: (("time", "latitude", "longitude"), np.full((1, lat.size, lon.size), 10.0 * k + 1, np.float32),
+    era5 = xr.Dataset({v: (("time", "latitude", "longitude"), np.full((1, lat.size, lon.size), 10.0 * k + 1
+                                                                     + LEVEL.get(on_grid[v].attrs.get("units"), 0.0), np.float32),
                            dict(on_grid[v].attrs)) for k, v in enumerate(BACKGROUND_VARS)},
                       coords={"time": on_grid.time.values, "latitude": lat, "longitude": lon})
     assert model.grid_lat.numpy().min() > 30 and model.grid_lon.numpy().min() > 180  # HRRR lon in [0, 360)
-    const = xr.Dataset({v: (("time", "y", "x"), np.full((1, *SHAPE), 10.0 * k + 1, np.float32), dict(on_grid[v].attrs))
+    const = xr.Dataset({v: (("time", "y", "x"), np.full((1, *SHAPE), 10.0 * k + 1 + LEVEL.get(on_grid[v].attrs.get("units"), 0.0),
+                                                    np.float32), dict(on_grid[v].attrs))
                         for k, v in enumerate(BACKGROUND_VARS)}, coords=on_grid.coords)
     a = state.kmcast.forecast(model, steps=1, background=era5, num_steps=2)
     b = state.kmcast.forecast(model, steps=1, background=const, num_steps=2)
