@@ -168,28 +168,24 @@ def _mode(executable: bool) -> int:
     return 0o755 if executable else 0o644
 
 
+def _write_members(plan, root: Path, open_member) -> None:
+    """Write the checked ``plan`` under ``root``; ``open_member(info)`` opens one member for reading."""
+    for rel, is_dir, executable, info in plan:
+        target = root / rel
+        if is_dir:
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open_member(info) as src, open(target, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+        os.chmod(target, _mode(executable))
+
+
 def _write_zip(archive: Path, plan, root: Path) -> None:
     with zipfile.ZipFile(archive) as zf:
-        for rel, is_dir, executable, info in plan:
-            target = root / rel
-            if is_dir:
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
-            os.chmod(target, _mode(executable))
+        _write_members(plan, root, zf.open)
 
 
 def _write_tar(archive: Path, plan, root: Path) -> None:
     with tarfile.open(archive) as tf:
-        for rel, is_dir, executable, info in plan:
-            target = root / rel
-            if is_dir:
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            src = tf.extractfile(info)
-            with src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
-            os.chmod(target, _mode(executable))
+        _write_members(plan, root, tf.extractfile)
