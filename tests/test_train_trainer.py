@@ -287,3 +287,28 @@ def test_progress_lines_go_to_non_tty_logs_every_n_steps(tmp_path, capsys):
         quiet.progress(step, 1.0, 8.0)
     quiet.close()
     assert "step" not in capsys.readouterr().err
+
+
+def _bundle_weights(bundle: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(bundle / "weights.safetensors"))
+
+
+def test_export_holds_the_best_validation_weights(store, tmp_path):
+    # a learning rate high enough that the validation loss goes up again: the run's best validation is
+    # before its end; the exported bundle must equal a second, identical run stopped at that step
+    over = ["training.lr=0.02", "training.ema.enabled=false", "training.validate_every=2", "training.duration=10",
+            "training.checkpoint_every=1000"]
+    full = train(tiny_config(store, tmp_path / "full", *over), quiet=True)
+    steps, losses = zip(*full.valid_losses)
+    best_step = steps[int(np.argmin(losses))]
+    assert best_step < full.step, f"the scenario needs a best validation before the end: {full.valid_losses}"
+    cut = train(tiny_config(store, tmp_path / "cut", *over, f"training.duration={best_step}",
+                            "training.export_weights=last"), quiet=True)
+    got, want = _bundle_weights(full.bundle), _bundle_weights(cut.bundle)
+    assert got.keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
+    last = train(tiny_config(store, tmp_path / "last", *over, "training.export_weights=last"), quiet=True)
+    assert any(not torch.equal(_bundle_weights(last.bundle)[k], want[k]) for k in want)

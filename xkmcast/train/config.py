@@ -272,6 +272,10 @@ class TrainingConfig(_Strict):
     valid_batches: int | None = Field(default=8, ge=1)
     patience: int | None = Field(default=None, ge=1)
     min_delta: float = 0.0
+    #: the weights the bundle holds: "best" = the EMA weights of the lowest validation loss (when a
+    #: validation ran; restores the best weights on small data that the run went on to overfit),
+    #: "last" = the EMA weights at the end
+    export_weights: Literal["best", "last"] = "best"
     time_budget: float | None = Field(default=None, gt=0)
     flops_budget: float | None = Field(default=None, gt=0)
     strategy: Literal["ddp", "fsdp"] = "ddp"

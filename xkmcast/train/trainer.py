@@ -10,8 +10,9 @@ accumulation is back-propagated. Then: a non-finite loss anywhere stops the run
 
 Every ``validate_every`` steps the EMA weights are evaluated on the validation set with a fixed noise
 generator (so successive validations are comparable); early stopping counts validations without an
-improvement of ``min_delta``. A run stops cleanly -- checkpoint, then export of the EMA weights as a
-model bundle ``<run dir>/model`` -- when its duration, time budget or FLOPs budget (FLOPs of the first
+improvement of ``min_delta``; the EMA weights of the best validation are kept (in memory and in each
+checkpoint). A run stops cleanly -- checkpoint, then export of the EMA weights as a model bundle
+``<run dir>/model``, the best validation's with ``export_weights: best`` (default) -- when its duration, time budget or FLOPs budget (FLOPs of the first
 step counted with ``torch.utils.flop_counter``) is reached or early stopping triggers; on SIGINT /
 SIGTERM it writes a checkpoint and exits.
 
@@ -213,6 +214,7 @@ class Trainer:
         self.elapsed = 0.0
         self.best, self.bad_validations = math.inf, 0
         self.valid_losses: list[tuple[int, float]] = []
+        self.best_weights: dict[str, torch.Tensor] | None = None  # EMA weights of the best validation (CPU)
         self.flops_per_step: float | None = None
         self._resume()
         if self.env.is_main:
@@ -232,6 +234,7 @@ class Trainer:
         for key in ("step", "samples", "epoch", "position", "elapsed", "best", "bad_validations", "flops_per_step"):
             setattr(self, key, state[key])
         self.valid_losses = [tuple(v) for v in state["valid_losses"]]
+        self.best_weights = state.get("best_weights")
         rngs = state["rng"]
         if len(rngs) == self.env.world_size:
             ckpt.set_rng_state(rngs[self.env.rank]["global"])
@@ -385,28 +388,48 @@ class Trainer:
                 "elapsed": self.elapsed, "best": self.best, "bad_validations": self.bad_validations,
                 "valid_losses": [list(v) for v in self.valid_losses], "signature": self.cfg.model_signature(),
                 "world_size": self.env.world_size, "flops_per_step": self.flops_per_step,
+                "best_weights": self.best_weights,
             }
             path = ckpt.save_checkpoint(self.ckpt_dir, state, self.step, self.t.max_checkpoints)
         D.barrier(self.env)
         return path
 
+    def _weights_copy(self) -> dict[str, torch.Tensor] | None:
+        """The (EMA) weights of the trained stage as a full CPU state dict (None on non-main ranks)."""
+        with self._ema_weights():
+            full = D.model_state(self.module, self.optimizer, self.t.strategy, self.env)[0]
+        return {k: v.detach().cpu().clone() for k, v in full.items()} if self.env.is_main else None
+
+    def exported_weights(self) -> tuple[str, dict[str, torch.Tensor] | None]:
+        """("best", the best validation's weights) with ``export_weights: best`` once a validation kept
+        them, else ("last", None): the EMA weights at the end. The same answer on every process (only the
+        main process holds the weights)."""
+        have_best = D.any_of([self.best_weights is not None], self.env)[0]
+        if self.t.export_weights == "best" and have_best:
+            return "best", self.best_weights
+        return "last", None
+
     def export(self) -> Path | None:
-        """The pipeline with the EMA weights of the trained stage as a bundle ``<run dir>/model``."""
+        """The pipeline with the exported weights of the trained stage (:meth:`exported_weights`) as a
+        bundle ``<run dir>/model``."""
         from ..models.bundle import save_bundle
 
+        which, weights = self.exported_weights()
         path = None
         if self.env.distributed and self.t.strategy == "fsdp":
-            with self._ema_weights():
-                full = D.model_state(self.module, self.optimizer, self.t.strategy, self.env)[0]
+            weights = weights if which == "best" else self._weights_copy()
             if self.env.is_main:
-                path = save_bundle(_unsharded_copy(self.pipeline, self.stage, full), self.dir / "model")
+                path = save_bundle(_unsharded_copy(self.pipeline, self.stage, weights), self.dir / "model")
         elif self.env.is_main:
-            with self._ema_weights():
+            with self._ema_weights(), _loaded(self.module, weights):
                 self.pipeline.stages[self.stage] = self.module
                 try:
                     path = save_bundle(self.pipeline, self.dir / "model")
                 finally:
                     self.pipeline.stages[self.stage] = self.wrapped
+        if self.env.is_main and which == "best":
+            step = min(self.valid_losses, key=lambda sv: sv[1])[0]
+            self.log.message(f"exported the weights of the best validation (step {step}, loss {self.best:.4g})")
         D.barrier(self.env)
         return path
 
@@ -446,6 +469,7 @@ class Trainer:
                 self.log.scalars(self.step, {"valid_loss": v})
                 if v < self.best - t.min_delta:
                     self.best, self.bad_validations = v, 0
+                    self.best_weights = self._weights_copy()
                 else:
                     self.bad_validations += 1
         if self.step % t.checkpoint_every == 0:
@@ -522,6 +546,20 @@ class Trainer:
             parameters=sum(p.numel() for p in self.module.parameters()),
             flops_per_step=self.flops_per_step, samples_per_second=rate,
         )
+
+
+@contextlib.contextmanager
+def _loaded(module: torch.nn.Module, weights: dict[str, torch.Tensor] | None):
+    """``module`` with ``weights`` loaded for the duration of the block (nothing when None)."""
+    if weights is None:
+        yield
+        return
+    saved = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    module.load_state_dict(weights)
+    try:
+        yield
+    finally:
+        module.load_state_dict(saved)
 
 
 def _unsharded_copy(pipeline, stage: str, full_state: dict):
