@@ -51,7 +51,7 @@ def _common(case: Case, outdir: Path, seconds: float, extra: list[str]) -> list[
             f"data.input_vars=[{','.join(case.inputs)}]", f"data.output_vars=[{','.join(case.outputs)}]",
             f"data.train_times={{start: {_q(case.train[0])}, end: {_q(case.train[1])}}}", *valid,
             f"training.time_budget={seconds}", "training.duration=10000000", f"training.outdir={outdir}",
-            "training.tensorboard=false", "training.checkpoint_every=100000", "training.validate_every=200",
+            "training.tensorboard=false", "training.checkpoint_every=100000", "training.validate_every=25",
             *extra]
 
 
