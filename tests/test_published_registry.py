@@ -29,9 +29,12 @@ def test_packaged_registry_lists_the_published_models_pinned():
 
 def test_unknown_hashes_are_refused_before_any_download(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: a download attempt would fail loudly
+    monkeypatch.setenv("NGC_CLI_SEARCH_SERVICE_URL", "http://127.0.0.1:9")
     with pytest.raises(IntegrityError, match="never uses an unverified download"):
-        xkmcast.load_model("stormcast-v1", cache_dir=tmp_path)
-    assert not any(tmp_path.rglob("*.mdlus"))
+        xkmcast.load_model("stormcast-v1", cache_dir=tmp_path, trust_host_hashes=False)
+    with pytest.raises(IntegrityError, match="never uses an unverified download"):  # NGC lists no checksums
+        xkmcast.load_model("corrdiff-taiwan", cache_dir=tmp_path)
+    assert not any(tmp_path.rglob("*.mdlus")) and not any(tmp_path.rglob("*.zip"))
 
 
 @pytest.mark.parametrize("text, match", [

@@ -105,10 +105,10 @@ def test_by_name_from_hugging_face_pinned_revision(package, tmp_path, http_serve
     serve_huggingface(served, package, REPO, REVISION)
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     monkeypatch.setenv("XKMCAST_DATA_DIR", str(tmp_path / "cache"))
-    with pytest.raises(IntegrityError, match="trust_host_hashes"):
-        xkmcast.load_model("stormcast-v1")
+    with pytest.raises(IntegrityError, match="trust_host_hashes"):  # strict: only the registry's hashes
+        xkmcast.load_model("stormcast-v1", trust_host_hashes=False)
     options = {"hrrr_window": WINDOW}
-    model = xkmcast.load_model("stormcast-v1", trust_host_hashes=True, package_options=options)
+    model = xkmcast.load_model("stormcast-v1", package_options=options)  # default: the host's checksums
     assert all(f"/{REPO}/resolve/{REVISION}/" in r for r in server.requests if "/resolve/" in r)
     n_requests = len(server.requests)
     again = xkmcast.load_model("stormcast-v1", trust_host_hashes=True, package_options=options)  # cached

@@ -17,7 +17,8 @@ models_app = typer.Typer(no_args_is_help=True, help="NVIDIA's published models t
 app.add_typer(models_app, name="models")
 MODEL_HELP = "a published model name (xkmcast models list), a bundle folder, or a package folder / archive"
 KNOWN_HASH_HELP = "FILE=SHA256 of a published model's file whose hash the registry does not know (repeatable)"
-TRUST_HELP = "verify a Hugging Face model against the checksums the host lists at the pinned revision"
+TRUST_HELP = ("verify Hugging Face files the registry has no hash for against the checksums the host lists at the "
+              "pinned revision (--no-trust-host-hashes: refuse them)")
 app.add_typer(catalog_app, name="catalog")
 
 
@@ -167,7 +168,7 @@ def downscale(
     quiet: bool = typer.Option(False, help="no progress bar"),
     check_ranges: bool = typer.Option(True, help="refuse physically implausible input values (wrong units)"),
     known_hash: list[str] | None = typer.Option(None, help=KNOWN_HASH_HELP),
-    trust_host_hashes: bool = typer.Option(False, help=TRUST_HELP),
+    trust_host_hashes: bool = typer.Option(True, "--trust-host-hashes/--no-trust-host-hashes", help=TRUST_HELP),
 ) -> None:
     """Downscale INPUT with MODEL and write OUTPUT (streamed time chunk by time chunk)."""
     from .fields.downscale import downscale as run
@@ -211,7 +212,7 @@ def forecast(
     overwrite: bool = typer.Option(False, help="replace an existing NetCDF output (zarr outputs resume)"),
     check_ranges: bool = typer.Option(True, help="refuse physically implausible input values (wrong units)"),
     known_hash: list[str] | None = typer.Option(None, help=KNOWN_HASH_HELP),
-    trust_host_hashes: bool = typer.Option(False, help=TRUST_HELP),
+    trust_host_hashes: bool = typer.Option(True, "--trust-host-hashes/--no-trust-host-hashes", help=TRUST_HELP),
 ) -> None:
     """Roll MODEL forward from INIT and write OUTPUT (zarr: each step as soon as it is computed)."""
     from .fields.io import output_format, write_dataset

@@ -173,16 +173,21 @@ def _unknown_error(entry: PackageEntry, missing: list[str]) -> IntegrityError:
             found="'unknown' in the packaged model registry",
             fix=("pass load_model(NAME, known_hashes={file: 'sha256:<digest>'}) from a copy you trust, name a "
                  "registry file with $XKMCAST_MODEL_REGISTRY" +
-                 (", or trust_host_hashes=True to verify against the checksums Hugging Face lists at the pinned commit"
-                  if entry.host == "huggingface" else "")),
+                 (", or leave trust_host_hashes=True (the default) to verify against the checksums Hugging Face lists "
+                  "at the pinned commit" if entry.host == "huggingface" else "")),
         )
     )
 
 
 # ----------------------------------------------------------------------------------------- fetch
 def fetch_package(name: str, *, cache_dir: str | os.PathLike | None = None, known_hashes: dict[str, str] | None = None,
-                  trust_host_hashes: bool = False, registry=None, progress: bool = False) -> Path:
-    """Download (once, verified) every file of package ``name``; returns the folder holding them."""
+                  trust_host_hashes: bool = True, registry=None, progress: bool = False) -> Path:
+    """Download (once, verified) every file of package ``name``; returns the folder holding them.
+
+    Each file is checked against, in this order: ``known_hashes``, the registry's SHA-256, and (Hugging
+    Face, ``trust_host_hashes``) the checksum the host lists for it at the pinned commit. A file with
+    none of these is refused (NGC publishes no checksums: its hashes must come from the registry or
+    ``known_hashes``); ``trust_host_hashes=False`` refuses instead of asking the host."""
     from ...data.catalog import default_cache_dir
     from ...data.download import git_blob_sha1, retrieve
 
@@ -195,7 +200,7 @@ def fetch_package(name: str, *, cache_dir: str | os.PathLike | None = None, know
             raise CatalogError(explain(f"known_hashes names a file {entry.name} does not have", expected=list(entry.files), found=fname))
         hashes[fname] = ("sha256", _digest(digest, entry.name, fname))
     missing = [f for f in entry.files if f not in hashes]
-    if missing and trust_host_hashes:
+    if missing and trust_host_hashes and entry.host == "huggingface":
         host = _host_hashes(entry)
         hashes.update({f: host[f] for f in missing if f in host})
         missing = [f for f in entry.files if f not in hashes]
