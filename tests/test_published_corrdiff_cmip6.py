@@ -16,74 +16,25 @@ import torch
 import torch.nn.functional as F
 import xarray as xr
 from _http import http_server  # noqa: F401  (pytest fixture)
-from _packages import SONG_TINY, _save, physicsnemo_classes, serve_huggingface, sha256
+from _packages import CMIP6_DAYS as DAYS
+from _packages import CMIP6_INPUTS as INPUTS
+from _packages import CMIP6_INVARIANTS as INVARIANTS
+from _packages import CMIP6_LAT_OUT as LAT_OUT
+from _packages import CMIP6_LON_OUT as LON_OUT
+from _packages import CMIP6_OUTPUTS as OUTPUTS
+from _packages import CMIP6_PADDED as PADDED
+from _packages import CMIP6_STEPS as STEPS
+from _packages import build_cmip6_package, cmip6_days, physicsnemo_classes, serve_huggingface, sha256
 
 import xkmcast
 from xkmcast.diffusion.seeds import row_seed
 from xkmcast.errors import BundleError, ConfigError, TimeCoverageError
 from xkmcast.fields.solar import cos_zenith
 
-INPUTS = ["siconc", "snc", "t2m", "u10m"]
-OUTPUTS = ["t2m", "u10m", "sp"]
-INVARIANTS = ["lsm", "coslat"]
-LAT_IN, LON_IN = np.linspace(-84.0, 84.0, 8), np.arange(0.0, 360.0, 22.5)
-LAT_OUT, LON_OUT = np.linspace(-90.0, 90.0, 25), np.arange(0.0, 360.0, 7.5)
-PADDED = (25 + 47, 48 + 96)
-STEPS = 3
-DAYS = pd.date_range("2030-06-01T12", periods=3, freq="1D").values
-
-
-def build_cmip6_package(folder, *, metadata_extra=None, invariants=INVARIANTS):
-    """The CorrDiff CMIP6 layout (as Earth2Studio's CorrDiffCMIP6 reads it) at a tiny size."""
-    cls = physicsnemo_classes()
-    folder.mkdir(parents=True, exist_ok=True)
-    n_cond = 3 * len(INPUTS) + len(INVARIANTS) + 2
-    reg = cls["UNet"](img_resolution=list(PADDED), img_in_channels=n_cond + 4, img_out_channels=len(OUTPUTS),
-                      model_type="SongUNetPosEmbd", embedding_type="zero", gridtype="sinusoidal", N_grid_channels=4,
-                      **SONG_TINY)
-    _save(reg, folder / "regression.mdlus", seed=11)
-    dif = cls["EDMPrecondSuperResolution"](img_resolution=list(PADDED), img_in_channels=n_cond + len(OUTPUTS) + 4,
-                                           img_out_channels=len(OUTPUTS), model_type="SongUNetPosEmbd",
-                                           gridtype="sinusoidal", N_grid_channels=4, **SONG_TINY)
-    _save(dif, folder / "diffusion.mdlus", seed=12)
-    xr.Dataset(coords={"lat": LAT_OUT, "lon": LON_OUT}).to_netcdf(folder / "output_latlon_grid.nc")
-    xr.Dataset(coords={"lat": LAT_IN, "lon": LON_IN}).to_netcdf(folder / "input_latlon_grid.nc")
-    rng = np.random.default_rng(13)
-    la = np.broadcast_to(LAT_OUT[:, None], (LAT_OUT.size, LON_OUT.size))
-    fields = {"lsm": (rng.uniform(0, 1, la.shape) > 0.6).astype(float), "coslat": np.cos(np.deg2rad(la))}
-    xr.Dataset({n: (("lat", "lon"), fields[n]) for n in invariants},
-               coords={"lat": LAT_OUT, "lon": LON_OUT}).to_netcdf(folder / "invariants.nc")
-    levels = {"siconc": (20, 30), "snc": (15, 25), "t2m": (280, 15), "u10m": (0, 6), "sp": (98000, 3000),
-              "sza": (0.0, 0.4), "hod": (11.5, 6.9)}
-    stat = lambda n: {"mean": float(levels[n][0] + rng.normal(0, 0.1)), "std": float(levels[n][1])}  # noqa: E731
-    stats = {"input": {n: stat(n) for n in [*INPUTS, "sza", "hod"]}, "output": {n: stat(n) for n in OUTPUTS},
-             "invariants": {"lsm": {"mean": 0.4, "std": 0.5}, "coslat": {"mean": 0.6, "std": 0.3}}}
-    (folder / "stats.json").write_text(json.dumps(stats))
-    meta = {"input_variables": INPUTS, "output_variables": OUTPUTS, "invariant_variables": invariants,
-            "number_of_steps": STEPS, "sampler_type": "stochastic", "hr_mean_conditioning": True,
-            "time_window": [-24, 0, 24], **(metadata_extra or {})}
-    (folder / "metadata.json").write_text(json.dumps(meta))
-    return folder
-
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
     return build_cmip6_package(tmp_path_factory.mktemp("cmip6") / "pkg")
-
-
-def cmip6_days(times=DAYS):
-    """Daily inputs on the package's input grid; sea-ice concentration NaN over 'land' as in CMIP6 files."""
-    rng = np.random.default_rng(1)
-    la, lo = np.meshgrid(LAT_IN, LON_IN, indexing="ij")
-    shape = (len(times), *la.shape)
-    ice = np.clip(100 * (np.abs(la) - 50) / 30 + rng.normal(0, 10, shape), 0, 100)
-    ice[:, 3, 2:5] = np.nan
-    data = {"siconc": ice, "snc": np.clip(rng.normal(30, 30, shape), 0, 100),
-            "t2m": 285 - 0.4 * np.abs(la) + rng.normal(0, 2, shape), "u10m": 5 * np.sin(np.deg2rad(lo)) + rng.normal(0, 2, shape)}
-    units = {"siconc": "%", "snc": "%", "t2m": "K", "u10m": "m s-1"}
-    return xr.Dataset({v: (("time", "lat", "lon"), a.astype(np.float32), {"units": units[v]}) for v, a in data.items()},
-                      coords={"time": times, "lat": ("lat", LAT_IN, {"units": "degrees_north"}),
-                              "lon": ("lon", LON_IN, {"units": "degrees_east"})})
 
 
 def e2s_condition(root, window, valid_time: datetime, sza_fn):
