@@ -210,3 +210,23 @@ def test_generic_package_without_time_features_is_unchanged(package, tmp_path):
     (bad / "stats.json").write_text(json.dumps(stats))
     with pytest.raises(BundleError, match="cannot honour"):  # the generic loader: time_window is not its setting
         xkmcast.load_model(bad)
+
+
+def test_cli_and_a_saved_bundle_give_the_same_result(package, tmp_path):
+    from typer.testing import CliRunner
+
+    from xkmcast.cli import app
+    from xkmcast.models.bundle import save_bundle
+
+    ds = cmip6_days(pd.date_range("2030-06-01T12", periods=4, freq="1D").values)  # two window centres
+    ds.to_netcdf(tmp_path / "cmip6.nc")
+    out = tmp_path / "era5.zarr"
+    result = CliRunner().invoke(app, ["downscale", str(package), str(tmp_path / "cmip6.nc"), str(out), "--members", "1",
+                                      "--steps", "1", "--lead-times=-12,3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    written = xr.open_zarr(out, consolidated=False).load()
+    assert written.sizes["time"] == 4 and list(written["lead_time"].values / np.timedelta64(1, "h")) == [-12, 3, -12, 3]
+    save_bundle(xkmcast.load_model(package), tmp_path / "bundle")
+    again = ds.kmcast.downscale(xkmcast.load_model(tmp_path / "bundle"), members=1, num_steps=1, lead_times=[-12, 3])
+    np.testing.assert_allclose(written["t2m"].values, again["t2m"].values, rtol=1e-6)
+    np.testing.assert_array_equal(written["time"].values, again["time"].values)
