@@ -106,12 +106,12 @@ def downscale_window(ds, pipeline, members: int, *, seed: int = 0, lead_times=No
     outs, means, valid, centre_of, lead_of = [], [], [], [], []
     for c in centres:
         idx = [int(np.flatnonzero(times == c + np.timedelta64(int(h), "h"))[0]) for h in hours]
-        win = torch.as_tensor(np.asarray(arr.isel(time=idx).values, dtype=np.float32))  # (L, C, h, w)
+        win = torch.as_tensor(np.asarray(arr.isel(time=idx).values, dtype=np.float32)).to(pipeline.device)  # (L, C, h, w)
         valids = c + leads
         cond = window_condition(pipeline, win.unsqueeze(0).expand(len(leads), *win.shape), valids)
         seeds = [row_seeds(seed, members, v) for v in valids]
         with torch.no_grad(), autocast(pipeline.device, precision):
-            samples, mean = pipeline.sample(cond.to(pipeline.device), seeds=seeds, **options)
+            samples, mean = pipeline.sample(cond, seeds=seeds, **options)
         outs.append(finish(pipeline, samples.float()).cpu().numpy())  # (M, B, C, H, W)
         means.append(finish(pipeline, mean.float()).cpu().numpy())
         valid.extend(valids), centre_of.extend([c] * len(leads)), lead_of.extend(leads)
