@@ -1,5 +1,5 @@
 """Runs inside the peer venv (earth2studio 0.19.0, nvidia-physicsnemo 2.2.2, torch 2.13.0): Earth2Studio's
-CorrDiffTaiwan and StormCast wrappers on the local packages written by peer_earth2studio.py.
+CorrDiffTaiwan, CorrDiffCMIP6 and StormCast wrappers on the local packages written by peer_earth2studio.py.
 
     python _peer_e2s.py WORKDIR MEMBERS STEPS
 
@@ -71,13 +71,40 @@ def stormcast(work: Path, members: int, steps: int) -> dict:
     return {"stormcast_seconds_per_member": (time.perf_counter() - t0) / members}
 
 
+def cmip6(work: Path, members: int, steps: int) -> dict:
+    """CorrDiffCMIP6 on the window WORKDIR/cmip6_window.npy (3, C, h, w) at the valid time of cmip6_time.json."""
+    from datetime import datetime
+
+    from earth2studio.models.auto import Package
+    from earth2studio.models.dx import CorrDiffCMIP6
+    from physicsnemo.diffusion.generate.legacy_generate import regression_step
+
+    valid = datetime.fromisoformat(json.loads((work / "cmip6_time.json").read_text())["valid"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = CorrDiffCMIP6.load_model(Package(str(work / "cmip6")))
+    model.number_of_samples, model.number_of_steps, model.seed = members, steps, 0
+    model.sampler = model._setup_sampler(model.sampler_type)  # the sampler holds the number of steps
+    x = torch.from_numpy(np.load(work / "cmip6_window.npy"))[None]
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        img_lr = model.preprocess_input(x.clone(), valid)
+        mean = regression_step(net=model.regression_model, img_lr=img_lr,
+                               latents_shape=(1, len(model.output_variables), *img_lr.shape[-2:]))
+        np.save(work / "e2s_cmip6_mean.npy", model.postprocess_output(mean)[0].numpy())
+        t0 = time.perf_counter()
+        model._forward(x.clone(), valid)
+    return {"cmip6_seconds_per_member": (time.perf_counter() - t0) / members}
+
+
 def main() -> None:
     work, members, steps = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     keep = _torchvision_schemas()  # noqa: F841 (the library object must stay alive)
     torch.set_num_threads(int(sys.argv[4]) if len(sys.argv) > 4 else 1)
     result = {}
-    for name, run in (("taiwan", taiwan), ("stormcast", stormcast)):
-        if (work / ("taiwan_ngc" if name == "taiwan" else "stormcast")).exists():
+    folders = {"taiwan": "taiwan_ngc", "stormcast": "stormcast", "cmip6": "cmip6"}
+    for name, run in (("taiwan", taiwan), ("stormcast", stormcast), ("cmip6", cmip6)):
+        if (work / folders[name]).exists():
             result.update(run(work, members, steps))
     (work / "e2s.json").write_text(json.dumps(result))
     print(json.dumps(result))

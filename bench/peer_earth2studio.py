@@ -3,11 +3,11 @@
     python bench/peer_earth2studio.py [--venv .peer-venv] [--members 2] [--steps 8] [--width 16]
                                       [--taiwan-size 450] [--stormcast-window small|published]
 
-1. Builds a CorrDiff-Taiwan package (the NGC zip) and a StormCast v1 folder with PhysicsNeMo 2.2.2's
-   classes (``--width`` channels, random O(1) weights) in ``--workdir``, and the inputs.
+1. Builds a CorrDiff-Taiwan package (the NGC zip), a StormCast v1 folder and a CorrDiff CMIP6 -> ERA5
+   package (tiny 25 x 48 output grid, time window) with PhysicsNeMo 2.2.2's classes (``--width`` channels, random O(1) weights) in ``--workdir``, and the inputs.
 2. Creates ``--venv`` once (``earth2studio==0.19.0 nvidia-physicsnemo==2.2.2 torch==2.13.0``; it pins
    netCDF4 < 1.7.3, so it cannot share xkmcast's venv) and runs ``bench/_peer_e2s.py`` in it:
-   Earth2Studio's ``CorrDiffTaiwan.load_model`` / ``StormCast.load_model`` on the local packages.
+   Earth2Studio's ``CorrDiffTaiwan`` / ``StormCast`` / ``CorrDiffCMIP6.load_model`` on the local packages.
 3. Runs xkmcast on the same packages and inputs (``load_model(PATH)`` and the accessor), and prints
    the maximum difference of the deterministic parts (the regression means, physical units) and the
    time per ensemble member at the same number of sampler steps, one thread each.
@@ -66,6 +66,15 @@ def build(work: Path, args) -> dict:
         np.save(work / "stormcast_state.npy", rng.normal(0, 3, (len(P.STATE_VARS), *shape)).astype(np.float32) + 5)
         np.save(work / "stormcast_background.npy", rng.normal(0, 3, (len(P.BACKGROUND_VARS), *shape)).astype(np.float32) + 5)
         out["window"] = window
+    if not args.skip_cmip6:
+        if not (work / "cmip6" / "metadata.json").exists():
+            P.build_cmip6_package(work / "cmip6")
+        days = P.cmip6_days()
+        np.save(work / "cmip6_window.npy", np.stack([np.stack([days[v].values[i] for v in P.CMIP6_INPUTS])
+                                                     for i in range(3)]).astype(np.float32))
+        valid = days.time.values[1] - np.timedelta64(12, "h")  # Earth2Studio's default lead time
+        (work / "cmip6_time.json").write_text(json.dumps({"valid": str(valid.astype("datetime64[s]"))}))
+        out["cmip6"] = days
     return out
 
 
@@ -98,6 +107,14 @@ def xkmcast_side(work: Path, built: dict, args) -> dict:
         sc.step(xn.expand(args.members, -1, -1, -1), bn.expand(args.members, -1, -1, -1),
                 seeds=list(range(args.members)), num_steps=args.steps)
         res["stormcast_seconds_per_member"] = (time.perf_counter() - t0) / args.members
+    if "cmip6" in built:
+        cm = xkmcast.load_model(work / "cmip6")
+        days = built["cmip6"]
+        mean = days.kmcast.downscale(cm, members=1, num_steps=1, include_mean=True)
+        res["cmip6_mean"] = np.stack([mean[f"{v}_regression"].values[0] for v in cm.spec.output_vars])
+        t0 = time.perf_counter()
+        days.kmcast.downscale(cm, members=args.members, num_steps=args.steps)
+        res["cmip6_seconds_per_member"] = (time.perf_counter() - t0) / args.members
     return res
 
 
@@ -112,6 +129,7 @@ def main() -> None:
     p.add_argument("--taiwan-size", type=int, default=450)
     p.add_argument("--stormcast-window", choices=["small", "published"], default="small")
     p.add_argument("--skip-stormcast", action="store_true")
+    p.add_argument("--skip-cmip6", action="store_true")
     args = p.parse_args()
     built = build(args.workdir, args)
     python = ensure_venv(args.venv)
@@ -121,7 +139,7 @@ def main() -> None:
     ours = xkmcast_side(args.workdir, built, args)
     print(f"members {args.members}, sampler steps {args.steps}, U-Net width {args.width}, {args.threads} thread(s)")
     print(f"{'model':12s} {'max |mean diff|':>16s} {'E2S s/member':>13s} {'xkmcast s/member':>17s} {'ratio':>6s}")
-    for name in ("taiwan", "stormcast"):
+    for name in ("taiwan", "stormcast", "cmip6"):
         if f"{name}_seconds_per_member" not in e2s:
             continue
         ref = np.load(args.workdir / f"e2s_{name}_mean.npy")

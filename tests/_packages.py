@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from _nets import randomise
 
@@ -204,3 +205,67 @@ def build_corrdiff_package(folder: Path, *, shape=(20, 28), hr_mean_conditioning
             "sigma_max": 400, "sigma_min": 0.002, **(metadata_extra or {})}
     (folder / "metadata.json").write_text(json.dumps(meta))
     return folder
+
+
+# ------------------------------------------------------------------- CorrDiff CMIP6 -> ERA5 (time window)
+CMIP6_INPUTS = ["siconc", "snc", "t2m", "u10m"]
+CMIP6_OUTPUTS = ["t2m", "u10m", "sp"]
+CMIP6_INVARIANTS = ["lsm", "coslat"]
+CMIP6_LAT_IN, CMIP6_LON_IN = np.linspace(-84.0, 84.0, 8), np.arange(0.0, 360.0, 22.5)
+CMIP6_LAT_OUT, CMIP6_LON_OUT = np.linspace(-90.0, 90.0, 25), np.arange(0.0, 360.0, 7.5)
+CMIP6_PADDED = (25 + 47, 48 + 96)
+CMIP6_STEPS = 3
+CMIP6_DAYS = pd.date_range("2030-06-01T12", periods=3, freq="1D").values
+
+
+def build_cmip6_package(folder, *, metadata_extra=None, invariants=CMIP6_INVARIANTS):
+    """The CorrDiff CMIP6 layout (as Earth2Studio's CorrDiffCMIP6 reads it) at a tiny size; the networks
+    always take two invariants (``invariants`` changes what the files say)."""
+    import xarray as xr
+
+    cls = physicsnemo_classes()
+    folder.mkdir(parents=True, exist_ok=True)
+    n_cond = 3 * len(CMIP6_INPUTS) + len(CMIP6_INVARIANTS) + 2
+    reg = cls["UNet"](img_resolution=list(CMIP6_PADDED), img_in_channels=n_cond + 4, img_out_channels=len(CMIP6_OUTPUTS),
+                      model_type="SongUNetPosEmbd", embedding_type="zero", gridtype="sinusoidal", N_grid_channels=4,
+                      **SONG_TINY)
+    _save(reg, folder / "regression.mdlus", seed=11)
+    dif = cls["EDMPrecondSuperResolution"](img_resolution=list(CMIP6_PADDED), img_in_channels=n_cond + len(CMIP6_OUTPUTS) + 4,
+                                           img_out_channels=len(CMIP6_OUTPUTS), model_type="SongUNetPosEmbd",
+                                           gridtype="sinusoidal", N_grid_channels=4, **SONG_TINY)
+    _save(dif, folder / "diffusion.mdlus", seed=12)
+    xr.Dataset(coords={"lat": CMIP6_LAT_OUT, "lon": CMIP6_LON_OUT}).to_netcdf(folder / "output_latlon_grid.nc")
+    xr.Dataset(coords={"lat": CMIP6_LAT_IN, "lon": CMIP6_LON_IN}).to_netcdf(folder / "input_latlon_grid.nc")
+    rng = np.random.default_rng(13)
+    la = np.broadcast_to(CMIP6_LAT_OUT[:, None], (CMIP6_LAT_OUT.size, CMIP6_LON_OUT.size))
+    fields = {"lsm": (rng.uniform(0, 1, la.shape) > 0.6).astype(float), "coslat": np.cos(np.deg2rad(la))}
+    xr.Dataset({n: (("lat", "lon"), fields[n]) for n in invariants},
+               coords={"lat": CMIP6_LAT_OUT, "lon": CMIP6_LON_OUT}).to_netcdf(folder / "invariants.nc")
+    levels = {"siconc": (20, 30), "snc": (15, 25), "t2m": (280, 15), "u10m": (0, 6), "sp": (98000, 3000),
+              "sza": (0.0, 0.4), "hod": (11.5, 6.9)}
+    stat = lambda n: {"mean": float(levels[n][0] + rng.normal(0, 0.1)), "std": float(levels[n][1])}  # noqa: E731
+    stats = {"input": {n: stat(n) for n in [*CMIP6_INPUTS, "sza", "hod"]}, "output": {n: stat(n) for n in CMIP6_OUTPUTS},
+             "invariants": {"lsm": {"mean": 0.4, "std": 0.5}, "coslat": {"mean": 0.6, "std": 0.3}}}
+    (folder / "stats.json").write_text(json.dumps(stats))
+    meta = {"input_variables": CMIP6_INPUTS, "output_variables": CMIP6_OUTPUTS, "invariant_variables": invariants,
+            "number_of_steps": CMIP6_STEPS, "sampler_type": "stochastic", "hr_mean_conditioning": True,
+            "time_window": [-24, 0, 24], **(metadata_extra or {})}
+    (folder / "metadata.json").write_text(json.dumps(meta))
+    return folder
+
+
+def cmip6_days(times=CMIP6_DAYS):
+    """Daily inputs on the package's input grid; sea-ice concentration NaN over 'land' as in CMIP6 files."""
+    import xarray as xr
+
+    rng = np.random.default_rng(1)
+    la, lo = np.meshgrid(CMIP6_LAT_IN, CMIP6_LON_IN, indexing="ij")
+    shape = (len(times), *la.shape)
+    ice = np.clip(100 * (np.abs(la) - 50) / 30 + rng.normal(0, 10, shape), 0, 100)
+    ice[:, 3, 2:5] = np.nan
+    data = {"siconc": ice, "snc": np.clip(rng.normal(30, 30, shape), 0, 100),
+            "t2m": 285 - 0.4 * np.abs(la) + rng.normal(0, 2, shape), "u10m": 5 * np.sin(np.deg2rad(lo)) + rng.normal(0, 2, shape)}
+    units = {"siconc": "%", "snc": "%", "t2m": "K", "u10m": "m s-1"}
+    return xr.Dataset({v: (("time", "lat", "lon"), a.astype(np.float32), {"units": units[v]}) for v, a in data.items()},
+                      coords={"time": times, "lat": ("lat", CMIP6_LAT_IN, {"units": "degrees_north"}),
+                              "lon": ("lon", CMIP6_LON_IN, {"units": "degrees_east"})})

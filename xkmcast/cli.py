@@ -142,6 +142,19 @@ def parse_times(text: str) -> slice | list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _hours(text: str | None) -> list[float] | None:
+    """``--lead-times`` text ("-12,0,6") -> hours."""
+    from .errors import ConfigError, explain
+
+    if text is None:
+        return None
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(explain("--lead-times must be hours separated by commas", expected="e.g. -12,0,6",
+                                  found=text)) from None
+
+
 @app.command()
 def downscale(
     model: str = typer.Argument(..., help=MODEL_HELP),
@@ -167,6 +180,8 @@ def downscale(
     overwrite: bool = typer.Option(False, help="replace an existing output"),
     quiet: bool = typer.Option(False, help="no progress bar"),
     check_ranges: bool = typer.Option(True, help="refuse physically implausible input values (wrong units)"),
+    lead_times: str | None = typer.Option(None, help="time-window packages (corrdiff-cmip6-era5) only: hours after "
+                                          "each window centre, comma-separated, e.g. --lead-times=-12,0 (default -12)"),
     known_hash: list[str] | None = typer.Option(None, help=KNOWN_HASH_HELP),
     trust_host_hashes: bool = typer.Option(True, "--trust-host-hashes/--no-trust-host-hashes", help=TRUST_HELP),
 ) -> None:
@@ -183,7 +198,7 @@ def downscale(
         result = run(ds, model, members=members, seed=seed, num_steps=steps, sampler=sampler, batch_size=batch_size,
                      time_chunk=time_chunk, include_mean=include_mean, device=device, precision=precision,
                      regrid_method=regrid, regrid_options={"allow_outside": True} if allow_outside else None,
-                     check_ranges=check_ranges)
+                     check_ranges=check_ranges, lead_times=_hours(lead_times))
         if layout == "corrdiff":
             truth_ds = _open_input(truth, "target" if part else None, times) if truth else None
             if truth_ds is not None:

@@ -22,7 +22,7 @@ import dask.array as dsa
 import numpy as np
 import xarray as xr
 
-from ..errors import GridError, InvalidDataError, XkmcastError, explain
+from ..errors import ConfigError, GridError, InvalidDataError, XkmcastError, explain
 from .grid import Grid, find_grid, make_latlon_grid
 from .variables import cf_attrs, select_variables
 
@@ -223,8 +223,14 @@ def downscale(
     device: str | None = None,
     precision: str = "fp32",
     check_ranges: bool = True,
+    lead_times=None,
 ) -> xr.Dataset:
     """Downscale the coarse ``ds`` with ``model`` (a pipeline or a bundle path).
+
+    Time-window packages (CorrDiff CMIP6 -> ERA5, ``load_model("corrdiff-cmip6-era5")``) take the window
+    of each time from ``ds``'s time axis and give outputs at ``window centre + lead_times`` (hours or
+    timedeltas, default -12 h, within [-12, +11] h); see :mod:`xkmcast.fields.downscale_window`
+    for that input contract. ``lead_times`` applies to them only.
 
     ``regrid_method`` / ``regrid_options`` (e.g. ``{"allow_outside": True}``): how ``ds`` is regridded
     onto the model grid; by default as the model's training inputs were (``spec.grid["regrid"]``,
@@ -255,6 +261,16 @@ def downscale(
     pipeline = resolve_model(model, device)
     spec = pipeline.spec
     require_task(pipeline, forecast=False)
+    if spec.extra.get("time_window"):
+        from .downscale_window import downscale_window
+
+        return downscale_window(ds, pipeline, members, seed=seed, lead_times=lead_times, include_mean=include_mean,
+                                regrid_method=regrid_method or "bilinear", check_ranges=check_ranges,
+                                precision=precision, sampler=sampler, num_steps=num_steps, patch=patch,
+                                batch_size=batch_size)
+    if lead_times is not None:
+        raise ConfigError(explain("lead_times only applies to time-window packages (CorrDiff CMIP6)",
+                                  found=lead_times, fix="drop lead_times: this model downscales each time of ds"))
     lazy_input = any(v.chunks is not None for v in ds.data_vars.values())
     method, options = regrid_defaults(pipeline, regrid_method, regrid_options)
     inputs = to_model_inputs(ds, pipeline, spec.input_vars, regrid_method=method, regrid_options=options,

@@ -40,8 +40,10 @@ class CorrDiff(Pipeline):
 
     # ---------------------------------------------------------------------------------- inputs
     def condition(self, inputs: Tensor) -> Tensor:
-        """``cat(inputs, invariants)``: the invariants stored with the model, broadcast over the batch."""
-        if self.invariant.numel() == 0:
+        """``cat(inputs, invariants)``: the invariants stored with the model, broadcast over the batch.
+        Time-window packages (``spec.extra["time_window"]``) are given their whole condition, invariants
+        included (:func:`xkmcast.models.published.cmip6_steps.window_condition`)."""
+        if self.invariant.numel() == 0 or self.spec.extra.get("time_window"):
             return inputs
         inv = self.invariant.to(inputs).unsqueeze(0).expand(inputs.shape[0], -1, -1, -1)
         return torch.cat([inputs, inv], dim=1)

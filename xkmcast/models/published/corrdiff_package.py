@@ -17,8 +17,9 @@ Steps (reproduced): inputs bilinear from the input grid onto the output grid, in
 conditioned on ``cat(mean, inputs, invariants)`` (``hr_mean_conditioning``) or on the inputs alone;
 ``sampler_type`` "stochastic" is EDM Heun (S_churn 0, sigma 0.002 .. 800 unless metadata sets them,
 rho 7), "deterministic" is ``solver`` (euler / heun, sigma 0.002 .. 80). ``inference_mode``
-"regression" keeps the regression only. Anything else (a 2-D input grid, time-window inputs such as
-the CMIP6 package's, other modes) is refused.
+"regression" keeps the regression only. A package whose stats.json has the time features ``sza`` /
+``hod`` (CorrDiff CMIP6 -> ERA5: time-window inputs) is loaded by :mod:`.corrdiff_cmip6`. Anything
+else (a 2-D input grid, other modes) is refused.
 """
 
 from __future__ import annotations
@@ -116,11 +117,12 @@ def _invariants(root: Path, meta: dict, stats: dict) -> tuple[list[str], np.ndar
     return names, (raw - mean) / std, table
 
 
-def _sampler(meta: dict) -> dict:
+def _sampler(meta: dict, sigma_defaults: dict | None = None) -> dict:
+    """The sampler of metadata.json; ``sigma_defaults`` {sampler_type: (sigma_min, sigma_max)} when it sets none."""
     kind = meta.get("sampler_type", "stochastic")
     if kind not in SIGMA_DEFAULTS:
         raise BundleError(explain("Unknown sampler_type in metadata.json", expected=sorted(SIGMA_DEFAULTS), found=kind))
-    lo, hi = SIGMA_DEFAULTS[kind]
+    lo, hi = (sigma_defaults or SIGMA_DEFAULTS)[kind]
     if kind == "stochastic":
         method = "heun"  # PhysicsNeMo's stochastic sampler is Heun whatever `solver` says
     else:
@@ -140,6 +142,10 @@ def load(root: Path, *, device="cpu"):
     from ..importer import assemble_pipeline, condition_channels, mdlus_stage
 
     meta, stats = _json(root / "metadata.json"), _json(root / "stats.json")
+    from . import corrdiff_cmip6
+
+    if corrdiff_cmip6.is_time_window_package(stats):
+        return corrdiff_cmip6.load(root, device=device)
     unknown = sorted(set(meta) - KNOWN_METADATA)
     if unknown:
         raise BundleError(explain("metadata.json has settings xkmcast cannot honour", expected=sorted(KNOWN_METADATA), found=unknown))
@@ -183,7 +189,7 @@ def _check(found: int, expected: int, stage: str, what: str) -> None:
             explain(
                 f"The {stage} network does not take the condition this package layout gives it",
                 expected=f"{expected} channels ({what})", found=found,
-                fix="packages with time-window inputs or extra features (e.g. CorrDiff CMIP6's solar zenith angle "
-                    "and hour of day) are not supported yet",
+                fix="a package with time-window inputs and time features (CorrDiff CMIP6) needs the sza and hod "
+                    "statistics in stats.json['input']; other extra channels are not supported",
             )
         )
