@@ -6,6 +6,11 @@ For each initial time ``t0`` and member ``k`` the pipeline steps the state on it
 
 (:func:`xkmcast.diffusion.seeds.row_seed`)
 
+A model that reads its last n states (``pipeline.input_window``, NVIDIA's StormScope packages) starts
+at each time of ``ds`` whose n - 1 predecessors, dt apart, are in ``ds`` too, and steps the window
+(oldest dropped, newest predicted); a model with ``takes_valid_time`` also gets the valid time of
+the newest state (its cos-zenith features).
+
 where the background (coarse fields) at the input time of each step is regridded to the state grid
 and the invariants come from the bundle. The result has dims ``(member, init_time, lead_time, y, x)``
 with ``lead_time = 0, dt, ..., steps dt`` (lead 0 is the initial state) and a 2-D ``valid_time``.
