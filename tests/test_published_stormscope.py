@@ -268,3 +268,14 @@ def test_refuses_what_it_cannot_run(package, tmp_path):
     with pytest.raises(BundleError, match="HRRR grid"):
         xkmcast.load_model(bad)
     assert math.isfinite(xkmcast.load_model(package).spec.sampler["sigma_max"])
+
+
+@pytest.mark.slow
+def test_streamed_forecast_equals_the_lazy_one(model, tmp_path):
+    """``output=`` (what ``xkmcast forecast`` writes) runs the same windowed rollout; a resume is refused."""
+    ds = goes_dataset(model, seed=1)
+    lazy = ds.kmcast.forecast(model, steps=2, members=1, seed=4, num_steps=3)
+    streamed = ds.kmcast.forecast(model, steps=2, members=1, seed=4, num_steps=3, output=tmp_path / "fc.zarr")
+    for v in SCOPE_VARS:
+        np.testing.assert_array_equal(streamed[v].values, lazy[v].values)
+    np.testing.assert_array_equal(lazy["abi02c"].values[0, 0, 0], ds["abi02c"].values[-1])  # lead 0: the newest input
