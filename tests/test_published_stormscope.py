@@ -17,7 +17,7 @@ import pytest
 import torch
 import xarray as xr
 from _http import http_server  # noqa: F401  (pytest fixture)
-from _packages import SCOPE_EXPERTS, SCOPE_VARS, build_stormscope, serve_huggingface
+from _packages import SCOPE_EXPERTS, SCOPE_VARS, build_stormscope, serve_huggingface, sha256
 
 import xkmcast
 from xkmcast.diffusion.seeds import row_seed
@@ -243,6 +243,9 @@ def test_by_name_from_hugging_face_pinned_revision(package, tmp_path, http_serve
     fetched = {r.split(f"/resolve/{REVISION}/", 1)[1] for r in server.requests if "/resolve/" in r}
     assert fetched == {"registry.json", "lat.npy", "lon.npy", "goes_means.npy", "goes_stds.npy", "topo.npy",
                        "nexrad_proximity.npy", *[p for p, _, _ in SCOPE_EXPERTS]}  # what registry.json names
+    known = {f: "sha256:" + sha256(package / f) for f in fetched}  # hashes from a trusted copy, no host listing
+    again = xkmcast.load_model("stormscope-goes-mrms", known_hashes=known, cache_dir=tmp_path / "cache2")
+    assert torch.equal(next(again.parameters()), next(model.parameters()))
     direct = xkmcast.load_model(package)
     for a, b in zip(model.state_dict().values(), direct.state_dict().values()):
         assert torch.equal(a, b)

@@ -104,8 +104,11 @@ def load(source: str | os.PathLike, *, device="cpu", package_options: dict | Non
     path = Path(text).expanduser()
     if not path.exists() and isinstance(source, str) and "/" not in text and text in published_models(fetch_options.get("registry")):
         entry = lookup(text, fetch_options.get("registry"))
-        folder = fetch_package(text, **fetch_options)
         index = getattr(_family(entry.family), "referenced_files", None)  # files the package's own index names
+        first = dict(fetch_options)
+        if index is not None and first.get("known_hashes"):  # the hashes of the indexed files apply below
+            first["known_hashes"] = {f: d for f, d in first["known_hashes"].items() if f in entry.files}
+        folder = fetch_package(text, **first)
         if index is not None:
             folder = fetch_package(text, **fetch_options, extra_files=index(folder, **(package_options or {})))
         pipeline = load_package(folder, device=device, family=entry.family, **(package_options or {}))
