@@ -11,6 +11,12 @@
 3. Runs xkmcast on the same packages and inputs (``load_model(PATH)`` and the accessor), and prints
    the maximum difference of the deterministic parts (the regression means, physical units) and the
    time per ensemble member at the same number of sampler steps, one thread each.
+
+StormScope GOES (``--skip-stormscope`` to leave it out): the package layout with two sigma-range experts
+whose DiTs use dense attention, so Earth2Studio's ``StormScopeGOES`` runs on CPU. Its
+``load_model`` refuses to start without NATTEN (the published experts use ``natten2d``, GPU only); when
+NATTEN is absent the peer script assembles the model with the class's own loading steps instead (the same
+calls minus that check). Its deterministic part is the condition and one expert call D(x; sigma).
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
+#: StormScope: the valid time of the input window's newest state and the noise level of the compared expert call
+SCOPE_TIME, SCOPE_SIGMA = "2024-05-01T18:20", 5.0
 PEER = ["torch==2.13.0", "nvidia-physicsnemo==2.2.2", "earth2studio==0.19.0"]
 
 
@@ -75,6 +83,12 @@ def build(work: Path, args) -> dict:
         valid = days.time.values[1] - np.timedelta64(12, "h")  # Earth2Studio's default lead time
         (work / "cmip6_time.json").write_text(json.dumps({"valid": str(valid.astype("datetime64[s]"))}))
         out["cmip6"] = days
+    if not args.skip_stormscope:
+        if not (work / "stormscope" / "registry.json").exists():
+            P.build_stormscope(work / "stormscope", image_size=(32, 48), window=3)
+        rng = np.random.default_rng(1)
+        np.save(work / "stormscope_window.npy", rng.normal(250, 10, (3, len(P.SCOPE_VARS), 32, 48)).astype(np.float32))
+        np.save(work / "stormscope_probe.npy", rng.normal(0, 3, (1, len(P.SCOPE_VARS), 32, 48)).astype(np.float32))
     return out
 
 
@@ -115,6 +129,19 @@ def xkmcast_side(work: Path, built: dict, args) -> dict:
         t0 = time.perf_counter()
         days.kmcast.downscale(cm, members=args.members, num_steps=args.steps)
         res["cmip6_seconds_per_member"] = (time.perf_counter() - t0) / args.members
+    if (work / "stormscope" / "registry.json").exists():
+        scope = xkmcast.load_model(work / "stormscope")
+        win = np.load(work / "stormscope_window.npy")
+        xn = torch.as_tensor(scope.stats_for("input").normalise(win, P.SCOPE_VARS, axis=1), dtype=torch.float32)[None]
+        cond = scope.condition(xn, np.datetime64(SCOPE_TIME))
+        probe = torch.from_numpy(np.load(work / "stormscope_probe.npy")).double()
+        with torch.no_grad():
+            res["stormscope_mean"] = scope.stages["diffusion"].for_level(SCOPE_SIGMA)(
+                probe, torch.full((1,), SCOPE_SIGMA, dtype=torch.float64), condition=cond.double()).float().numpy()
+        t0 = time.perf_counter()
+        scope.step(xn.expand(args.members, -1, -1, -1, -1), seeds=list(range(args.members)), valid_time=np.datetime64(SCOPE_TIME),
+                   num_steps=args.steps)
+        res["stormscope_seconds_per_member"] = (time.perf_counter() - t0) / args.members
     return res
 
 
@@ -130,6 +157,7 @@ def main() -> None:
     p.add_argument("--stormcast-window", choices=["small", "published"], default="small")
     p.add_argument("--skip-stormcast", action="store_true")
     p.add_argument("--skip-cmip6", action="store_true")
+    p.add_argument("--skip-stormscope", action="store_true")
     args = p.parse_args()
     built = build(args.workdir, args)
     python = ensure_venv(args.venv)
@@ -146,6 +174,10 @@ def main() -> None:
         diff = float(np.abs(ours[f"{name}_mean"] - ref).max())
         a, b = e2s[f"{name}_seconds_per_member"], ours[f"{name}_seconds_per_member"]
         print(f"{name:12s} {diff:16.3g} {a:13.2f} {b:17.2f} {b / a:6.2f}")
+    if "stormscope_seconds_per_member" in e2s:  # its deterministic part: one expert call D(x; sigma) on the same condition
+        diff = float(np.abs(ours["stormscope_mean"] - np.load(args.workdir / "e2s_stormscope_mean.npy")).max())
+        a, b = e2s["stormscope_seconds_per_member"], ours["stormscope_seconds_per_member"]
+        print(f"{'stormscope':12s} {diff:16.3g} {a:13.2f} {b:17.2f} {b / a:6.2f}   (max |D diff|; {e2s.get('stormscope_note', '')})")
 
 
 if __name__ == "__main__":

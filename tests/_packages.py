@@ -154,13 +154,15 @@ def serve_huggingface(served: Path, folder: Path, repo: str, revision: str, *, w
     target = served / repo / "resolve" / revision
     target.mkdir(parents=True, exist_ok=True)
     siblings = []
-    for p in sorted(folder.iterdir()):
-        shutil.copy(p, target / p.name)
+    for p in sorted(q for q in folder.rglob("*") if q.is_file()):  # sub-folders too (StormScope's checkpoints/)
+        name = p.relative_to(folder).as_posix()
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, target / name)
         data = p.read_bytes()
         if p.suffix in (".yaml", ".json"):
-            siblings.append({"rfilename": p.name, "blobId": _h.sha1(b"blob %d\x00" % len(data) + data).hexdigest()})
+            siblings.append({"rfilename": name, "blobId": _h.sha1(b"blob %d\x00" % len(data) + data).hexdigest()})
         else:
-            siblings.append({"rfilename": p.name, "lfs": {"sha256": _h.sha256(data).hexdigest(), "size": len(data)}})
+            siblings.append({"rfilename": name, "lfs": {"sha256": _h.sha256(data).hexdigest(), "size": len(data)}})
     if with_api:
         api = served / "api/models" / repo / "revision" / revision
         api.parent.mkdir(parents=True, exist_ok=True)
@@ -269,3 +271,66 @@ def cmip6_days(times=CMIP6_DAYS):
     return xr.Dataset({v: (("time", "lat", "lon"), a.astype(np.float32), {"units": units[v]}) for v, a in data.items()},
                       coords={"time": times, "lat": ("lat", CMIP6_LAT_IN, {"units": "degrees_north"}),
                               "lon": ("lon", CMIP6_LON_IN, {"units": "degrees_east"})})
+# ------------------------------------------------------------------------ StormScope GOES + MRMS
+GOES_ORDER = ["abi01c", "abi02c", "abi03c", "abi07c", "abi08c", "abi09c", "abi10c", "abi13c"]
+SCOPE_VARS = ["abi13c", "abi02c", "abi07c"]  # a subset, not in the group's order: picked by name
+SCOPE_EXPERTS = (("checkpoints/goes/3km_10min/high.mdlus", 2.0, 400.0), ("checkpoints/goes/3km_10min/low.mdlus", 0.002, 2.0))
+
+
+def hrrr_latlon():
+    """The full 1059 x 1799 HRRR lat / lon (float32, lon in [-180, 180) as a package may store it)."""
+    from xkmcast.models.published.stormcast_v1 import hrrr_subgrid
+
+    grid = hrrr_subgrid(((0, 1059), (0, 1799)))
+    return grid["lat"].astype(np.float32), np.where(grid["lon"] >= 180, grid["lon"] - 360, grid["lon"]).astype(np.float32)
+
+
+def stormscope_classes():
+    skip_without_physicsnemo()
+    from physicsnemo.diffusion.preconditioners import EDMPreconditioner
+    from physicsnemo.diffusion.utils.model_wrappers import ConcatConditionWrapper
+    from physicsnemo.models.dit import DiT
+
+    return DiT, ConcatConditionWrapper, EDMPreconditioner
+
+
+def build_stormscope(folder: Path, *, image_size=(16, 24), window=3, latlon=None) -> Path:
+    """The StormScope layout (registry.json, statistics, HRRR lat / lon and fixed fields, two experts saved
+    as EDMPreconditioner(ConcatConditionWrapper(DiT)) with dense attention) at a small image size."""
+    DiT, Concat, Precond = stormscope_classes()
+    folder.mkdir(parents=True, exist_ok=True)
+    c, fixed = len(SCOPE_VARS), 2 + 2 + 2  # lat / lon features, cos zenith pair, nexrad proximity and topo
+    for k, (path, _, _) in enumerate(SCOPE_EXPERTS):
+        dit = DiT(input_size=tuple(image_size), in_channels=c + window * c + fixed, out_channels=c, patch_size=4,
+                  hidden_size=32, depth=2, num_heads=4)
+        net = Precond(Concat(randomise(dit, seed=20 + k)), sigma_data=0.5).eval()
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        net.save(str(folder / path))
+    lat, lon = latlon if latlon is not None else hrrr_latlon()
+    rng = np.random.default_rng(11)
+    np.save(folder / "lat.npy", lat)
+    np.save(folder / "lon.npy", lon)
+    np.save(folder / "topo.npy", rng.normal(0, 1, lat.shape).astype(np.float32))
+    np.save(folder / "nexrad_proximity.npy", rng.uniform(0, 1, lat.shape).astype(np.float32))
+    np.save(folder / "mrms_coverage_mask.npy", rng.uniform(0, 1, lat.shape) > 0.9)
+    np.save(folder / "goes_means.npy", rng.uniform(200, 280, len(GOES_ORDER)).astype(np.float32))
+    np.save(folder / "goes_stds.npy", rng.uniform(5, 30, len(GOES_ORDER)).astype(np.float32))
+    np.save(folder / "mrms_means.npy", np.array([0.5, 0.2], np.float32))
+    np.save(folder / "mrms_stds.npy", np.array([12.0, 10.0], np.float32))
+    goes = {"checkpoints": [{"path": p, "sigma_min": lo, "sigma_max": hi} for p, lo, hi in SCOPE_EXPERTS],
+            "variables": SCOPE_VARS, "conditioning_vars": [], "image_size": list(image_size), "spatial_downsample": 1,
+            "sliding_window": window > 1, "n_steps": window, "step_interval": 10, "topo": True, "nexrad_proximity": True,
+            "description": "GOES 3 km / 10 min nowcast (test layout)"}
+    registry = {
+        "normalization": {"goes": {"file_prefix": "goes", "order": GOES_ORDER},
+                          "mrms": {"file_prefix": "mrms", "order": ["refc", "refc_base"]},
+                          "glm": {"file_prefix": None, "transform": "log1p", "order": ["glm_density"]}},
+        "goes": {"models": {"3km_10min": goes,
+                            "6km_1hr": {**goes, "conditioning_vars": ["z500"], "deprecated": True}},
+                 "aliases": {"3km_10min_natten_goes": "3km_10min"}},
+        "mrms": {"models": {"3km_10min": {**goes, "variables": ["refc", "refc_base", "glm_density"],
+                                          "conditioning_vars": GOES_ORDER, "mrms_coverage_mask": True}}},
+    }
+    (folder / "registry.json").write_text(json.dumps(registry, indent=1))
+    (folder / "config.json").write_text(json.dumps({"library_name": "physicsnemo"}))
+    return folder

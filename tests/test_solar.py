@@ -43,3 +43,18 @@ def test_matches_physicsnemo():
     for when in [datetime.datetime(1996, 1, 7, 18), datetime.datetime(2023, 8, 14, 3, 30), datetime.datetime(2049, 12, 31, 23)]:
         ref = zen.cos_zenith_angle(when.replace(tzinfo=datetime.timezone.utc), lon, lat)
         np.testing.assert_allclose(cos_zenith(np.datetime64(when), lat, lon), ref, atol=5e-4)
+
+
+def test_meeus_form_equals_physicsnemo():
+    """fields/solar_meeus.py is the feature StormScope was trained with: PhysicsNeMo's numbers, not close ones."""
+    import datetime
+
+    zen = pytest.importorskip("physicsnemo.utils.zenith_angle", reason="PhysicsNeMo (the reference extra) not installed")
+    from xkmcast.fields.solar_meeus import cos_zenith_meeus
+
+    rng = np.random.default_rng(0)
+    lat, lon = rng.uniform(-90, 90, (20, 30)).astype(np.float32), rng.uniform(0, 360, (20, 30)).astype(np.float32)
+    for when in ("2024-05-01T18:10", "1999-12-31T23:59:59", "2031-06-21T06:00"):
+        t = np.datetime64(when, "s")
+        ref = zen.cos_zenith_angle(datetime.datetime.fromtimestamp(t.astype(int), tz=datetime.timezone.utc), lon, lat)
+        np.testing.assert_allclose(cos_zenith_meeus(t, lat, lon), ref, rtol=0, atol=1e-12)

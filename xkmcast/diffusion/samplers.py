@@ -221,8 +221,14 @@ def solve(
     if condition is not None:
         kwargs["condition"] = condition
 
-    def D(x: Tensor, sigma: Tensor) -> Tensor:
-        return denoiser(x, sigma=sigma.expand(B), **kwargs).to(x.dtype)
+    # a mixture of sigma-range experts (diffusion/experts.py) names the network of each evaluation by the
+    # level of the time-step grid it belongs to (sigma_i for the step, sigma_{i+1} for the corrector),
+    # not by the churned sigma_hat it is evaluated at; any other denoiser is used as it is
+    pick = getattr(denoiser, "for_level", None)
+
+    def D(x: Tensor, sigma: Tensor, level: Tensor | None = None) -> Tensor:
+        net = denoiser if pick is None else pick(float(sigma if level is None else level))
+        return net(x, sigma=sigma.expand(B), **kwargs).to(x.dtype)
 
     x = latents * sigmas[0]
     if method == "dpmpp_2m":
@@ -236,7 +242,7 @@ def solve(
         if gamma > 0:
             eps = _randn(tuple(x.shape), generator, x.dtype, x.device)
             x = x + (t_hat**2 - t_cur**2).sqrt() * S_noise * eps
-        d_cur = (x - D(x, t_hat)) / t_hat
+        d_cur = (x - D(x, t_hat, t_cur)) / t_hat
         x_next = x + (t_next - t_hat) * d_cur
         if method == "heun" and i < num_steps - 1:
             d_next = (x_next - D(x_next, t_next)) / t_next

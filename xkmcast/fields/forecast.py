@@ -6,6 +6,11 @@ For each initial time ``t0`` and member ``k`` the pipeline steps the state on it
 
 (:func:`xkmcast.diffusion.seeds.row_seed`)
 
+A model that reads its last n states (``pipeline.input_window``, NVIDIA's StormScope packages) starts
+at each time of ``ds`` whose n - 1 predecessors, dt apart, are in ``ds`` too, and steps the window
+(oldest dropped, newest predicted); a model with ``takes_valid_time`` also gets the valid time of
+the newest state (its cos-zenith features).
+
 where the background (coarse fields) at the input time of each step is regridded to the state grid
 and the invariants come from the bundle. The result has dims ``(member, init_time, lead_time, y, x)``
 with ``lead_time = 0, dt, ..., steps dt`` (lead 0 is the initial state) and a 2-D ``valid_time``.
@@ -68,8 +73,9 @@ def forecast(
     pipeline = resolve_model(model, device)
     spec = pipeline.spec
     require_task(pipeline, forecast=True)
-    dt = pd.Timedelta(spec.time_step or pipeline.model_kind.time_step)
+    dt = _time_step(pipeline)
     state = to_model_inputs(ds, pipeline, spec.input_vars, require_on_grid=True, check_ranges=check_ranges)
+    state = _input_windows(state, getattr(pipeline, "input_window", 1), dt)
     init_times = state["time"].values
     bg = _background(background, pipeline, init_times, steps, dt, regrid_method, check_ranges)
     options = {"sampler": sampler, "num_steps": num_steps, "batch_size": batch_size, "_precision": precision}
@@ -83,9 +89,9 @@ def forecast(
                                      dict(options, _regrid_method=regrid_method), progress)
     run = dask.delayed(functools.partial(_rollout_block, handle=_graph_handle(model, pipeline), steps=steps,
                                          members=members, seed=seed, options=options), pure=True)
-    state_data = state.chunk({"time": 1, "channel": -1, "y": -1, "x": -1}).data
+    state_data = state.chunk({d: 1 if d == "time" else -1 for d in state.dims}).data
     bg_data = None if bg is None else bg.chunk({"init": 1, "step": -1, "channel": -1, "y": -1, "x": -1}).data
-    c, h, w = state.shape[1:]
+    c, h, w = state.shape[-3:]
     blocks = [
         dsa.from_delayed(run(state_data[i], None if bg_data is None else bg_data[i], init_times[i]),
                          shape=(members, 1, steps + 1, c, h, w), dtype=np.float32)
@@ -95,6 +101,31 @@ def forecast(
     result = _forecast_result(pipeline, data, init_times, leads)
     lazy = any(v.chunks is not None for v in ds.data_vars.values())
     return result if lazy else result.compute()
+
+
+def _time_step(pipeline) -> pd.Timedelta:
+    return pd.Timedelta(pipeline.spec.time_step or pipeline.model_kind.time_step)
+
+
+def _input_windows(state, window: int, dt):
+    """For a model that reads the last ``window`` states (``pipeline.input_window``, StormScope
+    packages): (time, window, channel, y, x) at every time of ``state`` whose ``window - 1``
+    predecessors, ``dt`` apart, are in ``state`` too (oldest first); ``state`` unchanged for 1."""
+    if window <= 1:
+        return state
+    have = pd.DatetimeIndex(state["time"].values)
+    lags = [pd.Timedelta(dt * k) for k in range(window - 1, -1, -1)]
+    rows = [[have.get_loc(t - lag) if (t - lag) in have else -1 for lag in lags] for t in have]
+    keep = [i for i, r in enumerate(rows) if min(r) >= 0]
+    if not keep:
+        raise TimeCoverageError(explain(
+            f"The model starts from its last {window} states, {dt} apart, and no time of the input has them all",
+            expected=f"{window} consecutive times every {dt}",
+            found=f"{len(have)} times {[str(t) for t in have[:5]]}",
+            fix="give the initial state's history (the forecast starts at each time that has it)"))
+    idx = xr.DataArray(np.array([rows[i] for i in keep]), dims=("time", "window"))
+    out = state.isel(time=idx).transpose("time", "window", "channel", "y", "x")
+    return out.assign_coords(time=("time", have[keep].values))
 
 
 def _background(background, pipeline, init_times, steps, dt, regrid_method, check_ranges=True):
@@ -139,9 +170,13 @@ def _rollout(pipeline, state0: np.ndarray, bg: np.ndarray | None, init_time, mem
                                        expected="finite values on the whole model grid",
                                        found=f"init time {init_time}", fix="fill or drop that time"))
     x = torch.from_numpy(np.ascontiguousarray(state0, dtype=np.float32)).to(pipeline.device)
-    if x.ndim == 3:
-        x = x.unsqueeze(0).expand(members, -1, -1, -1)
-    states = [x.cpu().numpy()]
+    windowed = getattr(pipeline, "input_window", 1) > 1  # x holds the last states: (members, window, C, H, W)
+    if x.ndim == (4 if windowed else 3):
+        x = x.unsqueeze(0).expand(members, *x.shape)
+    states = [(x[:, -1] if windowed else x).cpu().numpy()]
+    timed = {}
+    if getattr(pipeline, "takes_valid_time", False):
+        dt = np.timedelta64(_time_step(pipeline).to_timedelta64())
     from ..device import autocast
 
     options = dict(options)
@@ -155,8 +190,11 @@ def _rollout(pipeline, state0: np.ndarray, bg: np.ndarray | None, init_time, mem
                 b = torch.from_numpy(np.ascontiguousarray(bg[n], dtype=np.float32)).to(pipeline.device)
                 b = b.unsqueeze(0).expand(members, -1, -1, -1)
             seeds = row_seeds(seed, members, init_time, n)
-            x = pipeline.step(x, b, seeds=seeds, **options).float()
-            states.append(x.cpu().numpy())
+            if getattr(pipeline, "takes_valid_time", False):
+                timed = {"valid_time": np.datetime64(init_time) + n * dt}
+            new = pipeline.step(x, b, seeds=seeds, **options, **timed).float()
+            x = torch.cat([x[:, 1:], new[:, None]], dim=1) if windowed else new
+            states.append(new.cpu().numpy())
             if on_step is not None:
                 on_step(n + 1, states[-1])
     return np.stack(states, axis=1)  # (members, steps + 1 - start_step, C, H, W)
@@ -188,8 +226,8 @@ def _forecast_to_zarr(pipeline, state, bg, path: Path, leads, members, seed, opt
     stats = pipeline.stats_for("output")
     init_times = state["time"].values
     steps = len(leads) - 1
-    template = _forecast_result(pipeline, dsa.zeros((members, len(init_times), steps + 1, state.shape[1],
-                                                  *state.shape[2:]), chunks=(members, 1, 1, -1, -1, -1),
+    template = _forecast_result(pipeline, dsa.zeros((members, len(init_times), steps + 1, *state.shape[-3:]),
+                                                 chunks=(members, 1, 1, -1, -1, -1),
                                                  dtype=np.float32), init_times, leads)
     template["completed"] = (("init_time", "lead_time"), dsa.zeros((len(init_times), steps + 1), dtype=np.int8,
                                                                    chunks=(1, 1)))
@@ -208,6 +246,10 @@ def _forecast_to_zarr(pipeline, state, bg, path: Path, leads, members, seed, opt
         last = int(np.flatnonzero(done[i])[-1]) if done[i].any() else -1
         if last >= steps:
             continue
+        if last > 0 and getattr(pipeline, "input_window", 1) > 1:
+            raise XkmcastError(explain(f"{path}: resuming a forecast of a model that reads its last states is not supported",
+                                       found=f"init {t0} completed up to lead {last}",
+                                       fix="write to a new path, or delete the old store to start over"))
         if last >= 0:  # continue from the last written state (denormalised on disk)
             with xr.open_zarr(path, consolidated=False) as prev:
                 x = np.stack([prev[n].isel(init_time=i, lead_time=last).values for n in names], axis=1)
@@ -226,7 +268,8 @@ def _forecast_to_zarr(pipeline, state, bg, path: Path, leads, members, seed, opt
                 print(f"init {np.datetime_as_string(t0, 'm')} step {n}/{steps} written", flush=True)
 
         if last < 0:
-            write(0, np.broadcast_to(x0, (members, *x0.shape)) if x0.ndim == 3 else x0)
+            x_last = x0[-1] if x0.ndim == 4 else x0  # a window's newest state
+            write(0, np.broadcast_to(x_last, (members, *x_last.shape)))
         start = max(last, 0)
         bg_i = None if bg is None else bg.isel(init=i).values
         _rollout(pipeline, x0, bg_i, t0, members, seed, dict(options, _steps=steps), start_step=start, on_step=write)

@@ -13,6 +13,8 @@ A package family is one module here with ``NAME``, ``detect(folder) -> package r
 its entries in ``catalogs/published_models.yaml``. Each loader maps the package onto an existing
 pipeline (CorrDiff, StormCast) with its own preprocessing facts, and refuses, with a clear
 :class:`~xkmcast.errors.BundleError`, whatever it cannot reproduce.
+A family whose package names further files in an index of its own (StormScope's registry.json) also
+has ``referenced_files(root, **options) -> [file]``: fetched by name, they follow the index.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ FAMILIES: dict[str, str] = {
     "corrdiff_taiwan": ".corrdiff_taiwan",
     "corrdiff_package": ".corrdiff_package",
     "stormcast_v1": ".stormcast_v1",
+    "stormscope": ".stormscope",
 }
 
 
@@ -101,14 +104,20 @@ def load(source: str | os.PathLike, *, device="cpu", package_options: dict | Non
     path = Path(text).expanduser()
     if not path.exists() and isinstance(source, str) and "/" not in text and text in published_models(fetch_options.get("registry")):
         entry = lookup(text, fetch_options.get("registry"))
-        folder = fetch_package(text, **fetch_options)
+        index = getattr(_family(entry.family), "referenced_files", None)  # files the package's own index names
+        first = dict(fetch_options)
+        if index is not None and first.get("known_hashes"):  # the hashes of the indexed files apply below
+            first["known_hashes"] = {f: d for f, d in first["known_hashes"].items() if f in entry.files}
+        folder = fetch_package(text, **first)
+        if index is not None:
+            folder = fetch_package(text, **fetch_options, extra_files=index(folder, **(package_options or {})))
         pipeline = load_package(folder, device=device, family=entry.family, **(package_options or {}))
         pipeline.source_path = None if package_options else str(folder)
         return pipeline
     if fetch_options:
         raise BundleError(explain("Download options only apply to published names", found=sorted(fetch_options),
                                   expected=published_models()))
-    if path.is_dir() and (path / CONFIG).exists():
+    if path.is_dir() and (path / CONFIG).exists() and detect_family(path) is None:  # StormScope has a config.json
         return load_bundle(path, device=device)
     if not path.exists():
         raise BundleError(explain(f"{text!r} is neither a published model name nor an existing path",

@@ -181,32 +181,42 @@ def _unknown_error(entry: PackageEntry, missing: list[str]) -> IntegrityError:
 
 # ----------------------------------------------------------------------------------------- fetch
 def fetch_package(name: str, *, cache_dir: str | os.PathLike | None = None, known_hashes: dict[str, str] | None = None,
-                  trust_host_hashes: bool = True, registry=None, progress: bool = False) -> Path:
+                  trust_host_hashes: bool = True, registry=None, progress: bool = False,
+                  extra_files: tuple[str, ...] | list[str] = ()) -> Path:
     """Download (once, verified) every file of package ``name``; returns the folder holding them.
 
     Each file is checked against, in this order: ``known_hashes``, the registry's SHA-256, and (Hugging
     Face, ``trust_host_hashes``) the checksum the host lists for it at the pinned commit. A file with
     none of these is refused (NGC publishes no checksums: its hashes must come from the registry or
-    ``known_hashes``); ``trust_host_hashes=False`` refuses instead of asking the host."""
+    ``known_hashes``); ``trust_host_hashes=False`` refuses instead of asking the host.
+    ``extra_files``: files the package's own index names (StormScope's registry.json), fetched at the
+    same revision and verified the same way (the table has no hash for them)."""
     from ...data.catalog import default_cache_dir
     from ...data.download import git_blob_sha1, retrieve
 
     entry = lookup(name, registry)
     root = (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir())
     folder = root / "models" / entry.name / entry.revision
-    hashes = {f: ("sha256", d) for f, d in entry.files.items() if d}
+    from ...data.archive import check_member_name
+
+    files = dict(entry.files)
+    for fname in extra_files:
+        if str(check_member_name(fname, archive=entry.name)) != fname:
+            raise CatalogError(explain(f"{entry.name}: non-canonical file name", found=fname))
+        files.setdefault(fname, None)
+    hashes = {f: ("sha256", d) for f, d in files.items() if d}
     for fname, digest in (known_hashes or {}).items():
-        if fname not in entry.files:
-            raise CatalogError(explain(f"known_hashes names a file {entry.name} does not have", expected=list(entry.files), found=fname))
+        if fname not in files:
+            raise CatalogError(explain(f"known_hashes names a file {entry.name} does not have", expected=list(files), found=fname))
         hashes[fname] = ("sha256", _digest(digest, entry.name, fname))
-    missing = [f for f in entry.files if f not in hashes]
+    missing = [f for f in files if f not in hashes]
     if missing and trust_host_hashes and entry.host == "huggingface":
         host = _host_hashes(entry)
         hashes.update({f: host[f] for f in missing if f in host})
-        missing = [f for f in entry.files if f not in hashes]
+        missing = [f for f in files if f not in hashes]
     if missing:
         raise _unknown_error(entry, missing)
-    for fname in entry.files:
+    for fname in files:
         kind, digest = hashes[fname]
         target = folder / fname
         if kind == "sha256":
