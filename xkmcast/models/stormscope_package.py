@@ -6,7 +6,7 @@ valid time t of the newest one::
 
     condition = cat(x_{t-(n-1)dt}, ..., x_t,                        (n C channels, oldest first)
                     (lat - 38.5) / 15, (wrap180(lon) - 262.5) / 36,  (the package's lat / lon)
-                    cos_zenith(t), cos_zenith(t + dt),              (PhysicsNeMo's formula, fields/solar_meeus.py)
+                    cos_zenith(t), cos_zenith(t + dt),              (PhysicsNeMo's formula, fields/solar.py)
                     fixed fields)                                   (nexrad_proximity then topo, when present)
     x_{t+dt} ~ EDM stochastic Heun with the experts of diffusion/experts.py (the expert chosen by the
                sigma of each sampler step), conditioned on ``condition``
@@ -44,7 +44,7 @@ class StormScopePackage(ForecastPipeline):
         return int(self.spec.extra.get("input_window", 1))
 
     def condition(self, window: Tensor, valid_time) -> Tensor:
-        from ..fields.solar_meeus import cos_zenith_meeus
+        from ..fields.solar import cos_zenith
 
         n = window.shape[0]
         stacked = window.reshape(n, -1, *window.shape[-2:])
@@ -52,7 +52,7 @@ class StormScopePackage(ForecastPipeline):
         lon = self.grid_lon.cpu().numpy().astype(np.float32)  # in [0, 360)
         dt = np.timedelta64(int(self.spec.extra["step_minutes"]), "m")
         t = np.datetime64(valid_time, "s")
-        zen = np.stack([cos_zenith_meeus(t, lat, lon), cos_zenith_meeus(t + dt, lat, lon)])
+        zen = np.stack([cos_zenith(t, lat, lon), cos_zenith(t + dt, lat, lon)])
         zen = torch.from_numpy(zen).to(stacked)[None].expand(n, -1, -1, -1)
         fixed = self.batch_invariant(n, stacked)
         split = int(self.spec.extra.get("cos_zenith_after", 0))
