@@ -56,18 +56,24 @@ def _common(case: Case, outdir: Path, seconds: float, extra: list[str]) -> list[
 
 
 def train_pair(case: Case, outdir: Path, seconds: float, tag: str, extra: list[str], reuse: bool = False):
-    """Regression (resumed to seconds/2) then a fresh diffusion on it (seconds/2): both bundles."""
+    """Regression (resumed to seconds/2) then a fresh diffusion on it (seconds/2): both bundles. A
+    Stormscope case trains its one diffusion stage (a DiT) for all ``seconds``: (None, bundle)."""
     from xkmcast.train import load_config, train
 
     half = seconds / 2
+    step_kind = ["data.coarsen=1", "data.background_vars=[]", "model.time_step=6h"]
+    if case.model == "stormscope":
+        cfg = load_config("stormscope-tiny", [*_common(case, outdir, seconds, [*case.overrides, *extra]), *step_kind,
+                                              "model.diffusion_conditions=[state]", f"training.experiment={case.name}",
+                                              f"training.run_id={tag}", f"training.resume={'latest' if reuse else 'null'}"])
+        return None, train(cfg, quiet=True)
     if case.kind == "downscale":
         presets = ("corrdiff-tiny-regression", "corrdiff-tiny-diffusion")
         kind = [f"data.coarse={case.coarse}"]
         dif_kind = []
     else:
         presets = ("stormcast-tiny-regression", "stormcast-tiny-diffusion")
-        kind = ["data.coarsen=1", "data.background_vars=[]", "model.regression_conditions=[state]",
-                "model.time_step=6h"]
+        kind = [*step_kind, "model.regression_conditions=[state]"]
         dif_kind = ["model.diffusion_conditions=[state,regression]"]
     common = [*_common(case, outdir, half, [*case.overrides, *extra]), *kind]
     reg = train(load_config(presets[0], [*common, f"training.experiment={case.name}-regression"]), quiet=True)
@@ -116,8 +122,10 @@ def step_rows(case: Case, reg, dif, members: int, steps: int = 3) -> list[dict]:
                      train.isel(time=slice(1, None)).assign_coords(time=train.time[:-1].values))
     test = window(state, case.test)[names]
     inits = test.isel(time=slice(0, test.sizes["time"] - steps, 2))  # every other held-out time
-    ens = inits.kmcast.forecast(xkmcast.load_model(dif.bundle), steps=steps, members=members, seed=0)
-    det = inits.kmcast.forecast(xkmcast.load_model(reg.bundle), steps=steps, members=1, seed=0)
+    model = xkmcast.load_model(dif.bundle)
+    ens = inits.kmcast.forecast(model, steps=steps, members=members, seed=0)
+    det = None if reg is None else inits.kmcast.forecast(xkmcast.load_model(reg.bundle), steps=steps, members=1, seed=0)
+    tokens = token_seams(model, test)
     rows = []
     n = inits.sizes["time"]
     current = inits
@@ -126,13 +134,41 @@ def step_rows(case: Case, reg, dif, members: int, steps: int = 3) -> list[dict]:
         current = lin.predict(current.assign_coords(time=inits.time.values))
         for v in names:
             t = truth[v].assign_coords(time=inits.time.values)
-            got = {"persistence": inits[v], "linear": current[v],
-                   "regression": _lead(det[v], lead, t).squeeze("member", drop=True),
-                   "ensemble": _lead(ens[v], lead, t)}
+            got = {"persistence": inits[v], "linear": current[v], "ensemble": _lead(ens[v], lead, t)}
+            if det is not None:
+                got["regression"] = _lead(det[v], lead, t).squeeze("member", drop=True)
             for method, pred in got.items():
-                rows.append({"case": case.name, "var": v, "lead": f"{6 * lead}h", "method": method,
-                             **scores(pred, t)})
-    return _ratios(rows, ("persistence", "linear", "regression"))
+                s = scores(pred, t)
+                if tokens and method == "ensemble":
+                    s["seam"] = token_blockiness(pred, t, tokens)
+                rows.append({"case": case.name, "var": v, "lead": f"{6 * lead}h", "method": method, **s})
+    return _ratios(rows, ("persistence", "linear", "regression") if det is not None else ("persistence", "linear"))
+
+
+def token_seams(model, like: xr.Dataset) -> dict[str, tuple[int, int]] | None:
+    """{spatial dim: (token period, offset)} of a transformer's tokens on ``like``'s grid (None: no tokens):
+    the grid is padded by floor(total / 2) before (xkmcast.nn.padding), so seams sit where
+    (index + pad_before) % patch == 0."""
+    stage = model.stages.get("diffusion")
+    patch = next((m.patch_size for m in stage.modules() if getattr(m, "patch_size", None)), None) if stage else None
+    if not patch:
+        return None
+    p = patch if isinstance(patch, int) else patch[0]
+    ydim, xdim = list(like[list(like.data_vars)[0]].dims[-2:])
+    return {d: (p, (-like.sizes[d] % p) // 2) for d in (ydim, xdim)}
+
+
+def token_blockiness(pred: xr.DataArray, truth: xr.DataArray, tokens: dict[str, tuple[int, int]]) -> float:
+    """Blockiness (xkmcast.fields.blockiness) at the token period, mean over the members and both axes,
+    over the truth's at the same seams."""
+    from xkmcast.fields.blockiness import blockiness
+
+    ratios = []
+    for dim, (period, before) in tokens.items():
+        b_pred = float(blockiness(pred, period, dims=(dim,), offset=-before).mean())
+        b_truth = float(blockiness(truth, period, dims=(dim,), offset=-before).mean())
+        ratios.append(b_pred / b_truth)
+    return float(np.mean(ratios))
 
 
 def _lead(da: xr.DataArray, lead: int, truth: xr.DataArray) -> xr.DataArray:
@@ -176,7 +212,7 @@ def table(rows: list[dict]) -> str:
         first = r.get("/bili", r.get("/pers"))
         lines.append(
             f"{r['case']:10s} {r['var']:5s} {r['lead']:4s} {r['method']:11s} {_fmt(r['mae']):>7s} {_fmt(first):>6s} "
-            f"{_fmt(r['/line']):>6s} {_fmt(r['/regr']):>6s} {_fmt(r['crps']):>7s} {_fmt(r['crps_fair']):>7s} "
+            f"{_fmt(r['/line']):>6s} {_fmt(r.get('/regr', float('nan'))):>6s} {_fmt(r['crps']):>7s} {_fmt(r['crps_fair']):>7s} "
             f"{_fmt(r['ssr']):>5s} {_fmt(r['spec']):>5s} {_fmt(r['seam']):>5s}  "
             f"{_fmt(r['lo'])}/{_fmt(r['hi'])} ({_fmt(r['tlo'])}/{_fmt(r['thi'])})")
     return "\n".join(lines)
@@ -241,7 +277,7 @@ def main() -> None:
             fn = downscale_rows if case.kind == "downscale" else step_rows
             new = fn(case, reg, dif, members)
             rows += new
-            print(f"# {case.name}: {case.note}; regression {reg.step} steps, diffusion {dif.step} steps, "
+            print(f"# {case.name}: {case.note}; regression {reg.step if reg else 0} steps, diffusion {dif.step} steps, "
                   f"{time.perf_counter() - t0:.0f} s\n{table(new)}", flush=True)
         text = f"training budget {budget:.0f} s per model (regression {budget / 2:.0f} s + diffusion " \
                f"{budget / 2:.0f} s), {members} members\n" + table(rows)

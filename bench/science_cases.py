@@ -10,6 +10,8 @@
   on the third (a round trip: informative against the linear baseline, not for a diffusion ensemble).
 - ``storm-step``: the blizzard state (6 variables, 24 x 26) stepped 6 h, 12 h, 18 h ahead from every
   held-out initial time; persistence and the per-pixel linear stepping baseline.
+- ``storm-dit``: the same stepping with the Stormscope kind (a DiT, diffusion only, 4 x 4 tokens; the
+  26 columns padded to 28): its ``seam`` column is the blockiness at the token period over the truth's.
 
 Data: ../shared/data (see its README); the files are written as CF NetCDF into the work directory,
 which is what a user's own data would look like.
@@ -50,6 +52,7 @@ class Case:
     test: tuple[str, str]
     note: str = ""
     overrides: tuple[str, ...] = ()  # config overrides this case needs (e.g. a batch its few times can fill)
+    model: str = "stormcast"  # stepping: "stormcast" (regression + diffusion) or "stormscope" (DiT diffusion only)
 
 
 def storm() -> xr.Dataset:
@@ -96,9 +99,10 @@ def storm_cases(work: Path) -> list[Case]:
                           f"blizzard 1996, 22x22 at 1.25x2.5 deg, coarse x{f} block means"))
     state = work / "storm_state.nc"
     ds.to_netcdf(state)
-    cases.append(Case("storm-step", "step", state, None, list(STORM_FILES), list(STORM_FILES),
-                      _times(ds, 0, 39), _times(ds, 40, 47), _times(ds, 48, 63),
-                      "blizzard 1996, 6 variables 24x26, 6-hourly steps"))
+    for name, model in (("storm-step", "stormcast"), ("storm-dit", "stormscope")):
+        cases.append(Case(name, "step", state, None, list(STORM_FILES), list(STORM_FILES),
+                          _times(ds, 0, 39), _times(ds, 40, 47), _times(ds, 48, 63),
+                          f"blizzard 1996, 6 variables 24x26, 6-hourly steps, {model}", model=model))
     return cases
 
 

@@ -131,12 +131,20 @@ def test_zero_embedder_with_2d_detokenizer_is_refused(pn):
         PhysicsNeMoDiT(**cfg)
 
 
-def test_grid_checks():
-    net = PhysicsNeMoDiT(input_size=(8, 8), in_channels=1, patch_size=4, **SMALL)
-    with pytest.raises(InvalidDataError, match="whole number of patches"):
-        net(rand(1, 1, 8, 10), rand(1))
+def test_grid_checks_and_padding_to_whole_patches():
+    import numpy as np
+
+    net = randomise(PhysicsNeMoDiT(input_size=(8, 12), in_channels=1, patch_size=4, **SMALL), seed=3).eval()
     with pytest.raises(InvalidDataError, match="position embedding"):
-        net(rand(1, 1, 8, 12), rand(1))
+        net(rand(1, 1, 8, 16), rand(1))
+    # 7 x 10 is not whole patches: padded (numpy's reflect: 0 rows + 1 before, 1 col before + 1 after) to
+    # the 8 x 12 of the position embedding, the output cropped back
+    x, t = rand(1, 1, 7, 10), rand(1)
+    padded = torch.from_numpy(np.pad(x.numpy(), ((0, 0), (0, 0), (0, 1), (1, 1)), mode="reflect"))
+    with torch.no_grad():
+        out, ref = net(x, t), net(padded, t)[..., 0:7, 1:11]
+    assert out.shape == (1, net.out_channels, 7, 10)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
 
 
 NATTEN = {

@@ -237,9 +237,9 @@ def test_by_name_from_hugging_face_pinned_revision(package, tmp_path, http_serve
     serve_huggingface(served, package, REPO, REVISION)
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     monkeypatch.setenv("XKMCAST_DATA_DIR", str(tmp_path / "cache"))
-    with pytest.raises(IntegrityError, match="trust_host_hashes"):
-        xkmcast.load_model("stormscope-goes-mrms")
-    model = xkmcast.load_model("stormscope-goes-mrms", trust_host_hashes=True)
+    with pytest.raises(IntegrityError, match="trust_host_hashes"):  # strict: only hashes the registry records
+        xkmcast.load_model("stormscope-goes-mrms", trust_host_hashes=False)
+    model = xkmcast.load_model("stormscope-goes-mrms")  # default: the host's checksums at the pinned commit
     fetched = {r.split(f"/resolve/{REVISION}/", 1)[1] for r in server.requests if "/resolve/" in r}
     assert fetched == {"registry.json", "lat.npy", "lon.npy", "goes_means.npy", "goes_stds.npy", "topo.npy",
                        "nexrad_proximity.npy", *[p for p, _, _ in SCOPE_EXPERTS]}  # what registry.json names

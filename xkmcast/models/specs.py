@@ -11,7 +11,7 @@ conditions, so that a training configuration only names variables, sizes and opt
 * Stormscope: diffusion only, ``EDMPrecond(PhysicsNeMoDiT)`` (PhysicsNeMo's DiT layout, exportable
   as PhysicsNeMo / Earth2Studio read it): neighbourhood attention with 2-D RoPE (``natten2d_rope``,
   a ``DIT_ATTENTION_KERNEL``-token neighbourhood) and the convolutional detokenizer that couples
-  neighbouring patches (against 4 x 4 block artefacts); the grid must be whole patches.
+  neighbouring patches (against 4 x 4 block artefacts); a grid that is not whole patches is padded.
 * ViT: ``WeatherViT`` on cat(state[, background, invariant]).
 """
 
@@ -236,7 +236,7 @@ def stormscope_spec(
     networks = {
         "diffusion": {
             "class": "PhysicsNeMoDiT",
-            "kwargs": {**_dit_kwargs(net, shape), "input_size": [int(shape[0]), int(shape[1])], "out_channels": c,
+            "kwargs": {**_dit_kwargs(net, shape), "out_channels": c,
                        "in_channels": c + _channels(cond["diffusion"], state_vars, background_vars, invariant_vars)},
             "precond": {"class": "EDMPrecond", "sigma_data": sigma_data},
         }
@@ -245,14 +245,14 @@ def stormscope_spec(
 
 
 def _dit_kwargs(net: dict[str, Any], shape) -> dict[str, Any]:
-    """Stormscope's DiT arguments: size table + overrides, with neighbourhood RoPE attention and the conv detokenizer."""
+    """Stormscope's DiT arguments: size table + overrides, with neighbourhood RoPE attention and the conv
+    detokenizer; ``input_size`` is the grid padded to whole patches (the network pads and crops)."""
     patch = int(net.get("patch_size", 4))
-    if int(shape[0]) % patch or int(shape[1]) % patch:
-        raise ConfigError(explain("The Stormscope DiT needs a grid of whole patches", expected=f"multiples of {patch}",
-                                  found=list(shape), fix="crop the grid (data.crop) or choose another patch_size"))  # fmt: skip
-    out = {"attention_backend": "natten2d_rope", "detokenizer": "proj_reshape_2d_conv", **net}
+    tokens = (-(-int(shape[0]) // patch), -(-int(shape[1]) // patch))
+    out = {"attention_backend": "natten2d_rope", "detokenizer": "proj_reshape_2d_conv", **net,
+           "input_size": [tokens[0] * patch, tokens[1] * patch]}
     if out["attention_backend"].startswith("natten2d") and "attn_kwargs" not in out:
-        out["attn_kwargs"] = {"attn_kernel": min(DIT_ATTENTION_KERNEL, int(shape[0]) // patch, int(shape[1]) // patch)}
+        out["attn_kwargs"] = {"attn_kernel": min(DIT_ATTENTION_KERNEL, *tokens)}
     return out
 
 

@@ -11,7 +11,8 @@ F(x, t; condition) for (B, C_in, H, W) images:
 4. out = Detokenizer(tokens, c)  -> (B, C_out, H, W).
 
 The token grid comes from the input: models without a learnable position embedding (RoPE ones)
-run on any grid of whole patches, as Earth2Studio does by rebinding PhysicsNeMo's latent grid.
+run on any grid of whole patches, as Earth2Studio does by rebinding PhysicsNeMo's latent grid; any
+other grid is padded to whole patches (reflect, circular along a periodic x) and the output cropped.
 In an EDM preconditioner this network receives ``cat(c_in x, image condition)`` (PhysicsNeMo's
 ``ConcatConditionWrapper``) and the vector condition as ``class_labels``.
 """
@@ -28,6 +29,7 @@ from xkmcast.errors import ConfigError, InvalidDataError, explain
 from xkmcast.nn.base import Network
 from xkmcast.nn.dit_conditioning import build_conditioning_embedder
 from xkmcast.nn.dit_layers import DiTBlock, PatchEmbed2DTokenizer, build_detokenizer
+from xkmcast.nn.padding import crop, is_periodic_x, pad_to_multiple
 from xkmcast.nn.rope import axial_rope_tables
 
 __all__ = ["PhysicsNeMoDiT"]
@@ -171,6 +173,11 @@ class PhysicsNeMoDiT(Network):
         if class_labels is not None and condition is not None:
             raise InvalidDataError(explain("the vector condition was given twice", expected="class_labels or condition"))
         vector = class_labels if class_labels is not None else condition
+        # a grid that is not whole patches is padded (reflect; circular along a periodic x) and the
+        # output cropped back (xkmcast.nn.padding); whole-patch grids run exactly as PhysicsNeMo's DiT
+        x, padding = pad_to_multiple(x, self.patch_size, periodic_x=is_periodic_x(self))
+        if invalid_mask is not None and any(padding):
+            invalid_mask = pad_to_multiple(invalid_mask.to(x.dtype), self.patch_size)[0] > 0.5
         grid = self.tokenizer.token_grid(tuple(x.shape[-2:]))
         tokens = self._tokenize(x)
         t = noise_labels.reshape(-1).to(tokens.dtype)
@@ -185,8 +192,8 @@ class PhysicsNeMoDiT(Network):
             tokens = block(tokens, c, grid, p_dropout=p_dropout, **extra)
         if self.force_tokenization_fp32:
             with torch.autocast(x.device.type, enabled=False):
-                return self.detokenizer(tokens.float(), c.float(), grid).to(x.dtype)
-        return self.detokenizer(tokens, c, grid)
+                return crop(self.detokenizer(tokens.float(), c.float(), grid).to(x.dtype), padding)
+        return crop(self.detokenizer(tokens, c, grid), padding)
 
 
 def _rename_legacy_keys(module, state_dict, prefix, *_args) -> None:
