@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["J2000", "days_since_j2000", "solar_declination_right_ascension", "cos_zenith"]
+__all__ = ["J2000", "days_since_j2000", "solar_declination_right_ascension", "cos_zenith", "cos_zenith_window_max"]
 
 #: the J2000.0 epoch (UTC)
 J2000 = np.datetime64("2000-01-01T12:00:00", "us")
@@ -55,3 +55,12 @@ def cos_zenith(time, lat, lon) -> np.ndarray:
     gmst = np.deg2rad(280.46061837 + 360.98564736629 * n_b)
     hour_angle = gmst + lon - right_ascension
     return np.sin(lat) * np.sin(declination) + np.cos(lat) * np.cos(declination) * np.cos(hour_angle)
+
+
+def cos_zenith_window_max(time, lat, lon, hours: float = 1.0) -> np.ndarray:
+    """``max(cos_zenith(t - hours), cos_zenith(t))``: the sunniest end of the window ending at ``t``
+    (the solar feature of models whose targets are means over the preceding ``hours``, e.g. COSMO-REA).
+    Same broadcasting as :func:`cos_zenith`."""
+    t = np.asarray(time, dtype="datetime64[us]")
+    before = t - np.timedelta64(int(round(hours * 3600e6)), "us")
+    return np.maximum(cos_zenith(before, lat, lon), cos_zenith(t, lat, lon))

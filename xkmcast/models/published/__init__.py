@@ -31,6 +31,7 @@ FAMILIES: dict[str, str] = {
     "corrdiff_taiwan": ".corrdiff_taiwan",
     "corrdiff_package": ".corrdiff_package",
     "stormcast_v1": ".stormcast_v1",
+    "corrdiff_cosmo": ".corrdiff_cosmo",
 }
 
 
