@@ -2,6 +2,7 @@
 
     python bench/peer_earth2studio.py [--venv .peer-venv] [--members 2] [--steps 8] [--width 16]
                                       [--taiwan-size 450] [--stormcast-window small|published]
+                                      [--skip-cosmo] [--cosmo-shape 32 48]
 
 1. Builds a CorrDiff-Taiwan package (the NGC zip) and a StormCast v1 folder with PhysicsNeMo 2.2.2's
    classes (``--width`` channels, random O(1) weights) in ``--workdir``, and the inputs.
@@ -11,6 +12,11 @@
 3. Runs xkmcast on the same packages and inputs (``load_model(PATH)`` and the accessor), and prints
    the maximum difference of the deterministic parts (the regression means, physical units) and the
    time per ensemble member at the same number of sampler steps, one thread each.
+
+CorrDiff COSMO-REA (``rea6/``, mean and diffusion DiTs with PhysicsNeMo's ``natten2d`` attention, since
+Earth2Studio's wrapper passes ``latent_hw`` that the dense backend rejects) runs only when ``natten``
+installs in the peer venv: PyPI has it as a source distribution only (no CPU wheel), so the venv tries
+it and the Earth2Studio side prints why it skipped COSMO-REA when it could not.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ def ensure_venv(venv: Path) -> Path:
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER], check=True)
+        # Earth2Studio's COSMO-REA wrapper imports natten (sdist only on PyPI); a failed build only skips COSMO-REA
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "natten"], check=False)
     return python
 
 
@@ -66,7 +74,31 @@ def build(work: Path, args) -> dict:
         np.save(work / "stormcast_state.npy", rng.normal(0, 3, (len(P.STATE_VARS), *shape)).astype(np.float32) + 5)
         np.save(work / "stormcast_background.npy", rng.normal(0, 3, (len(P.BACKGROUND_VARS), *shape)).astype(np.float32) + 5)
         out["window"] = window
+    if not args.skip_cosmo:
+        out["cosmo"] = build_cosmo(work, tuple(args.cosmo_shape))
     return out
+
+
+COSMO_TIME = "2021-07-14T12:00"
+
+
+def build_cosmo(work: Path, shape: tuple[int, int]):
+    """The COSMO-REA package (natten2d DiTs) and one ERA5 frame on its input grid (also saved as .npy)."""
+    import _packages as P
+    import xarray as xr
+
+    if not (work / "cosmo" / "rea6" / "metadata.json").exists():
+        P.build_cosmo_package(work / "cosmo", shape=shape, backend="natten2d")
+    with xr.open_dataset(work / "cosmo" / "rea6" / "grids.nc") as g:
+        lat, lon = g["lat_input"].values.astype(float), g["lon_input"].values.astype(float)
+    la, lo = np.meshgrid(lat, lon, indexing="ij")
+    level = {"u10m": 2.0, "v10m": -1.0, "t2m": 285.0, "z500": 55500.0}
+    units = {"u10m": "m s-1", "v10m": "m s-1", "t2m": "K", "z500": "m2 s-2"}
+    x = np.stack([level[v] + 3 * np.sin(la * (k + 1)) * np.cos(lo / (k + 2)) * (300 if v == "z500" else 1)
+                  for k, v in enumerate(P.COSMO_ERA5)]).astype(np.float32)
+    np.save(work / "cosmo_input.npy", x)
+    return xr.Dataset({v: (("time", "lat", "lon"), x[k][None], {"units": units[v]}) for k, v in enumerate(P.COSMO_ERA5)},
+                      coords={"time": np.array([COSMO_TIME], "datetime64[ns]"), "lat": lat, "lon": lon})
 
 
 def xkmcast_side(work: Path, built: dict, args) -> dict:
@@ -98,6 +130,16 @@ def xkmcast_side(work: Path, built: dict, args) -> dict:
         sc.step(xn.expand(args.members, -1, -1, -1), bn.expand(args.members, -1, -1, -1),
                 seeds=list(range(args.members)), num_steps=args.steps)
         res["stormcast_seconds_per_member"] = (time.perf_counter() - t0) / args.members
+    if "cosmo" in built:
+        names = ["u10m", "t2m", "tp", "tcc", "aswdir_s", "aswdifd_s"]  # Earth2Studio's names, its channel order
+        era5 = built["cosmo"]
+        mean = era5.kmcast.downscale(xkmcast.load_model(work / "cosmo"), members=1)
+        res["cosmo_mean"] = np.stack([mean[v].values[0, 0] for v in names])
+        diffusion = xkmcast.load_model(work / "cosmo", package_options={"mode": "diffusion"})
+        era5.kmcast.downscale(diffusion, members=1, num_steps=2)  # warm the regridding weights cache
+        t0 = time.perf_counter()
+        era5.kmcast.downscale(diffusion, members=args.members, num_steps=args.steps)
+        res["cosmo_seconds_per_member"] = (time.perf_counter() - t0) / args.members
     return res
 
 
@@ -112,6 +154,8 @@ def main() -> None:
     p.add_argument("--taiwan-size", type=int, default=450)
     p.add_argument("--stormcast-window", choices=["small", "published"], default="small")
     p.add_argument("--skip-stormcast", action="store_true")
+    p.add_argument("--skip-cosmo", action="store_true")
+    p.add_argument("--cosmo-shape", type=int, nargs=2, default=[32, 48])
     args = p.parse_args()
     built = build(args.workdir, args)
     python = ensure_venv(args.venv)
@@ -121,8 +165,10 @@ def main() -> None:
     ours = xkmcast_side(args.workdir, built, args)
     print(f"members {args.members}, sampler steps {args.steps}, U-Net width {args.width}, {args.threads} thread(s)")
     print(f"{'model':12s} {'max |mean diff|':>16s} {'E2S s/member':>13s} {'xkmcast s/member':>17s} {'ratio':>6s}")
-    for name in ("taiwan", "stormcast"):
-        if f"{name}_seconds_per_member" not in e2s:
+    if "cosmo_skipped" in e2s:
+        print(f"cosmo        skipped by Earth2Studio's side: {e2s['cosmo_skipped']}")
+    for name in ("taiwan", "stormcast", "cosmo"):
+        if f"{name}_seconds_per_member" not in e2s or f"{name}_mean" not in ours:
             continue
         ref = np.load(args.workdir / f"e2s_{name}_mean.npy")
         diff = float(np.abs(ours[f"{name}_mean"] - ref).max())
