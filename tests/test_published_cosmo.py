@@ -20,7 +20,7 @@ from test_published_corrdiff_taiwan import _bilinear_regular
 
 import xkmcast
 from xkmcast.diffusion.seeds import row_seed
-from xkmcast.errors import BundleError
+from xkmcast.errors import BundleError, ConfigError, IntegrityError
 from xkmcast.fields.solar import cos_zenith_window_max
 
 pytestmark = pytest.mark.reference
@@ -192,26 +192,30 @@ def test_diffusion_mode_matches_earth2studio_steps(package):
 
 
 def test_by_name_through_the_registry(package, tmp_path, http_server, monkeypatch):
+    """The packaged entry (folder rea6/ at Earth2Studio's pinned commit): files listed by the host's revision
+    API, each verified against its LFS sha256 / git blob id; refused without trust_host_hashes."""
     repo, rev = "nvidia/corrdiff-cosmo-era5", "44064f304158f863f6ae02948b1b8e08d523458e"
     served = tmp_path / "served"
     server = http_server(served)
     serve_huggingface(served, package, repo, rev)
-    files = sorted(p for p in (package / "rea6").iterdir())
-    registry = tmp_path / "models.yaml"
-    registry.write_text(f"corrdiff-cosmo-rea6:\n  family: corrdiff_cosmo\n  host: huggingface\n  repo: {repo}\n"
-                        f"  revision: {rev}\n  files:\n" + "".join(f"    rea6/{p.name}: unknown\n" for p in files))
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     monkeypatch.setenv("XKMCAST_DATA_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("XKMCAST_MODEL_REGISTRY", str(registry))
+    monkeypatch.delenv("XKMCAST_MODEL_REGISTRY", raising=False)
+    with pytest.raises(IntegrityError, match="never uses an unverified download"):
+        xkmcast.load_model("corrdiff-cosmo-rea6")
+    assert server.requests == []
     model = xkmcast.load_model("corrdiff-cosmo-rea6", trust_host_hashes=True)
-    assert any(r.startswith(f"/api/models/{repo}/revision/{rev}") for r in server.requests)
+    fetched = sorted(r.rsplit("/", 1)[-1] for r in server.requests if "/resolve/" in r)
+    assert fetched == sorted(p.name for p in (package / "rea6").iterdir())
+    cached = tmp_path / "cache" / "models" / "corrdiff-cosmo-rea6" / rev / "rea6"
+    assert all(sha256(cached / p.name) == sha256(p) for p in (package / "rea6").iterdir())
     direct = xkmcast.load_model(package / "rea6")
     assert model.spec.extra["resolution"] == direct.spec.extra["resolution"] == "rea6"
     x = torch.randn(1, len(COSMO_ERA5), *direct.grid_lat.shape, generator=torch.Generator().manual_seed(0))
     t = TIMES[:1]
     assert torch.equal(model.sample(x, seeds=[[1]], times=t)[0], direct.sample(x, seeds=[[1]], times=t)[0])
-    digests = {p.name: sha256(p) for p in files}
-    assert digests  # the fetched files are the served ones (verified against the host's sha256 on the way)
+    with pytest.raises(ConfigError, match="valid times"):
+        model.sample(x, seeds=[[1]])
 
 
 def test_extended_invariants_equal_the_stored_ones(package, tmp_path):
@@ -269,3 +273,14 @@ def test_refuses_bad_stats_and_grids(package, tmp_path):
     g.to_netcdf(bad / "rea6/grids.nc")
     with pytest.raises(BundleError, match="increasing"):
         xkmcast.load_model(bad)
+
+
+def test_a_folder_entry_has_no_hash_of_its_own(tmp_path):
+    from xkmcast.errors import CatalogError
+    from xkmcast.models.published import registry
+
+    path = tmp_path / "models.yaml"
+    path.write_text("x:\n  family: corrdiff_cosmo\n  host: huggingface\n  repo: a/b\n  revision: '" + "0" * 40 + "'" +
+                    "\n  files: {rea6/: " + "a" * 64 + "}\n")
+    with pytest.raises(CatalogError, match="folder entry"):
+        registry.entries(path)
