@@ -24,9 +24,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..errors import BundleError, explain
-
-__all__ = ["INVERSE_TRANSFORMS", "check_recipe", "apply_output_recipe"]
+__all__ = ["INVERSE_TRANSFORMS", "apply_output_recipe"]
 
 #: forward transform name -> inverse x(z; eps, scale)
 INVERSE_TRANSFORMS = {
@@ -34,22 +32,6 @@ INVERSE_TRANSFORMS = {
     "asinh": lambda z, eps, scale: eps * np.sinh(z),
     "logit_eps": lambda z, eps, scale: scale * (1.0 / (1.0 + np.exp(-z)) - eps) / (1.0 - 2.0 * eps),
 }
-_KEYS = {"inverse", "clamp", "bounds", "sza_gate", "gate_hours", "unit_scale"}
-
-
-def check_recipe(recipe: Mapping, names: Sequence[str]) -> None:
-    """BundleError unless ``recipe`` only names channels of ``names`` and transforms it knows."""
-    unknown = sorted(set(recipe) - _KEYS)
-    if unknown:
-        raise BundleError(explain("Unknown steps in the output recipe", expected=sorted(_KEYS), found=unknown))
-    for key in ("inverse", "bounds", "sza_gate", "unit_scale"):
-        stray = [n for n in recipe.get(key, {}) if n not in names]
-        if stray:
-            raise BundleError(explain(f"The output recipe's {key} names channels the model does not output",
-                                      expected=list(names), found=stray))
-    bad = {n: t["transform"] for n, t in recipe.get("inverse", {}).items() if t["transform"] not in INVERSE_TRANSFORMS}
-    if bad:
-        raise BundleError(explain("Unknown channel transforms", expected=sorted(INVERSE_TRANSFORMS), found=bad))
 
 
 def apply_output_recipe(out: np.ndarray, recipe: Mapping, names: Sequence[str], times, lat, lon) -> np.ndarray:
