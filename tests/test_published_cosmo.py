@@ -284,3 +284,15 @@ def test_a_folder_entry_has_no_hash_of_its_own(tmp_path):
                     "\n  files: {rea6/: " + "a" * 64 + "}\n")
     with pytest.raises(CatalogError, match="folder entry"):
         registry.entries(path)
+
+
+def test_a_package_with_both_resolutions(package, tmp_path):
+    """Like Earth2Studio's package: rea6/ and rea2/ side by side; rea6 unless the resolution is asked for."""
+    both = tmp_path / "both"
+    shutil.copytree(package, both)
+    build_cosmo_package(both, resolution="rea2", shape=(8, 12))
+    assert xkmcast.load_model(both).spec.extra["resolution"] == "rea6"
+    rea2 = xkmcast.load_model(both, package_options={"resolution": "rea2", "mode": "diffusion"})
+    assert rea2.spec.extra["resolution"] == "rea2" and tuple(rea2.grid_lat.shape) == (8, 12)
+    with pytest.raises(BundleError, match="Unknown COSMO-REA mode"):
+        xkmcast.load_model(both, package_options={"mode": "both"})
