@@ -1,5 +1,7 @@
 """Runs inside the peer venv (earth2studio 0.19.0, nvidia-physicsnemo 2.2.2, torch 2.13.0): Earth2Studio's
-CorrDiffTaiwan, CorrDiffCMIP6 and StormCast wrappers on the local packages written by peer_earth2studio.py.
+CorrDiffTaiwan, StormCast, CorrDiffCMIP6, StormScopeGOES and CorrDiffCosmoEra5 wrappers on the local
+packages written by peer_earth2studio.py (COSMO-REA only when natten imports: the wrapper refuses to
+load without it).
 
     python _peer_e2s.py WORKDIR MEMBERS STEPS
 
@@ -141,6 +143,28 @@ def stormscope(work: Path, members: int, steps: int) -> dict:
     for _ in range(members):  # one ensemble member per call
         model._forward(win, coords)
     return {"stormscope_seconds_per_member": (time.perf_counter() - t0) / members, "stormscope_note": note}
+def cosmo(work: Path, members: int, steps: int) -> dict:
+    """CorrDiffCosmoEra5 (rea6): the mean mode's physical output, and diffusion seconds per member."""
+    import datetime
+
+    try:
+        import natten  # noqa: F401
+    except ImportError as exc:
+        return {"cosmo_skipped": f"natten does not import ({exc}); Earth2Studio's CorrDiffCosmoEra5 needs it to load, "
+                                 "and PyPI has natten as a source distribution only (no CPU wheel)"}
+    from earth2studio.models.auto import Package
+    from earth2studio.models.dx import CorrDiffCosmoEra5
+
+    x = torch.from_numpy(np.load(work / "cosmo_input.npy"))
+    when = datetime.datetime(2021, 7, 14, 12, tzinfo=datetime.timezone.utc)  # peer_earth2studio.COSMO_TIME
+    mean = CorrDiffCosmoEra5.load_model(Package(str(work / "cosmo")), device="cpu", mode="mean", resolution="rea6")
+    out = mean._forward(x, when, mean.lat_output_grid, mean.lon_output_grid)
+    np.save(work / "e2s_cosmo_mean.npy", out[0].numpy())
+    model = CorrDiffCosmoEra5.load_model(Package(str(work / "cosmo")), device="cpu", mode="diffusion", resolution="rea6")
+    model.number_of_samples, model.number_of_steps, model.seed = members, steps, 0
+    t0 = time.perf_counter()
+    model._forward(x, when, model.lat_output_grid, model.lon_output_grid)
+    return {"cosmo_seconds_per_member": (time.perf_counter() - t0) / members}
 
 
 def main() -> None:
@@ -148,8 +172,8 @@ def main() -> None:
     keep = _torchvision_schemas()  # noqa: F841 (the library object must stay alive)
     torch.set_num_threads(int(sys.argv[4]) if len(sys.argv) > 4 else 1)
     result = {}
-    folders = {"taiwan": "taiwan_ngc", "stormcast": "stormcast", "cmip6": "cmip6"}
-    for name, run in (("taiwan", taiwan), ("stormcast", stormcast), ("cmip6", cmip6)):
+    folders = {"taiwan": "taiwan_ngc", "stormcast": "stormcast", "cmip6": "cmip6", "cosmo": "cosmo"}
+    for name, run in (("taiwan", taiwan), ("stormcast", stormcast), ("cmip6", cmip6), ("cosmo", cosmo)):
         if (work / folders[name]).exists():
             result.update(run(work, members, steps))
     if (work / "stormscope" / "registry.json").exists():

@@ -2,6 +2,7 @@
 
     python bench/peer_earth2studio.py [--venv .peer-venv] [--members 2] [--steps 8] [--width 16]
                                       [--taiwan-size 450] [--stormcast-window small|published]
+                                      [--skip-cmip6] [--skip-stormscope] [--skip-cosmo] [--cosmo-shape 32 48]
 
 1. Builds a CorrDiff-Taiwan package (the NGC zip), a StormCast v1 folder and a CorrDiff CMIP6 -> ERA5
    package (tiny 25 x 48 output grid, time window) with PhysicsNeMo 2.2.2's classes (``--width`` channels, random O(1) weights) in ``--workdir``, and the inputs.
@@ -17,6 +18,10 @@ whose DiTs use dense attention, so Earth2Studio's ``StormScopeGOES`` runs on CPU
 ``load_model`` refuses to start without NATTEN (the published experts use ``natten2d``, GPU only); when
 NATTEN is absent the peer script assembles the model with the class's own loading steps instead (the same
 calls minus that check). Its deterministic part is the condition and one expert call D(x; sigma).
+CorrDiff COSMO-REA (``rea6/``, mean and diffusion DiTs with PhysicsNeMo's ``natten2d`` attention, since
+Earth2Studio's wrapper passes ``latent_hw`` that the dense backend rejects) runs only when ``natten``
+installs in the peer venv: PyPI has it as a source distribution only (no CPU wheel), so the venv tries
+it and the Earth2Studio side prints why it skipped COSMO-REA when it could not.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ def ensure_venv(venv: Path) -> Path:
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER], check=True)
+        # Earth2Studio's COSMO-REA wrapper imports natten (sdist only on PyPI); a failed build only skips COSMO-REA
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "natten"], check=False)
     return python
 
 
@@ -89,7 +96,31 @@ def build(work: Path, args) -> dict:
         rng = np.random.default_rng(1)
         np.save(work / "stormscope_window.npy", rng.normal(250, 10, (3, len(P.SCOPE_VARS), 32, 48)).astype(np.float32))
         np.save(work / "stormscope_probe.npy", rng.normal(0, 3, (1, len(P.SCOPE_VARS), 32, 48)).astype(np.float32))
+    if not args.skip_cosmo:
+        out["cosmo"] = build_cosmo(work, tuple(args.cosmo_shape))
     return out
+
+
+COSMO_TIME = "2021-07-14T12:00"
+
+
+def build_cosmo(work: Path, shape: tuple[int, int]):
+    """The COSMO-REA package (natten2d DiTs) and one ERA5 frame on its input grid (also saved as .npy)."""
+    import _packages as P
+    import xarray as xr
+
+    if not (work / "cosmo" / "rea6" / "metadata.json").exists():
+        P.build_cosmo_package(work / "cosmo", shape=shape, backend="natten2d")
+    with xr.open_dataset(work / "cosmo" / "rea6" / "grids.nc") as g:
+        lat, lon = g["lat_input"].values.astype(float), g["lon_input"].values.astype(float)
+    la, lo = np.meshgrid(lat, lon, indexing="ij")
+    level = {"u10m": 2.0, "v10m": -1.0, "t2m": 285.0, "z500": 55500.0}
+    units = {"u10m": "m s-1", "v10m": "m s-1", "t2m": "K", "z500": "m2 s-2"}
+    x = np.stack([level[v] + 3 * np.sin(la * (k + 1)) * np.cos(lo / (k + 2)) * (300 if v == "z500" else 1)
+                  for k, v in enumerate(P.COSMO_ERA5)]).astype(np.float32)
+    np.save(work / "cosmo_input.npy", x)
+    return xr.Dataset({v: (("time", "lat", "lon"), x[k][None], {"units": units[v]}) for k, v in enumerate(P.COSMO_ERA5)},
+                      coords={"time": np.array([COSMO_TIME], "datetime64[ns]"), "lat": lat, "lon": lon})
 
 
 def xkmcast_side(work: Path, built: dict, args) -> dict:
@@ -142,6 +173,16 @@ def xkmcast_side(work: Path, built: dict, args) -> dict:
         scope.step(xn.expand(args.members, -1, -1, -1, -1), seeds=list(range(args.members)), valid_time=np.datetime64(SCOPE_TIME),
                    num_steps=args.steps)
         res["stormscope_seconds_per_member"] = (time.perf_counter() - t0) / args.members
+    if "cosmo" in built:
+        names = ["u10m", "t2m", "tp", "tcc", "aswdir_s", "aswdifd_s"]  # Earth2Studio's names, its channel order
+        era5 = built["cosmo"]
+        mean = era5.kmcast.downscale(xkmcast.load_model(work / "cosmo"), members=1)
+        res["cosmo_mean"] = np.stack([mean[v].values[0, 0] for v in names])
+        diffusion = xkmcast.load_model(work / "cosmo", package_options={"mode": "diffusion"})
+        era5.kmcast.downscale(diffusion, members=1, num_steps=2)  # warm the regridding weights cache
+        t0 = time.perf_counter()
+        era5.kmcast.downscale(diffusion, members=args.members, num_steps=args.steps)
+        res["cosmo_seconds_per_member"] = (time.perf_counter() - t0) / args.members
     return res
 
 
@@ -158,6 +199,8 @@ def main() -> None:
     p.add_argument("--skip-stormcast", action="store_true")
     p.add_argument("--skip-cmip6", action="store_true")
     p.add_argument("--skip-stormscope", action="store_true")
+    p.add_argument("--skip-cosmo", action="store_true")
+    p.add_argument("--cosmo-shape", type=int, nargs=2, default=[32, 48])
     args = p.parse_args()
     built = build(args.workdir, args)
     python = ensure_venv(args.venv)
@@ -167,8 +210,10 @@ def main() -> None:
     ours = xkmcast_side(args.workdir, built, args)
     print(f"members {args.members}, sampler steps {args.steps}, U-Net width {args.width}, {args.threads} thread(s)")
     print(f"{'model':12s} {'max |mean diff|':>16s} {'E2S s/member':>13s} {'xkmcast s/member':>17s} {'ratio':>6s}")
-    for name in ("taiwan", "stormcast", "cmip6"):
-        if f"{name}_seconds_per_member" not in e2s:
+    if "cosmo_skipped" in e2s:
+        print(f"cosmo        skipped by Earth2Studio's side: {e2s['cosmo_skipped']}")
+    for name in ("taiwan", "stormcast", "cmip6", "cosmo"):
+        if f"{name}_seconds_per_member" not in e2s or f"{name}_mean" not in ours:
             continue
         ref = np.load(args.workdir / f"e2s_{name}_mean.npy")
         diff = float(np.abs(ours[f"{name}_mean"] - ref).max())

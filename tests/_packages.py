@@ -154,7 +154,7 @@ def serve_huggingface(served: Path, folder: Path, repo: str, revision: str, *, w
     target = served / repo / "resolve" / revision
     target.mkdir(parents=True, exist_ok=True)
     siblings = []
-    for p in sorted(q for q in folder.rglob("*") if q.is_file()):  # sub-folders too (StormScope's checkpoints/)
+    for p in sorted(q for q in folder.rglob("*") if q.is_file()):  # sub-folders too (StormScope's checkpoints/, COSMO-REA's rea6/)
         name = p.relative_to(folder).as_posix()
         (target / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(p, target / name)
@@ -334,3 +334,100 @@ def build_stormscope(folder: Path, *, image_size=(16, 24), window=3, latlon=None
     (folder / "registry.json").write_text(json.dumps(registry, indent=1))
     (folder / "config.json").write_text(json.dumps({"library_name": "physicsnemo"}))
     return folder
+
+
+# -------------------------------------------------------------------------------- CorrDiff COSMO-REA
+COSMO_ERA5 = ["u10m", "v10m", "t2m", "z500"]
+COSMO_OUTPUTS = ["U_10M", "T_2M", "TOT_PRECIP", "CLCT", "ASWDIR_S", "ASWDIFD_S"]
+COSMO_PRE = ["sin_lat", "cos_lat", "sin_lon", "cos_lon", "elevation_norm", "land_fraction"]
+COSMO_POST = ["z0_lu_norm"]
+COSMO_POLE = (39.25, -162.0)  # COSMO-REA6's rotated north pole (lat, lon)
+
+
+def rotated_to_geographic(rlat, rlon, pole=COSMO_POLE):
+    """CF rotated_latitude_longitude -> geographic lat / lon [deg] (no rotation about the new pole)."""
+    plat, plon = np.deg2rad(pole[0]), pole[1]
+    rlat, rlon = np.deg2rad(rlat), np.deg2rad(rlon)
+    lat = np.arcsin(np.sin(rlat) * np.sin(plat) + np.cos(rlat) * np.cos(rlon) * np.cos(plat))
+    lon = np.rad2deg(np.arctan2(np.cos(rlat) * np.sin(rlon),
+                                np.sin(plat) * np.cos(rlat) * np.cos(rlon) - np.cos(plat) * np.sin(rlat))) + plon + 180.0
+    return np.rad2deg(lat), (lon + 180.0) % 360.0 - 180.0
+
+
+def build_cosmo_package(root: Path, *, resolution="rea6", shape=(16, 24), extended=False, backend="timm",
+                        metadata_extra=None) -> Path:
+    """Earth2Studio's COSMO-REA layout (``<root>/<resolution>/``) with PhysicsNeMo's DiT and
+    EDMPreconditioner(ConcatConditionWrapper(DiT)); ``extended``: the physical extended invariants file."""
+    import xarray as xr
+
+    skip_without_physicsnemo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from physicsnemo.diffusion.preconditioners import EDMPreconditioner
+        from physicsnemo.diffusion.utils.model_wrappers import ConcatConditionWrapper
+        from physicsnemo.models.dit import DiT
+    folder = root / resolution
+    folder.mkdir(parents=True, exist_ok=True)
+    n_bg, n_out = len(COSMO_ERA5) + len(COSMO_PRE) + 1 + len(COSMO_POST), len(COSMO_OUTPUTS)
+    arch = dict(input_size=list(shape), patch_size=2, hidden_size=32, depth=2, num_heads=4, attention_backend=backend,
+                **({"attn_kwargs": {"attn_kernel": 3}} if backend != "timm" else {}))
+    _save(DiT(in_channels=n_bg, out_channels=n_out, **arch), folder / "dit_mean.mdlus", seed=11)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dif = EDMPreconditioner(ConcatConditionWrapper(DiT(in_channels=n_out + n_bg, out_channels=n_out, **arch)),
+                                sigma_data=0.5)
+    _save(dif, folder / "dit_diffusion.mdlus", seed=12)
+    rlat = (np.arange(shape[0]) - shape[0] / 2) * 0.1
+    rlon = (np.arange(shape[1]) - shape[1] / 2) * 0.1
+    lat, lon = rotated_to_geographic(*np.meshgrid(rlat, rlon, indexing="ij"))
+    lat_in = np.arange(np.floor(lat.min()) - 1, np.ceil(lat.max()) + 1.01, 0.25)
+    lon_in = np.arange(np.floor(lon.min()) - 1, np.ceil(lon.max()) + 1.01, 0.25)
+    pole = xr.DataArray(np.int32(0), attrs={"grid_mapping_name": "rotated_latitude_longitude",
+                                            "grid_north_pole_latitude": COSMO_POLE[0],
+                                            "grid_north_pole_longitude": COSMO_POLE[1]})
+    xr.Dataset({"lat_input": ("lat_in", lat_in.astype(np.float32)), "lon_input": ("lon_in", lon_in.astype(np.float32)),
+                "lat_output": (("rlat", "rlon"), lat.astype(np.float32)),
+                "lon_output": (("rlat", "rlon"), lon.astype(np.float32)), "rotated_pole": pole},
+               coords={"rlat": rlat, "rlon": rlon}).to_netcdf(folder / "grids.nc")
+    rng = np.random.default_rng(13)
+    physical = {"elevation": rng.uniform(0, 1500, shape), "land_fraction": rng.uniform(0, 1, shape),
+                "z0_lu": rng.uniform(0.01, 1, shape)}
+    norm = {"elevation": {"method": "zscore", "mean": 400.0, "std": 350.0},
+            "z0_lu": {"method": "zscore", "mean": 0.3, "std": 0.25}}
+    meta = {"era5_variables": COSMO_ERA5, "output_variables": COSMO_OUTPUTS, "pre_invariant_variables": COSMO_PRE,
+            "post_invariant_variables": COSMO_POST,
+            "modes": {"mean": {"stats": "output_mean", "channel_transforms": False}, "diffusion": {"stats": "output"}},
+            "channel_transforms": {"TOT_PRECIP": {"transform": "log_eps", "eps": 1e-5},
+                                   "ASWDIR_S": {"transform": "log_eps", "eps": 1.0},
+                                   "ASWDIFD_S": {"transform": "asinh", "eps": 10.0},
+                                   "CLCT": {"transform": "logit_eps_percent", "eps": 0.01, "scale": 100.0}},
+            "constraints": {"bounds": {"TOT_PRECIP": {"min": 0.0, "max": None}, "T_2M": {"min": 0.0, "max": None},
+                                       "CLCT": {"min": 0.0, "max": 100.0, "mode": "clamp"}},
+                            "sza_gate": {"half_width": 0.05, "channels": {"ASWDIR_S": {"threshold": 0.03},
+                                                                           "ASWDIFD_S": {"threshold": 0.01, "half_width": 0.1}}}},
+            "number_of_samples": 2,
+            "sampler": {"num_steps": 4, "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0, "solver": "heun"},
+            "checkpoints": {f"{resolution}_mean": "dit_mean.mdlus", f"{resolution}_diffusion": "dit_diffusion.mdlus"},
+            "regression": {"patch_size": 2, "attn_kernel_size": 3}, "diffusion": {"patch_size": 2, "attn_kernel_size": 3}}
+    if extended:  # the physical invariants on a grid one cell wider on each side, z-scored on load
+        pad = lambda a: np.pad(a, 1, mode="edge")  # noqa: E731
+        xr.Dataset({"lat": (("y", "x"), pad(lat)), "lon": (("y", "x"), pad(lon)),
+                    **{k: (("y", "x"), pad(v).astype(np.float32)) for k, v in physical.items()}}).to_netcdf(
+            folder / "invariants_ext.nc")
+        (folder / "invariant_norm.json").write_text(json.dumps({"channels": norm}))
+        meta["invariants"] = {"file": "invariants_ext.nc", "native_offset": [1, 1], "native_shape": list(shape),
+                              "norm_stats_file": "invariant_norm.json"}
+    else:
+        z = lambda k: (physical[k] - norm[k]["mean"]) / norm[k]["std"]  # noqa: E731
+        xr.Dataset({"elevation_norm": (("y", "x"), z("elevation").astype(np.float32)),
+                    "land_fraction": (("y", "x"), physical["land_fraction"].astype(np.float32)),
+                    "z0_lu_norm": (("y", "x"), z("z0_lu").astype(np.float32))}).to_netcdf(folder / "invariants.nc")
+    era5 = {"u10m": (1.0, 3.0), "v10m": (-0.5, 3.0), "t2m": (283.0, 8.0), "z500": (55000.0, 1500.0)}
+    mean = {"U_10M": (1.0, 3.0), "T_2M": (283.0, 7.0), "TOT_PRECIP": (0.1, 0.5), "CLCT": (60.0, 30.0),
+            "ASWDIR_S": (100.0, 150.0), "ASWDIFD_S": (60.0, 70.0)}
+    transformed = {**mean, "TOT_PRECIP": (2.0, 3.0), "CLCT": (0.5, 2.0), "ASWDIR_S": (2.0, 2.5), "ASWDIFD_S": (1.0, 1.5)}
+    table = lambda d: {k: {"mean": m, "std": s} for k, (m, s) in d.items()}  # noqa: E731
+    (folder / "stats.json").write_text(json.dumps({"era5": table(era5), "output_mean": table(mean),
+                                                   "output": table(transformed)}))
+    (folder / "metadata.json").write_text(json.dumps({**meta, **(metadata_extra or {})}))
+    return root

@@ -343,21 +343,30 @@ def _downscale_block(block: np.ndarray, *, handle, times, members, seed, include
     cond = torch.from_numpy(np.ascontiguousarray(block)).to(pipeline.device)
     from ..device import autocast
 
+    extra = pipeline.spec.extra
+    when = {"times": times[start:stop]} if extra.get("time_channels") else {}
     with torch.no_grad(), autocast(pipeline.device, precision):
-        samples, mean = pipeline.sample(cond, seeds=seeds, **{k: v for k, v in options.items() if v is not None})
+        samples, mean = pipeline.sample(cond, seeds=seeds, **when, **{k: v for k, v in options.items() if v is not None})
     out = samples.float().cpu().numpy()  # (M, t, C_out, H, W)
     if include_mean:
         out = np.concatenate([out, mean.float().cpu().numpy()[None]], axis=0)
     if outside is not None:
         out = np.where(outside[None, :, None], np.nan, out)
-    return pipeline.stats_for("output").denormalise(out, pipeline.spec.output_vars, axis=2).astype(np.float32)
+    out = pipeline.stats_for("output").denormalise(out, pipeline.spec.output_vars, axis=2)
+    if extra.get("output_recipe"):  # a package's own post-processing (xkmcast.fields.output_recipe)
+        from .output_recipe import apply_output_recipe
+
+        out = apply_output_recipe(out, extra["output_recipe"], pipeline.spec.output_vars, times[start:stop],
+                                  pipeline.grid_lat.cpu().numpy(), pipeline.grid_lon.cpu().numpy())
+    return out.astype(np.float32)
 
 
 def model_result(pipeline, data, dims: tuple[str, ...], coords: dict, task: str, mean=None) -> xr.Dataset:
     """The CF Dataset of a model's output: one variable per output channel of ``data``
     ``(*dims, channel, y, x)`` (``dims`` starting with ``member``), on the model grid
     (:func:`model_grid`: its lat/lon dims, or y / x with 2-D lat / lon and ``crs``), with ``coords``
-    for the other dims; ``mean`` ``(*dims[1:], channel, y, x)`` adds
+    for the other dims (variables named ``spec.extra["output_names"]`` when a package renames its
+    channels, else ``spec.output_vars``); ``mean`` ``(*dims[1:], channel, y, x)`` adds
     ``<var>_regression``, the regression mean. ``task`` ("downscaling", "forecast") names the source."""
     grid = model_grid(pipeline)
     ydim, xdim = grid_dims(pipeline)
@@ -366,7 +375,7 @@ def model_result(pipeline, data, dims: tuple[str, ...], coords: dict, task: str,
     gm = {"grid_mapping": "crs"} if "crs" in grid.coords else {}
     axis = (slice(None),) * len(dims)
     variables = {}
-    for i, name in enumerate(pipeline.spec.output_vars):
+    for i, name in enumerate(pipeline.spec.extra.get("output_names") or pipeline.spec.output_vars):
         attrs = {**cf_attrs(name), **gm}
         variables[name] = ((*dims, ydim, xdim), data[(*axis, i)], attrs)
         if mean is not None:

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["J2000", "days_since_j2000", "julian_centuries", "solar_declination_right_ascension", "cos_zenith"]
+__all__ = ["J2000", "days_since_j2000", "julian_centuries", "solar_declination_right_ascension", "cos_zenith",
+           "cos_zenith_window_max"]
 
 #: the J2000.0 epoch (UTC)
 J2000 = np.datetime64("2000-01-01T12:00:00", "us")
@@ -74,3 +75,12 @@ def cos_zenith(time, lat, lon) -> np.ndarray:
     ra, dec, gmst = _sun(T)
     sin_lat, cos_lat = np.sin(lat_r).astype(np.float64), np.cos(lat_r).astype(np.float64)
     return sin_lat * np.sin(dec) + cos_lat * np.cos(dec) * np.cos(gmst + lon_r - ra)
+
+
+def cos_zenith_window_max(time, lat, lon, hours: float = 1.0) -> np.ndarray:
+    """``max(cos_zenith(t - hours), cos_zenith(t))``: the sunniest end of the window ending at ``t``
+    (the solar feature of models whose targets are means over the preceding ``hours``, e.g. COSMO-REA).
+    Same broadcasting as :func:`cos_zenith`."""
+    t = np.asarray(time, dtype="datetime64[us]")
+    before = t - np.timedelta64(int(round(hours * 3600e6)), "us")
+    return np.maximum(cos_zenith(before, lat, lon), cos_zenith(t, lat, lon))

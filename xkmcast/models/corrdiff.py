@@ -39,14 +39,33 @@ class CorrDiff(Pipeline):
         return cls(spec, {name: build_stage(entry) for name, entry in spec.networks.items()})
 
     # ---------------------------------------------------------------------------------- inputs
-    def condition(self, inputs: Tensor) -> Tensor:
+    def condition(self, inputs: Tensor, times=None) -> Tensor:
         """``cat(inputs, invariants)``: the invariants stored with the model, broadcast over the batch.
-        Time-window packages (``spec.extra["time_window"]``) are given their whole condition, invariants
-        included (:func:`xkmcast.models.published.cmip6_steps.window_condition`)."""
-        if self.invariant.numel() == 0 or self.spec.extra.get("time_window"):
+
+        Time-window packages (``spec.extra["time_window"]``, CorrDiff CMIP6) are given their whole
+        condition, invariants included (:func:`xkmcast.models.published.cmip6_steps.window_condition`).
+        With ``spec.extra["time_channels"] = {"at": k, "hours": h}`` (CorrDiff COSMO-REA) the channel
+        ``max(cos_zenith(t - h), cos_zenith(t))`` on the model grid at the valid times ``times`` (B,) is
+        inserted before invariant ``k``: ``cat(inputs, invariants[:k], cos_zenith, invariants[k:])``."""
+        if self.spec.extra.get("time_window"):
             return inputs
         inv = self.invariant.to(inputs).unsqueeze(0).expand(inputs.shape[0], -1, -1, -1)
-        return torch.cat([inputs, inv], dim=1)
+        feature = self.spec.extra.get("time_channels")
+        if feature is None:
+            return inputs if self.invariant.numel() == 0 else torch.cat([inputs, inv], dim=1)
+        if times is None or len(times) != inputs.shape[0]:
+            raise ConfigError(explain("This model has a solar-zenith input channel and needs the valid times",
+                                      expected=f"times= with one valid time per condition ({inputs.shape[0]})",
+                                      found=None if times is None else len(times)))
+        from ..fields.solar import cos_zenith_window_max
+
+        lat, lon = self.grid_lat.cpu().numpy(), self.grid_lon.cpu().numpy()
+        cz = cos_zenith_window_max(np.asarray(times), lat, lon, float(feature.get("hours", 1.0)))
+        cz = torch.as_tensor(cz, dtype=torch.float32).to(inputs).unsqueeze(1)
+        k = int(feature["at"])
+        if self.invariant.numel() == 0:
+            inv = inputs.new_zeros((inputs.shape[0], 0, *inputs.shape[-2:]))
+        return torch.cat([inputs, inv[:, :k], cz, inv[:, k:]], dim=1)
 
     def regression_mean(self, cond: Tensor) -> Tensor:
         """mu = R(c) [+ interp(x)] on the whole grid (B, C_out, H, W); zeros without a regression stage."""
@@ -88,6 +107,7 @@ class CorrDiff(Pipeline):
         num_steps: int | None = None,
         patch: tuple[int, int] | None = None,
         batch_size: int | None = None,
+        times=None,
         **extra_options: Any,
     ) -> tuple[Tensor, Tensor]:
         """Ensemble members for each condition.
@@ -95,8 +115,9 @@ class CorrDiff(Pipeline):
         ``inputs`` (B, C_in, H, W) normalised on the model grid (without invariants); ``seeds[b][k]``
         is the seed of member k of condition b. Returns ``(samples (M, B, C_out, H, W), mean (B,
         C_out, H, W))`` normalised. ``batch_size`` rows go through the denoiser at once (default all).
+        ``times``: the valid time of each condition, for models with time channels (:meth:`condition`).
         """
-        cond = self.condition(inputs.to(self.device, torch.float32))
+        cond = self.condition(inputs.to(self.device, torch.float32), times)
         mean = self.regression_mean(cond)
         members = len(seeds[0]) if seeds else 0
         if "diffusion" not in self.stages or members == 0:

@@ -7,7 +7,9 @@ An entry is ``{"class": <network class name>, "kwargs": {...constructor args...}
 (:func:`xkmcast.nn.unet.match_physicsnemo_eval`), so imports reproduce PhysicsNeMo's outputs. The
 preconditioner wraps the network under ``model.`` as PhysicsNeMo does, so state dicts line up.
 ``"append_grid": {"kind": "sinusoidal", "shape": [H, W]}`` appends fixed grid channels to the
-condition (:class:`xkmcast.nn.fixed_inputs.AppendGridChannels`, the network then sits under ``net.``).
+condition (:class:`xkmcast.nn.fixed_inputs.AppendGridChannels`, the network then sits under ``net.``);
+``"condition_as_input": true`` calls a regression network as ``net(condition, 0)``
+(:class:`xkmcast.nn.fixed_inputs.ConditionAsInput`, also under ``net.``).
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ def build_stage(entry: dict[str, Any]) -> torch.nn.Module:
 
         spec = entry["append_grid"]
         net = AppendGridChannels(net, spec["kind"], tuple(spec["shape"]))
+    if entry.get("condition_as_input"):  # a regression DiT fed the condition (CorrDiff COSMO-REA's mean)
+        from ..nn.fixed_inputs import ConditionAsInput
+
+        net = ConditionAsInput(net)
     precond = dict(entry.get("precond") or {})
     pname = precond.pop("class", None)
     if pname is None:

@@ -7,6 +7,10 @@ For an image of H rows and W columns, with ``u_j = 2 pi j / (W - 1)`` and ``v_i 
 (``numpy.linspace(0, 2 pi, n)``), the channels are, in this order (Earth2Studio's ``CorrDiffTaiwan``)::
 
     sin(u_j),  sin(v_i),  cos(u_j),  cos(v_i)
+
+:class:`ConditionAsInput` is the other fixed input: a regression network called as ``net(condition,
+t = 0)`` (CorrDiff COSMO-REA's mean DiT) where a CorrDiff regression stage passes ``(zero latents,
+condition)``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["GRID_CHANNELS", "AppendGridChannels", "sinusoidal_grid"]
+__all__ = ["GRID_CHANNELS", "AppendGridChannels", "ConditionAsInput", "sinusoidal_grid"]
 
 #: kinds of fixed channels and how many there are
 GRID_CHANNELS = {"sinusoidal": 4}
@@ -45,3 +49,14 @@ class AppendGridChannels(nn.Module):
     def forward(self, x: torch.Tensor, img_lr: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         grid = self.grid.to(img_lr).unsqueeze(0).expand(img_lr.shape[0], -1, -1, -1)
         return self.net(x, torch.cat([img_lr, grid], dim=1), **kwargs)
+
+
+class ConditionAsInput(nn.Module):
+    """``net(img_lr, zeros(B))``: the latents ``x`` only give the batch size; the noise label is 0."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, img_lr: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return self.net(img_lr, img_lr.new_zeros(img_lr.shape[0]), **kwargs)

@@ -34,6 +34,7 @@ FAMILIES: dict[str, str] = {
     "corrdiff_package": ".corrdiff_package",
     "stormcast_v1": ".stormcast_v1",
     "stormscope": ".stormscope",
+    "corrdiff_cosmo": ".corrdiff_cosmo",
 }
 
 

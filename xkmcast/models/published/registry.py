@@ -6,6 +6,11 @@ The table is data (``xkmcast/catalogs/published_models.yaml``, described there);
 ``<cache>/models/<name>/<revision>/`` (``<cache>`` as for the data catalog: ``$XKMCAST_DATA_DIR``
 or pooch's cache) through :func:`xkmcast.data.download.retrieve`, so each file is checked against
 its SHA-256 before it is used, and returns that folder.
+
+A file name ending in ``/`` (``rea6/: unknown``) stands for every file under that folder at the pinned
+revision, as the Hugging Face API lists them there; their names are not known in advance (the COSMO-REA
+checkpoints are named inside the package), so such an entry needs ``trust_host_hashes=True`` and each file
+is verified against the checksum the host lists at that commit.
 """
 
 from __future__ import annotations
@@ -63,9 +68,13 @@ def _parse(path: Path) -> dict[str, PackageEntry]:
                                        expected="40 hexadecimal digits (a branch name can move)", found=revision))
         files = {}
         for fname, digest in dict(e["files"]).items():
-            if str(check_member_name(fname, archive=where)) != fname:
+            folder = fname.endswith("/")
+            if str(check_member_name(fname, archive=where)) + ("/" if folder else "") != fname:
                 raise CatalogError(explain(f"{where}: non-canonical file name", found=fname))
             files[fname] = _digest(digest, where, fname)
+            if folder and files[fname] is not None:
+                raise CatalogError(explain(f"{where}: a folder entry has no SHA-256 of its own", expected="unknown",
+                                           found=digest))
         out[str(name)] = PackageEntry(str(name), e["family"], e["host"], e["repo"], revision, files,
                                       " ".join(str(e.get("description", "")).split()))
     return out
@@ -199,7 +208,12 @@ def fetch_package(name: str, *, cache_dir: str | os.PathLike | None = None, know
     folder = root / "models" / entry.name / entry.revision
     from ...data.archive import check_member_name
 
-    files = dict(entry.files)
+    folders = [f for f in entry.files if f.endswith("/")]
+    if folders and not (trust_host_hashes and entry.host == "huggingface"):
+        raise _unknown_error(entry, folders)
+    host = _host_hashes(entry) if folders else {}
+    files = {f: d for f, d in entry.files.items() if not f.endswith("/")}
+    files.update(dict.fromkeys(_listed_under(entry, folders, host)))
     for fname in extra_files:
         if str(check_member_name(fname, archive=entry.name)) != fname:
             raise CatalogError(explain(f"{entry.name}: non-canonical file name", found=fname))
@@ -211,7 +225,7 @@ def fetch_package(name: str, *, cache_dir: str | os.PathLike | None = None, know
         hashes[fname] = ("sha256", _digest(digest, entry.name, fname))
     missing = [f for f in files if f not in hashes]
     if missing and trust_host_hashes and entry.host == "huggingface":
-        host = _host_hashes(entry)
+        host = host or _host_hashes(entry)
         hashes.update({f: host[f] for f in missing if f in host})
         missing = [f for f in files if f not in hashes]
     if missing:
@@ -225,6 +239,23 @@ def fetch_package(name: str, *, cache_dir: str | os.PathLike | None = None, know
         elif not (target.exists() and git_blob_sha1(target) == digest):
             _retrieve_git_blob(_download_url(entry, fname), digest, target, what=f"{entry.name}/{fname}")
     return folder
+
+
+def _listed_under(entry: PackageEntry, folders: list[str], host: dict) -> list[str]:
+    """The files the host lists under each folder entry (CatalogError for a folder it lists nothing under)."""
+    from ...data.archive import check_member_name
+
+    out = []
+    for prefix in folders:
+        listed = sorted(f for f in host if f.startswith(prefix))
+        for f in listed:  # names from the network land under the cache folder: refuse escaping ones
+            if str(check_member_name(f, archive=f"{entry.repo}@{entry.revision}")) != f:
+                raise CatalogError(explain(f"{entry.repo} lists a non-canonical file name", found=f))
+        if not listed:
+            raise CatalogError(explain(f"{entry.repo}@{entry.revision} lists no files under {prefix}",
+                                       expected=f"files {prefix}...", found=sorted(host)[:20]))
+        out += listed
+    return out
 
 
 def _sha_ok(path: Path, digest: str) -> bool:
