@@ -149,7 +149,7 @@ def token_seams(model, like: xr.Dataset) -> dict[str, tuple[int, int]] | None:
     """{spatial dim: (token period, offset)} of a transformer's tokens on ``like``'s grid (None: no tokens):
     the grid is padded by floor(total / 2) before (xkmcast.nn.padding), so seams sit where
     (index + pad_before) % patch == 0."""
-    stage = model.stages.get("diffusion")
+    stage = model.stages["diffusion"] if "diffusion" in model.stages else None
     patch = next((m.patch_size for m in stage.modules() if getattr(m, "patch_size", None)), None) if stage else None
     if not patch:
         return None
