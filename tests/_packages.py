@@ -431,3 +431,23 @@ def build_cosmo_package(root: Path, *, resolution="rea6", shape=(16, 24), extend
                                                    "output": table(transformed)}))
     (folder / "metadata.json").write_text(json.dumps({**meta, **(metadata_extra or {})}))
     return root
+
+
+def hugging_face_mirror(tmp_path: Path, http_server, monkeypatch, folder: Path, repo: str, revision: str, *,
+                        with_api: bool = True, registry_entry: tuple[str, str] | None = None):
+    """Serve ``folder`` from 127.0.0.1 as Hugging Face serves ``repo`` at ``revision``, point ``HF_ENDPOINT``
+    there and the cache at ``tmp_path/cache``; with ``registry_entry=(name, family)`` also write a model
+    registry file naming each file with its SHA-256 (``$XKMCAST_MODEL_REGISTRY``). Returns the server."""
+    served = tmp_path / "served"
+    server = http_server(served)
+    serve_huggingface(served, folder, repo, revision, with_api=with_api)
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("XKMCAST_DATA_DIR", str(tmp_path / "cache"))
+    if registry_entry is not None:
+        name, family = registry_entry
+        registry = tmp_path / "models.yaml"
+        files = "".join(f"    {p.name}: {sha256(p)}\n" for p in sorted(folder.iterdir()))
+        registry.write_text(f"{name}:\n  family: {family}\n  host: huggingface\n  repo: {repo}\n"
+                            f"  revision: {revision}\n  files:\n{files}")
+        monkeypatch.setenv("XKMCAST_MODEL_REGISTRY", str(registry))
+    return server

@@ -24,7 +24,7 @@ from _packages import CMIP6_LON_OUT as LON_OUT
 from _packages import CMIP6_OUTPUTS as OUTPUTS
 from _packages import CMIP6_PADDED as PADDED
 from _packages import CMIP6_STEPS as STEPS
-from _packages import build_cmip6_package, cmip6_days, physicsnemo_classes, serve_huggingface, sha256
+from _packages import build_cmip6_package, cmip6_days, physicsnemo_classes, hugging_face_mirror
 
 import xkmcast
 from xkmcast.diffusion.seeds import row_seed
@@ -160,16 +160,8 @@ def test_by_folder_matches_earth2studio(package):
 
 def test_by_name_through_the_fetch_path(package, tmp_path, http_server, monkeypatch):
     repo, rev = "nvidia/corrdiff-cmip6-era5", "f756fad5b85efec64df4868aead14dda698b8aea"
-    served = tmp_path / "served"
-    server = http_server(served)
-    serve_huggingface(served, package, repo, rev, with_api=False)
-    registry = tmp_path / "models.yaml"
-    files = "".join(f"    {p.name}: {sha256(p)}\n" for p in sorted(package.iterdir()))
-    registry.write_text(f"corrdiff-cmip6-era5:\n  family: corrdiff_package\n  host: huggingface\n  repo: {repo}\n"
-                        f"  revision: {rev}\n  files:\n{files}")
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setenv("XKMCAST_DATA_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("XKMCAST_MODEL_REGISTRY", str(registry))
+    server = hugging_face_mirror(tmp_path, http_server, monkeypatch, package, repo, rev, with_api=False,
+                                 registry_entry=("corrdiff-cmip6-era5", "corrdiff_package"))
     by_name = xkmcast.load_model("corrdiff-cmip6-era5")
     direct = xkmcast.load_model(package)
     ds = cmip6_days()

@@ -12,7 +12,7 @@ import pytest
 import torch
 import xarray as xr
 from _http import http_server  # noqa: F401  (pytest fixture)
-from _packages import GEN_INPUTS, GEN_OUTPUTS, build_corrdiff_package, physicsnemo_classes, serve_huggingface, sha256
+from _packages import GEN_INPUTS, GEN_OUTPUTS, build_corrdiff_package, physicsnemo_classes, hugging_face_mirror
 
 import xkmcast
 from xkmcast.errors import BundleError
@@ -101,16 +101,8 @@ def test_by_folder_matches_earth2studio_steps(package):
 
 def test_by_name_with_a_registry_file(package, tmp_path, http_server, monkeypatch):
     repo, rev = "nvidia/corrdiff-cmip6-era5", "f756fad5b85efec64df4868aead14dda698b8aea"
-    served = tmp_path / "served"
-    server = http_server(served)
-    serve_huggingface(served, package, repo, rev, with_api=False)
-    registry = tmp_path / "models.yaml"
-    files = "".join(f"    {p.name}: {sha256(p)}\n" for p in sorted(package.iterdir()))
-    registry.write_text(f"my-corrdiff:\n  family: corrdiff_package\n  host: huggingface\n  repo: {repo}\n"
-                        f"  revision: {rev}\n  files:\n{files}")
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setenv("XKMCAST_DATA_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("XKMCAST_MODEL_REGISTRY", str(registry))
+    server = hugging_face_mirror(tmp_path, http_server, monkeypatch, package, repo, rev, with_api=False,
+                                 registry_entry=("my-corrdiff", "corrdiff_package"))
     assert {"my-corrdiff", "corrdiff-cmip6-era5", "stormcast-v1", "corrdiff-taiwan"} <= set(xkmcast.published_models())
     model = xkmcast.load_model("my-corrdiff")
     direct = xkmcast.load_model(package)

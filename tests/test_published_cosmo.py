@@ -14,7 +14,7 @@ import pytest
 import torch
 import xarray as xr
 from _http import http_server  # noqa: F401  (pytest fixture)
-from _packages import (COSMO_ERA5, COSMO_OUTPUTS, COSMO_POST, COSMO_PRE, build_cosmo_package, serve_huggingface,
+from _packages import (COSMO_ERA5, COSMO_OUTPUTS, COSMO_POST, COSMO_PRE, build_cosmo_package, hugging_face_mirror,
                        sha256)
 from test_published_corrdiff_taiwan import _bilinear_regular
 
@@ -193,11 +193,7 @@ def test_by_name_through_the_registry(package, tmp_path, http_server, monkeypatc
     """The packaged entry (folder rea6/ at Earth2Studio's pinned commit): files listed by the host's revision
     API, each verified against its LFS sha256 / git blob id (the default); refused with trust_host_hashes=False."""
     repo, rev = "nvidia/corrdiff-cosmo-era5", "44064f304158f863f6ae02948b1b8e08d523458e"
-    served = tmp_path / "served"
-    server = http_server(served)
-    serve_huggingface(served, package, repo, rev)
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setenv("XKMCAST_DATA_DIR", str(tmp_path / "cache"))
+    server = hugging_face_mirror(tmp_path, http_server, monkeypatch, package, repo, rev)
     monkeypatch.delenv("XKMCAST_MODEL_REGISTRY", raising=False)
     with pytest.raises(IntegrityError, match="never uses an unverified download"):
         xkmcast.load_model("corrdiff-cosmo-rea6", trust_host_hashes=False)

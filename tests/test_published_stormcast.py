@@ -15,7 +15,7 @@ import pytest
 import torch
 import xarray as xr
 from _http import http_server  # noqa: F401  (pytest fixture)
-from _packages import BACKGROUND_VARS, STATE_VARS, build_stormcast, physicsnemo_classes, serve_huggingface
+from _packages import BACKGROUND_VARS, STATE_VARS, build_stormcast, physicsnemo_classes, hugging_face_mirror
 
 import xkmcast
 from xkmcast.errors import BundleError, IntegrityError
@@ -100,11 +100,7 @@ def reference(root, state, background, latents, sampler, num_steps):
 
 @pytest.mark.slow
 def test_by_name_from_hugging_face_pinned_revision(package, tmp_path, http_server, monkeypatch):
-    served = tmp_path / "served"
-    server = http_server(served)
-    serve_huggingface(served, package, REPO, REVISION)
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setenv("XKMCAST_DATA_DIR", str(tmp_path / "cache"))
+    server = hugging_face_mirror(tmp_path, http_server, monkeypatch, package, REPO, REVISION)
     with pytest.raises(IntegrityError, match="trust_host_hashes"):  # strict: only the registry's hashes
         xkmcast.load_model("stormcast-v1", trust_host_hashes=False)
     options = {"hrrr_window": WINDOW}

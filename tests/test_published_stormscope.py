@@ -17,7 +17,7 @@ import pytest
 import torch
 import xarray as xr
 from _http import http_server  # noqa: F401  (pytest fixture)
-from _packages import SCOPE_EXPERTS, SCOPE_VARS, build_stormscope, serve_huggingface, sha256
+from _packages import SCOPE_EXPERTS, SCOPE_VARS, build_stormscope, hugging_face_mirror, sha256
 
 import xkmcast
 from xkmcast.diffusion.seeds import row_seed
@@ -232,11 +232,7 @@ def test_forecast_matches_earth2studio_steps(package, model):
 
 @pytest.mark.slow
 def test_by_name_from_hugging_face_pinned_revision(package, tmp_path, http_server, monkeypatch):
-    served = tmp_path / "served"
-    server = http_server(served)
-    serve_huggingface(served, package, REPO, REVISION)
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setenv("XKMCAST_DATA_DIR", str(tmp_path / "cache"))
+    server = hugging_face_mirror(tmp_path, http_server, monkeypatch, package, REPO, REVISION)
     with pytest.raises(IntegrityError, match="trust_host_hashes"):  # strict: only hashes the registry records
         xkmcast.load_model("stormscope-goes-mrms", trust_host_hashes=False)
     model = xkmcast.load_model("stormscope-goes-mrms")  # default: the host's checksums at the pinned commit

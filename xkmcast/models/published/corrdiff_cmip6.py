@@ -89,8 +89,8 @@ def _check_resolution(stage: str, entry: dict, padded: tuple[int, int]) -> None:
 
 def load(root: Path, *, device="cpu"):
     """The CorrDiff pipeline of the CMIP6 -> ERA5 package at ``root`` (time-window steps in ``spec.extra``)."""
-    from ..importer import assemble_pipeline, condition_channels, mdlus_stage
-    from .corrdiff_package import KNOWN_METADATA, _check, _grid, _input_grid, _invariants, _json, _sampler, _stats
+    from ..importer import assemble_pipeline
+    from .corrdiff_package import KNOWN_METADATA, _grid, _input_grid, _invariants, _json, _sampler, _stats, checked_stages
 
     meta, stats = _json(root / "metadata.json"), _json(root / "stats.json")
     unknown = sorted(set(meta) - KNOWN_METADATA - {"time_window"})
@@ -123,20 +123,9 @@ def load(root: Path, *, device="cpu"):
     padded = (lat.size + sum(PAD[0]), lon.size + sum(PAD[1]))
     n_cond = len(window) * len(inputs) + len(inv_names) + len(TIME_FEATURES)
     what = f"{len(window)} times x {len(inputs)} inputs + {len(inv_names)} invariants + sza, hod"
-    reg_entry, reg_net, _ = mdlus_stage(root / "regression.mdlus")
-    _check(condition_channels(reg_net), n_cond, "regression", what)
-    _check_resolution("regression", reg_entry, padded)
-    stages = {"regression": (reg_entry, reg_net)}
     hr_mean = bool(meta.get("hr_mean_conditioning", True))
-    if mode == "both":
-        dif_entry, dif_net, ckpt = mdlus_stage(root / "diffusion.mdlus")
-        if ckpt is None or dif_entry["precond"]["class"] != "EDMPrecondSuperResolution":
-            raise BundleError(explain("diffusion.mdlus is not a super-resolution EDM model",
-                                      expected="EDMPrecondSuperResolution / EDMPrecondSR", found=dif_entry["class"]))
-        _check(condition_channels(dif_net, ckpt), n_cond + (len(outputs) if hr_mean else 0), "diffusion",
-               ("regression means + " if hr_mean else "") + what)
-        _check_resolution("diffusion", dif_entry, padded)
-        stages["diffusion"] = (dif_entry, dif_net)
+    stages = checked_stages(root, mode, n_cond, len(outputs), hr_mean, what,
+                            check=lambda stage, entry: _check_resolution(stage, entry, padded))
     features = _stats(stats, "input", list(TIME_FEATURES))
     sai = list(SAI) if all(v in inputs for v in SAI) else None
     spec = {

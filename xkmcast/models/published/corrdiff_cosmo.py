@@ -26,12 +26,12 @@ Not reproduced (refused or absent): Earth2Studio's ``set_domain`` sub-domains an
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ...errors import BundleError, explain
+from .corrdiff_package import _json, _stats
 
 __all__ = ["NAME", "detect", "load", "RESOLUTIONS", "MODES"]
 
@@ -74,29 +74,6 @@ def _resolution_folder(root: Path, resolution: str | None) -> tuple[str, Path]:
     if chosen not in present:
         raise BundleError(explain("The package lacks the requested resolution", expected=chosen, found=present))
     return chosen, root / chosen
-
-
-def _json(path: Path) -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-        doc = json.loads(text) if text.strip() else None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BundleError(explain(f"{path.name} is not valid JSON", found=str(exc))) from exc
-    if not isinstance(doc, dict):
-        raise BundleError(explain(f"{path.name} must hold a JSON object", found=type(doc).__name__))
-    return doc
-
-
-def _stats(stats: dict, key: str, names: list[str]) -> dict:
-    table = stats.get(key) or {}
-    missing = [n for n in names if n not in table]
-    if missing:
-        raise BundleError(explain(f"stats.json lacks {key!r} statistics the metadata names", found=missing))
-    out = {n: {"mean": float(table[n]["mean"]), "std": float(table[n]["std"])} for n in names}
-    bad = [n for n, s in out.items() if not (np.isfinite(s["mean"]) and np.isfinite(s["std"]) and s["std"] > 0)]
-    if bad:
-        raise BundleError(explain(f"stats.json {key!r} statistics are invalid", expected="finite, std > 0", found=bad))
-    return out
 
 
 def _grids(path: Path) -> dict:

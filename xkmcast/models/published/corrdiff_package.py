@@ -46,21 +46,28 @@ def detect(folder: Path) -> Path | None:
 
 
 def _json(path: Path) -> dict:
+    """The JSON object in ``path`` (BundleError for unreadable, empty, invalid or non-object content)."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        doc = json.loads(text) if text.strip() else None
     except (OSError, json.JSONDecodeError) as exc:
         raise BundleError(explain(f"{path.name} is not valid JSON", found=str(exc))) from exc
     if not isinstance(doc, dict):
-        raise BundleError(explain(f"{path.name} must hold an object", found=type(doc).__name__))
+        raise BundleError(explain(f"{path.name} must hold a JSON object", found=type(doc).__name__))
     return doc
 
 
 def _stats(stats: dict, role: str, names: list[str]) -> dict:
+    """``{name: {mean, std}}`` of ``names`` from the ``role`` table of stats.json (finite, std > 0)."""
     table = stats.get(role) or {}
     missing = [n for n in names if n not in table]
     if missing:
-        raise BundleError(explain(f"stats.json lacks {role} statistics", expected=names, found=f"missing {missing}"))
-    return {n: {"mean": float(table[n]["mean"]), "std": float(table[n]["std"])} for n in names}
+        raise BundleError(explain(f"stats.json lacks {role!r} statistics", expected=names, found=f"missing {missing}"))
+    out = {n: {"mean": float(table[n]["mean"]), "std": float(table[n]["std"])} for n in names}
+    bad = [n for n, s in out.items() if not (np.isfinite(s["mean"]) and np.isfinite(s["std"]) and s["std"] > 0)]
+    if bad:
+        raise BundleError(explain(f"stats.json {role!r} statistics are invalid", expected="finite, std > 0", found=bad))
+    return out
 
 
 def _grid(path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -137,9 +144,34 @@ def _sampler(meta: dict, sigma_defaults: dict | None = None) -> dict:
             "sigma_max": float(meta.get("sigma_max") if meta.get("sigma_max") is not None else hi)}
 
 
+
+def checked_stages(root: Path, mode: str, n_cond: int, n_out: int, hr_mean: bool, what: str,
+                   check=lambda stage, entry: None) -> dict:
+    """{stage: (entry, network)} of regression.mdlus (and diffusion.mdlus with ``mode == "both"``), their
+    condition channels checked: ``n_cond`` (``what``) for the regression, plus the ``n_out`` regression
+    means with ``hr_mean`` for the diffusion (an EDMPrecondSuperResolution); ``check(stage, entry)`` adds
+    a family's own checks."""
+    from ..importer import condition_channels, mdlus_stage
+
+    reg_entry, reg_net, _ = mdlus_stage(root / "regression.mdlus")
+    _check(condition_channels(reg_net), n_cond, "regression", what)
+    check("regression", reg_entry)
+    stages = {"regression": (reg_entry, reg_net)}
+    if mode == "both":
+        dif_entry, dif_net, ckpt = mdlus_stage(root / "diffusion.mdlus")
+        if ckpt is None or dif_entry["precond"]["class"] != "EDMPrecondSuperResolution":
+            raise BundleError(explain("diffusion.mdlus is not a super-resolution EDM model",
+                                      expected="EDMPrecondSuperResolution / EDMPrecondSR", found=dif_entry["class"]))
+        _check(condition_channels(dif_net, ckpt), n_cond + (n_out if hr_mean else 0), "diffusion",
+               ("regression means + " if hr_mean else "") + what)
+        check("diffusion", dif_entry)
+        stages["diffusion"] = (dif_entry, dif_net)
+    return stages
+
+
 def load(root: Path, *, device="cpu"):
     """The CorrDiff pipeline of the generic package at ``root``."""
-    from ..importer import assemble_pipeline, condition_channels, mdlus_stage
+    from ..importer import assemble_pipeline
 
     meta, stats = _json(root / "metadata.json"), _json(root / "stats.json")
     from . import corrdiff_cmip6
@@ -160,18 +192,8 @@ def load(root: Path, *, device="cpu"):
         lat, lon = np.meshgrid(lat, lon, indexing="ij")
     inv_names, invariants, inv_stats = _invariants(root, meta, stats)
     n_cond = len(inputs) + len(inv_names)
-    reg_entry, reg_net, _ = mdlus_stage(root / "regression.mdlus")
-    stages = {"regression": (reg_entry, reg_net)}
-    _check(condition_channels(reg_net), n_cond, "regression", f"{len(inputs)} inputs + {len(inv_names)} invariants")
     hr_mean = bool(meta.get("hr_mean_conditioning", True))
-    if mode == "both":
-        dif_entry, dif_net, ckpt = mdlus_stage(root / "diffusion.mdlus")
-        if ckpt is None or dif_entry["precond"]["class"] != "EDMPrecondSuperResolution":
-            raise BundleError(explain("diffusion.mdlus is not a super-resolution EDM model",
-                                      expected="EDMPrecondSuperResolution / EDMPrecondSR", found=dif_entry["class"]))
-        _check(condition_channels(dif_net, ckpt), n_cond + (len(outputs) if hr_mean else 0), "diffusion",
-               ("regression means + " if hr_mean else "") + "inputs + invariants")
-        stages["diffusion"] = (dif_entry, dif_net)
+    stages = checked_stages(root, mode, n_cond, len(outputs), hr_mean, f"{len(inputs)} inputs + {len(inv_names)} invariants")
     spec = {
         "kind": "corrdiff", "input_vars": inputs, "output_vars": outputs, "invariant_vars": inv_names,
         "stats": {"input": _stats(stats, "input", inputs), "output": _stats(stats, "output", outputs),
