@@ -201,20 +201,3 @@ def test_training_on_windows_lowers_the_whole_field_error_of_a_real_field():
     print(f"whole-field MSE: interpolation {interp:.4f}, before {before:.4f}, after {after:.4f}")
     assert after < 0.92 * interp and after < 0.92 * before  # beyond interpolation, from windows only
 
-
-def test_patched_denoiser_gives_every_row_its_own_positions():
-    """Two identical rows through the patched denoiser (learnable positional grid, non-trivial weights)
-    give identical outputs: each patch row gets its patch's positions whatever the batch size (a (P, ...)
-    index repeated sample-major gave the second row's patches the wrong positions)."""
-    from xkmcast.models.corrdiff import PatchedDenoiser
-
-    pipe = randomise(tiny_global(patch=(16, 16)), seed=4)
-    H, W = LAT.size, LON.size
-    den = pipe._denoiser((16, 16), (H, W))
-    assert isinstance(den, PatchedDenoiser) and den.patching.num_patches > 1
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, len(OUTPUT_VARS), H, W, generator=g).repeat(2, 1, 1, 1)
-    cond = torch.randn(1, len(INPUT_VARS), H, W, generator=g).repeat(2, 1, 1, 1)
-    with torch.no_grad():
-        out = den(x, torch.full((2,), 0.7), condition=cond)
-    torch.testing.assert_close(out[0], out[1], rtol=1e-5, atol=1e-5)
