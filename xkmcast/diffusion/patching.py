@@ -1,9 +1,10 @@
 """Patch-based training and inference ("multi-diffusion", as CorrDiff uses it).
 
-Batch layout: patches are stacked patch-major, row ``p * B + b`` is patch p of sample b, and the
-global index has shape (P, 2, ph, pw): channel 0 the row (y) and channel 1 the column (x) of each
-patch pixel in the full grid. This is the layout PhysicsNeMo's patching uses and its
-positional-embedding networks expect.
+Batch layout: patches are stacked patch-major, row ``p * B + b`` is patch p of sample b (PhysicsNeMo's
+patching layout), and the global index has shape (P, 2, ph, pw): channel 0 the row (y) and channel 1
+the column (x) of each patch pixel in the full grid. A positional-embedding network given a (P, ...)
+index repeats it sample-major (row ``b * P + p``, PhysicsNeMo's convention too), so the pipelines give
+it one index per row, :func:`row_index` (P*B, 2, ph, pw).
 
 Training (:func:`random_patches`): P random top-left corners (shared by the samples of the batch),
 uniform over the positions where the patch fits in the domain. The condition is cut at the same
