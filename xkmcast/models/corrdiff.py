@@ -50,7 +50,8 @@ class CorrDiff(Pipeline):
 
     def regression_mean(self, cond: Tensor, global_index: Tensor | None = None) -> Tensor:
         """mu = R(c) [+ interp(x)] on the whole grid (B, C_out, H, W), or on windows of it placed by
-        ``global_index`` (P, 2, h, w) (rows patch-major); zeros without a regression stage."""
+        ``global_index`` (one (2, h, w) index per row, :func:`~xkmcast.diffusion.patching.row_index`);
+        zeros without a regression stage."""
         b, _, h, w = cond.shape
         zeros = cond.new_zeros((b, len(self.spec.output_vars), h, w))
         if "regression" not in self.stages:

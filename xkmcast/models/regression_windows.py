@@ -15,9 +15,11 @@ the network sees its own padding (zeros, or the window's other side when it pads
 instead of the neighbouring field. Rows are patch-major (row p * B + b: window p of sample b).
 
 Inference stays whole-field: the U-Net is fully convolutional and its position channels come from
-the whole grid. Its group norms average over the field the network sees, so a window's
-prediction is not bit-for-bit the crop of the whole-field one; the halo removes the border error
-(tests/test_regression_windows.py measures both).
+the whole grid. Its group norms (and bottleneck attention) see the field the network is given, so
+a window's prediction is close to, not bit-for-bit, the crop of the whole-field one; inside the
+halo the difference is several times smaller than at the window's edge (tests/test_regression_windows.py).
+Small windows cost skill (no context beyond the window; docs/guide/training.md gives numbers on a
+real field): use them for fields too large to train whole.
 """
 
 from __future__ import annotations
