@@ -32,7 +32,10 @@ def _field(lat, lon, times, seed):
 
 
 @pytest.mark.slow
-def test_a_global_case_runs_the_recipe_downscale_score_and_plot(tmp_path):
+@pytest.mark.parametrize("patch", [[], ["data.patch=[32,48]"]], ids=["whole", "patched"])
+def test_a_global_case_runs_the_recipe_downscale_score_and_plot(tmp_path, patch):
+    """``patched``: both stages train on patches (the regression on windows with a halo, wrapping
+    around the dateline); inference is whole-field for the regression, patched for the diffusion."""
     fine = _field(np.arange(86.0, -87.0, -4.0), np.arange(0.0, 360.0, 4.0), TIMES, seed=1)  # 44 x 90
     coarse = _field(np.arange(-78.0, 79.0, 12.0), np.arange(-180.0, 180.0, 12.0), TIMES, seed=2)  # 14 x 30
     fine.to_netcdf(tmp_path / "fine.nc")
@@ -41,10 +44,13 @@ def test_a_global_case_runs_the_recipe_downscale_score_and_plot(tmp_path):
     result = CliRunner().invoke(app, [
         "train", "corrdiff-cpu", f"data.source={tmp_path / 'fine.nc'}", f"data.coarse={tmp_path / 'coarse.nc'}",
         "data.train_times={start: '2024-01-01T00:00', end: '2024-01-08T00:00'}", "data.invariants=[]",
-        "training.time_budget=8", f"training.outdir={tmp_path / 'runs'}", "--quiet"])
+        "training.time_budget=8", f"training.outdir={tmp_path / 'runs'}", *patch, "--quiet"])
     assert result.exit_code == 0, result.output
     model = xkmcast.load_model(tmp_path / "runs" / "corrdiff-cpu" / "0" / "model")
     assert model.spec.grid["periodic_x"] is True
+    if patch:  # the regression bundle it was trained from recorded its windows
+        reg = xkmcast.load_model(tmp_path / "runs" / "corrdiff-cpu" / "0" / "regression" / "0" / "model")
+        assert reg.spec.extra["regression_patch"]["shape"] == [32, 48]
 
     held_out = coarse.isel(time=slice(-3, None))
     out = held_out.kmcast.downscale(model, members=2, num_steps=2)

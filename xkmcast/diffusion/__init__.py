@@ -19,7 +19,17 @@ from .losses import (
     residual_loss,
     sigma_distribution,
 )
-from .patching import GridPatching, RandomPatches, extract_patches, global_index, random_patch_offsets, random_patches
+from .patching import (
+    GridPatching,
+    HaloWindows,
+    RandomPatches,
+    extract_patches,
+    global_index,
+    halo_windows,
+    random_patch_offsets,
+    random_patches,
+    row_index,
+)
 from .samplers import CountingDenoiser, SamplerConfig, nfe, sample, solve, time_steps
 from .seeds import row_generators, row_seed, row_seeds
 
@@ -44,6 +54,9 @@ __all__ = [
     "random_patch_offsets",
     "extract_patches",
     "global_index",
+    "HaloWindows",
+    "halo_windows",
+    "row_index",
     "sample",
     "solve",
     "time_steps",

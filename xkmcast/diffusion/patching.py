@@ -1,9 +1,10 @@
 """Patch-based training and inference ("multi-diffusion", as CorrDiff uses it).
 
-Batch layout: patches are stacked patch-major, row ``p * B + b`` is patch p of sample b, and the
-global index has shape (P, 2, ph, pw): channel 0 the row (y) and channel 1 the column (x) of each
-patch pixel in the full grid. This is the layout PhysicsNeMo's patching uses and its
-positional-embedding networks expect.
+Batch layout: patches are stacked patch-major, row ``p * B + b`` is patch p of sample b (PhysicsNeMo's
+patching layout), and the global index has shape (P, 2, ph, pw): channel 0 the row (y) and channel 1
+the column (x) of each patch pixel in the full grid. A positional-embedding network given a (P, ...)
+index repeats it sample-major (row ``b * P + p``, PhysicsNeMo's convention too), so the pipelines give
+it one index per row, :func:`row_index` (P*B, 2, ph, pw).
 
 Training (:func:`random_patches`): P random top-left corners (shared by the samples of the batch),
 uniform over the positions where the patch fits in the domain. The condition is cut at the same
@@ -28,6 +29,14 @@ Periodic x (``periodic_x=True``, a global grid in longitude): training corners r
 column and patches wrap around the last column to the first (global index columns modulo W);
 in inference the domain is padded circularly along x (reflect along y) and the padded columns are
 summed back onto the columns they copy, so patches across the seam blend like any others.
+
+Windows with a halo (:func:`halo_windows`, a regression trained on patches of a whole field): a
+window of (ph, pw) (clipped to the domain) is cut at a random corner (wrapping in periodic x) and
+the network runs on the window alone, so its pixels near the window's edges see the network's
+padding instead of their neighbours. The loss mask leaves out ``halo`` pixels along every window
+edge that is not an edge of the domain; a window edge on the domain's edge (rows 0 and H - 1, the
+poles of a global grid; columns 0 and W - 1 unless periodic) stays in, since the network pads
+there on the whole field too. A window as wide as the domain is the whole axis (corner 0, no halo).
 """
 
 from __future__ import annotations
@@ -50,6 +59,9 @@ __all__ = [
     "random_patches",
     "GridPatching",
     "blend_window",
+    "HaloWindows",
+    "halo_windows",
+    "row_index",
 ]
 
 
@@ -89,6 +101,14 @@ def global_index(offsets: Tensor, patch_shape: tuple[int, int] | int, periodic_w
     if periodic_width is not None:
         xx = torch.remainder(xx, periodic_width)
     return torch.stack([yy, xx], dim=1).long()
+
+
+def row_index(index: Tensor, batch_size: int) -> Tensor:
+    """(P, 2, ph, pw) -> (P*B, 2, ph, pw): the global index of every row of a patch-major batch (row
+    p * B + b gets patch p's). Give a network this, not the (P, ...) index: a positional-embedding U-Net
+    (PhysicsNeMo's too) repeats a (P, ...) index sample-major (row b * P + p), which mismatches
+    patch-major rows whenever P > 1 and B > 1."""
+    return index.repeat_interleave(int(batch_size), dim=0)
 
 
 def extract_patches(x: Tensor, offsets: Tensor, patch_shape: tuple[int, int] | int, periodic_x: bool = False) -> Tensor:
@@ -148,6 +168,57 @@ def random_patches(
         cond = ctx if cond is None else torch.cat([cond, ctx.to(cond.dtype)], dim=1)
     return RandomPatches(extract_patches(target, offsets, (ph, pw), periodic_x), cond, offsets,
                          global_index(offsets, (ph, pw), W if periodic_x else None))
+
+
+class HaloWindows(NamedTuple):
+    """Result of :func:`halo_windows`: P windows of shape (wh, ww)."""
+
+    shape: tuple[int, int]  # (wh, ww), the patch clipped to the domain
+    offsets: Tensor  # (P, 2) top-left corners (y0, x0)
+    global_index: Tensor  # (P, 2, wh, ww)
+    mask: Tensor  # (P, 1, wh, ww) float: 1 where the loss counts, 0 in the halo
+
+
+def _interior(starts: Tensor, n: int, size: int, halo: int, wrap: bool) -> Tensor:
+    """(P, n) bool: positions of a window of n along an axis of ``size`` at least ``halo`` from
+    each window end that is not a domain end (with ``wrap`` only a whole axis has domain ends)."""
+    k = torch.arange(n, device=starts.device)[None, :]
+    whole = n == size
+    lo = (starts[:, None] == 0) if (whole or not wrap) else torch.zeros_like(starts[:, None], dtype=torch.bool)
+    hi = (starts[:, None] + n == size) if (whole or not wrap) else torch.zeros_like(lo)
+    return ((k >= halo) | lo) & ((k < n - halo) | hi)
+
+
+def halo_windows(
+    domain_shape: tuple[int, int],
+    patch_shape: tuple[int, int] | int,
+    num_patches: int,
+    halo: int,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    periodic_x: bool = False,
+    offsets: Tensor | None = None,
+) -> HaloWindows:
+    """P random windows of ``patch_shape`` (clipped to the domain) with their loss mask: 0 within
+    ``halo`` pixels of the window edges that are not domain edges (module docstring). Corners as
+    :func:`random_patch_offsets` (wrapping along a periodic x narrower than the domain); give
+    ``offsets`` (P, 2) to place them. Cut the fields with ``extract_patches(x, offsets, shape, periodic_x)``."""
+    (H, W), (ph, pw) = _pair(domain_shape), _pair(patch_shape)
+    ph, pw = min(ph, H), min(pw, W)
+    wrap = periodic_x and pw < W
+    for n, size, name in ((ph, H, "height"), (pw, W, "width")):
+        if n < size and n <= 2 * halo:
+            raise GridError(explain(f"the patch {name} leaves no pixel inside its halo", expected=f"> 2 * halo = {2 * halo}",
+                                    found=n, fix="use larger patches or a smaller halo"))
+    if offsets is None:
+        offsets = random_patch_offsets((H, W), (ph, pw), num_patches, generator=generator, device=device,
+                                       periodic_x=wrap)
+    offsets = offsets.to(device or offsets.device)
+    rows = _interior(offsets[:, 0], ph, H, halo, False)
+    cols = _interior(offsets[:, 1], pw, W, halo, wrap)
+    mask = (rows[:, :, None] & cols[:, None, :]).unsqueeze(1).to(torch.float32)
+    return HaloWindows((ph, pw), offsets, global_index(offsets, (ph, pw), W if periodic_x else None), mask)
 
 
 #: ways :meth:`GridPatching.fuse` weighs the overlapping patches

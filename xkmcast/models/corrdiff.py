@@ -6,7 +6,8 @@ With the coarse input regridded to the fine grid and normalised, ``c = cat(input
     r ~ p(r | c[, mu])                     (diffusion stage, EDM sampler on the residual)
     y = mu + r                             (one ensemble member)
 
-Training: the regression stage minimises ||R(c) - y||^2; the diffusion stage learns the residual
+Training: the regression stage minimises ||R(c) - y||^2 (on whole fields, or on random windows
+with a halo: :mod:`xkmcast.models.regression_windows`); the diffusion stage learns the residual
 ``y - mu`` with ``mu`` from the frozen regression (ln sigma ~ N(0, 1.2^2)). Patched diffusion
 (``spec.patch``) trains on random patches with the whole condition resized to patch size appended,
 and samples on overlapping grid patches fused by averaging at every denoiser call.
@@ -21,10 +22,11 @@ import torch
 from torch import Tensor
 
 from ..diffusion import losses
-from ..diffusion.patching import GridPatching, extract_patches, random_patches
+from ..diffusion.patching import GridPatching, extract_patches, random_patches, row_index
 from ..diffusion.samplers import sample as sample_rows
 from ..errors import ConfigError, explain
 from .base import ModelSpec, Pipeline, sampler_config, training_sigma
+from .regression_windows import position_kwargs, window_setting, windowed_loss
 from .stages import build_stage
 
 __all__ = ["CorrDiff", "PatchedDenoiser", "MEAN_CACHE_BYTES"]
@@ -67,13 +69,16 @@ class CorrDiff(Pipeline):
             inv = inputs.new_zeros((inputs.shape[0], 0, *inputs.shape[-2:]))
         return torch.cat([inputs, inv[:, :k], cz, inv[:, k:]], dim=1)
 
-    def regression_mean(self, cond: Tensor) -> Tensor:
-        """mu = R(c) [+ interp(x)] on the whole grid (B, C_out, H, W); zeros without a regression stage."""
+    def regression_mean(self, cond: Tensor, global_index: Tensor | None = None) -> Tensor:
+        """mu = R(c) [+ interp(x)] on the whole grid (B, C_out, H, W), or on windows of it placed by
+        ``global_index`` (one (2, h, w) index per row, :func:`~xkmcast.diffusion.patching.row_index`);
+        zeros without a regression stage."""
         b, _, h, w = cond.shape
         zeros = cond.new_zeros((b, len(self.spec.output_vars), h, w))
         if "regression" not in self.stages:
             return zeros
-        mean = self.stages["regression"](zeros, cond)
+        net = self.stages["regression"]
+        mean = net(zeros, cond, **({} if global_index is None else position_kwargs(net, global_index)))
         return mean + self.interpolation(cond) if self.spec.extra.get("input_skip") else mean
 
     def interpolation(self, cond: Tensor) -> Tensor:
@@ -149,6 +154,12 @@ class CorrDiff(Pipeline):
         mask = batch.get("mask")
         weights = self._channel_weights(target)
         if stage == "regression":
+            setting = window_setting(self.spec, target.shape[-2:])
+            if setting is not None:  # random windows of the whole field, the loss inside their halo
+                loss = windowed_loss(lambda f, gi, _: self.regression_mean(f[0], gi), [cond], target, setting,
+                                     periodic_x=self.periodic_x, channel_weights=weights, mask=mask,
+                                     generator=generator)
+                return losses.LossOutput(loss, None)
             error = (self.regression_mean(cond) - target) ** 2
             return losses.LossOutput(losses.reduce_per_sample(error, weights, mask), None)
         if stage != "diffusion":
@@ -169,7 +180,8 @@ class CorrDiff(Pipeline):
         pmask = None if mask is None else extract_patches(mask, pt.offsets, patch, self.periodic_x)
         return losses.denoising_loss(
             self.stages["diffusion"], pt.target, pt.condition, sigma_dist=sigma_dist,
-            channel_weights=weights, mask=pmask, generator=generator, global_index=pt.global_index,
+            channel_weights=weights, mask=pmask, generator=generator,
+            global_index=row_index(pt.global_index, target.shape[0]),
         )
 
     @torch.no_grad()
@@ -228,6 +240,7 @@ class PatchedDenoiser(torch.nn.Module):
         cp = self.patching.split(condition, context=condition) if condition is not None else None
         p = self.patching.num_patches
         sig = sigma.reshape(-1).repeat(p) if sigma.numel() == b else sigma
-        out = self.net(xp, sigma=sig, condition=cp, global_index=self.patching.global_index(x.device), **kwargs)
+        out = self.net(xp, sigma=sig, condition=cp, global_index=row_index(self.patching.global_index(x.device), b),
+                       **kwargs)
         return self.patching.fuse(out, batch_size=b)
 

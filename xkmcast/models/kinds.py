@@ -14,6 +14,8 @@ A kind is a :class:`ModelKind` row of :data:`KINDS`:
   (bench/science.py) its CRPS equals Heun-18's at 3.3x fewer network evaluations;
 * ``input_skip``: whether its regression learns the departure from its input by default
   (``model.input_skip``: CorrDiff from the regridded coarse input, StormCast from the current state);
+* ``regression_windows``: its regression (a fully convolutional U-Net) can train on windows of the
+  field (``data.patch`` / ``data.regression_patch``, :mod:`xkmcast.models.regression_windows`);
 * ``time_step``: the forecast step (None: a downscaling kind);
 * ``sizes``: which network size table it uses (:data:`xkmcast.models.specs.UNET_SIZES` or
   ``TRANSFORMER_SIZES``);
@@ -54,6 +56,7 @@ class ModelKind:
     sampler: SamplerConfig | None = SamplerConfig()
     time_step: str | None = None
     input_skip: bool = False
+    regression_windows: bool = False
     sizes: str = "unet"
     description: str = ""
     defaults: Mapping[str, tuple[str, ...]] | None = None
@@ -139,13 +142,14 @@ KINDS: dict[str, ModelKind] = {k.name: k for k in (
         "corrdiff", "corrdiff:CorrDiff", "corrdiff_spec",
         conditions={"regression": ("background", "invariant"),
                     "diffusion": ("background", "invariant", "regression")},
-        sigma_prior="residual", sampler=SamplerConfig("dpmpp_2m"), input_skip=True,
+        sigma_prior="residual", sampler=SamplerConfig("dpmpp_2m"), input_skip=True, regression_windows=True,
         description="downscaling: regression U-Net + residual EDM diffusion (Mardani et al. 2023)",
     ),
     ModelKind(
         "stormcast", "stormcast:StormCast", "stormcast_spec",
         conditions={"regression": ("state", "background", "invariant"), "diffusion": CONDITIONS},
-        time_step="1h", input_skip=True, description="forecast: regression U-Net + EDM diffusion (Pathak et al. 2024)",
+        time_step="1h", input_skip=True, regression_windows=True,
+        description="forecast: regression U-Net + EDM diffusion (Pathak et al. 2024)",
     ),
     ModelKind(
         "stormscope", "stormcast:Stormscope", "stormscope_spec",

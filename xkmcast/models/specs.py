@@ -293,7 +293,8 @@ def spec_from_config(model, data, shape: tuple[int, int]) -> ModelSpec:
     """The spec of a training run from its ``model`` and ``data`` configuration sections (see
     :mod:`xkmcast.train.config`) and the grid ``shape``: the kind's spec factory called with the
     stages the trained stage needs; the loss settings and the preconditioner's sigma_data from
-    ``model.loss``."""
+    ``model.loss``; ``spec.extra["regression_patch"]`` when the regression trains on windows smaller
+    than the field (``data.regression_patch`` or ``data.patch``, :mod:`xkmcast.models.regression_windows`)."""
     kind = get_kind(model.kind)
     stages = kind.stages_for(model.stage, model.diffusion_conditions)
     loss_cfg = model.loss
@@ -318,4 +319,8 @@ def spec_from_config(model, data, shape: tuple[int, int]) -> ModelSpec:
                        condition_on_mean=model.condition_on_mean, input_skip=model.input_skip, **common)
         if data.patch is not None and data.patches_per_sample > 1:
             spec.extra["patches_per_sample"] = int(data.patches_per_sample)
+    window = data.regression_patch or data.patch
+    if kind.regression_windows and "regression" in stages and window is not None and any(int(p) < int(n) for p, n in zip(window, shape)):
+        spec.extra["regression_patch"] = {"shape": [int(p) for p in window], "halo": int(data.regression_halo),
+                                          "per_sample": int(data.patches_per_sample)}
     return spec

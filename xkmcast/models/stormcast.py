@@ -9,7 +9,8 @@ Conditions are named as in the StormCast recipe and concatenated in this order:
     x_{t+1} = mu + r,  r ~ p(r | cat(conditions_diffusion))  ("regression" among diffusion conditions)
     x_{t+1} ~ p(x | cat(conditions_diffusion))               (Stormscope: diffusion only)
 
-Training losses: MSE of the regression; the EDM loss (default ln sigma ~ N(-1.2, 1.2^2)) of the diffusion
+Training losses: MSE of the regression (on whole fields, or on random windows with a halo:
+:mod:`xkmcast.models.regression_windows`); the EDM loss (default ln sigma ~ N(-1.2, 1.2^2)) of the diffusion
 on the residual ``x_{t+1} - mu`` (or on ``x_{t+1}`` without regression).
 """
 
@@ -25,6 +26,7 @@ from ..errors import ConfigError, explain
 from ..diffusion.samplers import sample as sample_rows
 from .base import ModelSpec, Pipeline, sampler_config, training_sigma
 from .kinds import CONDITIONS
+from .regression_windows import position_kwargs, window_setting, windowed_loss
 from .stages import build_stage
 
 __all__ = ["ForecastPipeline", "StormCast", "Stormscope"]
@@ -112,6 +114,12 @@ class StormCast(ForecastPipeline):
         weights = self.spec.loss.get("channel_weights")
         weights = None if weights is None else torch.as_tensor(weights, dtype=nxt.dtype, device=nxt.device)
         if stage == "regression":
+            setting = window_setting(self.spec, nxt.shape[-2:])
+            if setting is not None:  # random windows of the whole field, the loss inside their halo
+                return losses.LossOutput(windowed_loss(
+                    lambda f, gi, p: self._regression_mean(*f, self._window_kwargs(kwargs, gi, p)),
+                    [prev, background, invariant], nxt, setting, periodic_x=self.periodic_x,
+                    channel_weights=weights, generator=generator), None)
             prediction = self._regression_mean(prev, background, invariant, kwargs)
             return losses.LossOutput(losses.reduce_per_sample((prediction - nxt) ** 2, weights, None), None)
         if stage != "diffusion":
@@ -128,6 +136,11 @@ class StormCast(ForecastPipeline):
             channel_weights=weights, generator=generator, **kwargs,
         )
 
+
+    def _window_kwargs(self, kwargs: dict[str, Any], global_index: Tensor, n_windows: int) -> dict[str, Any]:
+        """The regression's keyword arguments on ``n_windows`` windows per sample (rows patch-major)."""
+        out = {k: v.repeat(n_windows) for k, v in kwargs.items()}  # lead_time_label (B,) -> (P*B,)
+        return {**out, **position_kwargs(self.stages["regression"], global_index)}
 
     @torch.no_grad()
     def residual(self, batch: dict) -> Tensor:

@@ -82,9 +82,14 @@ class DataConfig(_Strict):
     validate and the first ``train_fraction`` of the others train (scaling runs). The normalisation
     statistics are those of the training times.
     Forecast kinds (StormCast, Stormscope, ViT): ``input_vars`` / ``output_vars`` are the state,
-    ``background_vars`` the coarse conditioning. ``patch``: CorrDiff's patched diffusion (the pipeline
-    cuts ``patches_per_sample`` random patches from each whole field: one regression forward serves
-    them all). ``num_workers > 0`` loads faster but resuming is then no
+    ``background_vars`` the coarse conditioning. ``patch`` [ph, pw]: train on random patches of the whole
+    fields, ``patches_per_sample`` of each: CorrDiff's patched diffusion (one regression forward
+    serves them all), and the regression stage (CorrDiff, StormCast) on windows of ``regression_patch``
+    (None: ``patch``; a window as large as the field along an axis is the whole axis, so
+    ``regression_patch`` >= the field keeps whole-field regression), its loss left out within
+    ``regression_halo`` pixels of the window edges that are not domain edges (where the network sees
+    its padding instead of the field; :mod:`xkmcast.models.regression_windows`). Windows wrap around
+    a periodic longitude; inference stays whole-field. ``num_workers > 0`` loads faster but resuming is then no
     longer bitwise exact. ``transforms``: ``{variable: log1p | sqrt}`` (:mod:`xkmcast.fields.transforms`),
     applied before the statistics and inverted (clipped to the physical range) at output; the model
     bundle records them. On the command line: ``"data.transforms={tp: log1p}"``.
@@ -107,6 +112,8 @@ class DataConfig(_Strict):
     regrid_options: dict[str, Any] = Field(default_factory=dict)
     patch: list[int] | None = None
     patches_per_sample: int = Field(default=1, ge=1)
+    regression_patch: list[int] | None = None
+    regression_halo: int = Field(default=8, ge=0)
     num_workers: int = Field(default=0, ge=0)
     transforms: dict[str, str] = Field(default_factory=dict)
 
@@ -131,7 +138,7 @@ class DataConfig(_Strict):
 
         return check_options(value)  # ConfigError is a ValueError: pydantic reports it
 
-    @field_validator("patch")
+    @field_validator("patch", "regression_patch")
     @classmethod
     def _patch(cls, value: list[int] | None) -> list[int] | None:
         if value is not None and (len(value) != 2 or min(value) < 1):
