@@ -51,9 +51,9 @@ _DIGITS = {"tp": 3, "lsm": 3, "orog": 1, "msl": 1, "z500": 1}
 
 def build_sample(*, seed: int = SAMPLE_SEED, nx: int = 64, ny: int = 64, dx: float = 3000.0, times: int = 48,
                  start: str = "2024-07-01", lat0: float = 38.5, lon0: float = -97.5, resolution: float = 0.25,
-                 supersample: int = 8) -> xr.Dataset:
+                 supersample: int = 8, boundary_layer: float = 1.0) -> xr.Dataset:
     """The sample Dataset (layout in the module docstring), built in memory, deterministically."""
-    world = SyntheticWeather(seed, lat_ref=lat0, lon_ref=lon0)
+    world = SyntheticWeather(seed, lat_ref=lat0, lon_ref=lon0, boundary_layer=boundary_layer)
     time = pd.date_range(start, periods=times, freq="1h").values
     fine_grid = make_lambert_grid(nx, ny, dx, lat0, lon0)
     fine = world.dataset(fine_grid, time, FINE_VARS)

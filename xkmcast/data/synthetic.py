@@ -105,8 +105,10 @@ class SyntheticWeather:
 
     def __init__(self, seed: int = 0, *, lat_ref: float = 38.5, lon_ref: float = -97.5,
                  max_height: float = 2500.0, sea_fraction: float = 0.3, lapse_rate: float = -6.5e-3,
-                 steering: tuple[float, float] = (6.0, 1.5), epoch: str = "2024-01-01"):
+                 steering: tuple[float, float] = (6.0, 1.5), epoch: str = "2024-01-01",
+                 boundary_layer: float = 0.0):
         self.seed, self.lat_ref, self.lon_ref = int(seed), float(lat_ref), float(lon_ref)
+        self.boundary_layer = float(boundary_layer)
         self.max_height, self.lapse_rate = float(max_height), float(lapse_rate)
         self.steering = (float(steering[0]), float(steering[1]))
         self.epoch = np.datetime64(epoch, "ns")
@@ -167,7 +169,8 @@ class SyntheticWeather:
             solar = (time.hour + time.minute / 60 + lon / 15.0) % 24.0
             diurnal = np.cos(2 * np.pi * (solar - 15.0) / 24.0)
             ta = self._temp(ax, ay, t)
-            t_large = 295.0 - 5e-6 * y + 3.0 * ta + (1.0 + 4.0 * lsm) * diurnal
+            t_free = 295.0 - 5e-6 * y + 3.0 * ta  # above the boundary layer: no diurnal cycle
+            t_large = t_free + (1.0 + 4.0 * lsm) * diurnal
             d = 2000.0
             psi = self._psi(ax, ay, t)
             dpsidx = (self._psi(ax + d, ay, t) - self._psi(ax - d, ay, t)) / (2 * d) * self._psi_scale
@@ -179,12 +182,19 @@ class SyntheticWeather:
             keep = slope / (slope + 0.03)
             factor = (1.0 + 0.25 * h / 1000.0) * (1.0 - 0.25 * lsm)
             q = self._moist(ax, ay, t)
+            k = self.boundary_layer
+            sun = np.maximum(diurnal, 0.0) * (1.0 - 0.5 * np.clip(q, 0.0, 1.0))  # heating under cloud
+            night = np.maximum(-diurnal, 0.0)
+            lapse = self.lapse_rate - k * (3.3e-3 * sun - 4.0e-3 * night)  # K/m: -9.8 sunny noon, ~-2.5 night
+            slope_wind = k * lsm * (2.5 * sun - 1.0 * night) * np.tanh(slope / 0.03)  # up / down the slope
             if "t2m" in out:
-                out["t2m"][i] = t_large + self.lapse_rate * h + 0.3 * self._noise[0](ax, ay, t)
+                out["t2m"][i] = t_large + lapse * h + 0.3 * self._noise[0](ax, ay, t)
             if "u10m" in out:
-                out["u10m"][i] = (u - keep * along_n * nx_) * factor + 0.4 * self._noise[1](ax, ay, t)
+                out["u10m"][i] = ((u - keep * along_n * nx_) * factor + slope_wind * nx_
+                                  + 0.4 * self._noise[1](ax, ay, t))
             if "v10m" in out:
-                out["v10m"][i] = (v - keep * along_n * ny_) * factor + 0.4 * self._noise[2](ax, ay, t)
+                out["v10m"][i] = ((v - keep * along_n * ny_) * factor + slope_wind * ny_
+                                  + 0.4 * self._noise[2](ax, ay, t))
             if "tp" in out or "refc" in out:
                 rain = 2.0 * np.maximum(q - 1.0 + 2.0 * np.maximum(upslope, 0.0) + 0.3 * lsm * diurnal, 0.0) ** 1.5
                 if "tp" in out:
@@ -199,7 +209,7 @@ class SyntheticWeather:
             if "z500" in out:
                 out["z500"][i] = G * (5750.0 + 60.0 * psi + 8.0 * ta)
             if "t850" in out:
-                out["t850"][i] = t_large - 12.0
+                out["t850"][i] = (t_free if k > 0 else t_large) - 12.0
         return out
 
     # ------------------------------------------------------------------------------- datasets
