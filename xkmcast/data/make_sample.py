@@ -17,7 +17,8 @@ variables                                      dims                        grid
 
 48 hourly times from 2024-07-01T00 UTC. The fine fields are point values of a
 :class:`~xkmcast.data.synthetic.SyntheticWeather` world (seed :data:`SAMPLE_SEED`, a coast and hills
-up to ~1.8 km in the domain); the coarse fields are area means of the same world over each
+up to ~1.8 km in the domain, with the diurnal boundary layer ``boundary_layer=1``: a lapse rate that
+follows stability and cloud, thermal slope winds); the coarse fields are area means of the same world over each
 0.25 deg cell (8 x 8 sub-points, cos(lat)-weighted), on a grid one cell larger than the fine domain
 on every side, so the demo has to regrid them. Units: K, m s-1, kg m-2 (``tp``: amount over the
 hour ending at the valid time), dBZ, Pa, m2 s-2, m, land fraction. Each variable has

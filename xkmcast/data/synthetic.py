@@ -10,19 +10,36 @@ Fields (point values; ``h`` the orography, ``V`` the wind, ``n`` the upslope uni
 * ``orog`` [m]: ``h = H tanh(0.25 max(0, L - L*) exp(0.7 r))`` with ``L`` a large-scale "continent"
   field, ``r`` a multi-scale roughness field (8-300 km) and ``L*`` the threshold giving the requested
   sea fraction; ``lsm = 1[L > L*]`` and sea has zero height.
-* ``t2m`` [K]: ``295 - 5 K/1000 km * y + 3 T_a + D(lsm) cos(2 pi (solar_hour - 15)/24)
-  + lapse_rate * h + 0.3 eps_T``; ``T_a`` advected large scale, ``D = 1 + 4 lsm`` K, ``eps_T`` a
-  small-scale (8-30 km) noise that decorrelates within an hour: the unpredictable part.
+* ``t2m`` [K]: ``295 - 5 K/1000 km * y + 3 T_a + D(lsm) c + Gamma * h + 0.3 eps_T`` with the
+  diurnal phase ``c = cos(2 pi (solar_hour - 15)/24)``; ``T_a`` advected large scale, ``D = 1 + 4 lsm``
+  K, ``eps_T`` a small-scale (8-30 km) noise that decorrelates within an hour: the unpredictable part.
+  ``Gamma = lapse_rate`` (-6.5 K/km) unless ``boundary_layer = k > 0`` (below).
 * ``u10m, v10m`` [m s-1]: steering flow + ``(-d psi/dy, d psi/dx)`` from an advected stream function,
   then terrain effects: the upslope component is removed by the fraction ``s / (s + 0.03)`` on a slope
   ``s = |grad h|`` (flow deflected around hills), speed-up ``1 + 0.25 h/km``, friction ``0.75`` over
   land, plus 0.4 m s-1 small-scale noise.
+* Diurnal boundary layer, ``boundary_layer = k`` (0 by default; the shipped sample uses 1): with
+  ``sun = max(c, 0) (1 - 0.5 clip(q, 0, 1))`` (daytime heating, dimmed by cloud where the moisture
+  field ``q`` is high) and ``night = max(-c, 0)``:
+
+  - stability-dependent lapse rate ``Gamma = lapse_rate - k (3.3 sun - 4.0 night) K/km``: near dry
+    adiabatic (-9.8 K/km) on a sunny afternoon, a shallow inversion-like -2.5 K/km at night;
+  - thermal slope winds over land along the upslope unit vector ``n``:
+    ``V += k lsm (2.5 sun - 1.0 night) tanh(s / 0.03) n`` m s-1 (anabatic by day, katabatic by night);
+  - ``t850`` keeps no diurnal cycle (``D c`` is a boundary-layer term), so the coarse ``t2m - t850``
+    carries the stability.
+
+  The fine detail is then a product of the coarse state (time of day, stability, cloud) and the
+  terrain (height, slope direction): a least-squares fit that is linear in the interpolated inputs
+  and the invariants cannot represent it, a network that sees both can; the sub-grid part of ``q``
+  makes part of it unpredictable.
 * ``tp`` [kg m-2, i.e. mm, amount over the hour ending at the valid time]:
   ``2 max(0, q - 1 + 2 max(0, V . grad h) + 0.3 lsm cos(...))^1.5`` with ``q`` an advected,
   evolving moisture field: intermittent, enhanced on windward slopes.
 * ``refc`` [dBZ]: Marshall-Palmer ``10 log10(200 R^1.6)`` of ``R = tp`` per hour, floored at -10 dBZ.
 * Coarse extras: ``msl`` [Pa] ``101325 + 1000 psi``, ``tcwv`` [kg m-2] ``max(2, 30 + 8 q)``,
-  ``z500`` [m2 s-2] ``g (5750 + 60 psi + 8 T_a)``, ``t850`` [K] the large-scale temperature - 12 K.
+  ``z500`` [m2 s-2] ``g (5750 + 60 psi + 8 T_a)``, ``t850`` [K] the large-scale temperature - 12 K
+  (without the diurnal term when ``boundary_layer > 0``).
 
 The km-scale detail is therefore partly predictable from orography and the coarse fields (lapse rate,
 terrain-steered winds, orographic rain) and partly not (the noise terms). :func:`synthetic_pair`
@@ -101,6 +118,7 @@ class SyntheticWeather:
 
     ``lat_ref`` / ``lon_ref`` anchor the world's plane; sample grids anywhere near them (within a few
     thousand km). ``steering`` (m s-1, eastward, northward) advects the large-scale patterns.
+    ``boundary_layer``: strength of the diurnal boundary-layer terms (0: none; 1: as in the sample).
     """
 
     def __init__(self, seed: int = 0, *, lat_ref: float = 38.5, lon_ref: float = -97.5,
