@@ -111,6 +111,31 @@ def test_lapse_rate_is_recovered_by_regression(pair):
     assert slope * 1000 == pytest.approx(-6.5, rel=0.08)
 
 
+def test_boundary_layer_steepens_the_lapse_rate_by_day_and_drives_slope_winds():
+    """boundary_layer=1: the within-block lapse rate is near dry adiabatic on a (partly cloudy) afternoon,
+    inversion-like (-2.5 K/km) at night; the wind blows up the slopes by day, down them at night."""
+    day_night = np.array(["2024-07-01T21:30", "2024-07-02T09:30"], dtype="datetime64[ns]")  # solar 15 h, 3 h
+    _, fine = synthetic_pair(nx=48, ny=48, dx=3000.0, factor=FACTOR, times=day_night, seed=5, boundary_layer=1)
+    orog, lsm = fine.orog.values.astype(float), fine.lsm.values.astype(float)
+
+    def anomaly(a):
+        return a - np.repeat(np.repeat(_blocks(a, FACTOR), FACTOR, -2), FACTOR, -1)
+
+    dhdy, dhdx = np.gradient(orog, 3000.0)
+    slope = np.hypot(dhdx, dhdy)
+    steep = (slope > 0.03) & (lsm > 0)
+    x = np.stack([anomaly(orog).ravel(), anomaly(lsm).ravel()], 1)
+    lapse, upslope = [], []
+    for i in range(2):
+        lapse.append(np.linalg.lstsq(x, anomaly(fine.t2m.values[i].astype(float)).ravel(), rcond=None)[0][0] * 1000)
+        wind_up = (fine.u10m.values[i] * dhdx + fine.v10m.values[i] * dhdy) / np.maximum(slope, 1e-12)
+        upslope.append(float(wind_up[steep].mean()))
+    assert steep.sum() > 100
+    assert -9.8 < lapse[0] < -8.0, lapse  # dry adiabatic under a clear sky, less under cloud
+    assert lapse[1] == pytest.approx(-2.5, abs=0.3), lapse
+    assert upslope[0] > 1.5 and upslope[1] < -0.5, upslope
+
+
 def test_fine_detail_is_partly_predictable(pair):
     """(interpolated coarse, orography anomaly) -> fine t2m beats interpolation alone on held-out times."""
     coarse, fine = pair

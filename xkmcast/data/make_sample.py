@@ -17,7 +17,8 @@ variables                                      dims                        grid
 
 48 hourly times from 2024-07-01T00 UTC. The fine fields are point values of a
 :class:`~xkmcast.data.synthetic.SyntheticWeather` world (seed :data:`SAMPLE_SEED`, a coast and hills
-up to ~1.8 km in the domain); the coarse fields are area means of the same world over each
+up to ~1.8 km in the domain, with the diurnal boundary layer ``boundary_layer=1``: a lapse rate that
+follows stability and cloud, thermal slope winds); the coarse fields are area means of the same world over each
 0.25 deg cell (8 x 8 sub-points, cos(lat)-weighted), on a grid one cell larger than the fine domain
 on every side, so the demo has to regrid them. Units: K, m s-1, kg m-2 (``tp``: amount over the
 hour ending at the valid time), dBZ, Pa, m2 s-2, m, land fraction. Each variable has
@@ -51,9 +52,9 @@ _DIGITS = {"tp": 3, "lsm": 3, "orog": 1, "msl": 1, "z500": 1}
 
 def build_sample(*, seed: int = SAMPLE_SEED, nx: int = 64, ny: int = 64, dx: float = 3000.0, times: int = 48,
                  start: str = "2024-07-01", lat0: float = 38.5, lon0: float = -97.5, resolution: float = 0.25,
-                 supersample: int = 8) -> xr.Dataset:
+                 supersample: int = 8, boundary_layer: float = 1.0) -> xr.Dataset:
     """The sample Dataset (layout in the module docstring), built in memory, deterministically."""
-    world = SyntheticWeather(seed, lat_ref=lat0, lon_ref=lon0)
+    world = SyntheticWeather(seed, lat_ref=lat0, lon_ref=lon0, boundary_layer=boundary_layer)
     time = pd.date_range(start, periods=times, freq="1h").values
     fine_grid = make_lambert_grid(nx, ny, dx, lat0, lon0)
     fine = world.dataset(fine_grid, time, FINE_VARS)

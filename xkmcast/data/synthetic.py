@@ -10,19 +10,36 @@ Fields (point values; ``h`` the orography, ``V`` the wind, ``n`` the upslope uni
 * ``orog`` [m]: ``h = H tanh(0.25 max(0, L - L*) exp(0.7 r))`` with ``L`` a large-scale "continent"
   field, ``r`` a multi-scale roughness field (8-300 km) and ``L*`` the threshold giving the requested
   sea fraction; ``lsm = 1[L > L*]`` and sea has zero height.
-* ``t2m`` [K]: ``295 - 5 K/1000 km * y + 3 T_a + D(lsm) cos(2 pi (solar_hour - 15)/24)
-  + lapse_rate * h + 0.3 eps_T``; ``T_a`` advected large scale, ``D = 1 + 4 lsm`` K, ``eps_T`` a
-  small-scale (8-30 km) noise that decorrelates within an hour: the unpredictable part.
+* ``t2m`` [K]: ``295 - 5 K/1000 km * y + 3 T_a + D(lsm) c + Gamma * h + 0.3 eps_T`` with the
+  diurnal phase ``c = cos(2 pi (solar_hour - 15)/24)``; ``T_a`` advected large scale, ``D = 1 + 4 lsm``
+  K, ``eps_T`` a small-scale (8-30 km) noise that decorrelates within an hour: the unpredictable part.
+  ``Gamma = lapse_rate`` (-6.5 K/km) unless ``boundary_layer = k > 0`` (below).
 * ``u10m, v10m`` [m s-1]: steering flow + ``(-d psi/dy, d psi/dx)`` from an advected stream function,
   then terrain effects: the upslope component is removed by the fraction ``s / (s + 0.03)`` on a slope
   ``s = |grad h|`` (flow deflected around hills), speed-up ``1 + 0.25 h/km``, friction ``0.75`` over
   land, plus 0.4 m s-1 small-scale noise.
+* Diurnal boundary layer, ``boundary_layer = k`` (0 by default; the shipped sample uses 1): with
+  ``sun = max(c, 0) (1 - 0.5 clip(q, 0, 1))`` (daytime heating, dimmed by cloud where the moisture
+  field ``q`` is high) and ``night = max(-c, 0)``:
+
+  - stability-dependent lapse rate ``Gamma = lapse_rate - k (3.3 sun - 4.0 night) K/km``: near dry
+    adiabatic (-9.8 K/km) on a sunny afternoon, a shallow inversion-like -2.5 K/km at night;
+  - thermal slope winds over land along the upslope unit vector ``n``:
+    ``V += k lsm (2.5 sun - 1.0 night) tanh(s / 0.03) n`` m s-1 (anabatic by day, katabatic by night);
+  - ``t850`` keeps no diurnal cycle (``D c`` is a boundary-layer term), so the coarse ``t2m - t850``
+    carries the stability.
+
+  The fine detail is then a product of the coarse state (time of day, stability, cloud) and the
+  terrain (height, slope direction): a least-squares fit that is linear in the interpolated inputs
+  and the invariants cannot represent it, a network that sees both can; the sub-grid part of ``q``
+  makes part of it unpredictable.
 * ``tp`` [kg m-2, i.e. mm, amount over the hour ending at the valid time]:
   ``2 max(0, q - 1 + 2 max(0, V . grad h) + 0.3 lsm cos(...))^1.5`` with ``q`` an advected,
   evolving moisture field: intermittent, enhanced on windward slopes.
 * ``refc`` [dBZ]: Marshall-Palmer ``10 log10(200 R^1.6)`` of ``R = tp`` per hour, floored at -10 dBZ.
 * Coarse extras: ``msl`` [Pa] ``101325 + 1000 psi``, ``tcwv`` [kg m-2] ``max(2, 30 + 8 q)``,
-  ``z500`` [m2 s-2] ``g (5750 + 60 psi + 8 T_a)``, ``t850`` [K] the large-scale temperature - 12 K.
+  ``z500`` [m2 s-2] ``g (5750 + 60 psi + 8 T_a)``, ``t850`` [K] the large-scale temperature - 12 K
+  (without the diurnal term when ``boundary_layer > 0``).
 
 The km-scale detail is therefore partly predictable from orography and the coarse fields (lapse rate,
 terrain-steered winds, orographic rain) and partly not (the noise terms). :func:`synthetic_pair`
@@ -101,12 +118,15 @@ class SyntheticWeather:
 
     ``lat_ref`` / ``lon_ref`` anchor the world's plane; sample grids anywhere near them (within a few
     thousand km). ``steering`` (m s-1, eastward, northward) advects the large-scale patterns.
+    ``boundary_layer``: strength of the diurnal boundary-layer terms (0: none; 1: as in the sample).
     """
 
     def __init__(self, seed: int = 0, *, lat_ref: float = 38.5, lon_ref: float = -97.5,
                  max_height: float = 2500.0, sea_fraction: float = 0.3, lapse_rate: float = -6.5e-3,
-                 steering: tuple[float, float] = (6.0, 1.5), epoch: str = "2024-01-01"):
+                 steering: tuple[float, float] = (6.0, 1.5), epoch: str = "2024-01-01",
+                 boundary_layer: float = 0.0):
         self.seed, self.lat_ref, self.lon_ref = int(seed), float(lat_ref), float(lon_ref)
+        self.boundary_layer = float(boundary_layer)
         self.max_height, self.lapse_rate = float(max_height), float(lapse_rate)
         self.steering = (float(steering[0]), float(steering[1]))
         self.epoch = np.datetime64(epoch, "ns")
@@ -167,7 +187,8 @@ class SyntheticWeather:
             solar = (time.hour + time.minute / 60 + lon / 15.0) % 24.0
             diurnal = np.cos(2 * np.pi * (solar - 15.0) / 24.0)
             ta = self._temp(ax, ay, t)
-            t_large = 295.0 - 5e-6 * y + 3.0 * ta + (1.0 + 4.0 * lsm) * diurnal
+            t_free = 295.0 - 5e-6 * y + 3.0 * ta  # above the boundary layer: no diurnal cycle
+            t_large = t_free + (1.0 + 4.0 * lsm) * diurnal
             d = 2000.0
             psi = self._psi(ax, ay, t)
             dpsidx = (self._psi(ax + d, ay, t) - self._psi(ax - d, ay, t)) / (2 * d) * self._psi_scale
@@ -179,12 +200,19 @@ class SyntheticWeather:
             keep = slope / (slope + 0.03)
             factor = (1.0 + 0.25 * h / 1000.0) * (1.0 - 0.25 * lsm)
             q = self._moist(ax, ay, t)
+            k = self.boundary_layer
+            sun = np.maximum(diurnal, 0.0) * (1.0 - 0.5 * np.clip(q, 0.0, 1.0))  # heating under cloud
+            night = np.maximum(-diurnal, 0.0)
+            lapse = self.lapse_rate - k * (3.3e-3 * sun - 4.0e-3 * night)  # K/m: -9.8 sunny noon, ~-2.5 night
+            slope_wind = k * lsm * (2.5 * sun - 1.0 * night) * np.tanh(slope / 0.03)  # up / down the slope
             if "t2m" in out:
-                out["t2m"][i] = t_large + self.lapse_rate * h + 0.3 * self._noise[0](ax, ay, t)
+                out["t2m"][i] = t_large + lapse * h + 0.3 * self._noise[0](ax, ay, t)
             if "u10m" in out:
-                out["u10m"][i] = (u - keep * along_n * nx_) * factor + 0.4 * self._noise[1](ax, ay, t)
+                out["u10m"][i] = ((u - keep * along_n * nx_) * factor + slope_wind * nx_
+                                  + 0.4 * self._noise[1](ax, ay, t))
             if "v10m" in out:
-                out["v10m"][i] = (v - keep * along_n * ny_) * factor + 0.4 * self._noise[2](ax, ay, t)
+                out["v10m"][i] = ((v - keep * along_n * ny_) * factor + slope_wind * ny_
+                                  + 0.4 * self._noise[2](ax, ay, t))
             if "tp" in out or "refc" in out:
                 rain = 2.0 * np.maximum(q - 1.0 + 2.0 * np.maximum(upslope, 0.0) + 0.3 * lsm * diurnal, 0.0) ** 1.5
                 if "tp" in out:
@@ -199,7 +227,7 @@ class SyntheticWeather:
             if "z500" in out:
                 out["z500"][i] = G * (5750.0 + 60.0 * psi + 8.0 * ta)
             if "t850" in out:
-                out["t850"][i] = t_large - 12.0
+                out["t850"][i] = (t_free if k > 0 else t_large) - 12.0
         return out
 
     # ------------------------------------------------------------------------------- datasets
