@@ -220,8 +220,9 @@ def table(rows: list[dict]) -> str:
 
 INTRO = ("Columns: MAE of the ensemble mean and its ratio to bilinear (or persistence), to the linear statistical "
          "baseline (pooled per variable) and to the regression mean; CRPS and fair CRPS; spread-skill ratio; power "
-         "of one member / truth over the finest third of wavenumbers; jump across patch borders / truth's "
-         "(- when unpatched); min/max of the members (truth's). Data and splits: bench/science_cases.py. "
+         "of one member / truth over the finest third of wavenumbers; seam: jump across patch borders / truth's "
+         "(- when unpatched), for the DiT (storm-dit) its blockiness at the token period / truth's; min/max of the "
+         "members (truth's). Training exports the best validation's weights. Data and splits: bench/science_cases.py. "
          "One block per command; each run replaces its own block.")
 
 
