@@ -94,6 +94,19 @@ def serve_ngc(served: Path, archive: Path, server_url: str) -> None:
     api.write_text(json.dumps({"urls": [f"{server_url}/direct/{archive.name}"]}))
 
 
+def ngc_mirror(tmp_path: Path, http_server, monkeypatch, package: Path) -> Path:
+    """Zip the Taiwan ``package`` as NGC ships it, serve it from 127.0.0.1 through NGC's files API, point
+    ``NGC_CLI_SEARCH_SERVICE_URL`` there and the cache at ``tmp_path/cache``. Returns (server, archive)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    archive = zip_taiwan(package, tmp_path / "corrdiff_inference_package.zip")
+    server = http_server(served)
+    serve_ngc(served, archive, server.url)
+    monkeypatch.setenv("NGC_CLI_SEARCH_SERVICE_URL", server.url + "/")
+    monkeypatch.setenv("XKMCAST_DATA_DIR", str(tmp_path / "cache"))
+    return server, archive
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 

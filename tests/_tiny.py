@@ -44,6 +44,24 @@ def tiny_corrdiff(seed: int = 0, patch=None, invariants: bool = True):
     return pipe.eval()
 
 
+def export_mdlus_pair(pipe, folder) -> tuple[dict, dict]:
+    """A CorrDiff pipeline as PhysicsNeMo exports it: ``({"regression": path, "diffusion": path}, spec)``
+    with regression.mdlus / diffusion.mdlus (EDMPrecondSuperResolution) in ``folder`` and the metadata
+    ``load_model(mdlus=..., spec=...)`` takes (the spec without networks, plus grid and invariants)."""
+    from xkmcast.nn.mdlus import EDMCheckpoint, save_mdlus
+
+    reg, dif = pipe.stages["regression"], pipe.stages["diffusion"]
+    paths = {"regression": folder / "regression.mdlus", "diffusion": folder / "diffusion.mdlus"}
+    save_mdlus(reg, paths["regression"])
+    n_out = len(pipe.spec.output_vars)
+    save_mdlus(EDMCheckpoint(network=dif.model, wrapper="EDMPrecondSuperResolution", sigma_data=0.5,
+                             img_in_channels=dif.model.config["in_channels"] - n_out, img_out_channels=n_out),
+               paths["diffusion"])
+    spec = {k: v for k, v in pipe.spec.to_dict().items() if k != "networks"}
+    spec.update(lat=pipe.grid_lat.numpy(), lon=pipe.grid_lon.numpy(), invariants=pipe.invariant.numpy())
+    return paths, spec
+
+
 def tiny_stormcast(seed: int = 0, stages=("regression", "diffusion")):
     torch.manual_seed(seed)
     spec = stormcast_spec(STATE_VARS, FINE_SHAPE, background_vars=["msl"], invariant_vars=["orog"], size="tiny",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from _tiny import FINE_SHAPE, INPUT_VARS, OUTPUT_VARS, STATE_VARS, tiny_corrdiff, tiny_stormcast
+from _tiny import FINE_SHAPE, INPUT_VARS, OUTPUT_VARS, STATE_VARS, export_mdlus_pair, tiny_corrdiff, tiny_stormcast
 from xkmcast.errors import BundleError, ConfigError
 from xkmcast.models import build_pipeline, corrdiff_spec, stormcast_spec, stormscope_spec
 from xkmcast.models.bundle import load_bundle, load_model, save_bundle
@@ -230,18 +230,9 @@ def test_regression_only_corrdiff_returns_the_mean():
 
 def test_import_mdlus_pair_equals_the_original(tmp_path):
     """Export both stages as PhysicsNeMo .mdlus files, import them with the metadata: same samples."""
-    from xkmcast.nn.mdlus import EDMCheckpoint, save_mdlus
-
     pipe = tiny_corrdiff()
-    reg, dif = pipe.stages["regression"], pipe.stages["diffusion"]
-    save_mdlus(reg, tmp_path / "regression.mdlus")
-    save_mdlus(EDMCheckpoint(network=dif.model, wrapper="EDMPrecondSuperResolution", sigma_data=0.5,
-                             img_in_channels=dif.model.config["in_channels"] - len(OUTPUT_VARS),
-                             img_out_channels=len(OUTPUT_VARS)), tmp_path / "diffusion.mdlus")
-    spec = {k: v for k, v in pipe.spec.to_dict().items() if k != "networks"}
-    spec.update(lat=pipe.grid_lat.numpy(), lon=pipe.grid_lon.numpy(), invariants=pipe.invariant.numpy())
-    imported = load_model(mdlus={"regression": tmp_path / "regression.mdlus",
-                                 "diffusion": tmp_path / "diffusion.mdlus"}, spec=spec)
+    paths, spec = export_mdlus_pair(pipe, tmp_path)
+    imported = load_model(mdlus=paths, spec=spec)
     from xkmcast.nn import match_physicsnemo_eval
 
     match_physicsnemo_eval(pipe)  # an import normalises as PhysicsNeMo does in eval mode

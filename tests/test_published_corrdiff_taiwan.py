@@ -16,7 +16,7 @@ import pytest
 import torch
 import xarray as xr
 from _http import http_server  # noqa: F401  (pytest fixture)
-from _packages import build_taiwan, physicsnemo_classes, serve_ngc, sha256, zip_taiwan
+from _packages import build_taiwan, ngc_mirror, physicsnemo_classes, sha256, zip_taiwan
 
 import xkmcast
 from xkmcast.errors import IntegrityError
@@ -117,13 +117,7 @@ def _rel(a, b):
 # ---------------------------------------------------------------------------------------- tests
 @pytest.mark.slow
 def test_by_name_through_the_ngc_files_api_matches_earth2studio_steps(package, tmp_path, http_server, monkeypatch):
-    served = tmp_path / "served"
-    served.mkdir()
-    archive = zip_taiwan(package, tmp_path / "corrdiff_inference_package.zip")
-    server = http_server(served)
-    serve_ngc(served, archive, server.url)
-    monkeypatch.setenv("NGC_CLI_SEARCH_SERVICE_URL", server.url + "/")
-    monkeypatch.setenv("XKMCAST_DATA_DIR", str(tmp_path / "cache"))
+    server, archive = ngc_mirror(tmp_path, http_server, monkeypatch, package)
     assert "corrdiff-taiwan" in xkmcast.published_models()
     with pytest.raises(IntegrityError, match="known_hashes"):  # hash unknown in the packaged registry
         xkmcast.load_model("corrdiff-taiwan")
@@ -210,13 +204,7 @@ def test_cli_downscale_by_name(package, tmp_path, http_server, monkeypatch):
 
     from xkmcast.cli import app
 
-    served = tmp_path / "served"
-    served.mkdir()
-    archive = zip_taiwan(package, tmp_path / "corrdiff_inference_package.zip")
-    server = http_server(served)
-    serve_ngc(served, archive, server.url)
-    monkeypatch.setenv("NGC_CLI_SEARCH_SERVICE_URL", server.url + "/")
-    monkeypatch.setenv("XKMCAST_DATA_DIR", str(tmp_path / "cache"))
+    server, archive = ngc_mirror(tmp_path, http_server, monkeypatch, package)
     runner = CliRunner()
     listed = runner.invoke(app, ["models", "list"])
     assert listed.exit_code == 0 and "corrdiff-taiwan" in listed.output and "stormcast-v1" in listed.output

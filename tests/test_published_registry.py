@@ -63,20 +63,11 @@ def test_unknown_names_and_misplaced_options(tmp_path):
 
 def test_load_model_with_mdlus_and_spec_works_as_documented(tmp_path):
     """The documented call ``xkmcast.load_model(mdlus=..., spec=...)`` (it raised TypeError before)."""
-    from _tiny import FINE_SHAPE, INPUT_VARS, OUTPUT_VARS, tiny_corrdiff
-
-    from xkmcast.nn.mdlus import EDMCheckpoint, save_mdlus
+    from _tiny import FINE_SHAPE, INPUT_VARS, OUTPUT_VARS, export_mdlus_pair, tiny_corrdiff
 
     pipe = tiny_corrdiff()
-    reg, dif = pipe.stages["regression"], pipe.stages["diffusion"]
-    save_mdlus(reg, tmp_path / "regression.mdlus")
-    save_mdlus(EDMCheckpoint(network=dif.model, wrapper="EDMPrecondSuperResolution", sigma_data=0.5,
-                             img_in_channels=dif.model.config["in_channels"] - len(OUTPUT_VARS),
-                             img_out_channels=len(OUTPUT_VARS)), tmp_path / "diffusion.mdlus")
-    spec = {k: v for k, v in pipe.spec.to_dict().items() if k != "networks"}
-    spec.update(lat=pipe.grid_lat.numpy(), lon=pipe.grid_lon.numpy(), invariants=pipe.invariant.numpy())
-    model = xkmcast.load_model(mdlus={"regression": tmp_path / "regression.mdlus",
-                                      "diffusion": tmp_path / "diffusion.mdlus"}, spec=spec)
+    paths, spec = export_mdlus_pair(pipe, tmp_path)
+    model = xkmcast.load_model(mdlus=paths, spec=spec)
     x = torch.randn(1, len(INPUT_VARS), *FINE_SHAPE, generator=torch.Generator().manual_seed(0))
     assert model.sample(x, seeds=[[1]])[0].shape == (1, 1, len(OUTPUT_VARS), *FINE_SHAPE)
     with pytest.raises(BundleError, match="either"):
