@@ -8,7 +8,7 @@ overrides))``, CPU, ``training.time_budget``), then scores on held-out times:
 
 - downscaling (CorrDiff, ``corrdiff-tiny-*`` presets): bilinear (``Dataset.kmcast.regrid``), the
   linear statistical downscaling (``xkmcast.fields.baselines.fit_linear`` on all interpolated inputs, fitted
-  on the training times: ``linear`` pooled per variable, the baseline the ratios use; ``linear-px`` per
+  on the training and validation times: ``linear`` pooled per variable, the baseline the ratios use; ``linear-px`` per
   pixel), the regression stage alone, the regression + diffusion ensemble;
 - stepping (StormCast, ``stormcast-tiny-*`` presets, state only): persistence, the per-pixel linear
   step iterated, the regression, the ensemble, at leads 1..3 steps.
@@ -83,6 +83,12 @@ def train_pair(case: Case, outdir: Path, seconds: float, tag: str, extra: list[s
     return reg, dif
 
 
+def fit_span(case: Case) -> tuple[str, str]:
+    """The times the linear baselines are fitted on: the training and the validation times (a least-squares
+    fit selects nothing on validation, so it gets all the data the model saw)."""
+    return case.train[0], (case.valid or case.train)[1]
+
+
 # ------------------------------------------------------------------------------------ downscaling
 def downscale_rows(case: Case, reg, dif, members: int) -> list[dict]:
     import xkmcast
@@ -91,7 +97,8 @@ def downscale_rows(case: Case, reg, dif, members: int) -> list[dict]:
     fine, coarse = open_case(case)
     test_truth = window(fine, case.test)[case.outputs]
     interp = coarse[case.inputs].kmcast.regrid(fine, method="bilinear")
-    train_in, test_in, train_out = window(interp, case.train), window(interp, case.test), window(fine, case.train)
+    fit = fit_span(case)
+    train_in, test_in, train_out = window(interp, fit), window(interp, case.test), window(fine, fit)
     preds = {"bilinear": test_in[case.outputs],
              "linear": fit_linear(train_in, train_out[case.outputs], pooled=True).predict(test_in),
              }
@@ -117,7 +124,7 @@ def step_rows(case: Case, reg, dif, members: int, steps: int = 3) -> list[dict]:
 
     state, _ = open_case(case)
     names = case.outputs
-    train = window(state, case.train)[names]
+    train = window(state, fit_span(case))[names]
     lin = fit_linear(train.isel(time=slice(0, -1)),
                      train.isel(time=slice(1, None)).assign_coords(time=train.time[:-1].values))
     test = window(state, case.test)[names]

@@ -7,7 +7,7 @@ import torch
 from _nets import randomise
 from _tiny import FINE_SHAPE, INPUT_VARS, OUTPUT_VARS, STATE_VARS, tiny_corrdiff, tiny_stormcast
 
-from xkmcast.train.setup import residual_scale
+from xkmcast.train.spread import residual_scale
 
 
 def _batch(seed=0, b=3):

@@ -17,6 +17,8 @@ models_app = typer.Typer(no_args_is_help=True, help="NVIDIA's published models t
 app.add_typer(models_app, name="models")
 MODEL_HELP = "a published model name (xkmcast models list), a bundle folder, or a package folder / archive"
 KNOWN_HASH_HELP = "FILE=SHA256 of a published model's file whose hash the registry does not know (repeatable)"
+CENTRE_HELP = ("members centred on the regression mean (default: as the model records it: on for "
+               "residual models trained by xkmcast, off for published packages)")
 TRUST_HELP = ("verify Hugging Face files the registry has no hash for against the checksums the host lists at the "
               "pinned revision (--no-trust-host-hashes: refuse them)")
 app.add_typer(catalog_app, name="catalog")
@@ -180,6 +182,7 @@ def downscale(
     overwrite: bool = typer.Option(False, help="replace an existing output"),
     quiet: bool = typer.Option(False, help="no progress bar"),
     check_ranges: bool = typer.Option(True, help="refuse physically implausible input values (wrong units)"),
+    centre: bool | None = typer.Option(None, "--centre/--no-centre", help=CENTRE_HELP),
     lead_times: str | None = typer.Option(None, help="time-window packages (corrdiff-cmip6-era5) only: hours after "
                                           "each window centre, comma-separated, e.g. --lead-times=-12,0 (default -12)"),
     known_hash: list[str] | None = typer.Option(None, help=KNOWN_HASH_HELP),
@@ -198,7 +201,7 @@ def downscale(
         result = run(ds, model, members=members, seed=seed, num_steps=steps, sampler=sampler, batch_size=batch_size,
                      time_chunk=time_chunk, include_mean=include_mean, device=device, precision=precision,
                      regrid_method=regrid, regrid_options={"allow_outside": True} if allow_outside else None,
-                     check_ranges=check_ranges, lead_times=_hours(lead_times))
+                     check_ranges=check_ranges, lead_times=_hours(lead_times), centre=centre)
         if layout == "corrdiff":
             truth_ds = _open_input(truth, "target" if part else None, times) if truth else None
             if truth_ds is not None:
@@ -226,6 +229,7 @@ def forecast(
     quiet: bool = typer.Option(False, help="no progress output"),
     overwrite: bool = typer.Option(False, help="replace an existing NetCDF output (zarr outputs resume)"),
     check_ranges: bool = typer.Option(True, help="refuse physically implausible input values (wrong units)"),
+    centre: bool | None = typer.Option(None, "--centre/--no-centre", help=CENTRE_HELP),
     known_hash: list[str] | None = typer.Option(None, help=KNOWN_HASH_HELP),
     trust_host_hashes: bool = typer.Option(True, "--trust-host-hashes/--no-trust-host-hashes", help=TRUST_HELP),
 ) -> None:
@@ -236,7 +240,7 @@ def forecast(
     with reported_errors():
         model = _model(model, known_hash, trust_host_hashes)
         common = dict(steps=steps, members=members, seed=seed, sampler=sampler, num_steps=sampler_steps,
-                      device=device, check_ranges=check_ranges)
+                      device=device, check_ranges=check_ranges, centre=centre)
         zarr = output_format(output) == "zarr"
         state = _open_input(init, part, times)
         bg = _open_input(background, "background" if part else None, None) if background else None

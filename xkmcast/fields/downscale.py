@@ -10,6 +10,8 @@ latitude / longitude dims in place of ``y`` / ``x``).
 Reproducibility contract: the noise of member ``k`` at valid time ``t`` comes from a generator seeded
 by :func:`xkmcast.diffusion.seeds.row_seed` ``(seed, k, t)`` only, so the result does not depend on
 ``batch_size``, on the time chunking, on which other times are asked for, or on the dask scheduler.
+With centred members (``centre``) member ``k`` also depends on the member count ``M`` (the ensemble
+``(seed, M, t)`` is the same whatever the batching).
 """
 
 from __future__ import annotations
@@ -84,11 +86,17 @@ def resolve_model(model, device: str | None = None):
     return model.to(dev).eval()
 
 
-def require_task(pipeline, *, forecast: bool) -> None:
+def require_task(pipeline, *, forecast: bool, centre: bool | None = None) -> None:
     """XkmcastError unless ``pipeline`` forecasts (has ``step``) when ``forecast``, else downscales
-    (has ``sample``); the message names the kinds that do (:data:`xkmcast.models.kinds.KINDS`)."""
+    (has ``sample``); the message names the kinds that do (:data:`xkmcast.models.kinds.KINDS`). A
+    ``centre`` setting needs a diffusion on a regression mean (ConfigError otherwise)."""
     from ..models.kinds import KINDS
 
+    stages = getattr(pipeline, "stages", {})
+    if centre is not None and not ("regression" in stages and "diffusion" in stages):
+        raise ConfigError(explain("centre= applies to models whose diffusion adds members' residuals to a regression mean",
+                                  expected="a model with regression and diffusion stages (CorrDiff, StormCast)",
+                                  found=f"{pipeline.spec.kind} with stages {sorted(stages)}", fix="drop centre="))
     if hasattr(pipeline, "step" if forecast else "sample"):
         return
     kind = pipeline.spec.kind
@@ -224,6 +232,7 @@ def downscale(
     precision: str = "fp32",
     check_ranges: bool = True,
     lead_times=None,
+    centre: bool | None = None,
 ) -> xr.Dataset:
     """Downscale the coarse ``ds`` with ``model`` (a pipeline or a bundle path).
 
@@ -241,6 +250,10 @@ def downscale(
     ``ds`` is a Dataset or a named DataArray. The input is checked first (:mod:`xkmcast.fields.validate`):
     distinct, non-empty times; finite values (NaN like inf: an InvalidDataError naming the variable);
     values within each variable's plausible range unless ``check_ranges=False``.
+
+    ``centre``: the members' residuals centred on their mean, so that the ensemble mean is the regression
+    mean (default: as the model records it, on for the residual models xkmcast trains; see
+    :meth:`xkmcast.models.base.Pipeline.members_about_mean`).
 
     ``device``: "cuda", "cpu", ... (default: CUDA when present); ``precision="amp-bf16"`` runs the
     networks under bfloat16 autocast (CUDA and CPU), the sampler state staying float64.
@@ -260,14 +273,14 @@ def downscale(
     ds = as_dataset(ds)
     pipeline = resolve_model(model, device)
     spec = pipeline.spec
-    require_task(pipeline, forecast=False)
+    require_task(pipeline, forecast=False, centre=centre)
     if spec.extra.get("time_window"):
         from .downscale_window import downscale_window
 
         return downscale_window(ds, pipeline, members, seed=seed, lead_times=lead_times, include_mean=include_mean,
                                 regrid_method=regrid_method or "bilinear", check_ranges=check_ranges,
                                 precision=precision, sampler=sampler, num_steps=num_steps, patch=patch,
-                                batch_size=batch_size)
+                                batch_size=batch_size, centre=centre)
     if lead_times is not None:
         raise ConfigError(explain("lead_times only applies to time-window packages (CorrDiff CMIP6)",
                                   found=lead_times, fix="drop lead_times: this model downscales each time of ds"))
@@ -286,7 +299,7 @@ def downscale(
         members=members,
         seed=seed,
         include_mean=include_mean,
-        options={"sampler": sampler, "num_steps": num_steps, "patch": patch, "batch_size": batch_size},
+        options={"sampler": sampler, "num_steps": num_steps, "patch": patch, "batch_size": batch_size, "centre": centre},
         precision=precision,
         outside_nan=bool(options.get("allow_outside")),
     )

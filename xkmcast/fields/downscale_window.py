@@ -89,7 +89,7 @@ def downscale_window(ds, pipeline, members: int, *, seed: int = 0, lead_times=No
                      regrid_method: str = "bilinear", check_ranges: bool = True, precision: str = "fp32",
                      **sample_options) -> xr.Dataset:
     """Downscale every window centre of ``ds`` at ``centre + lead_times`` (see the module docstring);
-    ``sample_options`` (sampler, num_steps, patch, batch_size; None = the package's) go to ``pipeline.sample``."""
+    ``sample_options`` (sampler, num_steps, patch, batch_size, centre; None = the package's) go to ``pipeline.sample``."""
     import torch
 
     from ..device import autocast

@@ -60,8 +60,12 @@ def forecast(
     precision: str = "fp32",
     progress: bool = False,
     check_ranges: bool = True,
+    centre: bool | None = None,
 ) -> xr.Dataset:
     """Roll ``model`` forward ``steps`` time steps from every time of ``ds`` (see the module doc).
+
+    ``centre``: at each step the members' residuals are centred on their mean (default: as the model
+    records it; see :meth:`xkmcast.models.base.Pipeline.members_about_mean`).
 
     ``precision="amp-bf16"`` runs the networks under bfloat16 autocast (CUDA and CPU). The state and
     the background are checked as in :func:`xkmcast.fields.downscale.downscale` (``check_ranges``)."""
@@ -72,13 +76,14 @@ def forecast(
     require_positive(steps=steps, members=members, num_steps=num_steps, batch_size=batch_size)
     pipeline = resolve_model(model, device)
     spec = pipeline.spec
-    require_task(pipeline, forecast=True)
+    require_task(pipeline, forecast=True, centre=centre)
     dt = _time_step(pipeline)
     state = to_model_inputs(ds, pipeline, spec.input_vars, require_on_grid=True, check_ranges=check_ranges)
     state = _input_windows(state, getattr(pipeline, "input_window", 1), dt)
     init_times = state["time"].values
     bg = _background(background, pipeline, init_times, steps, dt, regrid_method, check_ranges)
-    options = {"sampler": sampler, "num_steps": num_steps, "batch_size": batch_size, "_precision": precision}
+    options = {"sampler": sampler, "num_steps": num_steps, "batch_size": batch_size, "centre": centre,
+               "_precision": precision}
     options = {k: v for k, v in options.items() if v is not None}
     leads = np.array([dt * n for n in range(steps + 1)], dtype="timedelta64[ns]")
     if output is not None:

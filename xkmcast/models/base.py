@@ -171,9 +171,47 @@ class Pipeline(torch.nn.Module):
         values = [1.0] * n if scale is None else [float(v) for v in scale]
         return torch.as_tensor(values, dtype=like.dtype, device=like.device).reshape(1, n, 1, 1)
 
+    def members_about_mean(self, draws: torch.Tensor, centre: bool | None = None) -> torch.Tensor:
+        """The departures of M members from what the diffusion's residual is added to (the regression
+        mean; Stormscope: the state), from its draws ``(M, ...)`` (dim 0: the members of one ensemble):
+
+            d_k = s * (r_k - mean_j r_j)                        (centred)
+            d_k = s * (mean_j r_j + a * (r_k - mean_j r_j))      (not centred)
+
+        with ``s`` the sampling :meth:`residual_scale` and ``a`` the spread factor
+        ``spec.extra["spread_factor"]`` (per channel, 1 when absent). ``centre`` (default
+        ``spec.extra["centre_members"]``: on for the residual models xkmcast trains, off for published
+        packages and older bundles) makes the ensemble mean the regression mean, the draws keeping their
+        spread about it. Either makes member k depend on the other members of its ensemble (the same seed
+        and member count give the same ensemble)."""
+        centre = self.spec.extra.get("centre_members", False) if centre is None else centre
+        factor = self.spec.extra.get("spread_factor")
+        if draws.shape[0] > 1 and (centre or factor is not None):
+            mean = draws.mean(dim=0, keepdim=True)
+            spread = draws - mean
+            if factor is not None:
+                n = len(self.spec.output_vars)
+                spread = spread * torch.as_tensor(factor, dtype=draws.dtype, device=draws.device).reshape(1, n, 1, 1)
+            draws = spread if centre else mean + spread
+        return draws * self.residual_scale(draws, sampling=True)
+
+    @property
+    def diffuses_residual(self) -> bool:
+        """Whether the diffusion stage models a residual (scaled by :meth:`residual_scale`): of the
+        regression mean here; a kind may model another (Stormscope: the tendency from the state)."""
+        return "regression" in self.stages and "diffusion" in self.stages
+
     def residual(self, batch: dict) -> torch.Tensor:
         """``target - regression mean`` of a training batch (B, C_out, H, W), unscaled."""
         raise NotImplementedError
+
+    def calibration_draws(self, batch: dict, seeds: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(draws (M, B, C_out, H, W), residual (B, C_out, H, W))`` on a batch of the training
+        datasets: the diffusion's residual draws before scaling (``seeds[b][k]``: member k of sample b,
+        the sampler of inference) and the true residual ``target - regression mean`` (unscaled); None
+        when the diffusion models no residual. Used to calibrate the members' spread
+        (:mod:`xkmcast.train.spread`)."""
+        return None
 
     @property
     def model_kind(self):

@@ -113,6 +113,7 @@ class CorrDiff(Pipeline):
         patch: tuple[int, int] | None = None,
         batch_size: int | None = None,
         times=None,
+        centre: bool | None = None,
         **extra_options: Any,
     ) -> tuple[Tensor, Tensor]:
         """Ensemble members for each condition.
@@ -121,12 +122,21 @@ class CorrDiff(Pipeline):
         is the seed of member k of condition b. Returns ``(samples (M, B, C_out, H, W), mean (B,
         C_out, H, W))`` normalised. ``batch_size`` rows go through the denoiser at once (default all).
         ``times``: the valid time of each condition, for models with time channels (:meth:`condition`).
+        ``centre``: the members' residuals about their mean (:meth:`members_about_mean`).
         """
         cond = self.condition(inputs.to(self.device, torch.float32), times)
         mean = self.regression_mean(cond)
         members = len(seeds[0]) if seeds else 0
         if "diffusion" not in self.stages or members == 0:
             return mean.unsqueeze(0).expand(max(members, 1), -1, -1, -1, -1), mean
+        draws = self._draws(cond, mean, seeds, sampler=sampler, num_steps=num_steps, patch=patch,
+                            batch_size=batch_size, **extra_options)
+        return self.members_about_mean(draws, centre) + mean.unsqueeze(0), mean
+
+    def _draws(self, cond: Tensor, mean: Tensor, seeds: list[list[int]], *, sampler=None, num_steps=None,
+               patch=None, batch_size=None, **extra_options: Any) -> Tensor:
+        """The diffusion's residual draws (M, B, C_out, H, W) before scaling; ``seeds[b][k]``."""
+        members = len(seeds[0])
         dcond = self._diffusion_condition(cond, mean)
         rows_cond = dcond.unsqueeze(0).expand(members, -1, -1, -1, -1).reshape(-1, *dcond.shape[1:])
         row_seeds = [seeds[b][k] for k in range(members) for b in range(len(seeds))]
@@ -136,9 +146,15 @@ class CorrDiff(Pipeline):
             self._denoiser(patch, tuple(cond.shape[-2:])), mean.shape[1:], row_seeds, condition=rows_cond,
             config=config, batch_size=batch_size,
         ).to(torch.float32)
-        residual = residual * self.residual_scale(residual, sampling=True)
-        samples = residual.reshape(members, *mean.shape) + mean.unsqueeze(0)
-        return samples, mean
+        return residual.reshape(members, *mean.shape)
+
+    @torch.no_grad()
+    def calibration_draws(self, batch: dict, seeds: list[list[int]]) -> tuple[Tensor, Tensor] | None:
+        if "diffusion" not in self.stages or "regression" not in self.stages:
+            return None
+        cond = batch["input"]
+        mean = self.regression_mean(cond)
+        return self._draws(cond, mean, seeds), batch["target"] - mean
 
     def _denoiser(self, patch, shape):
         net = self.stages["diffusion"]

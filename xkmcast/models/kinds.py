@@ -12,8 +12,9 @@ A kind is a :class:`ModelKind` row of :data:`KINDS`:
 * ``sampler``: the :class:`~xkmcast.diffusion.samplers.SamplerConfig` its bundles default to (None:
   deterministic kind). CorrDiff defaults to DPM-Solver++(2M) with 10 steps: on real fields
   (bench/science.py) its CRPS equals Heun-18's at 3.3x fewer network evaluations;
-* ``input_skip``: whether its regression learns the departure from its input by default
-  (``model.input_skip``: CorrDiff from the regridded coarse input, StormCast from the current state);
+* ``input_skip``: whether it learns the departure from its input by default (``model.input_skip``:
+  the CorrDiff regression from the regridded coarse input, the StormCast regression from the current
+  state, the Stormscope diffusion the tendency from the current state);
 * ``regression_windows``: its regression (a fully convolutional U-Net) can train on windows of the
   field (``data.patch`` / ``data.regression_patch``, :mod:`xkmcast.models.regression_windows`);
 * ``time_step``: the forecast step (None: a downscaling kind);
@@ -154,7 +155,7 @@ KINDS: dict[str, ModelKind] = {k.name: k for k in (
     ModelKind(
         "stormscope", "stormcast:Stormscope", "stormscope_spec",
         conditions={"diffusion": ("state", "background", "invariant")},
-        time_step="1h", sizes="transformer",
+        time_step="1h", sizes="transformer", input_skip=True,
         description="forecast: diffusion-only DiT (PhysicsNeMo layout, neighbourhood attention)",
     ),
     ModelKind(

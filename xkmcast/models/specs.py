@@ -310,8 +310,8 @@ def spec_from_config(model, data, shape: tuple[int, int]) -> ModelSpec:
         conditions = {f"{s}_conditions": getattr(model, f"{s}_conditions") for s in stages}
         spec = factory(data.output_vars or data.input_vars, shape, background_vars=data.background_vars,
                        invariant_vars=data.invariants, time_step=model.time_step, **conditions, **common)
-        if "regression" in stages and model.input_skip:  # the regression learns the departure from the state
-            spec.extra["input_skip"] = True
+        if model.input_skip and ("regression" in stages or "regression" not in kind.stages):
+            spec.extra["input_skip"] = True  # the regression (or a diffusion-only kind) learns the departure from the state
     else:
         used = getattr(model, f"{model.stage}_conditions")
         spec = factory(data.input_vars, data.output_vars, shape,

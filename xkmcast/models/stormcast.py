@@ -7,11 +7,13 @@ Conditions are named as in the StormCast recipe and concatenated in this order:
     mu      = R(cat(conditions_regression)) [+ x_t]         (StormCast regression stage; + x_t with
                                                             spec.extra["input_skip"]: from persistence)
     x_{t+1} = mu + r,  r ~ p(r | cat(conditions_diffusion))  ("regression" among diffusion conditions)
-    x_{t+1} ~ p(x | cat(conditions_diffusion))               (Stormscope: diffusion only)
+    x_{t+1} ~ p(x | cat(conditions_diffusion))               (Stormscope: diffusion only; with
+                                                            spec.extra["input_skip"], the default of
+                                                            trained ones: x_{t+1} = x_t + s r)
 
 Training losses: MSE of the regression (on whole fields, or on random windows with a halo:
 :mod:`xkmcast.models.regression_windows`); the EDM loss (default ln sigma ~ N(-1.2, 1.2^2)) of the diffusion
-on the residual ``x_{t+1} - mu`` (or on ``x_{t+1}`` without regression).
+on the residual ``x_{t+1} - mu`` scaled per channel (or on ``x_{t+1}`` / the tendency without regression).
 """
 
 from __future__ import annotations
@@ -90,8 +92,9 @@ class StormCast(ForecastPipeline):
     @torch.no_grad()
     def step(self, state: Tensor, background: Tensor | None = None, *, seeds: list[int],
              lead_time_label: Tensor | None = None, sampler: str | None = None, num_steps: int | None = None,
-             batch_size: int | None = None, **extra_options: Any) -> Tensor:
-        """x_{t+1} for each row of ``state`` (N, C, H, W) normalised; row i's noise from ``seeds[i]``."""
+             batch_size: int | None = None, centre: bool | None = None, **extra_options: Any) -> Tensor:
+        """x_{t+1} for each row of ``state`` (N, C, H, W) normalised; row i's noise from ``seeds[i]``. The rows
+        are the members of one ensemble: ``centre`` centres their residuals (:meth:`members_about_mean`)."""
         state = state.to(self.device, torch.float32)
         background = None if background is None else background.to(self.device, torch.float32)
         invariant = self.batch_invariant(state.shape[0], state)
@@ -99,14 +102,42 @@ class StormCast(ForecastPipeline):
         mean = self._regression_mean(state, background, invariant, kwargs)
         if "diffusion" not in self.stages:
             return mean
+        out = self._draws(state, background, invariant, mean, seeds, kwargs, sampler=sampler, num_steps=num_steps,
+                          batch_size=batch_size, **extra_options)
+        base = self._diffusion_base(state, mean)
+        return out if base is None else self.members_about_mean(out, centre) + base
+
+    def _diffusion_base(self, state: Tensor, mean: Tensor | None) -> Tensor | None:
+        """What the diffusion's residual is added to: the regression mean when it is a diffusion
+        condition, else None (the diffusion models the next state itself)."""
+        return mean if mean is not None and "regression" in self.stage_conditions("diffusion") else None
+
+    def _draws(self, state, background, invariant, mean, seeds, kwargs, *, sampler=None, num_steps=None,
+               batch_size=None, **extra_options: Any) -> Tensor:
+        """The diffusion's draws (N, C, H, W) before scaling, row i from ``seeds[i]``."""
         names = self.stage_conditions("diffusion")
         dcond = self.conditions(names, state=state, background=background, invariant=invariant, regression=mean)
         config = sampler_config(self.spec, sampler, num_steps, **extra_options)
-        out = sample_rows(self.stages["diffusion"], state.shape[1:], seeds, condition=dcond, config=config,
-                          batch_size=batch_size, **kwargs).to(torch.float32)
-        if mean is None or "regression" not in names:
-            return out
-        return out * self.residual_scale(out, sampling=True) + mean
+        return sample_rows(self.stages["diffusion"], state.shape[1:], seeds, condition=dcond, config=config,
+                           batch_size=batch_size, **kwargs).to(torch.float32)
+
+    @torch.no_grad()
+    def calibration_draws(self, batch: dict, seeds: list[list[int]]) -> tuple[Tensor, Tensor] | None:
+        prev, nxt, background, invariant = self._unpack(batch)
+        kwargs = self._net_kwargs(batch.get("lead_time_label"))
+        mean = self._regression_mean(prev, background, invariant, kwargs)
+        base = self._diffusion_base(prev, mean)
+        if "diffusion" not in self.stages or base is None:
+            return None
+        members, n = len(seeds[0]), prev.shape[0]
+
+        def rows(t):  # (B, ...) -> (M * B, ...), member-major
+            return None if t is None else t.repeat(members, *([1] * (t.ndim - 1)))
+
+        row_seeds = [seeds[b][k] for k in range(members) for b in range(n)]
+        draws = self._draws(rows(prev), rows(background), rows(invariant), rows(mean), row_seeds,
+                            {k: rows(v) for k, v in kwargs.items()})
+        return draws.reshape(members, *nxt.shape), nxt - base
 
     def loss(self, stage: str, batch: dict, generator: torch.Generator | None = None):
         prev, nxt, background, invariant = self._unpack(batch)
@@ -130,7 +161,8 @@ class StormCast(ForecastPipeline):
             with torch.no_grad():
                 mean = self._regression_mean(prev, background, invariant, kwargs)
         cond = self.conditions(names, state=prev, background=background, invariant=invariant, regression=mean)
-        target = (nxt - mean) / self.residual_scale(nxt) if mean is not None else nxt
+        base = self._diffusion_base(prev, mean)
+        target = nxt if base is None else (nxt - base) / self.residual_scale(nxt)
         return losses.denoising_loss(
             self.stages["diffusion"], target, cond, sigma_dist=training_sigma(self.spec.loss, self.spec.kind),
             channel_weights=weights, generator=generator, **kwargs,
@@ -146,8 +178,23 @@ class StormCast(ForecastPipeline):
     def residual(self, batch: dict) -> Tensor:
         prev, nxt, background, invariant = self._unpack(batch)
         mean = self._regression_mean(prev, background, invariant, self._net_kwargs(batch.get("lead_time_label")))
-        return nxt if mean is None else nxt - mean
+        base = self._diffusion_base(prev, mean) if "regression" not in self.stages else mean
+        return nxt if base is None else nxt - base
 
 
 class Stormscope(StormCast):
-    """Diffusion-only step with a transformer (DiT); conditions without ``regression``."""
+    """Diffusion-only step with a transformer (DiT); conditions without ``regression``. With
+    ``spec.extra["input_skip"]`` it models the tendency: ``x_{t+1} = x_t + s * r``, ``r`` the diffusion's
+    draw and ``s`` the per-channel :meth:`residual_scale` (``RMS(x_{t+1} - x_t) / sigma_data``)."""
+
+    def _diffusion_base(self, state: Tensor, mean: Tensor | None) -> Tensor | None:
+        return state if self.spec.extra.get("input_skip") else None
+
+    @property
+    def diffuses_residual(self) -> bool:
+        return bool(self.spec.extra.get("input_skip"))
+
+    def members_about_mean(self, draws: Tensor, centre: bool | None = None) -> Tensor:
+        """Tendency draws are never centred (the state is no ensemble mean); their spread about the
+        ensemble mean takes the spread factor calibrated on validation times."""
+        return super().members_about_mean(draws, centre=False)

@@ -173,13 +173,18 @@ class ModelConfig(_Strict):
     ``condition_on_mean`` (CorrDiff): also give the regression mean to the diffusion network.
     ``input_skip``: the regression predicts the departure from its input for the output variables
     that are also inputs: CorrDiff from the coarse input regridded to the fine grid (it starts from
-    interpolation), StormCast from the current state (it starts from persistence). None: the kind's
-    default (on for both).
+    interpolation), StormCast from the current state (it starts from persistence); the Stormscope
+    diffusion (no regression) models the tendency ``x_{t+1} - x_t``, scaled per channel by its RMS over
+    sigma_data (``residual_scale``). None: the kind's default (on for all three).
     ``residual_scale`` (diffusion on a regression): the diffusion models ``(y - mu) / s`` per output
     channel with ``s = RMS(y - mu) / sigma_data`` measured on training samples when the run starts
     ("auto"), no scaling ("none"), or the given values. ``spread_calibration`` (with "auto" and
-    validation times): members are drawn with the scale measured on the validation times instead, so
-    their spread is that of the regression's error on unseen times, not on the times it was fitted to.
+    validation times): at export, members are drawn with the scale that makes their spread about the
+    ensemble mean equal the regression's RMS error on the validation times (measured with the trained
+    diffusion, :mod:`xkmcast.train.spread`), not on the times it was fitted to. ``centre_members``: the
+    members' residuals are centred on their ensemble mean at inference, so the ensemble mean is the
+    regression mean and the diffusion gives the spread (:meth:`xkmcast.models.base.Pipeline.members_about_mean`;
+    recorded in the bundle, overridable per call with ``centre=``).
     """
 
     kind: Kind = KIND_NAMES[0]
@@ -193,6 +198,7 @@ class ModelConfig(_Strict):
     input_skip: bool | None = None
     residual_scale: Literal["auto", "none"] | list[float] = "auto"
     spread_calibration: bool = True
+    centre_members: bool = True
     loss: LossConfig = Field(default_factory=LossConfig)
     sampler: dict[str, Any] = Field(default_factory=dict)
     time_step: str | None = None

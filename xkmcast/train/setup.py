@@ -312,49 +312,15 @@ def build_pipeline_for(cfg: TrainConfig, data: RunData, base=None):
             getattr(pipeline, name).resize_(buf.shape).copy_(buf)
     elif data.store is not None:
         _attach_grid(pipeline, data, cfg)
-    if cfg.model.stage == "diffusion" and "regression" in pipeline.stages and "diffusion" in pipeline.stages:
+    if cfg.model.stage == "diffusion" and pipeline.diffuses_residual:
+        from .spread import residual_scale
+
         scale = residual_scale(pipeline, data.train, cfg.model.residual_scale)
         if scale is not None:
             pipeline.spec.extra["residual_scale"] = scale
-            if cfg.model.spread_calibration and data.valid is not None and cfg.model.residual_scale == "auto":
-                # the regression fits its training times better than unseen ones: members get the
-                # spread of its error on the validation times
-                pipeline.spec.extra["sample_scale"] = residual_scale(pipeline, data.valid, "auto")
+        if "regression" in pipeline.stages:  # members centred on the regression mean
+            pipeline.spec.extra["centre_members"] = bool(cfg.model.centre_members)
     return pipeline
-
-
-def residual_scale(pipeline, dataset, setting="auto", max_samples: int = 64) -> list[float] | None:
-    """The per-channel scale ``s_c = RMS_c(y - mu) / sigma_data_c`` of a diffusion stage on a frozen
-    regression (see :meth:`xkmcast.models.base.Pipeline.residual_scale`): the RMS over up to
-    ``max_samples`` training samples spread evenly over ``dataset``, ``sigma_data`` of the diffusion
-    preconditioner. ``setting``: ``"auto"`` (that), ``"none"`` (no scaling) or explicit values."""
-    if setting == "none" or dataset is None:
-        return None
-    n_out = len(pipeline.spec.output_vars)
-    if setting != "auto":
-        values = [float(v) for v in setting]
-        if len(values) != n_out:
-            raise ConfigError(explain("model.residual_scale needs one value per output variable",
-                                      expected=n_out, found=values))
-        return values
-    from torch.utils.data import default_collate
-
-    n = len(dataset)
-    index = sorted({int(i) for i in torch.linspace(0, n - 1, min(n, max_samples)).round().tolist()})
-    total = torch.zeros(n_out, dtype=torch.float64)
-    count = 0
-    device = pipeline.device
-    for start in range(0, len(index), 8):
-        batch = default_collate([dataset[i] for i in index[start:start + 8]])
-        batch = {k: (v.to(device) if torch.is_tensor(v) else [t.to(device) for t in v] if isinstance(v, list) else v)
-                 for k, v in batch.items()}
-        r = pipeline.residual(batch).double()
-        total += r.pow(2).sum(dim=(0, 2, 3)).cpu()
-        count += r.shape[0] * r.shape[2] * r.shape[3]
-    rms = (total / max(count, 1)).sqrt()
-    sd = torch.as_tensor(pipeline.stages["diffusion"].sigma_data, dtype=torch.float64).reshape(-1).cpu()
-    scale = rms / sd.expand(n_out)
-    return [float(v) if v > 0 else 1.0 for v in scale]
 
 
 def _spec(cfg: TrainConfig, data: RunData, base):

@@ -419,11 +419,14 @@ class Trainer:
         if self.env.distributed and self.t.strategy == "fsdp":
             weights = weights if which == "best" else self._weights_copy()
             if self.env.is_main:
-                path = save_bundle(_unsharded_copy(self.pipeline, self.stage, weights), self.dir / "model")
+                fresh = _unsharded_copy(self.pipeline, self.stage, weights)
+                self._calibrate(fresh.eval())
+                path = save_bundle(fresh, self.dir / "model")
         elif self.env.is_main:
-            with self._ema_weights(), _loaded(self.module, weights):
+            with self._ema_weights(), _loaded(self.module, weights), self._eval_mode():
                 self.pipeline.stages[self.stage] = self.module
                 try:
+                    self._calibrate(self.pipeline)
                     path = save_bundle(self.pipeline, self.dir / "model")
                 finally:
                     self.pipeline.stages[self.stage] = self.wrapped
@@ -432,6 +435,23 @@ class Trainer:
             self.log.message(f"exported the weights of the best validation (step {step}, loss {self.best:.4g})")
         D.barrier(self.env)
         return path
+
+    def _calibrate(self, pipeline) -> None:
+        """A diffusion on a residual, ``model.spread_calibration`` and validation times: calibrate the spread
+        of its members with the exported weights (:mod:`xkmcast.train.spread`): the sampling scale on a
+        regression mean, else the spread factor about the ensemble mean."""
+        from .spread import calibrated_sample_scale, calibrated_spread_factor
+
+        m = self.cfg.model
+        if self.stage != "diffusion" or not m.spread_calibration or m.residual_scale != "auto":
+            return
+        on_mean = "regression" in pipeline.stages
+        key, fn = ("sample_scale", calibrated_sample_scale) if on_mean else ("spread_factor", calibrated_spread_factor)
+        values = fn(pipeline, self.valid_data, seed=self.t.seed)
+        if values is not None:
+            pipeline.spec.extra[key] = values
+            self.log.message(f"members' spread calibrated on the validation times: {key} "
+                             + ", ".join(f"{v}={x:.3g}" for v, x in zip(pipeline.spec.output_vars, values)))
 
     # ------------------------------------------------------------------------------------- loop
     _REASONS = ("SIGINT", "SIGTERM", "duration", "stop_after", "time_budget", "flops_budget", "early_stopping")
