@@ -91,3 +91,23 @@ def test_the_calibrated_spread_factor_matches_the_ensemble_mean_error():
     for a, b in zip(after, before):  # the factor moves members about their mean, not the mean
         torch.testing.assert_close(a.mean(dim=0), b.mean(dim=0), rtol=1e-5, atol=1e-5)
     assert not np.allclose(factor, 1.0, atol=0.05)
+
+
+@pytest.mark.slow
+def test_a_trained_stormscope_exports_its_tendency_scale_and_spread_factor(tmp_path):
+    import xkmcast
+    from xkmcast.train import load_config, train
+
+    torch.set_num_threads(1)
+    cfg = load_config("stormscope-tiny", ["data.params={nx: 16, ny: 16, dx: 3000.0, factor: 4, times: 16, seed: 0}",
+                                          "training.duration=6", "training.validate_every=3", "training.valid_batches=1",
+                                          "training.batch_size=4", f"training.outdir={tmp_path}",
+                                          "training.tensorboard=false", "training.checkpoint_every=100"])
+    model = xkmcast.load_model(train(cfg, quiet=True).bundle)
+    extra = model.spec.extra
+    assert extra["input_skip"] is True and "centre_members" not in extra
+    assert len(extra["residual_scale"]) == 3 and len(extra["spread_factor"]) == 3
+    assert all(v > 0 for v in extra["spread_factor"])
+    state = torch.zeros(2, 3, 16, 16)
+    out = model.step(state, torch.zeros(2, 2, 16, 16), seeds=[0, 1])
+    assert out.shape == state.shape and torch.isfinite(out).all()

@@ -103,6 +103,9 @@ def test_tiny_corrdiff_regression_then_diffusion_learn_and_export(store, tmp_pat
     assert dl[-1] < dl[0], dl
     both = xkmcast.load_model(diff.bundle)
     assert set(both.stages) == {"regression", "diffusion"}
+    # members centred on the regression mean, their spread calibrated on the validation times at export
+    assert both.spec.extra["centre_members"] is True
+    assert len(both.spec.extra["sample_scale"]) == 2 and all(v > 0 for v in both.spec.extra["sample_scale"])
     for a, b in zip(both.stages["regression"].state_dict().values(), model.stages["regression"].state_dict().values()):
         assert torch.equal(a, b)  # the regression stayed frozen
     logged = [json.loads(line) for line in (diff.run_dir / "log.jsonl").read_text().splitlines()]

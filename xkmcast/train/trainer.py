@@ -411,47 +411,10 @@ class Trainer:
 
     def export(self) -> Path | None:
         """The pipeline with the exported weights of the trained stage (:meth:`exported_weights`) as a
-        bundle ``<run dir>/model``."""
-        from ..models.bundle import save_bundle
+        bundle ``<run dir>/model`` (:func:`xkmcast.train.export.export_run`)."""
+        from .export import export_run
 
-        which, weights = self.exported_weights()
-        path = None
-        if self.env.distributed and self.t.strategy == "fsdp":
-            weights = weights if which == "best" else self._weights_copy()
-            if self.env.is_main:
-                fresh = _unsharded_copy(self.pipeline, self.stage, weights)
-                self._calibrate(fresh.eval())
-                path = save_bundle(fresh, self.dir / "model")
-        elif self.env.is_main:
-            with self._ema_weights(), _loaded(self.module, weights), self._eval_mode():
-                self.pipeline.stages[self.stage] = self.module
-                try:
-                    self._calibrate(self.pipeline)
-                    path = save_bundle(self.pipeline, self.dir / "model")
-                finally:
-                    self.pipeline.stages[self.stage] = self.wrapped
-        if self.env.is_main and which == "best":
-            step = min(self.valid_losses, key=lambda sv: sv[1])[0]
-            self.log.message(f"exported the weights of the best validation (step {step}, loss {self.best:.4g})")
-        D.barrier(self.env)
-        return path
-
-    def _calibrate(self, pipeline) -> None:
-        """A diffusion on a residual, ``model.spread_calibration`` and validation times: calibrate the spread
-        of its members with the exported weights (:mod:`xkmcast.train.spread`): the sampling scale on a
-        regression mean, else the spread factor about the ensemble mean."""
-        from .spread import calibrated_sample_scale, calibrated_spread_factor
-
-        m = self.cfg.model
-        if self.stage != "diffusion" or not m.spread_calibration or m.residual_scale != "auto":
-            return
-        on_mean = "regression" in pipeline.stages
-        key, fn = ("sample_scale", calibrated_sample_scale) if on_mean else ("spread_factor", calibrated_spread_factor)
-        values = fn(pipeline, self.valid_data, seed=self.t.seed)
-        if values is not None:
-            pipeline.spec.extra[key] = values
-            self.log.message(f"members' spread calibrated on the validation times: {key} "
-                             + ", ".join(f"{v}={x:.3g}" for v, x in zip(pipeline.spec.output_vars, values)))
+        return export_run(self)
 
     # ------------------------------------------------------------------------------------- loop
     _REASONS = ("SIGINT", "SIGTERM", "duration", "stop_after", "time_budget", "flops_budget", "early_stopping")
@@ -566,32 +529,6 @@ class Trainer:
             parameters=sum(p.numel() for p in self.module.parameters()),
             flops_per_step=self.flops_per_step, samples_per_second=rate,
         )
-
-
-@contextlib.contextmanager
-def _loaded(module: torch.nn.Module, weights: dict[str, torch.Tensor] | None):
-    """``module`` with ``weights`` loaded for the duration of the block (nothing when None)."""
-    if weights is None:
-        yield
-        return
-    saved = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    module.load_state_dict(weights)
-    try:
-        yield
-    finally:
-        module.load_state_dict(saved)
-
-
-def _unsharded_copy(pipeline, stage: str, full_state: dict):
-    """A fresh pipeline of the same spec with the other stages copied and ``full_state`` in ``stage``."""
-    from ..models import build_pipeline
-
-    fresh = build_pipeline(pipeline.spec)
-    for name, module in fresh.stages.items():
-        module.load_state_dict(full_state if name == stage else pipeline.stages[name].state_dict())
-    for name, buf in pipeline.named_buffers(recurse=False):
-        getattr(fresh, name).resize_(buf.shape).copy_(buf.cpu())
-    return fresh
 
 
 def train(cfg: TrainConfig, **kwargs) -> TrainResult:

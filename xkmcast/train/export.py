@@ -1,0 +1,91 @@
+"""Exporting a run's trained stage as a model bundle ``<run dir>/model``.
+
+The bundle holds the pipeline with the trained stage's EMA weights: the best validation's with
+``training.export_weights: best`` once a validation kept them, else those at the end
+(:meth:`xkmcast.train.trainer.Trainer.exported_weights`). Only the main process writes; with FSDP the
+full weights are gathered first and loaded into an unsharded copy of the pipeline. Before writing, a
+diffusion stage's members get their spread calibrated on the validation times with the exported
+weights (:func:`calibrate_spread`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from . import distributed as D
+
+__all__ = ["export_run", "calibrate_spread"]
+
+
+def export_run(trainer) -> Path | None:
+    """Write ``trainer``'s bundle (see the module docstring); the path on the main process, else None."""
+    from ..models.bundle import save_bundle
+
+    which, weights = trainer.exported_weights()
+    path = None
+    if trainer.env.distributed and trainer.t.strategy == "fsdp":
+        weights = weights if which == "best" else trainer._weights_copy()
+        if trainer.env.is_main:
+            fresh = unsharded_copy(trainer.pipeline, trainer.stage, weights).eval()
+            calibrate_spread(fresh, trainer)
+            path = save_bundle(fresh, trainer.dir / "model")
+    elif trainer.env.is_main:
+        with trainer._ema_weights(), loaded(trainer.module, weights), trainer._eval_mode():
+            trainer.pipeline.stages[trainer.stage] = trainer.module
+            try:
+                calibrate_spread(trainer.pipeline, trainer)
+                path = save_bundle(trainer.pipeline, trainer.dir / "model")
+            finally:
+                trainer.pipeline.stages[trainer.stage] = trainer.wrapped
+    if trainer.env.is_main and which == "best":
+        step = min(trainer.valid_losses, key=lambda sv: sv[1])[0]
+        trainer.log.message(f"exported the weights of the best validation (step {step}, loss {trainer.best:.4g})")
+    D.barrier(trainer.env)
+    return path
+
+
+def calibrate_spread(pipeline, trainer) -> None:
+    """A diffusion stage modelling a residual, ``model.spread_calibration`` (with ``residual_scale: auto``)
+    and validation times: calibrate its members' spread (:mod:`xkmcast.train.spread`) -- the sampling
+    scale on a regression mean, else the spread factor about the ensemble mean -- into ``pipeline.spec.extra``."""
+    from .spread import calibrated_sample_scale, calibrated_spread_factor
+
+    m = trainer.cfg.model
+    if trainer.stage != "diffusion" or not m.spread_calibration or m.residual_scale != "auto":
+        return
+    on_mean = "regression" in pipeline.stages
+    key, fn = ("sample_scale", calibrated_sample_scale) if on_mean else ("spread_factor", calibrated_spread_factor)
+    values = fn(pipeline, trainer.valid_data, seed=trainer.t.seed)
+    if values is not None:
+        pipeline.spec.extra[key] = values
+        trainer.log.message(f"members' spread calibrated on the validation times: {key} "
+                            + ", ".join(f"{v}={x:.3g}" for v, x in zip(pipeline.spec.output_vars, values)))
+
+
+@contextlib.contextmanager
+def loaded(module: torch.nn.Module, weights: dict[str, torch.Tensor] | None):
+    """``module`` with ``weights`` loaded for the duration of the block (nothing when None)."""
+    if weights is None:
+        yield
+        return
+    saved = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    module.load_state_dict(weights)
+    try:
+        yield
+    finally:
+        module.load_state_dict(saved)
+
+
+def unsharded_copy(pipeline, stage: str, full_state: dict):
+    """A fresh pipeline of the same spec with the other stages copied and ``full_state`` in ``stage``."""
+    from ..models import build_pipeline
+
+    fresh = build_pipeline(pipeline.spec)
+    for name, module in fresh.stages.items():
+        module.load_state_dict(full_state if name == stage else pipeline.stages[name].state_dict())
+    for name, buf in pipeline.named_buffers(recurse=False):
+        getattr(fresh, name).resize_(buf.shape).copy_(buf.cpu())
+    return fresh
