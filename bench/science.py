@@ -229,7 +229,9 @@ INTRO = ("Columns: MAE of the ensemble mean and its ratio to bilinear (or persis
          "baseline (pooled per variable) and to the regression mean; CRPS and fair CRPS; spread-skill ratio; power "
          "of one member / truth over the finest third of wavenumbers; seam: jump across patch borders / truth's "
          "(- when unpatched), for the DiT (storm-dit) its blockiness at the token period / truth's; min/max of the "
-         "members (truth's). Training exports the best validation's weights. Data and splits: bench/science_cases.py. "
+         "members (truth's). Training exports the best validation's weights; CorrDiff and StormCast members are centred on "
+         "the regression mean with their spread calibrated on the validation times, the Stormscope DiT learns the "
+         "tendency with a spread factor calibrated there. Data and splits: bench/science_cases.py. "
          "One block per command; each run replaces its own block.")
 
 
@@ -254,6 +256,19 @@ def record(text: str, command: str) -> Path:
         lines += [f"### {head}", "", rest, ""]
     path.write_text(doc.rstrip("\n") + "\n\n" + "\n".join(lines))
     return path
+
+
+def _without_work(argv: list[str]) -> list[str]:
+    """The arguments without ``--work DIR`` (where the runs go does not change the table it records)."""
+    out, skip = [], False
+    for a in argv:
+        if skip or a.startswith("--work="):
+            skip = False
+            continue
+        skip = a == "--work"
+        if not skip:
+            out.append(a)
+    return out
 
 
 def main() -> None:
@@ -292,7 +307,7 @@ def main() -> None:
         print(text, flush=True)
         blocks.append(text)
     if not args.no_record:
-        cmd = "python bench/science.py " + " ".join(sys.argv[1:])
+        cmd = "python bench/science.py " + " ".join(_without_work(sys.argv[1:]))
         print(f"recorded in {record(chr(10).join(blocks), cmd.strip())}")
 
 
