@@ -150,7 +150,7 @@ class CorrDiff(Pipeline):
 
     @torch.no_grad()
     def calibration_draws(self, batch: dict, seeds: list[list[int]]) -> tuple[Tensor, Tensor] | None:
-        if "diffusion" not in self.stages or "regression" not in self.stages:
+        if not self.diffuses_residual:
             return None
         cond = batch["input"]
         mean = self.regression_mean(cond)

@@ -178,7 +178,7 @@ class StormCast(ForecastPipeline):
     def residual(self, batch: dict) -> Tensor:
         prev, nxt, background, invariant = self._unpack(batch)
         mean = self._regression_mean(prev, background, invariant, self._net_kwargs(batch.get("lead_time_label")))
-        base = self._diffusion_base(prev, mean) if "regression" not in self.stages else mean
+        base = self._diffusion_base(prev, mean)
         return nxt if base is None else nxt - base
 
 
