@@ -76,5 +76,8 @@ def test_stormcast_cpu_trains_a_state_only_forecaster(tmp_path):
     model = xkmcast.load_model(tmp_path / "runs" / "stormcast-cpu" / "0" / "model")
     assert set(model.stages) == {"regression", "diffusion"} and model.spec.background_vars == []
     assert model.spec.time_step == "1h" and model.spec.extra["input_skip"] is True
+    # the spread is calibrated at each of the first 3 steps of rollouts along the validation times
+    gains = model.spec.extra["step_spread_gain"]
+    assert len(gains) == 3 and gains[0] == [1.0] * 3 and all(g >= 0 for row in gains for g in row)
     out = state.isel(time=[0]).kmcast.forecast(model, steps=3, members=2, num_steps=2)
     assert out["t2m"].sizes["member"] == 2 and np.isfinite(out["t2m"].values).all()

@@ -80,6 +80,9 @@ def test_a_checkpoint_of_another_model_is_refused_naming_the_keys(tmp_path):
     text = str(err.value)
     assert "data.output_vars" in text and "model.size" in text and "model.kind" not in text.split("found")[0]
     check_signature({"a": 1}, {"a": 1})  # equal signatures pass
+    check_signature({"a": 1, "b": 2}, {"a": 1})  # a setting the run no longer ties to the weights
+    with pytest.raises(CheckpointError, match="differing keys: b"):
+        check_signature({"a": 1}, {"a": 1, "b": 2})  # a setting the checkpoint cannot vouch for
 
 
 def test_rng_states_restore_the_same_draws():

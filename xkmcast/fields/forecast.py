@@ -197,7 +197,7 @@ def _rollout(pipeline, state0: np.ndarray, bg: np.ndarray | None, init_time, mem
             seeds = row_seeds(seed, members, init_time, n)
             if getattr(pipeline, "takes_valid_time", False):
                 timed = {"valid_time": np.datetime64(init_time) + n * dt}
-            new = pipeline.step(x, b, seeds=seeds, **options, **timed).float()
+            new = pipeline.step(x, b, seeds=seeds, step_index=n, **options, **timed).float()
             x = torch.cat([x[:, 1:], new[:, None]], dim=1) if windowed else new
             states.append(new.cpu().numpy())
             if on_step is not None:

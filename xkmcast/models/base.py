@@ -174,8 +174,15 @@ class Pipeline(torch.nn.Module):
     def members_about_mean(self, draws: torch.Tensor, centre: bool | None = None) -> torch.Tensor:
         """The departures of M members from what the diffusion's residual is added to (the regression
         mean; Stormscope: the state), from its draws ``(M, ...)`` (dim 0: the members of one ensemble):
+        ``shared + spread`` of :meth:`member_parts`."""
+        shared, spread = self.member_parts(draws, centre)
+        return shared if spread is None else shared + spread
 
-            d_k = s * (r_k - mean_j r_j)                        (centred)
+    def member_parts(self, draws: torch.Tensor, centre: bool | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(shared, spread)``: the members' departures ``d_k = shared + spread_k`` split into what all
+        members share and their spread about the ensemble mean (zero mean over dim 0):
+
+            d_k = s * (r_k - mean_j r_j)                        (centred: shared = 0)
             d_k = s * (mean_j r_j + a * (r_k - mean_j r_j))      (not centred)
 
         with ``s`` the sampling :meth:`residual_scale` and ``a`` the spread factor
@@ -183,17 +190,32 @@ class Pipeline(torch.nn.Module):
         ``spec.extra["centre_members"]``: on for the residual models xkmcast trains, off for published
         packages and older bundles) makes the ensemble mean the regression mean, the draws keeping their
         spread about it. Either makes member k depend on the other members of its ensemble (the same seed
-        and member count give the same ensemble)."""
+        and member count give the same ensemble). ``spread`` is None when nothing splits the draws (one
+        member, or neither centring, nor a factor, nor per-step gains to apply to the spread
+        (:meth:`step_spread_gain`): ``shared = s * r_k``, the draws as they are)."""
         centre = self.spec.extra.get("centre_members", False) if centre is None else centre
         factor = self.spec.extra.get("spread_factor")
-        if draws.shape[0] > 1 and (centre or factor is not None):
-            mean = draws.mean(dim=0, keepdim=True)
-            spread = draws - mean
-            if factor is not None:
-                n = len(self.spec.output_vars)
-                spread = spread * torch.as_tensor(factor, dtype=draws.dtype, device=draws.device).reshape(1, n, 1, 1)
-            draws = spread if centre else mean + spread
-        return draws * self.residual_scale(draws, sampling=True)
+        scale = self.residual_scale(draws, sampling=True)
+        if draws.shape[0] < 2 or not (centre or factor is not None or self.spec.extra.get("step_spread_gain")):
+            return draws * scale, None
+        mean = draws.mean(dim=0, keepdim=True)
+        spread = (draws - mean) * scale
+        if factor is not None:
+            n = len(self.spec.output_vars)
+            spread = spread * torch.as_tensor(factor, dtype=draws.dtype, device=draws.device).reshape(1, n, 1, 1)
+        return (torch.zeros_like(mean) if centre else mean * scale), spread
+
+    def step_spread_gain(self, step_index: int, like: torch.Tensor) -> torch.Tensor | None:
+        """The gain (1, C_out, 1, 1) on the members' spread about their ensemble mean at step
+        ``step_index`` of a rollout (0: the first step from the initial state), from
+        ``spec.extra["step_spread_gain"]`` (one row of per-channel gains per step, calibrated on validation
+        rollouts: :func:`xkmcast.train.spread.calibrated_step_gains`; steps past the last row take the last
+        row); None when the spec has none (published packages, downscaling models)."""
+        gains = self.spec.extra.get("step_spread_gain")
+        if not gains:
+            return None
+        row = gains[min(max(int(step_index), 0), len(gains) - 1)]
+        return torch.as_tensor(row, dtype=like.dtype, device=like.device).reshape(1, len(row), 1, 1)
 
     @property
     def diffuses_residual(self) -> bool:

@@ -18,8 +18,8 @@ A kind is a :class:`ModelKind` row of :data:`KINDS`:
 * ``regression_windows``: its regression (a fully convolutional U-Net) can train on windows of the
   field (``data.patch`` / ``data.regression_patch``, :mod:`xkmcast.models.regression_windows`);
 * ``time_step``: the forecast step (None: a downscaling kind);
-* ``sizes``: which network size table it uses (:data:`xkmcast.models.specs.UNET_SIZES` or
-  ``TRANSFORMER_SIZES``);
+* ``sizes``: which network size table it uses (:data:`xkmcast.models.specs.UNET_SIZES`,
+  ``TRANSFORMER_SIZES`` or ``DIT_SIZES``);
 * ``spec`` / ``pipeline``: the spec factory in :mod:`xkmcast.models.specs` and the pipeline class
   (``module:Class`` under :mod:`xkmcast.models`, imported when first needed).
 
@@ -135,7 +135,7 @@ class ModelKind:
     def size_table(self) -> dict[str, dict[str, Any]]:
         from . import specs
 
-        return {"unet": specs.UNET_SIZES, "transformer": specs.TRANSFORMER_SIZES}[self.sizes]
+        return {"unet": specs.UNET_SIZES, "transformer": specs.TRANSFORMER_SIZES, "dit": specs.DIT_SIZES}[self.sizes]
 
 
 KINDS: dict[str, ModelKind] = {k.name: k for k in (
@@ -155,7 +155,7 @@ KINDS: dict[str, ModelKind] = {k.name: k for k in (
     ModelKind(
         "stormscope", "stormcast:Stormscope", "stormscope_spec",
         conditions={"diffusion": ("state", "background", "invariant")},
-        time_step="1h", sizes="transformer", input_skip=True,
+        time_step="1h", sizes="dit", input_skip=True,
         description="forecast: diffusion-only DiT (PhysicsNeMo layout, neighbourhood attention)",
     ),
     ModelKind(

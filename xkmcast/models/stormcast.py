@@ -26,6 +26,7 @@ from torch import Tensor
 from ..diffusion import losses
 from ..errors import ConfigError, explain
 from ..diffusion.samplers import sample as sample_rows
+from ..diffusion.token_jitter import TokenJitter
 from .base import ModelSpec, Pipeline, sampler_config, training_sigma
 from .kinds import CONDITIONS
 from .regression_windows import position_kwargs, window_setting, windowed_loss
@@ -90,22 +91,52 @@ class StormCast(ForecastPipeline):
         return out + state if self.spec.extra.get("input_skip") else out
 
     @torch.no_grad()
-    def step(self, state: Tensor, background: Tensor | None = None, *, seeds: list[int],
-             lead_time_label: Tensor | None = None, sampler: str | None = None, num_steps: int | None = None,
-             batch_size: int | None = None, centre: bool | None = None, **extra_options: Any) -> Tensor:
+    def step(self, state: Tensor, background: Tensor | None = None, *, seeds: list[int], step_index: int = 0,
+             **options: Any) -> Tensor:
         """x_{t+1} for each row of ``state`` (N, C, H, W) normalised; row i's noise from ``seeds[i]``. The rows
-        are the members of one ensemble: ``centre`` centres their residuals (:meth:`members_about_mean`)."""
+        are the members of one ensemble, at step ``step_index`` of their rollout (0: from the initial
+        state): ``base + g * spread`` of :meth:`step_parts`, ``g`` the :meth:`step_spread_gain` of that step
+        (1 when the bundle has none). ``options``: those of :meth:`step_parts`."""
+        base, spread = self.step_parts(state, background, seeds=seeds, **options)
+        if spread is None:
+            return base
+        gain = self.step_spread_gain(step_index, spread)
+        return base + (spread if gain is None else gain * spread)
+
+    @torch.no_grad()
+    def step_parts(self, state: Tensor, background: Tensor | None = None, *, seeds: list[int],
+                   lead_time_label: Tensor | None = None, sampler: str | None = None, num_steps: int | None = None,
+                   batch_size: int | None = None, centre: bool | None = None,
+                   **extra_options: Any) -> tuple[Tensor, Tensor | None]:
+        """``(base, spread)``: the members' next states ``base + spread``, split into the part each member
+        has of its own (its regression mean, plus what its draw shares with the others':
+        :meth:`member_parts`) and the members' spread about their ensemble mean (None when nothing splits
+        them: a regression alone, one member, draws taken as they are). ``centre`` centres the residuals
+        on the regression mean (:meth:`member_parts`)."""
         state = state.to(self.device, torch.float32)
         background = None if background is None else background.to(self.device, torch.float32)
         invariant = self.batch_invariant(state.shape[0], state)
         kwargs = self._net_kwargs(lead_time_label)
         mean = self._regression_mean(state, background, invariant, kwargs)
         if "diffusion" not in self.stages:
-            return mean
+            return mean, None
         out = self._draws(state, background, invariant, mean, seeds, kwargs, sampler=sampler, num_steps=num_steps,
                           batch_size=batch_size, **extra_options)
         base = self._diffusion_base(state, mean)
-        return out if base is None else self.members_about_mean(out, centre) + base
+        if base is None:
+            return out, None
+        shared, spread = self.member_parts(out, centre)
+        return base + shared, spread
+
+    def denoiser(self, sampling: bool = False):
+        """The diffusion stage as trained (``sampling`` False) and sampled: with its token grid moved by
+        the noise level, or at sampling averaged over offsets, when the spec says so
+        (``spec.extra["token_jitter"]``: :class:`~xkmcast.diffusion.token_jitter.TokenJitter`)."""
+        net = self.stages["diffusion"]
+        jitter = self.spec.extra.get("token_jitter")
+        if not jitter:
+            return net
+        return TokenJitter(net, jitter["patch"], periodic_x=self.periodic_x, average=sampling and jitter["average"])
 
     def _diffusion_base(self, state: Tensor, mean: Tensor | None) -> Tensor | None:
         """What the diffusion's residual is added to: the regression mean when it is a diffusion
@@ -118,7 +149,7 @@ class StormCast(ForecastPipeline):
         names = self.stage_conditions("diffusion")
         dcond = self.conditions(names, state=state, background=background, invariant=invariant, regression=mean)
         config = sampler_config(self.spec, sampler, num_steps, **extra_options)
-        return sample_rows(self.stages["diffusion"], state.shape[1:], seeds, condition=dcond, config=config,
+        return sample_rows(self.denoiser(sampling=True), state.shape[1:], seeds, condition=dcond, config=config,
                            batch_size=batch_size, **kwargs).to(torch.float32)
 
     @torch.no_grad()
@@ -164,7 +195,7 @@ class StormCast(ForecastPipeline):
         base = self._diffusion_base(prev, mean)
         target = nxt if base is None else (nxt - base) / self.residual_scale(nxt)
         return losses.denoising_loss(
-            self.stages["diffusion"], target, cond, sigma_dist=training_sigma(self.spec.loss, self.spec.kind),
+            self.denoiser(), target, cond, sigma_dist=training_sigma(self.spec.loss, self.spec.kind),
             channel_weights=weights, generator=generator, **kwargs,
         )
 
@@ -194,7 +225,7 @@ class Stormscope(StormCast):
     def diffuses_residual(self) -> bool:
         return bool(self.spec.extra.get("input_skip"))
 
-    def members_about_mean(self, draws: Tensor, centre: bool | None = None) -> Tensor:
+    def member_parts(self, draws: Tensor, centre: bool | None = None) -> tuple[Tensor, Tensor | None]:
         """Tendency draws are never centred (the state is no ensemble mean); their spread about the
         ensemble mean takes the spread factor calibrated on validation times."""
-        return super().members_about_mean(draws, centre=False)
+        return super().member_parts(draws, centre=False)

@@ -61,8 +61,11 @@ class StormScopePackage(ForecastPipeline):
 
     @torch.no_grad()
     def step(self, state: Tensor, background: Tensor | None = None, *, seeds: list[int], valid_time,
-             sampler: str | None = None, num_steps: int | None = None, batch_size: int | None = None,
-             **extra_options: Any) -> Tensor:
+             step_index: int = 0, sampler: str | None = None, num_steps: int | None = None,
+             batch_size: int | None = None, **extra_options: Any) -> Tensor:
+        """x_{t+dt} for each row (the window of ``state`` ending at ``valid_time``); the members are the
+        package's draws as they are, at every ``step_index`` (the published packages have no per-step
+        spread gains)."""
         state = state.to(self.device, torch.float32)
         if state.ndim == 4:
             state = state[:, None]

@@ -129,8 +129,11 @@ def _tensor_digest(state: dict[str, Any]) -> str:
 
 
 def check_signature(found: dict[str, Any], expected: dict[str, Any], *, where: str = "the checkpoint") -> None:
-    """Refuse a checkpoint whose model settings differ from the run's, naming the differing keys."""
-    keys = sorted(set(found) | set(expected))
+    """Refuse a checkpoint whose model settings differ from the run's, naming the differing keys: each
+    key of ``expected`` (the run's signature) must have the same value in ``found``. A key that only the
+    checkpoint records is a setting this version no longer counts as shaping the weights (one applied at
+    export, say) and is not compared."""
+    keys = sorted(expected)
     differ = [k for k in keys if found.get(k, "<absent>") != expected.get(k, "<absent>")]
     if differ:
         detail = [f"{k}: checkpoint {found.get(k, '<absent>')!r} vs config {expected.get(k, '<absent>')!r}"

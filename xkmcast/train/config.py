@@ -181,7 +181,9 @@ class ModelConfig(_Strict):
     ("auto"), no scaling ("none"), or the given values. ``spread_calibration`` (with "auto" and
     validation times): at export, members are drawn with the scale that makes their spread about the
     ensemble mean equal the regression's RMS error on the validation times (measured with the trained
-    diffusion, :mod:`xkmcast.train.spread`), not on the times it was fitted to. ``centre_members``: the
+    diffusion, :mod:`xkmcast.train.spread`), not on the times it was fitted to; a stepping model's
+    spread is then calibrated at each of the first ``spread_steps`` steps of rollouts along consecutive
+    validation times (a gain per step and channel; later steps take the last; 0: none). ``centre_members``: the
     members' residuals are centred on their ensemble mean at inference, so the ensemble mean is the
     regression mean and the diffusion gives the spread (:meth:`xkmcast.models.base.Pipeline.members_about_mean`;
     recorded in the bundle, overridable per call with ``centre=``).
@@ -198,6 +200,7 @@ class ModelConfig(_Strict):
     input_skip: bool | None = None
     residual_scale: Literal["auto", "none"] | list[float] = "auto"
     spread_calibration: bool = True
+    spread_steps: int = Field(3, ge=0)
     centre_members: bool = True
     loss: LossConfig = Field(default_factory=LossConfig)
     sampler: dict[str, Any] = Field(default_factory=dict)
@@ -353,8 +356,10 @@ class TrainConfig(_Strict):
         return self
 
     def model_signature(self) -> dict[str, Any]:
-        """The settings a checkpoint's weights depend on, flattened: ``{dotted key: value}``."""
-        keep = self.model.model_dump(mode="json", by_alias=True, exclude={"regression_bundle", "sampler"})
+        """The settings a checkpoint's weights depend on, flattened: ``{dotted key: value}`` (not those
+        applied when sampling or exporting: the sampler, the spread calibration, centring)."""
+        keep = self.model.model_dump(mode="json", by_alias=True, exclude={
+            "regression_bundle", "sampler", "spread_calibration", "spread_steps", "centre_members"})
         data = self.data.model_dump(mode="json", include={"input_vars", "output_vars", "background_vars",
                                                           "invariants", "patch"})
         return _flatten({"model": keep, "data": data})

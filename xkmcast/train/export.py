@@ -50,8 +50,9 @@ def export_run(trainer) -> Path | None:
 def calibrate_spread(pipeline, trainer) -> None:
     """A diffusion stage modelling a residual, ``model.spread_calibration`` (with ``residual_scale: auto``)
     and validation times: calibrate its members' spread (:mod:`xkmcast.train.spread`) -- the sampling
-    scale on a regression mean, else the spread factor about the ensemble mean -- into ``pipeline.spec.extra``."""
-    from .spread import calibrated_sample_scale, calibrated_spread_factor
+    scale on a regression mean, else the spread factor about the ensemble mean -- into ``pipeline.spec.extra``;
+    then a stepping model's gains for the first ``model.spread_steps`` steps of a rollout."""
+    from .spread import calibrated_sample_scale, calibrated_spread_factor, calibrated_step_gains
 
     m = trainer.cfg.model
     if trainer.stage != "diffusion" or not m.spread_calibration or m.residual_scale != "auto":
@@ -59,10 +60,18 @@ def calibrate_spread(pipeline, trainer) -> None:
     on_mean = "regression" in pipeline.stages
     key, fn = ("sample_scale", calibrated_sample_scale) if on_mean else ("spread_factor", calibrated_spread_factor)
     values = fn(pipeline, trainer.valid_data, seed=trainer.t.seed)
-    if values is not None:
-        pipeline.spec.extra[key] = values
-        trainer.log.message(f"members' spread calibrated on the validation times: {key} "
-                            + ", ".join(f"{v}={x:.3g}" for v, x in zip(pipeline.spec.output_vars, values)))
+    if values is None:
+        return
+    names = pipeline.spec.output_vars
+    pipeline.spec.extra[key] = values
+    trainer.log.message(f"members' spread calibrated on the validation times: {key} "
+                        + ", ".join(f"{v}={x:.3g}" for v, x in zip(names, values)))
+    gains = calibrated_step_gains(pipeline, trainer.valid_data, steps=m.spread_steps, seed=trainer.t.seed) \
+        if m.spread_steps > 0 else None
+    if gains is not None:
+        pipeline.spec.extra["step_spread_gain"] = gains
+        trainer.log.message("members' spread calibrated on validation rollouts: gain per step "
+                            + "; ".join(", ".join(f"{v}={g:.2f}" for v, g in zip(names, row)) for row in gains))
 
 
 @contextlib.contextmanager

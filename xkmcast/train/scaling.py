@@ -44,7 +44,7 @@ def _network(raw: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     model = raw.get("model", {})
     kind = get_kind(model.get("kind", KIND_NAMES[0]))
     size = model.get("size", DEFAULT_SIZE)
-    return {**kind.size_table().get(size, {}), **model.get("network", {})}, kind.sizes == "transformer"
+    return {**kind.size_table().get(size, {}), **model.get("network", {})}, kind.sizes != "unet"
 
 
 def _round_to(value: float, multiple: int) -> int:

@@ -21,6 +21,23 @@ residual, normalised units) and ``s`` one value per output channel (:meth:`Pipel
   of M members ``E[(y - mean)^2] = (1 + 1/M) sigma^2``:
 
       a_c^2 = mean (t - s r_mean)^2 / ((1 + 1/M) s^2 mean var_k(r_k))        (t: the true residual)
+
+- step gains (:func:`calibrated_step_gains`, stepping models): the two above calibrate one step from a
+  true state. In a rollout the members' spread at step n is what the steps before left (the network
+  maps each member's state, and a smooth regression contracts their differences) plus the new draws',
+  so an ensemble calibrated at the first step is under-dispersive later. Rolled out from validation
+  times along consecutive validation pairs, each member is ``x_k = b_k + g_c d_k`` at step n (``b_k``
+  its own part, ``d_k`` the spread of the draws: :meth:`StormCast.step_parts`) and the per-channel
+  gain ``g_c`` of that step solves, over chains and pixels,
+
+      mean var_k(b + g d) = mean (y - mean_k b)^2 / (1 + 1/M)
+      i.e.  g^2 mean var_k(d) + 2 g mean cov_k(b, d) + mean var_k(b) - T = 0
+
+  (ddof 1; the larger root, 0 when the spread the steps before left already exceeds ``T``); the members
+  continue with that gain to the next step. The gains are then divided by the first step's: they set
+  how the spread grows along a rollout, and its level stays the first step's calibration above (made
+  on all validation samples, where the chains are a few; a spread growing linearly with the gains, the
+  chains' spread-skill ratio becomes ``1 / g_1`` at every step).
 """
 
 from __future__ import annotations
@@ -31,7 +48,8 @@ import torch
 
 from ..errors import ConfigError, explain
 
-__all__ = ["residual_scale", "calibrated_sample_scale", "calibrated_spread_factor", "evenly_spread_batches"]
+__all__ = ["residual_scale", "calibrated_sample_scale", "calibrated_spread_factor", "calibrated_step_gains",
+           "evenly_spread_batches", "rollout_chains"]
 
 
 def evenly_spread_batches(dataset, max_samples: int, device, batch: int = 8) -> Iterator[tuple[list[int], dict]]:
@@ -121,3 +139,90 @@ def calibrated_spread_factor(pipeline, dataset, members: int = 8, max_samples: i
         return None
     s2 = pipeline.residual_scale(torch.zeros(1)).double().reshape(-1).cpu() ** 2
     return [float(v) for v in (moments[2] / ((1 + 1 / members) * s2 * moments[1])).sqrt()]
+
+
+def rollout_chains(dataset, steps: int, max_chains: int) -> list[list[int]]:
+    """Up to ``max_chains`` lists of ``steps`` indices of ``dataset`` (a
+    :class:`~xkmcast.data.samples.ForecastSamples`) whose one-step pairs follow each other (the next state
+    of one is the previous state of the next), their starts spread evenly; shorter (down to 2 pairs)
+    when no chain is that long; empty when there are no two consecutive pairs."""
+    pairs = getattr(dataset, "pairs", None)
+    if not pairs:
+        return []
+    after = {i: index for index, (i, _, k) in enumerate(pairs) if k == 1}
+    chains = []
+    for index, (i, j, k) in enumerate(pairs):
+        if k != 1:
+            continue
+        chain = [index]
+        while len(chain) < steps and pairs[chain[-1]][1] in after:
+            chain.append(after[pairs[chain[-1]][1]])
+        chains.append(chain)
+    longest = max((len(c) for c in chains), default=0)
+    chains = [c for c in chains if len(c) == longest]
+    if longest < 2:
+        return []
+    keep = sorted({int(i) for i in torch.linspace(0, len(chains) - 1, min(len(chains), max_chains)).round().tolist()})
+    return [chains[i] for i in keep]
+
+
+def _solve_gain(var_b: torch.Tensor, var_d: torch.Tensor, cov: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The larger root g >= 0 of ``var_d g^2 + 2 cov g + var_b - target = 0`` per channel (where there is
+    none, the g >= 0 that brings the spread closest to the target)."""
+    disc = cov ** 2 - var_d * (var_b - target)
+    root = (-cov + disc.clamp(min=0).sqrt()) / var_d.clamp(min=1e-30)
+    return root.clamp(min=0)
+
+
+@torch.no_grad()
+def calibrated_step_gains(pipeline, dataset, steps: int = 3, members: int = 8, max_chains: int = 8,
+                          seed: int = 0, relative: bool = True) -> list[list[float]] | None:
+    """The per-step gains of the module docstring (``relative``: divided by the first step's, so the
+    first row is ones; else as solved): one row per step (``steps`` of them at most, fewer
+    when the validation times hold no chain that long), one value per output channel, measured on up
+    to ``max_chains`` rollouts of ``members`` members along consecutive pairs of ``dataset``; member k
+    of chain c at step n is seeded by ``row_seed(seed, k, start index of c, n)``. None when the pipeline
+    has no spread to gain (no ``step_parts``, one member, draws taken as they are) or no chain of 2."""
+    from torch.utils.data import default_collate
+
+    from ..diffusion.seeds import row_seeds
+
+    chains = rollout_chains(dataset, steps, max_chains) if members >= 2 else []
+    if not chains or not hasattr(pipeline, "step_parts"):
+        return None
+    device = pipeline.device
+
+    def rows(t):  # (1, ...) -> (M, ...)
+        return None if t is None else t.to(device).expand(members, *t.shape[1:])
+
+    states: list[torch.Tensor | None] = [None] * len(chains)
+    gains = []
+    for n in range(len(chains[0])):
+        sums = torch.zeros(4, len(pipeline.spec.output_vars), dtype=torch.float64)
+        count, parts = 0, []
+        for c, chain in enumerate(chains):
+            batch = default_collate([dataset[chain[n]]])
+            prev, nxt, background, _ = pipeline._unpack(batch)
+            x = rows(prev) if states[c] is None else states[c]
+            label = batch.get("lead_time_label")
+            base, spread = pipeline.step_parts(x, rows(background), seeds=row_seeds(seed, members, chain[0], n),
+                                               lead_time_label=rows(label))
+            if spread is None:
+                return None
+            b, d, y = base.double(), spread.double(), nxt.to(device).double()
+            sums[0] += b.var(dim=0).sum(dim=(1, 2)).cpu()
+            sums[1] += d.var(dim=0).sum(dim=(1, 2)).cpu()
+            sums[2] += ((b - b.mean(0)) * d).sum(dim=0).div(members - 1).sum(dim=(1, 2)).cpu()
+            sums[3] += (y[0] - b.mean(0)).pow(2).sum(dim=(1, 2)).cpu()
+            count += y.shape[-2] * y.shape[-1]
+            parts.append((base, spread))
+        var_b, var_d, cov, err2 = sums / count
+        if bool((var_d <= 0).any()):
+            return None
+        gain = _solve_gain(var_b, var_d, cov, err2 / (1 + 1 / members))
+        gains.append([float(g) for g in gain])
+        g = gain.to(device=device, dtype=torch.float32).reshape(1, -1, 1, 1)
+        states = [base + g * spread for base, spread in parts]
+    if not relative:
+        return gains
+    return [[g / f if f > 0 else 1.0 for g, f in zip(row, gains[0])] for row in gains]

@@ -1,0 +1,155 @@
+"""The members' spread along a rollout: gains per step calibrated on validation rollouts
+(:func:`xkmcast.train.spread.calibrated_step_gains`) and applied by the forecast path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _nets import randomise
+from _tiny import FINE_SHAPE, STATE_VARS, tiny_stormcast
+
+from xkmcast.diffusion.seeds import row_seeds
+from xkmcast.train.spread import calibrated_step_gains, rollout_chains
+
+
+class Sequences:
+    """Consecutive one-step pairs of state sequences, laid out as :class:`ForecastSamples` lays them
+    (``pairs`` of store positions ``(i, j, k)``; a gap between sequences)."""
+
+    def __init__(self, states: list[torch.Tensor], background: list[torch.Tensor]):
+        self.states, self.background, self.pairs = [], [], []
+        for seq, bg in zip(states, background):
+            start = len(self.states)
+            self.states += list(seq) + [seq[-1]]  # one filler position: no pair crosses the gap
+            self.background += list(bg) + [bg[-1]] * 2  # the last state and the filler have no pair
+            self.pairs += [(start + n, start + n + 1, 1) for n in range(len(seq) - 1)]
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, index):
+        i, j, _ = self.pairs[index]
+        return {"state": [self.states[i], self.states[j]], "background": self.background[i]}
+
+
+def _truth(pipe, chains: int, steps: int, seed: int) -> Sequences:
+    """Sequences x_{n+1} = R(x_n) + e_n with errors e_n that grow with n, so an ensemble calibrated at
+    the first step is under-dispersive later."""
+    g = torch.Generator().manual_seed(seed)
+    states, backgrounds = [], []
+    for _ in range(chains):
+        x = torch.randn(1, len(STATE_VARS), *FINE_SHAPE, generator=g)
+        bg = torch.randn(steps, 1, *FINE_SHAPE, generator=g)
+        seq = [x[0]]
+        for n in range(steps):
+            with torch.no_grad():
+                mean = pipe._regression_mean(x, bg[n:n + 1], pipe.batch_invariant(1, x), {})
+            x = mean + 0.3 * (1 + n) * torch.randn(mean.shape, generator=g)
+            seq.append(x[0])
+        states.append(torch.stack(seq))
+        backgrounds.append(bg)
+    return Sequences(states, backgrounds)
+
+
+def test_rollout_chains_follow_consecutive_pairs_and_stop_at_gaps():
+    class Pairs:
+        pairs = [(0, 1, 1), (1, 2, 1), (2, 3, 1), (5, 6, 1), (6, 7, 1), (0, 2, 2)]
+
+    assert rollout_chains(Pairs(), 3, 8) == [[0, 1, 2]]  # the pairs after the gap make no chain of 3
+    assert rollout_chains(Pairs(), 2, 8) == [[0, 1], [1, 2], [3, 4]]
+    assert rollout_chains(Pairs(), 2, 2) == [[0, 1], [3, 4]]  # starts spread evenly
+    assert rollout_chains(Pairs(), 9, 8) == [[0, 1, 2]]  # as long as there is
+
+    class Apart:
+        pairs = [(0, 1, 1), (2, 3, 1)]
+
+    assert rollout_chains(Apart(), 3, 8) == []
+
+
+def _dispersion(pipe, data, steps: int, members: int) -> list[np.ndarray]:
+    """Per step, per channel ``(1 + 1/M) mean var_k / mean (ensemble mean - truth)^2`` (numpy) of the
+    forecast path (``step`` with ``step_index``: another code path than the calibration's) rolled out
+    along the chains of ``data``."""
+    ratios, chains = [], rollout_chains(data, steps, 8)
+    now = [data[chain[0]]["state"][0][None].expand(members, -1, -1, -1) for chain in chains]
+    for n in range(steps):
+        var, err2 = 0.0, 0.0
+        for c, chain in enumerate(chains):
+            bg = data[chain[n]]["background"][None].expand(members, -1, -1, -1)
+            now[c] = pipe.step(now[c], bg, seeds=row_seeds(0, members, chain[0], n), step_index=n)
+            f, y = now[c].double().numpy(), data[chain[n]]["state"][1].double().numpy()
+            var = var + f.var(axis=0, ddof=1).mean(axis=(1, 2))
+            err2 = err2 + ((f.mean(axis=0) - y) ** 2).mean(axis=(1, 2))
+        ratios.append((1 + 1 / members) * var / err2)
+    return ratios
+
+
+def test_the_solved_gains_calibrate_every_step_of_the_validation_rollouts():
+    """With the gains as solved, the members' spread equals the ensemble mean's error (fair, M members)
+    at every step of the chains; the relative gains are those divided by the first step's."""
+    pipe = tiny_stormcast()
+    randomise(pipe, seed=21)
+    pipe.spec.extra["centre_members"] = True
+    pipe.spec.extra["sample_scale"] = [0.05, 0.08, 0.06]
+    steps, members = 3, 6
+    data = _truth(pipe, 4, steps, seed=5)
+    solved = calibrated_step_gains(pipe, data, steps=steps, members=members, relative=False)
+    relative = calibrated_step_gains(pipe, data, steps=steps, members=members)
+    assert len(solved) == steps and np.allclose(relative[0], 1.0)
+    np.testing.assert_allclose(np.array(relative), np.array(solved) / np.array(solved[0]), rtol=1e-12)
+    assert all(g > 1.05 for g in relative[-1])  # the errors grow faster than the rollout's spread
+    pipe.spec.extra["step_spread_gain"] = solved
+    for ratio in _dispersion(pipe, data, steps, members):
+        np.testing.assert_allclose(ratio, 1.0, rtol=1e-4)
+    pipe.spec.extra.pop("step_spread_gain")  # without gains the later steps are under-dispersive
+    plain = _dispersion(pipe, data, steps, members)
+    assert all((r < 0.8 * plain[0]).all() for r in plain[1:])
+
+
+def test_the_rollout_applies_the_gain_of_each_step():
+    """Through the forecast rollout: a gain 0 from the second step on leaves each member its own
+    regression mean (centred members), which numpy-free torch recomputes from the step before."""
+    from xkmcast.fields.forecast import _rollout
+
+    pipe = tiny_stormcast()
+    randomise(pipe, seed=22)
+    pipe.spec.extra["centre_members"] = True
+    c = len(STATE_VARS)
+    pipe.spec.extra["step_spread_gain"] = [[1.0] * c, [0.0] * c]
+    g = torch.Generator().manual_seed(6)
+    state0 = torch.randn(c, *FINE_SHAPE, generator=g).numpy()
+    bg = torch.randn(3, 1, *FINE_SHAPE, generator=g).numpy()
+    out = _rollout(pipe, state0, bg, np.datetime64("2024-01-01T00"), 4, 0, {"_steps": 3})
+    assert out.shape == (4, 4, c, *FINE_SHAPE)
+    assert out[:, 1].std(axis=0).mean() > 1e-3  # the first step's members spread
+    for n in (2, 3):  # gain 0: the next state of each member is its regression mean
+        x = torch.from_numpy(out[:, n - 1])
+        b = torch.from_numpy(bg[n - 1]).expand(4, -1, -1, -1)
+        with torch.no_grad():
+            mean = pipe._regression_mean(x, b, pipe.batch_invariant(4, x), {})
+        np.testing.assert_allclose(out[:, n], mean.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("what", ["one member", "no chain", "regression only"])
+def test_no_gains_where_nothing_can_be_calibrated(what):
+    pipe = tiny_stormcast(stages=("regression",)) if what == "regression only" else tiny_stormcast()
+    data = _truth(tiny_stormcast(), 2, 1 if what == "no chain" else 3, seed=7)
+    assert calibrated_step_gains(pipe, data, members=1 if what == "one member" else 4) is None
+
+
+def test_uncentred_members_take_the_gains_too():
+    """``centre=False``: the members keep their draws' mean, and their spread about it takes the gain."""
+    pipe = tiny_stormcast()
+    randomise(pipe, seed=23)
+    c = len(STATE_VARS)
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(1, c, *FINE_SHAPE, generator=g).expand(4, -1, -1, -1)
+    b = torch.randn(1, 1, *FINE_SHAPE, generator=g).expand(4, -1, -1, -1)
+    plain = pipe.step(x, b, seeds=[1, 2, 3, 4], centre=False)
+    pipe.spec.extra["step_spread_gain"] = [[1.0] * c, [2.5] * c]
+    first = pipe.step(x, b, seeds=[1, 2, 3, 4], centre=False, step_index=0)
+    later = pipe.step(x, b, seeds=[1, 2, 3, 4], centre=False, step_index=5)
+    torch.testing.assert_close(first, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(later.mean(0), plain.mean(0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(later - later.mean(0), 2.5 * (plain - plain.mean(0)), rtol=1e-4, atol=1e-5)

@@ -1,0 +1,85 @@
+"""Moving the token grid of a patch-token denoiser from one noise level to the next.
+
+A transformer denoiser that cuts the field into p x p tokens (the DiT) writes each token's pixels from
+one token vector. An under-trained one leaves a trace of that p-periodic grid on each evaluation, and
+a sampler that calls it with the same alignment at every noise level stamps the trace into the sample
+(seams at the token period: :func:`xkmcast.fields.blockiness.blockiness`). :class:`TokenJitter`
+evaluates instead
+
+    D'(x; sigma, condition) = crop_o( D(pad_o(x); sigma, condition = pad_o(condition)) )
+
+with ``o = (o_y, o_x)`` rows / columns added at the top / left (reflect; circular along a periodic x)
+and cropped off the output, so the token grid starts ``o`` pixels before the field. The offset is a
+function of the noise level alone (that of the batch's first row),
+
+    k = floor(1000 |ln sigma|) mod (p_y p_x),   o = (k // p_x, k mod p_x),
+
+so a sampler's evaluations (each at another sigma) see the grid at other places and their traces
+average out, the same sigma gives the same offset however the rows are batched, and training (sigma
+drawn at random) sees all offsets. With ``average`` (at sampling) each evaluation is instead the mean
+over the token's diagonal offsets ``(o mod p_y, o mod p_x)``, ``o < max(p_y, p_x)``: a trace made of
+seams along y and seams along x is then spread evenly over the period (its seams average out within
+each evaluation), for max(p_y, p_x) evaluations of the network. Within the field the denoiser is
+unchanged; a Stormscope bundle records its setting (``spec.extra["token_jitter"]``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..nn.padding import crop
+
+__all__ = ["TokenJitter", "token_offset"]
+
+
+def token_offset(sigma: float, patch: tuple[int, int]) -> tuple[int, int]:
+    """``(o_y, o_x)`` of the module docstring for noise level ``sigma`` and token size ``(p_y, p_x)``
+    ((0, 0) at sigma 0)."""
+    py, px = (int(p) for p in patch)
+    if py * px < 2 or not sigma > 0:
+        return 0, 0
+    k = int(math.floor(1000.0 * abs(math.log(float(sigma))))) % (py * px)
+    return k // px, k % px
+
+
+def _shift(x: Tensor, oy: int, ox: int, periodic_x: bool) -> Tensor:
+    if ox:
+        x = torch.cat([x[..., -ox:], x], dim=-1) if periodic_x else \
+            torch.nn.functional.pad(x, (ox, 0, 0, 0), mode="reflect")
+    if oy:
+        x = torch.nn.functional.pad(x, (0, 0, oy, 0), mode="reflect")
+    return x
+
+
+class TokenJitter:
+    """``denoiser`` (called ``denoiser(x, sigma=..., condition=..., **kwargs)``) with its token grid moved
+    by the offset of each call's noise level, or (``average``) averaged over the diagonal offsets (module
+    docstring); ``patch``: the token size (p_y, p_x). Keeps the denoiser's sigma range and ``sigma_data``
+    (samplers and losses read them)."""
+
+    def __init__(self, denoiser: Any, patch: tuple[int, int], periodic_x: bool = False, average: bool = False):
+        self.denoiser, self.patch, self.periodic_x = denoiser, tuple(int(p) for p in patch), bool(periodic_x)
+        self.average = bool(average)
+        for name in ("sigma_min", "sigma_max", "sigma_data"):
+            if hasattr(denoiser, name):
+                setattr(self, name, getattr(denoiser, name))
+
+    def __call__(self, x: Tensor, sigma: Tensor | float, condition: Tensor | None = None, **kwargs: Any) -> Tensor:
+        if self.average:
+            offsets = [(o % self.patch[0], o % self.patch[1]) for o in range(max(self.patch))]
+            return sum(self._at(o, x, sigma, condition, kwargs) for o in offsets) / len(offsets)
+        first = float(sigma.reshape(-1)[0]) if torch.is_tensor(sigma) else float(sigma)
+        return self._at(token_offset(first, self.patch), x, sigma, condition, kwargs)
+
+    def _at(self, offset: tuple[int, int], x: Tensor, sigma, condition: Tensor | None, kwargs: dict) -> Tensor:
+        oy, ox = offset
+        if not (oy or ox):
+            return self.denoiser(x, sigma=sigma, condition=condition, **kwargs)
+        if condition is not None and condition.shape[-2:] == x.shape[-2:]:
+            condition = _shift(condition, oy, ox, self.periodic_x)
+        out = self.denoiser(_shift(x, oy, ox, self.periodic_x), sigma=sigma, condition=condition, **kwargs)
+        return crop(out, (ox, 0, oy, 0))
