@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..nn.padding import crop
+from ..nn.padding import crop, pad
 
 __all__ = ["TokenJitter", "token_offset"]
 
@@ -44,15 +44,6 @@ def token_offset(sigma: float, patch: tuple[int, int]) -> tuple[int, int]:
         return 0, 0
     k = int(math.floor(1000.0 * abs(math.log(float(sigma))))) % (py * px)
     return k // px, k % px
-
-
-def _shift(x: Tensor, oy: int, ox: int, periodic_x: bool) -> Tensor:
-    if ox:
-        x = torch.cat([x[..., -ox:], x], dim=-1) if periodic_x else \
-            torch.nn.functional.pad(x, (ox, 0, 0, 0), mode="reflect")
-    if oy:
-        x = torch.nn.functional.pad(x, (0, 0, oy, 0), mode="reflect")
-    return x
 
 
 class TokenJitter:
@@ -79,7 +70,8 @@ class TokenJitter:
         oy, ox = offset
         if not (oy or ox):
             return self.denoiser(x, sigma=sigma, condition=condition, **kwargs)
+        padding = (ox, 0, oy, 0)  # left, right, top, bottom
         if condition is not None and condition.shape[-2:] == x.shape[-2:]:
-            condition = _shift(condition, oy, ox, self.periodic_x)
-        out = self.denoiser(_shift(x, oy, ox, self.periodic_x), sigma=sigma, condition=condition, **kwargs)
-        return crop(out, (ox, 0, oy, 0))
+            condition = pad(condition, padding, periodic_x=self.periodic_x)
+        out = self.denoiser(pad(x, padding, periodic_x=self.periodic_x), sigma=sigma, condition=condition, **kwargs)
+        return crop(out, padding)

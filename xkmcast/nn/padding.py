@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Padding", "pad_to_multiple", "crop", "is_periodic_x"]
+__all__ = ["Padding", "pad", "pad_to_multiple", "crop", "is_periodic_x"]
 
 Padding = tuple[int, int, int, int]  # left, right, top, bottom (F.pad order)
 
@@ -45,9 +45,16 @@ def pad_to_multiple(x: torch.Tensor, multiple: int | tuple[int, int], *, periodi
     my, mx = (multiple, multiple) if isinstance(multiple, int) else multiple
     top, bottom = _sides(x.shape[-2], my)
     left, right = _sides(x.shape[-1], mx)
+    padding = (left, right, top, bottom)
+    return pad(x, padding, periodic_x=periodic_x), padding
+
+
+def pad(x: torch.Tensor, padding: Padding, *, periodic_x: bool = False) -> torch.Tensor:
+    """(B, C, H, W) padded by ``padding`` (left, right, top, bottom) in the module docstring's modes;
+    :func:`crop` with the same ``padding`` undoes it."""
+    left, right, top, bottom = padding
     x = _pad_1d(x, left, right, -1, "circular" if periodic_x else "reflect")
-    x = _pad_1d(x, top, bottom, -2, "reflect")
-    return x, (left, right, top, bottom)
+    return _pad_1d(x, top, bottom, -2, "reflect")
 
 
 def crop(x: torch.Tensor, padding: Padding) -> torch.Tensor:

@@ -52,13 +52,17 @@ __all__ = ["residual_scale", "calibrated_sample_scale", "calibrated_spread_facto
            "evenly_spread_batches", "rollout_chains"]
 
 
+def _evenly_spread(n: int, k: int) -> list[int]:
+    """Up to ``k`` of the indices 0..n-1, spread evenly (first and last included)."""
+    return sorted({int(i) for i in torch.linspace(0, n - 1, min(n, k)).round().tolist()})
+
+
 def evenly_spread_batches(dataset, max_samples: int, device, batch: int = 8) -> Iterator[tuple[list[int], dict]]:
     """``(indices, collated batch on device)`` of up to ``max_samples`` samples spread evenly over
     ``dataset`` (first and last included), ``batch`` at a time."""
     from torch.utils.data import default_collate
 
-    n = len(dataset)
-    index = sorted({int(i) for i in torch.linspace(0, n - 1, min(n, max_samples)).round().tolist()})
+    index = _evenly_spread(len(dataset), max_samples)
     for start in range(0, len(index), batch):
         part = index[start:start + batch]
         items = default_collate([dataset[i] for i in part])
@@ -162,8 +166,7 @@ def rollout_chains(dataset, steps: int, max_chains: int) -> list[list[int]]:
     chains = [c for c in chains if len(c) == longest]
     if longest < 2:
         return []
-    keep = sorted({int(i) for i in torch.linspace(0, len(chains) - 1, min(len(chains), max_chains)).round().tolist()})
-    return [chains[i] for i in keep]
+    return [chains[i] for i in _evenly_spread(len(chains), max_chains)]
 
 
 def _solve_gain(var_b: torch.Tensor, var_d: torch.Tensor, cov: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
