@@ -193,7 +193,7 @@ class Pipeline(torch.nn.Module):
         and member count give the same ensemble). ``spread`` is None when nothing splits the draws (one
         member, or neither centring, nor a factor, nor per-step gains to apply to the spread
         (:meth:`step_spread_gain`): ``shared = s * r_k``, the draws as they are)."""
-        centre = self.spec.extra.get("centre_members", False) if centre is None else centre
+        centre = self.members_centred if centre is None else centre
         factor = self.spec.extra.get("spread_factor")
         scale = self.residual_scale(draws, sampling=True)
         if draws.shape[0] < 2 or not (centre or factor is not None or self.spec.extra.get("step_spread_gain")):
@@ -204,6 +204,12 @@ class Pipeline(torch.nn.Module):
             n = len(self.spec.output_vars)
             spread = spread * torch.as_tensor(factor, dtype=draws.dtype, device=draws.device).reshape(1, n, 1, 1)
         return (torch.zeros_like(mean) if centre else mean * scale), spread
+
+    @property
+    def members_centred(self) -> bool:
+        """Whether members are centred on what the diffusion's residual is added to by default
+        (``spec.extra["centre_members"]``; their ensemble mean is then not the draws' to make)."""
+        return bool(self.spec.extra.get("centre_members", False))
 
     def step_spread_gain(self, step_index: int, like: torch.Tensor) -> torch.Tensor | None:
         """The gain (1, C_out, 1, 1) on the members' spread about their ensemble mean at step

@@ -225,7 +225,8 @@ class Stormscope(StormCast):
     def diffuses_residual(self) -> bool:
         return bool(self.spec.extra.get("input_skip"))
 
-    def member_parts(self, draws: Tensor, centre: bool | None = None) -> tuple[Tensor, Tensor | None]:
-        """Tendency draws are never centred (the state is no ensemble mean); their spread about the
+    @property
+    def members_centred(self) -> bool:
+        """Tendency draws are not centred (the state is no ensemble mean); their spread about the
         ensemble mean takes the spread factor calibrated on validation times."""
-        return super().member_parts(draws, centre=False)
+        return False

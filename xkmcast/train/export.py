@@ -42,7 +42,7 @@ def export_run(trainer) -> Path | None:
                 trainer.pipeline.stages[trainer.stage] = trainer.wrapped
     if trainer.env.is_main and which == "best":
         step = min(trainer.valid_losses, key=lambda sv: sv[1])[0]
-        trainer.log.message(f"exported the weights of the best validation (step {step}, loss {trainer.best:.4g})")
+        trainer.log.message(f"exported the weights of the best validation (step {step}, {trainer.valid_score} {trainer.best:.4g})")
     D.barrier(trainer.env)
     return path
 

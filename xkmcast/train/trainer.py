@@ -9,7 +9,9 @@ accumulation is back-propagated. Then: a non-finite loss anywhere stops the run
 (:func:`learning_rate`); the optimizer steps and the EMA of the weights follows (:class:`EMA`).
 
 Every ``validate_every`` steps the EMA weights are evaluated on the validation set with a fixed noise
-generator (so successive validations are comparable); early stopping counts validations without an
+generator (so successive validations are comparable): their loss, or for a diffusion whose members make
+their own ensemble mean the members' fair CRPS (``valid_score``: :mod:`xkmcast.train.valid_score`);
+early stopping counts validations without an
 improvement of ``min_delta``; the EMA weights of the best validation are kept (in memory and in each
 checkpoint). A run stops cleanly -- checkpoint, then export of the EMA weights as a model bundle
 ``<run dir>/model``, the best validation's with ``export_weights: best`` (default) -- when its duration, time budget or FLOPs budget (FLOPs of the first
@@ -35,12 +37,14 @@ from typing import Any
 import torch
 
 from ..device import autocast
+from ..diffusion.seeds import row_seeds
 from ..errors import ConfigError, XkmcastError, explain
 from . import checkpoint as ckpt
 from . import distributed as D
 from .config import TrainConfig, TrainingConfig, run_dir, save_config
 from .logging import RunLog, SigmaBins, save_image
 from .setup import build_run, seed_everything
+from .valid_score import members_crps, resolve_valid_score
 
 __all__ = ["Trainer", "TrainResult", "TrainingDivergedError", "EMA", "learning_rate", "train"]
 
@@ -195,6 +199,7 @@ class Trainer:
         self.pipeline = pipeline.to(self.env.device)
         self.train_data, self.valid_data = train_data, valid_data
         self.stage = self.cfg.model.stage
+        self.valid_score = resolve_valid_score(t.valid_score, self.stage, self.pipeline)
         for name, module in self.pipeline.stages.items():  # only the trained stage learns
             module.requires_grad_(name == self.stage)
             module.train(name == self.stage)
@@ -235,6 +240,8 @@ class Trainer:
             setattr(self, key, state[key])
         self.valid_losses = [tuple(v) for v in state["valid_losses"]]
         self.best_weights = state.get("best_weights")
+        if state.get("valid_score", "loss") != self.valid_score:  # another measure: its best is no bar
+            self.best, self.bad_validations, self.valid_losses, self.best_weights = math.inf, 0, [], None
         rngs = state["rng"]
         if len(rngs) == self.env.world_size:
             ckpt.set_rng_state(rngs[self.env.rank]["global"])
@@ -320,13 +327,15 @@ class Trainer:
     # ------------------------------------------------------------------------------- validation
     @torch.no_grad()
     def validate(self) -> float | None:
-        """Mean loss of the EMA weights on the validation set (fixed noise; RNG states untouched)."""
+        """Mean score of the EMA weights on the validation set (``self.valid_score``: the loss with fixed
+        noise, or the members' fair CRPS with fixed seeds; RNG states untouched)."""
         if self.valid_data is None or len(self.valid_data) == 0:
             return None
         saved = ckpt.rng_state()
         sampler = torch.utils.data.DistributedSampler(self.valid_data, num_replicas=self.env.world_size,
                                                       rank=self.env.rank, shuffle=False, drop_last=False)
-        loader = torch.utils.data.DataLoader(self.valid_data, batch_size=self.per_rank, sampler=sampler)
+        order = list(sampler)
+        loader = torch.utils.data.DataLoader(self.valid_data, batch_size=self.per_rank, sampler=order)
         gen = torch.Generator(device=self.env.device).manual_seed(self.t.seed + 7919 * (self.env.rank + 1))
         total = torch.zeros(2, dtype=torch.float64)  # on the CPU: MPS has no float64
         first = None
@@ -336,8 +345,13 @@ class Trainer:
                     break
                 batch = to_device(batch, self.env.device)
                 first = batch if first is None else first
-                with self._autocast():
-                    loss, _ = self.pipeline.loss(self.stage, batch, generator=gen)
+                if self.valid_score == "crps":
+                    index = order[i * self.per_rank:(i + 1) * self.per_rank]
+                    loss = members_crps(self.pipeline, batch,
+                                        [row_seeds(self.t.seed, self.t.valid_members, j) for j in index])
+                else:
+                    with self._autocast():
+                        loss, _ = self.pipeline.loss(self.stage, batch, generator=gen)
                 total += torch.tensor([float(loss.detach().double().sum()), float(loss.numel())], dtype=torch.float64)
             if self.t.image_every and self.env.is_main and first is not None and self.step % self.t.image_every == 0:
                 self._image(first)
@@ -388,7 +402,7 @@ class Trainer:
                 "elapsed": self.elapsed, "best": self.best, "bad_validations": self.bad_validations,
                 "valid_losses": [list(v) for v in self.valid_losses], "signature": self.cfg.model_signature(),
                 "world_size": self.env.world_size, "flops_per_step": self.flops_per_step,
-                "best_weights": self.best_weights,
+                "best_weights": self.best_weights, "valid_score": self.valid_score,
             }
             path = ckpt.save_checkpoint(self.ckpt_dir, state, self.step, self.t.max_checkpoints)
         D.barrier(self.env)
@@ -449,7 +463,7 @@ class Trainer:
             v = self.validate()
             if v is not None:
                 self.valid_losses.append((self.step, v))
-                self.log.scalars(self.step, {"valid_loss": v})
+                self.log.scalars(self.step, {f"valid_{self.valid_score}": v})
                 if v < self.best - t.min_delta:
                     self.best, self.bad_validations = v, 0
                     self.best_weights = self._weights_copy()
