@@ -230,10 +230,11 @@ INTRO = ("Columns: MAE of the ensemble mean and its ratio to bilinear (or persis
          "(- when unpatched), for the DiT (storm-dit) its blockiness at the token period / truth's, the worst of the "
          "period's offsets; min/max of the members (truth's). Training exports the best validation's weights; CorrDiff "
          "and StormCast members are centred on the regression mean with their spread calibrated on the validation "
-         "times, the Stormscope DiT learns the tendency with a spread factor calibrated there and moves its token "
-         "grid with the noise level; a stepping model's spread is calibrated at each step of validation rollouts. "
-         "Data and splits: bench/science_cases.py. "
-         "One block per command; each run replaces its own block.")
+         "times, the Stormscope DiT learns the tendency with a spread factor calibrated there, moves its token "
+         "grid with the noise level and is validated by the fair CRPS of 4 members; a stepping model's spread is "
+         "calibrated at each step of validation rollouts. Data and splits: bench/science_cases.py. "
+         "One block per command; each run replaces its own block (a block re-scored with --reuse scores the "
+         "models its command trained before).")
 
 
 def record(text: str, command: str) -> Path:
@@ -260,10 +261,11 @@ def record(text: str, command: str) -> Path:
 
 
 def _without_work(argv: list[str]) -> list[str]:
-    """The arguments without ``--work DIR`` (where the runs go does not change the table it records)."""
+    """The arguments without ``--work DIR`` and ``--reuse`` (where the runs go, and re-scoring them, do not
+    change the table it records)."""
     out, skip = [], False
     for a in argv:
-        if skip or a.startswith("--work="):
+        if skip or a.startswith("--work=") or a == "--reuse":
             skip = False
             continue
         skip = a == "--work"

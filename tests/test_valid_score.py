@@ -93,7 +93,8 @@ def test_members_centred_on_a_regression_mean_keep_the_loss():
 @pytest.mark.slow
 def test_a_stormscope_run_validates_and_exports_by_the_members_crps(tmp_path):
     """The logged validation CRPS is that of the exported (best) weights' members, recomputed from the
-    bundle on the same validation samples and seeds (the export's spread calibration taken off)."""
+    bundle on the same validation samples and seeds (the export's spread calibration taken off); a run
+    resumed from one validated by its loss starts its best afresh (the loss is no bar for a CRPS)."""
     import json
 
     import xkmcast
@@ -101,19 +102,24 @@ def test_a_stormscope_run_validates_and_exports_by_the_members_crps(tmp_path):
     from xkmcast.train.setup import build_run
 
     torch.set_num_threads(1)
-    cfg = load_config("stormscope-tiny", ["data.params={nx: 16, ny: 16, dx: 3000.0, factor: 4, times: 16, seed: 0}",
-                                          "training.duration=6", "training.validate_every=3", "training.valid_batches=1",
-                                          "training.batch_size=4", f"training.outdir={tmp_path}",
-                                          "training.tensorboard=false", "training.checkpoint_every=100"])
+    common = ["data.params={nx: 16, ny: 16, dx: 3000.0, factor: 4, times: 16, seed: 0}", "training.validate_every=2",
+              "training.valid_batches=1", "training.valid_samples=3", "training.batch_size=4", f"training.outdir={tmp_path}",
+              "training.tensorboard=false", "training.checkpoint_every=100"]
+    first = train(load_config("stormscope-tiny", [*common, "training.duration=2", "training.valid_score=loss"]),
+                  quiet=True)
+    assert [s for s, _ in first.valid_losses] == [2]
+    cfg = load_config("stormscope-tiny", [*common, "training.duration=6"])
     result = train(cfg, quiet=True)
     logged = [json.loads(line) for line in (result.bundle.parent / "log.jsonl").read_text().splitlines()]
     crps = [e["valid_crps"] for e in logged if "valid_crps" in e]
-    assert len(crps) == 2 and not any("valid_loss" in e for e in logged)
+    assert [e["step"] for e in logged if "valid_loss" in e] == [2]
+    assert len(crps) == 2 and [v for _, v in result.valid_losses] == crps
     model = xkmcast.load_model(result.bundle).eval()
     for key in ("spread_factor", "step_spread_gain"):
         model.spec.extra.pop(key, None)
     _, _, valid = build_run(cfg)
-    first = range(min(4, len(valid)))  # the one validation batch
-    batch = torch.utils.data.default_collate([valid[i] for i in first])
-    again = members_crps(model, batch, [row_seeds(cfg.training.seed, 4, i) for i in first])
+    n = len(valid)
+    chosen = sorted({round(i * (n - 1) / 2) for i in range(3)})  # valid_samples=3, spread evenly
+    batch = torch.utils.data.default_collate([valid[i] for i in chosen])
+    again = members_crps(model, batch, [row_seeds(cfg.training.seed, 4, i) for i in chosen])
     assert float(again.mean()) == pytest.approx(min(crps), rel=1e-4)

@@ -286,11 +286,13 @@ class TrainingConfig(_Strict):
     ema: EMAConfig = Field(default_factory=EMAConfig)
     validate_every: int = Field(default=100, ge=1)
     valid_batches: int | None = Field(default=8, ge=1)
-    #: what a validation scores: the stage's "loss", the fair "crps" of ``valid_members`` members drawn
-    #: with the inference sampler, or "auto" (the CRPS for a diffusion whose members make their own
+    #: what a validation scores: the stage's "loss" (on ``valid_batches`` batches), the fair "crps" of
+    #: ``valid_members`` members drawn with the inference sampler for ``valid_samples`` samples spread
+    #: evenly over the validation set, or "auto" (the CRPS for a diffusion whose members make their own
     #: ensemble mean: :mod:`xkmcast.train.valid_score`)
     valid_score: Literal["auto", "loss", "crps"] = "auto"
     valid_members: int = Field(default=4, ge=2)
+    valid_samples: int = Field(default=8, ge=1)
     patience: int | None = Field(default=None, ge=1)
     min_delta: float = 0.0
     #: the weights the bundle holds: "best" = the EMA weights of the lowest validation loss (when a

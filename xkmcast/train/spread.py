@@ -57,12 +57,14 @@ def _evenly_spread(n: int, k: int) -> list[int]:
     return sorted({int(i) for i in torch.linspace(0, n - 1, min(n, k)).round().tolist()})
 
 
-def evenly_spread_batches(dataset, max_samples: int, device, batch: int = 8) -> Iterator[tuple[list[int], dict]]:
+def evenly_spread_batches(dataset, max_samples: int, device, batch: int = 8, rank: int = 0,
+                          world_size: int = 1) -> Iterator[tuple[list[int], dict]]:
     """``(indices, collated batch on device)`` of up to ``max_samples`` samples spread evenly over
-    ``dataset`` (first and last included), ``batch`` at a time."""
+    ``dataset`` (first and last included), ``batch`` at a time; of those, process ``rank`` of
+    ``world_size`` takes every ``world_size``-th."""
     from torch.utils.data import default_collate
 
-    index = _evenly_spread(len(dataset), max_samples)
+    index = _evenly_spread(len(dataset), max_samples)[rank::world_size]
     for start in range(0, len(index), batch):
         part = index[start:start + batch]
         items = default_collate([dataset[i] for i in part])

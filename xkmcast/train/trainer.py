@@ -44,6 +44,7 @@ from . import distributed as D
 from .config import TrainConfig, TrainingConfig, run_dir, save_config
 from .logging import RunLog, SigmaBins, save_image
 from .setup import build_run, seed_everything
+from .spread import evenly_spread_batches
 from .valid_score import members_crps, resolve_valid_score
 
 __all__ = ["Trainer", "TrainResult", "TrainingDivergedError", "EMA", "learning_rate", "train"]
@@ -60,7 +61,7 @@ class TrainResult:
     step: int
     samples: int
     stop_reason: str
-    valid_losses: list[tuple[int, float]]
+    valid_losses: list[tuple[int, float]]  # (step, validation score: the loss or the members' CRPS)
     train_loss: float
     parameters: int
     flops_per_step: float | None
@@ -327,37 +328,44 @@ class Trainer:
     # ------------------------------------------------------------------------------- validation
     @torch.no_grad()
     def validate(self) -> float | None:
-        """Mean score of the EMA weights on the validation set (``self.valid_score``: the loss with fixed
-        noise, or the members' fair CRPS with fixed seeds; RNG states untouched)."""
+        """Mean score of the EMA weights on the validation set (:meth:`_valid_scores`; RNG states untouched)."""
         if self.valid_data is None or len(self.valid_data) == 0:
             return None
         saved = ckpt.rng_state()
-        sampler = torch.utils.data.DistributedSampler(self.valid_data, num_replicas=self.env.world_size,
-                                                      rank=self.env.rank, shuffle=False, drop_last=False)
-        order = list(sampler)
-        loader = torch.utils.data.DataLoader(self.valid_data, batch_size=self.per_rank, sampler=order)
-        gen = torch.Generator(device=self.env.device).manual_seed(self.t.seed + 7919 * (self.env.rank + 1))
         total = torch.zeros(2, dtype=torch.float64)  # on the CPU: MPS has no float64
         first = None
         with self._ema_weights(), self._eval_mode():
-            for i, batch in enumerate(loader):
-                if self.t.valid_batches is not None and i >= self.t.valid_batches:
-                    break
-                batch = to_device(batch, self.env.device)
+            for batch, scores in self._valid_scores():
                 first = batch if first is None else first
-                if self.valid_score == "crps":
-                    index = order[i * self.per_rank:(i + 1) * self.per_rank]
-                    loss = members_crps(self.pipeline, batch,
-                                        [row_seeds(self.t.seed, self.t.valid_members, j) for j in index])
-                else:
-                    with self._autocast():
-                        loss, _ = self.pipeline.loss(self.stage, batch, generator=gen)
-                total += torch.tensor([float(loss.detach().double().sum()), float(loss.numel())], dtype=torch.float64)
+                total += torch.tensor([float(scores.detach().double().sum()), float(scores.numel())], dtype=torch.float64)
             if self.t.image_every and self.env.is_main and first is not None and self.step % self.t.image_every == 0:
                 self._image(first)
         ckpt.set_rng_state(saved)
         total = D.all_mean(total, self.env)
         return float(total[0] / total[1].clamp_min(1))
+
+    def _valid_scores(self) -> Iterator[tuple[dict, torch.Tensor]]:
+        """``(batch, per-sample scores)`` of this process's share of the validation: with
+        ``valid_score: crps`` the members' fair CRPS on ``valid_samples`` samples spread evenly over the
+        set (member k of sample j seeded by ``row_seed(seed, k, j)``), else the loss with a fixed noise
+        generator on the first ``valid_batches`` batches."""
+        t, env = self.t, self.env
+        if self.valid_score == "crps":
+            for index, batch in evenly_spread_batches(self.valid_data, t.valid_samples, env.device, self.per_rank,
+                                                      rank=env.rank, world_size=env.world_size):
+                yield batch, members_crps(self.pipeline, batch, [row_seeds(t.seed, t.valid_members, j) for j in index])
+            return
+        sampler = torch.utils.data.DistributedSampler(self.valid_data, num_replicas=env.world_size, rank=env.rank,
+                                                      shuffle=False, drop_last=False)
+        loader = torch.utils.data.DataLoader(self.valid_data, batch_size=self.per_rank, sampler=sampler)
+        gen = torch.Generator(device=env.device).manual_seed(t.seed + 7919 * (env.rank + 1))
+        for i, batch in enumerate(loader):
+            if t.valid_batches is not None and i >= t.valid_batches:
+                break
+            batch = to_device(batch, env.device)
+            with self._autocast():
+                loss, _ = self.pipeline.loss(self.stage, batch, generator=gen)
+            yield batch, loss
 
     @contextlib.contextmanager
     def _ema_weights(self):
