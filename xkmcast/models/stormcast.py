@@ -67,7 +67,9 @@ class ForecastPipeline(Pipeline):
             return None
         return self.invariant.to(like).unsqueeze(0).expand(n, -1, -1, -1)
 
-    def _unpack(self, batch: dict) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    def unpack(self, batch: dict) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """``(state, next state, background, invariant)`` of a batch of
+        :class:`~xkmcast.data.samples.ForecastSamples` items (the pipeline's invariants when the batch has none)."""
         prev, nxt = batch["state"]
         background = batch.get("background")
         invariant = batch.get("invariant")
@@ -154,7 +156,7 @@ class StormCast(ForecastPipeline):
 
     @torch.no_grad()
     def calibration_draws(self, batch: dict, seeds: list[list[int]]) -> tuple[Tensor, Tensor] | None:
-        prev, nxt, background, invariant = self._unpack(batch)
+        prev, nxt, background, invariant = self.unpack(batch)
         kwargs = self._net_kwargs(batch.get("lead_time_label"))
         mean = self._regression_mean(prev, background, invariant, kwargs)
         base = self._diffusion_base(prev, mean)
@@ -171,7 +173,7 @@ class StormCast(ForecastPipeline):
         return draws.reshape(members, *nxt.shape), nxt - base
 
     def loss(self, stage: str, batch: dict, generator: torch.Generator | None = None):
-        prev, nxt, background, invariant = self._unpack(batch)
+        prev, nxt, background, invariant = self.unpack(batch)
         kwargs = self._net_kwargs(batch.get("lead_time_label"))
         weights = self.spec.loss.get("channel_weights")
         weights = None if weights is None else torch.as_tensor(weights, dtype=nxt.dtype, device=nxt.device)
@@ -207,7 +209,7 @@ class StormCast(ForecastPipeline):
 
     @torch.no_grad()
     def residual(self, batch: dict) -> Tensor:
-        prev, nxt, background, invariant = self._unpack(batch)
+        prev, nxt, background, invariant = self.unpack(batch)
         mean = self._regression_mean(prev, background, invariant, self._net_kwargs(batch.get("lead_time_label")))
         base = self._diffusion_base(prev, mean)
         return nxt if base is None else nxt - base

@@ -32,7 +32,7 @@ class WeatherTransformer(ForecastPipeline):
     def loss(self, stage: str, batch: dict, generator: torch.Generator | None = None):
         if stage != "regression":
             raise ConfigError(explain("The ViT has one training stage", expected=["regression"], found=stage))
-        prev, nxt, background, invariant = self._unpack(batch)
+        prev, nxt, background, invariant = self.unpack(batch)
         prediction = self._predict(prev, background, invariant)
         weights = self.spec.loss.get("channel_weights")
         weights = None if weights is None else torch.as_tensor(weights, dtype=nxt.dtype, device=nxt.device)

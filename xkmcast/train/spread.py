@@ -207,7 +207,7 @@ def calibrated_step_gains(pipeline, dataset, steps: int = 3, members: int = 8, m
         count, parts = 0, []
         for c, chain in enumerate(chains):
             batch = default_collate([dataset[chain[n]]])
-            prev, nxt, background, _ = pipeline._unpack(batch)
+            prev, nxt, background, _ = pipeline.unpack(batch)
             x = rows(prev) if states[c] is None else states[c]
             label = batch.get("lead_time_label")
             base, spread = pipeline.step_parts(x, rows(background), seeds=row_seeds(seed, members, chain[0], n),
