@@ -5,8 +5,9 @@ prior. Where the members' ensemble mean is the draws' own (a diffusion not centr
 mean: the Stormscope tendency), that loss can keep falling while the members forecast worse; the
 validation then scores what inference makes. For each validation sample, ``M`` members are drawn with
 the inference sampler (seeds fixed by the sample's index, so successive validations are comparable)
-and scored against the truth with the fair CRPS (Ferro 2014), per pixel and channel in normalised
-units and averaged:
+and scored against the truth with the fair CRPS (Ferro 2014; the scoring's own
+:func:`~xkmcast.fields.metrics.crps_ensemble_kernel`), per pixel and channel in normalised units and
+averaged:
 
     CRPS_fair = (1/M) sum_k |x_k - y| - 1/(2 M (M - 1)) sum_{k,l} |x_k - x_l|
 
@@ -21,25 +22,14 @@ the CRPS for a diffusion stage whose members are not centred (:func:`resolve_val
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError, explain
+from ..fields.metrics import crps_ensemble_kernel
 
-__all__ = ["fair_crps", "members_crps", "resolve_valid_score"]
-
-
-def fair_crps(members: Tensor, truth: Tensor) -> Tensor:
-    """The fair CRPS of ``members`` (M, ...) against ``truth`` (...), elementwise (M >= 2).
-
-    With the departures ``d = x - y`` sorted over the members, ``sum_{k,l} |d_k - d_l| = 2 sum_i
-    (2i - M - 1) d_(i)`` (O(M log M) instead of O(M^2))."""
-    m = members.shape[0]
-    if m < 2:
-        raise ValueError(f"the fair CRPS needs at least two members, found {m}")
-    d = torch.sort(members - truth.unsqueeze(0), dim=0).values
-    coeff = (2.0 * torch.arange(1, m + 1, dtype=d.dtype, device=d.device) - m - 1).reshape(m, *([1] * (d.ndim - 1)))
-    return d.abs().mean(dim=0) - (d * coeff).sum(dim=0) / (m * (m - 1))
+__all__ = ["members_crps", "resolve_valid_score"]
 
 
 @torch.no_grad()
@@ -51,8 +41,9 @@ def members_crps(pipeline, batch: dict, seeds: list[list[int]]) -> Tensor | None
     if got is None:
         return None
     draws, residual = got
-    members = pipeline.members_about_mean(draws)
-    return fair_crps(members.double(), residual.double()).mean(dim=tuple(range(1, residual.ndim)))
+    members = np.moveaxis(pipeline.members_about_mean(draws).double().cpu().numpy(), 0, -1)
+    crps = crps_ensemble_kernel(members, residual.double().cpu().numpy(), fair=True)
+    return torch.from_numpy(crps.reshape(crps.shape[0], -1).mean(axis=1))
 
 
 def resolve_valid_score(setting: str, stage: str, pipeline) -> str:
