@@ -147,14 +147,18 @@ def _linear_baseline(store: Path, data, times) -> xr.Dataset:
     inputs, targets, invariants = store_names(data.input_vars, data.output_vars, data.invariants)
     x = ds[inputs].rename(dict(zip(inputs, data.input_vars)))
     y = ds[targets].rename(dict(zip(targets, data.output_vars)))
-    train = slice(data.train_times.start, data.train_times.end)
-    leaked = np.intersect1d(x.sel(time=train).time.values, np.asarray(times, dtype=x.time.dtype))
+    from xkmcast.train.config import time_windows
+
+    windows = time_windows(data.train_times)
+    train = np.unique(np.concatenate([x.time.sel(time=slice(w.start, w.end)).values for w in windows])) \
+        if windows else x.time.values
+    leaked = np.intersect1d(train, np.asarray(times, dtype=x.time.dtype))
     if leaked.size:
         from xkmcast.errors import ConfigError, explain
 
         raise ConfigError(explain("The training hours overlap the demo's held-out hours",
                                   expected="data.train_times before " + str(DEMO_TIMES.start),
-                                  found=f"{leaked.size} held-out hours in {train}",
+                                  found=f"{leaked.size} held-out hours in data.train_times",
                                   fix="leave data.train_times at the preset's value"))
     fitted = fit_linear(x.sel(time=train), y.sel(time=train), invariants=ds[invariants], pooled=True)
     return fitted.predict(x.sel(time=times))

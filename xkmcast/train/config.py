@@ -39,6 +39,8 @@ __all__ = [
     "EMAConfig",
     "TrainingConfig",
     "TrainConfig",
+    "TimeRange",
+    "time_windows",
     "CONDITIONS",
     "list_presets",
     "load_config",
@@ -65,6 +67,20 @@ class TimeRange(_Strict):
     start: str | None = None
     end: str | None = None
 
+    @property
+    def is_set(self) -> bool:
+        return self.start is not None or self.end is not None
+
+
+#: ``data.train_times`` / ``data.valid_times``: one window ``{start, end}`` or a list of them
+TimeWindows = TimeRange | list[TimeRange]
+
+
+def time_windows(value: TimeWindows) -> list[TimeRange]:
+    """The windows of a ``train_times`` / ``valid_times`` setting (empty when it sets none)."""
+    items = value if isinstance(value, list) else [value]
+    return [w for w in items if w.is_set]
+
 
 class DataConfig(_Strict):
     """Where the samples come from.
@@ -77,10 +93,13 @@ class DataConfig(_Strict):
     :data:`xkmcast.fields.regrid.OPTIONS`) when the training store is prepared (once, in the run directory). Or ``dataset_class: "package.module:Class"``, a torch Dataset with
     the StormCast sample interface, built as ``Class(split="train"|"valid", **params)``.
 
-    Times: ``train_times`` / ``valid_times`` windows; ``train_times`` alone gives its last
-    ``valid_fraction`` to validation; when neither is set the last ``valid_fraction`` of the times
-    validate and the first ``train_fraction`` of the others train (scaling runs). The normalisation
-    statistics are those of the training times.
+    Times: ``train_times`` / ``valid_times``, each one window ``{start, end}`` or a list of windows
+    (e.g. validation days spread over the record, so that the validation samples its regimes); the
+    validation times are never trained on (they are taken out of the training windows, and a
+    forecast pair is only formed within one set, so none crosses from one to the other);
+    ``train_times`` alone gives its last ``valid_fraction`` to validation; when neither is set the last
+    ``valid_fraction`` of the times validate and the first ``train_fraction`` of the others train
+    (scaling runs). The normalisation statistics are those of the training times.
     Forecast kinds (StormCast, Stormscope, ViT): ``input_vars`` / ``output_vars`` are the state,
     ``background_vars`` the coarse conditioning. ``patch`` [ph, pw]: train on random patches of the whole
     fields, ``patches_per_sample`` of each: CorrDiff's patched diffusion (one regression forward
@@ -104,8 +123,8 @@ class DataConfig(_Strict):
     output_vars: list[str] = Field(default_factory=list)
     background_vars: list[str] = Field(default_factory=list)
     invariants: list[str] = Field(default_factory=list)
-    train_times: TimeRange = Field(default_factory=TimeRange)
-    valid_times: TimeRange = Field(default_factory=TimeRange)
+    train_times: TimeWindows = Field(default_factory=TimeRange)
+    valid_times: TimeWindows = Field(default_factory=TimeRange)
     valid_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     train_fraction: float = Field(default=1.0, gt=0.0, le=1.0)
     regrid_method: Literal["bilinear", "nearest", "conservative"] = "bilinear"

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError, explain
+from ..errors import ConfigError, TimeCoverageError, explain
 from . import distributed as D
-from .config import TrainConfig, run_dir
+from .config import TrainConfig, run_dir, time_windows
 
 __all__ = ["RunData", "build_run", "build_datasets", "build_pipeline_for", "seed_everything"]
 
@@ -169,8 +169,9 @@ def _training_store(cfg: TrainConfig, env: D.DistEnv) -> Path:
         outputs = (d.output_vars or d.input_vars) if forecast else d.output_vars
         # prepare() needs at least one coarse input; a forecast without background stores an unused one
         inputs = inputs or outputs[:1]
-        window = d.train_times
-        stats_times = slice(window.start, window.end) if (window.start or window.end) else None
+        # the statistics of one training window are the store's own; other splits compute theirs (_role_stats)
+        windows = time_windows(d.train_times)
+        stats_times = slice(windows[0].start, windows[0].end) if len(windows) == 1 else None
         prepare(fine, coarse, out, input_vars=inputs, output_vars=outputs, invariants=d.invariants,
                 regrid_method=d.regrid_method, regrid_options=d.regrid_options, stats_times=stats_times,
                 transforms=d.transforms)
@@ -279,17 +280,38 @@ def _store_stats(roles: dict[str, Any], coarse_role: str, inputs, outputs, invar
     return out
 
 
+def _window_positions(index, windows, setting: str) -> np.ndarray:
+    """Sorted positions on the store's time ``index`` inside any of ``windows`` (inclusive); a window
+    that holds no store time is refused (a misspelt year would otherwise drop it silently)."""
+    parts = []
+    for w in windows:
+        sl = index.slice_indexer(w.start, w.end)
+        positions = np.arange(len(index))[sl]
+        if positions.size == 0:
+            raise TimeCoverageError(explain(f"data.{setting} window {{start: {w.start}, end: {w.end}}} holds no time "
+                                            "of the training store", expected=f"times from {index[0]} to {index[-1]}",
+                                            fix=f"correct or remove that window of data.{setting}"))
+        parts.append(positions)
+    return np.unique(np.concatenate(parts))
+
+
 def _time_split(ds, cfg: TrainConfig):
-    """``(train, valid)`` time selections: the configured windows; a training window alone gives up
-    its last ``valid_fraction`` to validation (when it holds at least 4 times); no window: the last
-    ``valid_fraction`` of the store validates."""
+    """``(train, valid)`` time positions: the configured windows (the validation times taken out of the
+    training ones); training windows alone give up their last ``valid_fraction`` to validation (when
+    they hold at least 4 times); no window: the last ``valid_fraction`` of the store validates."""
     d = cfg.data
-    tr, va = d.train_times, d.valid_times
-    if va.start is not None or va.end is not None:
-        return slice(tr.start, tr.end), slice(va.start, va.end)
-    positions = np.arange(ds.sizes["time"])
-    if tr.start is not None or tr.end is not None:
-        positions = positions[ds.indexes["time"].slice_indexer(tr.start, tr.end)]
+    index = ds.indexes["time"]
+    train_w, valid_w = time_windows(d.train_times), time_windows(d.valid_times)
+    positions = _window_positions(index, train_w, "train_times") if train_w else np.arange(len(index))
+    if valid_w:
+        valid = _window_positions(index, valid_w, "valid_times")
+        train = np.setdiff1d(positions, valid)
+        if train.size == 0:
+            raise TimeCoverageError(explain("No training time is left once the validation times are taken out",
+                                            found=f"data.train_times {[w.model_dump() for w in train_w] or '(all)'}, "
+                                                  f"data.valid_times {[w.model_dump() for w in valid_w]}",
+                                            fix="give training windows that the validation windows do not cover"))
+        return train.tolist(), valid.tolist()
     n = positions.size
     n_valid = int(round(n * d.valid_fraction)) if n >= 4 else 0
     if _forecast(cfg) and d.valid_fraction > 0 and n_valid:

@@ -1,0 +1,97 @@
+"""Training and validation times as lists of windows (``data.train_times`` / ``data.valid_times``):
+validation spread over the record, never trained on, and the statistics of exactly the training times."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from xkmcast.errors import TimeCoverageError
+from xkmcast.train.config import time_windows
+from xkmcast.train.setup import _time_split
+
+from test_train_trainer import prepared_store, tiny_config
+
+HOURS = pd.date_range("2024-07-01", periods=20, freq="h")
+
+
+def _iso(i: int) -> str:
+    return str(HOURS[i])[:19].replace(" ", "T")
+
+
+def _split(tmp_path, *overrides):
+    cfg = tiny_config(tmp_path / "store.zarr", tmp_path, *overrides)
+    ds = xr.Dataset(coords={"time": HOURS})
+    return cfg, _time_split(ds, cfg)
+
+
+def test_a_list_of_validation_windows_is_taken_out_of_the_training_times(tmp_path):
+    cfg, (train, valid) = _split(
+        tmp_path, f"data.valid_times=[{{start: '{_iso(3)}', end: '{_iso(4)}'}}, {{start: '{_iso(12)}', end: '{_iso(14)}'}}]")
+    assert len(time_windows(cfg.data.valid_times)) == 2
+    assert valid == [3, 4, 12, 13, 14]
+    assert train == [i for i in range(20) if i not in valid]  # no training window: every other time trains
+
+
+def test_validation_windows_inside_the_training_window_are_never_trained_on(tmp_path):
+    _, (train, valid) = _split(tmp_path, f"data.train_times={{start: '{_iso(2)}', end: '{_iso(15)}'}}",
+                               f"data.valid_times=[{{start: '{_iso(6)}', end: '{_iso(7)}'}}, {{start: '{_iso(15)}'}}]")
+    assert valid == [6, 7, 15, 16, 17, 18, 19]
+    assert train == [2, 3, 4, 5, 8, 9, 10, 11, 12, 13, 14]
+
+
+def test_training_windows_alone_give_their_last_times_to_validation(tmp_path):
+    """Two training windows and valid_fraction 0.2: the union's last fifth validates (as for one window)."""
+    _, (train, valid) = _split(tmp_path, f"data.train_times=[{{start: '{_iso(0)}', end: '{_iso(4)}'}}, "
+                                         f"{{start: '{_iso(10)}', end: '{_iso(14)}'}}]")
+    assert train == [0, 1, 2, 3, 4, 10, 11, 12] and valid == [13, 14]
+
+
+def test_a_window_without_store_times_and_a_split_without_training_times_are_refused(tmp_path):
+    with pytest.raises(TimeCoverageError, match=r"data.valid_times window .*1990.* holds no time"):
+        _split(tmp_path, "data.valid_times=[{start: '1990-01-01', end: '1990-01-02'}]")
+    with pytest.raises(TimeCoverageError, match="No training time is left"):
+        _split(tmp_path, f"data.train_times={{start: '{_iso(3)}', end: '{_iso(5)}'}}",
+               f"data.valid_times={{start: '{_iso(2)}', end: '{_iso(6)}'}}")
+
+
+def test_forecast_pairs_never_join_a_training_and_a_validation_time():
+    """ForecastSamples on the positions of a split: a pair is formed within one set only, so no
+    training target is a validation state (and the calibration's chains stop at the gaps)."""
+    from xkmcast.data.samples import ForecastSamples
+    from xkmcast.train.spread import rollout_chains
+
+    rng = np.random.default_rng(0)
+    ds = xr.Dataset({"t2m": (("time", "y", "x"), rng.normal(size=(20, 4, 4)).astype("f4"))},
+                    coords={"time": HOURS})
+    valid = [3, 4, 5, 12, 13, 14, 15]
+    train = [i for i in range(20) if i not in valid]
+    tr, va = (ForecastSamples(ds, ["t2m"], times=t) for t in (train, valid))
+    assert {(i, j) for i, j, _ in va.pairs} == {(3, 4), (4, 5), (12, 13), (13, 14), (14, 15)}
+    assert all(i in train and j in train and j == i + 1 for i, j, _ in tr.pairs)
+    assert len(tr.pairs) == 13 - 3  # 13 training times in 3 runs (0-2, 6-11, 16-19): one pair fewer each
+    chains = [[va.pairs[k][0] for k in chain] for chain in rollout_chains(va, steps=3, max_chains=8)]
+    assert chains == [[12, 13, 14]]  # the 3-pair chain inside the second window; none crosses 5 -> 12
+
+
+def test_training_statistics_cover_the_training_windows_only(tmp_path_factory, tmp_path):
+    """Validation days between training days: the run's normalisation is the numpy statistics of the
+    times that remain (not of the span of the training windows, nor of the store)."""
+    from xkmcast.data.prepare import open_store
+    from xkmcast.train.setup import build_run
+
+    store = prepared_store(tmp_path_factory)
+    ds = open_store(store)
+    iso = [str(t)[:19] for t in ds.time.values]
+    cfg = tiny_config(store, tmp_path, f"data.valid_times=[{{start: '{iso[4]}', end: '{iso[6]}'}}, "
+                                       f"{{start: '{iso[15]}', end: '{iso[16]}'}}]")
+    pipeline, train_set, valid_set = build_run(cfg)
+    kept = [i for i in range(ds.sizes["time"]) if i not in (4, 5, 6, 15, 16)]
+    assert list(train_set.times) == kept and list(valid_set.times) == [4, 5, 6, 15, 16]
+    got = pipeline.spec.stats["output"]["t2m"]
+    values = ds["target_t2m"].isel(time=kept).values.astype(np.float64)
+    np.testing.assert_allclose([got["mean"], got["std"]], [values.mean(), values.std()], rtol=1e-6)
+    span = ds["target_t2m"].values.astype(np.float64)
+    assert abs(got["std"] - span.std()) > 1e-4 * span.std()
