@@ -1,6 +1,6 @@
 """Skill on real data: the user workflow against bilinear, linear statistical downscaling, persistence.
 
-    python bench/science.py [--quick] [--budgets 120,300,600] [--cases storm-x2,...] [--no-record]
+    python bench/science.py [--quick] [--budgets 120,300,600] [--cases storm-x2,...] [--valid-every-days N] [--no-record]
 
 For each real case (bench/science_cases.py) this trains a model exactly as a user would, with the
 package's presets and the Python API of the docs (``xkmcast.train.train(load_config(preset,
@@ -45,8 +45,8 @@ def _q(t: str) -> str:
 
 
 def _common(case: Case, outdir: Path, seconds: float, extra: list[str]) -> list[str]:
-    valid = [f"data.valid_times={{start: {_q(case.valid[0])}, end: {_q(case.valid[1])}}}"] if case.valid \
-        else ["data.valid_fraction=0"]
+    windows = ", ".join(f"{{start: {_q(a)}, end: {_q(b)}}}" for a, b in case.valid)
+    valid = [f"data.valid_times=[{windows}]"] if case.valid else ["data.valid_fraction=0"]
     return [f"data.source={case.fine}", "data.params={}", "data.regrid_method=bilinear", "data.invariants=[]",
             f"data.input_vars=[{','.join(case.inputs)}]", f"data.output_vars=[{','.join(case.outputs)}]",
             f"data.train_times={{start: {_q(case.train[0])}, end: {_q(case.train[1])}}}", *valid,
@@ -86,7 +86,7 @@ def train_pair(case: Case, outdir: Path, seconds: float, tag: str, extra: list[s
 def fit_span(case: Case) -> tuple[str, str]:
     """The times the linear baselines are fitted on: the training and the validation times (a least-squares
     fit selects nothing on validation, so it gets all the data the model saw)."""
-    return case.train[0], (case.valid or case.train)[1]
+    return case.train[0], max([case.train[1]] + [b for _, b in case.valid])
 
 
 # ------------------------------------------------------------------------------------ downscaling
@@ -232,7 +232,9 @@ INTRO = ("Columns: MAE of the ensemble mean and its ratio to bilinear (or persis
          "and StormCast members are centred on the regression mean with their spread calibrated on the validation "
          "times, the Stormscope DiT learns the tendency with a spread factor calibrated there, moves its token "
          "grid with the noise level and is validated by the fair CRPS of 4 members; a stepping model's spread is "
-         "calibrated at each step of validation rollouts. Data and splits: bench/science_cases.py. "
+         "calibrated at each step of validation rollouts. Data and splits: bench/science_cases.py (the blizzard "
+         "cases validate on the 2 days before the 4 held-out ones, or with --valid-every-days N on one day in every "
+         "N of the 12 before them). "
          "One block per command; each run replaces its own block (a block re-scored with --reuse scores the "
          "models its command trained before).")
 
@@ -285,6 +287,8 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], help="extra config override for every run (key=value)")
     p.add_argument("--reuse", action="store_true", help="resume the diffusion runs of --work too (a finished "
                    "run only re-exports: scores the models trained before without training again)")
+    p.add_argument("--valid-every-days", type=int, default=None, help="blizzard cases: validate on the last day "
+                   "of every N days before the held-out ones instead of the 2 days just before them")
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args()
     import torch
@@ -293,7 +297,7 @@ def main() -> None:
     budgets = [float(b) for b in (args.budgets or ("60" if args.quick else "600")).split(",")]
     members = args.members or (4 if args.quick else 8)
     work = Path(args.work).resolve()
-    cases = all_cases(work / "data", args.cases.split(",") if args.cases else None)
+    cases = all_cases(work / "data", args.cases.split(",") if args.cases else None, args.valid_every_days)
     blocks = []
     for budget in sorted(budgets):
         rows = []

@@ -49,7 +49,7 @@ class Case:
     inputs: list[str]
     outputs: list[str]
     train: tuple[str, str]
-    valid: tuple[str, str] | None
+    valid: list[tuple[str, str]]  # validation windows (taken out of the training window); empty: none
     test: tuple[str, str]
     note: str = ""
     overrides: tuple[str, ...] = ()  # config overrides this case needs (e.g. a batch its few times can fill)
@@ -96,8 +96,19 @@ def _write(ds: xr.Dataset, path: Path) -> None:
     ds.to_netcdf(path)
 
 
-def storm_cases(work: Path) -> list[Case]:
+def storm_valid(ds: xr.Dataset, every_days: int | None) -> list[tuple[str, str]]:
+    """The blizzard cases' validation windows: days 11-12 (times 40-47, the 2 days before the held-out
+    ones: the recorded tables), or with ``every_days`` N the last day of every N days of the 12 before
+    the held-out ones (validation spread over the record; ``--valid-every-days``)."""
+    if not every_days:
+        return [_times(ds, 40, 47)]
+    return [_times(ds, 4 * d, 4 * d + 3) for d in range(every_days - 1, 12, every_days)]
+
+
+def storm_cases(work: Path, valid_every_days: int | None = None) -> list[Case]:
     ds = storm()
+    valid = storm_valid(ds, valid_every_days)
+    train = _times(ds, 0, 47 if valid_every_days else 39)
     work.mkdir(parents=True, exist_ok=True)
     fine = work / "storm_fine.nc"
     _write(ds[STORM_OUTPUTS].isel(STORM_WINDOW), fine)
@@ -106,13 +117,13 @@ def storm_cases(work: Path) -> list[Case]:
         coarse = work / f"storm_coarse_x{f}.nc"
         _write(_block(ds, f), coarse)
         cases.append(Case(f"storm-x{f}", "downscale", fine, coarse, list(STORM_FILES), STORM_OUTPUTS,
-                          _times(ds, 0, 39), _times(ds, 40, 47), _times(ds, 48, 63),
+                          train, valid, _times(ds, 48, 63),
                           f"blizzard 1996, 22x22 at 1.25x2.5 deg, coarse x{f} block means"))
     state = work / "storm_state.nc"
     _write(ds, state)
     for name, model in (("storm-step", "stormcast"), ("storm-dit", "stormscope")):
         cases.append(Case(name, "step", state, None, list(STORM_FILES), list(STORM_FILES),
-                          _times(ds, 0, 39), _times(ds, 40, 47), _times(ds, 48, 63),
+                          train, valid, _times(ds, 48, 63),
                           f"blizzard 1996, 6 variables 24x26, 6-hourly steps, {model}", model=model))
     return cases
 
@@ -138,13 +149,13 @@ def guam_case(work: Path) -> Case | None:
     _write(ds.isel(south_north=slice(6, 62), west_east=slice(6, 54)), fine_path)
     _write(coarse, coarse_path)
     return Case("guam-x4", "downscale", fine_path, coarse_path, ["t2m", "u10m", "v10m"], ["t2m", "u10m", "v10m"],
-                _times(ds, 0, 0), _times(ds, 1, 1), _times(ds, 2, 2),
+                _times(ds, 0, 0), [_times(ds, 1, 1)], _times(ds, 2, 2),
                 "WRF 0.78 km Guam, 56x48, coarse x4, train / validate / score on one hour each",
                 ("training.batch_size=1",))
 
 
-def all_cases(work: Path, names: list[str] | None = None) -> list[Case]:
-    cases = storm_cases(work)
+def all_cases(work: Path, names: list[str] | None = None, valid_every_days: int | None = None) -> list[Case]:
+    cases = storm_cases(work, valid_every_days)
     g = guam_case(work)
     if g is not None:
         cases.insert(2, g)
