@@ -198,9 +198,6 @@ def _ratios(rows: list[dict], bases: tuple[str, ...]) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------ table
-COLS = ["case", "var", "lead", "method", "mae", "/bili|/pers", "/line", "/regr", "crps", "crps_fair", "ssr",
-        "spec", "seam", "min/max (truth)"]
-
 
 def _fmt(x: float) -> str:
     if x != x:
@@ -209,23 +206,28 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}" if a < 1000 else f"{x:.0f}"
 
 
+def _interval(lo: float | None, hi: float | None) -> str:
+    return "-" if lo is None or lo != lo else f"{lo:.2f}-{hi:.2f}"
+
+
 def table(rows: list[dict]) -> str:
     lines = []
     head = f"{'case':10s} {'var':5s} {'lead':4s} {'method':11s} {'MAE':>7s} {'/bilin':>6s} {'/lin':>6s} {'/regr':>6s} " \
-           f"{'CRPS':>7s} {'fCRPS':>7s} {'SSR':>5s} {'spec':>5s} {'seam':>5s}  min/max (truth)"
+           f"{'CRPS':>7s} {'fCRPS':>7s} {'SSR':>5s} {'SSR 90%':>9s} {'spec':>5s} {'seam':>5s}  min/max (truth)"
     lines.append(head)
     for r in rows:
         first = r.get("/bili", r.get("/pers"))
         lines.append(
             f"{r['case']:10s} {r['var']:5s} {r['lead']:4s} {r['method']:11s} {_fmt(r['mae']):>7s} {_fmt(first):>6s} "
             f"{_fmt(r['/line']):>6s} {_fmt(r.get('/regr', float('nan'))):>6s} {_fmt(r['crps']):>7s} {_fmt(r['crps_fair']):>7s} "
-            f"{_fmt(r['ssr']):>5s} {_fmt(r['spec']):>5s} {_fmt(r['seam']):>5s}  "
+            f"{_fmt(r['ssr']):>5s} {_interval(r.get('ssr_lo'), r.get('ssr_hi')):>9s} {_fmt(r['spec']):>5s} {_fmt(r['seam']):>5s}  "
             f"{_fmt(r['lo'])}/{_fmt(r['hi'])} ({_fmt(r['tlo'])}/{_fmt(r['thi'])})")
     return "\n".join(lines)
 
 
 INTRO = ("Columns: MAE of the ensemble mean and its ratio to bilinear (or persistence), to the linear statistical "
-         "baseline (pooled per variable) and to the regression mean; CRPS and fair CRPS; spread-skill ratio; power "
+         "baseline (pooled per variable) and to the regression mean; CRPS and fair CRPS; spread-skill ratio and its 90 % "
+         "bootstrap interval over the scored times (whole fields resampled: how far other weather could move it); power "
          "of one member / truth over the finest third of wavenumbers; seam: jump across patch borders / truth's "
          "(- when unpatched), for the DiT (storm-dit) its blockiness at the token period / truth's, the worst of the "
          "period's offsets; min/max of the members (truth's). Training exports the best validation's weights; CorrDiff "

@@ -4,7 +4,8 @@ Every prediction is first put on the truth's grid coordinates (``on_truth``). Co
 
 - ``mae``: MAE of the ensemble mean (of the field itself for one-member methods);
 - ``crps`` / ``crps_fair``: standard and fair CRPS (a one-member forecast: its absolute error);
-- ``ssr``: spread-skill ratio (Fortin et al.; NaN for one member);
+- ``ssr``: spread-skill ratio (Fortin et al.; NaN for one member); ``ssr_lo`` / ``ssr_hi``: its 90 %
+  bootstrap interval over the scored times (``xkmcast.fields.resampling``, 1000 resamples of whole fields);
 - ``spec``: power of one member over the truth's, averaged over the finest resolved third of the
   wavenumbers (2/3 Nyquist .. Nyquist, grid units): 1 is right, < 1 too smooth, > 1 too noisy;
 - ``seam``: mean |jump| between neighbouring pixels across the patch borders of the model's patching,
@@ -18,6 +19,7 @@ import numpy as np
 import xarray as xr
 
 from xkmcast.fields import metrics
+from xkmcast.fields.resampling import bootstrap_interval
 
 
 def on_truth(pred: xr.DataArray, truth: xr.DataArray) -> xr.DataArray:
@@ -82,9 +84,10 @@ def scores(pred: xr.DataArray, truth: xr.DataArray, borders=None) -> dict[str, f
         out["crps"] = float(metrics.crps(pred, truth))
         out["crps_fair"] = float(metrics.crps(pred, truth, fair=True))
         out["ssr"] = float(metrics.spread_skill(pred, truth))
+        out["ssr_lo"], out["ssr_hi"] = (float(q) for q in bootstrap_interval(metrics.spread_skill, pred, truth))
     else:
         out["crps"] = out["crps_fair"] = out["mae"]
-        out["ssr"] = float("nan")
+        out["ssr"] = out["ssr_lo"] = out["ssr_hi"] = float("nan")
     out["spec"] = top_third_power_ratio(pred, truth)
     out["seam"] = seam_ratio(pred, truth, borders)
     out["lo"], out["hi"] = float(pred.min()), float(pred.max())
