@@ -75,3 +75,56 @@ def test_kept_dimensions_stay_and_bad_requests_are_refused():
         bootstrap_interval(metrics.mae, ens, truth.isel(time=slice(1, None)))
     with pytest.raises(InvalidDataError, match="block"):
         resample_positions(5, 10, block=6)
+
+
+def _dataset(rng, n=10, members=5):
+    ens, truth = _fields(rng, n, members=members)
+    times = np.datetime64("2021-02-01T00") + np.arange(n) * np.timedelta64(6, "h")
+    pred = ens.assign_coords(time=times).to_dataset(name="t2m")
+    pred["t2m"].attrs["units"] = "K"
+    return pred, truth.assign_coords(time=times).to_dataset(name="t2m")
+
+
+def test_score_intervals_equal_a_resampling_loop_scored_by_xskillscore():
+    """score(interval=0.9): each <score>_low / _high is the percentile interval of the score over the
+    resamples of resample_positions; recomputed here one resample at a time with xskillscore's CRPS and
+    numpy's MAE (another library, not the vectorised path)."""
+    xs = pytest.importorskip("xskillscore", reason="xskillscore is a test extra")
+    from xkmcast.fields import scoring
+
+    pred, truth = _dataset(np.random.default_rng(4))
+    s = scoring.score(pred, truth, interval=0.9, resamples=300, seed=7)
+    crps, mae = [], []
+    for idx in resample_positions(10, 300, seed=7):
+        p, t = pred["t2m"].isel(time=idx).drop_vars("time"), truth["t2m"].isel(time=idx).drop_vars("time")
+        crps.append(float(xs.crps_ensemble(t, p, member_dim="member", dim=None)))
+        mae.append(float(np.abs(p.mean("member") - t).mean()))
+    for key, values in (("crps", crps), ("mae", mae)):
+        got = [float(s[f"{key}_{b}"].sel(variable="t2m")) for b in ("low", "high")]
+        np.testing.assert_allclose(got, np.quantile(values, [0.05, 0.95]), rtol=1e-9)
+    assert float(s.spread_skill_low.sel(variable="t2m")) < 1 < float(s.spread_skill_high.sel(variable="t2m"))
+    lazy = scoring.score(pred.chunk({"time": 3}), truth.chunk({"time": 3}), interval=0.9, resamples=300, seed=7)
+    xr.testing.assert_allclose(lazy.compute(), s)  # dask input: the same intervals
+    assert "bootstrap interval of the spread-skill" in s.spread_skill_low.attrs["long_name"]
+    header, _, row = scoring.format_text(s).splitlines()
+    low, high = (float(s[f"crps_{b}"].sel(variable="t2m")) for b in ("low", "high"))
+    assert header.split()[:2] == ["variable", "crps"] and f"[{low:.3g}, {high:.3g}]" in row  # in the score's cell
+    with pytest.raises(InvalidDataError, match="keeps the resampled dimension"):
+        scoring.score(pred, truth, keep="time", interval=0.9)
+
+
+def test_xkmcast_score_prints_the_intervals(tmp_path):
+    from typer.testing import CliRunner
+
+    from xkmcast.cli import app
+
+    pred, truth = _dataset(np.random.default_rng(5))
+    pred.to_netcdf(tmp_path / "pred.nc")
+    truth.to_netcdf(tmp_path / "truth.nc")
+    result = CliRunner().invoke(app, ["score", str(tmp_path / "pred.nc"), str(tmp_path / "truth.nc"),
+                                      "--interval", "0.9", "-o", str(tmp_path / "scores.nc")])
+    assert result.exit_code == 0, result.output
+    written = xr.open_dataset(tmp_path / "scores.nc")
+    assert {"spread_skill_low", "spread_skill_high", "crps_low"} <= set(written.data_vars)
+    low, mae, high = (float(written[k].sel(variable="t2m")) for k in ("mae_low", "mae", "mae_high"))
+    assert low <= mae <= high and "[" in result.output  # the table's cells carry the intervals

@@ -260,6 +260,8 @@ def score(
     baseline: str | None = typer.Option(None, help="a baseline prediction to score alongside"),
     keep: str | None = typer.Option(None, help="dimension to keep (time or lead_time)"),
     fair: bool = typer.Option(False, help="fair CRPS (M(M-1) denominator)"),
+    interval: float | None = typer.Option(None, help="also each score's bootstrap interval over the times "
+                                          "at this level, e.g. 0.9"),
 ) -> None:
     """Score PREDICTION against TRUTH: CRPS, MAE, RMSE, spread, spread-skill per variable."""
     from rich.console import Console
@@ -267,7 +269,8 @@ def score(
     from .fields.scoring import format_table, score_files
 
     with reported_errors():
-        scores = score_files(prediction, truth, out=output, baseline_path=baseline, keep=keep, fair=fair)
+        scores = score_files(prediction, truth, out=output, baseline_path=baseline, keep=keep, fair=fair,
+                             interval=interval)
     Console().print(format_table(scores, title=f"scores of {prediction}"))
 
 

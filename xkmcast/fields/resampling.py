@@ -12,7 +12,9 @@ over any other dimension, and returns the percentile interval
 
 Any score of :mod:`xkmcast.fields.metrics` works (``mae``, ``crps``, ``spread_skill``, ...): a ratio
 score (spread-skill) is recomputed from the resampled averages, not averaged per time. The points of
-one time stay together (a resample draws whole fields, so the spatial correlation is kept).
+one time stay together (a resample draws whole fields, so the spatial correlation is kept). The
+resamples are a dimension of the scored arrays, in batches of about 4 million elements per variable;
+with dask input each batch's scores are computed (the data are read once per batch).
 Nothing here knows of torch.
 """
 
@@ -85,6 +87,6 @@ def bootstrap_interval(
     values = []
     for start in range(0, resamples, batch):
         idx = xr.DataArray(positions[start:start + batch], dims=("resample", over))
-        values.append(score(f.isel({over: idx}), t.isel({over: idx}), dim=dims, **score_kwargs))
+        values.append(score(f.isel({over: idx}), t.isel({over: idx}), dim=dims, **score_kwargs).compute())
     stacked = xr.concat(values, dim="resample", coords="minimal", compat="override", join="override")
     return stacked.quantile([(1 - level) / 2, (1 + level) / 2], dim="resample", keep_attrs=True)

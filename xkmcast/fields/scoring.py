@@ -14,6 +14,8 @@ dimension (one row per forecast variable)::
 - ``spread`` / ``spread_skill``: only for ensembles of two or more members.
 - ``baseline_mae`` / ``baseline_rmse``: of ``baseline`` (its ensemble mean if it has members), e.g.
   the regression network alone or the interpolated coarse input.
+- with ``interval``: ``<score>_low`` / ``<score>_high``, each score's bootstrap interval over the
+  forecast times (:mod:`xkmcast.fields.resampling`); the tables print it in brackets after the score.
 
 A ``variable`` dimension (rather than per-variable data variables) keeps every score in one array that
 ``scores.crps.sel(variable="t2m")``, ``to_dataframe()`` and the table rendering handle alike. Units of
@@ -28,6 +30,7 @@ y, x), one variable per channel. ``score_files`` is what ``xkmcast score`` calls
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +60,17 @@ def score(
     variables: Sequence[str] | None = None,
     weights: xr.DataArray | None = None,
     fair: bool = False,
+    interval: float | None = None,
+    resamples: int = 1000,
+    resample_over: Hashable = "time",
+    seed: int | None = 0,
 ) -> xr.Dataset:
     """Score ``prediction`` against ``truth`` for every variable they share (see the module docstring).
+
+    ``interval`` (e.g. 0.9): also ``<score>_low`` / ``<score>_high`` for every score, its percentile
+    interval when the positions of ``resample_over`` (the forecast times) are resampled ``resamples``
+    times (:func:`xkmcast.fields.resampling.bootstrap_interval`, drawn with ``seed``); ``resample_over``
+    must be one of the dims averaged over, and ``weights`` must not vary along it.
 
     ``(prediction, truth)``: the forecast first (xskillscore takes ``(observations, forecasts)``);
     errors are ``prediction - truth``, so a positive ``bias`` means the prediction is too high.
@@ -80,16 +92,12 @@ def score(
     has_members = member_dim in prediction.dims
     mean = prediction.mean(member_dim) if has_members else prediction
     kw = {"dim": reduce, "weights": weights, "member_dim": member_dim}
-    out: dict[str, xr.Dataset] = {
-        "crps": metrics.crps(prediction, truth, fair=fair, **kw),
-        "mae": metrics.mae(mean, truth, **kw),
-        "rmse": metrics.rmse(mean, truth, **kw),
-        "bias": metrics.bias(mean, truth, **kw),
-    }
+    # each score: (metric, the forecast it scores)
+    how: dict[str, tuple] = {"crps": (partial(metrics.crps, fair=fair), prediction), "mae": (metrics.mae, mean),
+                             "rmse": (metrics.rmse, mean), "bias": (metrics.bias, mean)}
     n_members = prediction.sizes[member_dim] if has_members else 1
     if n_members >= 2:
-        out["spread"] = metrics.spread(prediction, truth, **kw)
-        out["spread_skill"] = metrics.spread_skill(prediction, truth, **kw)
+        how.update(spread=(metrics.spread, prediction), spread_skill=(metrics.spread_skill, prediction))
     if baseline is not None:
         base = _as_dataset(baseline)
         missing = [n for n in names if n not in base]
@@ -101,8 +109,10 @@ def score(
         if member_dim in base.dims:
             base = base.mean(member_dim)
         base = base.transpose(*[d for d in mean.dims if d in base.dims], ...)
-        out["baseline_mae"] = metrics.mae(base, truth, **kw)
-        out["baseline_rmse"] = metrics.rmse(base, truth, **kw)
+        how.update(baseline_mae=(metrics.mae, base), baseline_rmse=(metrics.rmse, base))
+    out: dict[str, xr.Dataset] = {key: fn(forecast, truth, **kw) for key, (fn, forecast) in how.items()}
+    if interval is not None:
+        out.update(_intervals(how, truth, kw, interval, resamples, resample_over, seed))
 
     units = [str(truth[n].attrs.get("units", prediction[n].attrs.get("units", ""))) for n in names]
     scores = xr.Dataset(
@@ -116,12 +126,32 @@ def score(
         "n_members": int(n_members),
         "crps_estimator": "fair" if fair else "plain (energy form, M^2)",
         "averaged_over": " ".join(map(str, reduce)),
+        **({"interval": f"{interval:g} bootstrap over {resample_over} ({resamples} resamples)"} if interval else {}),
         "title": "xkmcast scores",
     }
     return scores
 
 
+def _intervals(how: dict, truth: xr.Dataset, kw: dict, level: float, resamples: int, over: Hashable, seed) -> dict:
+    """``<score>_low`` / ``<score>_high`` of every score of ``how`` (see :func:`score`)."""
+    from .resampling import bootstrap_interval
+
+    weights = kw.get("weights")
+    if weights is not None and over in weights.dims:
+        raise InvalidDataError(explain(f"Weights that vary along the resampled dimension {over!r}",
+                                       found=f"weights dims {list(weights.dims)}",
+                                       fix=f"pass weights without {over!r} (e.g. cos(latitude)), or resample another dim"))
+    out = {}
+    for key, (fn, forecast) in how.items():
+        q = bootstrap_interval(fn, forecast, truth, over=over, resamples=resamples, level=level, seed=seed, **kw)
+        out[f"{key}_low"], out[f"{key}_high"] = (q.isel(quantile=i, drop=True) for i in (0, 1))
+    return out
+
+
 def _long_name(key: str, fair: bool) -> dict:
+    base, _, bound = key.rpartition("_")
+    if bound in ("low", "high") and base:
+        return {"long_name": f"{bound} end of the bootstrap interval of the {_long_name(base, fair)['long_name']}"}
     names = {
         "crps": "fair CRPS" if fair else "CRPS",
         "mae": "mean absolute error of the ensemble mean",
@@ -175,8 +205,9 @@ def _score_dims(prediction: xr.Dataset, dim, keep, member_dim) -> list[Hashable]
 
 def _rows(scores: xr.Dataset) -> tuple[list[str], list[list[str]]]:
     scores = scores.compute()
+    bounds = {f"{k}_{b}" for k in scores.data_vars for b in ("low", "high")}
     keys = [k for k in SCORE_ORDER if k in scores.data_vars] + [
-        k for k in scores.data_vars if k not in SCORE_ORDER
+        k for k in scores.data_vars if k not in SCORE_ORDER and k not in bounds
     ]
     extra = [d for d in scores.dims if d != "variable"]
     header = ["variable", *map(str, extra), *keys, "units"]
@@ -185,10 +216,18 @@ def _rows(scores: xr.Dataset) -> tuple[list[str], list[list[str]]]:
     for i in range(stacked.sizes["_row"]):
         r = stacked.isel(_row=i)
         cells = [str(r["variable"].values)] + [format_coordinate(r[d].values) for d in extra]
-        cells += [f"{float(r[k]):.4g}" for k in keys]
+        cells += [_cell(r, k) for k in keys]
         cells.append(str(r["units"].values) if "units" in r.coords else "")
         rows.append(cells)
     return header, rows
+
+
+def _cell(row: xr.Dataset, key: str) -> str:
+    """A score, with its bootstrap interval in brackets when the scores have one."""
+    text = f"{float(row[key]):.4g}"
+    if f"{key}_low" in row:
+        text += f" [{float(row[f'{key}_low']):.3g}, {float(row[f'{key}_high']):.3g}]"
+    return text
 
 
 def format_coordinate(value) -> str:
@@ -297,13 +336,15 @@ def score_files(
     keep: Hashable | Sequence[Hashable] | None = None,
     member_dim: str | None = None,
     fair: bool = False,
+    interval: float | None = None,
 ) -> xr.Dataset:
     """Score a prediction file against a truth file (zarr or NetCDF); write the scores to ``out``.
 
     ``prediction_path`` may be a CorrDiff ``generate.py`` NetCDF file, whose ``truth`` group is used when
     ``truth_path`` is None. The member dimension is ``member_dim``, else ``member`` or ``ensemble``
     when present (none: a deterministic forecast). ``out`` ending in ``.zarr`` is written as a zarr
-    store, anything else as NetCDF. Returns the scores (see :func:`score`).
+    store, anything else as NetCDF. ``interval``: bootstrap intervals over the times (:func:`score`).
+    Returns the scores (see :func:`score`).
     """
     ppath = Path(prediction_path)
     truth = None
@@ -325,7 +366,8 @@ def score_files(
     if member_dim is None:
         member_dim = next((d for d in ("member", "ensemble") if d in prediction.dims), "member")
     baseline = open_any(baseline_path) if baseline_path is not None else None
-    scores = score(prediction, truth, baseline, member_dim=member_dim, keep=keep, fair=fair).compute()
+    scores = score(prediction, truth, baseline, member_dim=member_dim, keep=keep, fair=fair,
+                   interval=interval).compute()
     scores.attrs["prediction"] = str(ppath)
     scores.attrs["truth"] = str(truth_path if truth_path is not None else f"{ppath} (group truth)")
     if out is not None:
