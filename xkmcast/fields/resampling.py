@@ -12,9 +12,13 @@ over any other dimension, and returns the percentile interval
 
 Any score of :mod:`xkmcast.fields.metrics` works (``mae``, ``crps``, ``spread_skill``, ...): a ratio
 score (spread-skill) is recomputed from the resampled averages, not averaged per time. The points of
-one time stay together (a resample draws whole fields, so the spatial correlation is kept). The
-resamples are a dimension of the scored arrays, in batches of about 4 million elements per variable;
-with dask input each batch's scores are computed (the data are read once per batch).
+one time stay together (a resample draws whole fields, so the spatial correlation is kept).
+
+A resample's average over ``over`` is the average weighted by how often each position was drawn, so
+the score is called once, with ``weights`` of dims ``(resample, over)`` (times the caller's own
+``weights``): every metric here averages with ``sum(w s) / sum(w)``, the data are not copied per
+resample, and dask input stays one lazy graph. A score of your own must take ``dim`` and ``weights``
+that way.
 Nothing here knows of torch.
 """
 
@@ -27,7 +31,7 @@ import xarray as xr
 
 from ..errors import InvalidDataError, explain
 
-__all__ = ["bootstrap_interval", "resample_positions"]
+__all__ = ["bootstrap_interval", "resample_positions", "resample_counts"]
 
 XArray = xr.DataArray | xr.Dataset
 
@@ -80,13 +84,16 @@ def bootstrap_interval(
     if over not in dims:
         raise InvalidDataError(explain(f"The score keeps the resampled dimension {over!r}", found=f"dim={dim!r}",
                                        fix=f"let the score average over {over!r} (dim=None or a dim that includes it)"))
-    # the resamples are a dimension of their own (in batches, to bound the memory), averaged over with the rest
-    f, t = forecast.drop_vars(over, errors="ignore"), truth.drop_vars(over, errors="ignore")
-    positions = resample_positions(n, resamples, block, seed)
-    batch = max(1, 2**22 // int(np.prod(list(forecast.sizes.values()))))  # elements per variable and resample
-    values = []
-    for start in range(0, resamples, batch):
-        idx = xr.DataArray(positions[start:start + batch], dims=("resample", over))
-        values.append(score(f.isel({over: idx}), t.isel({over: idx}), dim=dims, **score_kwargs).compute())
-    stacked = xr.concat(values, dim="resample", coords="minimal", compat="override", join="override")
-    return stacked.quantile([(1 - level) / 2, (1 + level) / 2], dim="resample", keep_attrs=True)
+    # a resample as weights: each position counted as often as it was drawn (times the user's weights)
+    counts = xr.DataArray(resample_counts(resample_positions(n, resamples, block, seed), n), dims=("resample", over))
+    weights = score_kwargs.pop("weights", None)
+    weights = counts if weights is None else counts * weights
+    resampled = score(forecast, truth, dim=dims, weights=weights, **score_kwargs)
+    return resampled.quantile([(1 - level) / 2, (1 + level) / 2], dim="resample", keep_attrs=True)
+
+
+def resample_counts(positions: np.ndarray, n: int) -> np.ndarray:
+    """``(resamples, n)``: how often each of the ``n`` positions occurs in each row of ``positions``."""
+    counts = np.zeros((positions.shape[0], n))
+    np.add.at(counts, (np.repeat(np.arange(positions.shape[0]), positions.shape[1]), positions.ravel()), 1.0)
+    return counts
