@@ -148,10 +148,10 @@ def _linear_baseline(store: Path, data, times) -> xr.Dataset:
     x = ds[inputs].rename(dict(zip(inputs, data.input_vars)))
     y = ds[targets].rename(dict(zip(targets, data.output_vars)))
     from xkmcast.train.config import time_windows
+    from xkmcast.train.setup import window_positions
 
     windows = time_windows(data.train_times)
-    train = np.unique(np.concatenate([x.time.sel(time=slice(w.start, w.end)).values for w in windows])) \
-        if windows else x.time.values
+    train = x.time.values[window_positions(x.indexes["time"], windows, "train_times")] if windows else x.time.values
     leaked = np.intersect1d(train, np.asarray(times, dtype=x.time.dtype))
     if leaked.size:
         from xkmcast.errors import ConfigError, explain

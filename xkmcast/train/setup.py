@@ -23,7 +23,7 @@ from ..errors import ConfigError, TimeCoverageError, explain
 from . import distributed as D
 from .config import TrainConfig, run_dir, time_windows
 
-__all__ = ["RunData", "build_run", "build_datasets", "build_pipeline_for", "seed_everything"]
+__all__ = ["RunData", "build_run", "build_datasets", "build_pipeline_for", "seed_everything", "window_positions"]
 
 
 @dataclasses.dataclass
@@ -280,8 +280,8 @@ def _store_stats(roles: dict[str, Any], coarse_role: str, inputs, outputs, invar
     return out
 
 
-def _window_positions(index, windows, setting: str) -> np.ndarray:
-    """Sorted positions on the store's time ``index`` inside any of ``windows`` (inclusive); a window
+def window_positions(index, windows, setting: str) -> np.ndarray:
+    """Sorted positions on a time ``index`` inside any of ``windows`` (inclusive); a window
     that holds no store time is refused (a misspelt year would otherwise drop it silently)."""
     parts = []
     for w in windows:
@@ -302,9 +302,9 @@ def _time_split(ds, cfg: TrainConfig):
     d = cfg.data
     index = ds.indexes["time"]
     train_w, valid_w = time_windows(d.train_times), time_windows(d.valid_times)
-    positions = _window_positions(index, train_w, "train_times") if train_w else np.arange(len(index))
+    positions = window_positions(index, train_w, "train_times") if train_w else np.arange(len(index))
     if valid_w:
-        valid = _window_positions(index, valid_w, "valid_times")
+        valid = window_positions(index, valid_w, "valid_times")
         train = np.setdiff1d(positions, valid)
         if train.size == 0:
             raise TimeCoverageError(explain("No training time is left once the validation times are taken out",
