@@ -7,18 +7,19 @@ import io
 import stat
 import tarfile
 import zipfile
+from pathlib import Path
 
 import pytest
 
-from xkmcast.data.archive import extract
+from xkmcast.data.archive import archive_suffix, extract, is_archive, is_deb
 from xkmcast.errors import CatalogError, UnsafeArchiveError
 
 from _http import http_server  # noqa: F401  (pytest fixture)
 
 
-def _tar(path, members):
+def _tar(path, members, mode="w:gz"):
     """members: [(TarInfo, bytes | None)]"""
-    with tarfile.open(path, "w:gz") as tf:
+    with tarfile.open(path, mode) as tf:
         for info, data in members:
             if data is not None:
                 info.size = len(data)
@@ -49,6 +50,34 @@ def _zip(path, members):
                 info.external_attr = mode << 16
             zf.writestr(info, data)
     return path
+
+
+def write_deb(path, data_members, *, data_name="data.tar.xz", gnu_names=False):
+    """A Debian binary package written by hand: an ``ar`` archive ("!<arch>\\n", 60-byte member headers,
+    data padded to an even length) of debian-binary, control.tar.gz and ``data_name`` holding
+    ``data_members`` [(TarInfo, bytes | None)] (a ``.zst`` member gets a zstd magic only)."""
+    path = Path(path)
+    work = path.with_name(path.name + ".parts")
+    work.mkdir()
+    control = _tar(work / "control.tar.gz", [_file("./control", b"Package: r-cran-stars\nVersion: 0.6-0-4\n")])
+    mode = {"data.tar.xz": "w:xz", "data.tar.gz": "w:gz", "data.tar": "w"}.get(data_name)
+    data = _tar(work / data_name, data_members, mode).read_bytes() if mode else b"\x28\xb5\x2f\xfd" + b"\0" * 32
+    with open(path, "wb") as f:
+        f.write(b"!<arch>\n")
+        for name, blob in (("debian-binary", b"2.0\n"), ("control.tar.gz", control.read_bytes()), (data_name, data)):
+            name += "/" if gnu_names else ""
+            f.write(f"{name:<16}{1674768337:<12}{0:<6}{0:<6}{100644:<8}{len(blob):<10}`\n".encode("ascii"))
+            f.write(blob + b"\n" * (len(blob) % 2))
+    for part in work.iterdir():
+        part.unlink()
+    work.rmdir()
+    return path
+
+
+def _dir(name):
+    info = tarfile.TarInfo(name)
+    info.type, info.mode = tarfile.DIRTYPE, 0o755
+    return info, None
 
 
 def _nothing_written(tmp_path, dest):
@@ -158,3 +187,63 @@ def test_registry_keys_must_be_plain_relative_names(tmp_path, key):
     registry.write_text(f"{key} unknown http://127.0.0.1/x\n")
     with pytest.raises(CatalogError, match="key"):
         load_registry(registry)
+
+
+# ------------------------------------------------------------------------------- Debian packages
+NC = "./usr/lib/R/site-library/stars/nc/test_stageiv_xyt.nc"
+
+
+@pytest.mark.parametrize("data_name, gnu_names", [("data.tar.xz", False), ("data.tar.gz", True), ("data.tar", False)])
+def test_deb_is_extracted_as_its_data_tar(tmp_path, data_name, gnu_names):
+    members = [_dir("./"), _dir("./usr/"), _file(NC, b"CDF\x01netcdf", 0o4777), _file("./usr/share/doc/README", b"odd")]
+    deb = write_deb(tmp_path / "r-cran-stars_0.6-0-4_all.deb", members, data_name=data_name, gnu_names=gnu_names)
+    assert archive_suffix(deb.name) == ".deb" and is_archive(deb) and is_deb(deb)
+    out = extract(deb, tmp_path / "r-cran-stars_0.6-0-4_all")
+    assert (out / NC).read_bytes() == b"CDF\x01netcdf"
+    assert (out / "usr/share/doc/README").read_bytes() == b"odd"  # odd length: the ar padding is skipped
+    assert stat.S_IMODE((out / NC).stat().st_mode) == 0o755
+    assert sorted(p.name for p in out.iterdir()) == ["usr"]  # neither control.tar nor debian-binary
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r-cran-stars_0.6-0-4_all", "r-cran-stars_0.6-0-4_all.deb"]
+
+
+@pytest.mark.parametrize(
+    "members, why",
+    [
+        ([_file(NC), _file("../evil")], "'..'"),
+        ([_file(NC), _file("./usr/../../evil")], "'..'"),
+        ([_file("/etc/evil")], "absolute"),
+        ([_file(NC), _special("./usr/lib/link", tarfile.SYMTYPE, "/etc/passwd")], "symbolic link"),
+        ([_file(NC), _special("./usr/hard", tarfile.LNKTYPE, NC)], "hard link"),
+        ([_special("./dev/x", tarfile.CHRTYPE)], "device"),
+    ],
+    ids=["dotdot", "nested-dotdot", "absolute", "symlink", "hardlink", "chardev"],
+)
+def test_hostile_deb_is_refused_and_nothing_is_written(tmp_path, members, why):
+    deb = write_deb(tmp_path / "bad.deb", members)
+    dest = tmp_path / "out"
+    with pytest.raises(UnsafeArchiveError, match=why) as info:
+        extract(deb, dest)
+    assert "bad.deb:data.tar.xz" in str(info.value)
+    _nothing_written(tmp_path, dest)
+    assert not (tmp_path / "evil").exists() and not (tmp_path.parent / "evil").exists()
+
+
+@pytest.mark.skipif("zst" in tarfile.TarFile.OPEN_METH, reason="this Python's tarfile reads zstd")
+def test_deb_with_zstd_data_is_refused_with_a_fix(tmp_path):
+    deb = write_deb(tmp_path / "z.deb", [], data_name="data.tar.zst")
+    with pytest.raises(UnsafeArchiveError, match="zstd") as info:
+        extract(deb, tmp_path / "out")
+    assert "what to do: use Python >= 3.14" in str(info.value) and "zstd -d data.tar.zst" in str(info.value)
+    _nothing_written(tmp_path, tmp_path / "out")
+
+
+def test_damaged_deb_is_refused(tmp_path):
+    deb = write_deb(tmp_path / "ok.deb", [_file(NC, b"x" * 1000)])
+    truncated = tmp_path / "cut.deb"
+    truncated.write_bytes(deb.read_bytes()[:-100])
+    no_data = tmp_path / "nodata.deb"
+    no_data.write_bytes(b"!<arch>\n" + f"{'debian-binary':<16}{0:<12}{0:<6}{0:<6}{100644:<8}{4:<10}`\n".encode() + b"2.0\n")
+    for bad in (truncated, no_data):
+        with pytest.raises(UnsafeArchiveError, match="not a valid Debian package"):
+            extract(bad, tmp_path / "out")
+        _nothing_written(tmp_path, tmp_path / "out")

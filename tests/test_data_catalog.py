@@ -13,11 +13,16 @@ import pytest
 import xarray as xr
 from _http import http_server  # noqa: F401  (pytest fixture)
 
+from test_data_archive import write_deb
+
 from xkmcast.data import catalog
 from xkmcast.errors import CatalogError, DownloadError, IntegrityError
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = ["hrrr_mini", "cwa_taiwan", "era5", "hrrr_era5", "sample"]
+NAMES = ["hrrr_mini", "cwa_taiwan", "stageiv_florence", "era5", "hrrr_era5", "sample"]
+STARS_DEB = "r-cran-stars_0.6-0-4_all.deb"
+STAGEIV_NC = "usr/lib/R/site-library/stars/nc/test_stageiv_xyt.nc"
+STAGEIV_VAR = "Total_precipitation_surface_1_Hour_Accumulation"
 
 
 def sha256(path: Path) -> str:  # independent of pooch
@@ -78,6 +83,7 @@ def test_open_catalog_is_intake_with_real_locations(tmp_path):
     assert urls["hrrr_mini"] == f"{tmp_path}/hrrr_mini/hrrr_mini/hrrr_mini_train.nc"
     assert urls["cwa_taiwan"] == f"{tmp_path}/cwa_taiwan/2023-01-24-cwb-4years.zarr"
     assert urls["hrrr_era5"] == f"{tmp_path}/hrrr_era5/hrrr/valid/2021.zarr"
+    assert urls["stageiv_florence"] == f"{tmp_path}/{STARS_DEB.removesuffix('.deb')}/{STAGEIV_NC}"
     assert Path(urls["sample"]).resolve() == (catalog.CATALOG_PATH.parent.parent / "sample" / "sample.nc").resolve()
 
 
@@ -98,6 +104,13 @@ def test_registry_ships_ngc_entries_without_hash():
     assert entries["hrrr_mini.zip"].sha256 is None
     assert entries["hrrr_mini.zip"].url.startswith("https://api.ngc.nvidia.com/v2/resources/nvidia/modulus/modulus_datasets-hrrr_mini/")
     assert entries["cwa_taiwan.zip"].url.endswith("/modulus_datasets_cwa/versions/v1/zip")
+
+
+def test_registry_pins_the_stars_debian_package():
+    entry = catalog.load_registry()[STARS_DEB]
+    assert entry.sha256 == "a273913b84ce428c8a6f5eb3538776c8bcefb5756d473f0c4c2fd2a914e98a53"
+    assert entry.url == f"http://deb.debian.org/debian/pool/main/r/r-cran-stars/{STARS_DEB}"
+    assert entry.archive_suffix == ".deb" and entry.stem == STARS_DEB.removesuffix(".deb")
 
 
 def test_unknown_hash_is_never_downloaded(served):
@@ -245,3 +258,98 @@ def test_registry_pooch_cache_variable_mirror_and_missing_url(tmp_path, monkeypa
     mirrored = catalog.registry_pooch(registry, base_url="http://127.0.0.1:9/m")
     assert mirrored.get_url("b.nc") == "http://127.0.0.1:9/m/b.nc" and mirrored.get_url("a/x.nc").endswith("/m/a/x.nc")
     assert not (tmp_path / "env-cache").exists()  # nothing created before a download
+
+
+# ------------------------------------------------------------- stageiv_florence: a NetCDF inside a .deb
+
+
+def _stageiv_like(path: Path) -> xr.Dataset:
+    """A tiny stand-in for stars' test_stageiv_xyt.nc: NetCDF classic, CF-1.4, the real names and attrs."""
+    rng = np.random.default_rng(3)
+    time = np.datetime64("2018-09-13T19:00", "ns") + np.arange(3) * np.timedelta64(1, "h")
+    lat, lon = np.meshgrid(np.linspace(33.0, 36.0, 4), np.linspace(-80.0, -77.0, 3), indexing="ij")
+    ds = xr.Dataset(
+        {STAGEIV_VAR: (("time", "y", "x"), rng.gamma(0.5, 4.0, (3, 4, 3)).astype("f4"),
+                       {"units": "kg m^-2", "standard_name": "precipitation_amount",
+                        "long_name": "Total precipitation (1_Hour Accumulation) @ Ground or water surface",
+                        "cell_methods": "time: sum (interval: 1 hr)"})},
+        coords={"time": ("time", time, {"standard_name": "time"}),
+                "lat": (("y", "x"), lat.astype("f4"), {"units": "degrees_north"}),
+                "lon": (("y", "x"), lon.astype("f4"), {"units": "degrees_east"})},
+        attrs={"Conventions": "CF-1.4", "title": "United States Stage IV Quantitative Precipitation Archive"},
+    )
+    ds.to_netcdf(path, engine="netcdf4", format="NETCDF3_CLASSIC")
+    return ds
+
+
+@pytest.fixture()
+def stars_deb(tmp_path, http_server, monkeypatch):
+    """A small r-cran-stars .deb served from 127.0.0.1, pinned in a $XKMCAST_REGISTRY file under the
+    packaged key (so the catalog entry's fetch key resolves to it); an empty cache."""
+    site = tmp_path / "site"
+    site.mkdir()
+    nc = tmp_path / "test_stageiv_xyt.nc"
+    written = _stageiv_like(nc)
+    member = tarfile.TarInfo(f"./{STAGEIV_NC}")
+    member.mode = 0o644
+    root = tarfile.TarInfo("./")
+    root.type, root.mode = tarfile.DIRTYPE, 0o755
+    deb = write_deb(site / STARS_DEB, [(root, None), (member, nc.read_bytes())])
+    server = http_server(site)
+    registry = tmp_path / "registry.txt"
+    registry.write_text(f"{STARS_DEB} {sha256(deb)} {server.url}/{STARS_DEB}\n")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("XKMCAST_REGISTRY", str(registry))
+    monkeypatch.setenv("XKMCAST_DATA_DIR", str(cache))
+    monkeypatch.delenv("XKMCAST_BASE_URL", raising=False)
+    return server, registry, cache, written
+
+
+def test_stageiv_florence_is_fetched_from_a_deb_and_opened_by_the_catalog(stars_deb):
+    server, _, cache, written = stars_deb
+    folder = catalog.catalog_fetch("stageiv_florence", progress=False)
+    assert folder == cache / STARS_DEB.removesuffix(".deb") and (folder / STAGEIV_NC).is_file()
+    assert server.requests == [f"/{STARS_DEB}"]
+    ds = catalog.open_catalog()["stageiv_florence"].to_dask()  # the entry's urlpath under the same cache
+    np.testing.assert_array_equal(ds[STAGEIV_VAR].values, written[STAGEIV_VAR].values)
+    np.testing.assert_array_equal(ds["time"].values, written["time"].values)
+    assert ds[STAGEIV_VAR].dims == ("time", "y", "x") and ds["lat"].dims == ("y", "x")
+    assert ds[STAGEIV_VAR].attrs["standard_name"] == "precipitation_amount"
+    server.stop()
+    assert catalog.catalog_fetch("stageiv_florence", progress=False) == folder  # cached: offline
+    from xkmcast.data import open_dataset
+    from xkmcast.data.layouts import canonical_name
+
+    cf = open_dataset(folder / STAGEIV_NC)  # the cf layout on the unpacked file (named by the variables table)
+    np.testing.assert_array_equal(cf[canonical_name(STAGEIV_VAR)].values, written[STAGEIV_VAR].values)
+    assert cf["lat"].attrs["standard_name"] == "latitude"
+
+
+def test_open_dataset_by_name_gives_tp(stars_deb):
+    from xkmcast.data import open_dataset
+
+    _, _, _, written = stars_deb
+    ds = open_dataset("stageiv_florence", progress=False)
+    np.testing.assert_array_equal(ds["tp"].values, written[STAGEIV_VAR].values)
+
+
+def test_stageiv_florence_with_a_wrong_hash_is_refused(stars_deb):
+    server, registry, cache, _ = stars_deb
+    registry.write_text(f"{STARS_DEB} {'0' * 64} {server.url}/{STARS_DEB}\n")
+    with pytest.raises(IntegrityError, match="does not match"):
+        catalog.catalog_fetch("stageiv_florence", progress=False)
+    assert server.requests == [f"/{STARS_DEB}"]
+    assert not (cache / STARS_DEB).exists() and not (cache / STARS_DEB.removesuffix(".deb")).exists()
+
+
+def test_hash_pinned_deb_with_a_traversal_member_is_refused(stars_deb, tmp_path):
+    server, registry, cache, _ = stars_deb
+    evil = tarfile.TarInfo("../evil")
+    evil.mode = 0o644
+    site = tmp_path / "site"
+    deb = write_deb(site / STARS_DEB, [(evil, b"pwned")])  # replaces the served file, re-pinned
+    registry.write_text(f"{STARS_DEB} {sha256(deb)} {server.url}/{STARS_DEB}\n")
+    with pytest.raises(IntegrityError, match="'..'"):  # UnsafeArchiveError is an IntegrityError
+        catalog.catalog_fetch("stageiv_florence", progress=False)
+    assert not (cache / STARS_DEB.removesuffix(".deb")).exists()
+    assert not (cache / "evil").exists() and not (tmp_path / "evil").exists()

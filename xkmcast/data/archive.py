@@ -1,4 +1,4 @@
-"""Safe extraction of zip and tar archives: the one place xkmcast unpacks anything.
+"""Safe extraction of zip, tar and Debian (.deb) archives: the one place xkmcast unpacks anything.
 
 Contract of :func:`extract` (the semantics of Python's ``tarfile`` "data" filter, applied the same way
 on every supported Python version and to zip files too):
@@ -14,10 +14,15 @@ on every supported Python version and to zip files too):
   interrupted extraction never leaves a half-filled target; an existing target is replaced.
 * ``nested=True``: when the archive's content is a single archive file (optionally inside a single
   folder), that inner archive is extracted the same way, in place of the outer content.
+* A Debian binary package (``.deb``: an ``ar`` archive of ``debian-binary``, ``control.tar.*`` and
+  ``data.tar.*``) is extracted as its ``data.tar.*`` member (the installed files, ``./usr/...``), under
+  the same tar rules; ``control.tar.*`` (maintainer scripts) is never unpacked. The tar root entry
+  ``./`` of package tarballs is the target folder itself and is accepted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -28,9 +33,10 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ..errors import UnsafeArchiveError, explain
 
-__all__ = ["ARCHIVE_SUFFIXES", "archive_suffix", "check_member_name", "extract", "is_archive"]
+__all__ = ["ARCHIVE_SUFFIXES", "archive_suffix", "check_member_name", "extract", "is_archive", "is_deb"]
 
-ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tar", ".zip")
+ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tar", ".zip", ".deb")
+_AR_MAGIC = b"!<arch>\n"
 
 
 def archive_suffix(name: str | os.PathLike) -> str | None:
@@ -40,9 +46,18 @@ def archive_suffix(name: str | os.PathLike) -> str | None:
 
 
 def is_archive(path: str | os.PathLike) -> bool:
-    """True for an existing zip or tar file (by content, not by name)."""
+    """True for an existing zip, tar or Debian package file (by content, not by name)."""
     path = Path(path)
-    return path.is_file() and (zipfile.is_zipfile(path) or tarfile.is_tarfile(path))
+    return path.is_file() and (is_deb(path) or zipfile.is_zipfile(path) or tarfile.is_tarfile(path))
+
+
+def is_deb(path: str | os.PathLike) -> bool:
+    """True for an existing ``ar`` archive (the container of a Debian package), by its magic bytes."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(len(_AR_MAGIC)) == _AR_MAGIC
 
 
 def check_member_name(name: str, *, archive: str = "archive") -> PurePosixPath:
@@ -74,11 +89,18 @@ def _refuse(archive: str, member: str, why: str) -> None:
 
 
 # -------------------------------------------------------------------------------------- planning
+def _is_root(name: str) -> bool:
+    """``.`` / ``./``: the archive's own root folder (package tarballs start with it), i.e. the target."""
+    return name.replace("\\", "/").rstrip("/") == "."
+
+
 def _zip_plan(path: Path) -> list[tuple[PurePosixPath, bool, bool, zipfile.ZipInfo]]:
     """[(relative path, is_dir, executable, info)] of a zip, every member checked."""
     plan = []
     with zipfile.ZipFile(path) as zf:
         for info in zf.infolist():
+            if info.is_dir() and _is_root(info.filename):
+                continue
             rel = check_member_name(info.filename, archive=path.name)
             mode = info.external_attr >> 16
             kind = stat.S_IFMT(mode)
@@ -91,15 +113,19 @@ def _zip_plan(path: Path) -> list[tuple[PurePosixPath, bool, bool, zipfile.ZipIn
     return plan
 
 
-def _tar_plan(path: Path) -> list[tuple[PurePosixPath, bool, bool, tarfile.TarInfo]]:
-    plan = []
+def _tar_plan(path: Path, label: str | None = None) -> list[tuple[PurePosixPath, bool, bool, tarfile.TarInfo]]:
+    """[(relative path, is_dir, executable, info)] of a tar, every member checked; ``label`` names the
+    archive in refusals (default: the file name)."""
+    plan, label = [], label or path.name
     with tarfile.open(path) as tf:
         for info in tf.getmembers():
-            rel = check_member_name(info.name, archive=path.name)
+            if info.isdir() and _is_root(info.name):
+                continue
+            rel = check_member_name(info.name, archive=label)
             if info.issym() or info.islnk():
-                _refuse(path.name, info.name, f"a {'symbolic' if info.issym() else 'hard'} link to {info.linkname!r}")
+                _refuse(label, info.name, f"a {'symbolic' if info.issym() else 'hard'} link to {info.linkname!r}")
             if not (info.isfile() or info.isdir()):
-                _refuse(path.name, info.name, "a device, FIFO or other special file")
+                _refuse(label, info.name, "a device, FIFO or other special file")
             plan.append((rel, info.isdir(), bool(info.mode & 0o111) and info.isfile(), info))
     return plan
 
@@ -118,21 +144,32 @@ def _check_targets(plan, root: Path, archive: str) -> None:
 
 # ------------------------------------------------------------------------------------ extraction
 def extract(archive: str | os.PathLike, dest: str | os.PathLike, *, nested: bool = False) -> Path:
-    """Extract ``archive`` (zip or tar, any compression) into the folder ``dest``; returns ``dest``.
+    """Extract ``archive`` (zip, tar with any compression, or .deb) into the folder ``dest``; returns ``dest``.
 
     See the module docstring for what is refused. ``dest`` is replaced atomically.
     """
     archive, dest = Path(archive), Path(dest)
+    if is_deb(archive):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with _deb_data_tar(archive, dest.parent) as data_tar:
+            label = f"{archive.name}:{data_tar.name}"
+            return _extract(data_tar, dest, nested, _tar_plan(data_tar, label), _write_tar, label)
     if zipfile.is_zipfile(archive):
         plan, reader = _zip_plan(archive), _write_zip
     elif tarfile.is_tarfile(archive):
         plan, reader = _tar_plan(archive), _write_tar
     else:
-        raise UnsafeArchiveError(explain(f"{archive} is not an archive", expected="a zip or tar file", found=archive.name))
+        raise UnsafeArchiveError(explain(f"{archive} is not an archive", expected="a zip, tar or .deb file",
+                                         found=archive.name))
+    return _extract(archive, dest, nested, plan, reader, archive.name)
+
+
+def _extract(archive: Path, dest: Path, nested: bool, plan, reader, label: str) -> Path:
+    """Write the checked ``plan`` of ``archive`` into a temporary sibling of ``dest``, then rename it."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent)).resolve()
     try:
-        _check_targets(plan, tmp, archive.name)
+        _check_targets(plan, tmp, label)
         reader(archive, plan, tmp)
         if nested:
             inner = _single_inner_archive(tmp)
@@ -152,6 +189,61 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike, *, nested: bool
         shutil.rmtree(tmp.with_name(tmp.name + ".inner"), ignore_errors=True)
         raise
     return dest
+
+
+# ----------------------------------------------------------------------------- Debian packages
+def _ar_members(path: Path) -> dict[str, tuple[int, int]]:
+    """``{name: (offset, size)}`` of the members of the ``ar`` archive ``path`` (headers checked)."""
+    members, total = {}, path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(len(_AR_MAGIC))
+        while header := f.read(60):
+            size = header[48:58].decode("ascii", "replace").strip()
+            if len(header) < 60 or header[58:60] != b"`\n" or not size.isdigit() or f.tell() + int(size) > total:
+                _malformed(path, f"a damaged ar member header at byte {f.tell() - len(header)}")
+            name = header[:16].decode("ascii", "replace").rstrip(" ").removesuffix("/")  # GNU ar ends names with /
+            members[name] = (f.tell(), int(size))
+            f.seek(int(size) + int(size) % 2, os.SEEK_CUR)  # member data is padded to an even length
+    return members
+
+
+def _malformed(path: Path, found: str) -> None:
+    raise UnsafeArchiveError(
+        explain(f"Refusing to extract {path.name}: it is not a valid Debian package; nothing was extracted",
+                expected="an ar archive holding debian-binary, control.tar.* and one data.tar.{xz,gz,bz2}",
+                found=found, fix="the download is damaged or not a .deb; download it again from the publisher"))
+
+
+@contextlib.contextmanager
+def _deb_data_tar(path: Path, workdir: Path):
+    """The ``data.tar.*`` member of the .deb ``path``, copied to a temporary file in ``workdir``."""
+    members = _ar_members(path)
+    data = [name for name in members if name.startswith("data.tar")]
+    if "debian-binary" not in members or len(data) != 1:
+        _malformed(path, f"members {sorted(members)}")
+    compression = data[0].removeprefix("data.tar").lstrip(".")
+    if compression not in {"", "gz", "bz2", "xz", "zst"} & {"", *tarfile.TarFile.OPEN_METH}:  # zst: Python >= 3.14
+        raise UnsafeArchiveError(explain(
+            f"Cannot extract {path.name}: its {data[0]} is compressed with {compression!r}, which this "
+            "Python's tarfile cannot read; nothing was extracted",
+            expected="data.tar.xz, data.tar.gz, data.tar.bz2 or data.tar",
+            found=data[0],
+            fix=f"use Python >= 3.14 (tarfile reads zstd), or repack it by hand: `ar x {path.name} {data[0]} && "
+                f"zstd -d {data[0]}` and open data.tar; or download a .deb built with xz (most Debian packages)"))
+    offset, size = members[data[0]]
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=workdir) as tmp:
+        target = Path(tmp) / data[0]
+        with open(path, "rb") as src, open(target, "wb") as out:
+            src.seek(offset)
+            while size > 0:
+                chunk = src.read(min(size, 1 << 20))
+                if not chunk:
+                    _malformed(path, f"{data[0]} truncated")
+                out.write(chunk)
+                size -= len(chunk)
+        if not tarfile.is_tarfile(target):
+            _malformed(path, f"{data[0]} is not a tar file")
+        yield target
 
 
 def _single_inner_archive(root: Path) -> Path | None:

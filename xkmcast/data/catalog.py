@@ -15,7 +15,7 @@ Contract of :func:`fetch`:
   Nothing is created or read at import time.
 * A file whose hash does not match, freshly downloaded or already in the cache, is removed and
   :class:`~xkmcast.errors.IntegrityError` is raised: it is never returned.
-* Archives (``.zip``, ``.tar``, ``.tar.gz``, ``.tgz``, ``.tar.bz2``, ``.tar.xz``) are unpacked next to
+* Archives (``.zip``, ``.tar``, ``.tar.gz``, ``.tgz``, ``.tar.bz2``, ``.tar.xz``, Debian ``.deb``) are unpacked next to
   the archive into a folder named like the archive without its extension; that folder is returned.
   Unpacking is :func:`xkmcast.data.archive.extract`: members outside the folder, absolute paths, links
   and devices are refused before anything is written. Registry keys must be plain relative names.

@@ -376,7 +376,9 @@ def _open_catalog_entry(name: str, *, layout=None, part=None, **kwargs) -> xr.Da
     layout = layout or meta.get("xkmcast_layout", "cf")
     if meta.get("fetch"):
         target = fetch(meta["fetch"], progress=kwargs.pop("progress", True))
-        return open_dataset(target, layout=layout, part=part, **kwargs)
+        if layout != "cf":
+            return open_dataset(target, layout=layout, part=part, **kwargs)
+        # cf: the entry's urlpath names the file inside what fetch unpacked (same cache folder)
     if layout == "stormcast":
         return open_dataset(default_cache_dir() / "hrrr_era5", layout=layout, part=part, **kwargs)
     import warnings
