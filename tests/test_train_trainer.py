@@ -292,6 +292,19 @@ def test_progress_lines_go_to_non_tty_logs_every_n_steps(tmp_path, capsys):
     assert "step" not in capsys.readouterr().err
 
 
+def test_the_eta_of_a_run_under_a_time_budget_is_the_budget_left(tmp_path, capsys):
+    """A run with a huge step count and a time budget ends with the budget: its ETA says so."""
+    from xkmcast.train.logging import RunLog
+
+    log = RunLog(tmp_path / "run", total_steps=10**8, tensorboard=False, progress_every=1, time_left=lambda: 95.0)
+    log.progress(1, 1.0, 8.0)
+    free = RunLog(tmp_path / "free", total_steps=10**8, tensorboard=False, progress_every=1)
+    free.progress(1, 1.0, 8.0)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "ETA" in line]
+    assert lines[0].endswith("ETA 1m35s")
+    assert not lines[1].endswith("ETA 1m35s") and "ETA ?" not in lines[1]
+
+
 def _bundle_weights(bundle: Path) -> dict:
     from safetensors.torch import load_file
 

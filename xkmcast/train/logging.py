@@ -5,7 +5,8 @@ Only rank 0 reports (other ranks get a :class:`RunLog` that does nothing). Scala
 so that tests and scripts can read them without TensorBoard. The progress bar (tqdm) shows samples/s
 and the ETA when stderr is a terminal; otherwise (a log file, a batch job) a plain line
 ``step S/N (P%) loss L, R samples/s, ETA T`` is written to stderr every ``progress_every`` steps
-(and at the last step). ``quiet`` silences both.
+(and at the last step); T is the time to step N or, with a time budget, to its end if that comes first.
+``quiet`` silences both.
 
 Loss per noise level: the per-sample losses of a diffusion stage are binned by ``log10(sigma)`` into
 :data:`SIGMA_EDGES` and logged as ``loss_sigma/<lo>-<hi>``, the mean over the logging interval.
@@ -52,8 +53,10 @@ class RunLog:
     """Scalars, images and progress of a run. ``active=False`` (ranks > 0) makes every call a no-op."""
 
     def __init__(self, run_dir: str | Path, *, total_steps: int, start_step: int = 0, active: bool = True,
-                 tensorboard: bool = True, quiet: bool = False, batch_size: int = 1, progress_every: int = 10):
+                 tensorboard: bool = True, quiet: bool = False, batch_size: int = 1, progress_every: int = 10,
+                 time_left=None):
         self.run_dir, self.active, self.batch_size = Path(run_dir), active, batch_size
+        self.time_left = time_left  # () -> seconds of the time budget left (None: no budget)
         self.progress_every = max(1, int(progress_every))
         self._lines = active and not quiet  # plain progress lines when there is no terminal bar
         self.total_steps, self.start_step = total_steps, start_step
@@ -107,6 +110,9 @@ class RunLog:
         done = step - self.start_step
         elapsed = time.perf_counter() - self._t0
         eta = elapsed / done * (total - step) if done > 0 else math.nan
+        left = self.time_left() if self.time_left is not None else None
+        if left is not None:  # a time budget ends the run first
+            eta = max(0.0, left) if not math.isfinite(eta) else min(eta, max(0.0, left))
         eta_text = "?" if not math.isfinite(eta) else f"{int(eta // 60)}m{int(eta % 60):02d}s"
         return (f"{self.run_dir.name}: step {step}/{total} ({100 * step / total:.0f}%) loss {loss:.4g}, "
                 f"{samples_per_s:.1f} samples/s, ETA {eta_text}")

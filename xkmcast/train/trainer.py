@@ -227,7 +227,8 @@ class Trainer:
             save_config(self.cfg, self.dir / "config.yaml")
         self.log = RunLog(self.dir, total_steps=self.total_steps, start_step=self.step, active=self.env.is_main,
                           tensorboard=t.tensorboard, quiet=self.quiet, batch_size=t.batch_size,
-                          progress_every=t.log_every)
+                          progress_every=t.log_every,
+                          time_left=None if t.time_budget is None else lambda: t.time_budget - self.elapsed)
 
     def _resume(self) -> None:
         path = ckpt.resolve_resume(self.t.resume, self.ckpt_dir)
