@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["ModelSpec", "Pipeline", "training_sigma", "sampler_config"]
+__all__ = ["ModelSpec", "Pipeline", "training_sigma", "sampler_config", "piecewise_linear"]
 
 
 def _plain(value):
@@ -106,6 +106,19 @@ def sampler_config(spec: ModelSpec, sampler: str | None = None, num_steps: int |
     return SamplerConfig.from_dict(spec.sampler).override(sampler, num_steps, **options)
 
 
+def piecewise_linear(x: torch.Tensor, knots, values) -> torch.Tensor:
+    """The piecewise-linear function through ``(knots[i], values[i])`` (knots increasing) at ``x``,
+    constant beyond the first and the last knot."""
+    k = torch.as_tensor(knots, dtype=x.dtype, device=x.device)
+    v = torch.as_tensor(values, dtype=x.dtype, device=x.device)
+    if k.numel() == 1:
+        return v.expand_as(x).clone()
+    i = torch.searchsorted(k, x.contiguous()).clamp(1, k.numel() - 1)
+    x0, x1 = k[i - 1], k[i]
+    w = ((x - x0) / (x1 - x0)).clamp(0, 1)
+    return v[i - 1] + w * (v[i] - v[i - 1])
+
+
 class Pipeline(torch.nn.Module):
     """Base class: holds the spec and the stage networks (``self.stages``, a ModuleDict)."""
 
@@ -171,14 +184,16 @@ class Pipeline(torch.nn.Module):
         values = [1.0] * n if scale is None else [float(v) for v in scale]
         return torch.as_tensor(values, dtype=like.dtype, device=like.device).reshape(1, n, 1, 1)
 
-    def members_about_mean(self, draws: torch.Tensor, centre: bool | None = None) -> torch.Tensor:
+    def members_about_mean(self, draws: torch.Tensor, centre: bool | None = None,
+                           base: torch.Tensor | None = None) -> torch.Tensor:
         """The departures of M members from what the diffusion's residual is added to (the regression
         mean; Stormscope: the state), from its draws ``(M, ...)`` (dim 0: the members of one ensemble):
         ``shared + spread`` of :meth:`member_parts`."""
-        shared, spread = self.member_parts(draws, centre)
+        shared, spread = self.member_parts(draws, centre, base)
         return shared if spread is None else shared + spread
 
-    def member_parts(self, draws: torch.Tensor, centre: bool | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def member_parts(self, draws: torch.Tensor, centre: bool | None = None,
+                     base: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(shared, spread)``: the members' departures ``d_k = shared + spread_k`` split into what all
         members share and their spread about the ensemble mean (zero mean over dim 0):
 
@@ -186,7 +201,9 @@ class Pipeline(torch.nn.Module):
             d_k = s * (mean_j r_j + a * (r_k - mean_j r_j))      (not centred)
 
         with ``s`` the sampling :meth:`residual_scale` and ``a`` the spread factor
-        ``spec.extra["spread_factor"]`` (per channel, 1 when absent). ``centre`` (default
+        ``spec.extra["spread_factor"]`` (per channel, 1 when absent), times, when ``base`` (what the
+        residual is added to, broadcastable to one member) is given, the gain of the spread by the value of
+        ``base`` (:meth:`value_gain`). ``centre`` (default
         ``spec.extra["centre_members"]``: on for the residual models xkmcast trains, off for published
         packages and older bundles) makes the ensemble mean the regression mean, the draws keeping their
         spread about it. Either makes member k depend on the other members of its ensemble (the same seed
@@ -196,14 +213,34 @@ class Pipeline(torch.nn.Module):
         centre = self.members_centred if centre is None else centre
         factor = self.spec.extra.get("spread_factor")
         scale = self.residual_scale(draws, sampling=True)
-        if draws.shape[0] < 2 or not (centre or factor is not None or self.spec.extra.get("step_spread_gain")):
+        by_value = None if base is None else self.value_gain(base)
+        if draws.shape[0] < 2 or not (centre or factor is not None or by_value is not None
+                                      or self.spec.extra.get("step_spread_gain")):
             return draws * scale, None
         mean = draws.mean(dim=0, keepdim=True)
         spread = (draws - mean) * scale
         if factor is not None:
             n = len(self.spec.output_vars)
             spread = spread * torch.as_tensor(factor, dtype=draws.dtype, device=draws.device).reshape(1, n, 1, 1)
+        if by_value is not None:
+            spread = spread * by_value.to(spread.dtype)
         return (torch.zeros_like(mean) if centre else mean * scale), spread
+
+    def value_gain(self, base: torch.Tensor) -> torch.Tensor | None:
+        """The gain on the members' spread at each pixel as a function of ``base`` (``(..., C_out, H, W)``,
+        normalised: what the residual is added to), from ``spec.extra["spread_by_value"]``: per output
+        channel None (gain 1) or ``{"knots": [...], "gains": [...]}``, the gain at increasing values of the
+        base, linear between knots and constant beyond them (calibrated on validation times by
+        :func:`xkmcast.train.spread.calibrated_value_gains`: the residual's spread depends on the value,
+        e.g. precipitation's on its rate). None when the spec has none."""
+        table = self.spec.extra.get("spread_by_value")
+        if not table or not any(table):
+            return None
+        gains = torch.ones_like(base)
+        for c, entry in enumerate(table):
+            if entry:
+                gains[..., c, :, :] = piecewise_linear(base[..., c, :, :], entry["knots"], entry["gains"])
+        return gains
 
     @property
     def members_centred(self) -> bool:
@@ -233,10 +270,11 @@ class Pipeline(torch.nn.Module):
         """``target - regression mean`` of a training batch (B, C_out, H, W), unscaled."""
         raise NotImplementedError
 
-    def calibration_draws(self, batch: dict, seeds: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(draws (M, B, C_out, H, W), residual (B, C_out, H, W))`` on a batch of the training
-        datasets: the diffusion's residual draws before scaling (``seeds[b][k]``: member k of sample b,
-        the sampler of inference) and the true residual ``target - regression mean`` (unscaled); None
+    def calibration_draws(self, batch: dict, seeds: list[list[int]]) -> tuple[torch.Tensor, ...] | None:
+        """``(draws (M, B, C_out, H, W), residual (B, C_out, H, W), base (B, C_out, H, W))`` on a batch of
+        the training datasets: the diffusion's residual draws before scaling (``seeds[b][k]``: member k of
+        sample b, the sampler of inference), the true residual ``target - base`` (unscaled) and the base
+        it is the residual of (the regression mean; Stormscope: the state); None
         when the diffusion models no residual. Used to calibrate the members' spread
         (:mod:`xkmcast.train.spread`)."""
         return None

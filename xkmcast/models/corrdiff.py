@@ -131,7 +131,7 @@ class CorrDiff(Pipeline):
             return mean.unsqueeze(0).expand(max(members, 1), -1, -1, -1, -1), mean
         draws = self._draws(cond, mean, seeds, sampler=sampler, num_steps=num_steps, patch=patch,
                             batch_size=batch_size, **extra_options)
-        return self.members_about_mean(draws, centre) + mean.unsqueeze(0), mean
+        return self.members_about_mean(draws, centre, base=mean) + mean.unsqueeze(0), mean
 
     def _draws(self, cond: Tensor, mean: Tensor, seeds: list[list[int]], *, sampler=None, num_steps=None,
                patch=None, batch_size=None, **extra_options: Any) -> Tensor:
@@ -149,12 +149,12 @@ class CorrDiff(Pipeline):
         return residual.reshape(members, *mean.shape)
 
     @torch.no_grad()
-    def calibration_draws(self, batch: dict, seeds: list[list[int]]) -> tuple[Tensor, Tensor] | None:
+    def calibration_draws(self, batch: dict, seeds: list[list[int]]) -> tuple[Tensor, Tensor, Tensor] | None:
         if not self.diffuses_residual:
             return None
         cond = batch["input"]
         mean = self.regression_mean(cond)
-        return self._draws(cond, mean, seeds), batch["target"] - mean
+        return self._draws(cond, mean, seeds), batch["target"] - mean, mean
 
     def _denoiser(self, patch, shape):
         net = self.stages["diffusion"]

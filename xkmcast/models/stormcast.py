@@ -127,7 +127,7 @@ class StormCast(ForecastPipeline):
         base = self._diffusion_base(state, mean)
         if base is None:
             return out, None
-        shared, spread = self.member_parts(out, centre)
+        shared, spread = self.member_parts(out, centre, base=base.mean(dim=0, keepdim=True))
         return base + shared, spread
 
     def denoiser(self, sampling: bool = False):
@@ -155,7 +155,7 @@ class StormCast(ForecastPipeline):
                            batch_size=batch_size, **kwargs).to(torch.float32)
 
     @torch.no_grad()
-    def calibration_draws(self, batch: dict, seeds: list[list[int]]) -> tuple[Tensor, Tensor] | None:
+    def calibration_draws(self, batch: dict, seeds: list[list[int]]) -> tuple[Tensor, Tensor, Tensor] | None:
         prev, nxt, background, invariant = self.unpack(batch)
         kwargs = self._net_kwargs(batch.get("lead_time_label"))
         mean = self._regression_mean(prev, background, invariant, kwargs)
@@ -170,7 +170,7 @@ class StormCast(ForecastPipeline):
         row_seeds = [seeds[b][k] for k in range(members) for b in range(n)]
         draws = self._draws(rows(prev), rows(background), rows(invariant), rows(mean), row_seeds,
                             {k: rows(v) for k, v in kwargs.items()})
-        return draws.reshape(members, *nxt.shape), nxt - base
+        return draws.reshape(members, *nxt.shape), nxt - base, base
 
     def loss(self, stage: str, batch: dict, generator: torch.Generator | None = None):
         prev, nxt, background, invariant = self.unpack(batch)

@@ -22,6 +22,17 @@ residual, normalised units) and ``s`` one value per output channel (:meth:`Pipel
 
       a_c^2 = mean (t - s r_mean)^2 / ((1 + 1/M) s^2 mean var_k(r_k))        (t: the true residual)
 
+- gains by value (:func:`calibrated_value_gains`, for the channels ``model.spread_by_value`` names): one
+  spread level per channel is right on average but not where the residual's spread depends on the
+  value it is added to (precipitation: small in dry areas, a factor of two either way in log space in
+  rain). On the validation samples, the pixels of channel c are sorted by the base ``mu`` (the
+  regression mean; Stormscope: the state), cut into ``classes`` groups of equal count, and each group j
+  gets the gain that makes the members' spread there match the error there,
+
+      h_j^2 = mean_j (t - shared)^2 / (k mean_j var_k(d))      (k = 1 centred, 1 + 1/M otherwise)
+
+  (``d`` the members' spread about their mean with the scales above, ``shared`` their common
+  departure); the gain is linear in ``mu`` between the groups' medians (:meth:`Pipeline.value_gain`);
 - step gains (:func:`calibrated_step_gains`, stepping models): the two above calibrate one step from a
   true state. In a rollout the members' spread at step n is what the steps before left (the network
   maps each member's state, and a smooth regression contracts their differences) plus the new draws',
@@ -33,7 +44,9 @@ residual, normalised units) and ``s`` one value per output channel (:meth:`Pipel
       mean var_k(b + g d) = mean (y - mean_k b)^2 / (1 + 1/M)
       i.e.  g^2 mean var_k(d) + 2 g mean cov_k(b, d) + mean var_k(b) - T = 0
 
-  (ddof 1; the larger root, 0 when the spread the steps before left already exceeds ``T``); the members
+  (ddof 1; the larger root, 0 when the spread the steps before left already exceeds ``T``; a channel
+  with a value transform: the same balance in physical units, ``x_k = T^-1(b_k + g d_k)`` and its
+  ensemble mean's error, solved by bisection); the members
   continue with that gain to the next step. The gains are then divided by the first step's: they set
   how the spread grows along a rollout, and its level stays the first step's calibration above (made
   on all validation samples, where the chains are a few; a spread growing linearly with the gains, the
@@ -42,13 +55,16 @@ residual, normalised units) and ``s`` one value per output channel (:meth:`Pipel
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError, explain
 
-__all__ = ["residual_scale", "calibrated_sample_scale", "calibrated_spread_factor", "calibrated_step_gains",
+__all__ = ["residual_scale", "calibrated_sample_scale", "calibrated_spread_factor", "calibrated_value_gains",
+           "calibrated_step_gains",
            "evenly_spread_batches", "rollout_chains"]
 
 
@@ -114,7 +130,7 @@ def _draw_moments(pipeline, dataset, members: int, max_samples: int, seed: int):
         got = pipeline.calibration_draws(batch, [row_seeds(seed, members, i) for i in index])
         if got is None:
             return None
-        draws, residual = (t.double() for t in got)
+        draws, residual = (t.double() for t in got[:2])
         s = pipeline.residual_scale(residual).double()
         sums[0] += residual.pow(2).sum(dim=(0, 2, 3)).cpu()
         sums[1] += draws.var(dim=0, unbiased=True).sum(dim=(0, 2, 3)).cpu()
@@ -145,6 +161,124 @@ def calibrated_spread_factor(pipeline, dataset, members: int = 8, max_samples: i
         return None
     s2 = pipeline.residual_scale(torch.zeros(1)).double().reshape(-1).cpu() ** 2
     return [float(v) for v in (moments[2] / ((1 + 1 / members) * s2 * moments[1])).sqrt()]
+
+
+@torch.no_grad()
+def calibrated_value_gains(pipeline, dataset, channels: list[int], members: int = 8, max_samples: int = 8,
+                           seed: int = 0, classes: int = 8) -> list[dict | None] | None:
+    """The gains by value of the module docstring for the output channels ``channels`` (the others None),
+    as ``spec.extra["spread_by_value"]``; measured with ``members`` draws (seeded as in
+    :func:`calibrated_sample_scale`) on up to ``max_samples`` samples of ``dataset``, with the scales the
+    spec already holds. A channel with a value transform (:mod:`xkmcast.fields.transforms`) is calibrated
+    in its physical units: each group's gain is the one at which the spread of the members mapped back
+    (``T^-1``) matches the error of their mean there (found by bisection), as the members are
+    scored. None when there is nothing to calibrate (no channel, no residual draws, no samples, one member)."""
+    from ..diffusion.seeds import row_seeds
+
+    if not channels or dataset is None or len(dataset) == 0 or members < 2:
+        return None
+    centred = pipeline.members_centred
+    parts: dict[int, list[list[torch.Tensor]]] = {c: [[], [], [], []] for c in channels}
+    for index, batch in evenly_spread_batches(dataset, max_samples, pipeline.device):
+        got = pipeline.calibration_draws(batch, [row_seeds(seed, members, i) for i in index])
+        if got is None:
+            return None
+        draws, residual, base = got
+        shared, spread = pipeline.member_parts(draws, centre=centred or None)
+        if spread is None:  # draws taken as they are: their own spread about their mean
+            spread, shared = shared - shared.mean(dim=0, keepdim=True), shared.mean(dim=0, keepdim=True)
+        shared = shared.double().mean(dim=0)
+        for c in channels:  # base + shared + spread_k: member k; base + residual: the truth
+            for i, t in enumerate((base[:, c], shared[:, c], residual[:, c], spread[:, :, c])):
+                parts[c][i].append(t.double().reshape(*t.shape[:t.ndim - 3], -1).cpu())
+    table: list[dict | None] = [None] * len(pipeline.spec.output_vars)
+    for c in channels:
+        b, sh, r = (torch.cat(p) for p in parts[c][:3])
+        d = torch.cat(parts[c][3], dim=-1)
+        to_physical = _physical_units(pipeline, c)
+        if to_physical is not None:
+            def moments(idx, g, b=b, sh=sh, r=r, d=d, to_physical=to_physical):
+                return _physical_moments(b[idx] + sh[idx], d[:, idx], b[idx] + r[idx], g, to_physical)
+
+            table[c] = _gains_by_value(b, moments, 1 + 1 / members, classes, linear=False)
+        else:
+            error2, var = (r - sh) ** 2, d.var(dim=0, unbiased=True)
+            table[c] = _gains_by_value(b, lambda idx, g: (float(error2[idx].sum()), g * g * float(var[idx].sum())),
+                                       1.0 if centred else 1 + 1 / members, classes, linear=True)
+    return table if any(table) else None
+
+
+def _physical_units(pipeline, channel: int):
+    """``z -> T^-1(z std + mean)`` (torch, normalised to physical units) of output ``channel`` when it has
+    a value transform (:mod:`xkmcast.fields.transforms`), else None."""
+    if "output" not in pipeline.spec.stats:
+        return None
+    stats, name = pipeline.stats_for("output"), pipeline.spec.output_vars[channel]
+    if stats.transform_of(name) == "none":
+        return None
+    def to_physical(z: torch.Tensor) -> torch.Tensor:
+        with np.errstate(over="ignore"):  # a gain at the end of the range may overflow: inf, then clipped
+            return torch.from_numpy(stats.denormalise(z.numpy()[None], [name], axis=0)[0])
+
+    return to_physical
+
+
+def _physical_moments(centre, spread, truth, gain: float, to_physical) -> tuple[float, float]:
+    """``(sum (y - mean_k x_k)^2, sum var_k x_k)`` in physical units over pixels, with members
+    ``x_k = T^-1(centre_k + gain d_k)`` (``centre`` one for all members or one each) and truth
+    ``y = T^-1(truth)``."""
+    x = to_physical(centre + gain * spread)
+    y = to_physical(truth)
+    return float((y - x.mean(dim=0)).pow(2).sum()), float(x.var(dim=0, unbiased=True).sum())
+
+
+#: the range of gains searched for a channel calibrated in physical units (ratios of the spread as drawn)
+GAIN_RANGE = (1e-2, 1e2)
+
+
+def _balance_gain(moments, k: float, iterations: int = 40) -> float:
+    """The gain g in :data:`GAIN_RANGE` with ``k var(g) = error2(g)`` for ``moments(g) -> (sum error2, sum
+    var)``, by bisection on ``log g`` (the spread grows with g faster than the error of the mean); the
+    end of the range nearest the balance when it lies outside."""
+    def excess(g: float) -> float:
+        error2, var = moments(g)
+        return math.log(max(k * var, 1e-300)) - math.log(max(error2, 1e-300))
+
+    lo, hi = (math.log(g) for g in GAIN_RANGE)
+    if excess(math.exp(lo)) >= 0:
+        return math.exp(lo)
+    if excess(math.exp(hi)) <= 0:
+        return math.exp(hi)
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if excess(math.exp(mid)) < 0 else (lo, mid)
+    return math.exp(0.5 * (lo + hi))
+
+
+def _gains_by_value(value: torch.Tensor, moments, k: float, classes: int, linear: bool) -> dict | None:
+    """``{"knots", "gains"}``: the pixels sorted by ``value`` in ``classes`` groups of equal count (groups
+    with the same median merged: e.g. the many dry pixels of a precipitation field), each group's median
+    and the gain g with ``error2 = k var`` where ``moments(indices, g) -> (sum error2, sum var)`` at gain g:
+    ``sqrt(error2 / (k var))`` at g = 1 when ``linear`` (the error does not depend on g and the spread
+    grows as g^2), else the g that balances them (:func:`_balance_gain`); None when no group has spread."""
+    order = torch.argsort(value)
+    groups: dict[float, list[torch.Tensor]] = {}
+    for part in torch.tensor_split(order, max(1, min(classes, value.numel()))):
+        if part.numel():
+            groups.setdefault(float(value[part].median()), []).append(part)
+    knots, gains = [], []
+    for knot in sorted(groups):
+        idx = torch.cat(groups[knot])
+        error2, var = moments(idx, 1.0)
+        if var <= 0:
+            continue
+        if linear:
+            gain = (error2 / (k * var)) ** 0.5
+        else:
+            gain = _balance_gain(lambda g: moments(idx, g), k)
+        knots.append(knot)
+        gains.append(gain)
+    return {"knots": knots, "gains": gains} if knots else None
 
 
 def rollout_chains(dataset, steps: int, max_chains: int) -> list[list[int]]:
@@ -200,11 +334,12 @@ def calibrated_step_gains(pipeline, dataset, steps: int = 3, members: int = 8, m
     def rows(t):  # (1, ...) -> (M, ...)
         return None if t is None else t.to(device).expand(members, *t.shape[1:])
 
+    physical = {c: f for c in range(len(pipeline.spec.output_vars)) if (f := _physical_units(pipeline, c)) is not None}
     states: list[torch.Tensor | None] = [None] * len(chains)
     gains = []
     for n in range(len(chains[0])):
         sums = torch.zeros(4, len(pipeline.spec.output_vars), dtype=torch.float64)
-        count, parts = 0, []
+        count, parts, fields = 0, [], {c: ([], [], []) for c in physical}
         for c, chain in enumerate(chains):
             batch = default_collate([dataset[chain[n]]])
             prev, nxt, background, _ = pipeline.unpack(batch)
@@ -221,10 +356,18 @@ def calibrated_step_gains(pipeline, dataset, steps: int = 3, members: int = 8, m
             sums[3] += (y[0] - b.mean(0)).pow(2).sum(dim=(1, 2)).cpu()
             count += y.shape[-2] * y.shape[-1]
             parts.append((base, spread))
+            for c, (bs, ds, ys) in fields.items():
+                bs.append(b[:, c].reshape(members, -1).cpu())
+                ds.append(d[:, c].reshape(members, -1).cpu())
+                ys.append(y[0, c].reshape(-1).cpu())
         var_b, var_d, cov, err2 = sums / count
         if bool((var_d <= 0).any()):
             return None
         gain = _solve_gain(var_b, var_d, cov, err2 / (1 + 1 / members))
+        for c, (bs, ds, ys) in fields.items():  # a transformed channel: in its physical units
+            centre, spread_c, truth = torch.cat(bs, dim=1), torch.cat(ds, dim=1), torch.cat(ys)
+            to_physical = physical[c]
+            gain[c] = _balance_gain(lambda g: _physical_moments(centre, spread_c, truth, g, to_physical), 1 + 1 / members)
         gains.append([float(g) for g in gain])
         g = gain.to(device=device, dtype=torch.float32).reshape(1, -1, 1, 1)
         states = [base + g * spread for base, spread in parts]

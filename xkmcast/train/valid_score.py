@@ -40,7 +40,7 @@ def members_crps(pipeline, batch: dict, seeds: list[list[int]]) -> Tensor | None
     got = pipeline.calibration_draws(batch, seeds)
     if got is None:
         return None
-    draws, residual = got
+    draws, residual, _ = got
     members = np.moveaxis(pipeline.members_about_mean(draws).double().cpu().numpy(), 0, -1)
     crps = crps_ensemble_kernel(members, residual.double().cpu().numpy(), fair=True)
     return torch.from_numpy(crps.reshape(crps.shape[0], -1).mean(axis=1))
