@@ -26,6 +26,7 @@ import datetime
 import os
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,14 @@ def train_pair(case: Case, outdir: Path, seconds: float, tag: str, extra: list[s
     from xkmcast.train import load_config, train
 
     half = seconds / 2
-    step_kind = ["data.coarsen=1", "data.background_vars=[]", "model.time_step=6h"]
+    step_kind = ["data.coarsen=1", "data.background_vars=[]", f"model.time_step={case.step_hours}h"]
+    if case.recipe:  # one command trains both stages (the recipe's contract: R/regression/0/model, R/model)
+        cfg = load_config(case.recipe, [*_common(case, outdir, seconds, [*case.overrides, *extra]),
+                                        f"training.experiment={case.name}", f"training.run_id={tag}",
+                                        f"training.resume={'latest' if reuse else 'null'}"])
+        dif = train(cfg, quiet=True)
+        reg_dir = dif.run_dir / "regression" / "0"
+        return types.SimpleNamespace(bundle=reg_dir / "model", step=_last_step(reg_dir)), dif
     if case.model == "stormscope":
         cfg = load_config("stormscope-tiny", [*_common(case, outdir, seconds, [*case.overrides, *extra]), *step_kind,
                                               "model.diffusion_conditions=[state]", f"training.experiment={case.name}",
@@ -81,6 +89,12 @@ def train_pair(case: Case, outdir: Path, seconds: float, tag: str, extra: list[s
                                          f"training.run_id={tag}", f"training.resume={'latest' if reuse else 'null'}",
                                          f"model.regression_bundle={reg.bundle}"]), quiet=True)
     return reg, dif
+
+
+def _last_step(run_dir: Path) -> int:
+    """The step of a run's newest checkpoint (0 without one)."""
+    steps = [int(p.stem.split("-")[-1]) for p in (run_dir / "checkpoints").glob("ckpt-*.pt")]
+    return max(steps, default=0)
 
 
 def fit_span(case: Case) -> tuple[str, str]:
@@ -128,7 +142,7 @@ def step_rows(case: Case, reg, dif, members: int, steps: int = 3) -> list[dict]:
     lin = fit_linear(train.isel(time=slice(0, -1)),
                      train.isel(time=slice(1, None)).assign_coords(time=train.time[:-1].values))
     test = window(state, case.test)[names]
-    inits = test.isel(time=slice(0, test.sizes["time"] - steps, 2))  # every other held-out time
+    inits = test.isel(time=slice(0, test.sizes["time"] - steps, case.init_every))
     model = xkmcast.load_model(dif.bundle)
     ens = inits.kmcast.forecast(model, steps=steps, members=members, seed=0)
     det = None if reg is None else inits.kmcast.forecast(xkmcast.load_model(reg.bundle), steps=steps, members=1, seed=0)
@@ -137,7 +151,7 @@ def step_rows(case: Case, reg, dif, members: int, steps: int = 3) -> list[dict]:
     n = inits.sizes["time"]
     current = inits
     for lead in range(1, steps + 1):
-        truth = test.isel(time=slice(lead, lead + 2 * n - 1, 2))
+        truth = test.isel(time=slice(lead, lead + case.init_every * (n - 1) + 1, case.init_every))
         current = lin.predict(current.assign_coords(time=inits.time.values))
         for v in names:
             t = truth[v].assign_coords(time=inits.time.values)
@@ -145,10 +159,10 @@ def step_rows(case: Case, reg, dif, members: int, steps: int = 3) -> list[dict]:
             if det is not None:
                 got["regression"] = _lead(det[v], lead, t).squeeze("member", drop=True)
             for method, pred in got.items():
-                s = scores(pred, t)
+                s = scores(pred, t, thresholds=case.thresholds)
                 if tokens and method == "ensemble":
                     s["seam"] = token_blockiness(pred, t, tokens)
-                rows.append({"case": case.name, "var": v, "lead": f"{6 * lead}h", "method": method, **s})
+                rows.append({"case": case.name, "var": v, "lead": f"{case.step_hours * lead}h", "method": method, **s})
     return _ratios(rows, ("persistence", "linear", "regression") if det is not None else ("persistence", "linear"))
 
 
@@ -212,16 +226,19 @@ def _interval(lo: float | None, hi: float | None) -> str:
 
 def table(rows: list[dict]) -> str:
     lines = []
+    tails = any(r.get("tails") for r in rows)
     head = f"{'case':10s} {'var':5s} {'lead':4s} {'method':11s} {'MAE':>7s} {'/bilin':>6s} {'/lin':>6s} {'/regr':>6s} " \
-           f"{'CRPS':>7s} {'fCRPS':>7s} {'SSR':>5s} {'SSR 90%':>9s} {'spec':>5s} {'seam':>5s}  min/max (truth)"
+           f"{'CRPS':>7s} {'fCRPS':>7s} {'SSR':>5s} {'SSR 90%':>9s} {'spec':>5s} {'seam':>5s}" \
+           + (f" {'f>' + '/'.join(_fmt(t) for t in rows[0]['tails']):>10s}" if tails else "") + "  min/max (truth)"
     lines.append(head)
     for r in rows:
         first = r.get("/bili", r.get("/pers"))
         lines.append(
             f"{r['case']:10s} {r['var']:5s} {r['lead']:4s} {r['method']:11s} {_fmt(r['mae']):>7s} {_fmt(first):>6s} "
             f"{_fmt(r['/line']):>6s} {_fmt(r.get('/regr', float('nan'))):>6s} {_fmt(r['crps']):>7s} {_fmt(r['crps_fair']):>7s} "
-            f"{_fmt(r['ssr']):>5s} {_interval(r.get('ssr_lo'), r.get('ssr_hi')):>9s} {_fmt(r['spec']):>5s} {_fmt(r['seam']):>5s}  "
-            f"{_fmt(r['lo'])}/{_fmt(r['hi'])} ({_fmt(r['tlo'])}/{_fmt(r['thi'])})")
+            f"{_fmt(r['ssr']):>5s} {_interval(r.get('ssr_lo'), r.get('ssr_hi')):>9s} {_fmt(r['spec']):>5s} {_fmt(r['seam']):>5s}"
+            + (f" {'/'.join(_fmt(x) for x in r.get('tails', {}).values()) or '-':>10s}" if tails else "")
+            + f"  {_fmt(r['lo'])}/{_fmt(r['hi'])} ({_fmt(r['tlo'])}/{_fmt(r['thi'])})")
     return "\n".join(lines)
 
 
@@ -230,7 +247,8 @@ INTRO = ("Columns: MAE of the ensemble mean and its ratio to bilinear (or persis
          "bootstrap interval over the scored times (whole fields resampled: how far other weather could move it); power "
          "of one member / truth over the finest third of wavenumbers; seam: jump across patch borders / truth's "
          "(- when unpatched), for the DiT (storm-dit) its blockiness at the token period / truth's, the worst of the "
-         "period's offsets; min/max of the members (truth's). Training exports the best validation's weights; CorrDiff "
+         "period's offsets; f>a/b (precipitation): fraction of member pixels above a and b over the truth's; "
+         "min/max of the members (truth's). Training exports the best validation's weights; CorrDiff "
          "and StormCast members are centred on the regression mean with their spread calibrated on the validation "
          "times, the Stormscope DiT learns the tendency with a spread factor calibrated there, moves its token "
          "grid with the noise level and is validated by the fair CRPS of 4 members; a stepping model's spread is "

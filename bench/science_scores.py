@@ -10,6 +10,8 @@ Every prediction is first put on the truth's grid coordinates (``on_truth``). Co
   wavenumbers (2/3 Nyquist .. Nyquist, grid units): 1 is right, < 1 too smooth, > 1 too noisy;
 - ``seam``: mean |jump| between neighbouring pixels across the patch borders of the model's patching,
   over the truth's at the same places (NaN when the model is not patched);
+- ``tails`` (``thresholds`` given): for each threshold, the fraction of member pixels above it over
+  the truth's (1 is right);
 - ``lo`` / ``hi``: minimum and maximum of the members vs the truth's (printed side by side).
 """
 
@@ -75,7 +77,7 @@ def patch_borders(model) -> tuple[list[int], list[int]] | None:
     return rows, cols
 
 
-def scores(pred: xr.DataArray, truth: xr.DataArray, borders=None) -> dict[str, float]:
+def scores(pred: xr.DataArray, truth: xr.DataArray, borders=None, thresholds=()) -> dict[str, float]:
     """The columns for one method and one variable (see the module docstring)."""
     ens = "member" in pred.dims and pred.sizes["member"] > 1
     mean = pred.mean("member") if "member" in pred.dims else pred
@@ -90,6 +92,8 @@ def scores(pred: xr.DataArray, truth: xr.DataArray, borders=None) -> dict[str, f
         out["ssr"] = out["ssr_lo"] = out["ssr_hi"] = float("nan")
     out["spec"] = top_third_power_ratio(pred, truth)
     out["seam"] = seam_ratio(pred, truth, borders)
+    if thresholds:
+        out["tails"] = {t: float((pred > t).mean() / (truth > t).mean()) for t in thresholds}
     out["lo"], out["hi"] = float(pred.min()), float(pred.max())
     out["tlo"], out["thi"] = float(truth.min()), float(truth.max())
     return out
