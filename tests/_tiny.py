@@ -109,3 +109,23 @@ def state_dataset(times: int = 2, seed: int = 1) -> xr.Dataset:
         v10m=(("time", "y", "x"), rng.normal(size=shape), {"units": "m s-1", "grid_mapping": "crs"}),
     )
     return ds.assign_coords(time=time)
+
+
+class Sequences:
+    """Consecutive one-step pairs of state sequences, laid out as :class:`ForecastSamples` lays them
+    (``pairs`` of store positions ``(i, j, k)``; a gap between sequences)."""
+
+    def __init__(self, states: list[torch.Tensor], background: list[torch.Tensor]):
+        self.states, self.background, self.pairs = [], [], []
+        for seq, bg in zip(states, background):
+            start = len(self.states)
+            self.states += list(seq) + [seq[-1]]  # one filler position: no pair crosses the gap
+            self.background += list(bg) + [bg[-1]] * 2  # the last state and the filler have no pair
+            self.pairs += [(start + n, start + n + 1, 1) for n in range(len(seq) - 1)]
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, index):
+        i, j, _ = self.pairs[index]
+        return {"state": [self.states[i], self.states[j]], "background": self.background[i]}

@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 from _nets import randomise
-from _tiny import FINE_SHAPE
+from _tiny import FINE_SHAPE, Sequences
 
 from xkmcast.data.stats import Stats
 from xkmcast.diffusion.seeds import row_seeds
 from xkmcast.models import build_pipeline, stormcast_spec
 from xkmcast.models.base import piecewise_linear
-from xkmcast.train.export import value_channels
-from xkmcast.train.spread import calibrated_sample_scale, calibrated_value_gains
+from xkmcast.train.spread import calibrated_sample_scale, calibrated_value_gains, value_channels
 
 VARS = ["tp", "t2m"]
 MEMBERS = 8
@@ -116,31 +115,20 @@ def test_a_table_without_entries_changes_nothing(members):
     torch.testing.assert_close(pipe.step(rows, None, seeds=row_seeds(0, members, 0)), plain)
 
 
-class _Chains:
-    """Consecutive one-step pairs of state sequences x_{n+1} = R(x_n) + e_n (errors growing with n and
-    with the value), laid out as :class:`ForecastSamples` lays them (``pairs``; no pair across chains)."""
-
-    def __init__(self, pipe, chains: int, steps: int, seed: int):
-        g = torch.Generator().manual_seed(seed)
-        self.states, self.pairs = [], []
-        for _ in range(chains):
-            x = torch.randn(1, len(VARS), *FINE_SHAPE, generator=g)
-            start = len(self.states)
-            self.states.append(x[0])
-            for n in range(steps):
-                with torch.no_grad():
-                    mean = pipe._regression_mean(x, None, None, {})
-                x = mean + 0.3 * (1 + n) * (0.2 + 1.5 * mean.clamp(min=0)) * torch.randn(mean.shape, generator=g)
-                self.states.append(x[0])
-                self.pairs.append((start + n, start + n + 1, 1))
-            self.states.append(x[0])  # a filler: no pair crosses into the next chain
-
-    def __len__(self):
-        return len(self.pairs)
-
-    def __getitem__(self, index):
-        i, j, _ = self.pairs[index]
-        return {"state": [self.states[i], self.states[j]], "background": torch.zeros(0, *FINE_SHAPE)}
+def _chains(pipe, chains: int, steps: int, seed: int) -> Sequences:
+    """State sequences x_{n+1} = R(x_n) + e_n (errors growing with n and with the value), state only."""
+    g = torch.Generator().manual_seed(seed)
+    states = []
+    for _ in range(chains):
+        x = torch.randn(1, len(VARS), *FINE_SHAPE, generator=g)
+        seq = [x[0]]
+        for n in range(steps):
+            with torch.no_grad():
+                mean = pipe._regression_mean(x, None, None, {})
+            x = mean + 0.3 * (1 + n) * (0.2 + 1.5 * mean.clamp(min=0)) * torch.randn(mean.shape, generator=g)
+            seq.append(x[0])
+        states.append(torch.stack(seq))
+    return Sequences(states, [torch.zeros(steps, 0, *FINE_SHAPE)] * chains)
 
 
 def test_step_gains_of_a_transformed_channel_calibrate_its_physical_units():
@@ -152,7 +140,7 @@ def test_step_gains_of_a_transformed_channel_calibrate_its_physical_units():
     pipe = _pipeline(tp=(1.0, 2.5))  # strongly curved: x = 0.1 expm1(2.5 z + 1)
     pipe.spec.extra["sample_scale"] = [0.01, 0.01]
     steps, members = 3, 6
-    data = _Chains(pipe, 4, steps, seed=9)
+    data = _chains(pipe, 4, steps, seed=9)
     solved = calibrated_step_gains(pipe, data, steps=steps, members=members, relative=False)
     pipe.spec.extra["step_spread_gain"] = solved
     stats = pipe.stats_for("output")

@@ -7,30 +7,10 @@ import numpy as np
 import pytest
 import torch
 from _nets import randomise
-from _tiny import FINE_SHAPE, STATE_VARS, tiny_stormcast
+from _tiny import FINE_SHAPE, STATE_VARS, Sequences, tiny_stormcast
 
 from xkmcast.diffusion.seeds import row_seeds
 from xkmcast.train.spread import calibrated_step_gains, rollout_chains
-
-
-class Sequences:
-    """Consecutive one-step pairs of state sequences, laid out as :class:`ForecastSamples` lays them
-    (``pairs`` of store positions ``(i, j, k)``; a gap between sequences)."""
-
-    def __init__(self, states: list[torch.Tensor], background: list[torch.Tensor]):
-        self.states, self.background, self.pairs = [], [], []
-        for seq, bg in zip(states, background):
-            start = len(self.states)
-            self.states += list(seq) + [seq[-1]]  # one filler position: no pair crosses the gap
-            self.background += list(bg) + [bg[-1]] * 2  # the last state and the filler have no pair
-            self.pairs += [(start + n, start + n + 1, 1) for n in range(len(seq) - 1)]
-
-    def __len__(self):
-        return len(self.pairs)
-
-    def __getitem__(self, index):
-        i, j, _ = self.pairs[index]
-        return {"state": [self.states[i], self.states[j]], "background": self.background[i]}
 
 
 def _truth(pipe, chains: int, steps: int, seed: int) -> Sequences:

@@ -17,7 +17,7 @@ import torch
 
 from . import distributed as D
 
-__all__ = ["export_run", "calibrate_spread", "value_channels"]
+__all__ = ["export_run", "calibrate_spread"]
 
 
 def export_run(trainer) -> Path | None:
@@ -51,9 +51,10 @@ def calibrate_spread(pipeline, trainer) -> None:
     """A diffusion stage modelling a residual, ``model.spread_calibration`` (with ``residual_scale: auto``)
     and validation times: calibrate its members' spread (:mod:`xkmcast.train.spread`) -- the sampling
     scale on a regression mean, else the spread factor about the ensemble mean -- into ``pipeline.spec.extra``;
-    then the gains by value of the channels ``model.spread_by_value`` names (:func:`value_channels`), then
+    then the gains by value of the channels ``model.spread_by_value`` names (:func:`.spread.value_channels`), then
     a stepping model's gains for the first ``model.spread_steps`` steps of a rollout."""
-    from .spread import calibrated_sample_scale, calibrated_spread_factor, calibrated_step_gains, calibrated_value_gains
+    from .spread import (calibrated_sample_scale, calibrated_spread_factor, calibrated_step_gains,
+                         calibrated_value_gains, value_channels)
 
     m = trainer.cfg.model
     if trainer.stage != "diffusion" or not m.spread_calibration or m.residual_scale != "auto":
@@ -80,18 +81,6 @@ def calibrate_spread(pipeline, trainer) -> None:
         pipeline.spec.extra["step_spread_gain"] = gains
         trainer.log.message("members' spread calibrated on validation rollouts: gain per step "
                             + "; ".join(", ".join(f"{v}={g:.2f}" for v, g in zip(names, row)) for row in gains))
-
-
-def value_channels(pipeline, setting: str) -> list[int]:
-    """The output channels whose spread is calibrated by value: ``"transformed"`` those with a value
-    transform (precipitation-like, :mod:`xkmcast.fields.transforms`), ``"all"``, or ``"none"``."""
-    names = pipeline.spec.output_vars
-    if setting == "all":
-        return list(range(len(names)))
-    if setting == "none" or "output" not in pipeline.spec.stats:
-        return []
-    stats = pipeline.stats_for("output")
-    return [i for i, v in enumerate(names) if stats.transform_of(v) != "none"]
 
 
 @contextlib.contextmanager

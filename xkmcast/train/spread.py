@@ -64,7 +64,7 @@ import torch
 from ..errors import ConfigError, explain
 
 __all__ = ["residual_scale", "calibrated_sample_scale", "calibrated_spread_factor", "calibrated_value_gains",
-           "calibrated_step_gains",
+           "value_channels", "calibrated_step_gains",
            "evenly_spread_batches", "rollout_chains"]
 
 
@@ -208,6 +208,15 @@ def calibrated_value_gains(pipeline, dataset, channels: list[int], members: int 
     return table if any(table) else None
 
 
+def value_channels(pipeline, setting: str) -> list[int]:
+    """The output channels whose spread is calibrated by value: ``"transformed"`` those with a value
+    transform (precipitation-like: :func:`_physical_units`), ``"all"``, or ``"none"``."""
+    channels = range(len(pipeline.spec.output_vars))
+    if setting == "none":
+        return []
+    return [c for c in channels if setting == "all" or _physical_units(pipeline, c) is not None]
+
+
 def _physical_units(pipeline, channel: int):
     """``z -> T^-1(z std + mean)`` (torch, normalised to physical units) of output ``channel`` when it has
     a value transform (:mod:`xkmcast.fields.transforms`), else None."""
@@ -216,6 +225,7 @@ def _physical_units(pipeline, channel: int):
     stats, name = pipeline.stats_for("output"), pipeline.spec.output_vars[channel]
     if stats.transform_of(name) == "none":
         return None
+
     def to_physical(z: torch.Tensor) -> torch.Tensor:
         with np.errstate(over="ignore"):  # a gain at the end of the range may overflow: inf, then clipped
             return torch.from_numpy(stats.denormalise(z.numpy()[None], [name], axis=0)[0])
@@ -339,7 +349,7 @@ def calibrated_step_gains(pipeline, dataset, steps: int = 3, members: int = 8, m
     gains = []
     for n in range(len(chains[0])):
         sums = torch.zeros(4, len(pipeline.spec.output_vars), dtype=torch.float64)
-        count, parts, fields = 0, [], {c: ([], [], []) for c in physical}
+        count, parts = 0, []
         for c, chain in enumerate(chains):
             batch = default_collate([dataset[chain[n]]])
             prev, nxt, background, _ = pipeline.unpack(batch)
@@ -355,22 +365,18 @@ def calibrated_step_gains(pipeline, dataset, steps: int = 3, members: int = 8, m
             sums[2] += ((b - b.mean(0)) * d).sum(dim=0).div(members - 1).sum(dim=(1, 2)).cpu()
             sums[3] += (y[0] - b.mean(0)).pow(2).sum(dim=(1, 2)).cpu()
             count += y.shape[-2] * y.shape[-1]
-            parts.append((base, spread))
-            for c, (bs, ds, ys) in fields.items():
-                bs.append(b[:, c].reshape(members, -1).cpu())
-                ds.append(d[:, c].reshape(members, -1).cpu())
-                ys.append(y[0, c].reshape(-1).cpu())
+            parts.append((base, spread, y[0]))
         var_b, var_d, cov, err2 = sums / count
         if bool((var_d <= 0).any()):
             return None
         gain = _solve_gain(var_b, var_d, cov, err2 / (1 + 1 / members))
-        for c, (bs, ds, ys) in fields.items():  # a transformed channel: in its physical units
-            centre, spread_c, truth = torch.cat(bs, dim=1), torch.cat(ds, dim=1), torch.cat(ys)
-            to_physical = physical[c]
+        for c, to_physical in physical.items():  # a transformed channel: in its physical units
+            centre, spread_c, truth = (torch.cat([t[..., c, :, :].double().reshape(*t.shape[:-3], -1).cpu()
+                                                  for t in column], dim=-1) for column in zip(*parts))
             gain[c] = _balance_gain(lambda g: _physical_moments(centre, spread_c, truth, g, to_physical), 1 + 1 / members)
         gains.append([float(g) for g in gain])
         g = gain.to(device=device, dtype=torch.float32).reshape(1, -1, 1, 1)
-        states = [base + g * spread for base, spread in parts]
+        states = [base + g * spread for base, spread, _ in parts]
     if not relative:
         return gains
     return [[g / f if f > 0 else 1.0 for g, f in zip(row, gains[0])] for row in gains]
