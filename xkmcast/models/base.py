@@ -201,9 +201,9 @@ class Pipeline(torch.nn.Module):
             d_k = s * (mean_j r_j + a * (r_k - mean_j r_j))      (not centred)
 
         with ``s`` the sampling :meth:`residual_scale` and ``a`` the spread factor
-        ``spec.extra["spread_factor"]`` (per channel, 1 when absent), times, when ``base`` (what the
-        residual is added to, broadcastable to one member) is given, the gain of the spread by the value of
-        ``base`` (:meth:`value_gain`). ``centre`` (default
+        ``spec.extra["spread_factor"]`` (per channel, 1 when absent), shaped by spatial scale
+        (:meth:`by_scale`), times, when ``base`` (what the residual is added to, broadcastable to one member)
+        is given, the gain of the spread by the value of ``base`` (:meth:`value_gain`). ``centre`` (default
         ``spec.extra["centre_members"]``: on for the residual models xkmcast trains, off for published
         packages and older bundles) makes the ensemble mean the regression mean, the draws keeping their
         spread about it. Either makes member k depend on the other members of its ensemble (the same seed
@@ -214,17 +214,34 @@ class Pipeline(torch.nn.Module):
         factor = self.spec.extra.get("spread_factor")
         scale = self.residual_scale(draws, sampling=True)
         by_value = None if base is None else self.value_gain(base)
-        if draws.shape[0] < 2 or not (centre or factor is not None or by_value is not None
-                                      or self.spec.extra.get("step_spread_gain")):
+        shaped = any(self.spec.extra.get(key) for key in ("step_spread_gain", "spread_by_scale"))
+        if draws.shape[0] < 2 or not (centre or factor is not None or by_value is not None or shaped):
             return draws * scale, None
         mean = draws.mean(dim=0, keepdim=True)
         spread = (draws - mean) * scale
         if factor is not None:
             n = len(self.spec.output_vars)
             spread = spread * torch.as_tensor(factor, dtype=draws.dtype, device=draws.device).reshape(1, n, 1, 1)
+        spread = self.by_scale(spread)
         if by_value is not None:
             spread = spread * by_value.to(spread.dtype)
         return (torch.zeros_like(mean) if centre else mean * scale), spread
+
+    def by_scale(self, spread: torch.Tensor) -> torch.Tensor:
+        """``spread`` (..., C_out, H, W) with each output channel's gain by spatial scale
+        (``spec.extra["spread_by_scale"]``: per channel None or ``{"knots": [...], "gains": [...]}`` in
+        cycles per grid length, :func:`xkmcast.models.scale_filter.filter_by_scale`; calibrated on
+        validation times by :func:`xkmcast.train.spread_by_scale.calibrated_scale_gains`); unchanged
+        when the spec has none."""
+        from .scale_filter import filter_by_scale
+
+        table = self.spec.extra.get("spread_by_scale")
+        if not table or not any(table):
+            return spread
+        channels = [spread[..., c:c + 1, :, :] if not entry else
+                    filter_by_scale(spread[..., c:c + 1, :, :], entry["knots"], entry["gains"], self.periodic_x)
+                    for c, entry in enumerate(table)]
+        return torch.cat(channels, dim=-3)
 
     def value_gain(self, base: torch.Tensor) -> torch.Tensor | None:
         """The gain on the members' spread at each pixel as a function of ``base`` (``(..., C_out, H, W)``,

@@ -205,7 +205,9 @@ class ModelConfig(_Strict):
     validation times (a gain per step and channel; later steps take the last; 0: none). ``spread_by_value``:
     the channels whose spread is also calibrated as a function of the value the residual is added to
     (``transformed``: those with a ``data.transforms`` entry, e.g. precipitation; ``all``; ``none``;
-    :func:`xkmcast.train.spread.calibrated_value_gains`). ``centre_members``: the
+    :func:`xkmcast.train.spread.calibrated_value_gains`). ``spread_by_scale``: the members' spread is first
+    shaped by spatial scale, a gain per ring of wavenumber that gives it the error's power spectrum on the
+    validation times (:mod:`xkmcast.train.spread_by_scale`). ``centre_members``: the
     members' residuals are centred on their ensemble mean at inference, so the ensemble mean is the
     regression mean and the diffusion gives the spread (:meth:`xkmcast.models.base.Pipeline.members_about_mean`;
     recorded in the bundle, overridable per call with ``centre=``).
@@ -224,6 +226,7 @@ class ModelConfig(_Strict):
     spread_calibration: bool = True
     spread_steps: int = Field(3, ge=0)
     spread_by_value: Literal["transformed", "all", "none"] = "transformed"
+    spread_by_scale: bool = True
     centre_members: bool = True
     loss: LossConfig = Field(default_factory=LossConfig)
     sampler: dict[str, Any] = Field(default_factory=dict)
@@ -389,7 +392,8 @@ class TrainConfig(_Strict):
         """The settings a checkpoint's weights depend on, flattened: ``{dotted key: value}`` (not those
         applied when sampling or exporting: the sampler, the spread calibration, centring)."""
         keep = self.model.model_dump(mode="json", by_alias=True, exclude={
-            "regression_bundle", "sampler", "spread_calibration", "spread_steps", "spread_by_value", "centre_members"})
+            "regression_bundle", "sampler", "spread_calibration", "spread_steps", "spread_by_value", "spread_by_scale",
+            "centre_members"})
         data = self.data.model_dump(mode="json", include={"input_vars", "output_vars", "background_vars",
                                                           "invariants", "patch"})
         return _flatten({"model": keep, "data": data})

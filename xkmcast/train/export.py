@@ -51,10 +51,12 @@ def calibrate_spread(pipeline, trainer) -> None:
     """A diffusion stage modelling a residual, ``model.spread_calibration`` (with ``residual_scale: auto``)
     and validation times: calibrate its members' spread (:mod:`xkmcast.train.spread`) -- the sampling
     scale on a regression mean, else the spread factor about the ensemble mean -- into ``pipeline.spec.extra``;
-    then the gains by value of the channels ``model.spread_by_value`` names (:func:`.spread.value_channels`), then
-    a stepping model's gains for the first ``model.spread_steps`` steps of a rollout."""
+    then with ``model.spread_by_scale`` its gain by spatial scale (:mod:`.spread_by_scale`), then the gains by
+    value of the channels ``model.spread_by_value`` names (:func:`.spread.value_channels`), then a stepping
+    model's gains for the first ``model.spread_steps`` steps of a rollout."""
     from .spread import (calibrated_sample_scale, calibrated_spread_factor, calibrated_step_gains,
                          calibrated_value_gains, value_channels)
+    from .spread_by_scale import calibrated_scale_gains
 
     m = trainer.cfg.model
     if trainer.stage != "diffusion" or not m.spread_calibration or m.residual_scale != "auto":
@@ -68,6 +70,12 @@ def calibrate_spread(pipeline, trainer) -> None:
     pipeline.spec.extra[key] = values
     trainer.log.message(f"members' spread calibrated on the validation times: {key} "
                         + ", ".join(f"{v}={x:.3g}" for v, x in zip(names, values)))
+    by_scale = calibrated_scale_gains(pipeline, trainer.valid_data, seed=trainer.t.seed) if m.spread_by_scale else None
+    if by_scale is not None:
+        pipeline.spec.extra["spread_by_scale"] = by_scale
+        trainer.log.message("members' spread calibrated by scale on the validation times: "
+                            + "; ".join(f"{v} x{e['gains'][0]:.2f} (largest) .. x{e['gains'][-1]:.2f} (smallest)"
+                                        for v, e in zip(names, by_scale) if e))
     by_value = calibrated_value_gains(pipeline, trainer.valid_data, value_channels(pipeline, m.spread_by_value),
                                       seed=trainer.t.seed)
     if by_value is not None:

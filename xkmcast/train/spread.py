@@ -64,7 +64,7 @@ import torch
 from ..errors import ConfigError, explain
 
 __all__ = ["residual_scale", "calibrated_sample_scale", "calibrated_spread_factor", "calibrated_value_gains",
-           "value_channels", "calibrated_step_gains",
+           "value_channels", "member_split", "calibrated_step_gains",
            "evenly_spread_batches", "rollout_chains"]
 
 
@@ -184,10 +184,7 @@ def calibrated_value_gains(pipeline, dataset, channels: list[int], members: int 
         if got is None:
             return None
         draws, residual, base = got
-        shared, spread = pipeline.member_parts(draws, centre=centred or None)
-        if spread is None:  # draws taken as they are: their own spread about their mean
-            spread, shared = shared - shared.mean(dim=0, keepdim=True), shared.mean(dim=0, keepdim=True)
-        shared = shared.double().mean(dim=0)
+        shared, spread = member_split(pipeline, draws)
         for c in channels:  # base + shared + spread_k: member k; base + residual: the truth
             for i, t in enumerate((base[:, c], shared[:, c], residual[:, c], spread[:, :, c])):
                 parts[c][i].append(t.double().reshape(*t.shape[:t.ndim - 3], -1).cpu())
@@ -206,6 +203,16 @@ def calibrated_value_gains(pipeline, dataset, channels: list[int], members: int 
             table[c] = _gains_by_value(b, lambda idx, g: (float(error2[idx].sum()), g * g * float(var[idx].sum())),
                                        1.0 if centred else 1 + 1 / members, classes, linear=True)
     return table if any(table) else None
+
+
+def member_split(pipeline, draws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(shared, spread)`` of M draws (M, N, C, H, W) as members make them
+    (:meth:`Pipeline.member_parts`, without gains by value): their common departure (N, C, H, W, float64)
+    and each member's spread about their mean; draws taken as they are split about their own mean."""
+    shared, spread = pipeline.member_parts(draws, centre=pipeline.members_centred or None)
+    if spread is None:
+        spread, shared = shared - shared.mean(dim=0, keepdim=True), shared.mean(dim=0, keepdim=True)
+    return shared.double().mean(dim=0), spread
 
 
 def value_channels(pipeline, setting: str) -> list[int]:
