@@ -103,6 +103,30 @@ def test_relative_and_absolute_paths_share_one_cache_entry(tmp_path, monkeypatch
     assert ModelRef("b").get() is ModelRef(str(path)).get() is ModelRef("./b/").get()
 
 
+def test_a_loaded_model_edited_in_memory_is_not_reloaded_from_its_bundle(bundle):
+    """The lazy result of a model loaded from disk is computed by what the user holds: an edited spec
+    (no members' spread) or weights changed in place are honoured, not the bundle's (the workers'
+    reloaded copy); an unedited model still travels as its path."""
+    from xkmcast.fields.downscale import _graph_handle
+    from xkmcast.models.bundle import reloadable_source
+
+    coarse = coarse_dataset(1)
+    model = load_bundle(bundle)
+    assert isinstance(_graph_handle(model, model), ModelRef)
+    plain = coarse.kmcast.downscale(model, members=3, seed=1)["t2m"].values
+    model.spec.extra["sample_scale"] = [0.0, 0.0]  # members = the regression mean
+    assert reloadable_source(model) is None
+    edited = coarse.kmcast.downscale(model, members=3, seed=1)["t2m"].values
+    assert np.abs(plain - plain[0]).max() > 0.01
+    np.testing.assert_allclose(edited, edited[:1].repeat(3, 0), atol=1e-6)
+    fresh = load_bundle(bundle)
+    with torch.no_grad():
+        for p in fresh.stages["regression"].parameters():  # (EDM's output layer starts at zero)
+            p.add_(0.05)
+    assert reloadable_source(fresh) is None
+    assert not np.allclose(coarse.kmcast.downscale(fresh, members=3, seed=1)["t2m"].values, plain)
+
+
 # ---------------------------------------------------------------------- 4. concurrent writers
 def _holder(target, seconds: float) -> subprocess.Popen:
     """Another process writing ``target`` through atomic_path for ``seconds``."""

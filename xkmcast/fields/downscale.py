@@ -111,8 +111,11 @@ def require_task(pipeline, *, forecast: bool, centre: bool | None = None) -> Non
 
 
 def _graph_handle(model, pipeline):
-    """What the dask graph carries: a path handle when the model came from disk, else the object."""
-    source = getattr(pipeline, "source_path", None)
+    """What the dask graph carries: a path handle when the model came from disk and is as loaded, else
+    the object (a spec or weights edited in memory are not what the workers would load)."""
+    from ..models.bundle import reloadable_source
+
+    source = reloadable_source(pipeline)
     if source is not None:
         return ModelRef(source, str(pipeline.device))
     return pipeline

@@ -30,7 +30,8 @@ from ..atomic import atomic_path
 from ..errors import BundleError, explain
 from .base import ModelSpec
 
-__all__ = ["save_bundle", "load_bundle", "load_model", "read_spec", "model_identity", "FORMAT", "FORMAT_VERSION",
+__all__ = ["save_bundle", "load_bundle", "load_model", "read_spec", "model_identity", "mark_source",
+           "reloadable_source", "FORMAT", "FORMAT_VERSION",
            "MEANING_FIELDS"]
 
 FORMAT = "xkmcast-bundle"
@@ -148,9 +149,31 @@ def load_bundle(path: str | os.PathLike, *, device: str | torch.device = "cpu"):
     integrity = _check_integrity(path, config, tensors)
     pipeline = build_pipeline(spec)
     load_state(pipeline, tensors, where=str(path))
-    pipeline.source_path = str(path.resolve())
     pipeline.bundle_integrity = integrity
-    return pipeline.to(device).eval()
+    return mark_source(pipeline.to(device).eval(), str(path.resolve()))
+
+
+def _load_stamp(pipeline) -> tuple:
+    """What an edit of a loaded pipeline in memory changes: its spec (JSON) and each tensor's storage and
+    version counter (in-place updates bump it)."""
+    spec = json.dumps(pipeline.spec.to_dict(), sort_keys=True, default=_json_default)
+    return spec, tuple((t.data_ptr(), t._version) for t in pipeline.state_dict().values())
+
+
+def mark_source(pipeline, path: str | None):
+    """Record that ``pipeline`` is what loading ``path`` gives (None: nothing reloads it), as it is now."""
+    pipeline.source_path = path
+    pipeline.source_stamp = None if path is None else _load_stamp(pipeline)
+    return pipeline
+
+
+def reloadable_source(pipeline) -> str | None:
+    """The path that reloads ``pipeline`` as it is (dask workers load it from there instead of receiving it),
+    or None: it came from no file, or its spec or weights were changed in memory since."""
+    path = getattr(pipeline, "source_path", None)
+    if path is None or getattr(pipeline, "source_stamp", None) != _load_stamp(pipeline):
+        return None
+    return path
 
 
 def _check_integrity(path: Path, config: dict, tensors: dict) -> dict[str, str] | None:

@@ -79,8 +79,9 @@ def load_package(path: str | os.PathLike, *, device="cpu", family: str | None = 
     name, root = found
     pipeline = _family(name).load(root, device=device, **options)
     # reloadable by path in dask workers (ModelRef) unless options made it differ from the default load
-    pipeline.source_path = None if options else str(path.resolve())
-    return pipeline
+    from ..bundle import mark_source
+
+    return mark_source(pipeline, None if options else str(path.resolve()))
 
 
 def _unpacked(archive: Path) -> Path:
@@ -99,7 +100,7 @@ def load(source: str | os.PathLike, *, device="cpu", package_options: dict | Non
     """A pipeline from a published name, a bundle or package folder, or a package archive.
 
     ``fetch_options`` go to :func:`fetch_package` (names only); ``package_options`` to the family loader."""
-    from ..bundle import CONFIG, load_bundle
+    from ..bundle import CONFIG, load_bundle, mark_source
 
     text = os.fspath(source)
     path = Path(text).expanduser()
@@ -113,8 +114,7 @@ def load(source: str | os.PathLike, *, device="cpu", package_options: dict | Non
         if index is not None:
             folder = fetch_package(text, **fetch_options, extra_files=index(folder, **(package_options or {})))
         pipeline = load_package(folder, device=device, family=entry.family, **(package_options or {}))
-        pipeline.source_path = None if package_options else str(folder)
-        return pipeline
+        return mark_source(pipeline, None if package_options else str(folder))
     if fetch_options:
         raise BundleError(explain("Download options only apply to published names", found=sorted(fetch_options),
                                   expected=published_models()))
