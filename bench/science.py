@@ -39,6 +39,8 @@ from science_cases import Case, all_cases, open_case, window  # noqa: E402
 from science_scores import on_truth, patch_borders, scores  # noqa: E402
 
 SECTION = "## Skill on real data"
+#: what the blocks recorded by this version of the bench have that older blocks lack (INTRO says what)
+SINCE = "with the spread by scale"
 
 
 def _q(t: str) -> str:
@@ -226,10 +228,10 @@ def _interval(lo: float | None, hi: float | None) -> str:
 
 def table(rows: list[dict]) -> str:
     lines = []
-    tails = any(r.get("tails") for r in rows)
+    tails = next((r["tails"] for r in rows if r.get("tails")), None)
     head = f"{'case':10s} {'var':5s} {'lead':4s} {'method':11s} {'MAE':>7s} {'/bilin':>6s} {'/lin':>6s} {'/regr':>6s} " \
            f"{'CRPS':>7s} {'fCRPS':>7s} {'SSR':>5s} {'SSR 90%':>9s} {'spec':>5s} {'seam':>5s}" \
-           + (f" {'f>' + '/'.join(_fmt(t) for t in rows[0]['tails']):>10s}" if tails else "") + "  min/max (truth)"
+           + (f" {'f>' + '/'.join(_fmt(t) for t in tails):>10s}" if tails else "") + "  min/max (truth)"
     lines.append(head)
     for r in rows:
         first = r.get("/bili", r.get("/pers"))
@@ -256,7 +258,9 @@ INTRO = ("Columns: MAE of the ensemble mean and its ratio to bilinear (or persis
          "cases validate on the 2 days before the 4 held-out ones, or with --valid-every-days N on one day in every "
          "N of the 12 before them). "
          "One block per command; each run replaces its own block (a block re-scored with --reuse scores the "
-         "models its command trained before).")
+         f"models its command trained before). Blocks not marked \"{SINCE}\" were recorded before the members' spread "
+         "was shaped by spatial scale (model.spread_by_scale, on since): their spec columns show the rough members "
+         "that shaping removes.")
 
 
 def record(text: str, command: str) -> Path:
@@ -273,7 +277,7 @@ def record(text: str, command: str) -> Path:
         for part in body.split("\n### ")[1:]:
             head, _, rest = part.partition("\n")
             blocks[head.strip()] = rest.strip("\n")
-    stamp = f"{datetime.date.today().isoformat()}, {os.cpu_count()} cores (shared)"
+    stamp = f"{datetime.date.today().isoformat()}, {os.cpu_count()} cores (shared); {SINCE}"
     blocks[f"`{command}`"] = f"{stamp}\n\n```text\n{text}\n```"
     lines = [SECTION, "", INTRO, ""]
     for head, rest in blocks.items():
