@@ -129,3 +129,19 @@ class Sequences:
     def __getitem__(self, index):
         i, j, _ = self.pairs[index]
         return {"state": [self.states[i], self.states[j]], "background": self.background[i]}
+
+
+def state_only_stormcast(stats, shape=FINE_SHAPE, seed: int = 0):
+    """A nowcasting StormCast on the variables of ``stats`` (a :class:`~xkmcast.data.stats.Stats`: the
+    regression sees the state, the diffusion the state and the regression mean), members centred on the
+    regression mean, 3 sampler steps, O(1) random weights (:func:`_nets.randomise`)."""
+    from _nets import randomise
+
+    spec = stormcast_spec(list(stats.mean), shape, size="tiny", sampler={"num_steps": 3},
+                          regression_conditions=["state"], diffusion_conditions=["state", "regression"])
+    spec.stats = {"input": stats.to_dict(), "output": stats.to_dict()}
+    spec.extra["centre_members"] = True
+    pipe = build_pipeline(spec)
+    randomise(pipe, seed=seed)
+    return pipe.eval()
+

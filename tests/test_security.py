@@ -114,6 +114,7 @@ def test_a_loaded_model_edited_in_memory_is_not_reloaded_from_its_bundle(bundle)
     model = load_bundle(bundle)
     assert isinstance(_graph_handle(model, model), ModelRef)
     plain = coarse.kmcast.downscale(model, members=3, seed=1)["t2m"].values
+    before = model_identity(model)
     model.spec.extra["sample_scale"] = [0.0, 0.0]  # members = the regression mean
     assert reloadable_source(model) is None
     edited = coarse.kmcast.downscale(model, members=3, seed=1)["t2m"].values
@@ -124,6 +125,7 @@ def test_a_loaded_model_edited_in_memory_is_not_reloaded_from_its_bundle(bundle)
         for p in fresh.stages["regression"].parameters():  # (EDM's output layer starts at zero)
             p.add_(0.05)
     assert reloadable_source(fresh) is None
+    assert model_identity(fresh) != before  # outputs do not name the bundle's weights
     assert not np.allclose(coarse.kmcast.downscale(fresh, members=3, seed=1)["t2m"].values, plain)
 
 

@@ -7,11 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _nets import randomise
+from _tiny import state_only_stormcast
 
 from xkmcast.data.stats import Stats
 from xkmcast.diffusion.seeds import row_seeds
-from xkmcast.models import build_pipeline, stormcast_spec
 from xkmcast.models.scale_filter import band_centres, band_power, filter_by_scale
 from xkmcast.train.spread import calibrated_sample_scale
 from xkmcast.train.spread_by_scale import calibrated_scale_gains
@@ -52,14 +51,7 @@ def test_unit_gains_change_nothing_and_band_power_sums_every_mode():
 
 
 def _pipeline():
-    spec = stormcast_spec(VARS, SHAPE, size="tiny", sampler={"num_steps": 3},
-                          regression_conditions=["state"], diffusion_conditions=["state", "regression"])
-    stats = Stats({"t2m": 288.0, "u10m": 0.0}, {"t2m": 5.0, "u10m": 3.0}).to_dict()
-    spec.stats = {"input": stats, "output": stats}
-    spec.extra["centre_members"] = True
-    pipe = build_pipeline(spec)
-    randomise(pipe, seed=5)
-    return pipe.eval()
+    return state_only_stormcast(Stats({"t2m": 288.0, "u10m": 0.0}, {"t2m": 5.0, "u10m": 3.0}), SHAPE, seed=5)
 
 
 def _samples(pipe, n: int, seed: int):

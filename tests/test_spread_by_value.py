@@ -8,12 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _nets import randomise
-from _tiny import FINE_SHAPE, Sequences
+from _tiny import FINE_SHAPE, Sequences, state_only_stormcast
 
 from xkmcast.data.stats import Stats
 from xkmcast.diffusion.seeds import row_seeds
-from xkmcast.models import build_pipeline, stormcast_spec
 from xkmcast.models.base import piecewise_linear
 from xkmcast.train.spread import calibrated_sample_scale, calibrated_value_gains, value_channels
 
@@ -33,14 +31,8 @@ def test_piecewise_linear_is_numpys_interp():
 
 def _pipeline(tp=(0.8, 0.9)):
     """A state-only StormCast on (tp, t2m) with random weights; tp log1p-transformed with (mean, std) ``tp``."""
-    spec = stormcast_spec(VARS, FINE_SHAPE, size="tiny", sampler={"num_steps": 3},
-                          regression_conditions=["state"], diffusion_conditions=["state", "regression"])
-    stats = Stats({"tp": tp[0], "t2m": 288.0}, {"tp": tp[1], "t2m": 5.0}, transforms={"tp": "log1p"}).to_dict()
-    spec.stats = {"input": stats, "output": stats}
-    spec.extra["centre_members"] = True
-    pipe = build_pipeline(spec)
-    randomise(pipe, seed=21)
-    return pipe.eval()
+    return state_only_stormcast(Stats({"tp": tp[0], "t2m": 288.0}, {"tp": tp[1], "t2m": 5.0}, transforms={"tp": "log1p"}),
+                                seed=21)
 
 
 def _samples(pipe, n: int, seed: int):

@@ -119,7 +119,7 @@ def test_a_stormscope_run_validates_and_exports_by_the_members_crps(tmp_path):
     assert [e["step"] for e in logged if "valid_loss" in e] == [2]
     assert len(crps) == 2 and [v for _, v in result.valid_losses] == crps
     model = xkmcast.load_model(result.bundle).eval()
-    for key in ("spread_factor", "step_spread_gain"):
+    for key in ("spread_factor", "spread_by_scale", "step_spread_gain"):
         model.spec.extra.pop(key, None)
     _, _, valid = build_run(cfg)
     n = len(valid)

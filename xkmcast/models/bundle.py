@@ -58,11 +58,12 @@ def _integrity(tensors: dict, spec_doc: dict) -> dict[str, str]:
 
 def model_identity(pipeline) -> str:
     """SHA-256 naming the model: its bundle's digests (weights and meaning of the spec), computed
-    from the pipeline itself when it did not come from a bundle."""
+    from the pipeline itself when it did not come from a bundle or was edited in memory since
+    (:func:`reloadable_source`)."""
     from ..digest import combine
 
     known = getattr(pipeline, "bundle_integrity", None)
-    if known is None:
+    if known is None or reloadable_source(pipeline) is None:
         tensors = {k: v for k, v in pipeline.state_dict().items()}
         known = _integrity(tensors, pipeline.spec.to_dict())
     return combine(known["weights_sha256"], known["spec_sha256"])

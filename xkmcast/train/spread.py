@@ -64,7 +64,7 @@ import torch
 from ..errors import ConfigError, explain
 
 __all__ = ["residual_scale", "calibrated_sample_scale", "calibrated_spread_factor", "calibrated_value_gains",
-           "value_channels", "member_split", "calibrated_step_gains",
+           "value_channels", "validation_draws", "member_split", "calibrated_step_gains",
            "evenly_spread_batches", "rollout_chains"]
 
 
@@ -119,17 +119,12 @@ def residual_scale(pipeline, dataset, setting="auto", max_samples: int = 64) -> 
 def _draw_moments(pipeline, dataset, members: int, max_samples: int, seed: int):
     """Per channel over up to ``max_samples`` samples: ``(mean true residual^2, mean var_k(draws),
     mean (t - s * draw mean)^2)`` (s: the training scale), or None (no residual draws, no samples)."""
-    from ..diffusion.seeds import row_seeds
-
     if dataset is None or len(dataset) == 0 or members < 2:
         return None
     n_out = len(pipeline.spec.output_vars)
     sums = torch.zeros(3, n_out, dtype=torch.float64)
     count = 0
-    for index, batch in evenly_spread_batches(dataset, max_samples, pipeline.device):
-        got = pipeline.calibration_draws(batch, [row_seeds(seed, members, i) for i in index])
-        if got is None:
-            return None
+    for got in validation_draws(pipeline, dataset, members, max_samples, seed):
         draws, residual = (t.double() for t in got[:2])
         s = pipeline.residual_scale(residual).double()
         sums[0] += residual.pow(2).sum(dim=(0, 2, 3)).cpu()
@@ -173,21 +168,17 @@ def calibrated_value_gains(pipeline, dataset, channels: list[int], members: int 
     in its physical units: each group's gain is the one at which the spread of the members mapped back
     (``T^-1``) matches the error of their mean there (found by bisection), as the members are
     scored. None when there is nothing to calibrate (no channel, no residual draws, no samples, one member)."""
-    from ..diffusion.seeds import row_seeds
-
     if not channels or dataset is None or len(dataset) == 0 or members < 2:
         return None
     centred = pipeline.members_centred
     parts: dict[int, list[list[torch.Tensor]]] = {c: [[], [], [], []] for c in channels}
-    for index, batch in evenly_spread_batches(dataset, max_samples, pipeline.device):
-        got = pipeline.calibration_draws(batch, [row_seeds(seed, members, i) for i in index])
-        if got is None:
-            return None
-        draws, residual, base = got
+    for draws, residual, base in validation_draws(pipeline, dataset, members, max_samples, seed):
         shared, spread = member_split(pipeline, draws)
         for c in channels:  # base + shared + spread_k: member k; base + residual: the truth
             for i, t in enumerate((base[:, c], shared[:, c], residual[:, c], spread[:, :, c])):
                 parts[c][i].append(t.double().reshape(*t.shape[:t.ndim - 3], -1).cpu())
+    if not parts[channels[0]][0]:  # no residual draws
+        return None
     table: list[dict | None] = [None] * len(pipeline.spec.output_vars)
     for c in channels:
         b, sh, r = (torch.cat(p) for p in parts[c][:3])
@@ -203,6 +194,19 @@ def calibrated_value_gains(pipeline, dataset, channels: list[int], members: int 
             table[c] = _gains_by_value(b, lambda idx, g: (float(error2[idx].sum()), g * g * float(var[idx].sum())),
                                        1.0 if centred else 1 + 1 / members, classes, linear=True)
     return table if any(table) else None
+
+
+def validation_draws(pipeline, dataset, members: int, max_samples: int, seed: int) -> Iterator[tuple]:
+    """``(draws (M, B, C, H, W), true residual, base)`` of :meth:`calibration_draws` for the batches of up to
+    ``max_samples`` samples spread evenly over ``dataset``, draw k of sample i seeded by
+    ``row_seed(seed, k, i)``; nothing when the pipeline's diffusion models no residual."""
+    from ..diffusion.seeds import row_seeds
+
+    for index, batch in evenly_spread_batches(dataset, max_samples, pipeline.device):
+        got = pipeline.calibration_draws(batch, [row_seeds(seed, members, i) for i in index])
+        if got is None:
+            return
+        yield got
 
 
 def member_split(pipeline, draws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

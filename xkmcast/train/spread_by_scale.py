@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from ..models.scale_filter import BANDS, MIN_GAIN, band_centres, gain_at, mode_power, ring_sum, wavenumber
-from .spread import evenly_spread_batches, member_split
+from .spread import member_split, validation_draws
 
 __all__ = ["calibrated_scale_gains"]
 
@@ -42,18 +42,12 @@ def calibrated_scale_gains(pipeline, dataset, members: int = 8, max_samples: int
     ``max_samples`` samples of ``dataset`` (seeded as :func:`xkmcast.train.spread.calibrated_sample_scale`),
     with the spec's other scales and without a table it may already hold. None when there is nothing to
     calibrate (no residual draws, no samples, one member); a channel whose draws have no spread: None."""
-    from ..diffusion.seeds import row_seeds
-
     if dataset is None or len(dataset) == 0 or members < 2:
         return None
     saved = pipeline.spec.extra.pop("spread_by_scale", None)
     error = spread_power = None
     try:
-        for index, batch in evenly_spread_batches(dataset, max_samples, pipeline.device):
-            got = pipeline.calibration_draws(batch, [row_seeds(seed, members, i) for i in index])
-            if got is None:
-                return None
-            draws, residual, _ = got
+        for draws, residual, _ in validation_draws(pipeline, dataset, members, max_samples, seed):
             shared, spread = member_split(pipeline, draws)
             e = mode_power(residual.double() - shared, pipeline.periodic_x).sum(dim=0).cpu()
             d = mode_power(spread.double(), pipeline.periodic_x).sum(dim=(0, 1)).cpu() / (members - 1)
