@@ -64,7 +64,7 @@ import torch
 from ..errors import ConfigError, explain
 
 __all__ = ["residual_scale", "calibrated_sample_scale", "calibrated_spread_factor", "calibrated_value_gains",
-           "value_channels", "validation_draws", "member_split", "calibrated_step_gains",
+           "value_channels", "validation_draws", "spread_balance", "member_split", "calibrated_step_gains",
            "evenly_spread_batches", "rollout_chains"]
 
 
@@ -124,8 +124,8 @@ def _draw_moments(pipeline, dataset, members: int, max_samples: int, seed: int):
     n_out = len(pipeline.spec.output_vars)
     sums = torch.zeros(3, n_out, dtype=torch.float64)
     count = 0
-    for got in validation_draws(pipeline, dataset, members, max_samples, seed):
-        draws, residual = (t.double() for t in got[:2])
+    for draws, residual, _ in validation_draws(pipeline, dataset, members, max_samples, seed):
+        draws, residual = draws.double(), residual.double()
         s = pipeline.residual_scale(residual).double()
         sums[0] += residual.pow(2).sum(dim=(0, 2, 3)).cpu()
         sums[1] += draws.var(dim=0, unbiased=True).sum(dim=(0, 2, 3)).cpu()
@@ -170,7 +170,6 @@ def calibrated_value_gains(pipeline, dataset, channels: list[int], members: int 
     scored. None when there is nothing to calibrate (no channel, no residual draws, no samples, one member)."""
     if not channels or dataset is None or len(dataset) == 0 or members < 2:
         return None
-    centred = pipeline.members_centred
     parts: dict[int, list[list[torch.Tensor]]] = {c: [[], [], [], []] for c in channels}
     for draws, residual, base in validation_draws(pipeline, dataset, members, max_samples, seed):
         shared, spread = member_split(pipeline, draws)
@@ -192,7 +191,7 @@ def calibrated_value_gains(pipeline, dataset, channels: list[int], members: int 
         else:
             error2, var = (r - sh) ** 2, d.var(dim=0, unbiased=True)
             table[c] = _gains_by_value(b, lambda idx, g: (float(error2[idx].sum()), g * g * float(var[idx].sum())),
-                                       1.0 if centred else 1 + 1 / members, classes, linear=True)
+                                       spread_balance(pipeline, members), classes, linear=True)
     return table if any(table) else None
 
 
@@ -207,6 +206,13 @@ def validation_draws(pipeline, dataset, members: int, max_samples: int, seed: in
         if got is None:
             return
         yield got
+
+
+def spread_balance(pipeline, members: int) -> float:
+    """``k`` of ``mean (error of the ensemble mean)^2 = k mean var_k`` (ddof 1) in normalised units: 1 when
+    the members are centred on the base (their mean is not estimated from them), ``1 + 1/M`` for an
+    exchangeable ensemble of M."""
+    return 1.0 if pipeline.members_centred else 1 + 1 / members
 
 
 def member_split(pipeline, draws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from ..models.scale_filter import BANDS, MIN_GAIN, band_centres, gain_at, mode_power, ring_sum, wavenumber
-from .spread import member_split, validation_draws
+from .spread import member_split, spread_balance, validation_draws
 
 __all__ = ["calibrated_scale_gains"]
 
@@ -58,7 +58,7 @@ def calibrated_scale_gains(pipeline, dataset, members: int = 8, max_samples: int
             pipeline.spec.extra["spread_by_scale"] = saved
     if error is None:
         return None
-    k = 1.0 if pipeline.members_centred else 1 + 1 / members
+    k = spread_balance(pipeline, members)
     table = [_ring_gains(error[c], k * spread_power[c], wavenumber(shape, pipeline.periodic_x), bands)
              for c in range(error.shape[0])]
     return table if any(table) else None
