@@ -121,7 +121,9 @@ def downscale_rows(case: Case, reg, dif, members: int) -> list[dict]:
     if train_in.sizes["time"] >= 4 * (len(case.inputs) + 1):  # per pixel only with enough samples per pixel
         preds["linear-px"] = fit_linear(train_in, train_out[case.outputs]).predict(test_in)
     model = xkmcast.load_model(dif.bundle)
+    t0 = time.perf_counter()
     out = window(coarse, case.test)[case.inputs].kmcast.downscale(model, members=members, include_mean=True, seed=0)
+    seconds = time.perf_counter() - t0
     rows = []
     for v in case.outputs:
         truth = test_truth[v]
@@ -129,6 +131,8 @@ def downscale_rows(case: Case, reg, dif, members: int) -> list[dict]:
                "regression": on_truth(out[f"{v}_regression"], truth), "ensemble": on_truth(out[v], truth)}
         for method, pred in got.items():
             s = scores(pred, truth, patch_borders(model) if method == "ensemble" else None)
+            if method == "ensemble":
+                s["seconds"] = seconds
             rows.append({"case": case.name, "var": v, "lead": "", "method": method, **s})
     return _ratios(rows, ("bilinear", "linear", "regression"))
 
@@ -146,7 +150,9 @@ def step_rows(case: Case, reg, dif, members: int, steps: int = 3) -> list[dict]:
     test = window(state, case.test)[names]
     inits = test.isel(time=slice(0, test.sizes["time"] - steps, case.init_every))
     model = xkmcast.load_model(dif.bundle)
+    t0 = time.perf_counter()
     ens = inits.kmcast.forecast(model, steps=steps, members=members, seed=0)
+    seconds = time.perf_counter() - t0
     det = None if reg is None else inits.kmcast.forecast(xkmcast.load_model(reg.bundle), steps=steps, members=1, seed=0)
     tokens = token_seams(model, test)
     rows = []
@@ -162,8 +168,10 @@ def step_rows(case: Case, reg, dif, members: int, steps: int = 3) -> list[dict]:
                 got["regression"] = _lead(det[v], lead, t).squeeze("member", drop=True)
             for method, pred in got.items():
                 s = scores(pred, t, thresholds=case.thresholds)
-                if tokens and method == "ensemble":
-                    s["seam"] = token_blockiness(pred, t, tokens)
+                if method == "ensemble":
+                    s["seconds"] = seconds
+                    if tokens:
+                        s["seam"] = token_blockiness(pred, t, tokens)
                 rows.append({"case": case.name, "var": v, "lead": f"{case.step_hours * lead}h", "method": method, **s})
     return _ratios(rows, ("persistence", "linear", "regression") if det is not None else ("persistence", "linear"))
 

@@ -10,8 +10,10 @@ A kind is a :class:`ModelKind` row of :data:`KINDS`:
 * ``sigma_prior``: the training noise prior ln sigma ~ N(P_mean, P_std^2) of its diffusion stage, by
   its name in :func:`xkmcast.diffusion.losses.sigma_distribution` ("edm": -1.2, 1.2; "residual": 0, 1.2);
 * ``sampler``: the :class:`~xkmcast.diffusion.samplers.SamplerConfig` its bundles default to (None:
-  deterministic kind). CorrDiff defaults to DPM-Solver++(2M) with 10 steps: on real fields
-  (bench/science.py) its CRPS equals Heun-18's at 3.3x fewer network evaluations;
+  deterministic kind). Every sampling kind defaults to DPM-Solver++(2M) with 10 steps: on real fields
+  its CRPS equals Heun-18's at 3.5x fewer network evaluations (CorrDiff downscaling, bench/science.py;
+  StormCast, the Stormscope DiT and the precipitation nowcast within 1.2 % at every variable and lead,
+  2.7-3.3x faster, bench/science_samplers.py). Published packages keep their own sampler;
 * ``input_skip``: whether it learns the departure from its input by default (``model.input_skip``:
   the CorrDiff regression from the regridded coarse input, the StormCast regression from the current
   state, the Stormscope diffusion the tendency from the current state);
@@ -54,7 +56,7 @@ class ModelKind:
     spec: str
     conditions: Mapping[str, tuple[str, ...]]
     sigma_prior: str = "edm"
-    sampler: SamplerConfig | None = SamplerConfig()
+    sampler: SamplerConfig | None = SamplerConfig("dpmpp_2m")
     time_step: str | None = None
     input_skip: bool = False
     regression_windows: bool = False
@@ -143,7 +145,7 @@ KINDS: dict[str, ModelKind] = {k.name: k for k in (
         "corrdiff", "corrdiff:CorrDiff", "corrdiff_spec",
         conditions={"regression": ("background", "invariant"),
                     "diffusion": ("background", "invariant", "regression")},
-        sigma_prior="residual", sampler=SamplerConfig("dpmpp_2m"), input_skip=True, regression_windows=True,
+        sigma_prior="residual", input_skip=True, regression_windows=True,
         description="downscaling: regression U-Net + residual EDM diffusion (Mardani et al. 2023)",
     ),
     ModelKind(
