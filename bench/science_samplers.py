@@ -1,7 +1,7 @@
 """Samplers on real data: the same trained weights sampled, and calibrated, with each solver (a program).
 
     python bench/science_samplers.py [--budget 120] [--cases storm-step,storm-dit,florence-now]
-                                     [--samplers heun:18,dpmpp_2m:10] [--members 8] [--no-record]
+                                     [--samplers heun:18,dpmpp_2m:10] [--members 8] [--reuse] [--no-record]
 
 For each real case of bench/science.py (training exactly as there, ``--budget`` seconds in total) the
 diffusion run is exported once per sampler (``model.sampler`` set, the run resumed: a finished run only
@@ -9,9 +9,9 @@ re-exports, so the weights are the same and only the spread calibration of the e
 that sampler, as a user training with it would get), then scored on the held-out times as in
 bench/science.py. Printed: per case and sampler the network evaluations per member and step (NFE) and
 the seconds of the ensemble forecast or downscaling; per variable and lead the ensemble's CRPS, MAE of
-its mean, spread-skill and small-scale power per sampler, and the ratio of CRPS of each sampler to the
-first one's, all measured side by side in this one run. Recorded in docs/benchmarks.md under
-"Samplers on real data" unless ``--no-record``.
+its mean, spread-skill, small-scale power and the members' maximum per sampler, and the ratio of CRPS
+of each sampler to the first one's, all measured side by side in this one run. Recorded in
+docs/benchmarks.md under "Samplers on real data" (one block per command) unless ``--no-record``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from science import _fmt, _without_work, downscale_rows, step_rows, train_pair  # noqa: E402
+from science import _fmt, _without_work, downscale_rows, record, step_rows, train_pair  # noqa: E402
 from science_cases import all_cases  # noqa: E402
 
 SECTION = "## Samplers on real data"
@@ -40,13 +40,14 @@ def parse_samplers(text: str) -> list[tuple[str, int]]:
     return out
 
 
-def score_case(case, work: Path, budget: float, samplers, members: int) -> tuple[list[dict], list[str]]:
-    """Train ``case`` once, then per sampler re-export and score: (ensemble rows tagged with the sampler,
-    one line per sampler with its NFE and seconds)."""
+def score_case(case, work: Path, budget: float, samplers, members: int, reuse: bool = False) -> tuple[list[dict], list[str]]:
+    """Train ``case`` once (``reuse``: resume the runs of ``work``, a finished one is not trained again), then
+    per sampler re-export and score: (ensemble rows tagged with the sampler, one line per sampler with its
+    NFE and seconds)."""
     from xkmcast.diffusion.samplers import nfe
 
     tag = f"b{int(budget)}"
-    train_pair(case, work, budget, tag, [])
+    train_pair(case, work, budget, tag, [], reuse)
     fn = downscale_rows if case.kind == "downscale" else step_rows
     rows, lines = [], []
     for name, steps in samplers:
@@ -64,8 +65,8 @@ def table(rows: list[dict], labels: list[str]) -> str:
     """One line per (case, var, lead): CRPS / MAE / SSR / spec per sampler, CRPS ratio to the first."""
     first = labels[0]
     head = f"{'case':12s} {'var':5s} {'lead':4s}" + "".join(
-        f" | {lab:>12s} {'CRPS':>7s} {'MAE':>7s} {'SSR':>5s} {'spec':>5s}" for lab in labels) \
-        + "".join(f" | {lab}/{first} CRPS" for lab in labels[1:])
+        f" | {lab:>12s} {'CRPS':>7s} {'MAE':>7s} {'SSR':>5s} {'spec':>5s} {'max':>6s}" for lab in labels) \
+        + "".join(f" | {lab}/{first} CRPS" for lab in labels[1:]) + " | truth max"
     keyed: dict[tuple, dict[str, dict]] = {}
     for r in rows:
         keyed.setdefault((r["case"], r["var"], r["lead"]), {})[r["sampler"]] = r
@@ -74,9 +75,11 @@ def table(rows: list[dict], labels: list[str]) -> str:
         line = f"{case:12s} {var:5s} {lead:4s}"
         for lab in labels:
             r = by[lab]
-            line += f" | {'':>12s} {_fmt(r['crps']):>7s} {_fmt(r['mae']):>7s} {_fmt(r['ssr']):>5s} {_fmt(r['spec']):>5s}"
+            line += f" | {'':>12s} {_fmt(r['crps']):>7s} {_fmt(r['mae']):>7s} {_fmt(r['ssr']):>5s} {_fmt(r['spec']):>5s}" \
+                    f" {_fmt(r['hi']):>6s}"
         for lab in labels[1:]:
             line += f" | {by[lab]['crps'] / by[first]['crps']:>{len(lab) + len(first) + 6}.3f}"
+        line += f" | {_fmt(by[first]['thi']):>9s}"
         lines.append(line)
     return "\n".join(lines)
 
@@ -96,22 +99,6 @@ def summary(rows: list[dict], labels: list[str]) -> str:
     return "\n".join(out)
 
 
-def record(text: str, command: str) -> Path:
-    """Write ``text`` as the one block of the "Samplers on real data" section of docs/benchmarks.md."""
-    import datetime
-
-    path = HERE.parent / "docs" / "benchmarks.md"
-    doc = path.read_text()
-    start = doc.find(SECTION)
-    if start >= 0:
-        end = doc.find("\n## ", start + len(SECTION))
-        doc = doc[:start] + ("" if end < 0 else doc[end + 1:])
-    stamp = f"{datetime.date.today().isoformat()}, {os.cpu_count()} cores (shared)"
-    block = f"{SECTION}\n\n`{command}`, {stamp}\n\n{__doc__.split(chr(10) + chr(10))[2]}\n\n```text\n{text}\n```\n"
-    path.write_text(doc.rstrip("\n") + "\n\n" + block)
-    return path
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget", type=float, default=120.0, help="total training seconds per model")
@@ -120,6 +107,8 @@ def main() -> None:
                    "is the reference of the ratios")
     p.add_argument("--members", type=int, default=8)
     p.add_argument("--work", default="bench-sampler-runs", help="work directory (data, runs)")
+    p.add_argument("--reuse", action="store_true", help="score the runs --work holds (trained by an earlier "
+                   "run of this command) instead of training them again")
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args()
     import torch
@@ -130,7 +119,7 @@ def main() -> None:
     work = Path(args.work).resolve()
     rows, lines = [], []
     for case in all_cases(work / "data", args.cases.split(",")):
-        new, what = score_case(case, work / "runs", args.budget, samplers, args.members)
+        new, what = score_case(case, work / "runs", args.budget, samplers, args.members, args.reuse)
         rows += new
         lines += what
     text = (f"training budget {args.budget:.0f} s per model, {args.members} members\n" + "\n".join(lines) + "\n\n"
@@ -138,7 +127,8 @@ def main() -> None:
     print(text, flush=True)
     if not args.no_record:
         command = "python bench/science_samplers.py " + " ".join(_without_work(sys.argv[1:]))
-        print(f"recorded in {record(text, command.strip())}")
+        intro = __doc__.split("\n\n")[2].replace("\n", " ")
+        print(f"recorded in {record(text, command.strip(), SECTION, intro, since='')}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,10 @@ Every prediction is first put on the truth's grid coordinates (``on_truth``). Co
 - ``seam``: mean |jump| between neighbouring pixels across the patch borders of the model's patching,
   over the truth's at the same places (NaN when the model is not patched);
 - ``tails`` (``thresholds`` given): for each threshold, the fraction of member pixels above it over
-  the truth's (1 is right);
+  the truth's (1 is right); and ``member_max``: the median over the members of each member's maximum
+  (over the same times and pixels as the truth's), over the truth's maximum. The members' pooled maximum
+  (``hi``) is the largest of M times as many values as the truth's, so it exceeds the truth's even when
+  every member is distributed like the truth; one member's maximum is the like-for-like comparison;
 - ``lo`` / ``hi``: minimum and maximum of the members vs the truth's (printed side by side).
 """
 
@@ -94,6 +97,9 @@ def scores(pred: xr.DataArray, truth: xr.DataArray, borders=None, thresholds=())
     out["seam"] = seam_ratio(pred, truth, borders)
     if thresholds:
         out["tails"] = {t: float((pred > t).mean() / (truth > t).mean()) for t in thresholds}
+        if ens:
+            per_member = pred.max([d for d in pred.dims if d != "member"])
+            out["member_max"] = float(per_member.median() / truth.max())
     out["lo"], out["hi"] = float(pred.min()), float(pred.max())
     out["tlo"], out["thi"] = float(truth.min()), float(truth.max())
     return out
