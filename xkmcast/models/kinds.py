@@ -13,7 +13,7 @@ A kind is a :class:`ModelKind` row of :data:`KINDS`:
   deterministic kind). Every sampling kind defaults to DPM-Solver++(2M) with 10 steps: on real fields
   its CRPS equals Heun-18's at 3.5x fewer network evaluations (CorrDiff downscaling, bench/science.py;
   StormCast, the Stormscope DiT and the precipitation nowcast within 1.2 % at every variable and lead,
-  2.7-3.3x faster, bench/science_samplers.py). Published packages keep their own sampler;
+  about 3x faster, bench/science_samplers.py). Published packages keep their own sampler;
 * ``input_skip``: whether it learns the departure from its input by default (``model.input_skip``:
   the CorrDiff regression from the regridded coarse input, the StormCast regression from the current
   state, the Stormscope diffusion the tendency from the current state);
