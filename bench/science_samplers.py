@@ -41,13 +41,14 @@ def parse_samplers(text: str) -> list[tuple[str, int]]:
 
 
 def score_case(case, work: Path, budget: float, samplers, members: int, reuse: bool = False) -> tuple[list[dict], list[str]]:
-    """Train ``case`` once (``reuse``: resume the runs of ``work``, a finished one is not trained again), then
-    per sampler re-export and score: (ensemble rows tagged with the sampler, one line per sampler with its
+    """Train ``case`` once (``reuse``: not at all, the runs of ``work`` are taken as they are), then per
+    sampler re-export and score: (ensemble rows tagged with the sampler, one line per sampler with its
     NFE and seconds)."""
     from xkmcast.diffusion.samplers import nfe
 
     tag = f"b{int(budget)}"
-    train_pair(case, work, budget, tag, [], reuse)
+    if not reuse:  # with reuse, the first sampler's re-export below is the only export needed
+        train_pair(case, work, budget, tag, [])
     fn = downscale_rows if case.kind == "downscale" else step_rows
     rows, lines = [], []
     for name, steps in samplers:
