@@ -238,14 +238,15 @@ def table(rows: list[dict]) -> str:
     lines = []
     tails = next((r["tails"] for r in rows if r.get("tails")), None)
     head = f"{'case':10s} {'var':5s} {'lead':4s} {'method':11s} {'MAE':>7s} {'/bilin':>6s} {'/lin':>6s} {'/regr':>6s} " \
-           f"{'CRPS':>7s} {'fCRPS':>7s} {'SSR':>5s} {'SSR 90%':>9s} {'spec':>5s} {'seam':>5s}" \
+           f"{'RMSE':>7s} {'bias':>7s} {'CRPS':>7s} {'fCRPS':>7s} {'SSR':>5s} {'SSR 90%':>9s} {'spec':>5s} {'seam':>5s}" \
            + (f" {'f>' + '/'.join(_fmt(t) for t in tails):>10s} {'m.max':>5s}" if tails else "") + "  min/max (truth)"
     lines.append(head)
     for r in rows:
         first = r.get("/bili", r.get("/pers"))
         lines.append(
             f"{r['case']:10s} {r['var']:5s} {r['lead']:4s} {r['method']:11s} {_fmt(r['mae']):>7s} {_fmt(first):>6s} "
-            f"{_fmt(r['/line']):>6s} {_fmt(r.get('/regr', float('nan'))):>6s} {_fmt(r['crps']):>7s} {_fmt(r['crps_fair']):>7s} "
+            f"{_fmt(r['/line']):>6s} {_fmt(r.get('/regr', float('nan'))):>6s} {_fmt(r.get('rmse', float('nan'))):>7s} "
+            f"{_fmt(r.get('bias', float('nan'))):>7s} {_fmt(r['crps']):>7s} {_fmt(r['crps_fair']):>7s} "
             f"{_fmt(r['ssr']):>5s} {_interval(r.get('ssr_lo'), r.get('ssr_hi')):>9s} {_fmt(r['spec']):>5s} {_fmt(r['seam']):>5s}"
             + (f" {'/'.join(_fmt(x) for x in r.get('tails', {}).values()) or '-':>10s}"
                f" {_fmt(r.get('member_max', float('nan'))):>5s}" if tails else "")
@@ -254,7 +255,9 @@ def table(rows: list[dict]) -> str:
 
 
 INTRO = ("Columns: MAE of the ensemble mean and its ratio to bilinear (or persistence), to the linear statistical "
-         "baseline (pooled per variable) and to the regression mean; CRPS and fair CRPS; spread-skill ratio and its 90 % "
+         "baseline (pooled per variable) and to the regression mean; RMSE and bias (mean error) of the ensemble mean (older "
+         "blocks lack them; for precipitation the mean and the median rank differently: MAE favours "
+         "the median, which a regression of log1p values is close to); CRPS and fair CRPS; spread-skill ratio and its 90 % "
          "bootstrap interval over the scored times (whole fields resampled: how far other weather could move it); power "
          "of one member / truth over the finest third of wavenumbers; seam: jump across patch borders / truth's "
          "(- when unpatched), for the DiT (storm-dit) its blockiness at the token period / truth's, the worst of the "

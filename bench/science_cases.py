@@ -107,18 +107,19 @@ def _write(ds: xr.Dataset, path: Path) -> None:
     ds.to_netcdf(path)
 
 
-def storm_valid(ds: xr.Dataset, every_days: int | None) -> list[tuple[str, str]]:
-    """The blizzard cases' validation windows: days 11-12 (times 40-47, the 2 days before the held-out
-    ones: the recorded tables), or with ``every_days`` N the last day of every N days of the 12 before
-    the held-out ones (validation spread over the record; ``--valid-every-days``)."""
+def storm_valid(ds: xr.Dataset, every_days: int | None) -> tuple[list[tuple[str, str]], tuple[str, ...]]:
+    """The blizzard cases' validation: (windows, overrides). Days 11-12 (times 40-47, the 2 days before
+    the held-out ones: the recorded tables), or with ``every_days`` N the last day of every N days of the
+    12 before the held-out ones (validation spread over the record; ``--valid-every-days``), which is
+    the package's recurring validation window ``data.valid_times={every: ND, length: 1D}``."""
     if not every_days:
-        return [_times(ds, 40, 47)]
-    return [_times(ds, 4 * d, 4 * d + 3) for d in range(every_days - 1, 12, every_days)]
+        return [_times(ds, 40, 47)], ()
+    return [], (f"data.valid_times={{every: {every_days}D, length: 1D}}",)
 
 
 def storm_cases(work: Path, valid_every_days: int | None = None) -> list[Case]:
     ds = storm()
-    valid = storm_valid(ds, valid_every_days)
+    valid, overrides = storm_valid(ds, valid_every_days)
     train = _times(ds, 0, 47 if valid_every_days else 39)
     work.mkdir(parents=True, exist_ok=True)
     fine = work / "storm_fine.nc"
@@ -129,13 +130,14 @@ def storm_cases(work: Path, valid_every_days: int | None = None) -> list[Case]:
         _write(_block(ds, f), coarse)
         cases.append(Case(f"storm-x{f}", "downscale", fine, coarse, list(STORM_FILES), STORM_OUTPUTS,
                           train, valid, _times(ds, 48, 63),
-                          f"blizzard 1996, 22x22 at 1.25x2.5 deg, coarse x{f} block means"))
+                          f"blizzard 1996, 22x22 at 1.25x2.5 deg, coarse x{f} block means", overrides=overrides))
     state = work / "storm_state.nc"
     _write(ds, state)
     for name, model in (("storm-step", "stormcast"), ("storm-dit", "stormscope")):
         cases.append(Case(name, "step", state, None, list(STORM_FILES), list(STORM_FILES),
                           train, valid, _times(ds, 48, 63),
-                          f"blizzard 1996, 6 variables 24x26, 6-hourly steps, {model}", model=model))
+                          f"blizzard 1996, 6 variables 24x26, 6-hourly steps, {model}", model=model,
+                          overrides=overrides))
     return cases
 
 

@@ -2,7 +2,10 @@
 
 Every prediction is first put on the truth's grid coordinates (``on_truth``). Columns:
 
-- ``mae``: MAE of the ensemble mean (of the field itself for one-member methods);
+- ``mae``: MAE of the ensemble mean (of the field itself for one-member methods); ``rmse``: its RMSE
+  (the mean is the minimiser of the squared error, the median of the absolute one: for a skewed variable
+  such as precipitation the two can rank an ensemble mean and a regression differently); ``bias``: its
+  mean error (prediction - truth);
 - ``crps`` / ``crps_fair``: standard and fair CRPS (a one-member forecast: its absolute error);
 - ``ssr``: spread-skill ratio (Fortin et al.; NaN for one member); ``ssr_lo`` / ``ssr_hi``: its 90 %
   bootstrap interval over the scored times (``xkmcast.fields.resampling``, 1000 resamples of whole fields);
@@ -84,7 +87,8 @@ def scores(pred: xr.DataArray, truth: xr.DataArray, borders=None, thresholds=())
     """The columns for one method and one variable (see the module docstring)."""
     ens = "member" in pred.dims and pred.sizes["member"] > 1
     mean = pred.mean("member") if "member" in pred.dims else pred
-    out = {"mae": float(metrics.mae(mean, truth))}
+    out = {"mae": float(metrics.mae(mean, truth)), "rmse": float(metrics.rmse(mean, truth)),
+           "bias": float(metrics.bias(mean, truth))}
     if ens:
         out["crps"] = float(metrics.crps(pred, truth))
         out["crps_fair"] = float(metrics.crps(pred, truth, fair=True))

@@ -1,5 +1,6 @@
-"""Training and validation times as lists of windows (``data.train_times`` / ``data.valid_times``):
-validation spread over the record, never trained on, and the statistics of exactly the training times."""
+"""Training and validation times as lists of windows (``data.train_times`` / ``data.valid_times``) or
+a recurring validation window: validation spread over the record, never trained on, and the statistics
+of exactly the training times."""
 
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ def _iso(i: int) -> str:
     return str(HOURS[i])[:19].replace(" ", "T")
 
 
-def _split(tmp_path, *overrides):
+def _split(tmp_path, *overrides, times=HOURS):
     cfg = tiny_config(tmp_path / "store.zarr", tmp_path, *overrides)
-    ds = xr.Dataset(coords={"time": HOURS})
+    ds = xr.Dataset(coords={"time": times})
     return cfg, _time_split(ds, cfg)
 
 
@@ -47,6 +48,35 @@ def test_training_windows_alone_give_their_last_times_to_validation(tmp_path):
     _, (train, valid) = _split(tmp_path, f"data.train_times=[{{start: '{_iso(0)}', end: '{_iso(4)}'}}, "
                                          f"{{start: '{_iso(10)}', end: '{_iso(14)}'}}]")
     assert train == [0, 1, 2, 3, 4, 10, 11, 12] and valid == [13, 14]
+
+
+def test_a_recurring_validation_window_is_the_same_split_as_its_days_listed(tmp_path):
+    """16 days of 6-hourly times, training on the first 12: {every: 4D, length: 1D} validates days 4, 8
+    and 12 of the training days (the last of every four, counted from the first training time), exactly
+    as the three windows written out; a later first training time moves the periods with it."""
+    six_hourly = pd.date_range("1996-01-05", periods=64, freq="6h")
+    day = lambda d: f"{{start: '{six_hourly[4 * d]:%Y-%m-%dT%H:%M}', end: '{six_hourly[4 * d + 3]:%Y-%m-%dT%H:%M}'}}"  # noqa: E731
+    train = f"data.train_times={{start: '1996-01-05', end: '{six_hourly[47]:%Y-%m-%dT%H:%M}'}}"
+    _, recurring = _split(tmp_path, train, "data.valid_times={every: 4D, length: 1D}", times=six_hourly)
+    _, listed = _split(tmp_path, train, f"data.valid_times=[{day(3)}, {day(7)}, {day(11)}]", times=six_hourly)
+    assert recurring == listed
+    assert recurring[1] == [*range(12, 16), *range(28, 32), *range(44, 48)]
+    assert recurring[0] == [i for i in range(48) if i not in recurring[1]]
+    _, (_, valid) = _split(tmp_path, "data.train_times={start: '1996-01-06'}",
+                           "data.valid_times={every: 4D, length: 12h}", times=six_hourly)
+    assert valid == [4 + k for k in range(60) if k % 16 in (14, 15)]
+
+
+def test_a_recurring_window_without_times_and_bad_spans_are_refused(tmp_path):
+    from xkmcast.errors import ConfigError
+
+    six_hourly = pd.date_range("1996-01-05", periods=64, freq="6h")
+    with pytest.raises(TimeCoverageError, match=r"selects none of the training times"):
+        _split(tmp_path, "data.valid_times={every: 4D, length: 1h}", times=six_hourly)  # 23:00-24:00 holds none
+    with pytest.raises(ConfigError, match=r"length \(5D\) must be positive and shorter than every"):
+        _split(tmp_path, "data.valid_times={every: 4D, length: 5D}")
+    with pytest.raises(ConfigError, match=r"every='4x' is not a time span"):
+        _split(tmp_path, "data.valid_times={every: 4x, length: 1D}")
 
 
 def test_a_window_without_store_times_and_a_split_without_training_times_are_refused(tmp_path):

@@ -21,10 +21,12 @@ import copy
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
+                      model_validator)
 
 from ..diffusion.losses import LOGUNIFORM_SIGMA_MAX, LOGUNIFORM_SIGMA_MIN
 from ..diffusion.samplers import SamplerConfig
@@ -40,6 +42,7 @@ __all__ = [
     "TrainingConfig",
     "TrainConfig",
     "TimeRange",
+    "RecurringWindow",
     "time_windows",
     "CONDITIONS",
     "list_presets",
@@ -76,6 +79,47 @@ class TimeRange(_Strict):
 TimeWindows = TimeRange | list[TimeRange]
 
 
+class RecurringWindow(_Strict):
+    """Validation spread over the record (``data.valid_times={every: 4D, length: 1D}``): of the training
+    times, those in the last ``length`` of every ``every``, the periods counted from the first of them.
+    Both are time spans as pandas reads them (``4D``, ``1D``, ``12h``, ``90min``)."""
+
+    every: str
+    length: str
+
+    @model_validator(mode="after")
+    def _spans(self):
+        import pandas as pd
+
+        spans = {}
+        for name in ("every", "length"):
+            try:
+                spans[name] = pd.Timedelta(getattr(self, name))
+            except ValueError as exc:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not a time span ({exc}); write e.g. 4D, 1D, 12h") from None
+        if not pd.Timedelta(0) < spans["length"] < spans["every"]:
+            raise ValueError(f"length ({self.length}) must be positive and shorter than every ({self.every}), "
+                             "e.g. {every: 4D, length: 1D}: one day in four validates")
+        return self
+
+    def mask(self, times) -> "np.ndarray":
+        """Boolean per time of ``times`` (a sorted DatetimeIndex): inside the last ``length`` of its period."""
+        import pandas as pd
+
+        every, length = pd.Timedelta(self.every), pd.Timedelta(self.length)
+        return np.asarray(((times - times[0]) % every) >= every - length)
+
+
+def _valid_times_kind(value) -> str:
+    keys = value if isinstance(value, dict) else vars(value) if isinstance(value, BaseModel) else {}
+    return "recurring" if "every" in keys or "length" in keys else "windows"
+
+
+#: ``data.valid_times``: windows as ``train_times``, or a :class:`RecurringWindow` (told apart by its keys)
+ValidTimes = Annotated[Annotated[TimeWindows, Tag("windows")] | Annotated[RecurringWindow, Tag("recurring")],
+                       Discriminator(_valid_times_kind)]
+
+
 def time_windows(value: TimeWindows) -> list[TimeRange]:
     """The windows of a ``train_times`` / ``valid_times`` setting (empty when it sets none)."""
     items = value if isinstance(value, list) else [value]
@@ -94,7 +138,9 @@ class DataConfig(_Strict):
     the StormCast sample interface, built as ``Class(split="train"|"valid", **params)``.
 
     Times: ``train_times`` / ``valid_times``, each one window ``{start, end}`` or a list of windows
-    (e.g. validation days spread over the record, so that the validation samples its regimes); the
+    (e.g. validation days spread over the record, so that the validation samples its regimes), and
+    ``valid_times`` also ``{every, length}`` (:class:`RecurringWindow`: one day in four is
+    ``{every: 4D, length: 1D}``); the
     validation times are never trained on (they are taken out of the training windows, and a
     forecast pair is only formed within one set, so none crosses from one to the other);
     ``train_times`` alone gives its last ``valid_fraction`` to validation; when neither is set the last
@@ -124,7 +170,7 @@ class DataConfig(_Strict):
     background_vars: list[str] = Field(default_factory=list)
     invariants: list[str] = Field(default_factory=list)
     train_times: TimeWindows = Field(default_factory=TimeRange)
-    valid_times: TimeWindows = Field(default_factory=TimeRange)
+    valid_times: ValidTimes = Field(default_factory=TimeRange)
     valid_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     train_fraction: float = Field(default=1.0, gt=0.0, le=1.0)
     regrid_method: Literal["bilinear", "nearest", "conservative"] = "bilinear"

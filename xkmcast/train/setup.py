@@ -21,7 +21,7 @@ import torch
 
 from ..errors import ConfigError, TimeCoverageError, explain
 from . import distributed as D
-from .config import TrainConfig, run_dir, time_windows
+from .config import RecurringWindow, TrainConfig, run_dir, time_windows
 
 __all__ = ["RunData", "build_run", "build_datasets", "build_pipeline_for", "seed_everything", "window_positions"]
 
@@ -297,19 +297,30 @@ def window_positions(index, windows, setting: str) -> np.ndarray:
 
 def _time_split(ds, cfg: TrainConfig):
     """``(train, valid)`` time positions: the configured windows (the validation times taken out of the
-    training ones); training windows alone give up their last ``valid_fraction`` to validation (when
+    training ones; a recurring window ``{every, length}`` picks them among the training times); training windows alone give up their last ``valid_fraction`` to validation (when
     they hold at least 4 times); no window: the last ``valid_fraction`` of the store validates."""
     d = cfg.data
     index = ds.indexes["time"]
-    train_w, valid_w = time_windows(d.train_times), time_windows(d.valid_times)
+    train_w = time_windows(d.train_times)
     positions = window_positions(index, train_w, "train_times") if train_w else np.arange(len(index))
-    if valid_w:
-        valid = window_positions(index, valid_w, "valid_times")
+    recurring = isinstance(d.valid_times, RecurringWindow)
+    valid_w = [] if recurring else time_windows(d.valid_times)
+    if recurring or valid_w:
+        if recurring:
+            valid = positions[d.valid_times.mask(index[positions])]
+            if valid.size == 0:
+                raise TimeCoverageError(explain(
+                    f"data.valid_times {d.valid_times.model_dump()} selects none of the training times",
+                    found=f"{positions.size} times from {index[positions[0]]} to {index[positions[-1]]}",
+                    fix="give a longer length or a shorter every, so that the last length of a period holds a time"))
+        else:
+            valid = window_positions(index, valid_w, "valid_times")
         train = np.setdiff1d(positions, valid)
         if train.size == 0:
+            shown = d.valid_times.model_dump() if recurring else [w.model_dump() for w in valid_w]
             raise TimeCoverageError(explain("No training time is left once the validation times are taken out",
                                             found=f"data.train_times {[w.model_dump() for w in train_w] or '(all)'}, "
-                                                  f"data.valid_times {[w.model_dump() for w in valid_w]}",
+                                                  f"data.valid_times {shown}",
                                             fix="give training windows that the validation windows do not cover"))
         return train.tolist(), valid.tolist()
     n = positions.size
