@@ -125,3 +125,18 @@ def test_training_statistics_cover_the_training_windows_only(tmp_path_factory, t
     np.testing.assert_allclose([got["mean"], got["std"]], [values.mean(), values.std()], rtol=1e-6)
     span = ds["target_t2m"].values.astype(np.float64)
     assert abs(got["std"] - span.std()) > 1e-4 * span.std()
+
+
+def test_a_validation_of_single_times_has_no_forecast_pair_and_says_so():
+    """A recurring window one time step long leaves every validation block a single time: no pair
+    (t, t + step), refused with the times it was given and what to do."""
+    from xkmcast.data.samples import ForecastSamples
+    from xkmcast.train.config import RecurringWindow
+
+    six_hourly = pd.date_range("1996-01-05", periods=32, freq="6h")
+    valid = np.flatnonzero(RecurringWindow(every="2D", length="6h").mask(six_hourly)).tolist()
+    assert valid == [7, 15, 23, 31]
+    ds = xr.Dataset({"t2m": (("time", "y", "x"), np.zeros((32, 4, 4), "f4"))}, coords={"time": six_hourly})
+    with pytest.raises(TimeCoverageError, match=r"(?s)No pair of times .*step 0 days 06:00:00; 4 times from 1996-01-06 18:00:00.*"
+                                                 r"length at least two time steps"):
+        ForecastSamples(ds, ["t2m"], times=valid)

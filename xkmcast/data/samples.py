@@ -231,8 +231,13 @@ class ForecastSamples(_StoreSamples):
             self._close()
         self.background_at = background_at
         if not self.pairs:
-            raise TimeCoverageError(explain("No pair of times (t, t + step) in the store", found=f"step {self.step}",
-                                            fix="use a smaller step or more times"))
+            given = values[positions]
+            raise TimeCoverageError(explain(
+                "No pair of times (t, t + step) among the times given",
+                found=f"step {pd.Timedelta(self.step)}; {len(given)} times"
+                      + (f" from {pd.Timestamp(given[0])} to {pd.Timestamp(given[-1])}" if len(given) else ""),
+                fix="use a smaller step or more times; validation windows (data.valid_times) need two consecutive "
+                    "times each: a recurring window's length at least two time steps"))
 
     @staticmethod
     def _step(values: np.ndarray, step):
