@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
+import pandas as pd
 import yaml
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
                       model_validator)
@@ -89,8 +90,6 @@ class RecurringWindow(_Strict):
 
     @model_validator(mode="after")
     def _spans(self):
-        import pandas as pd
-
         spans = {}
         for name in ("every", "length"):
             try:
@@ -102,10 +101,8 @@ class RecurringWindow(_Strict):
                              "e.g. {every: 4D, length: 1D}: one day in four validates")
         return self
 
-    def mask(self, times) -> "np.ndarray":
-        """Boolean per time of ``times`` (a sorted DatetimeIndex): inside the last ``length`` of its period."""
-        import pandas as pd
-
+    def mask(self, times: pd.DatetimeIndex) -> np.ndarray:
+        """Boolean per time of ``times`` (sorted): inside the last ``length`` of its period."""
         every, length = pd.Timedelta(self.every), pd.Timedelta(self.length)
         return np.asarray(((times - times[0]) % every) >= every - length)
 
