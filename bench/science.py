@@ -269,7 +269,7 @@ INTRO = ("Columns: MAE of the ensemble mean and its ratio to bilinear (or persis
          "grid with the noise level and is validated by the fair CRPS of 4 members; a stepping model's spread is "
          "calibrated at each step of validation rollouts. Data and splits: bench/science_cases.py (the blizzard "
          "cases validate on the 2 days before the 4 held-out ones, or with --valid-every-days N on one day in every "
-         "N of the 12 before them). "
+         "N of the 12 before them: data.valid_times={every: ND, length: 1D}). "
          "One block per command; each run replaces its own block (a block re-scored with --reuse scores the "
          f"models its command trained before). Blocks not marked \"{SINCE}\" were recorded before the members' spread "
          "was shaped by spatial scale (model.spread_by_scale, on since): their spec columns show the rough members "
