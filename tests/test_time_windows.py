@@ -55,7 +55,9 @@ def test_a_recurring_validation_window_is_the_same_split_as_its_days_listed(tmp_
     and 12 of the training days (the last of every four, counted from the first training time), exactly
     as the three windows written out; a later first training time moves the periods with it."""
     six_hourly = pd.date_range("1996-01-05", periods=64, freq="6h")
-    day = lambda d: f"{{start: '{six_hourly[4 * d]:%Y-%m-%dT%H:%M}', end: '{six_hourly[4 * d + 3]:%Y-%m-%dT%H:%M}'}}"  # noqa: E731
+    def day(d: int) -> str:
+        return f"{{start: '{six_hourly[4 * d]:%Y-%m-%dT%H:%M}', end: '{six_hourly[4 * d + 3]:%Y-%m-%dT%H:%M}'}}"
+
     train = f"data.train_times={{start: '1996-01-05', end: '{six_hourly[47]:%Y-%m-%dT%H:%M}'}}"
     _, recurring = _split(tmp_path, train, "data.valid_times={every: 4D, length: 1D}", times=six_hourly)
     _, listed = _split(tmp_path, train, f"data.valid_times=[{day(3)}, {day(7)}, {day(11)}]", times=six_hourly)
@@ -137,6 +139,6 @@ def test_a_validation_of_single_times_has_no_forecast_pair_and_says_so():
     valid = np.flatnonzero(RecurringWindow(every="2D", length="6h").mask(six_hourly)).tolist()
     assert valid == [7, 15, 23, 31]
     ds = xr.Dataset({"t2m": (("time", "y", "x"), np.zeros((32, 4, 4), "f4"))}, coords={"time": six_hourly})
-    with pytest.raises(TimeCoverageError, match=r"(?s)No pair of times .*step 0 days 06:00:00; 4 times from 1996-01-06 18:00:00.*"
-                                                 r"length at least two time steps"):
+    with pytest.raises(TimeCoverageError, match=r"(?s)No pair of times .*step 0 days 06:00:00; "
+                                                 r"4 times from 1996-01-06 18:00:00.*length at least two time steps"):
         ForecastSamples(ds, ["t2m"], times=valid)

@@ -95,7 +95,8 @@ class RecurringWindow(_Strict):
             try:
                 spans[name] = pd.Timedelta(getattr(self, name))
             except ValueError as exc:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not a time span ({exc}); write e.g. 4D, 1D, 12h") from None
+                raise ValueError(f"{name}={getattr(self, name)!r} is not a time span ({exc}); "
+                                 "write e.g. 4D, 1D, 12h") from None
         if not pd.Timedelta(0) < spans["length"] < spans["every"]:
             raise ValueError(f"length ({self.length}) must be positive and shorter than every ({self.every}), "
                              "e.g. {every: 4D, length: 1D}: one day in four validates")

@@ -297,7 +297,8 @@ def window_positions(index, windows, setting: str) -> np.ndarray:
 
 def _time_split(ds, cfg: TrainConfig):
     """``(train, valid)`` time positions: the configured windows (the validation times taken out of the
-    training ones; a recurring window ``{every, length}`` picks them among the training times); training windows alone give up their last ``valid_fraction`` to validation (when
+    training ones; a recurring window ``{every, length}`` picks them among the training times);
+    training windows alone give up their last ``valid_fraction`` to validation (when
     they hold at least 4 times); no window: the last ``valid_fraction`` of the store validates."""
     d = cfg.data
     index = ds.indexes["time"]
