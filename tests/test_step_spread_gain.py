@@ -133,3 +133,25 @@ def test_uncentred_members_take_the_gains_too():
     torch.testing.assert_close(first, plain, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(later.mean(0), plain.mean(0), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(later - later.mean(0), 2.5 * (plain - plain.mean(0)), rtol=1e-4, atol=1e-5)
+
+
+def test_rollouts_that_all_start_at_one_hour_are_told_apart():
+    """One-day validation windows of 6-hourly times: every 3-step chain starts at 00:00 (its steps fall
+    at 06, 12 and 18 every time); a 2-day window has chains from all four hours; daily data has none."""
+    import pandas as pd
+    import xarray as xr
+
+    from xkmcast.data.samples import ForecastSamples
+    from xkmcast.train.spread import chains_time_of_day
+
+    def split(freq: str, positions: list[int]) -> str | None:
+        times = pd.date_range("1996-01-05", periods=64, freq=freq)
+        ds = xr.Dataset({"t2m": (("time", "y", "x"), np.zeros((64, 4, 4), "f4"))}, coords={"time": times})
+        data = ForecastSamples(ds, ["t2m"], times=positions)
+        return chains_time_of_day(data, rollout_chains(data, 3, 8))
+
+    one_day_in_four = [4 * d + h for d in (3, 7, 11) for h in range(4)]
+    assert split("6h", one_day_in_four) == "00:00"
+    assert split("6h", [p + 2 for p in one_day_in_four]) == "12:00"  # windows from noon to noon
+    assert split("6h", list(range(40, 48))) is None  # 2 days: chains from 00, 06, 12, 18
+    assert split("1D", one_day_in_four) is None  # a daily step: no time of day to mix

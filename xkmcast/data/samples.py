@@ -225,6 +225,7 @@ class ForecastSamples(_StoreSamples):
             self.step = self._step(values, step)
             self.lead_time_steps = lead_time_steps
             self.pairs = self._pairs(values, positions, self.step, lead_time_steps or 1)
+            self.time_values = values  # the store's times: pairs hold positions on it
             self.stats = self._init_stats(ds, [*self.state_names, *self.background_names, *self.invariant_names],
                                           positions)
         finally:

@@ -54,8 +54,8 @@ def calibrate_spread(pipeline, trainer) -> None:
     then with ``model.spread_by_scale`` its gain by spatial scale (:mod:`.spread_by_scale`), then the gains by
     value of the channels ``model.spread_by_value`` names (:func:`.spread.value_channels`), then a stepping
     model's gains for the first ``model.spread_steps`` steps of a rollout."""
-    from .spread import (calibrated_sample_scale, calibrated_spread_factor, calibrated_step_gains,
-                         calibrated_value_gains, value_channels)
+    from .spread import (MAX_CHAINS, calibrated_sample_scale, calibrated_spread_factor, calibrated_step_gains,
+                         calibrated_value_gains, chains_time_of_day, rollout_chains, value_channels)
     from .spread_by_scale import calibrated_scale_gains
 
     m = trainer.cfg.model
@@ -89,6 +89,12 @@ def calibrate_spread(pipeline, trainer) -> None:
         pipeline.spec.extra["step_spread_gain"] = gains
         trainer.log.message("members' spread calibrated on validation rollouts: gain per step "
                             + "; ".join(", ".join(f"{v}={g:.2f}" for v, g in zip(names, row)) for row in gains))
+        chains = rollout_chains(trainer.valid_data, m.spread_steps, MAX_CHAINS)
+        hour = chains_time_of_day(trainer.valid_data, chains)
+        if hour is not None:
+            trainer.log.message(f"warning: the {len(chains)} validation rollouts behind these gains all start at "
+                                f"{hour}, so each step's gain is also that hour's; validation windows longer than "
+                                f"{m.spread_steps + 1} times (data.valid_times) start rollouts at several hours")
 
 
 @contextlib.contextmanager

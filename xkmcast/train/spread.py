@@ -65,7 +65,7 @@ from ..errors import ConfigError, explain
 
 __all__ = ["residual_scale", "calibrated_sample_scale", "calibrated_spread_factor", "calibrated_value_gains",
            "value_channels", "validation_draws", "spread_balance", "member_split", "calibrated_step_gains",
-           "evenly_spread_batches", "rollout_chains"]
+           "evenly_spread_batches", "rollout_chains", "chains_time_of_day", "MAX_CHAINS"]
 
 
 def _evenly_spread(n: int, k: int) -> list[int]:
@@ -332,6 +332,20 @@ def rollout_chains(dataset, steps: int, max_chains: int) -> list[list[int]]:
     return [chains[i] for i in _evenly_spread(len(chains), max_chains)]
 
 
+def chains_time_of_day(dataset, chains: list[list[int]]) -> str | None:
+    """``"HH:MM"`` when every one of ``chains`` (:func:`rollout_chains`) starts at that time of day and
+    ``dataset``'s step is shorter than a day: then step n of every chain falls at the same hour, and gains
+    solved per step mix the lead with the time of day (one-day validation windows of 6-hourly data: all
+    chains start at 00:00). None otherwise, or when ``dataset`` has no times."""
+    times = getattr(dataset, "time_values", None)
+    step = getattr(dataset, "step", None)
+    if not chains or times is None or not np.issubdtype(np.asarray(times).dtype, np.datetime64) \
+            or np.timedelta64(step) >= np.timedelta64(1, "D"):
+        return None
+    starts = {str(np.datetime64(times[dataset.pairs[chain[0]][0]], "m"))[11:16] for chain in chains}
+    return starts.pop() if len(starts) == 1 else None
+
+
 def _solve_gain(var_b: torch.Tensor, var_d: torch.Tensor, cov: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The larger root g >= 0 of ``var_d g^2 + 2 cov g + var_b - target = 0`` per channel (where there is
     none, the g >= 0 that brings the spread closest to the target)."""
@@ -340,8 +354,12 @@ def _solve_gain(var_b: torch.Tensor, var_d: torch.Tensor, cov: torch.Tensor, tar
     return root.clamp(min=0)
 
 
+#: validation rollouts that calibrate the step gains, at most
+MAX_CHAINS = 8
+
+
 @torch.no_grad()
-def calibrated_step_gains(pipeline, dataset, steps: int = 3, members: int = 8, max_chains: int = 8,
+def calibrated_step_gains(pipeline, dataset, steps: int = 3, members: int = 8, max_chains: int = MAX_CHAINS,
                           seed: int = 0, relative: bool = True) -> list[list[float]] | None:
     """The per-step gains of the module docstring (``relative``: divided by the first step's, so the
     first row is ones; else as solved): one row per step (``steps`` of them at most, fewer
