@@ -92,8 +92,10 @@ def calibrate_spread(pipeline, trainer) -> None:
         chains = rollout_chains(trainer.valid_data, m.spread_steps, MAX_CHAINS)
         hour = chains_time_of_day(trainer.valid_data, chains)
         if hour is not None:
-            trainer.log.message(f"warning: the {len(chains)} validation rollouts behind these gains all start at "
-                                f"{hour}, so each step's gain is also that hour's; validation windows longer than "
+            which = "the one validation rollout behind these gains starts" if len(chains) == 1 else \
+                f"the {len(chains)} validation rollouts behind these gains all start"
+            trainer.log.message(f"warning: {which} at {hour}, so each step's gain is also that hour's; "
+                                "validation windows longer than "
                                 f"{m.spread_steps + 1} times (data.valid_times) start rollouts at several hours")
 
 
