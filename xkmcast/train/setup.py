@@ -295,6 +295,21 @@ def window_positions(index, windows, setting: str) -> np.ndarray:
     return np.unique(np.concatenate(parts))
 
 
+def _valid_positions(index, positions: np.ndarray, valid_times) -> np.ndarray | None:
+    """The positions ``data.valid_times`` names on a time ``index`` (None when it names none): its windows,
+    or of the training ``positions`` those its recurring window picks (refused when it picks none)."""
+    if isinstance(valid_times, RecurringWindow):
+        valid = positions[valid_times.mask(index[positions])]
+        if valid.size == 0:
+            raise TimeCoverageError(explain(
+                f"data.valid_times {valid_times.model_dump()} selects none of the training times",
+                found=f"{positions.size} times from {index[positions[0]]} to {index[positions[-1]]}",
+                fix="give a longer length or a shorter every, so that the last length of a period holds a time"))
+        return valid
+    windows = time_windows(valid_times)
+    return window_positions(index, windows, "valid_times") if windows else None
+
+
 def _time_split(ds, cfg: TrainConfig):
     """``(train, valid)`` time positions: the configured windows (the validation times taken out of the
     training ones; a recurring window ``{every, length}`` picks them among the training times);
@@ -304,21 +319,12 @@ def _time_split(ds, cfg: TrainConfig):
     index = ds.indexes["time"]
     train_w = time_windows(d.train_times)
     positions = window_positions(index, train_w, "train_times") if train_w else np.arange(len(index))
-    recurring = isinstance(d.valid_times, RecurringWindow)
-    valid_w = [] if recurring else time_windows(d.valid_times)
-    if recurring or valid_w:
-        if recurring:
-            valid = positions[d.valid_times.mask(index[positions])]
-            if valid.size == 0:
-                raise TimeCoverageError(explain(
-                    f"data.valid_times {d.valid_times.model_dump()} selects none of the training times",
-                    found=f"{positions.size} times from {index[positions[0]]} to {index[positions[-1]]}",
-                    fix="give a longer length or a shorter every, so that the last length of a period holds a time"))
-        else:
-            valid = window_positions(index, valid_w, "valid_times")
+    valid = _valid_positions(index, positions, d.valid_times)
+    if valid is not None:
         train = np.setdiff1d(positions, valid)
         if train.size == 0:
-            shown = d.valid_times.model_dump() if recurring else [w.model_dump() for w in valid_w]
+            shown = d.valid_times.model_dump() if isinstance(d.valid_times, RecurringWindow) \
+                else [w.model_dump() for w in time_windows(d.valid_times)]
             raise TimeCoverageError(explain("No training time is left once the validation times are taken out",
                                             found=f"data.train_times {[w.model_dump() for w in train_w] or '(all)'}, "
                                                   f"data.valid_times {shown}",
