@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_train_trainer import prepared_store, tiny_config
+from test_train_trainer import FROM_INTERPOLATION, prepared_store, tiny_config
 from xkmcast.errors import ConfigError
 from xkmcast.train import distributed as D
 from xkmcast.train.checkpoint import latest_checkpoint, load_checkpoint
@@ -56,7 +56,7 @@ def test_two_processes_end_with_identical_weights_and_learn(tmp_path_factory, tm
     store = prepared_store(tmp_path_factory)
     cfg = tiny_config(store, tmp_path / "runs", "training.batch_size=8", "training.duration=16",
                       "training.validate_every=8", "training.valid_batches=2", "training.checkpoint_every=8",
-                      f"training.strategy={strategy}")
+                      f"training.strategy={strategy}", FROM_INTERPOLATION)
     config = save_config(cfg, tmp_path / "ddp.yaml")
     start = time.perf_counter()
     proc = _torchrun(config, tmp_path)

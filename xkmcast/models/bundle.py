@@ -198,12 +198,20 @@ def _check_integrity(path: Path, config: dict, tensors: dict) -> dict[str, str] 
     return actual
 
 
+#: pipeline buffers whose size comes from the data (they take the bundle's shape)
+VARIABLE_BUFFERS = ("grid_lat", "grid_lon", "invariant", "mean_detail")
+#: variable buffers that bundles written before them lack (left empty: no effect)
+OPTIONAL_BUFFERS = ("mean_detail",)
+
+
 def load_state(pipeline, tensors: dict[str, torch.Tensor], *, where: str) -> None:
-    """Load ``tensors`` into ``pipeline``; buffers of variable size (grid, invariants) take their shape."""
+    """Load ``tensors`` into ``pipeline``; buffers of variable size (grid, invariants, mean detail) take
+    their shape, and an optional one the bundle lacks stays empty."""
     own = pipeline.state_dict()
-    for name in ("grid_lat", "grid_lon", "invariant"):
-        if name in tensors:
+    for name in VARIABLE_BUFFERS:
+        if name in tensors and hasattr(pipeline, name):
             getattr(pipeline, name).resize_(tensors[name].shape)
+    tensors = {**{k: own[k] for k in OPTIONAL_BUFFERS if k in own and k not in tensors}, **tensors}
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
     shapes = [

@@ -36,6 +36,11 @@ MEAN_CACHE_BYTES = 256 * 2**20
 
 
 class CorrDiff(Pipeline):
+    def __init__(self, spec: ModelSpec, stages):
+        super().__init__(spec, stages)
+        #: D of regression_mean, (C_out, H, W) normalised; empty: none (:mod:`xkmcast.train.mean_detail`)
+        self.register_buffer("mean_detail", torch.zeros(0, 0, 0))
+
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> CorrDiff:
         return cls(spec, {name: build_stage(entry) for name, entry in spec.networks.items()})
@@ -70,16 +75,28 @@ class CorrDiff(Pipeline):
         return torch.cat([inputs, inv[:, :k], cz, inv[:, k:]], dim=1)
 
     def regression_mean(self, cond: Tensor, global_index: Tensor | None = None) -> Tensor:
-        """mu = R(c) [+ interp(x)] on the whole grid (B, C_out, H, W), or on windows of it placed by
+        """mu = R(c) [+ interp(x) + D] on the whole grid (B, C_out, H, W), or on windows of it placed by
         ``global_index`` (one (2, h, w) index per row, :func:`~xkmcast.diffusion.patching.row_index`);
-        zeros without a regression stage."""
+        zeros without a regression stage. ``D``: the ``mean_detail`` buffer (the training-mean fine
+        detail, :mod:`xkmcast.train.mean_detail`), gathered at the windows' pixels; 0 when empty."""
         b, _, h, w = cond.shape
         zeros = cond.new_zeros((b, len(self.spec.output_vars), h, w))
         if "regression" not in self.stages:
             return zeros
         net = self.stages["regression"]
         mean = net(zeros, cond, **({} if global_index is None else position_kwargs(net, global_index)))
-        return mean + self.interpolation(cond) if self.spec.extra.get("input_skip") else mean
+        if not self.spec.extra.get("input_skip"):
+            return mean
+        return mean + self.interpolation(cond) + self._mean_detail(mean, global_index)
+
+    def _mean_detail(self, like: Tensor, global_index: Tensor | None) -> Tensor | float:
+        if self.mean_detail.numel() == 0:
+            return 0.0
+        d = self.mean_detail.to(like)
+        if global_index is None:
+            return d.unsqueeze(0)
+        rows, cols = global_index[:, 0].long(), global_index[:, 1].long()  # (B, h, w)
+        return d[:, rows, cols].transpose(0, 1)
 
     def interpolation(self, cond: Tensor) -> Tensor:
         """The regridded coarse input of each output variable, in output normalisation:

@@ -236,8 +236,9 @@ class ModelConfig(_Strict):
     ``condition_on_mean`` (CorrDiff): also give the regression mean to the diffusion network.
     ``input_skip``: the regression predicts the departure from its input for the output variables
     that are also inputs: CorrDiff from the coarse input regridded to the fine grid (it starts from
-    interpolation), StormCast from the current state (it starts from persistence); the Stormscope
-    diffusion (no regression) models the tendency ``x_{t+1} - x_t``, scaled per channel by its RMS over
+    interpolation; with ``mean_detail`` also from the training-mean fine detail, weighed by how well it
+    holds on the validation times, :mod:`xkmcast.train.mean_detail`), StormCast from the current state
+    (it starts from persistence); the Stormscope diffusion (no regression) models the tendency ``x_{t+1} - x_t``, scaled per channel by its RMS over
     sigma_data (``residual_scale``). None: the kind's default (on for all three).
     ``residual_scale`` (diffusion on a regression): the diffusion models ``(y - mu) / s`` per output
     channel with ``s = RMS(y - mu) / sigma_data`` measured on training samples when the run starts
@@ -266,6 +267,7 @@ class ModelConfig(_Strict):
     regression_bundle: str | None = None
     condition_on_mean: bool = False
     input_skip: bool | None = None
+    mean_detail: bool = True
     residual_scale: Literal["auto", "none"] | list[float] = "auto"
     spread_calibration: bool = True
     spread_steps: int = Field(3, ge=0)

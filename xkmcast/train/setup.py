@@ -352,6 +352,9 @@ def build_pipeline_for(cfg: TrainConfig, data: RunData, base=None):
             getattr(pipeline, name).resize_(buf.shape).copy_(buf)
     elif data.store is not None:
         _attach_grid(pipeline, data, cfg)
+    if base is None and cfg.model.mean_detail and pipeline.spec.extra.get("input_skip") \
+            and hasattr(pipeline, "mean_detail") and cfg.model.stage == "regression":
+        _attach_mean_detail(pipeline, data)
     if cfg.model.stage == "diffusion" and pipeline.diffuses_residual:
         from .spread import residual_scale
 
@@ -361,6 +364,18 @@ def build_pipeline_for(cfg: TrainConfig, data: RunData, base=None):
         if "regression" in pipeline.stages:  # members centred on the regression mean
             pipeline.spec.extra["centre_members"] = bool(cfg.model.centre_members)
     return pipeline
+
+
+def _attach_mean_detail(pipeline, data: RunData) -> None:
+    """The CorrDiff regression's training-mean fine detail (:mod:`xkmcast.train.mean_detail`) in its
+    ``mean_detail`` buffer, its weights per output variable in ``spec.extra["mean_detail_weights"]``."""
+    from .mean_detail import mean_detail
+
+    found = mean_detail(pipeline, data.train, data.valid)
+    if found is not None:
+        detail, weights = found
+        pipeline.mean_detail.resize_(detail.shape).copy_(detail)
+        pipeline.spec.extra["mean_detail_weights"] = dict(zip(pipeline.spec.output_vars, weights))
 
 
 def _spec(cfg: TrainConfig, data: RunData, base):

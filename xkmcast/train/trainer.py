@@ -229,6 +229,10 @@ class Trainer:
                           tensorboard=t.tensorboard, quiet=self.quiet, batch_size=t.batch_size,
                           progress_every=t.log_every,
                           time_left=None if t.time_budget is None else lambda: t.time_budget - self.elapsed)
+        weights = self.pipeline.spec.extra.get("mean_detail_weights")
+        if weights and self.stage == "regression":
+            self.log.message("regression base: the regridded input + the training-mean fine detail, weighed on the "
+                             "validation times: " + ", ".join(f"{v} x{w:.2f}" for v, w in weights.items()))
 
     def _resume(self) -> None:
         path = ckpt.resolve_resume(self.t.resume, self.ckpt_dir)
