@@ -19,8 +19,8 @@ INPUTS, OUTPUTS = ["t2m", "msl"], ["t2m", "tp"]
 
 def _pipeline():
     spec = corrdiff_spec(INPUTS, OUTPUTS, FINE_SHAPE, size="tiny", input_skip=True, stages=("regression",))
-    spec.stats = {"input": stats_for(INPUTS), "output": Stats({"t2m": 290.0, "tp": 0.3}, {"t2m": 4.0, "tp": 0.5}).to_dict(),
-                  "invariant": {}}
+    out_stats = Stats({"t2m": 290.0, "tp": 0.3}, {"t2m": 4.0, "tp": 0.5}).to_dict()
+    spec.stats = {"input": stats_for(INPUTS), "output": out_stats, "invariant": {}}
     pipe = build_pipeline(spec).eval()
     for p in pipe.stages["regression"].parameters():  # R(c) = 0: the mean is the base alone
         torch.nn.init.zeros_(p)

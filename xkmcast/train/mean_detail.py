@@ -8,7 +8,8 @@ cannot know and an input without invariants does not show). In normalised output
 channel ``c`` and pixel ``p``::
 
     d_c(t, p) = y_c(t, p) - interp_c(t, p)                      (the departure at time t)
-    m_c(p)    = mean over the training times t of d_c(t, p)      (non-finite values left out)
+    m_c(p)    = mean over the training times t of d_c(t, p)      (non-finite values left out;
+                                                                 up to MAX_SAMPLES times, evenly spread)
     w_c       = clip( sum_{v, p} d_c(v, p) m_c(p) / (N_v sum_p m_c(p)^2), 0, 1 )   over the N_v validation times v
     D_c(p)    = w_c m_c(p)
 
@@ -60,6 +61,7 @@ def mean_detail(pipeline, train, valid=None) -> tuple[torch.Tensor, list[float]]
             for d, _ in _departures(pipeline, valid):
                 cross, n_valid = cross + (d * m).sum(dim=(0, 2, 3)), n_valid + d.shape[0]
             norm = m.pow(2).sum(dim=(1, 2)) * n_valid
-            weights = torch.where(norm > 0, cross / norm.clamp(min=1e-300), torch.zeros_like(norm)).clamp(0.0, 1.0).cpu()
+            weights = torch.where(norm > 0, cross / norm.clamp(min=1e-300), torch.zeros_like(norm))
+            weights = weights.clamp(0.0, 1.0).cpu()
     detail = (m * weights.to(m).reshape(-1, 1, 1)).float().cpu()
     return detail, [float(w) for w in weights]
