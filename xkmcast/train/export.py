@@ -83,13 +83,13 @@ def calibrate_spread(pipeline, trainer) -> None:
         trainer.log.message("members' spread calibrated by value on the validation times: "
                             + "; ".join(f"{v} x{min(e['gains']):.2f}..{max(e['gains']):.2f}"
                                         for v, e in zip(names, by_value) if e))
-    gains = calibrated_step_gains(pipeline, trainer.valid_data, steps=m.spread_steps, seed=trainer.t.seed) \
-        if m.spread_steps > 0 else None
+    chains = rollout_chains(trainer.valid_data, m.spread_steps, MAX_CHAINS) if m.spread_steps > 0 else []
+    gains = calibrated_step_gains(pipeline, trainer.valid_data, steps=m.spread_steps, seed=trainer.t.seed,
+                                  chains=chains) if chains else None
     if gains is not None:
         pipeline.spec.extra["step_spread_gain"] = gains
         trainer.log.message("members' spread calibrated on validation rollouts: gain per step "
                             + "; ".join(", ".join(f"{v}={g:.2f}" for v, g in zip(names, row)) for row in gains))
-        chains = rollout_chains(trainer.valid_data, m.spread_steps, MAX_CHAINS)
         hour = chains_time_of_day(trainer.valid_data, chains)
         if hour is not None:
             which = "the one validation rollout behind these gains starts" if len(chains) == 1 else \

@@ -352,8 +352,8 @@ def build_pipeline_for(cfg: TrainConfig, data: RunData, base=None):
             getattr(pipeline, name).resize_(buf.shape).copy_(buf)
     elif data.store is not None:
         _attach_grid(pipeline, data, cfg)
-    if base is None and cfg.model.mean_detail and pipeline.spec.extra.get("input_skip") \
-            and hasattr(pipeline, "mean_detail") and cfg.model.stage == "regression":
+    if cfg.model.stage == "regression" and cfg.model.mean_detail and pipeline.spec.extra.get("input_skip") \
+            and hasattr(pipeline, "mean_detail"):
         _attach_mean_detail(pipeline, data)
     if cfg.model.stage == "diffusion" and pipeline.diffuses_residual:
         from .spread import residual_scale

@@ -360,19 +360,22 @@ MAX_CHAINS = 8
 
 @torch.no_grad()
 def calibrated_step_gains(pipeline, dataset, steps: int = 3, members: int = 8, max_chains: int = MAX_CHAINS,
-                          seed: int = 0, relative: bool = True) -> list[list[float]] | None:
+                          seed: int = 0, relative: bool = True,
+                          chains: list[list[int]] | None = None) -> list[list[float]] | None:
     """The per-step gains of the module docstring (``relative``: divided by the first step's, so the
     first row is ones; else as solved): one row per step (``steps`` of them at most, fewer
     when the validation times hold no chain that long), one value per output channel, measured on up
-    to ``max_chains`` rollouts of ``members`` members along consecutive pairs of ``dataset``; member k
+    to ``max_chains`` rollouts of ``members`` members along consecutive pairs of ``dataset``
+    (``chains``: those rollouts when the caller has them, :func:`rollout_chains`); member k
     of chain c at step n is seeded by ``row_seed(seed, k, start index of c, n)``. None when the pipeline
     has no spread to gain (no ``step_parts``, one member, draws taken as they are) or no chain of 2."""
     from torch.utils.data import default_collate
 
     from ..diffusion.seeds import row_seeds
 
-    chains = rollout_chains(dataset, steps, max_chains) if members >= 2 else []
-    if not chains or not hasattr(pipeline, "step_parts"):
+    if chains is None:
+        chains = rollout_chains(dataset, steps, max_chains)
+    if members < 2 or not chains or not hasattr(pipeline, "step_parts"):
         return None
     device = pipeline.device
 
