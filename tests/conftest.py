@@ -45,6 +45,23 @@ def guam(guam_path) -> xr.Dataset:
         yield ds.load()
 
 
+@pytest.fixture()
+def guam_x4(guam) -> tuple[xr.Dataset, xr.Dataset]:
+    """The Guam round trip ``(fine, coarse)``: t2m / u10m / v10m (west_east 0..59), coarsened by block
+    means x4 (XLAT / XLONG too, with the file's attributes), and the fine window inside the coarse cell
+    centres (56 x 48). No dataset attributes: the file's History and history clash when written back."""
+    import xkmcast  # noqa: F401  (the accessor)
+
+    ds = guam.kmcast.variables(["t2m", "u10m", "v10m"]).rename({"Time": "time"}).isel(west_east=slice(0, 60))
+    ds.attrs = {}
+    coarse = ds.coarsen(south_north=4, west_east=4).mean()
+    coarse = coarse.assign_coords(XLAT=ds["XLAT"].coarsen(south_north=4, west_east=4).mean(),
+                                  XLONG=ds["XLONG"].coarsen(south_north=4, west_east=4).mean())
+    for c in ("XLAT", "XLONG"):
+        coarse[c].attrs = dict(ds[c].attrs)
+    return ds.isel(south_north=slice(6, 62), west_east=slice(6, 54)), coarse
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """One intra-op thread: the tests use tiny tensors, where thread hand-offs cost more than they

@@ -63,17 +63,10 @@ def test_nan_samples_are_left_out_at_their_pixel():
     np.testing.assert_allclose(pred.values[:, 1, 1], (3.0 * inputs["a"] + 1.0).values[:, 1, 1], atol=1e-9)
 
 
-def test_pooled_linear_beats_bilinear_on_guam_round_trip(guam):
+def test_pooled_linear_beats_bilinear_on_guam_round_trip(guam_x4):
     """Real WRF fields coarsened x4: fitted on two hours, the pooled fit is not worse than bilinear on
     the third (it can only rescale/mix the interpolated inputs)."""
-    import xkmcast  # noqa: F401
-
-    ds = guam.kmcast.variables(["t2m", "u10m", "v10m"]).rename({"Time": "time"})
-    ds = ds.isel(west_east=slice(0, 60))
-    coarse = ds.coarsen(south_north=4, west_east=4).mean()
-    coarse = coarse.assign_coords(XLAT=ds["XLAT"].coarsen(south_north=4, west_east=4).mean(),
-                                  XLONG=ds["XLONG"].coarsen(south_north=4, west_east=4).mean())
-    fine = ds.isel(south_north=slice(6, 62), west_east=slice(6, 54))
+    fine, coarse = guam_x4
     interp = coarse.kmcast.regrid(fine, method="bilinear")
     fit = fit_linear(interp.isel(time=slice(0, 2)), fine.isel(time=slice(0, 2)), pooled=True)
     pred = fit.predict(interp.isel(time=[2]))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import xarray as xr
 from _tiny import FINE_SHAPE, stats_for
 
 from xkmcast.data.stats import Stats
@@ -98,28 +97,20 @@ def test_bundles_keep_the_detail_and_older_bundles_load_without_it():
         torch.testing.assert_close(older.regression_mean(cond), older.interpolation(cond))
 
 
-def test_on_real_wrf_fields_the_detail_of_one_hour_halves_the_t2m_error_of_a_later_hour(guam, tmp_path):
+def test_on_real_wrf_fields_the_detail_of_one_hour_halves_the_t2m_error_of_a_later_hour(guam_x4, tmp_path):
     """WRF Guam at 0.78 km coarsened x4 (no orography given): train on the first hour, validate on the
     second. The regression's base on the third hour, with the network at zero, is the bilinear input
     plus the detail: t2m's error is less than 0.6x bilinear's (its fine structure is the island's and
     stays), while v10m's detail, which changes from hour to hour, is weighed down."""
-    import xkmcast  # noqa: F401
     from xkmcast.data.samples import DownscalingSamples
     from xkmcast.train import distributed as D
     from xkmcast.train.config import load_config
     from xkmcast.train.setup import build_datasets, build_pipeline_for
 
-    ds = guam.kmcast.variables(["t2m", "u10m", "v10m"]).rename({"Time": "time"}).isel(west_east=slice(0, 60))
-    ds = ds.isel(south_north=slice(0, 68))
-    ds.attrs = {}  # the file's History and history clash when written back
-    coarse = ds.coarsen(south_north=4, west_east=4).mean()
-    coarse = coarse.assign_coords(XLAT=ds["XLAT"].coarsen(south_north=4, west_east=4).mean(),
-                                  XLONG=ds["XLONG"].coarsen(south_north=4, west_east=4).mean())
-    for c in ("XLAT", "XLONG"):
-        coarse[c].attrs = dict(ds[c].attrs)
-    ds.isel(south_north=slice(6, 62), west_east=slice(6, 54)).to_netcdf(tmp_path / "fine.nc")
+    fine, coarse = guam_x4
+    fine.to_netcdf(tmp_path / "fine.nc")
     coarse.to_netcdf(tmp_path / "coarse.nc")
-    t = [str(x)[:19] for x in ds["time"].values]
+    t = [str(x)[:19] for x in fine["time"].values]
     cfg = load_config("corrdiff-tiny-regression", [
         f"data.source={tmp_path / 'fine.nc'}", f"data.coarse={tmp_path / 'coarse.nc'}", "data.params={}",
         "data.invariants=[]", "data.input_vars=[t2m,u10m,v10m]", "data.output_vars=[t2m,u10m,v10m]",
@@ -130,7 +121,6 @@ def test_on_real_wrf_fields_the_detail_of_one_hour_halves_the_t2m_error_of_a_lat
     weights = pipe.spec.extra["mean_detail_weights"]
     assert weights["t2m"] > 0.7 and weights["v10m"] < 0.5, weights
     # the same weights from the physical fields with xarray (normalisation scales d and m alike)
-    fine = xr.open_dataset(tmp_path / "fine.nc")
     d = fine[["t2m", "u10m", "v10m"]] - coarse.kmcast.regrid(fine, method="bilinear")[["t2m", "u10m", "v10m"]]
     m = d.isel(time=0)
     for v in ("t2m", "u10m", "v10m"):
