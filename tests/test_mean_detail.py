@@ -1,5 +1,5 @@
 """The CorrDiff regression starts from the regridded input plus the training-mean fine detail, weighed
-by how well that detail holds on the validation times (xkmcast.train.mean_detail)."""
+by how well that detail holds on times it was not computed from (xkmcast.train.mean_detail)."""
 
 from __future__ import annotations
 
@@ -36,10 +36,19 @@ def _items(pipe, departures, seed):
     return out
 
 
+def _pooled_factor(pairs):
+    """The least-squares factor of the means in the departures of pairs (departure, mean), clipped to
+    [0, 1]: sum <d, m'> / sum |m'|^2 (numpy, independent of the package)."""
+    num = sum(float((d * m).sum()) for d, m in pairs)
+    den = sum(float((m * m).sum()) for d, m in pairs)
+    return min(max(num / den, 0.0), 1.0)
+
+
 def test_stationary_detail_is_kept_and_detail_that_flips_sign_is_weighed_out():
     """t2m departs from interpolation by a fixed pattern P plus noise; tp by +Q or -Q in turn (2 of 3
-    training times +Q, validation times -Q). Then m = the training mean, w_t2m = <d_v, m> / (N_v |m|^2)
-    (near 1), w_tp = 0 (clipped: the validation departures are anti-correlated with m)."""
+    training times +Q, validation times -Q). Then m = the training mean, and w is the least-squares
+    factor over the pairs (validation time, m) and, cross-fitted, (training time k, mean of the other
+    training times): near 1 for t2m, 0 for tp (clipped: the departures are anti-correlated with it)."""
     pipe = _pipeline()
     g = torch.Generator().manual_seed(0)
     P, Q = torch.randn(*FINE_SHAPE, generator=g), torch.randn(*FINE_SHAPE, generator=g)
@@ -47,20 +56,47 @@ def test_stationary_detail_is_kept_and_detail_that_flips_sign_is_weighed_out():
     def dep(sign):
         return torch.stack([P + 0.3 * torch.randn(*FINE_SHAPE, generator=g), sign * Q])
 
-    train = [dep(s) for s in (1, -1, 1)]
-    valid = [dep(-1), dep(-1)]
-    detail, weights = mean_detail(pipe, _items(pipe, train, 1), _items(pipe, valid, 2))
-    m = torch.stack(train).double().mean(dim=0)
-    v = torch.stack(valid).double()
-    w_t2m = float((v[:, 0] * m[0]).sum() / (2 * m[0].pow(2).sum()))
-    assert weights[0] == pytest.approx(min(w_t2m, 1.0), abs=1e-5) and weights[0] > 0.8
-    assert weights[1] == 0.0
-    torch.testing.assert_close(detail[0], (weights[0] * m[0]).float(), rtol=1e-4, atol=1e-5)
+    train = [dep(s).double().numpy() for s in (1, -1, 1)]
+    valid = [dep(-1).double().numpy() for _ in range(2)]
+    items = lambda deps, seed: _items(pipe, [torch.from_numpy(d).float() for d in deps], seed)
+    detail, weights = mean_detail(pipe, items(train, 1), items(valid, 2))
+    m = np.mean(train, axis=0)
+    others = [np.mean(train[:k] + train[k + 1:], axis=0) for k in range(3)]
+    for c in range(2):
+        pairs = [(v[c], m[c]) for v in valid] + [(t[c], o[c]) for t, o in zip(train, others)]
+        assert weights[c] == pytest.approx(_pooled_factor(pairs), abs=1e-5), c
+    assert weights[0] > 0.8 and weights[1] == 0.0
+    torch.testing.assert_close(detail[0], torch.from_numpy(weights[0] * m[0]).float(), rtol=1e-4, atol=1e-5)
     assert torch.count_nonzero(detail[1]) == 0
-    # without validation times the whole mean is kept
-    detail, weights = mean_detail(pipe, _items(pipe, train, 1))
+    # without validation times the training times alone weigh the detail, cross-fitted
+    detail, weights = mean_detail(pipe, items(train, 1))
+    for c in range(2):
+        assert weights[c] == pytest.approx(_pooled_factor([(t[c], o[c]) for t, o in zip(train, others)]), abs=1e-5)
+    assert weights[0] > 0.8 and weights[1] == 0.0
+    # one training time and no validation: nothing to weigh it by, the whole detail is kept
+    detail, weights = mean_detail(pipe, items(train[:1], 1))
     assert weights == [1.0, 1.0]
-    torch.testing.assert_close(detail, m.float(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(detail, torch.from_numpy(train[0]).float(), rtol=1e-4, atol=1e-5)
+
+
+def test_cross_fitted_blocks_are_contiguous_runs_of_training_times():
+    """With more training times than CROSS_FIT_BLOCKS, block k holds the k-th contiguous run of times:
+    a detail present in the first half of the training times and absent from the second half is judged
+    on each half by the other (w from the pooled pairs of the four blocks, numpy)."""
+    from xkmcast.train.mean_detail import CROSS_FIT_BLOCKS
+
+    pipe = _pipeline()
+    g = torch.Generator().manual_seed(3)
+    P = torch.randn(2, *FINE_SHAPE, generator=g)
+    train = [((P if t < 4 else 0 * P) + 0.2 * torch.randn(2, *FINE_SHAPE, generator=g)).double().numpy()
+             for t in range(8)]
+    _, weights = mean_detail(pipe, _items(pipe, [torch.from_numpy(d).float() for d in train], 4))
+    blocks = np.array_split(np.arange(8), CROSS_FIT_BLOCKS)
+    pairs = [(train[t][c], np.mean([train[s] for s in range(8) if s not in b], axis=0)[c])
+             for c in range(2) for b in blocks for t in b]
+    for c in range(2):
+        assert weights[c] == pytest.approx(_pooled_factor(pairs[c * 8:(c + 1) * 8]), abs=1e-5)
+    assert 0.2 < weights[0] < 0.8  # a detail of half the record, judged on the other half
 
 
 def test_the_regression_mean_adds_the_detail_on_whole_fields_and_on_windows():

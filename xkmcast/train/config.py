@@ -237,7 +237,7 @@ class ModelConfig(_Strict):
     ``input_skip``: the regression predicts the departure from its input for the output variables
     that are also inputs: CorrDiff from the coarse input regridded to the fine grid (it starts from
     interpolation; with ``mean_detail`` also from the training-mean fine detail, weighed by how well it
-    holds on the validation times, :mod:`xkmcast.train.mean_detail`), StormCast from the current state
+    holds on times it was not computed from, :mod:`xkmcast.train.mean_detail`), StormCast from the current state
     (it starts from persistence); the Stormscope diffusion (no regression) models the tendency
     ``x_{t+1} - x_t``, scaled per channel by its RMS over sigma_data (``residual_scale``). None: the
     kind's default (on for all three).

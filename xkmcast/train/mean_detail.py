@@ -10,12 +10,18 @@ channel ``c`` and pixel ``p``::
     d_c(t, p) = y_c(t, p) - interp_c(t, p)                      (the departure at time t)
     m_c(p)    = mean over the training times t of d_c(t, p)      (non-finite values left out;
                                                                  up to MAX_SAMPLES times, evenly spread)
-    w_c       = clip( sum_{v, p} d_c(v, p) m_c(p) / (N_v sum_p m_c(p)^2), 0, 1 )   over the N_v validation times v
+    w_c       = clip( sum_{(t, m') in P} sum_p d_c(t, p) m'_c(p) / sum_{(t, m') in P} sum_p m'_c(p)^2, 0, 1 )
     D_c(p)    = w_c m_c(p)
 
-``w_c`` is the least-squares factor of ``m_c`` in the departures of times it was not computed from,
-clipped to [0, 1]: 1 where the detail is stationary, near 0 where it changes from time to time (a
-mean of a few weather-driven departures would only add their noise); 1 without validation times.
+``w_c`` is the least-squares factor of a training-mean detail in the departures of times it was not
+computed from, clipped to [0, 1]: 1 where the detail is stationary, near 0 where it changes from time
+to time (a mean of a few weather-driven departures would only add their noise). The pairs ``P`` are
+each validation time with ``m``, and, cross-fitted, each training time of block ``k`` of
+CROSS_FIT_BLOCKS contiguous blocks with ``m_{-k}``, the mean over the other blocks (sums over the
+valid pixels of each time). Validation days next to the training days alone over-rate the detail
+(the 1996 blizzard x2: t2m 0.99 on them, 0.58 on the held-out days); the blocks far apart in time
+bring the factor down to what holds later (0.74 pooled). ``w = 1`` without validation times and
+with a single training block.
 For an output that is not an input, ``interp_c = 0`` and ``m_c`` is its training-mean anomaly.
 
 Measured on real fields (docs/guide/training.md): WRF Guam at 0.78 km coarsened x4 (no orography
@@ -28,40 +34,62 @@ import torch
 
 from .spread import evenly_spread_batches
 
-__all__ = ["mean_detail", "MAX_SAMPLES"]
+__all__ = ["mean_detail", "MAX_SAMPLES", "CROSS_FIT_BLOCKS"]
 
 #: training and validation samples read for the mean and its weight (evenly spread over each set)
 MAX_SAMPLES = 512
 
+#: contiguous blocks of the training times for the cross-fitted weight
+CROSS_FIT_BLOCKS = 4
+
 
 def _departures(pipeline, dataset):
-    """``(d, valid)`` of batches of up to MAX_SAMPLES samples spread evenly over ``dataset``: the
-    departures (B, C_out, H, W) float64 with non-finite or masked values set to 0, and where they are valid."""
-    for _, batch in evenly_spread_batches(dataset, MAX_SAMPLES, pipeline.device):
+    """``(indices, d, valid)`` of batches of up to MAX_SAMPLES samples spread evenly over ``dataset``:
+    the departures (B, C_out, H, W) float64 with non-finite or masked values set to 0, where they are
+    valid, and the samples' indices in ``dataset``."""
+    for index, batch in evenly_spread_batches(dataset, MAX_SAMPLES, pipeline.device):
         d = (batch["target"].float() - pipeline.interpolation(batch["input"].float())).double()
         ok = torch.isfinite(d)
         if batch.get("mask") is not None:
             ok = ok & batch["mask"].to(torch.bool)
-        yield torch.where(ok, d, torch.zeros_like(d)), ok
+        yield index, torch.where(ok, d, torch.zeros_like(d)), ok
+
+
+def _fit_terms(d, ok, m):
+    """Numerator and denominator (per channel) of the least-squares factor of ``m`` (C, H, W) in the
+    departures ``d`` (B, C, H, W) at their valid pixels ``ok`` (or in their sum over times, with ``ok``
+    the number of valid values)."""
+    return (d * m).sum(dim=(0, 2, 3)), (ok * m.pow(2)).sum(dim=(0, 2, 3))
 
 
 def mean_detail(pipeline, train, valid=None) -> tuple[torch.Tensor, list[float]] | None:
     """``(D (C_out, H, W) float32, weights w per output channel)`` of the module docstring, from the
-    ``train`` (and ``valid``) datasets of whole fields; None without training samples."""
+    ``train`` (and ``valid``) datasets of whole fields (in time order); None without training samples."""
     if train is None or len(train) == 0:
         return None
+    blocks = min(CROSS_FIT_BLOCKS, len(train))
     with torch.no_grad():
-        total = count = 0
-        for d, ok in _departures(pipeline, train):
-            total, count = total + d.sum(dim=0), count + ok.sum(dim=0)
+        sums, counts = [0] * blocks, [0] * blocks  # per block: sum of d, number of valid values
+        for index, d, ok in _departures(pipeline, train):
+            for i, di, oki in zip(index, d, ok):
+                k = i * blocks // len(train)
+                sums[k], counts[k] = sums[k] + di, counts[k] + oki
+        total, count = sum(sums), sum(counts)
         m = total / count.clamp(min=1)  # (C_out, H, W)
-        weights = torch.ones(m.shape[0], dtype=torch.float64)
+        num = den = torch.zeros(m.shape[0], dtype=torch.float64, device=m.device)
+        if blocks > 1:  # sum over t in k of d_t . m_{-k} is S_k . m_{-k}
+            for s, c in zip(sums, counts):
+                if not torch.is_tensor(s):  # a block no sample was read from
+                    continue
+                n, q = _fit_terms(s[None], c[None], (total - s) / (count - c).clamp(min=1))
+                num, den = num + n, den + q
         if valid is not None and len(valid) > 0:
-            cross, n_valid = 0, 0
-            for d, _ in _departures(pipeline, valid):
-                cross, n_valid = cross + (d * m).sum(dim=(0, 2, 3)), n_valid + d.shape[0]
-            norm = m.pow(2).sum(dim=(1, 2)) * n_valid
-            weights = torch.where(norm > 0, cross / norm.clamp(min=1e-300), torch.zeros_like(norm))
-            weights = weights.clamp(0.0, 1.0).cpu()
+            for _, d, ok in _departures(pipeline, valid):
+                n, q = _fit_terms(d, ok, m)
+                num, den = num + n, den + q
+        if blocks > 1 or (valid is not None and len(valid) > 0):
+            weights = torch.where(den > 0, num / den.clamp(min=1e-300), torch.zeros_like(den)).clamp(0.0, 1.0).cpu()
+        else:
+            weights = torch.ones(m.shape[0], dtype=torch.float64)
     detail = (m * weights.to(m).reshape(-1, 1, 1)).float().cpu()
     return detail, [float(w) for w in weights]

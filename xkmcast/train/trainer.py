@@ -231,8 +231,8 @@ class Trainer:
                           time_left=None if t.time_budget is None else lambda: t.time_budget - self.elapsed)
         weights = self.pipeline.spec.extra.get("mean_detail_weights")
         if weights and self.stage == "regression":
-            self.log.message("regression base: the regridded input + the training-mean fine detail, weighed on the "
-                             "validation times: " + ", ".join(f"{v} x{w:.2f}" for v, w in weights.items()))
+            self.log.message("regression base: the regridded input + the training-mean fine detail, weighed on "
+                             "times it was not computed from: " + ", ".join(f"{v} x{w:.2f}" for v, w in weights.items()))
 
     def _resume(self) -> None:
         path = ckpt.resolve_resume(self.t.resume, self.ckpt_dir)
