@@ -13,7 +13,8 @@ overrides))``, CPU, ``training.time_budget``), then scores on held-out times:
   stationary fine detail a model can learn without invariants), the regression stage alone, the regression +
   diffusion ensemble;
 - stepping (StormCast, ``stormcast-tiny-*`` presets, state only): persistence, the per-pixel linear
-  step iterated, the regression, the ensemble, at leads 1..3 steps.
+  step iterated, the regression, the ensemble, at leads 1..3 steps; then the period check
+  (:func:`period_lines`): the ensemble's RMSE and spread-skill by the period its rollouts start in.
 
 Each budget B in ``--budgets`` (seconds of training in total, regression then diffusion half each; the
 regression resumes from the previous budget, the diffusion restarts on it) gives one block of the
@@ -180,6 +181,48 @@ def step_rows(case: Case, reg, dif, members: int, steps: int = 3) -> list[dict]:
     return _ratios(rows, ("persistence", "linear", "regression") if det is not None else ("persistence", "linear"))
 
 
+#: training-period starts of the period check (evenly spread; the forecasts cost as much as the scoring)
+TRAINING_STARTS = 8
+
+
+def period_lines(case: Case, dif, members: int, steps: int = 3) -> list[str]:
+    """Stepping: RMSE of the ensemble mean and spread-skill at each lead by the period the rollouts start
+    in -- the training times, the validation windows (where the spread was calibrated), the held-out
+    times -- which tells a calibration that missed from a held-out period harder than the validation one.
+    Every ``case.init_every``-th start whose lead times the state holds (of the training times up to
+    TRAINING_STARTS, evenly spread); none without validation windows (a recurring validation,
+    ``--valid-every-days``, has no one period)."""
+    import xkmcast
+
+    if not case.valid:
+        return []
+    state, _ = open_case(case)
+    names, last = case.outputs, state["time"].values[-1]
+    spans = {"training": case.train} | {f"validation {i + 1}" if len(case.valid) > 1 else "validation": w
+                                        for i, w in enumerate(case.valid)} | {"held-out": case.test}
+    model, out = xkmcast.load_model(dif.bundle), {}
+    for label, span in spans.items():
+        starts = window(state, span)["time"].values
+        if label == "training":  # the validation windows are taken out of the training window
+            starts = starts[~np.isin(starts, np.concatenate([window(state, w)["time"].values for w in case.valid]))]
+        starts = starts[starts + np.timedelta64(steps * case.step_hours, "h") <= last][::case.init_every]
+        if label == "training" and len(starts) > TRAINING_STARTS:
+            starts = starts[np.linspace(0, len(starts) - 1, TRAINING_STARTS).round().astype(int)]
+        inits = state[names].sel(time=starts)
+        ens = inits.kmcast.forecast(model, steps=steps, members=members, seed=0)
+        for lead in range(1, steps + 1):
+            ahead = starts + np.timedelta64(lead * case.step_hours, "h")
+            for v in names:
+                truth = state[v].sel(time=ahead).assign_coords(time=starts)
+                out.setdefault((v, lead), []).append((label, len(starts), scores(_lead(ens[v], lead, truth), truth)))
+    head = " / ".join(f"{label} ({n} starts)" for label, n, _ in out[(names[0], 1)])
+    lines = [f"{case.name}: RMSE of the ensemble mean and spread-skill by the period the rollouts start in: {head}"]
+    for (v, lead), got in sorted(out.items(), key=lambda kv: (kv[0][1], names.index(kv[0][0]))):
+        lines.append(f"{case.name:10s} {v:5s} {case.step_hours * lead:>3d}h  RMSE "
+                     + " / ".join(_fmt(s["rmse"]) for _, _, s in got) + "  SSR " + " / ".join(_fmt(s["ssr"]) for _, _, s in got))
+    return lines
+
+
 def token_seams(model, like: xr.Dataset) -> dict[str, int] | None:
     """{spatial dim: token period} of a transformer's tokens on ``like``'s grid (None: no tokens)."""
     stage = model.stages["diffusion"] if "diffusion" in model.stages else None
@@ -275,7 +318,11 @@ INTRO = ("Columns: MAE of the ensemble mean and its ratio to bilinear (or persis
          "and StormCast members are centred on the regression mean with their spread calibrated on the validation "
          "times, the Stormscope DiT learns the tendency with a spread factor calibrated there, moves its token "
          "grid with the noise level and is validated by the fair CRPS of 4 members; a stepping model's spread is "
-         "calibrated at each step of validation rollouts. Data and splits: bench/science_cases.py (the blizzard "
+         "calibrated at each step of validation rollouts. Blocks with stepping cases end with a period check (older "
+         "blocks lack it): RMSE of the ensemble mean and spread-skill at each lead for rollouts started in the "
+         "training times (8, evenly spread), the validation windows and the held-out times, training / validation / "
+         "held-out, which tells a spread calibration that missed from a held-out period harder than the one it "
+         "was calibrated on. Data and splits: bench/science_cases.py (the blizzard "
          "cases validate on the 2 days before the 4 held-out ones, or with --valid-every-days N on one day in every "
          "N of the 12 before them: data.valid_times={every: ND, length: 1D}). "
          "One block per command; each run replaces its own block (a block re-scored with --reuse scores the "
@@ -348,17 +395,18 @@ def main() -> None:
     cases = all_cases(work / "data", args.cases.split(",") if args.cases else None, args.valid_every_days)
     blocks = []
     for budget in sorted(budgets):
-        rows = []
+        rows, periods = [], []
         for case in cases:
             t0 = time.perf_counter()
             reg, dif = train_pair(case, work / "runs", budget, f"b{int(budget)}", args.set, args.reuse)
             fn = downscale_rows if case.kind == "downscale" else step_rows
             new = fn(case, reg, dif, members)
             rows += new
+            periods += period_lines(case, dif, members) if case.kind == "step" else []
             print(f"# {case.name}: {case.note}; regression {reg.step if reg else 0} steps, diffusion {dif.step} steps, "
                   f"{time.perf_counter() - t0:.0f} s\n{table(new)}", flush=True)
         text = f"training budget {budget:.0f} s per model (regression {budget / 2:.0f} s + diffusion " \
-               f"{budget / 2:.0f} s), {members} members\n" + table(rows)
+               f"{budget / 2:.0f} s), {members} members\n" + table(rows) + "".join("\n" + line for line in periods)
         print(text, flush=True)
         blocks.append(text)
     if not args.no_record:
