@@ -174,7 +174,7 @@ def step_rows(case: Case, reg, dif, members: int, steps: int = 3) -> list[dict]:
             for method, pred in got.items():
                 s = scores(pred, t, thresholds=case.thresholds)
                 if method == "ensemble":
-                    s["seconds"] = seconds
+                    s["seconds"], s["starts"], s["step"] = seconds, n, lead  # starts, step: the period check
                     if tokens:
                         s["seam"] = token_blockiness(pred, t, tokens)
                 rows.append({"case": case.name, "var": v, "lead": f"{case.step_hours * lead}h", "method": method, **s})
@@ -185,13 +185,13 @@ def step_rows(case: Case, reg, dif, members: int, steps: int = 3) -> list[dict]:
 TRAINING_STARTS = 8
 
 
-def period_lines(case: Case, dif, members: int, steps: int = 3) -> list[str]:
+def period_lines(case: Case, dif, members: int, held_out: list[dict], steps: int = 3) -> list[str]:
     """Stepping: RMSE of the ensemble mean and spread-skill at each lead by the period the rollouts start
     in -- the training times, the validation windows (where the spread was calibrated), the held-out
-    times -- which tells a calibration that missed from a held-out period harder than the validation one.
-    Every ``case.init_every``-th start whose lead times the state holds (of the training times up to
-    TRAINING_STARTS, evenly spread); none without validation windows (a recurring validation,
-    ``--valid-every-days``, has no one period)."""
+    times (the ensemble rows of :func:`step_rows`, ``held_out``) -- which tells a calibration that missed
+    from a held-out period harder than the validation one. Every ``case.init_every``-th start whose lead
+    times the state holds (of the training times up to TRAINING_STARTS, evenly spread); none without
+    validation windows (a recurring validation, ``--valid-every-days``, has no one period)."""
     import xkmcast
 
     if not case.valid:
@@ -199,7 +199,7 @@ def period_lines(case: Case, dif, members: int, steps: int = 3) -> list[str]:
     state, _ = open_case(case)
     names, last = case.outputs, state["time"].values[-1]
     spans = {"training": case.train} | {f"validation {i + 1}" if len(case.valid) > 1 else "validation": w
-                                        for i, w in enumerate(case.valid)} | {"held-out": case.test}
+                                        for i, w in enumerate(case.valid)}
     model, out = xkmcast.load_model(dif.bundle), {}
     for label, span in spans.items():
         starts = window(state, span)["time"].values
@@ -215,6 +215,9 @@ def period_lines(case: Case, dif, members: int, steps: int = 3) -> list[str]:
             for v in names:
                 truth = state[v].sel(time=ahead).assign_coords(time=starts)
                 out.setdefault((v, lead), []).append((label, len(starts), scores(_lead(ens[v], lead, truth), truth)))
+    for r in held_out:
+        if r["method"] == "ensemble":
+            out[(r["var"], r["step"])].append(("held-out", r["starts"], r))
     head = " / ".join(f"{label} ({n} starts)" for label, n, _ in out[(names[0], 1)])
     lines = [f"{case.name}: RMSE of the ensemble mean and spread-skill by the period the rollouts start in: {head}"]
     for (v, lead), got in sorted(out.items(), key=lambda kv: (kv[0][1], names.index(kv[0][0]))):
@@ -402,7 +405,7 @@ def main() -> None:
             fn = downscale_rows if case.kind == "downscale" else step_rows
             new = fn(case, reg, dif, members)
             rows += new
-            periods += period_lines(case, dif, members) if case.kind == "step" else []
+            periods += period_lines(case, dif, members, new) if case.kind == "step" else []
             print(f"# {case.name}: {case.note}; regression {reg.step if reg else 0} steps, diffusion {dif.step} steps, "
                   f"{time.perf_counter() - t0:.0f} s\n{table(new)}", flush=True)
         text = f"training budget {budget:.0f} s per model (regression {budget / 2:.0f} s + diffusion " \
