@@ -67,7 +67,7 @@ def mean_detail(pipeline, train, valid=None) -> tuple[torch.Tensor, list[float]]
     ``train`` (and ``valid``) datasets of whole fields (in time order); None without training samples."""
     if train is None or len(train) == 0:
         return None
-    blocks = min(CROSS_FIT_BLOCKS, len(train))
+    blocks, has_valid = min(CROSS_FIT_BLOCKS, len(train)), valid is not None and len(valid) > 0
     with torch.no_grad():
         sums, counts = [0] * blocks, [0] * blocks  # per block: sum of d, number of valid values
         for index, d, ok in _departures(pipeline, train):
@@ -83,11 +83,11 @@ def mean_detail(pipeline, train, valid=None) -> tuple[torch.Tensor, list[float]]
                     continue
                 n, q = _fit_terms(s[None], c[None], (total - s) / (count - c).clamp(min=1))
                 num, den = num + n, den + q
-        if valid is not None and len(valid) > 0:
+        if has_valid:
             for _, d, ok in _departures(pipeline, valid):
                 n, q = _fit_terms(d, ok, m)
                 num, den = num + n, den + q
-        if blocks > 1 or (valid is not None and len(valid) > 0):
+        if blocks > 1 or has_valid:
             weights = torch.where(den > 0, num / den.clamp(min=1e-300), torch.zeros_like(den)).clamp(0.0, 1.0).cpu()
         else:
             weights = torch.ones(m.shape[0], dtype=torch.float64)
