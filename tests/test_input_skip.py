@@ -1,5 +1,5 @@
 """The regression learns the departure from its input by default: CorrDiff from the regridded coarse
-input, StormCast from the current state (persistence)."""
+input, StormCast and the ViT from the current state (persistence)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,16 @@ from _nets import randomise
 from _tiny import FINE_SHAPE, attach_grid, fine_grid, stats_for, tiny_stormcast
 
 from xkmcast.data.stats import Stats
-from xkmcast.models import build_pipeline, corrdiff_spec, stormcast_spec
+from xkmcast.models import build_pipeline, corrdiff_spec, stormcast_spec, vit_spec
 from xkmcast.train.config import load_config
 
 
-def test_input_skip_is_on_by_default_for_corrdiff_and_stormcast():
+def test_input_skip_is_on_by_default_for_corrdiff_stormcast_and_the_vit():
     assert load_config("corrdiff-tiny-regression").model.input_skip is True
     assert load_config("stormcast-tiny-regression").model.input_skip is True
+    assert load_config("vit-tiny").model.input_skip is True
     assert load_config("corrdiff-tiny-regression", ["model.input_skip=false"]).model.input_skip is False
-    assert load_config("vit-tiny").model.input_skip is False
+    assert load_config("vit-tiny", ["model.input_skip=false"]).model.input_skip is False
 
 
 def test_corrdiff_interpolation_renormalises_shared_outputs_and_skips_the_others():
@@ -51,6 +52,31 @@ def test_stormcast_regression_adds_the_state_when_skipping():
     nxt = torch.randn(2, 3, *FINE_SHAPE, generator=g)
     loss = pipe.loss("regression", {"state": [state, nxt], "background": bg}).loss
     torch.testing.assert_close(loss, ((plain + state - nxt) ** 2).mean(dim=(1, 2, 3)))
+
+
+def test_vit_adds_the_state_when_skipping():
+    """x_{t+1} = F(x_t) + x_t with the skip, F(x_t) without (the flag was once recorded and ignored)."""
+    spec = vit_spec(["t2m", "u10m", "v10m"], FINE_SHAPE, size="tiny", background_vars=["msl"],
+                    regression_conditions=["state", "background"])
+    pipe = build_pipeline(spec).eval()
+    randomise(pipe, seed=6)
+    g = torch.Generator().manual_seed(3)
+    state, bg, nxt = (torch.randn(2, c, *FINE_SHAPE, generator=g) for c in (3, 1, 3))
+    plain = pipe.step(state, bg)
+    assert plain.abs().mean() > 0.05  # real weights: the network's own output (a mean over token offsets) is not ~0
+    pipe.spec.extra["input_skip"] = True
+    torch.testing.assert_close(pipe.step(state, bg), plain + state)
+    loss = pipe.loss("regression", {"state": [state, nxt], "background": bg}).loss
+    torch.testing.assert_close(loss, ((plain + state - nxt) ** 2).mean(dim=(1, 2, 3)))
+
+
+def test_a_trained_vit_spec_records_the_skip():
+    from xkmcast.models.specs import spec_from_config
+
+    for skip in (True, False):
+        cfg = load_config("vit-tiny", [f"model.input_skip={str(skip).lower()}"])
+        spec = spec_from_config(cfg.model, cfg.data, FINE_SHAPE)
+        assert bool(spec.extra.get("input_skip")) is skip
 
 
 def test_a_state_only_regression_bundle_forecasts_without_background():

@@ -76,3 +76,28 @@ def test_learns_a_shift_by_one_pixel():
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first
+
+
+def test_seam_convolutions_add_to_the_patch_head_and_start_as_identity():
+    """y + Convs(y) with y the patch head's image: zero at initialisation (the last convolution is
+    zero-initialised), then the k x k convolutions (replicate padding) of y, computed here with F.conv2d;
+    without them the state dict has no conv_head (bundles written before load unchanged)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    plain = WeatherViT([8, 12], 2, **SMALL).eval()
+    assert not any(k.startswith("conv_head") for k in plain.state_dict())
+    seams = WeatherViT([8, 12], 2, conv_layers=2, conv_hidden=5, **SMALL).eval()
+    missing, unexpected = seams.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == [f"conv_head.{i}.{w}" for i in (0, 2) for w in ("bias", "weight")] and not unexpected
+    x = _rand(2, 2, 8, 12)
+    torch.testing.assert_close(seams(x), plain(x))  # starts as the head alone
+    with torch.no_grad():
+        for p in seams.conv_head.parameters():
+            p.copy_(_rand(*p.shape, seed=p.numel()) * 0.3)
+        y = plain(x)
+        c0, c2 = seams.conv_head[0], seams.conv_head[2]
+        h = F.gelu(F.conv2d(F.pad(y, (1, 1, 1, 1), mode="replicate"), c0.weight, c0.bias))
+        expected = y + F.conv2d(F.pad(h, (1, 1, 1, 1), mode="replicate"), c2.weight, c2.bias)
+        assert (expected - y).abs().mean() > 0.05
+        torch.testing.assert_close(seams(x), expected, rtol=1e-5, atol=1e-5)

@@ -146,7 +146,13 @@ def test_scaled_configs_change_only_their_dimension():
     assert validate(scaled_config(raw, "data", 0.5)).data.params["times"] == 24
     assert validate(scaled_config(raw, "precision", 1)).training.precision == "amp-bf16"
     vit = read_raw("vit-tiny")
-    assert validate(scaled_config(vit, "width", 2)).model.network["hidden_size"] == 64  # a multiple of the heads
+    wide = validate(scaled_config(vit, "width", 2))
+    assert wide.model.network["hidden_size"] == 64  # a multiple of the heads
+    from xkmcast.models import build_pipeline
+    from xkmcast.models.specs import spec_from_config
+
+    net = build_pipeline(spec_from_config(wide.model, wide.data, (16, 16))).stages["regression"]
+    assert net.patch_embed.proj.out_channels == 64  # the size table's name reaches the ViT (its embed_dim)
     for kind in ("width", "depth", "batch", "resolution", "data", "precision"):
         scaled = validate(scaled_config(raw, kind, 2))
         assert scaled.model.kind == base.model.kind and scaled.data.output_vars == base.data.output_vars

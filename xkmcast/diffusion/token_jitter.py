@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..nn.padding import crop, pad
 
-__all__ = ["TokenJitter", "token_offset"]
+__all__ = ["TokenJitter", "token_offset", "diagonal_offsets", "shifted"]
 
 
 def token_offset(sigma: float, patch: tuple[int, int]) -> tuple[int, int]:
@@ -44,6 +44,26 @@ def token_offset(sigma: float, patch: tuple[int, int]) -> tuple[int, int]:
         return 0, 0
     k = int(math.floor(1000.0 * abs(math.log(float(sigma))))) % (py * px)
     return k // px, k % px
+
+
+def diagonal_offsets(patch: tuple[int, int]) -> list[tuple[int, int]]:
+    """The token's diagonal offsets ``(o mod p_y, o mod p_x)``, ``o < max(p_y, p_x)``: the offsets an
+    averaged evaluation (``average``) takes the mean over."""
+    py, px = (int(p) for p in patch)
+    return [(o % py, o % px) for o in range(max(py, px))]
+
+
+def shifted(fn, offset: tuple[int, int], x: Tensor, *others: Tensor | None, periodic_x: bool = False) -> Tensor:
+    """``crop_o(fn(pad_o(x), *pad_o(others)))``: ``fn`` with the token grid starting ``offset`` = (o_y, o_x)
+    pixels before the field (rows / columns added at the top / left, reflect; circular along a periodic
+    x). Of ``others``, those on x's grid are padded alike, the rest (None, other shapes) passed as they are."""
+    oy, ox = offset
+    if not (oy or ox):
+        return fn(x, *others)
+    padding = (ox, 0, oy, 0)  # left, right, top, bottom
+    others = tuple(pad(t, padding, periodic_x=periodic_x) if t is not None and t.shape[-2:] == x.shape[-2:] else t
+                   for t in others)
+    return crop(fn(pad(x, padding, periodic_x=periodic_x), *others), padding)
 
 
 class TokenJitter:
@@ -61,17 +81,11 @@ class TokenJitter:
 
     def __call__(self, x: Tensor, sigma: Tensor | float, condition: Tensor | None = None, **kwargs: Any) -> Tensor:
         if self.average:
-            offsets = [(o % self.patch[0], o % self.patch[1]) for o in range(max(self.patch))]
+            offsets = diagonal_offsets(self.patch)
             return sum(self._at(o, x, sigma, condition, kwargs) for o in offsets) / len(offsets)
         first = float(sigma.reshape(-1)[0]) if torch.is_tensor(sigma) else float(sigma)
         return self._at(token_offset(first, self.patch), x, sigma, condition, kwargs)
 
     def _at(self, offset: tuple[int, int], x: Tensor, sigma, condition: Tensor | None, kwargs: dict) -> Tensor:
-        oy, ox = offset
-        if not (oy or ox):
-            return self.denoiser(x, sigma=sigma, condition=condition, **kwargs)
-        padding = (ox, 0, oy, 0)  # left, right, top, bottom
-        if condition is not None and condition.shape[-2:] == x.shape[-2:]:
-            condition = pad(condition, padding, periodic_x=self.periodic_x)
-        out = self.denoiser(pad(x, padding, periodic_x=self.periodic_x), sigma=sigma, condition=condition, **kwargs)
-        return crop(out, padding)
+        return shifted(lambda x, condition: self.denoiser(x, sigma=sigma, condition=condition, **kwargs),
+                       offset, x, condition, periodic_x=self.periodic_x)

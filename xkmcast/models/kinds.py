@@ -15,13 +15,13 @@ A kind is a :class:`ModelKind` row of :data:`KINDS`:
   StormCast, the Stormscope DiT and the precipitation nowcast within 1.2 % at every variable and lead,
   about 3x faster, bench/science_samplers.py). Published packages keep their own sampler;
 * ``input_skip``: whether it learns the departure from its input by default (``model.input_skip``:
-  the CorrDiff regression from the regridded coarse input, the StormCast regression from the current
-  state, the Stormscope diffusion the tendency from the current state);
+  the CorrDiff regression from the regridded coarse input, the StormCast regression and the ViT from
+  the current state, the Stormscope diffusion the tendency from the current state);
 * ``regression_windows``: its regression (a fully convolutional U-Net) can train on windows of the
   field (``data.patch`` / ``data.regression_patch``, :mod:`xkmcast.models.regression_windows`);
 * ``time_step``: the forecast step (None: a downscaling kind);
-* ``sizes``: which network size table it uses (:data:`xkmcast.models.specs.UNET_SIZES`,
-  ``TRANSFORMER_SIZES`` or ``DIT_SIZES``);
+* ``sizes``: which network size table it uses (:data:`xkmcast.models.specs.UNET_SIZES`, ``DIT_SIZES``
+  or ``VIT_SIZES``, both of the latter from ``TRANSFORMER_SIZES``);
 * ``spec`` / ``pipeline``: the spec factory in :mod:`xkmcast.models.specs` and the pipeline class
   (``module:Class`` under :mod:`xkmcast.models`, imported when first needed).
 
@@ -137,7 +137,7 @@ class ModelKind:
     def size_table(self) -> dict[str, dict[str, Any]]:
         from . import specs
 
-        return {"unet": specs.UNET_SIZES, "transformer": specs.TRANSFORMER_SIZES, "dit": specs.DIT_SIZES}[self.sizes]
+        return {"unet": specs.UNET_SIZES, "dit": specs.DIT_SIZES, "vit": specs.VIT_SIZES}[self.sizes]
 
 
 KINDS: dict[str, ModelKind] = {k.name: k for k in (
@@ -163,7 +163,7 @@ KINDS: dict[str, ModelKind] = {k.name: k for k in (
     ModelKind(
         "vit", "transformer:WeatherTransformer", "vit_spec",
         conditions={"regression": ("state", "background", "invariant")},
-        sampler=None, time_step="6h", sizes="transformer",
+        sampler=None, time_step="6h", sizes="vit", input_skip=True,
         description="forecast: deterministic vision transformer",
     ),
 )}

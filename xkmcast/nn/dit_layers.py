@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from xkmcast.errors import ConfigError, InvalidDataError, explain
 from xkmcast.nn.dit_attention import build_attention
+from xkmcast.nn.transformer_layers import seam_convolutions
 
 __all__ = ["PatchEmbed2DTokenizer", "DiTBlock", "ProjReshape2DDetokenizer", "ConvDetokenizer", "build_detokenizer"]
 
@@ -176,18 +177,8 @@ class ConvDetokenizer(torch.nn.Module):
     def __init__(self, patch_size: tuple[int, int], out_channels: int, hidden_size: int, conv_layers: int = 2,
                  conv_hidden: int = 64, conv_kernel: int = 3):  # fmt: skip
         super().__init__()
-        if conv_layers < 1:
-            raise ConfigError(explain("conv_layers must be >= 1", found=conv_layers))
         self.proj = ProjReshape2DDetokenizer(patch_size, out_channels, hidden_size)
-        layers: list[torch.nn.Module] = []
-        c_in = out_channels
-        for i in range(conv_layers):
-            c_out = out_channels if i == conv_layers - 1 else conv_hidden
-            layers.append(torch.nn.Conv2d(c_in, c_out, conv_kernel, padding=conv_kernel // 2))
-            if i < conv_layers - 1:
-                layers.append(torch.nn.GELU())
-            c_in = c_out
-        self.conv_head = torch.nn.Sequential(*layers)
+        self.conv_head = seam_convolutions(out_channels, conv_layers, conv_hidden, conv_kernel)
 
     def initialize_weights(self) -> None:
         self.proj.initialize_weights()

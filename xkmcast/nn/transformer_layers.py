@@ -3,13 +3,17 @@
 Images become tokens by non-overlapping p x p patches (a stride-p convolution); grids that are
 not multiples of p are zero-padded at the bottom / right and the output is cropped back.
 Attention is ``F.scaled_dot_product_attention``; local attention restricts it to windows of
-w x w tokens (grids not divisible by w are padded with masked tokens).
+w x w tokens (grids not divisible by w are padded with masked tokens). Each token's p x p pixels come
+from that token alone, so an output read back patch by patch can step at every patch border;
+:func:`seam_convolutions` (k x k convolutions on the image, added to it) couple neighbouring patches.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from xkmcast.errors import ConfigError, explain
 
 __all__ = [
     "PatchEmbed",
@@ -19,6 +23,7 @@ __all__ = [
     "window_attention",
     "sincos_2d",
     "resize_grid_embedding",
+    "seam_convolutions",
 ]
 
 
@@ -50,6 +55,25 @@ def unpatchify(tokens: torch.Tensor, grid: tuple[int, int], patch: int, channels
     x = tokens.reshape(b, gh, gw, patch, patch, channels)
     x = x.permute(0, 5, 1, 3, 2, 4).reshape(b, channels, gh * patch, gw * patch)
     return x[:, :, : size[0], : size[1]]
+
+
+def seam_convolutions(channels: int, layers: int = 2, hidden: int = 64, kernel: int = 3,
+                      padding_mode: str = "zeros") -> torch.nn.Sequential:
+    """``layers`` k x k convolutions, ``channels`` -> ``hidden`` ... -> ``channels`` with GELU between, for
+    ``y + convs(y)`` on an unpatchified image ``y`` (PhysicsNeMo's remedy for patch-seam artefacts, its
+    ``proj_reshape_2d_conv`` detokenizer; the layout of its ``conv_head``). The caller zero-initialises the
+    last one, so that ``y + convs(y)`` starts as ``y``."""
+    if layers < 1:
+        raise ConfigError(explain("conv_layers must be >= 1", found=layers))
+    out: list[torch.nn.Module] = []
+    c_in = channels
+    for i in range(layers):
+        c_out = channels if i == layers - 1 else hidden
+        out.append(torch.nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, padding_mode=padding_mode))
+        if i < layers - 1:
+            out.append(torch.nn.GELU())
+        c_in = c_out
+    return torch.nn.Sequential(*out)
 
 
 class Mlp(torch.nn.Module):

@@ -3,6 +3,8 @@
 h = PatchEmbed_p([x, cond]) + E_pos           (p x p patches, learnable position grid)
 h <- h + Attn(LN(h)); h <- h + MLP(LN(h))      (``depth`` pre-norm encoder blocks, SDPA attention)
 y = unpatchify(Linear(LN(h)))                 (p * p * out_channels per token, back to the grid)
+y <- y + Convs(y)                             (``conv_layers`` > 0: k x k convolutions across the patch
+                                              seams, the last zero-initialised; replicate padding)
 
 Grids that are not multiples of p are zero-padded for the patching and cropped back, so the
 output always has the input's (H, W). ``residual=True`` predicts the increment: y = x + f(x)
@@ -17,7 +19,8 @@ import torch
 
 from xkmcast.errors import InvalidDataError, explain
 from xkmcast.nn.base import Network
-from xkmcast.nn.transformer_layers import Mlp, PatchEmbed, SelfAttention, resize_grid_embedding, sincos_2d, unpatchify
+from xkmcast.nn.transformer_layers import (Mlp, PatchEmbed, SelfAttention, resize_grid_embedding, seam_convolutions,
+                                           sincos_2d, unpatchify)
 
 __all__ = ["WeatherViT", "EncoderBlock"]
 
@@ -43,7 +46,8 @@ class WeatherViT(Network):
     Parameters: img_resolution (int or [H, W]: the grid of the position embedding; other grids
     resize it), in_channels, out_channels (default: in_channels), condition_channels (extra
     inputs such as forcings or invariants), patch_size, embed_dim, depth, num_heads, mlp_ratio,
-    dropout, attention_dropout, residual.
+    dropout, attention_dropout, residual, conv_layers / conv_hidden / conv_kernel (the seam
+    convolutions, :func:`~xkmcast.nn.transformer_layers.seam_convolutions`; 0 layers: none).
 
     forward(x, condition=None) -> (B, out_channels, H, W)
       x: (B, in_channels, H, W); condition: (B, condition_channels, H, W).
@@ -63,6 +67,9 @@ class WeatherViT(Network):
         dropout: float = 0.0,
         attention_dropout: float = 0.0,
         residual: bool = False,
+        conv_layers: int = 0,
+        conv_hidden: int = 64,
+        conv_kernel: int = 3,
     ):
         super().__init__()
         h, w = (img_resolution, img_resolution) if isinstance(img_resolution, int) else tuple(img_resolution)
@@ -81,7 +88,12 @@ class WeatherViT(Network):
         )
         self.norm = torch.nn.LayerNorm(embed_dim)
         self.head = torch.nn.Linear(embed_dim, patch_size * patch_size * out_channels)
+        self.conv_head = (seam_convolutions(out_channels, conv_layers, conv_hidden, conv_kernel, padding_mode="replicate")
+                          if conv_layers else None)
         self.apply(_init_weights)
+        if self.conv_head is not None:
+            torch.nn.init.zeros_(self.conv_head[-1].weight)
+            torch.nn.init.zeros_(self.conv_head[-1].bias)
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         state = x
@@ -102,6 +114,8 @@ class WeatherViT(Network):
         for block in self.blocks:
             tokens = block(tokens)
         out = unpatchify(self.head(self.norm(tokens)), grid, self.patch_size, self.out_channels, state.shape[-2:])
+        if self.conv_head is not None:
+            out = out + self.conv_head(out)
         return state + out if self.residual else out
 
 

@@ -238,9 +238,9 @@ class ModelConfig(_Strict):
     that are also inputs: CorrDiff from the coarse input regridded to the fine grid (it starts from
     interpolation; with ``mean_detail`` also from the training-mean fine detail, weighed by how well it
     holds on times it was not computed from, :mod:`xkmcast.train.mean_detail`), StormCast from the current state
-    (it starts from persistence); the Stormscope diffusion (no regression) models the tendency
-    ``x_{t+1} - x_t``, scaled per channel by its RMS over sigma_data (``residual_scale``). None: the
-    kind's default (on for all three).
+    (it starts from persistence), the ViT likewise; the Stormscope diffusion (no regression) models the
+    tendency ``x_{t+1} - x_t``, scaled per channel by its RMS over sigma_data (``residual_scale``). None:
+    the kind's default (on for all four).
     ``residual_scale`` (diffusion on a regression): the diffusion models ``(y - mu) / s`` per output
     channel with ``s = RMS(y - mu) / sigma_data`` measured on training samples when the run starts
     ("auto"), no scaling ("none"), or the given values. ``spread_calibration`` (with "auto" and
