@@ -14,7 +14,9 @@ overrides))``, CPU, ``training.time_budget``), then scores on held-out times:
   diffusion ensemble;
 - stepping (StormCast, ``stormcast-tiny-*`` presets, state only): persistence, the per-pixel linear
   step iterated, the regression, the ensemble, at leads 1..3 steps; then the period check
-  (:func:`period_lines`): the ensemble's RMSE and spread-skill by the period its rollouts start in.
+  (:func:`period_lines`): the ensemble's RMSE and spread-skill by the period its rollouts start in. The
+  Stormscope DiT (``stormscope-tiny``) has the ensemble alone, the ViT (``vit-tiny``, deterministic) the
+  ``regression`` row alone.
 
 Each budget B in ``--budgets`` (seconds of training in total, regression then diffusion half each; the
 regression resumes from the previous budget, the diffusion restarts on it) gives one block of the
@@ -61,9 +63,13 @@ def _common(case: Case, outdir: Path, seconds: float, extra: list[str]) -> list[
             *extra]
 
 
+#: stepping models of one stage: case.model -> (preset, stage)
+ONE_STAGE = {"stormscope": ("stormscope-tiny", "diffusion"), "vit": ("vit-tiny", "regression")}
+
+
 def train_pair(case: Case, outdir: Path, seconds: float, tag: str, extra: list[str], reuse: bool = False):
     """Regression (resumed to seconds/2) then a fresh diffusion on it (seconds/2): both bundles. A
-    Stormscope case trains its one diffusion stage (a DiT) for all ``seconds``: (None, bundle)."""
+    one-stage case trains that stage for all ``seconds``: a Stormscope DiT (None, run), a ViT (run, None)."""
     from xkmcast.train import load_config, train
 
     half = seconds / 2
@@ -75,11 +81,13 @@ def train_pair(case: Case, outdir: Path, seconds: float, tag: str, extra: list[s
         dif = train(cfg, quiet=True)
         reg_dir = dif.run_dir / "regression" / "0"
         return types.SimpleNamespace(bundle=reg_dir / "model", step=_last_step(reg_dir)), dif
-    if case.model == "stormscope":
-        cfg = load_config("stormscope-tiny", [*_common(case, outdir, seconds, [*case.overrides, *extra]), *step_kind,
-                                              "model.diffusion_conditions=[state]", f"training.experiment={case.name}",
-                                              f"training.run_id={tag}", f"training.resume={'latest' if reuse else 'null'}"])
-        return None, train(cfg, quiet=True)
+    if case.model in ONE_STAGE:  # the DiT's diffusion or the ViT's regression, for all the seconds
+        preset, stage = ONE_STAGE[case.model]
+        cfg = load_config(preset, [*_common(case, outdir, seconds, [*case.overrides, *extra]), *step_kind,
+                                   f"model.{stage}_conditions=[state]", f"training.experiment={case.name}",
+                                   f"training.run_id={tag}", f"training.resume={'latest' if reuse else 'null'}"])
+        run = train(cfg, quiet=True)
+        return (None, run) if stage == "diffusion" else (run, None)
     if case.kind == "downscale":
         presets = ("corrdiff-tiny-regression", "corrdiff-tiny-diffusion")
         kind = [f"data.coarse={case.coarse}"]
@@ -154,12 +162,13 @@ def step_rows(case: Case, reg, dif, members: int, steps: int = 3) -> list[dict]:
                      train.isel(time=slice(1, None)).assign_coords(time=train.time[:-1].values))
     test = window(state, case.test)[names]
     inits = test.isel(time=slice(0, test.sizes["time"] - steps, case.init_every))
-    model = xkmcast.load_model(dif.bundle)
     t0 = time.perf_counter()
-    ens = inits.kmcast.forecast(model, steps=steps, members=members, seed=0)
+    regression = None if reg is None else xkmcast.load_model(reg.bundle)
+    det = None if reg is None else inits.kmcast.forecast(regression, steps=steps, members=1, seed=0)
+    model = None if dif is None else xkmcast.load_model(dif.bundle)  # a deterministic case (ViT) has no ensemble
+    ens = None if model is None else inits.kmcast.forecast(model, steps=steps, members=members, seed=0)
     seconds = time.perf_counter() - t0
-    det = None if reg is None else inits.kmcast.forecast(xkmcast.load_model(reg.bundle), steps=steps, members=1, seed=0)
-    tokens = token_seams(model, test)
+    tokens = token_seams(model or regression, test)
     rows = []
     n = inits.sizes["time"]
     current = inits
@@ -168,17 +177,20 @@ def step_rows(case: Case, reg, dif, members: int, steps: int = 3) -> list[dict]:
         current = lin.predict(current.assign_coords(time=inits.time.values))
         for v in names:
             t = truth[v].assign_coords(time=inits.time.values)
-            got = {"persistence": inits[v], "linear": current[v], "ensemble": _lead(ens[v], lead, t)}
+            got = {"persistence": inits[v], "linear": current[v]}
+            if ens is not None:
+                got["ensemble"] = _lead(ens[v], lead, t)
             if det is not None:
                 got["regression"] = _lead(det[v], lead, t).squeeze("member", drop=True)
             for method, pred in got.items():
                 s = scores(pred, t, thresholds=case.thresholds)
-                if method == "ensemble":
+                if method == "ensemble" or (method == "regression" and ens is None):
                     s["seconds"], s["starts"], s["step"] = seconds, n, lead  # starts, step: the period check
                     if tokens:
                         s["seam"] = token_blockiness(pred, t, tokens)
                 rows.append({"case": case.name, "var": v, "lead": f"{case.step_hours * lead}h", "method": method, **s})
-    return _ratios(rows, ("persistence", "linear", "regression") if det is not None else ("persistence", "linear"))
+    return _ratios(rows, ("persistence", "linear", "regression") if det is not None and ens is not None
+                   else ("persistence", "linear"))
 
 
 #: training-period starts of the period check (evenly spread; the forecasts cost as much as the scoring)
@@ -194,7 +206,7 @@ def period_lines(case: Case, dif, members: int, held_out: list[dict], steps: int
     validation windows (a recurring validation, ``--valid-every-days``, has no one period)."""
     import xkmcast
 
-    if not case.valid:
+    if not case.valid or dif is None:  # no validation window, or no ensemble (ViT)
         return []
     state, _ = open_case(case)
     names, last = case.outputs, state["time"].values[-1]
@@ -227,8 +239,10 @@ def period_lines(case: Case, dif, members: int, held_out: list[dict], steps: int
 
 
 def token_seams(model, like: xr.Dataset) -> dict[str, int] | None:
-    """{spatial dim: token period} of a transformer's tokens on ``like``'s grid (None: no tokens)."""
-    stage = model.stages["diffusion"] if "diffusion" in model.stages else None
+    """{spatial dim: token period} of a transformer's tokens on ``like``'s grid (None: no tokens): of the
+    diffusion stage, or of a deterministic model's regression (the ViT)."""
+    stage = model.stages["diffusion"] if "diffusion" in model.stages else \
+        model.stages["regression"] if len(model.stages) == 1 else None
     patch = next((m.patch_size for m in stage.modules() if getattr(m, "patch_size", None)), None) if stage else None
     if not patch:
         return None
@@ -310,8 +324,9 @@ INTRO = ("Columns: MAE of the ensemble mean and its ratio to bilinear (or persis
          "the median, which a regression of log1p values is close to); CRPS and fair CRPS; spread-skill ratio and its 90 % "
          "bootstrap interval over the scored times (whole fields resampled: how far other weather could move it); power "
          "of one member / truth over the finest third of wavenumbers; seam: jump across patch borders / truth's "
-         "(- when unpatched), for the DiT (storm-dit) its blockiness at the token period / truth's, the worst of the "
-         "period's offsets; f>a/b (precipitation): fraction of member pixels above a and b over the truth's; "
+         "(- when unpatched), for the DiT (storm-dit) and the ViT (storm-vit, deterministic: its forecast is the "
+         "regression row; older blocks lack the case) the blockiness at the token period / truth's, the worst of "
+         "the period's offsets; f>a/b (precipitation): fraction of member pixels above a and b over the truth's; "
          "m.max (precipitation): one member's maximum over the truth's (the median over members; older blocks "
          "lack it); min/max of the members pooled (truth's). Baselines: bilinear, linear (pooled least squares on "
          "the interpolated inputs), linear-px (per pixel, where the fit times suffice), bil+detail (bilinear plus the "
@@ -406,7 +421,7 @@ def main() -> None:
             new = fn(case, reg, dif, members)
             rows += new
             periods += period_lines(case, dif, members, new) if case.kind == "step" else []
-            print(f"# {case.name}: {case.note}; regression {reg.step if reg else 0} steps, diffusion {dif.step} steps, "
+            print(f"# {case.name}: {case.note}; regression {reg.step if reg else 0} steps, diffusion {dif.step if dif else 0} steps, "
                   f"{time.perf_counter() - t0:.0f} s\n{table(new)}", flush=True)
         text = f"training budget {budget:.0f} s per model (regression {budget / 2:.0f} s + diffusion " \
                f"{budget / 2:.0f} s), {members} members\n" + table(rows) + "".join("\n" + line for line in periods)

@@ -13,6 +13,8 @@
   held-out initial time; persistence and the per-pixel linear stepping baseline.
 - ``storm-dit``: the same stepping with the Stormscope kind (the tiny DiT, diffusion only, 2 x 2 tokens):
   its ``seam`` column is the blockiness at the token period over the truth's (the worst offset).
+- ``storm-vit``: the same stepping with the ViT weather transformer (``vit-tiny``, deterministic: its one
+  stage is the ``regression`` row; no ensemble).
 - ``florence-now``: hourly NCEP Stage IV radar + gauge precipitation (4 km, 118 x 87 polar-stereographic
   grid) of Hurricane Florence's landfall, 2018-09-13T19 .. 09-14T17 (23 hours; the catalog entry
   ``stageiv_florence``, fetched from Debian's r-cran-stars package), nowcast 1, 2, 3 h ahead by the
@@ -60,7 +62,7 @@ class Case:
     test: tuple[str, str]
     note: str = ""
     overrides: tuple[str, ...] = ()  # config overrides this case needs (e.g. a batch its few times can fill)
-    model: str = "stormcast"  # stepping: "stormcast" (regression + diffusion) or "stormscope" (DiT diffusion only)
+    model: str = "stormcast"  # stepping: "stormcast" (regression + diffusion), "stormscope" (DiT diffusion only), "vit"
     recipe: str | None = None  # train with this one-command recipe (e.g. "stormcast-cpu") instead of the tiny presets
     step_hours: int = 6  # stepping: hours per step
     init_every: int = 2  # stepping: score from every n-th held-out time
@@ -133,7 +135,7 @@ def storm_cases(work: Path, valid_every_days: int | None = None) -> list[Case]:
                           f"blizzard 1996, 22x22 at 1.25x2.5 deg, coarse x{f} block means", overrides=overrides))
     state = work / "storm_state.nc"
     _write(ds, state)
-    for name, model in (("storm-step", "stormcast"), ("storm-dit", "stormscope")):
+    for name, model in (("storm-step", "stormcast"), ("storm-dit", "stormscope"), ("storm-vit", "vit")):
         cases.append(Case(name, "step", state, None, list(STORM_FILES), list(STORM_FILES),
                           train, valid, _times(ds, 48, 63),
                           f"blizzard 1996, 6 variables 24x26, 6-hourly steps, {model}", model=model,
