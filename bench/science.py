@@ -169,6 +169,7 @@ def step_rows(case: Case, reg, dif, members: int, steps: int = 3) -> list[dict]:
     ens = None if model is None else inits.kmcast.forecast(model, steps=steps, members=members, seed=0)
     seconds = time.perf_counter() - t0
     tokens = token_seams(model or regression, test)
+    forecast = "ensemble" if ens is not None else "regression"  # the model's own row (the ViT: deterministic)
     rows = []
     n = inits.sizes["time"]
     current = inits
@@ -184,13 +185,13 @@ def step_rows(case: Case, reg, dif, members: int, steps: int = 3) -> list[dict]:
                 got["regression"] = _lead(det[v], lead, t).squeeze("member", drop=True)
             for method, pred in got.items():
                 s = scores(pred, t, thresholds=case.thresholds)
-                if method == "ensemble" or (method == "regression" and ens is None):
+                if method == forecast:
                     s["seconds"], s["starts"], s["step"] = seconds, n, lead  # starts, step: the period check
                     if tokens:
                         s["seam"] = token_blockiness(pred, t, tokens)
                 rows.append({"case": case.name, "var": v, "lead": f"{case.step_hours * lead}h", "method": method, **s})
-    return _ratios(rows, ("persistence", "linear", "regression") if det is not None and ens is not None
-                   else ("persistence", "linear"))
+    with_regression = forecast == "ensemble" and det is not None
+    return _ratios(rows, ("persistence", "linear", "regression") if with_regression else ("persistence", "linear"))
 
 
 #: training-period starts of the period check (evenly spread; the forecasts cost as much as the scoring)

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..nn.padding import crop, pad
 
-__all__ = ["TokenJitter", "token_offset", "diagonal_offsets", "shifted"]
+__all__ = ["TokenJitter", "token_offset", "shifted", "averaged"]
 
 
 def token_offset(sigma: float, patch: tuple[int, int]) -> tuple[int, int]:
@@ -46,11 +46,12 @@ def token_offset(sigma: float, patch: tuple[int, int]) -> tuple[int, int]:
     return k // px, k % px
 
 
-def diagonal_offsets(patch: tuple[int, int]) -> list[tuple[int, int]]:
-    """The token's diagonal offsets ``(o mod p_y, o mod p_x)``, ``o < max(p_y, p_x)``: the offsets an
-    averaged evaluation (``average``) takes the mean over."""
+def averaged(fn, patch: tuple[int, int], x: Tensor, *others: Tensor | None, periodic_x: bool = False) -> Tensor:
+    """The mean of :func:`shifted` ``fn`` over the token's diagonal offsets ``(o mod p_y, o mod p_x)``,
+    ``o < max(p_y, p_x)`` (``patch`` = (p_y, p_x)): max(p_y, p_x) evaluations."""
     py, px = (int(p) for p in patch)
-    return [(o % py, o % px) for o in range(max(py, px))]
+    offsets = [(o % py, o % px) for o in range(max(py, px))]
+    return sum(shifted(fn, o, x, *others, periodic_x=periodic_x) for o in offsets) / len(offsets)
 
 
 def shifted(fn, offset: tuple[int, int], x: Tensor, *others: Tensor | None, periodic_x: bool = False) -> Tensor:
@@ -80,12 +81,10 @@ class TokenJitter:
                 setattr(self, name, getattr(denoiser, name))
 
     def __call__(self, x: Tensor, sigma: Tensor | float, condition: Tensor | None = None, **kwargs: Any) -> Tensor:
-        if self.average:
-            offsets = diagonal_offsets(self.patch)
-            return sum(self._at(o, x, sigma, condition, kwargs) for o in offsets) / len(offsets)
-        first = float(sigma.reshape(-1)[0]) if torch.is_tensor(sigma) else float(sigma)
-        return self._at(token_offset(first, self.patch), x, sigma, condition, kwargs)
+        def fn(x, condition):
+            return self.denoiser(x, sigma=sigma, condition=condition, **kwargs)
 
-    def _at(self, offset: tuple[int, int], x: Tensor, sigma, condition: Tensor | None, kwargs: dict) -> Tensor:
-        return shifted(lambda x, condition: self.denoiser(x, sigma=sigma, condition=condition, **kwargs),
-                       offset, x, condition, periodic_x=self.periodic_x)
+        if self.average:
+            return averaged(fn, self.patch, x, condition, periodic_x=self.periodic_x)
+        first = float(sigma.reshape(-1)[0]) if torch.is_tensor(sigma) else float(sigma)
+        return shifted(fn, token_offset(first, self.patch), x, condition, periodic_x=self.periodic_x)

@@ -13,7 +13,7 @@ The ViT writes each token's p x p pixels from one token vector, and a tendency c
 grid from step to step. With ``spec.extra["token_jitter"]`` (``{"patch": [p_y, p_x], "average": true}``,
 the default of trained ones) its token grid moves: each training batch sees it at a random offset
 (:func:`~xkmcast.diffusion.token_jitter.shifted`), and a forecast step is the mean of F over the token's
-diagonal offsets (:func:`~xkmcast.diffusion.token_jitter.diagonal_offsets`: max(p_y, p_x) evaluations;
+diagonal offsets (:func:`~xkmcast.diffusion.token_jitter.averaged`: max(p_y, p_x) evaluations;
 ``"average": false``: at the grid's own offset).
 """
 
@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..diffusion import losses
-from ..diffusion.token_jitter import diagonal_offsets, shifted
+from ..diffusion.token_jitter import averaged, shifted
 from ..errors import ConfigError, explain
 from .stormcast import ForecastPipeline
 
@@ -48,10 +48,10 @@ class WeatherTransformer(ForecastPipeline):
         if self.training:  # drawn on the generator's device (the trainer's is the run's: CUDA on a GPU)
             device = generator.device if generator is not None else "cpu"
             k = int(torch.randint(py * px, (1,), generator=generator, device=device))
-            offsets = [(k // px, k % px)]
-        else:
-            offsets = diagonal_offsets((py, px)) if jitter.get("average", True) else [(0, 0)]
-        return sum(shifted(net, o, cond, periodic_x=self.periodic_x) for o in offsets) / len(offsets)
+            return shifted(net, (k // px, k % px), cond, periodic_x=self.periodic_x)
+        if jitter.get("average", True):
+            return averaged(net, (py, px), cond, periodic_x=self.periodic_x)
+        return net(cond)
 
     @torch.no_grad()
     def step(self, state: Tensor, background: Tensor | None = None, *, seeds=None, **_ignored) -> Tensor:
