@@ -237,3 +237,16 @@ def test_positional_embedding_formula_and_old_checkpoints():
     freqs = torch.tensor([1.0, 10000 ** (-1 / 3), 10000 ** (-2 / 3), 1e-4])
     torch.testing.assert_close(emb(t), torch.cat([torch.outer(t, freqs).sin(), torch.outer(t, freqs).cos()], 1))
     emb.load_state_dict({})  # checkpoints without the (deterministic) frequencies still load
+
+
+def test_unet_attention_keeps_no_token_by_token_matrix_for_backward():
+    """The attention's memory is linear in the pixels: nothing of L x L (L = H W tokens) is saved for the
+    backward pass (PyTorch's math fallback, taken for strided q / k / v, saves the softmax weights)."""
+    attn = _randomise(UNetAttention(8, num_heads=2))
+    x = _rand(2, 8, 12, 16).requires_grad_()
+    tokens = 12 * 16
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        attn(x).square().sum().backward()
+    assert saved and x.grad is not None and torch.isfinite(x.grad).all()
+    assert not [s for s in saved if list(s).count(tokens) >= 2], saved
