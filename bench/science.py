@@ -74,8 +74,9 @@ def train_pair(case: Case, outdir: Path, seconds: float, tag: str, extra: list[s
 
     half = seconds / 2
     step_kind = ["data.coarsen=1", "data.background_vars=[]", f"model.time_step={case.step_hours}h"]
+    coarse = [f"data.coarse={case.coarse}"] if case.kind == "downscale" else []
     if case.recipe:  # one command trains both stages (the recipe's contract: R/regression/0/model, R/model)
-        cfg = load_config(case.recipe, [*_common(case, outdir, seconds, [*case.overrides, *extra]),
+        cfg = load_config(case.recipe, [*_common(case, outdir, seconds, [*case.overrides, *extra]), *coarse,
                                         f"training.experiment={case.name}", f"training.run_id={tag}",
                                         f"training.resume={'latest' if reuse else 'null'}"])
         dif = train(cfg, quiet=True)
@@ -90,7 +91,7 @@ def train_pair(case: Case, outdir: Path, seconds: float, tag: str, extra: list[s
         return (None, run) if stage == "diffusion" else (run, None)
     if case.kind == "downscale":
         presets = ("corrdiff-tiny-regression", "corrdiff-tiny-diffusion")
-        kind = [f"data.coarse={case.coarse}"]
+        kind = coarse
         dif_kind = []
     else:
         presets = ("stormcast-tiny-regression", "stormcast-tiny-diffusion")

@@ -15,6 +15,13 @@
   its ``seam`` column is the blockiness at the token period over the truth's (the worst offset).
 - ``storm-vit``: the same stepping with the ViT weather transformer (``vit-tiny``, deterministic: its one
   stage is the ``regression`` row; no ensemble).
+- ``navy-x2``: FNOC monthly mean winds (the catalog's ``navy_winds``, fetched from Debian's
+  ferret-datasets package), a real global grid as old COARDS files have it: 2.5 deg, latitude ascending,
+  longitudes 20..377.5 (periodic). The coarse input is the 2 x 2 block means (5 deg, 36 x 72); the
+  target is the fine grid inside the coarse cell centres in latitude (87.5 S .. 85 N: 71 x 144, an odd
+  height the networks pad), all longitudes. Trained by the ``corrdiff-cpu`` recipe as its docs give it
+  (FINE, COARSE, train times, budget): train on 1982-1989 (96 months), validate on 1990, score on
+  1991-1992 (24 months, held out). Scores are per pixel, unweighted by area, as in the other cases.
 - ``florence-now``: hourly NCEP Stage IV radar + gauge precipitation (4 km, 118 x 87 polar-stereographic
   grid) of Hurricane Florence's landfall, 2018-09-13T19 .. 09-14T17 (23 hours; the catalog entry
   ``stageiv_florence``, fetched from Debian's r-cran-stars package), nowcast 1, 2, 3 h ahead by the
@@ -187,11 +194,42 @@ def florence_case(work: Path) -> Case | None:
                 thresholds=(1.0, 10.0), overrides=("data.transforms={tp: log1p}",))
 
 
+def navy_case(work: Path) -> Case | None:
+    """FNOC monthly winds (the catalog's ``navy_winds``) downscaled x2 on the globe; None (with a message)
+    when they cannot be fetched."""
+    import xkmcast
+
+    try:
+        raw = xkmcast.open_dataset("navy_winds").load()
+    except Exception as exc:  # no access to the Debian archive: the other cases still run
+        print(f"# navy-x2 skipped: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+        return None
+    ds = raw.rename(TIME="time", FNOCY="latitude", FNOCX="longitude")
+    for c, name in (("latitude", "latitude"), ("longitude", "longitude")):
+        ds[c].attrs["standard_name"] = name
+    coarse = _block(ds, 2)  # 36 x 72 centres at 88.75 S .. 86.25 N (the 90 N row trimmed)
+    inside = (ds["latitude"] >= coarse["latitude"].min()) & (ds["latitude"] <= coarse["latitude"].max())
+    fine_path, coarse_path = work / "navy_fine.nc", work / "navy_coarse_x2.nc"
+    _write(ds.isel(latitude=np.flatnonzero(inside.values)), fine_path)
+    _write(coarse, coarse_path)
+    times = ds["time"].values
+    year = ds["time"].dt.year.values
+    span = lambda a, b: (str(times[year >= a][0])[:19], str(times[year <= b][-1])[:19])  # noqa: E731
+    return Case("navy-x2", "downscale", fine_path, coarse_path, ["UWND", "VWND"], ["UWND", "VWND"],
+                span(1982, 1989), [span(1990, 1990)], span(1991, 1992),
+                "FNOC monthly winds, global 71x144 at 2.5 deg, coarse x2 block means, corrdiff-cpu recipe",
+                recipe="corrdiff-cpu")
+
+
 def all_cases(work: Path, names: list[str] | None = None, valid_every_days: int | None = None) -> list[Case]:
     cases = storm_cases(work, valid_every_days)
     g = guam_case(work)
     if g is not None:
         cases.insert(2, g)
+    if names is None or "navy-x2" in names:
+        n = navy_case(work)
+        if n is not None:  # after the other downscaling cases
+            cases.insert(next(i for i, c in enumerate(cases) if c.kind == "step"), n)
     if names is None or "florence-now" in names:
         f = florence_case(work)
         cases += [f] if f is not None else []

@@ -19,10 +19,12 @@ from xkmcast.data import catalog
 from xkmcast.errors import CatalogError, DownloadError, IntegrityError
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = ["hrrr_mini", "cwa_taiwan", "stageiv_florence", "era5", "hrrr_era5", "sample"]
+NAMES = ["hrrr_mini", "cwa_taiwan", "stageiv_florence", "navy_winds", "era5", "hrrr_era5", "sample"]
 STARS_DEB = "r-cran-stars_0.6-0-4_all.deb"
 STAGEIV_NC = "usr/lib/R/site-library/stars/nc/test_stageiv_xyt.nc"
 STAGEIV_VAR = "Total_precipitation_surface_1_Hour_Accumulation"
+FERRET_DEB = "ferret-datasets_7.6.0-5_all.deb"
+NAVY_NC = "usr/share/ferret-vis/data/monthly_navy_winds.cdf"
 
 
 def sha256(path: Path) -> str:  # independent of pooch
@@ -84,6 +86,7 @@ def test_open_catalog_is_intake_with_real_locations(tmp_path):
     assert urls["cwa_taiwan"] == f"{tmp_path}/cwa_taiwan/2023-01-24-cwb-4years.zarr"
     assert urls["hrrr_era5"] == f"{tmp_path}/hrrr_era5/hrrr/valid/2021.zarr"
     assert urls["stageiv_florence"] == f"{tmp_path}/{STARS_DEB.removesuffix('.deb')}/{STAGEIV_NC}"
+    assert urls["navy_winds"] == f"{tmp_path}/{FERRET_DEB.removesuffix('.deb')}/{NAVY_NC}"
     assert Path(urls["sample"]).resolve() == (catalog.CATALOG_PATH.parent.parent / "sample" / "sample.nc").resolve()
 
 
@@ -111,6 +114,13 @@ def test_registry_pins_the_stars_debian_package():
     assert entry.sha256 == "a273913b84ce428c8a6f5eb3538776c8bcefb5756d473f0c4c2fd2a914e98a53"
     assert entry.url == f"http://deb.debian.org/debian/pool/main/r/r-cran-stars/{STARS_DEB}"
     assert entry.archive_suffix == ".deb" and entry.stem == STARS_DEB.removesuffix(".deb")
+
+
+def test_registry_pins_the_ferret_datasets_debian_package():
+    entry = catalog.load_registry()[FERRET_DEB]
+    assert entry.sha256 == "e5770222647ebfe2ab77b845e07a7e05cb6fed7b12dec9ae287a1f8046031744"
+    assert entry.url == f"http://deb.debian.org/debian/pool/main/f/ferret-vis/{FERRET_DEB}"
+    assert entry.archive_suffix == ".deb" and entry.stem == FERRET_DEB.removesuffix(".deb")
 
 
 def test_unknown_hash_is_never_downloaded(served):
@@ -282,27 +292,33 @@ def _stageiv_like(path: Path) -> xr.Dataset:
     return ds
 
 
-@pytest.fixture()
-def stars_deb(tmp_path, http_server, monkeypatch):
-    """A small r-cran-stars .deb served from 127.0.0.1, pinned in a $XKMCAST_REGISTRY file under the
-    packaged key (so the catalog entry's fetch key resolves to it); an empty cache."""
+def _serve_deb(tmp_path, http_server, monkeypatch, deb_name: str, member: str, payload: bytes):
+    """A .deb holding ``payload`` at ``member``, served from 127.0.0.1 and pinned in a $XKMCAST_REGISTRY
+    file under the packaged key (so a catalog entry's fetch key resolves to it); an empty cache.
+    ``(server, registry, cache)``."""
     site = tmp_path / "site"
-    site.mkdir()
-    nc = tmp_path / "test_stageiv_xyt.nc"
-    written = _stageiv_like(nc)
-    member = tarfile.TarInfo(f"./{STAGEIV_NC}")
-    member.mode = 0o644
+    site.mkdir(exist_ok=True)
+    info = tarfile.TarInfo(f"./{member}")
+    info.mode = 0o644
     root = tarfile.TarInfo("./")
     root.type, root.mode = tarfile.DIRTYPE, 0o755
-    deb = write_deb(site / STARS_DEB, [(root, None), (member, nc.read_bytes())])
+    deb = write_deb(site / deb_name, [(root, None), (info, payload)])
     server = http_server(site)
     registry = tmp_path / "registry.txt"
-    registry.write_text(f"{STARS_DEB} {sha256(deb)} {server.url}/{STARS_DEB}\n")
+    registry.write_text(f"{deb_name} {sha256(deb)} {server.url}/{deb_name}\n")
     cache = tmp_path / "cache"
     monkeypatch.setenv("XKMCAST_REGISTRY", str(registry))
     monkeypatch.setenv("XKMCAST_DATA_DIR", str(cache))
     monkeypatch.delenv("XKMCAST_BASE_URL", raising=False)
-    return server, registry, cache, written
+    return server, registry, cache
+
+
+@pytest.fixture()
+def stars_deb(tmp_path, http_server, monkeypatch):
+    """A small r-cran-stars .deb (:func:`_serve_deb`) holding a stand-in of the Stage IV file."""
+    nc = tmp_path / "test_stageiv_xyt.nc"
+    written = _stageiv_like(nc)
+    return (*_serve_deb(tmp_path, http_server, monkeypatch, STARS_DEB, STAGEIV_NC, nc.read_bytes()), written)
 
 
 def test_stageiv_florence_is_fetched_from_a_deb_and_opened_by_the_catalog(stars_deb):
@@ -353,3 +369,43 @@ def test_hash_pinned_deb_with_a_traversal_member_is_refused(stars_deb, tmp_path)
         catalog.catalog_fetch("stageiv_florence", progress=False)
     assert not (cache / STARS_DEB.removesuffix(".deb")).exists()
     assert not (cache / "evil").exists() and not (tmp_path / "evil").exists()
+
+
+# ------------------------------------------------------------- navy_winds: COARDS NetCDF inside a .deb
+
+
+def _navy_like(path: Path) -> xr.Dataset:
+    """A tiny stand-in for Ferret's monthly_navy_winds.cdf: NetCDF classic, COARDS, the real names,
+    units and axes (hours since 1980-01-14 14:00, latitude ascending with the poles, longitude past 360)."""
+    rng = np.random.default_rng(5)
+    lat, lon = np.arange(-90.0, 90.1, 45.0), np.arange(20.0, 380.0, 90.0)
+    wind = {"units": "M/S", "history": "From monthly_navy_winds"}
+    ds = xr.Dataset(
+        {"UWND": (("TIME", "FNOCY", "FNOCX"), rng.normal(0, 5, (3, 5, 4)).astype("f4"), {**wind, "long_name": "ZONAL WIND"}),
+         "VWND": (("TIME", "FNOCY", "FNOCX"), rng.normal(0, 5, (3, 5, 4)).astype("f4"),
+                  {**wind, "long_name": "MERIDIONAL WIND"})},
+        coords={"TIME": ("TIME", [17598.0, 18328.5, 19059.0], {"units": "hour since 1980-01-14 14:00:00"}),
+                "FNOCY": ("FNOCY", lat, {"units": "degrees_north"}), "FNOCX": ("FNOCX", lon, {"units": "degrees_east"})},
+        attrs={"history": "FERRET V4.45 (GUI) 22-May-97"},
+    )
+    ds.to_netcdf(path, engine="netcdf4", format="NETCDF3_CLASSIC")
+    return ds
+
+
+def test_navy_winds_are_fetched_from_a_deb_and_opened_as_cf(tmp_path, http_server, monkeypatch):
+    import cf_xarray  # noqa: F401
+
+    from xkmcast.data import open_dataset
+    from xkmcast.fields.variables import normalise_units
+
+    nc = tmp_path / "monthly_navy_winds.cdf"
+    written = _navy_like(nc)
+    server, _, cache = _serve_deb(tmp_path, http_server, monkeypatch, FERRET_DEB, NAVY_NC, nc.read_bytes())
+    folder = catalog.catalog_fetch("navy_winds", progress=False)
+    assert folder == cache / FERRET_DEB.removesuffix(".deb") and (folder / NAVY_NC).is_file()
+    assert server.requests == [f"/{FERRET_DEB}"]
+    ds = open_dataset("navy_winds", progress=False)
+    np.testing.assert_array_equal(ds["UWND"].values, written["UWND"].values)
+    assert str(ds["TIME"].values[0])[:16] == "1982-01-16T20:00"  # 17598 h after 1980-01-14T14:00 (the real first value)
+    assert ds.cf["latitude"].name == "FNOCY" and ds.cf["longitude"].name == "FNOCX"
+    assert normalise_units(ds["VWND"].attrs["units"]) == "m s-1"

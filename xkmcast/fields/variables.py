@@ -48,7 +48,7 @@ UNIT_ALIASES: dict[str, tuple[str, ...]] = {
     "Pa": ("Pa", "pa", "pascal", "Pascal"),
     "hPa": ("hPa", "hpa", "mb", "mbar", "millibar", "millibars", "hectopascal"),
     "kPa": ("kPa", "kpa"),
-    "m s-1": ("m s-1", "m/s", "m s**-1", "m s^-1", "m.s-1", "ms-1", "m*s-1", "meters/second", "metre/second"),
+    "m s-1": ("m s-1", "m/s", "M/S", "m s**-1", "m s^-1", "m.s-1", "ms-1", "m*s-1", "meters/second", "metre/second"),
     "knots": ("knots", "kt", "kts", "knot"),
     "km h-1": ("km h-1", "km/h", "kph"),
     "kg m-2": ("kg m-2", "kg m**-2", "kg/m2", "kg/m^2", "kg m^-2", "kg.m-2"),
