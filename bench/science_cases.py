@@ -18,8 +18,8 @@
 - ``navy-x2``: FNOC monthly mean winds (the catalog's ``navy_winds``, fetched from Debian's
   ferret-datasets package), a real global grid as old COARDS files have it: 2.5 deg, latitude ascending,
   longitudes 20..377.5 (periodic). The coarse input is the 2 x 2 block means (5 deg, 36 x 72); the
-  target is the fine grid inside the coarse cell centres in latitude (87.5 S .. 85 N: 71 x 144, an odd
-  height the networks pad), all longitudes. Trained by the ``corrdiff-cpu`` recipe as its docs give it
+  target is the fine grid inside the coarse cell centres in latitude (87.5 S .. 85 N: 70 x 144), all
+  longitudes (the model pads circularly across 377.5 / 20 E). Trained by the ``corrdiff-cpu`` recipe as its docs give it
   (FINE, COARSE, train times, budget): train on 1982-1989 (96 months), validate on 1990, score on
   1991-1992 (24 months, held out). Scores are per pixel, unweighted by area, as in the other cases.
 - ``florence-now``: hourly NCEP Stage IV radar + gauge precipitation (4 km, 118 x 87 polar-stereographic
@@ -217,7 +217,7 @@ def navy_case(work: Path) -> Case | None:
     span = lambda a, b: (str(times[year >= a][0])[:19], str(times[year <= b][-1])[:19])  # noqa: E731
     return Case("navy-x2", "downscale", fine_path, coarse_path, ["UWND", "VWND"], ["UWND", "VWND"],
                 span(1982, 1989), [span(1990, 1990)], span(1991, 1992),
-                "FNOC monthly winds, global 71x144 at 2.5 deg, coarse x2 block means, corrdiff-cpu recipe",
+                "FNOC monthly winds, global 70x144 at 2.5 deg, coarse x2 block means, corrdiff-cpu recipe",
                 recipe="corrdiff-cpu")
 
 
