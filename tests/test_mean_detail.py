@@ -46,9 +46,10 @@ def _pooled_factor(pairs):
 
 def test_stationary_detail_is_kept_and_detail_that_flips_sign_is_weighed_out():
     """t2m departs from interpolation by a fixed pattern P plus noise; tp by +Q or -Q in turn (2 of 3
-    training times +Q, validation times -Q). Then m = the training mean, and w is the least-squares
-    factor over the pairs (validation time, m) and, cross-fitted, (training time k, mean of the other
-    training times): near 1 for t2m, 0 for tp (clipped: the departures are anti-correlated with it)."""
+    training times +Q, validation times -Q). Then m = the training mean, and w is the smaller of the
+    least-squares factors over the pairs (validation time, m) and, cross-fitted, (training time k, mean
+    of the other training times): near 1 for t2m, 0 for tp (clipped: the departures are anti-correlated
+    with it)."""
     pipe = _pipeline()
     g = torch.Generator().manual_seed(0)
     P, Q = torch.randn(*FINE_SHAPE, generator=g), torch.randn(*FINE_SHAPE, generator=g)
@@ -63,8 +64,9 @@ def test_stationary_detail_is_kept_and_detail_that_flips_sign_is_weighed_out():
     m = np.mean(train, axis=0)
     others = [np.mean(train[:k] + train[k + 1:], axis=0) for k in range(3)]
     for c in range(2):
-        pairs = [(v[c], m[c]) for v in valid] + [(t[c], o[c]) for t, o in zip(train, others)]
-        assert weights[c] == pytest.approx(_pooled_factor(pairs), abs=1e-5), c
+        on_valid = _pooled_factor([(v[c], m[c]) for v in valid])
+        on_blocks = _pooled_factor([(t[c], o[c]) for t, o in zip(train, others)])
+        assert weights[c] == pytest.approx(min(on_valid, on_blocks), abs=1e-5), c
     assert weights[0] > 0.8 and weights[1] == 0.0
     torch.testing.assert_close(detail[0], torch.from_numpy(weights[0] * m[0]).float(), rtol=1e-4, atol=1e-5)
     assert torch.count_nonzero(detail[1]) == 0
@@ -175,3 +177,27 @@ def test_on_real_wrf_fields_the_detail_of_one_hour_halves_the_t2m_error_of_a_lat
     assert err[1] < 0.85 * bilinear[1], (err, bilinear)
     assert err[2] < 1.1 * bilinear[2], (err, bilinear)
     np.testing.assert_array_less(0, bilinear)
+
+
+def test_the_weight_is_the_smaller_factor_of_the_validation_times_and_the_blocks():
+    """A detail that holds over the 8 training times (blocks: factor ~1) and is gone at the validation
+    times (the record changed late) is weighed by the validation factor (~0), not their pooled fit
+    (which the 8 training times would dominate); and the other way round, a detail judged ~0 by the
+    blocks (present in half of them) is not brought back up by validation times that have it."""
+    pipe = _pipeline()
+    g = torch.Generator().manual_seed(5)
+    P = torch.randn(2, *FINE_SHAPE, generator=g)
+    noise = lambda: 0.2 * torch.randn(2, *FINE_SHAPE, generator=g)  # noqa: E731
+    steady = [(P + noise()).double().numpy() for _ in range(8)]
+    gone = [noise().double().numpy() for _ in range(2)]
+    to_items = lambda deps, seed: _items(pipe, [torch.from_numpy(d).float() for d in deps], seed)  # noqa: E731
+    _, weights = mean_detail(pipe, to_items(steady, 1), to_items(gone, 2))
+    m = np.mean(steady, axis=0)
+    for c in range(2):
+        on_valid = _pooled_factor([(v[c], m[c]) for v in gone])
+        assert weights[c] == pytest.approx(on_valid, abs=1e-5) and weights[c] < 0.2
+    half = [((P if t < 4 else 0 * P) + noise()).double().numpy() for t in range(8)]
+    kept = [(P + noise()).double().numpy() for _ in range(2)]
+    _, weights = mean_detail(pipe, to_items(half, 3), to_items(kept, 4))
+    _, on_blocks = mean_detail(pipe, to_items(half, 3))
+    assert weights == pytest.approx(on_blocks, abs=1e-6) and max(weights) < 0.8
