@@ -205,8 +205,8 @@ def navy_case(work: Path) -> Case | None:
         print(f"# navy-x2 skipped: {type(exc).__name__}: {str(exc).splitlines()[0]}")
         return None
     ds = raw.rename(TIME="time", FNOCY="latitude", FNOCX="longitude")
-    for c, name in (("latitude", "latitude"), ("longitude", "longitude")):
-        ds[c].attrs["standard_name"] = name
+    for c in ("latitude", "longitude"):
+        ds[c].attrs["standard_name"] = c
     coarse = _block(ds, 2)  # 36 x 72 centres at 88.75 S .. 86.25 N (the 90 N row trimmed)
     inside = (ds["latitude"] >= coarse["latitude"].min()) & (ds["latitude"] <= coarse["latitude"].max())
     fine_path, coarse_path = work / "navy_fine.nc", work / "navy_coarse_x2.nc"

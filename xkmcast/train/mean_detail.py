@@ -23,9 +23,9 @@ valid pixels of each time). The two sets see different ways a detail can fail to
 weight takes the smaller: validation days next to the training days over-rate a detail that drifts
 slowly (the 1996 blizzard x2: t2m 0.99 on them, 0.58 on the held-out days), the blocks far apart in
 time over-rate one that changed late in the record (FNOC monthly winds 1982-1992 x2, v: 0.85 on the
-blocks of 1982-1989, 0.38 on 1990, 0.31 on 1991-1992; a regression cannot take a fixed pattern back
-out of its base, so too large a weight costs more than too small). ``w = 1`` without validation times and
-with a single training block.
+blocks of 1982-1989, 0.38 on 1990, 0.31 on 1991-1992; the regression network, whose only position
+inputs are 4 smooth sinusoids, cannot take a fixed fine pattern back out of its base, so too large a
+weight costs more than too small). ``w = 1`` without validation times and with a single training block.
 For an output that is not an input, ``interp_c = 0`` and ``m_c`` is its training-mean anomaly.
 
 Measured on real fields (docs/guide/training.md): WRF Guam at 0.78 km coarsened x4 (no orography
