@@ -66,8 +66,10 @@ def _fit_terms(d, ok, m):
     return (d * m).sum(dim=(0, 2, 3)), (ok * m.pow(2)).sum(dim=(0, 2, 3))
 
 
-def _factor(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    """``clip(num / den, 0, 1)`` per channel, 0 where ``den`` is 0 (no detail to weigh)."""
+def _factor(terms: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """``f(P)``, ``clip(sum num / sum den, 0, 1)`` per channel over the :func:`_fit_terms` of a set of
+    pairs; 0 where the summed ``den`` is 0 (no detail to weigh)."""
+    num, den = sum(n for n, _ in terms), sum(q for _, q in terms)
     return torch.where(den > 0, num / den.clamp(min=1e-300), torch.zeros_like(den)).clamp(0.0, 1.0)
 
 
@@ -87,12 +89,10 @@ def mean_detail(pipeline, train, valid=None) -> tuple[torch.Tensor, list[float]]
         m = total / count.clamp(min=1)  # (C_out, H, W)
         factors = []  # f(P_blocks), f(P_valid): those there are
         if blocks > 1:  # sum over t in k of d_t . m_{-k} is S_k . m_{-k}
-            terms = [_fit_terms(s[None], c[None], (total - s) / (count - c).clamp(min=1))
-                     for s, c in zip(sums, counts) if torch.is_tensor(s)]  # not a block no sample was read from
-            factors.append(_factor(sum(n for n, _ in terms), sum(q for _, q in terms)))
+            factors.append(_factor([_fit_terms(s[None], c[None], (total - s) / (count - c).clamp(min=1))
+                                    for s, c in zip(sums, counts) if torch.is_tensor(s)]))  # blocks read from
         if has_valid:
-            terms = [_fit_terms(d, ok, m) for _, d, ok in _departures(pipeline, valid)]
-            factors.append(_factor(sum(n for n, _ in terms), sum(q for _, q in terms)))
+            factors.append(_factor([_fit_terms(d, ok, m) for _, d, ok in _departures(pipeline, valid)]))
         weights = torch.stack(factors).amin(dim=0).cpu() if factors else torch.ones(m.shape[0], dtype=torch.float64)
     detail = (m * weights.to(m).reshape(-1, 1, 1)).float().cpu()
     return detail, [float(w) for w in weights]
