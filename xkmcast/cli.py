@@ -178,7 +178,7 @@ def downscale(
     allow_outside: bool = typer.Option(False, "--allow-outside",
                                        help="model grid points the input does not cover come out NaN instead of an error"),
     device: str | None = typer.Option(None, help="cuda / cpu (default: automatic)"),
-    precision: str = typer.Option("fp32", help="fp32, or amp-bf16 (bfloat16 autocast on CUDA and CPU)"),
+    precision: str = typer.Option("fp32", help="fp32, amp-bf16 (bfloat16 autocast on CUDA and CPU), or auto (amp-bf16 where the device computes bfloat16 in hardware)"),
     overwrite: bool = typer.Option(False, help="replace an existing output"),
     quiet: bool = typer.Option(False, help="no progress bar"),
     check_ranges: bool = typer.Option(True, help="refuse physically implausible input values (wrong units)"),

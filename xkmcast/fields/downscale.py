@@ -259,7 +259,8 @@ def downscale(
     :meth:`xkmcast.models.base.Pipeline.members_about_mean`).
 
     ``device``: "cuda", "cpu", ... (default: CUDA when present); ``precision="amp-bf16"`` runs the
-    networks under bfloat16 autocast (CUDA and CPU), the sampler state staying float64.
+    networks under bfloat16 autocast (CUDA and CPU), the sampler state staying float64; ``"auto"`` does
+    where the device computes bfloat16 in hardware (:func:`xkmcast.device.resolve_precision`).
 
     Returns a Dataset on the model grid with one variable per output channel, dims
     ``(member, time, y, x)``, 2-D ``lat`` / ``lon``, the grid's ``crs`` and CF attributes (on a lat/lon

@@ -355,7 +355,9 @@ class TrainingConfig(_Strict):
     schedule: Literal["constant", "cosine", "linear", "rsqrt"] = "constant"
     min_lr: float = Field(default=0.0, ge=0)
     grad_clip: float | None = Field(default=None, gt=0)
-    precision: Literal["fp32", "amp-bf16"] = "fp32"
+    #: "auto": bfloat16 autocast where the device computes bf16 in hardware, else fp32
+    #: (:func:`xkmcast.device.resolve_precision`)
+    precision: Literal["fp32", "amp-bf16", "auto"] = "fp32"
     ema: EMAConfig = Field(default_factory=EMAConfig)
     validate_every: int = Field(default=100, ge=1)
     valid_batches: int | None = Field(default=8, ge=1)

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from ..device import autocast
+from ..device import autocast, native_bf16, resolve_precision
 from ..diffusion.seeds import row_seeds
 from ..errors import ConfigError, XkmcastError, explain
 from . import checkpoint as ckpt
@@ -229,6 +229,11 @@ class Trainer:
                           tensorboard=t.tensorboard, quiet=self.quiet, batch_size=t.batch_size,
                           progress_every=t.log_every,
                           time_left=None if t.time_budget is None else lambda: t.time_budget - self.elapsed)
+        self.precision = resolve_precision(self.env.device, t.precision)
+        if t.precision == "auto":
+            hardware = native_bf16(self.env.device)
+            self.log.message(f"precision auto: {self.precision} "
+                             + (f"({hardware} computes bfloat16)" if hardware else "(no bfloat16 hardware found)"))
         weights = self.pipeline.spec.extra.get("mean_detail_weights")
         if weights and self.stage == "regression":
             self.log.message("regression base: the regridded input + the training-mean fine detail, weighed on "
@@ -276,7 +281,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------- step
     def _autocast(self):
-        return autocast(self.env.device, self.t.precision)
+        return autocast(self.env.device, self.precision)
 
     def _train_step(self, batches: Iterator[Any], bins: SigmaBins) -> float:
         self.optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,80 @@
+"""``precision: auto``: bfloat16 autocast where the device computes it in hardware, fp32 elsewhere; the
+CPU recipes train with it, and a run under ``auto`` is the run under the precision it resolves to."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from xkmcast.device import autocast, native_bf16, resolve_precision
+from xkmcast.errors import ConfigError
+from xkmcast.train.config import load_config
+
+CPU = torch.device("cpu")
+
+
+def _cpu_probes(monkeypatch, amx: bool, avx512_bf16: bool) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+
+
+@pytest.mark.parametrize(("amx", "avx", "found"), [(True, True, "AMX"), (False, True, "AVX-512 BF16"),
+                                                   (False, False, None)])
+def test_native_bf16_names_the_cpu_hardware_or_none(monkeypatch, amx, avx, found):
+    _cpu_probes(monkeypatch, amx, avx)
+    assert native_bf16(CPU) == found
+    assert resolve_precision(CPU, "auto") == ("amp-bf16" if found else "fp32")
+
+
+def test_explicit_precisions_pass_through_and_unknown_ones_are_refused(monkeypatch):
+    _cpu_probes(monkeypatch, False, False)
+    assert resolve_precision(CPU, "amp-bf16") == "amp-bf16"  # asked for: emulated, but as asked
+    _cpu_probes(monkeypatch, True, True)
+    assert resolve_precision(CPU, "fp32") == "fp32"
+    with pytest.raises(ConfigError, match="precision"):
+        resolve_precision(CPU, "fp16")
+
+
+@pytest.mark.parametrize(("native", "dtype"), [(True, torch.bfloat16), (False, torch.float32)])
+def test_autocast_auto_computes_in_the_resolved_dtype(monkeypatch, native, dtype):
+    _cpu_probes(monkeypatch, native, False)
+    a, b = torch.randn(8, 8), torch.randn(8, 8)
+    with autocast(CPU, "auto"):
+        assert (a @ b).dtype == dtype
+
+
+def test_the_cpu_recipes_train_with_auto_precision():
+    for recipe in ("corrdiff-cpu", "stormcast-cpu"):
+        assert load_config(recipe, ["data.source=synthetic"]).training.precision == "auto"
+    assert load_config("corrdiff-tiny-regression").training.precision == "fp32"  # the tiny presets stay exact
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("native", [True, False])
+def test_a_run_under_auto_is_the_run_under_the_precision_it_resolves_to(monkeypatch, tmp_path, tmp_path_factory,
+                                                                        capsys, native):
+    """The same 4 steps, bitwise: under ``auto`` with bf16 hardware (faked: CPU autocast runs on any CPU)
+    as under ``amp-bf16``, without it as under ``fp32``; the run log says what ``auto`` chose and why.
+    The two resolutions differ from each other (so the comparison can fail)."""
+    from test_train_trainer import prepared_store, tiny_config
+
+    from xkmcast.train.trainer import train
+
+    torch.set_num_threads(1)
+    store = prepared_store(tmp_path_factory)
+    _cpu_probes(monkeypatch, native, False)
+
+    def losses(precision: str) -> list[float]:
+        run = train(tiny_config(store, tmp_path, f"training.experiment={precision}-{native}", "training.duration=4",
+                                f"training.precision={precision}"), quiet=True)
+        said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("precision auto")]
+        assert said == ([] if precision != "auto" else ["precision auto: amp-bf16 (AMX computes bfloat16)" if native
+                                                         else "precision auto: fp32 (no bfloat16 hardware found)"]), said
+        rows = [json.loads(line) for line in (run.run_dir / "log.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in rows if "loss" in r]
+
+    auto, resolved, other = losses("auto"), losses("amp-bf16" if native else "fp32"), losses("fp32" if native else "amp-bf16")
+    assert len(auto) == 4 and auto == resolved
+    assert auto != other
