@@ -37,6 +37,19 @@ def test_explicit_precisions_pass_through_and_unknown_ones_are_refused(monkeypat
         resolve_precision(CPU, "fp16")
 
 
+def test_a_gpu_that_only_emulates_bf16_is_not_native(monkeypatch):
+    """torch.cuda.is_bf16_supported() counts emulation by default (pre-Ampere GPUs): auto must not."""
+    asked = []
+
+    def supported(including_emulation: bool = True) -> bool:
+        asked.append(including_emulation)
+        return including_emulation  # an emulating GPU: yes only when emulation counts
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
+    assert native_bf16(torch.device("cuda")) is None and asked == [False]
+    assert native_bf16(torch.device("meta")) is None  # no probe for other devices: fp32
+
+
 @pytest.mark.parametrize(("native", "dtype"), [(True, torch.bfloat16), (False, torch.float32)])
 def test_autocast_auto_computes_in_the_resolved_dtype(monkeypatch, native, dtype):
     _cpu_probes(monkeypatch, native, False)

@@ -65,8 +65,8 @@ def native_bf16(device: torch.device) -> str | None:
     (Ampere and later); on a CPU the AMX tiles or the AVX-512 BF16 instructions (Intel Cooper Lake,
     Sapphire Rapids and later; AMD Zen 4 and later), which oneDNN's bf16 convolutions and matrix products
     use. Elsewhere bf16 is emulated and slower than fp32."""
-    if device.type == "cuda":
-        return "CUDA" if torch.cuda.is_bf16_supported() else None
+    if device.type == "cuda":  # (torch's default also counts a GPU that only emulates bf16)
+        return "CUDA" if torch.cuda.is_bf16_supported(including_emulation=False) else None
     if device.type == "cpu":
         cpu = getattr(torch, "cpu", None)
         for name, probe in (("AMX", "_is_amx_tile_supported"), ("AVX-512 BF16", "_is_avx512_bf16_supported")):
