@@ -91,3 +91,17 @@ def test_a_run_under_auto_is_the_run_under_the_precision_it_resolves_to(monkeypa
     auto, resolved, other = losses("auto"), losses("amp-bf16" if native else "fp32"), losses("fp32" if native else "amp-bf16")
     assert len(auto) == 4 and auto == resolved
     assert auto != other
+
+
+@pytest.mark.parametrize(("native", "resolved"), [(True, "amp-bf16"), (False, "fp32")])
+def test_a_written_forecast_records_the_precision_auto_resolved_to(monkeypatch, tmp_path, native, resolved):
+    """The zarr output's settings (which a resumed forecast must match) hold what ran, not "auto"."""
+    from _tiny import coarse_dataset, state_dataset, tiny_stormcast
+
+    _cpu_probes(monkeypatch, native, False)
+    path = tmp_path / "f.zarr"
+    state_dataset(1).kmcast.forecast(tiny_stormcast(), steps=1, background=coarse_dataset(2), output=path,
+                                     precision="auto")
+    import xarray as xr
+
+    assert json.loads(xr.open_zarr(path).attrs["xkmcast_settings"])["precision"] == resolved

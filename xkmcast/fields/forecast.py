@@ -69,12 +69,13 @@ def forecast(
 
     ``precision="amp-bf16"`` runs the networks under bfloat16 autocast (CUDA and CPU). The state and
     the background are checked as in :func:`xkmcast.fields.downscale.downscale` (``check_ranges``)."""
-    from ..device import check_precision
+    from ..device import check_precision, resolve_precision
     from .validate import require_positive
 
     check_precision(precision)
     require_positive(steps=steps, members=members, num_steps=num_steps, batch_size=batch_size)
     pipeline = resolve_model(model, device)
+    precision = resolve_precision(pipeline.device, precision)  # "auto": what this device runs (recorded)
     spec = pipeline.spec
     require_task(pipeline, forecast=True, centre=centre)
     dt = _time_step(pipeline)
