@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+import xarray as xr
 from typer.testing import CliRunner
 
 import xkmcast
 from xkmcast.cli import app
 from xkmcast.train.config import load_config
-from xkmcast.train.recipe import available_variables
+from xkmcast.train.recipe import WINDOW_PIXELS, auto_window, available_variables
 
 runner = CliRunner()
 
@@ -81,3 +83,58 @@ def test_stormcast_cpu_trains_a_state_only_forecaster(tmp_path):
     assert len(gains) == 3 and gains[0] == [1.0] * 3 and all(g >= 0 for row in gains for g in row)
     out = state.isel(time=[0]).kmcast.forecast(model, steps=3, members=2, num_steps=2)
     assert out["t2m"].sizes["member"] == 2 and np.isfinite(out["t2m"].values).all()
+
+
+@pytest.mark.parametrize("shape, window", [((200, 400), [80, 192]), ((180, 360), [80, 192]), ((100, 1000), [32, 512]),
+                                           ((448, 448), [128, 128]), ((20, 4000), [16, 1024]),
+                                           ((70, 144), None), ((181, 181), None), ((118, 87), None)])
+def test_auto_window_keeps_whole_fields_up_to_twice_its_pixels_and_follows_the_grids_aspect(shape, window):
+    got = auto_window(shape)
+    assert got == window
+    if got is not None:  # inside the grid, sides multiples of 16, about WINDOW_PIXELS pixels
+        assert all(16 <= g <= n and g % 16 == 0 for g, n in zip(got, shape))
+        assert WINDOW_PIXELS / 2 < got[0] * got[1] <= WINDOW_PIXELS
+    else:
+        assert shape[0] * shape[1] <= 2 * WINDOW_PIXELS
+
+
+def _grid_files(root, ny, nx, factor=4):
+    """A fine (ny, nx) and a coarse (ny / factor, nx / factor) t2m on a regional lat / lon grid, 3 times."""
+    root.mkdir(exist_ok=True)
+    times = pd.date_range("2024-01-01", periods=3, freq="1h")
+
+    def ds(n_y, n_x, d):
+        lat = 20 + d * np.arange(n_y)
+        lon = -120 + d * np.arange(n_x)
+        t2m = 280 + np.zeros((3, n_y, n_x), "float32")
+        return xr.Dataset({"t2m": (("time", "latitude", "longitude"), t2m, {"units": "K"})},
+                          coords={"time": times, "latitude": ("latitude", lat, {"standard_name": "latitude", "units": "degrees_north"}),
+                                  "longitude": ("longitude", lon, {"standard_name": "longitude", "units": "degrees_east"})})
+
+    ds(ny, nx, 0.03).to_netcdf(root / "fine.nc")
+    ds(ny // factor, nx // factor, 0.03 * factor).to_netcdf(root / "coarse.nc")
+    return [f"data.source={root / 'fine.nc'}", f"data.coarse={root / 'coarse.nc'}"]
+
+
+@pytest.mark.parametrize("recipe", ["corrdiff-cpu", "stormcast-cpu"])
+def test_a_recipe_on_a_large_grid_trains_on_windows_unless_told_otherwise(tmp_path, recipe):
+    """A 200 x 400 grid trains on 80 x 192 windows (both stages of CorrDiff: the spec's patch and the
+    regression's windows; StormCast's regression); data.patch of the whole grid keeps whole fields."""
+    from xkmcast.models.regression_windows import training_window
+    from xkmcast.models.specs import spec_from_config
+    from xkmcast.train.recipe import _fill_variables
+
+    files = _grid_files(tmp_path / "large", 200, 400)
+    cfg = _fill_variables(load_config(recipe, files))
+    assert cfg.data.patch == [80, 192]
+    spec = spec_from_config(cfg.model.model_copy(update={"stage": "regression"}), cfg.data, (200, 400))
+    assert training_window(spec, "regression", (200, 400)) == [80, 192]
+    if recipe == "corrdiff-cpu":
+        spec = spec_from_config(cfg.model.model_copy(update={"stage": "diffusion"}), cfg.data, (200, 400))
+        assert training_window(spec, "diffusion", (200, 400)) == [80, 192]
+    whole = _fill_variables(load_config(recipe, [*files, "data.patch=[200, 400]"]))
+    assert whole.data.patch == [200, 400]
+    spec = spec_from_config(whole.model.model_copy(update={"stage": "regression"}), whole.data, (200, 400))
+    assert training_window(spec, "regression", (200, 400)) is None
+    small = _fill_variables(load_config(recipe, _grid_files(tmp_path / "small", 64, 128)))
+    assert small.data.patch is None

@@ -33,7 +33,7 @@ from torch import Tensor
 from ..diffusion.losses import reduce_per_sample
 from ..diffusion.patching import extract_patches, halo_windows, row_index
 
-__all__ = ["window_setting", "position_kwargs", "windowed_loss"]
+__all__ = ["window_setting", "training_window", "position_kwargs", "windowed_loss"]
 
 
 def window_setting(spec, shape: Sequence[int]) -> dict[str, Any] | None:
@@ -43,6 +43,18 @@ def window_setting(spec, shape: Sequence[int]) -> dict[str, Any] | None:
     if not setting:
         return None
     return setting if any(int(p) < int(n) for p, n in zip(setting["shape"], shape)) else None
+
+
+def training_window(spec, stage: str, shape: Sequence[int] | None) -> list[int] | None:
+    """The window ``[h, w]`` the ``stage`` of ``spec`` trains on in a field of ``shape`` (H, W): the
+    regression's (:func:`window_setting`), the patched diffusion's ``spec.patch``; None: whole fields."""
+    if shape is None:
+        return None
+    if stage == "regression":
+        setting = window_setting(spec, shape)
+        return None if setting is None else [int(p) for p in setting["shape"]]
+    patch = getattr(spec, "patch", None)
+    return [int(p) for p in patch] if patch and [int(p) for p in patch] != [int(n) for n in shape] else None
 
 
 def position_kwargs(net: torch.nn.Module, global_index: Tensor) -> dict[str, Tensor]:

@@ -53,44 +53,52 @@ def calibrate_spread(pipeline, trainer) -> None:
     scale on a regression mean, else the spread factor about the ensemble mean -- into ``pipeline.spec.extra``;
     then with ``model.spread_by_scale`` its gain by spatial scale (:mod:`.spread_by_scale`), then the gains by
     value of the channels ``model.spread_by_value`` names (:func:`.spread.value_channels`), then a stepping
-    model's gains for the first ``model.spread_steps`` steps of a rollout."""
-    from .spread import (MAX_CHAINS, calibrated_sample_scale, calibrated_spread_factor, calibrated_step_gains,
-                         calibrated_value_gains, chains_time_of_day, rollout_chains, value_channels)
+    model's gains for the first ``model.spread_steps`` steps of a rollout. The first three share one set of
+    validation draws (:func:`.spread.validation_draws`) on :func:`.spread.calibration_samples` samples; the
+    rollouts start from as many validation times at most."""
+    from .spread import (CALIBRATION_MEMBERS, MAX_CHAINS, calibrated_sample_scale, calibrated_spread_factor,
+                         calibrated_step_gains, calibrated_value_gains, calibration_samples, chains_time_of_day,
+                         rollout_chains, validation_draws, value_channels)
     from .spread_by_scale import calibrated_scale_gains
 
     m = trainer.cfg.model
     if trainer.stage != "diffusion" or not m.spread_calibration or m.residual_scale != "auto":
         return
+    valid, seed = trainer.valid_data, trainer.t.seed
+    if valid is None or len(valid) == 0:
+        return
+    samples = calibration_samples(pipeline.spec.grid.get("shape"), pipeline.device)
+    drawn = list(validation_draws(pipeline, valid, CALIBRATION_MEMBERS, samples, seed))
     on_mean = "regression" in pipeline.stages
     key, fn = ("sample_scale", calibrated_sample_scale) if on_mean else ("spread_factor", calibrated_spread_factor)
-    values = fn(pipeline, trainer.valid_data, seed=trainer.t.seed)
+    values = fn(pipeline, valid, max_samples=samples, seed=seed, drawn=drawn)
     if values is None:
         return
     names = pipeline.spec.output_vars
     pipeline.spec.extra[key] = values
     trainer.log.message(f"members' spread calibrated on the validation times: {key} "
                         + ", ".join(f"{v}={x:.3g}" for v, x in zip(names, values)))
-    by_scale = calibrated_scale_gains(pipeline, trainer.valid_data, seed=trainer.t.seed) if m.spread_by_scale else None
+    by_scale = (calibrated_scale_gains(pipeline, valid, max_samples=samples, seed=seed, drawn=drawn)
+                if m.spread_by_scale else None)
     if by_scale is not None:
         pipeline.spec.extra["spread_by_scale"] = by_scale
         trainer.log.message("members' spread calibrated by scale on the validation times: "
                             + "; ".join(f"{v} x{e['gains'][0]:.2f} (largest) .. x{e['gains'][-1]:.2f} (smallest)"
                                         for v, e in zip(names, by_scale) if e))
-    by_value = calibrated_value_gains(pipeline, trainer.valid_data, value_channels(pipeline, m.spread_by_value),
-                                      seed=trainer.t.seed)
+    by_value = calibrated_value_gains(pipeline, valid, value_channels(pipeline, m.spread_by_value),
+                                      max_samples=samples, seed=seed, drawn=drawn)
     if by_value is not None:
         pipeline.spec.extra["spread_by_value"] = by_value
         trainer.log.message("members' spread calibrated by value on the validation times: "
                             + "; ".join(f"{v} x{min(e['gains']):.2f}..{max(e['gains']):.2f}"
                                         for v, e in zip(names, by_value) if e))
-    chains = rollout_chains(trainer.valid_data, m.spread_steps, MAX_CHAINS) if m.spread_steps > 0 else []
-    gains = calibrated_step_gains(pipeline, trainer.valid_data, steps=m.spread_steps, seed=trainer.t.seed,
-                                  chains=chains) if chains else None
+    chains = rollout_chains(valid, m.spread_steps, min(MAX_CHAINS, samples)) if m.spread_steps > 0 else []
+    gains = calibrated_step_gains(pipeline, valid, steps=m.spread_steps, seed=seed, chains=chains) if chains else None
     if gains is not None:
         pipeline.spec.extra["step_spread_gain"] = gains
         trainer.log.message("members' spread calibrated on validation rollouts: gain per step "
                             + "; ".join(", ".join(f"{v}={g:.2f}" for v, g in zip(names, row)) for row in gains))
-        hour = chains_time_of_day(trainer.valid_data, chains)
+        hour = chains_time_of_day(valid, chains)
         if hour is not None:
             which = "the one validation rollout behind these gains starts" if len(chains) == 1 else \
                 f"the {len(chains)} validation rollouts behind these gains all start"

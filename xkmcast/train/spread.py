@@ -65,7 +65,25 @@ from ..errors import ConfigError, explain
 
 __all__ = ["residual_scale", "calibrated_sample_scale", "calibrated_spread_factor", "calibrated_value_gains",
            "value_channels", "validation_draws", "spread_balance", "member_split", "calibrated_step_gains",
-           "evenly_spread_batches", "rollout_chains", "chains_time_of_day", "MAX_CHAINS"]
+           "evenly_spread_batches", "rollout_chains", "chains_time_of_day", "MAX_CHAINS", "CALIBRATION_MEMBERS",
+           "CALIBRATION_SAMPLES", "CALIBRATION_PIXELS", "calibration_samples"]
+
+#: draws per validation sample, and validation samples, of the spread calibrations at export
+CALIBRATION_MEMBERS, CALIBRATION_SAMPLES = 8, 8
+#: on a CPU, the pixels (samples x grid) those calibrations draw on at most: 8 samples of 128 x 128
+CALIBRATION_PIXELS = 8 * 128 * 128
+
+
+def calibration_samples(shape, device) -> int:
+    """Validation samples the export's spread calibrations draw on: ``CALIBRATION_SAMPLES``; on a CPU, for a
+    grid of ``shape`` (H, W), ``max(2, min(CALIBRATION_SAMPLES, CALIBRATION_PIXELS // (H W)))``. Their cost
+    is members x solver steps x pixels: 8 samples of a 200 x 400 grid took 4 minutes per calibration on 2
+    cores, longer than the 2 minutes of training before them; 2 samples still hold 160,000 pixels.
+    ``shape`` None (unknown): ``CALIBRATION_SAMPLES``."""
+    if shape is None or torch.device(device).type != "cpu":
+        return CALIBRATION_SAMPLES
+    pixels = int(shape[0]) * int(shape[1])
+    return max(2, min(CALIBRATION_SAMPLES, CALIBRATION_PIXELS // pixels))
 
 
 def _evenly_spread(n: int, k: int) -> list[int]:
@@ -116,7 +134,7 @@ def residual_scale(pipeline, dataset, setting="auto", max_samples: int = 64) -> 
     return [float(v) if v > 0 else 1.0 for v in scale]
 
 
-def _draw_moments(pipeline, dataset, members: int, max_samples: int, seed: int):
+def _draw_moments(pipeline, dataset, members: int, max_samples: int, seed: int, drawn=None):
     """Per channel over up to ``max_samples`` samples: ``(mean true residual^2, mean var_k(draws),
     mean (t - s * draw mean)^2)`` (s: the training scale), or None (no residual draws, no samples)."""
     if dataset is None or len(dataset) == 0 or members < 2:
@@ -124,7 +142,7 @@ def _draw_moments(pipeline, dataset, members: int, max_samples: int, seed: int):
     n_out = len(pipeline.spec.output_vars)
     sums = torch.zeros(3, n_out, dtype=torch.float64)
     count = 0
-    for draws, residual, _ in validation_draws(pipeline, dataset, members, max_samples, seed):
+    for draws, residual, _ in validation_draws(pipeline, dataset, members, max_samples, seed, drawn):
         draws, residual = draws.double(), residual.double()
         s = pipeline.residual_scale(residual).double()
         sums[0] += residual.pow(2).sum(dim=(0, 2, 3)).cpu()
@@ -137,21 +155,24 @@ def _draw_moments(pipeline, dataset, members: int, max_samples: int, seed: int):
 
 
 @torch.no_grad()
-def calibrated_sample_scale(pipeline, dataset, members: int = 8, max_samples: int = 8,
-                            seed: int = 0) -> list[float] | None:
+def calibrated_sample_scale(pipeline, dataset, members: int = CALIBRATION_MEMBERS,
+                            max_samples: int = CALIBRATION_SAMPLES, seed: int = 0,
+                            drawn: list | None = None) -> list[float] | None:
     """The sampling scale of the module docstring, measured with ``members`` draws on each of up to
     ``max_samples`` samples of ``dataset`` (the validation times); draw k of sample i is seeded by
     ``row_seed(seed, k, i)``. None when the pipeline's diffusion does not model a residual, the dataset
-    is empty, or a channel's draws have no spread."""
-    moments = _draw_moments(pipeline, dataset, members, max_samples, seed)
+    is empty, or a channel's draws have no spread. ``drawn``: :func:`validation_draws` of the same
+    arguments, drawn once for several calibrations."""
+    moments = _draw_moments(pipeline, dataset, members, max_samples, seed, drawn)
     return None if moments is None else [float(v) for v in (moments[0] / moments[1]).sqrt()]
 
 
 @torch.no_grad()
-def calibrated_spread_factor(pipeline, dataset, members: int = 8, max_samples: int = 8,
-                             seed: int = 0) -> list[float] | None:
+def calibrated_spread_factor(pipeline, dataset, members: int = CALIBRATION_MEMBERS,
+                             max_samples: int = CALIBRATION_SAMPLES, seed: int = 0,
+                             drawn: list | None = None) -> list[float] | None:
     """The spread factor ``a_c`` of the module docstring (same sampling as :func:`calibrated_sample_scale`)."""
-    moments = _draw_moments(pipeline, dataset, members, max_samples, seed)
+    moments = _draw_moments(pipeline, dataset, members, max_samples, seed, drawn)
     if moments is None:
         return None
     s2 = pipeline.residual_scale(torch.zeros(1)).double().reshape(-1).cpu() ** 2
@@ -159,8 +180,9 @@ def calibrated_spread_factor(pipeline, dataset, members: int = 8, max_samples: i
 
 
 @torch.no_grad()
-def calibrated_value_gains(pipeline, dataset, channels: list[int], members: int = 8, max_samples: int = 8,
-                           seed: int = 0, classes: int = 8) -> list[dict | None] | None:
+def calibrated_value_gains(pipeline, dataset, channels: list[int], members: int = CALIBRATION_MEMBERS,
+                           max_samples: int = CALIBRATION_SAMPLES, seed: int = 0, classes: int = 8,
+                           drawn: list | None = None) -> list[dict | None] | None:
     """The gains by value of the module docstring for the output channels ``channels`` (the others None),
     as ``spec.extra["spread_by_value"]``; measured with ``members`` draws (seeded as in
     :func:`calibrated_sample_scale`) on up to ``max_samples`` samples of ``dataset``, with the scales the
@@ -171,7 +193,7 @@ def calibrated_value_gains(pipeline, dataset, channels: list[int], members: int 
     if not channels or dataset is None or len(dataset) == 0 or members < 2:
         return None
     parts: dict[int, list[list[torch.Tensor]]] = {c: [[], [], [], []] for c in channels}
-    for draws, residual, base in validation_draws(pipeline, dataset, members, max_samples, seed):
+    for draws, residual, base in validation_draws(pipeline, dataset, members, max_samples, seed, drawn):
         shared, spread = member_split(pipeline, draws)
         for c in channels:  # base + shared + spread_k: member k; base + residual: the truth
             for i, t in enumerate((base[:, c], shared[:, c], residual[:, c], spread[:, :, c])):
@@ -195,11 +217,19 @@ def calibrated_value_gains(pipeline, dataset, channels: list[int], members: int 
     return table if any(table) else None
 
 
-def validation_draws(pipeline, dataset, members: int, max_samples: int, seed: int) -> Iterator[tuple]:
+def validation_draws(pipeline, dataset, members: int, max_samples: int, seed: int,
+                     drawn: list | None = None) -> Iterator[tuple]:
     """``(draws (M, B, C, H, W), true residual, base)`` of :meth:`calibration_draws` for the batches of up to
     ``max_samples`` samples spread evenly over ``dataset``, draw k of sample i seeded by
-    ``row_seed(seed, k, i)``; nothing when the pipeline's diffusion models no residual."""
+    ``row_seed(seed, k, i)``; nothing when the pipeline's diffusion models no residual. ``drawn``: the
+    list of these items drawn before with the same arguments, yielded instead of drawing again (the
+    draws are those of the network before any scale or gain, so every calibration of one export can
+    share them: they are most of its cost, minutes on a 200 x 400 grid)."""
     from ..diffusion.seeds import row_seeds
+
+    if drawn is not None:
+        yield from drawn
+        return
 
     for index, batch in evenly_spread_batches(dataset, max_samples, pipeline.device):
         got = pipeline.calibration_draws(batch, [row_seeds(seed, members, i) for i in index])

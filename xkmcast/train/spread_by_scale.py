@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from ..models.scale_filter import BANDS, MIN_GAIN, band_centres, gain_at, mode_power, ring_sum, wavenumber
-from .spread import member_split, spread_balance, validation_draws
+from .spread import CALIBRATION_MEMBERS, CALIBRATION_SAMPLES, member_split, spread_balance, validation_draws
 
 __all__ = ["calibrated_scale_gains"]
 
@@ -35,8 +35,9 @@ REFINEMENTS = 50
 
 
 @torch.no_grad()
-def calibrated_scale_gains(pipeline, dataset, members: int = 8, max_samples: int = 8, seed: int = 0,
-                           bands: int = BANDS) -> list[dict | None] | None:
+def calibrated_scale_gains(pipeline, dataset, members: int = CALIBRATION_MEMBERS,
+                           max_samples: int = CALIBRATION_SAMPLES, seed: int = 0, bands: int = BANDS,
+                           drawn: list | None = None) -> list[dict | None] | None:
     """``spec.extra["spread_by_scale"]`` of the module docstring: per output channel ``{"knots", "gains"}``
     (knots: the rings' centres, cycles per grid length), measured with ``members`` draws on up to
     ``max_samples`` samples of ``dataset`` (seeded as :func:`xkmcast.train.spread.calibrated_sample_scale`),
@@ -47,7 +48,7 @@ def calibrated_scale_gains(pipeline, dataset, members: int = 8, max_samples: int
     saved = pipeline.spec.extra.pop("spread_by_scale", None)
     error = spread_power = None
     try:
-        for draws, residual, _ in validation_draws(pipeline, dataset, members, max_samples, seed):
+        for draws, residual, _ in validation_draws(pipeline, dataset, members, max_samples, seed, drawn):
             shared, spread = member_split(pipeline, draws)
             e = mode_power(residual.double() - shared, pipeline.periodic_x).sum(dim=0).cpu()
             d = mode_power(spread.double(), pipeline.periodic_x).sum(dim=(0, 1)).cpu() / (members - 1)

@@ -39,6 +39,7 @@ import torch
 from ..device import autocast, native_bf16, resolve_precision
 from ..diffusion.seeds import row_seeds
 from ..errors import ConfigError, XkmcastError, explain
+from ..models.regression_windows import training_window
 from . import checkpoint as ckpt
 from . import distributed as D
 from .config import TrainConfig, TrainingConfig, run_dir, save_config
@@ -234,6 +235,11 @@ class Trainer:
             hardware = native_bf16(self.env.device)
             self.log.message(f"precision auto: {self.precision} "
                              + (f"({hardware} computes bfloat16)" if hardware else "(no bfloat16 hardware found)"))
+        shape = self.pipeline.spec.grid.get("shape")
+        window = training_window(self.pipeline.spec, self.stage, shape)
+        if window is not None:
+            self.log.message(f"{self.stage} trains on random {window[0]} x {window[1]} windows of the "
+                             f"{shape[0]} x {shape[1]} field")
         weights = self.pipeline.spec.extra.get("mean_detail_weights")
         if weights and self.stage == "regression":
             self.log.message("regression base: the regridded input + the training-mean fine detail, weighed on "
