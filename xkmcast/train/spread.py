@@ -77,8 +77,8 @@ CALIBRATION_PIXELS = 8 * 128 * 128
 def calibration_samples(shape, device) -> int:
     """Validation samples the export's spread calibrations draw on: ``CALIBRATION_SAMPLES``; on a CPU, for a
     grid of ``shape`` (H, W), ``max(2, min(CALIBRATION_SAMPLES, CALIBRATION_PIXELS // (H W)))``. Their cost
-    is members x solver steps x pixels: 8 samples of a 200 x 400 grid took 4 minutes per calibration on 2
-    cores, longer than the 2 minutes of training before them; 2 samples still hold 160,000 pixels.
+    is members x solver steps x pixels: 5 samples of a 200 x 400 grid took about 4 minutes per calibration
+    on 2 cores, after 2 minutes of training; 2 samples still hold 160,000 pixels.
     ``shape`` None (unknown): ``CALIBRATION_SAMPLES``."""
     if shape is None or torch.device(device).type != "cpu":
         return CALIBRATION_SAMPLES
