@@ -11,10 +11,11 @@ import torch
 import torch.nn.functional as F
 import xarray as xr
 from _nets import randomise
-from _tiny import FINE_SHAPE, INPUT_VARS, OUTPUT_VARS, STATE_VARS, stats_for, tiny_stormcast
+from _tiny import FINE_SHAPE, INPUT_VARS, OUTPUT_VARS, STATE_VARS, state_only_stormcast, stats_for, tiny_stormcast
 from conftest import NCL_STORM
 from test_global_pipeline import LAT, LON, tiny_global
 
+from xkmcast.data.stats import Stats
 from xkmcast.diffusion.patching import halo_windows, random_patch_offsets
 from xkmcast.errors import GridError
 from xkmcast.models import build_pipeline, corrdiff_spec
@@ -130,6 +131,27 @@ def test_stormcast_window_loss_is_the_masked_loss_on_the_crop():
             pred = pipe.stages["regression"](torch.cat(crop[:3], dim=1)) + crop[0]  # input skip: from persistence
         m = torch.as_tensor(_hand_mask(y0, x0, (8, 12), FINE_SHAPE, 2, False), dtype=torch.float32)
         want = ((pred - crop[3]) ** 2 * m).sum(dim=(1, 2, 3)) / (m.sum() * len(STATE_VARS))
+        torch.testing.assert_close(loss[p * 2:(p + 1) * 2], want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_state_only_stormcast_trains_on_windows_with_its_empty_background():
+    """A nowcaster (no background: a batch's background has 0 channels, as the stormcast-cpu recipe's
+    store gives it) on windows: the loss is the masked loss of the state's crop (it failed on the empty
+    background's crop before)."""
+    pipe = state_only_stormcast(Stats({"t2m": 288.0, "u10m": 0.0}, {"t2m": 5.0, "u10m": 3.0}), FINE_SHAPE, seed=2)
+    pipe.spec.extra.update(input_skip=True, regression_patch={"shape": [8, 12], "halo": 2, "per_sample": 2})
+    g = torch.Generator().manual_seed(3)
+    prev, nxt = (torch.randn(2, 2, *FINE_SHAPE, generator=g) for _ in range(2))
+    batch = {"state": [prev, nxt], "background": torch.zeros(2, 0, *FINE_SHAPE)}
+    with torch.no_grad():
+        loss = pipe.loss("regression", batch, generator=torch.Generator().manual_seed(4)).loss
+    offsets = random_patch_offsets(FINE_SHAPE, (8, 12), 2, generator=torch.Generator().manual_seed(4))
+    for p, (y0, x0) in enumerate(offsets.tolist()):
+        crop, target = prev[..., y0:y0 + 8, x0:x0 + 12], nxt[..., y0:y0 + 8, x0:x0 + 12]
+        with torch.no_grad():
+            pred = pipe.stages["regression"](crop) + crop
+        m = torch.as_tensor(_hand_mask(y0, x0, (8, 12), FINE_SHAPE, 2, False), dtype=torch.float32)
+        want = ((pred - target) ** 2 * m).sum(dim=(1, 2, 3)) / (m.sum() * 2)
         torch.testing.assert_close(loss[p * 2:(p + 1) * 2], want, rtol=1e-5, atol=1e-6)
 
 

@@ -113,10 +113,11 @@ def row_index(index: Tensor, batch_size: int) -> Tensor:
 
 def extract_patches(x: Tensor, offsets: Tensor, patch_shape: tuple[int, int] | int, periodic_x: bool = False) -> Tensor:
     """Cut the patches at ``offsets`` (P, 2) from every sample of x (B, C, H, W): (P*B, C, ph, pw),
-    row p * B + b = x[b, :, y0_p:y0_p+ph, x0_p:x0_p+pw] (columns modulo W with ``periodic_x``)."""
+    row p * B + b = x[b, :, y0_p:y0_p+ph, x0_p:x0_p+pw] (columns modulo W with ``periodic_x``); a field
+    of no channels (C = 0: a state-only model's empty background) gives (P*B, 0, ph, pw)."""
     gi = global_index(offsets.to(x.device), patch_shape, x.shape[-1] if periodic_x else None)  # (P, 2, ph, pw)
     patches = x[:, :, gi[:, 0], gi[:, 1]]  # advanced indexing -> (B, C, P, ph, pw)
-    return patches.permute(2, 0, 1, 3, 4).reshape((-1, x.shape[1]) + tuple(gi.shape[2:]))
+    return patches.permute(2, 0, 1, 3, 4).reshape((gi.shape[0] * x.shape[0], x.shape[1]) + tuple(gi.shape[2:]))
 
 
 def resize_to(x: Tensor, size: tuple[int, int]) -> Tensor:
