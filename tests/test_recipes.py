@@ -68,14 +68,19 @@ def test_corrdiff_cpu_trains_both_stages_into_one_bundle(tmp_path):
 
 
 @pytest.mark.slow
-def test_stormcast_cpu_trains_a_state_only_forecaster(tmp_path):
+@pytest.mark.parametrize("window", [[], ["data.patch=[24,32]"]], ids=["whole", "windows"])
+def test_stormcast_cpu_trains_a_state_only_forecaster(tmp_path, window):
+    """``windows``: the regression on windows, as the recipe does on a large grid (its empty background
+    cut too)."""
     state = xkmcast.open_dataset("sample", part="target")[["t2m", "u10m", "v10m", "orog", "lsm"]]
     state.to_netcdf(tmp_path / "state.nc")
     torch.set_num_threads(1)
     result = runner.invoke(app, ["train", "stormcast-cpu", f"data.source={tmp_path / 'state.nc'}",
-                                 "training.time_budget=6", f"training.outdir={tmp_path / 'runs'}", "--quiet"])
+                                 "training.time_budget=6", f"training.outdir={tmp_path / 'runs'}", *window, "--quiet"])
     assert result.exit_code == 0, result.output
     model = xkmcast.load_model(tmp_path / "runs" / "stormcast-cpu" / "0" / "model")
+    regression = xkmcast.load_model(tmp_path / "runs" / "stormcast-cpu" / "0" / "regression" / "0" / "model")
+    assert regression.spec.extra.get("regression_patch", {}).get("shape") == ([24, 32] if window else None)
     assert set(model.stages) == {"regression", "diffusion"} and model.spec.background_vars == []
     assert model.spec.time_step == "1h" and model.spec.extra["input_skip"] is True
     # the spread is calibrated at each of the first 3 steps of rollouts along the validation times
