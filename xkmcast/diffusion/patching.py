@@ -51,6 +51,7 @@ from torch import Tensor
 from ..errors import GridError, explain
 
 __all__ = [
+    "is_patched",
     "random_patch_offsets",
     "global_index",
     "extract_patches",
@@ -101,6 +102,12 @@ def global_index(offsets: Tensor, patch_shape: tuple[int, int] | int, periodic_w
     if periodic_width is not None:
         xx = torch.remainder(xx, periodic_width)
     return torch.stack([yy, xx], dim=1).long()
+
+
+def is_patched(patch, shape) -> bool:
+    """Does a patch shape ``patch`` ((ph, pw), or None: none) cut a field of ``shape`` (H, W) into patches?
+    Not when it is None or the whole field."""
+    return patch is not None and tuple(int(p) for p in patch) != tuple(int(n) for n in shape)
 
 
 def row_index(index: Tensor, batch_size: int) -> Tensor:

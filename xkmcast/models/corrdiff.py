@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..diffusion import losses
-from ..diffusion.patching import GridPatching, extract_patches, random_patches, row_index
+from ..diffusion.patching import GridPatching, extract_patches, is_patched, random_patches, row_index
 from ..diffusion.samplers import sample as sample_rows
 from ..errors import ConfigError, explain
 from .base import ModelSpec, Pipeline, sampler_config, training_sigma
@@ -175,7 +175,7 @@ class CorrDiff(Pipeline):
 
     def _denoiser(self, patch, shape):
         net = self.stages["diffusion"]
-        if patch is None or tuple(patch) == tuple(shape):
+        if not is_patched(patch, shape):
             return net
         patching = {"periodic_x": self.periodic_x, **self.spec.extra.get("patching", {})}
         return PatchedDenoiser(net, GridPatching(shape, patch, **patching))
@@ -202,7 +202,7 @@ class CorrDiff(Pipeline):
         sigma_dist = training_sigma(self.spec.loss, self.spec.kind)
         patch = tuple(self.spec.patch) if self.spec.patch else None
         dcond = self._diffusion_condition(cond, mean)
-        if patch is None or patch == tuple(target.shape[-2:]):
+        if not is_patched(patch, target.shape[-2:]):
             return losses.denoising_loss(self.stages["diffusion"], residual, dcond, sigma_dist=sigma_dist,
                                          channel_weights=weights, mask=mask, generator=generator)
         # patched: cut the residual and its condition at the same random places; the whole condition,

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..diffusion.losses import reduce_per_sample
-from ..diffusion.patching import extract_patches, halo_windows, row_index
+from ..diffusion.patching import extract_patches, halo_windows, is_patched, row_index
 
 __all__ = ["window_setting", "training_window", "position_kwargs", "windowed_loss"]
 
@@ -53,8 +53,7 @@ def training_window(spec, stage: str, shape: Sequence[int] | None) -> list[int] 
     if stage == "regression":
         setting = window_setting(spec, shape)
         return None if setting is None else [int(p) for p in setting["shape"]]
-    patch = getattr(spec, "patch", None)
-    return [int(p) for p in patch] if patch and [int(p) for p in patch] != [int(n) for n in shape] else None
+    return [int(p) for p in spec.patch] if is_patched(spec.patch, shape) else None
 
 
 def position_kwargs(net: torch.nn.Module, global_index: Tensor) -> dict[str, Tensor]:

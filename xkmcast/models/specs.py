@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..diffusion.patching import is_patched
 from ..errors import ConfigError, explain
 from .base import ModelSpec
 from .kinds import ModelKind, get_kind
@@ -138,7 +139,7 @@ def corrdiff_spec(
         }
     if "diffusion" in stages:
         c_dcond = c_cond + (c_out if condition_on_mean else 0)
-        patched = patch is not None and tuple(patch) != tuple(shape)
+        patched = is_patched(patch, shape)
         grid_channels = LEARNABLE_GRID_CHANNELS if patched else GRID_CHANNELS
         networks["diffusion"] = {
             "class": "SongUNetPosEmbd",
