@@ -1,14 +1,17 @@
-"""What a large grid costs the ``corrdiff-cpu`` recipe on this machine: whole fields against the windows
-the recipe trains on (``xkmcast.train.recipe.auto_window``), and the export's spread calibration.
+"""What a large grid costs a recipe on this machine: whole fields against the windows the recipe trains
+on (``xkmcast.train.recipe.auto_window``), and the export's spread calibration.
 
-    python bench/bench_large_grid.py [--grid 200x400] [--steps 6] [--threads 2]
+    python bench/bench_large_grid.py [--recipe corrdiff-cpu] [--grid 200x400] [--steps 6] [--threads 2]
 
-On a synthetic fine grid of ``--grid`` (7 coarse inputs at x4, 5 outputs, orography and land-sea
-mask; the cost does not depend on the values), each stage of the recipe's settings (tiny U-Net, batch
-8, its precision) trains ``--steps`` steps on whole fields and on the window, side by side, the spread
-calibration off; prints samples/s and seconds per step (over the training loop, its first step and the
-bundle's export included, the setup not), and their ratio. Then the windowed diffusion's export with the calibration on, timed: the
-draws on ``xkmcast.train.spread.calibration_samples`` validation samples, shared by its calibrations.
+On a synthetic fine grid of ``--grid`` (the cost does not depend on the values; ``corrdiff-cpu``: 7
+coarse inputs at x4 and 5 outputs, ``stormcast-cpu``: a state of 5 variables without background, as
+the recipe's state-only forecaster), orography and land-sea mask, each stage with the recipe's
+settings (tiny U-Net, batch 8, its precision and conditions) trains ``--steps`` steps on whole
+fields and on the window, side by side, the spread calibration off; prints samples/s and seconds per
+step (over the training loop, its first step and the bundle's export included, the setup not), and
+their ratio. Then the windowed diffusion's export with the calibration on, timed: the draws on
+``xkmcast.train.spread.calibration_samples`` validation samples, shared by its calibrations (and for
+a forecaster the rollouts of its step gains).
 """
 
 from __future__ import annotations
@@ -27,14 +30,21 @@ from xkmcast.train.trainer import train
 
 INPUTS = ["t2m", "u10m", "v10m", "msl", "tcwv", "z500", "t850"]
 OUTPUTS = ["t2m", "u10m", "v10m", "tp", "refc"]
+#: the tiny presets each recipe's stages match, and what differs between the recipes' data
+RECIPES = {
+    "corrdiff-cpu": {"preset": "corrdiff-tiny", "data": [f"data.input_vars={INPUTS}"]},
+    "stormcast-cpu": {"preset": "stormcast-tiny", "data": [f"data.input_vars={OUTPUTS}", "data.background_vars=[]"]},
+}
 
 
-def overrides(shape, steps: int, root: Path, patch, calibrate: bool) -> list[str]:
+def overrides(recipe_name: str, shape, steps: int, root: Path, patch, calibrate: bool) -> list[str]:
     ny, nx = shape
-    recipe = load_config("corrdiff-cpu", ["data.source=synthetic"])
+    recipe = load_config(recipe_name, ["data.source=synthetic"])
     out = ["data.source=synthetic", "data.regrid_method=nearest",
            f"data.params={{nx: {nx}, ny: {ny}, dx: 3000.0, factor: 4, times: 24, seed: 0}}",
-           f"data.input_vars={INPUTS}", f"data.output_vars={OUTPUTS}", "data.invariants=[orog, lsm]",
+           *RECIPES[recipe_name]["data"], f"data.output_vars={OUTPUTS}", "data.invariants=[orog, lsm]",
+           f"model.regression_conditions={recipe.model.regression_conditions}",
+           f"model.diffusion_conditions={recipe.model.diffusion_conditions}",
            f"training.outdir={root}", f"training.batch_size={recipe.training.batch_size}",
            f"training.precision={recipe.training.precision}", f"training.duration={steps}",
            "training.duration_unit=steps", "training.validate_every=1000000", "training.checkpoint_every=1000000",
@@ -42,12 +52,12 @@ def overrides(shape, steps: int, root: Path, patch, calibrate: bool) -> list[str
     return out + ([f"data.patch={patch}"] if patch else [])
 
 
-def run_stage(stage: str, shape, steps: int, root: Path, patch, bundle=None, calibrate=False) -> dict:
-    preset = f"corrdiff-tiny-{stage}"
+def run_stage(recipe: str, stage: str, shape, steps: int, root: Path, patch, bundle=None, calibrate=False) -> dict:
+    preset = f"{RECIPES[recipe]['preset']}-{stage}"
     extra = [f"training.experiment={stage}-{'window' if patch else 'whole'}-{int(calibrate)}"]
     if bundle is not None:
         extra.append(f"model.regression_bundle={bundle}")
-    cfg = load_config(preset, overrides(shape, steps, root, patch, calibrate) + extra)
+    cfg = load_config(preset, overrides(recipe, shape, steps, root, patch, calibrate) + extra)
     start = time.perf_counter()
     result = train(cfg, quiet=True)
     return {"stage": stage, "window": patch, "samples_per_s": result.samples_per_second, "bundle": result.bundle,
@@ -56,6 +66,7 @@ def run_stage(stage: str, shape, steps: int, root: Path, patch, bundle=None, cal
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="corrdiff-cpu", choices=sorted(RECIPES))
     parser.add_argument("--grid", default="200x400", help="fine grid HxW")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
@@ -67,13 +78,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for patch in (None, window):
-            reg = run_stage("regression", shape, args.steps, root, patch)
-            dif = run_stage("diffusion", shape, args.steps, root, patch, bundle=reg["bundle"])
+            reg = run_stage(args.recipe, "regression", shape, args.steps, root, patch)
+            dif = run_stage(args.recipe, "diffusion", shape, args.steps, root, patch, bundle=reg["bundle"])
             rows += [reg, dif]
-        calibrated = run_stage("diffusion", shape, 1, root, window, bundle=rows[2]["bundle"], calibrate=True)
-        uncalibrated = run_stage("diffusion", shape, 1, root, window, bundle=rows[2]["bundle"])
-    batch = load_config("corrdiff-cpu", ["data.source=synthetic"]).training.batch_size
-    print(f"grid {shape[0]} x {shape[1]}, recipe window {window}, batch {batch}, {args.threads} threads")
+        calibrated = run_stage(args.recipe, "diffusion", shape, 1, root, window, bundle=rows[2]["bundle"],
+                               calibrate=True)
+        uncalibrated = run_stage(args.recipe, "diffusion", shape, 1, root, window, bundle=rows[2]["bundle"])
+    recipe = load_config(args.recipe, ["data.source=synthetic"]).training
+    print(f"{args.recipe}: grid {shape[0]} x {shape[1]}, recipe window {window}, batch {recipe.batch_size}, "
+          f"precision {recipe.precision}, {args.threads} threads")
+    batch = recipe.batch_size
     print(f"{'stage':11s} {'trained on':>12s} {'samples/s':>10s} {'s/step':>7s} {'x whole':>8s}")
     whole = {r["stage"]: r["samples_per_s"] for r in rows if r["window"] is None}
     for r in rows:

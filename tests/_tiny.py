@@ -62,10 +62,10 @@ def export_mdlus_pair(pipe, folder) -> tuple[dict, dict]:
     return paths, spec
 
 
-def tiny_stormcast(seed: int = 0, stages=("regression", "diffusion")):
+def tiny_stormcast(seed: int = 0, stages=("regression", "diffusion"), patch=None):
     torch.manual_seed(seed)
     spec = stormcast_spec(STATE_VARS, FINE_SHAPE, background_vars=["msl"], invariant_vars=["orog"], size="tiny",
-                          stages=stages, sampler={"num_steps": 3},
+                          stages=stages, sampler={"num_steps": 3}, patch=patch,
                           diffusion_conditions=["state", "background", "invariant"] + (["regression"] if "regression" in stages else []))
     spec.stats = {"input": stats_for(STATE_VARS), "output": stats_for(STATE_VARS), "background": stats_for(["msl"]),
                   "invariant": stats_for(["orog"])}

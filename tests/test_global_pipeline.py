@@ -63,7 +63,7 @@ def test_networks_and_patches_of_a_global_model_wrap_around():
     pipe = tiny_global(patch=(16, 16))
     convs = [m for m in pipe.modules() if isinstance(m, Conv2d)]
     assert convs and all(m.periodic_x for m in convs)
-    assert pipe._denoiser((16, 16), (LAT.size, LON.size)).patching.periodic_x
+    assert pipe.patched(pipe.stages["diffusion"], (LAT.size, LON.size), (16, 16)).patching.periodic_x
     reloaded = build_pipeline(pipe.spec)  # from the spec alone, as a bundle is loaded
     assert all(m.periodic_x for m in reloaded.modules() if isinstance(m, Conv2d))
 

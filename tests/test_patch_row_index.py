@@ -15,11 +15,11 @@ def test_patched_denoiser_gives_every_row_its_own_positions():
     """Two identical rows through the patched denoiser (learnable positional grid, non-trivial weights)
     give identical outputs: each patch row gets its patch's positions whatever the batch size (a (P, ...)
     index repeated sample-major gave the second row's patches the wrong positions)."""
-    from xkmcast.models.corrdiff import PatchedDenoiser
+    from xkmcast.diffusion.patched_denoiser import PatchedDenoiser
 
     pipe = randomise(tiny_global(patch=(16, 16)), seed=4)
     H, W = LAT.size, LON.size
-    den = pipe._denoiser((16, 16), (H, W))
+    den = pipe.patched(pipe.stages["diffusion"], (H, W), (16, 16))
     assert isinstance(den, PatchedDenoiser) and den.patching.num_patches > 1
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, len(OUTPUT_VARS), H, W, generator=g).repeat(2, 1, 1, 1)

@@ -70,8 +70,8 @@ def test_corrdiff_cpu_trains_both_stages_into_one_bundle(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("window", [[], ["data.patch=[24,32]"]], ids=["whole", "windows"])
 def test_stormcast_cpu_trains_a_state_only_forecaster(tmp_path, window):
-    """``windows``: the regression on windows, as the recipe does on a large grid (its empty background
-    cut too)."""
+    """``windows``: the regression on windows and the diffusion on patches, as the recipe does on a large
+    grid (its empty background cut too)."""
     state = xkmcast.open_dataset("sample", part="target")[["t2m", "u10m", "v10m", "orog", "lsm"]]
     state.to_netcdf(tmp_path / "state.nc")
     torch.set_num_threads(1)
@@ -81,6 +81,7 @@ def test_stormcast_cpu_trains_a_state_only_forecaster(tmp_path, window):
     model = xkmcast.load_model(tmp_path / "runs" / "stormcast-cpu" / "0" / "model")
     regression = xkmcast.load_model(tmp_path / "runs" / "stormcast-cpu" / "0" / "regression" / "0" / "model")
     assert regression.spec.extra.get("regression_patch", {}).get("shape") == ([24, 32] if window else None)
+    assert model.spec.patch == ([24, 32] if window else None)  # the diffusion patched too
     assert set(model.stages) == {"regression", "diffusion"} and model.spec.background_vars == []
     assert model.spec.time_step == "1h" and model.spec.extra["input_skip"] is True
     # the spread is calibrated at each of the first 3 steps of rollouts along the validation times
@@ -123,8 +124,8 @@ def _grid_files(root, ny, nx, factor=4):
 
 @pytest.mark.parametrize("recipe", ["corrdiff-cpu", "stormcast-cpu"])
 def test_a_recipe_on_a_large_grid_trains_on_windows_unless_told_otherwise(tmp_path, recipe):
-    """A 200 x 400 grid trains on 80 x 192 windows (both stages of CorrDiff: the spec's patch and the
-    regression's windows; StormCast's regression); data.patch of the whole grid keeps whole fields."""
+    """A 200 x 400 grid trains on 80 x 192 windows (both stages of both recipes: the regression's windows
+    and the spec's patch of the diffusion); data.patch of the whole grid keeps whole fields."""
     from xkmcast.models.regression_windows import training_window
     from xkmcast.models.specs import spec_from_config
     from xkmcast.train.recipe import _fill_variables
@@ -134,9 +135,8 @@ def test_a_recipe_on_a_large_grid_trains_on_windows_unless_told_otherwise(tmp_pa
     assert cfg.data.patch == [80, 192]
     spec = spec_from_config(cfg.model.model_copy(update={"stage": "regression"}), cfg.data, (200, 400))
     assert training_window(spec, "regression", (200, 400)) == [80, 192]
-    if recipe == "corrdiff-cpu":
-        spec = spec_from_config(cfg.model.model_copy(update={"stage": "diffusion"}), cfg.data, (200, 400))
-        assert training_window(spec, "diffusion", (200, 400)) == [80, 192]
+    spec = spec_from_config(cfg.model.model_copy(update={"stage": "diffusion"}), cfg.data, (200, 400))
+    assert training_window(spec, "diffusion", (200, 400)) == [80, 192] and spec.patch == [80, 192]
     whole = _fill_variables(load_config(recipe, [*files, "data.patch=[200, 400]"]))
     assert whole.data.patch == [200, 400]
     spec = spec_from_config(whole.model.model_copy(update={"stage": "regression"}), whole.data, (200, 400))

@@ -364,3 +364,4 @@ class GridPatching:
                                 indexing="ij")
         grid = torch.stack([yy, xx]).unsqueeze(0)
         return self._unfold(self._pad(grid)).round().long().to(device)
+

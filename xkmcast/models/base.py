@@ -23,7 +23,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["ModelSpec", "Pipeline", "training_sigma", "sampler_config", "piecewise_linear"]
+__all__ = ["ModelSpec", "Pipeline", "training_sigma", "sampler_config", "piecewise_linear", "MEAN_CACHE_BYTES"]
+
+#: the frozen regression means a diffusion run keeps (:meth:`Pipeline.frozen_mean`)
+MEAN_CACHE_BYTES = 256 * 2**20
 
 
 def _plain(value):
@@ -258,6 +261,86 @@ class Pipeline(torch.nn.Module):
             if entry:
                 gains[..., c, :, :] = piecewise_linear(base[..., c, :, :], entry["knots"], entry["gains"])
         return gains
+
+    @staticmethod
+    def mean_keys(batch: dict) -> torch.Tensor | None:
+        """What the frozen regression mean of each row of a training batch depends on, as
+        :meth:`frozen_mean` keys: the row's store time (``batch["time"]``: a whole field's; with a forecast
+        pair's, the state's, which with the lead time fixes the background's), with its
+        ``lead_time_label`` when the batch has one; None (no cache) without store times or for crops of
+        a field (``batch["offset"]``)."""
+        times = batch.get("time")
+        if times is None or "offset" in batch:
+            return None
+        times = torch.as_tensor(times).reshape(-1)
+        label = batch.get("lead_time_label")
+        return times if label is None else torch.stack([times, torch.as_tensor(label).reshape(-1)], dim=1)
+
+    @torch.no_grad()
+    def frozen_mean(self, keys, compute, like: torch.Tensor) -> torch.Tensor:
+        """The frozen regression's mean of the rows of a diffusion training batch: ``compute(rows)`` (the
+        mean (len(rows), C, H, W) of the batch rows ``rows``, a list of indices), cached by ``keys`` (one
+        hashable per row naming all its mean depends on: the store time of a whole field; None: no
+        cache, every row computed) up to ``MEAN_CACHE_BYTES``: an epoch after the first costs no regression
+        forward. The regression is frozen and in eval mode, so the mean of a key is fixed. Cached rows
+        come back on ``like``'s device and dtype."""
+        if keys is None:
+            return compute(list(range(like.shape[0])))
+        keys = [tuple(int(v) for v in k) if isinstance(k, (tuple, list)) else int(k)
+                for k in (keys.tolist() if torch.is_tensor(keys) else keys)]
+        cache = self.__dict__.setdefault("_mean_cache", {})
+        missing = [i for i, k in enumerate(keys) if k not in cache]
+        if missing:
+            fresh = compute(missing)
+            if sum(v.numel() * v.element_size() for v in cache.values()) < MEAN_CACHE_BYTES:
+                for i, m in zip(missing, fresh):
+                    cache[keys[i]] = m.detach().clone()
+            if len(missing) == len(keys):
+                return fresh
+            out = torch.stack([cache[k] if k in cache else fresh[missing.index(i)] for i, k in enumerate(keys)])
+            return out.to(like.dtype)
+        return torch.stack([cache[k] for k in keys]).to(device=like.device, dtype=like.dtype)
+
+    def patched(self, net: torch.nn.Module, shape: tuple[int, int], patch=None) -> torch.nn.Module:
+        """The diffusion denoiser ``net`` for a field of ``shape`` (H, W): run on overlapping patches of
+        ``patch`` (default ``spec.patch``) fused with smooth weights when they cut the field
+        (:class:`~xkmcast.diffusion.patched_denoiser.PatchedDenoiser`, options from
+        ``spec.extra["patching"]``); ``net`` itself otherwise."""
+        from ..diffusion.patched_denoiser import PatchedDenoiser
+        from ..diffusion.patching import GridPatching, is_patched
+
+        patch = patch if patch is not None else self.spec.patch
+        if not is_patched(patch, shape):
+            return net
+        options = {"periodic_x": self.periodic_x, **self.spec.extra.get("patching", {})}
+        return PatchedDenoiser(net, GridPatching(tuple(shape), tuple(patch), **options))
+
+    def diffusion_loss(self, net: torch.nn.Module, target: torch.Tensor, condition: torch.Tensor, *,
+                       channel_weights: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None, **net_kwargs: Any):
+        """The EDM denoising loss of ``net`` on ``target`` (B, C, H, W) given ``condition`` (B, Cc, H, W), the
+        noise levels of ``spec.loss``: on whole fields, or, when ``spec.patch`` cuts the field (patched
+        diffusion), on ``spec.extra["patches_per_sample"]`` (default 1) random patches per sample cut from
+        the target and the condition at the same places, the whole condition resized to the patch size
+        appended (every patch sees the large-scale situation), each row given its pixels' global index
+        and the keyword tensors of its sample (:func:`~xkmcast.diffusion.patched_denoiser.patch_rows`). Rows
+        patch-major."""
+        from ..diffusion import losses
+        from ..diffusion.patched_denoiser import patch_rows
+        from ..diffusion.patching import extract_patches, is_patched, random_patches, row_index
+
+        sigma_dist = training_sigma(self.spec.loss, self.spec.kind)
+        patch = tuple(self.spec.patch) if self.spec.patch else None
+        if not is_patched(patch, target.shape[-2:]):
+            return losses.denoising_loss(net, target, condition, sigma_dist=sigma_dist, channel_weights=channel_weights,
+                                         mask=mask, generator=generator, **net_kwargs)
+        n, b = int(self.spec.extra.get("patches_per_sample", 1)), target.shape[0]
+        pt = random_patches(target, condition, patch, n, context=condition, generator=generator,
+                            periodic_x=self.periodic_x)
+        pmask = None if mask is None else extract_patches(mask, pt.offsets, patch, self.periodic_x)
+        return losses.denoising_loss(net, pt.target, pt.condition, sigma_dist=sigma_dist,
+                                     channel_weights=channel_weights, mask=pmask, generator=generator,
+                                     global_index=row_index(pt.global_index, b), **patch_rows(net_kwargs, b, n))
 
     @property
     def members_centred(self) -> bool:

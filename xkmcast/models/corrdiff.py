@@ -10,7 +10,8 @@ Training: the regression stage minimises ||R(c) - y||^2 (on whole fields, or on 
 with a halo: :mod:`xkmcast.models.regression_windows`); the diffusion stage learns the residual
 ``y - mu`` with ``mu`` from the frozen regression (ln sigma ~ N(0, 1.2^2)). Patched diffusion
 (``spec.patch``) trains on random patches with the whole condition resized to patch size appended,
-and samples on overlapping grid patches fused by averaging at every denoiser call.
+and samples on overlapping grid patches blended with smooth weights at every denoiser call
+(:meth:`~xkmcast.models.base.Pipeline.patched`).
 """
 
 from __future__ import annotations
@@ -22,17 +23,13 @@ import torch
 from torch import Tensor
 
 from ..diffusion import losses
-from ..diffusion.patching import GridPatching, extract_patches, is_patched, random_patches, row_index
 from ..diffusion.samplers import sample as sample_rows
 from ..errors import ConfigError, explain
-from .base import ModelSpec, Pipeline, sampler_config, training_sigma
+from .base import ModelSpec, Pipeline, sampler_config
 from .regression_windows import position_kwargs, window_setting, windowed_loss
 from .stages import build_stage
 
-__all__ = ["CorrDiff", "PatchedDenoiser", "MEAN_CACHE_BYTES"]
-
-#: the regression means a diffusion run keeps per store time (see CorrDiff._frozen_mean)
-MEAN_CACHE_BYTES = 256 * 2**20
+__all__ = ["CorrDiff"]
 
 
 class CorrDiff(Pipeline):
@@ -158,10 +155,9 @@ class CorrDiff(Pipeline):
         rows_cond = dcond.unsqueeze(0).expand(members, -1, -1, -1, -1).reshape(-1, *dcond.shape[1:])
         row_seeds = [seeds[b][k] for k in range(members) for b in range(len(seeds))]
         config = sampler_config(self.spec, sampler, num_steps, **extra_options)
-        patch = patch if patch is not None else (tuple(self.spec.patch) if self.spec.patch else None)
         residual = sample_rows(
-            self._denoiser(patch, tuple(cond.shape[-2:])), mean.shape[1:], row_seeds, condition=rows_cond,
-            config=config, batch_size=batch_size,
+            self.patched(self.stages["diffusion"], tuple(cond.shape[-2:]), patch), mean.shape[1:], row_seeds,
+            condition=rows_cond, config=config, batch_size=batch_size,
         ).to(torch.float32)
         return residual.reshape(members, *mean.shape)
 
@@ -172,13 +168,6 @@ class CorrDiff(Pipeline):
         cond = batch["input"]
         mean = self.regression_mean(cond)
         return self._draws(cond, mean, seeds), batch["target"] - mean, mean
-
-    def _denoiser(self, patch, shape):
-        net = self.stages["diffusion"]
-        if not is_patched(patch, shape):
-            return net
-        patching = {"periodic_x": self.periodic_x, **self.spec.extra.get("patching", {})}
-        return PatchedDenoiser(net, GridPatching(shape, patch, **patching))
 
     # -------------------------------------------------------------------------------- training
     def loss(self, stage: str, batch: dict, generator: torch.Generator | None = None):
@@ -197,50 +186,20 @@ class CorrDiff(Pipeline):
             return losses.LossOutput(losses.reduce_per_sample(error, weights, mask), None)
         if stage != "diffusion":
             raise ConfigError(explain("Unknown training stage for CorrDiff", expected=self.stage_names, found=stage))
-        mean = self._frozen_mean(cond, batch.get("time") if "offset" not in batch else None)
+        mean = self._training_mean(batch)
         residual = (target - mean) / self.residual_scale(target)  # the residual the diffusion models
-        sigma_dist = training_sigma(self.spec.loss, self.spec.kind)
-        patch = tuple(self.spec.patch) if self.spec.patch else None
-        dcond = self._diffusion_condition(cond, mean)
-        if not is_patched(patch, target.shape[-2:]):
-            return losses.denoising_loss(self.stages["diffusion"], residual, dcond, sigma_dist=sigma_dist,
-                                         channel_weights=weights, mask=mask, generator=generator)
-        # patched: cut the residual and its condition at the same random places; the whole condition,
-        # resized to the patch size, is appended so every patch sees the large-scale situation
-        n = int(self.spec.extra.get("patches_per_sample", 1))
-        pt = random_patches(residual, dcond, patch, n, context=dcond, generator=generator,
-                            periodic_x=self.periodic_x)
-        pmask = None if mask is None else extract_patches(mask, pt.offsets, patch, self.periodic_x)
-        return losses.denoising_loss(
-            self.stages["diffusion"], pt.target, pt.condition, sigma_dist=sigma_dist,
-            channel_weights=weights, mask=pmask, generator=generator,
-            global_index=row_index(pt.global_index, target.shape[0]),
-        )
-
-    @torch.no_grad()
-    def _frozen_mean(self, cond: Tensor, times: Tensor | None) -> Tensor:
-        """The frozen regression's mean of a diffusion training batch, cached per store time (whole
-        fields, ``times`` given) up to ``MEAN_CACHE_BYTES``: an epoch after the first costs no
-        regression forward. The regression is frozen and in eval mode, so the mean of a time is fixed."""
-        if times is None:
-            return self.regression_mean(cond)
-        cache = self.__dict__.setdefault("_mean_cache", {})
-        keys = [int(t) for t in torch.as_tensor(times).reshape(-1)]
-        missing = [i for i, k in enumerate(keys) if k not in cache]
-        if missing:
-            fresh = self.regression_mean(cond[missing])
-            if sum(v.numel() * v.element_size() for v in cache.values()) < MEAN_CACHE_BYTES:
-                for i, m in zip(missing, fresh):
-                    cache[keys[i]] = m.detach().clone()
-            if len(missing) == len(keys):
-                return fresh
-            out = torch.stack([cache[k] if k in cache else fresh[missing.index(i)] for i, k in enumerate(keys)])
-            return out.to(cond.dtype)
-        return torch.stack([cache[k] for k in keys]).to(device=cond.device, dtype=cond.dtype)
+        return self.diffusion_loss(self.stages["diffusion"], residual, self._diffusion_condition(cond, mean),
+                                   channel_weights=weights, mask=mask, generator=generator)
 
     @torch.no_grad()
     def residual(self, batch: dict) -> Tensor:
-        return batch["target"] - self.regression_mean(batch["input"])
+        return batch["target"] - self._training_mean(batch)
+
+    def _training_mean(self, batch: dict) -> Tensor:
+        """The frozen regression's mean of a training batch, computed once per store time
+        (:meth:`~xkmcast.models.base.Pipeline.frozen_mean`: the training scale's pass warms it)."""
+        cond = batch["input"]
+        return self.frozen_mean(self.mean_keys(batch), lambda rows: self.regression_mean(cond[rows]), like=cond)
 
     def _channel_weights(self, like: Tensor) -> Tensor | None:
         w = self.spec.loss.get("channel_weights")
@@ -254,26 +213,3 @@ def _shared_arrays(stats, names, shared):
         if shared[i]:
             m[i], sd[i], e[i] = (a[0] for a in stats.arrays([v]))
     return m, sd, e
-
-
-class PatchedDenoiser(torch.nn.Module):
-    """Run a denoiser on overlapping patches and fuse them (taper-weighted blend of the overlaps,
-    :meth:`GridPatching.fuse`) at every call."""
-
-    def __init__(self, net: torch.nn.Module, patching: GridPatching):
-        super().__init__()
-        self.net, self.patching = net, patching
-        for name in ("sigma_min", "sigma_max", "sigma_data"):
-            if hasattr(net, name):
-                setattr(self, name, getattr(net, name))
-
-    def forward(self, x: Tensor, sigma: Tensor, condition: Tensor | None = None, **kwargs: Any) -> Tensor:
-        b = x.shape[0]
-        xp = self.patching.split(x, context=None)
-        cp = self.patching.split(condition, context=condition) if condition is not None else None
-        p = self.patching.num_patches
-        sig = sigma.reshape(-1).repeat(p) if sigma.numel() == b else sigma
-        out = self.net(xp, sigma=sig, condition=cp, global_index=row_index(self.patching.global_index(x.device), b),
-                       **kwargs)
-        return self.patching.fuse(out, batch_size=b)
-

@@ -19,6 +19,8 @@ A kind is a :class:`ModelKind` row of :data:`KINDS`:
   the current state, the Stormscope diffusion the tendency from the current state);
 * ``regression_windows``: its regression (a fully convolutional U-Net) can train on windows of the
   field (``data.patch`` / ``data.regression_patch``, :mod:`xkmcast.models.regression_windows`);
+* ``patched_diffusion``: its diffusion (a U-Net with a positional grid) can train on random patches of
+  ``data.patch`` and sample on overlapping blended patches (:meth:`xkmcast.models.base.Pipeline.patched`);
 * ``time_step``: the forecast step (None: a downscaling kind);
 * ``sizes``: which network size table it uses (:data:`xkmcast.models.specs.UNET_SIZES`, ``DIT_SIZES``
   or ``VIT_SIZES``, both of the latter from ``TRANSFORMER_SIZES``);
@@ -60,6 +62,7 @@ class ModelKind:
     time_step: str | None = None
     input_skip: bool = False
     regression_windows: bool = False
+    patched_diffusion: bool = False
     sizes: str = "unet"
     description: str = ""
     defaults: Mapping[str, tuple[str, ...]] | None = None
@@ -145,13 +148,13 @@ KINDS: dict[str, ModelKind] = {k.name: k for k in (
         "corrdiff", "corrdiff:CorrDiff", "corrdiff_spec",
         conditions={"regression": ("background", "invariant"),
                     "diffusion": ("background", "invariant", "regression")},
-        sigma_prior="residual", input_skip=True, regression_windows=True,
+        sigma_prior="residual", input_skip=True, regression_windows=True, patched_diffusion=True,
         description="downscaling: regression U-Net + residual EDM diffusion (Mardani et al. 2023)",
     ),
     ModelKind(
         "stormcast", "stormcast:StormCast", "stormcast_spec",
         conditions={"regression": ("state", "background", "invariant"), "diffusion": CONDITIONS},
-        time_step="1h", input_skip=True, regression_windows=True,
+        time_step="1h", input_skip=True, regression_windows=True, patched_diffusion=True,
         description="forecast: regression U-Net + EDM diffusion (Pathak et al. 2024)",
     ),
     ModelKind(

@@ -139,14 +139,10 @@ def corrdiff_spec(
         }
     if "diffusion" in stages:
         c_dcond = c_cond + (c_out if condition_on_mean else 0)
-        patched = is_patched(patch, shape)
-        grid_channels = LEARNABLE_GRID_CHANNELS if patched else GRID_CHANNELS
         networks["diffusion"] = {
             "class": "SongUNetPosEmbd",
-            "kwargs": {**net, "img_resolution": res,
-                       "in_channels": c_out + c_dcond * (2 if patched else 1) + grid_channels,
-                       "out_channels": c_out, "embedding_type": "positional",
-                       "gridtype": "learnable" if patched else "sinusoidal", "N_grid_channels": grid_channels},
+            "kwargs": {**net, "img_resolution": res, "out_channels": c_out, "embedding_type": "positional",
+                       **_diffusion_inputs(c_out, c_dcond, is_patched(patch, shape))},
             "precond": {"class": "EDMPrecondSuperResolution", "sigma_data": sigma_data},
         }
     return ModelSpec(
@@ -160,6 +156,16 @@ def corrdiff_spec(
         loss=_loss(kind, loss, condition_on_mean=condition_on_mean),
         extra={"input_skip": bool(input_skip)},
     )
+
+
+def _diffusion_inputs(c_out: int, c_cond: int, patched: bool) -> dict[str, Any]:
+    """The input channels and positional grid of a SongUNetPosEmbd diffusion stage: the noisy state
+    (``c_out``), its condition (``c_cond``), with patched diffusion the whole condition resized to the
+    patch size again, and the grid channels: a learnable 100-channel grid when patched (PhysicsNeMo's
+    patched CorrDiff), 4 sinusoidal channels otherwise."""
+    grid_channels = LEARNABLE_GRID_CHANNELS if patched else GRID_CHANNELS
+    return {"in_channels": c_out + c_cond * (2 if patched else 1) + grid_channels,
+            "gridtype": "learnable" if patched else "sinusoidal", "N_grid_channels": grid_channels}
 
 
 def _forecast_spec(kind: ModelKind, state_vars, background_vars, invariant_vars, networks, conditions,
@@ -194,9 +200,12 @@ def stormcast_spec(
     loss: dict | None = None,
     sigma_data: float | list[float] = SIGMA_DATA,
     time_step: str | None = None,
+    patch: tuple[int, int] | None = None,
 ) -> ModelSpec:
     """The StormCast spec: a ``shape`` state of ``state_vars`` stepped by ``time_step`` (default the
-    kind's); conditions default to the kind's that the given variables allow."""
+    kind's); conditions default to the kind's that the given variables allow. ``patch`` (ph, pw) smaller
+    than ``shape``: patched diffusion, as CorrDiff's (random patches with the whole condition resized
+    and appended in training, overlapping blended patches in sampling)."""
     kind = get_kind("stormcast")
     stages = kind.stages if stages is None else tuple(stages)
     cond = _stage_conditions(kind, stages, {"regression": regression_conditions, "diffusion": diffusion_conditions},
@@ -214,15 +223,17 @@ def stormcast_spec(
             "precond": None,
         }
     if "diffusion" in stages:
+        c_dcond = _channels(cond["diffusion"], state_vars, background_vars, invariant_vars)
         networks["diffusion"] = {
             "class": "SongUNetPosEmbd",
             "kwargs": {**net, "img_resolution": res, "out_channels": c, "embedding_type": "positional",
-                       "in_channels": c + _channels(cond["diffusion"], state_vars, background_vars, invariant_vars)
-                       + GRID_CHANNELS,
-                       "gridtype": "sinusoidal", "N_grid_channels": GRID_CHANNELS},
+                       **_diffusion_inputs(c, c_dcond, is_patched(patch, shape))},
             "precond": {"class": "EDMPrecond", "sigma_data": sigma_data},
         }
-    return _forecast_spec(kind, state_vars, background_vars, invariant_vars, networks, cond, sampler, loss, time_step)
+    spec = _forecast_spec(kind, state_vars, background_vars, invariant_vars, networks, cond, sampler, loss, time_step)
+    if "diffusion" in stages and is_patched(patch, shape):
+        spec.patch = [int(p) for p in patch]
+    return spec
 
 
 def stormscope_spec(
@@ -326,8 +337,9 @@ def spec_from_config(model, data, shape: tuple[int, int]) -> ModelSpec:
     """The spec of a training run from its ``model`` and ``data`` configuration sections (see
     :mod:`xkmcast.train.config`) and the grid ``shape``: the kind's spec factory called with the
     stages the trained stage needs; the loss settings and the preconditioner's sigma_data from
-    ``model.loss``; ``spec.extra["regression_patch"]`` when the regression trains on windows smaller
-    than the field (``data.regression_patch`` or ``data.patch``, :mod:`xkmcast.models.regression_windows`)."""
+    ``model.loss``; ``data.patch`` for kinds with patched diffusion; ``spec.extra["regression_patch"]``
+    when the regression trains on windows smaller than the field (``data.regression_patch`` or
+    ``data.patch``, :mod:`xkmcast.models.regression_windows`)."""
     kind = get_kind(model.kind)
     stages = kind.stages_for(model.stage, model.diffusion_conditions)
     loss_cfg = model.loss
@@ -338,6 +350,8 @@ def spec_from_config(model, data, shape: tuple[int, int]) -> ModelSpec:
     common = dict(size=model.size, stages=stages, network_overrides=model.network, sampler=model.sampler, loss=loss)
     if "diffusion" in kind.stages:
         common["sigma_data"] = loss_cfg.sigma_data
+    if kind.patched_diffusion:
+        common["patch"] = data.patch
     factory = kind.spec_factory()
     if kind.forecast:
         conditions = {f"{s}_conditions": getattr(model, f"{s}_conditions") for s in stages}
@@ -348,10 +362,10 @@ def spec_from_config(model, data, shape: tuple[int, int]) -> ModelSpec:
     else:
         used = getattr(model, f"{model.stage}_conditions")
         spec = factory(data.input_vars, data.output_vars, shape,
-                       invariant_vars=data.invariants if "invariant" in used else [], patch=data.patch,
+                       invariant_vars=data.invariants if "invariant" in used else [],
                        condition_on_mean=model.condition_on_mean, input_skip=model.input_skip, **common)
-        if data.patch is not None and data.patches_per_sample > 1:
-            spec.extra["patches_per_sample"] = int(data.patches_per_sample)
+    if spec.patch is not None and data.patches_per_sample > 1:
+        spec.extra["patches_per_sample"] = int(data.patches_per_sample)
     window = data.regression_patch or data.patch
     if kind.regression_windows and "regression" in stages and window is not None and any(int(p) < int(n) for p, n in zip(window, shape)):
         spec.extra["regression_patch"] = {"shape": [int(p) for p in window], "halo": int(data.regression_halo),

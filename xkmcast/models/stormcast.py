@@ -13,7 +13,9 @@ Conditions are named as in the StormCast recipe and concatenated in this order:
 
 Training losses: MSE of the regression (on whole fields, or on random windows with a halo:
 :mod:`xkmcast.models.regression_windows`); the EDM loss (default ln sigma ~ N(-1.2, 1.2^2)) of the diffusion
-on the residual ``x_{t+1} - mu`` scaled per channel (or on ``x_{t+1}`` / the tendency without regression).
+on the residual ``x_{t+1} - mu`` scaled per channel (or on ``x_{t+1}`` / the tendency without regression),
+on whole fields or, with ``spec.patch`` smaller than the field, patched as CorrDiff's
+(:meth:`~xkmcast.models.base.Pipeline.diffusion_loss`; sampled on blended patches).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from ..diffusion import losses
 from ..errors import ConfigError, explain
 from ..diffusion.samplers import sample as sample_rows
 from ..diffusion.token_jitter import TokenJitter
-from .base import ModelSpec, Pipeline, sampler_config, training_sigma
+from .base import ModelSpec, Pipeline, sampler_config
 from .kinds import CONDITIONS
 from .regression_windows import position_kwargs, window_setting, windowed_loss
 from .stages import build_stage
@@ -151,7 +153,8 @@ class StormCast(ForecastPipeline):
         names = self.stage_conditions("diffusion")
         dcond = self.conditions(names, state=state, background=background, invariant=invariant, regression=mean)
         config = sampler_config(self.spec, sampler, num_steps, **extra_options)
-        return sample_rows(self.denoiser(sampling=True), state.shape[1:], seeds, condition=dcond, config=config,
+        denoiser = self.patched(self.denoiser(sampling=True), tuple(state.shape[-2:]))
+        return sample_rows(denoiser, state.shape[1:], seeds, condition=dcond, config=config,
                            batch_size=batch_size, **kwargs).to(torch.float32)
 
     @torch.no_grad()
@@ -189,18 +192,12 @@ class StormCast(ForecastPipeline):
         if stage != "diffusion":
             raise ConfigError(explain(f"Unknown training stage for {self.spec.kind}", expected=self.stage_names, found=stage))
         names = self.stage_conditions("diffusion")
-        mean = None
-        if "regression" in names:
-            with torch.no_grad():
-                mean = self._regression_mean(prev, background, invariant, kwargs)
+        mean = self._training_mean(batch, kwargs) if "regression" in names else None
         cond = self.conditions(names, state=prev, background=background, invariant=invariant, regression=mean)
         base = self._diffusion_base(prev, mean)
         target = nxt if base is None else (nxt - base) / self.residual_scale(nxt)
-        return losses.denoising_loss(
-            self.denoiser(), target, cond, sigma_dist=training_sigma(self.spec.loss, self.spec.kind),
-            channel_weights=weights, generator=generator, **kwargs,
-        )
-
+        return self.diffusion_loss(self.denoiser(), target, cond, channel_weights=weights, generator=generator,
+                                   **kwargs)
 
     def _window_kwargs(self, kwargs: dict[str, Any], global_index: Tensor, n_windows: int) -> dict[str, Any]:
         """The regression's keyword arguments on ``n_windows`` windows per sample (rows patch-major)."""
@@ -209,10 +206,20 @@ class StormCast(ForecastPipeline):
 
     @torch.no_grad()
     def residual(self, batch: dict) -> Tensor:
-        prev, nxt, background, invariant = self.unpack(batch)
-        mean = self._regression_mean(prev, background, invariant, self._net_kwargs(batch.get("lead_time_label")))
-        base = self._diffusion_base(prev, mean)
+        prev, nxt, _, _ = self.unpack(batch)
+        base = self._diffusion_base(prev, self._training_mean(batch, self._net_kwargs(batch.get("lead_time_label"))))
         return nxt if base is None else nxt - base
+
+    def _training_mean(self, batch: dict, kwargs: dict[str, Any]) -> Tensor | None:
+        """The frozen regression's mean of a training batch (None without a regression stage), computed
+        once per store time and lead (:meth:`~xkmcast.models.base.Pipeline.frozen_mean`: the training
+        scale's pass warms it)."""
+        if "regression" not in self.stages:
+            return None
+        prev, _, background, invariant = self.unpack(batch)
+        return self.frozen_mean(self.mean_keys(batch), lambda rows: self._regression_mean(
+            *(None if t is None else t[rows] for t in (prev, background, invariant)),
+            {k: v[rows] for k, v in kwargs.items()}), like=prev)
 
 
 class Stormscope(StormCast):

@@ -190,7 +190,9 @@ class SongUNetPosEmbd(SongUNet):
 
         Without ``global_index`` the whole grid is used (h, w = H, W). With it, the grid is gathered
         at ``global_index[p, 0]`` (rows) and ``global_index[p, 1]`` (columns) for each patch p and
-        repeated over the B / P samples (element b * P + p).
+        repeated over the B / P samples (element b * P + p), the lead-time maps of the B / P samples'
+        ``lead_time_label``; or, given one index and one label per row (P = B, as xkmcast's pipelines
+        give them: :func:`~xkmcast.diffusion.patching.row_index`), each row's own.
         """
         parts: list[torch.Tensor] = []
         batch = x.shape[0]
@@ -206,8 +208,13 @@ class SongUNetPosEmbd(SongUNet):
                 pe = self.pos_embd.to(x.dtype)[:, rows, cols].transpose(0, 1)  # (P, C, h, w)
                 parts.append(pe.repeat(batch // n_patch, 1, 1, 1))
             if self.lt_embd is not None:
-                lt = self._lead_time_maps(x, lead_time_label)[:, :, rows, cols]  # (B/P, C, P, h, w)
-                parts.append(lt.transpose(1, 2).reshape(batch, -1, *rows.shape[-2:]))
+                maps = self._lead_time_maps(x, lead_time_label)
+                if n_patch == batch > 1 and maps.shape[0] == batch:  # an index and a label per row (row_index)
+                    lt = maps[torch.arange(batch, device=maps.device)[:, None, None], :, rows, cols]  # (B, h, w, C)
+                    parts.append(lt.permute(0, 3, 1, 2))
+                else:
+                    lt = maps[:, :, rows, cols]  # (B/P, C, P, h, w)
+                    parts.append(lt.transpose(1, 2).reshape(batch, -1, *rows.shape[-2:]))
         if not parts:
             raise ValueError("the model has neither a positional grid nor lead-time maps")
         return torch.cat(parts, dim=1)

@@ -17,10 +17,11 @@ its background and both stages are conditioned on it.
 
 Large grids train on windows: a fine grid of more than ``2 * WINDOW_PIXELS`` pixels, with ``data.patch``
 unset, trains on random windows of about ``WINDOW_PIXELS`` pixels (:func:`auto_window`; the regression
-with its halo, CorrDiff's diffusion as patched diffusion, sampled on overlapping patches; StormCast's
-diffusion stays whole-field), so a step costs about what a 128 x 128 field does whatever the grid: a
-whole 200 x 400 field costs the tiny U-Net ~13 s per step of 8 samples on 2 cores (its bottleneck
-attention is quadratic in the pixels), an 80 x 192 window ~1 s (``bench/bench_large_grid.py``). ``data.patch=[H, W]`` (the whole grid) keeps whole fields.
+with its halo, the diffusion of both recipes as patched diffusion, sampled on overlapping blended
+patches), so a step costs about what a 128 x 128 field does whatever the grid: a whole 200 x 400 field
+costs the tiny U-Net ~13 s per step of 8 samples on 2 cores (its bottleneck attention is quadratic in
+the pixels), an 80 x 192 window ~1 s (``bench/bench_large_grid.py``). ``data.patch=[H, W]`` (the whole
+grid) keeps whole fields.
 """
 
 from __future__ import annotations
