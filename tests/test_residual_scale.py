@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from _nets import randomise
 from _tiny import FINE_SHAPE, INPUT_VARS, OUTPUT_VARS, STATE_VARS, tiny_corrdiff, tiny_stormcast
@@ -78,12 +79,28 @@ def test_auto_scale_is_the_residual_rms_over_sigma_data():
     assert residual_scale(pipe, items, [1.0, 2.0]) == [1.0, 2.0]
 
 
-def test_the_frozen_regression_mean_is_computed_once_per_time():
-    """Diffusion batches carrying store times reuse the regression mean: same loss, one forward per time."""
-    pipe = tiny_corrdiff()
-    randomise(pipe, seed=6)
+def _corrdiff_batch_with_times():
+    pipe = randomise(tiny_corrdiff(), seed=6)
     batch = {**_batch(seed=3, b=3), "time": torch.tensor([4, 9, 4])}
     batch["input"][2] = batch["input"][0]  # one store time, one input
+    return pipe, batch
+
+
+def _stormcast_batch_with_times():
+    """A patched StormCast (its large-grid form) on a forecast batch."""
+    pipe = randomise(tiny_stormcast(patch=(12, 12)), seed=8)
+    g = torch.Generator().manual_seed(4)
+    prev, nxt = (torch.randn(3, len(STATE_VARS), *FINE_SHAPE, generator=g) for _ in range(2))
+    background = torch.randn(3, 1, *FINE_SHAPE, generator=g)
+    for t in (prev, nxt, background):
+        t[2] = t[0]  # one store time, one input
+    return pipe, {"state": [prev, nxt], "background": background, "time": torch.tensor([4, 9, 4])}
+
+
+@pytest.mark.parametrize("case", [_corrdiff_batch_with_times, _stormcast_batch_with_times], ids=["corrdiff", "stormcast"])
+def test_the_frozen_regression_mean_is_computed_once_per_time(case):
+    """Diffusion batches carrying store times reuse the regression mean: same loss, one forward per time."""
+    pipe, batch = case()
     calls = []
     hook = pipe.stages["regression"].register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     with torch.no_grad():

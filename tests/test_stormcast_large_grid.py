@@ -1,8 +1,8 @@
 """StormCast's diffusion on a large grid. Patched diffusion (trained on random patches and sampled on
 overlapping blended patches, as CorrDiff's): the spec's channels, the loss replayed by hand on every
 patch row, and rows of a batch that stay their own through the patches (the positions and the
-per-sample keyword tensors of each patch row). The frozen regression's mean computed once per store
-time and lead time."""
+per-sample keyword tensors of each patch row). The frozen regression's mean keyed by store time and
+lead time (computed once per key: tests/test_residual_scale.py)."""
 
 from __future__ import annotations
 
@@ -120,27 +120,6 @@ def test_patched_denoiser_gives_each_patch_row_its_samples_lead_time():
             torch.testing.assert_close(both[i:i + 1], alone, rtol=1e-4, atol=1e-5)
         swapped = den(x, sigma, condition=cond, lead_time_label=labels.flip(0))
     assert (swapped - both).abs().max() > 1e-3  # the label matters: the test can fail
-
-
-def test_the_frozen_regression_mean_is_computed_once_per_time():
-    """Forecast batches carrying store times reuse the regression mean: the same loss as without the
-    cache, one forward per store time."""
-    pipe = tiny_stormcast(patch=PATCH)
-    randomise(pipe, seed=8)
-    batch = {**_batch(pipe, n=3, seed=4), "time": torch.tensor([4, 9, 4])}
-    for t in (*batch["state"], batch["background"]):
-        t[2] = t[0]  # one store time, one input
-    calls = []
-    hook = pipe.stages["regression"].register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
-    with torch.no_grad():
-        first = pipe.loss("diffusion", batch, torch.Generator().manual_seed(1)).loss
-        second = pipe.loss("diffusion", batch, torch.Generator().manual_seed(1)).loss
-        plain = pipe.loss("diffusion", {k: v for k, v in batch.items() if k != "time"},
-                          torch.Generator().manual_seed(1)).loss
-    hook.remove()
-    torch.testing.assert_close(first, plain)
-    torch.testing.assert_close(second, plain)
-    assert calls == [3, 3]  # the first batch and the uncached one; the second batch used the cache
 
 
 def test_the_mean_of_a_row_is_keyed_by_its_store_time_and_lead():
