@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from xkmcast import load_model
 from xkmcast.train.config import load_config
 from xkmcast.train.recipe import auto_window
 from xkmcast.train.spread import CALIBRATION_SAMPLES, calibration_samples
@@ -30,18 +31,21 @@ from xkmcast.train.trainer import train
 
 INPUTS = ["t2m", "u10m", "v10m", "msl", "tcwv", "z500", "t850"]
 OUTPUTS = ["t2m", "u10m", "v10m", "tp", "refc"]
-#: the tiny presets each recipe's stages match, and what differs between the recipes' data
+#: the tiny presets each recipe's stages match, and what differs between the recipes' data (a forecaster's
+#: 48 hourly times leave a validation tenth of 5 consecutive times: chains for the step gains' rollouts)
 RECIPES = {
-    "corrdiff-cpu": {"preset": "corrdiff-tiny", "data": [f"data.input_vars={INPUTS}"]},
-    "stormcast-cpu": {"preset": "stormcast-tiny", "data": [f"data.input_vars={OUTPUTS}", "data.background_vars=[]"]},
+    "corrdiff-cpu": {"preset": "corrdiff-tiny", "times": 24, "data": [f"data.input_vars={INPUTS}"]},
+    "stormcast-cpu": {"preset": "stormcast-tiny", "times": 48,
+                      "data": [f"data.input_vars={OUTPUTS}", "data.background_vars=[]"]},
 }
 
 
 def overrides(recipe_name: str, shape, steps: int, root: Path, patch, calibrate: bool) -> list[str]:
     ny, nx = shape
+    times = RECIPES[recipe_name]["times"]
     recipe = load_config(recipe_name, ["data.source=synthetic"])
     out = ["data.source=synthetic", "data.regrid_method=nearest",
-           f"data.params={{nx: {nx}, ny: {ny}, dx: 3000.0, factor: 4, times: 24, seed: 0}}",
+           f"data.params={{nx: {nx}, ny: {ny}, dx: 3000.0, factor: 4, times: {times}, seed: 0}}",
            *RECIPES[recipe_name]["data"], f"data.output_vars={OUTPUTS}", "data.invariants=[orog, lsm]",
            f"model.regression_conditions={recipe.model.regression_conditions}",
            f"model.diffusion_conditions={recipe.model.diffusion_conditions}",
@@ -60,8 +64,10 @@ def run_stage(recipe: str, stage: str, shape, steps: int, root: Path, patch, bun
     cfg = load_config(preset, overrides(recipe, shape, steps, root, patch, calibrate) + extra)
     start = time.perf_counter()
     result = train(cfg, quiet=True)
+    wall = time.perf_counter() - start
+    spec = load_model(result.bundle).spec if calibrate else None
     return {"stage": stage, "window": patch, "samples_per_s": result.samples_per_second, "bundle": result.bundle,
-            "wall_s": time.perf_counter() - start}
+            "wall_s": wall, "bundle_spec": spec}
 
 
 def main() -> None:
@@ -74,6 +80,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     shape = tuple(int(n) for n in args.grid.split("x"))
     window = auto_window(shape)
+    if window is None:
+        parser.error(f"the recipes train a {shape[0]} x {shape[1]} grid whole (up to 2 x WINDOW_PIXELS pixels): "
+                     "give a larger --grid")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -95,8 +104,10 @@ def main() -> None:
         print(f"{r['stage']:11s} {where:>12s} {r['samples_per_s']:10.2f} {batch / r['samples_per_s']:7.2f} "
               f"{r['samples_per_s'] / whole[r['stage']]:8.2f}")
     cal = calibrated["wall_s"] - uncalibrated["wall_s"]
+    rollouts = calibrated["bundle_spec"].extra.get("step_spread_gain")
     print(f"export spread calibration (windowed diffusion): {cal:.0f} s on {calibration_samples(shape, 'cpu')} "
-          f"validation samples (of at most {CALIBRATION_SAMPLES}), 8 members, one set of draws for all calibrations")
+          f"validation samples (of at most {CALIBRATION_SAMPLES}), 8 members, one set of draws for all calibrations"
+          + (f"; and the step gains' rollouts ({len(rollouts)} steps)" if rollouts else ""))
 
 
 if __name__ == "__main__":
