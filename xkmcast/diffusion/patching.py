@@ -364,4 +364,3 @@ class GridPatching:
                                 indexing="ij")
         grid = torch.stack([yy, xx]).unsqueeze(0)
         return self._unfold(self._pad(grid)).round().long().to(device)
-

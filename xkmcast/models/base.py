@@ -277,17 +277,16 @@ class Pipeline(torch.nn.Module):
         return times if label is None else torch.stack([times, torch.as_tensor(label).reshape(-1)], dim=1)
 
     @torch.no_grad()
-    def frozen_mean(self, keys, compute, like: torch.Tensor) -> torch.Tensor:
+    def frozen_mean(self, keys: torch.Tensor | None, compute, like: torch.Tensor) -> torch.Tensor:
         """The frozen regression's mean of the rows of a diffusion training batch: ``compute(rows)`` (the
         mean (len(rows), C, H, W) of the batch rows ``rows``, a list of indices), cached by ``keys`` (one
-        hashable per row naming all its mean depends on: the store time of a whole field; None: no
-        cache, every row computed) up to ``MEAN_CACHE_BYTES``: an epoch after the first costs no regression
-        forward. The regression is frozen and in eval mode, so the mean of a key is fixed. Cached rows
-        come back on ``like``'s device and dtype."""
+        row of :meth:`mean_keys` per batch row naming all its mean depends on; None: no cache, every row
+        computed) up to ``MEAN_CACHE_BYTES``: an epoch after the first costs no regression forward. The
+        regression is frozen and in eval mode, so the mean of a key is fixed. Cached rows come back on
+        ``like``'s device and dtype."""
         if keys is None:
             return compute(list(range(like.shape[0])))
-        keys = [tuple(int(v) for v in k) if isinstance(k, (tuple, list)) else int(k)
-                for k in (keys.tolist() if torch.is_tensor(keys) else keys)]
+        keys = [tuple(k) if isinstance(k, list) else k for k in keys.tolist()]
         cache = self.__dict__.setdefault("_mean_cache", {})
         missing = [i for i, k in enumerate(keys) if k not in cache]
         if missing:

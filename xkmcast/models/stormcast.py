@@ -192,7 +192,7 @@ class StormCast(ForecastPipeline):
         if stage != "diffusion":
             raise ConfigError(explain(f"Unknown training stage for {self.spec.kind}", expected=self.stage_names, found=stage))
         names = self.stage_conditions("diffusion")
-        mean = self._training_mean(batch, kwargs) if "regression" in names else None
+        mean = self._training_mean(batch, (prev, background, invariant), kwargs) if "regression" in names else None
         cond = self.conditions(names, state=prev, background=background, invariant=invariant, regression=mean)
         base = self._diffusion_base(prev, mean)
         target = nxt if base is None else (nxt - base) / self.residual_scale(nxt)
@@ -206,20 +206,20 @@ class StormCast(ForecastPipeline):
 
     @torch.no_grad()
     def residual(self, batch: dict) -> Tensor:
-        prev, nxt, _, _ = self.unpack(batch)
-        base = self._diffusion_base(prev, self._training_mean(batch, self._net_kwargs(batch.get("lead_time_label"))))
+        prev, nxt, background, invariant = self.unpack(batch)
+        kwargs = self._net_kwargs(batch.get("lead_time_label"))
+        base = self._diffusion_base(prev, self._training_mean(batch, (prev, background, invariant), kwargs))
         return nxt if base is None else nxt - base
 
-    def _training_mean(self, batch: dict, kwargs: dict[str, Any]) -> Tensor | None:
-        """The frozen regression's mean of a training batch (None without a regression stage), computed
-        once per store time and lead (:meth:`~xkmcast.models.base.Pipeline.frozen_mean`: the training
-        scale's pass warms it)."""
+    def _training_mean(self, batch: dict, inputs: tuple, kwargs: dict[str, Any]) -> Tensor | None:
+        """The frozen regression's mean of a training batch from its unpacked ``inputs`` (state,
+        background, invariant), None without a regression stage; computed once per store time and lead
+        (:meth:`~xkmcast.models.base.Pipeline.frozen_mean`: the training scale's pass warms it)."""
         if "regression" not in self.stages:
             return None
-        prev, _, background, invariant = self.unpack(batch)
         return self.frozen_mean(self.mean_keys(batch), lambda rows: self._regression_mean(
-            *(None if t is None else t[rows] for t in (prev, background, invariant)),
-            {k: v[rows] for k, v in kwargs.items()}), like=prev)
+            *(None if t is None else t[rows] for t in inputs), {k: v[rows] for k, v in kwargs.items()}),
+            like=inputs[0])
 
 
 class Stormscope(StormCast):
