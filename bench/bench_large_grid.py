@@ -12,6 +12,13 @@ step (over the training loop, its first step and the bundle's export included, t
 their ratio. Then the windowed diffusion's export with the calibration on, timed: the draws on
 ``xkmcast.train.spread.calibration_samples`` validation samples, shared by its calibrations (and for
 a forecaster the rollouts of its step gains).
+
+    python bench/bench_large_grid.py --denoise [--against 80x192]
+
+prints instead the seconds one denoising step of the recipe's tiny patched diffusion (random weights)
+takes over the whole grid for 8 members, on the blended patches of the recipe's window and of each
+``--against`` window, side by side (what a window's tiling costs every sampler step at inference and
+in the export's calibration).
 """
 
 from __future__ import annotations
@@ -70,12 +77,39 @@ def run_stage(recipe: str, stage: str, shape, steps: int, root: Path, patch, bun
             "wall_s": wall, "bundle_spec": spec}
 
 
+def denoise_seconds(recipe: str, shape, patch, members: int = 8, repeats: int = 2) -> tuple[int, float]:
+    """``(patches, seconds per denoising step)`` of the recipe's tiny diffusion (random weights) on the blended
+    ``patch`` patches of a ``shape`` field, ``members`` rows, after one warm-up call."""
+    from xkmcast.models import build_pipeline
+    from xkmcast.models.specs import corrdiff_spec, stormcast_spec
+
+    common = {"invariant_vars": ["orog", "lsm"], "size": "tiny", "patch": list(patch)}
+    spec = corrdiff_spec(INPUTS, OUTPUTS, shape, **common) if recipe == "corrdiff-cpu" else \
+        stormcast_spec(OUTPUTS, shape, **common, diffusion_conditions=["state", "invariant", "regression"])
+    pipe = build_pipeline(spec).eval()
+    net = pipe.patched(pipe.stages["diffusion"], tuple(shape))
+    kw = spec.networks["diffusion"]["kwargs"]  # in = out + condition + its resized copy + positional grid
+    cond = (kw["in_channels"] - kw["out_channels"] - kw.get("N_grid_channels", 0)) // 2
+    g = torch.Generator().manual_seed(0)
+    x, c = torch.randn(members, kw["out_channels"], *shape, generator=g), torch.randn(members, cond, *shape, generator=g)
+    sigma = torch.ones(members)
+    with torch.no_grad():
+        net(x, sigma, c)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            net(x, sigma, c)
+    return net.patching.num_patches, (time.perf_counter() - start) / repeats
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="corrdiff-cpu", choices=sorted(RECIPES))
     parser.add_argument("--grid", default="200x400", help="fine grid HxW")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--denoise", action="store_true", help="time one denoising step per window instead")
+    parser.add_argument("--against", action="append", default=[], help="another window HxW for --denoise "
+                        "(default 80x192, the grid's aspect the recipes took before)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     shape = tuple(int(n) for n in args.grid.split("x"))
@@ -83,6 +117,13 @@ def main() -> None:
     if window is None:
         parser.error(f"the recipes train a {shape[0]} x {shape[1]} grid whole (up to 2 x WINDOW_PIXELS pixels): "
                      "give a larger --grid")
+    if args.denoise:
+        print(f"{args.recipe}: one denoising step over {shape[0]} x {shape[1]}, 8 members, {args.threads} threads")
+        for patch in [window] + [[int(n) for n in w.split("x")] for w in args.against or ["80x192"]]:
+            n, seconds = denoise_seconds(args.recipe, shape, patch)
+            tag = "recipe window" if patch == window else "against"
+            print(f"{tag:13s} {patch[0]:4d} x {patch[1]:<4d} {n:3d} patches {seconds:7.2f} s per step", flush=True)
+        return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

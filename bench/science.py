@@ -349,6 +349,8 @@ INTRO = ("Columns: MAE of the ensemble mean and its ratio to bilinear (or persis
          "was calibrated on. Data and splits: bench/science_cases.py (the blizzard "
          "cases validate on the 2 days before the 4 held-out ones, or with --valid-every-days N on one day in every "
          "N of the 12 before them: data.valid_times={every: ND, length: 1D}). "
+         "A block's first line gives the steps each model trained in its budget on that run's machine (older blocks "
+         "lack them): the same budget buys fewer steps on a slower or busier machine. "
          "One block per command; each run replaces its own block (a block re-scored with --reuse scores the "
          f"models its command trained before). Blocks not marked \"{SINCE}\" were recorded before the members' spread "
          "was shaped by spatial scale (model.spread_by_scale, on since): their spec columns show the rough members "
@@ -419,7 +421,7 @@ def main() -> None:
     cases = all_cases(work / "data", args.cases.split(",") if args.cases else None, args.valid_every_days)
     blocks = []
     for budget in sorted(budgets):
-        rows, periods = [], []
+        rows, periods, trained = [], [], []
         for case in cases:
             t0 = time.perf_counter()
             reg, dif = train_pair(case, work / "runs", budget, f"b{int(budget)}", args.set, args.reuse)
@@ -427,10 +429,12 @@ def main() -> None:
             new = fn(case, reg, dif, members)
             rows += new
             periods += period_lines(case, dif, members, new) if case.kind == "step" else []
+            trained.append(f"{case.name} {reg.step if reg else 0} + {dif.step if dif else 0}")
             print(f"# {case.name}: {case.note}; regression {reg.step if reg else 0} steps, diffusion {dif.step if dif else 0} steps, "
                   f"{time.perf_counter() - t0:.0f} s\n{table(new)}", flush=True)
         text = f"training budget {budget:.0f} s per model (regression {budget / 2:.0f} s + diffusion " \
-               f"{budget / 2:.0f} s), {members} members\n" + table(rows) + "".join("\n" + line for line in periods)
+               f"{budget / 2:.0f} s), {members} members; steps trained on this machine (regression + diffusion): " \
+               + ", ".join(trained) + "\n" + table(rows) + "".join("\n" + line for line in periods)
         print(text, flush=True)
         blocks.append(text)
     if not args.no_record:

@@ -84,11 +84,12 @@ def test_on_a_large_grid_the_export_draws_on_fewer_samples_and_rollouts(monkeypa
     """With the pixel bound at 3 samples of this grid, the export's draws cover 3 validation samples and its
     rollouts start from at most 3 validation times (8 on a small grid)."""
     import xkmcast.train.spread as spread
+    import xkmcast.train.spread_steps as spread_steps
 
     valid, _, _ = _samples(_pipeline(), 9, seed=3)
     monkeypatch.setattr(spread, "CALIBRATION_PIXELS", 3 * SHAPE[0] * SHAPE[1])
     asked = {}
-    monkeypatch.setattr(spread, "rollout_chains", lambda data, steps, max_chains: asked.setdefault("chains", max_chains) and [])
+    monkeypatch.setattr(spread_steps, "rollout_chains", lambda data, steps, max_chains: asked.setdefault("chains", max_chains) and [])
     cfg = load_config("stormcast-tiny-diffusion", ["model.spread_steps=2"])
     trainer = types.SimpleNamespace(cfg=cfg, stage="diffusion", valid_data=valid, t=types.SimpleNamespace(seed=0),
                                     log=types.SimpleNamespace(message=lambda text: None))

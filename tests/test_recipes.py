@@ -91,17 +91,29 @@ def test_stormcast_cpu_trains_a_state_only_forecaster(tmp_path, window):
     assert out["t2m"].sizes["member"] == 2 and np.isfinite(out["t2m"].values).all()
 
 
-@pytest.mark.parametrize("shape, window", [((200, 400), [80, 192]), ((180, 360), [80, 192]), ((100, 1000), [32, 512]),
-                                           ((448, 448), [128, 128]), ((20, 4000), [16, 1024]),
+@pytest.mark.parametrize("shape, window", [((200, 400), [112, 144]), ((180, 360), [96, 128]), ((100, 1000), [32, 512]),
+                                           ((448, 448), [96, 96]), ((20, 4000), [16, 1008]), ((10, 5000), [10, 1008]),
                                            ((70, 144), None), ((181, 181), None), ((118, 87), None)])
-def test_auto_window_keeps_whole_fields_up_to_twice_its_pixels_and_follows_the_grids_aspect(shape, window):
+def test_auto_window_keeps_whole_fields_up_to_twice_its_pixels_and_tiles_the_grid_with_the_fewest_pixels(shape, window):
+    from xkmcast.diffusion.patching import GridPatching
+
     got = auto_window(shape)
     assert got == window
-    if got is not None:  # inside the grid, sides multiples of 16, about WINDOW_PIXELS pixels
-        assert all(16 <= g <= n and g % 16 == 0 for g, n in zip(got, shape))
-        assert WINDOW_PIXELS / 2 < got[0] * got[1] <= WINDOW_PIXELS
-    else:
+    if got is None:
         assert shape[0] * shape[1] <= 2 * WINDOW_PIXELS
+        return
+    # inside the grid, sides multiples of 16 (or a whole side under 16), about WINDOW_PIXELS pixels
+    assert all(g <= n and (g % 16 == 0 or g == n < 16) for g, n in zip(got, shape))
+    assert WINDOW_PIXELS / 2 < got[0] * got[1] <= WINDOW_PIXELS
+
+    def evaluated(patch):  # pixels a denoising step evaluates on the patches the sampler cuts
+        return GridPatching(shape, patch).num_patches * patch[0] * patch[1]
+
+    others = [(h, w) for h in range(16, shape[0] + 1, 16) for w in range(16, shape[1] + 1, 16)
+              if WINDOW_PIXELS / 2 < h * w <= WINDOW_PIXELS]
+    assert all(evaluated(got) <= evaluated(o) for o in others)
+    if shape == (200, 400):  # 6 patches, where the grid's aspect (80 x 192) needs 9
+        assert GridPatching(shape, got).num_patches == 6 and GridPatching(shape, (80, 192)).num_patches == 9
 
 
 def _grid_files(root, ny, nx, factor=4):
@@ -124,7 +136,7 @@ def _grid_files(root, ny, nx, factor=4):
 
 @pytest.mark.parametrize("recipe", ["corrdiff-cpu", "stormcast-cpu"])
 def test_a_recipe_on_a_large_grid_trains_on_windows_unless_told_otherwise(tmp_path, recipe):
-    """A 200 x 400 grid trains on 80 x 192 windows (both stages of both recipes: the regression's windows
+    """A 200 x 400 grid trains on 112 x 144 windows (both stages of both recipes: the regression's windows
     and the spec's patch of the diffusion); data.patch of the whole grid keeps whole fields."""
     from xkmcast.models.regression_windows import training_window
     from xkmcast.models.specs import spec_from_config
@@ -132,11 +144,11 @@ def test_a_recipe_on_a_large_grid_trains_on_windows_unless_told_otherwise(tmp_pa
 
     files = _grid_files(tmp_path / "large", 200, 400)
     cfg = _fill_variables(load_config(recipe, files))
-    assert cfg.data.patch == [80, 192]
+    assert cfg.data.patch == [112, 144]
     spec = spec_from_config(cfg.model.model_copy(update={"stage": "regression"}), cfg.data, (200, 400))
-    assert training_window(spec, "regression", (200, 400)) == [80, 192]
+    assert training_window(spec, "regression", (200, 400)) == [112, 144]
     spec = spec_from_config(cfg.model.model_copy(update={"stage": "diffusion"}), cfg.data, (200, 400))
-    assert training_window(spec, "diffusion", (200, 400)) == [80, 192] and spec.patch == [80, 192]
+    assert training_window(spec, "diffusion", (200, 400)) == [112, 144] and spec.patch == [112, 144]
     whole = _fill_variables(load_config(recipe, [*files, "data.patch=[200, 400]"]))
     assert whole.data.patch == [200, 400]
     spec = spec_from_config(whole.model.model_copy(update={"stage": "regression"}), whole.data, (200, 400))

@@ -127,7 +127,7 @@ def test_step_gains_of_a_transformed_channel_calibrate_its_physical_units():
     """Rolled out through the forecast step: at every step, the spread of the members mapped back to
     physical units matches the error of their mean (within the gain grid's resolution) for the
     log-transformed channel, exactly in normalised units for the plain one."""
-    from xkmcast.train.spread import calibrated_step_gains, rollout_chains
+    from xkmcast.train.spread_steps import calibrated_step_gains, rollout_chains, rollout_seeds
 
     pipe = _pipeline(tp=(1.0, 2.5))  # strongly curved: x = 0.1 expm1(2.5 z + 1)
     pipe.spec.extra["sample_scale"] = [0.01, 0.01]
@@ -141,7 +141,7 @@ def test_step_gains_of_a_transformed_channel_calibrate_its_physical_units():
     for n in range(steps):
         sums = np.zeros((2, 2, 2))  # (normalised, physical) x (var, err2) x channel
         for c, chain in enumerate(chains):
-            now[c] = pipe.step(now[c], None, seeds=row_seeds(0, members, chain[0], n), step_index=n)
+            now[c] = pipe.step(now[c], None, seeds=rollout_seeds(0, members, chain[0], n), step_index=n)
             f, y = now[c].double().numpy(), data[chain[n]]["state"][1].double().numpy()
             for u, (ff, yy) in enumerate(((f, y), (stats.denormalise(f, VARS, axis=1), stats.denormalise(y, VARS, axis=0)))):
                 sums[u, 0] += ff.var(axis=0, ddof=1).mean(axis=(1, 2))

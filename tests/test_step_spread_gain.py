@@ -1,5 +1,5 @@
 """The members' spread along a rollout: gains per step calibrated on validation rollouts
-(:func:`xkmcast.train.spread.calibrated_step_gains`) and applied by the forecast path."""
+(:func:`xkmcast.train.spread_steps.calibrated_step_gains`) and applied by the forecast path."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 from _nets import randomise
 from _tiny import FINE_SHAPE, STATE_VARS, Sequences, tiny_stormcast
 
-from xkmcast.diffusion.seeds import row_seeds
-from xkmcast.train.spread import calibrated_step_gains, rollout_chains
+from xkmcast.train.spread import calibration_index, draws_by_sample, validation_draws
+from xkmcast.train.spread_steps import calibrated_step_gains, rollout_chains, rollout_seeds
 
 
 def _truth(pipe, chains: int, steps: int, seed: int) -> Sequences:
@@ -57,7 +57,7 @@ def _dispersion(pipe, data, steps: int, members: int) -> list[np.ndarray]:
         var, err2 = 0.0, 0.0
         for c, chain in enumerate(chains):
             bg = data[chain[n]]["background"][None].expand(members, -1, -1, -1)
-            now[c] = pipe.step(now[c], bg, seeds=row_seeds(0, members, chain[0], n), step_index=n)
+            now[c] = pipe.step(now[c], bg, seeds=rollout_seeds(0, members, chain[0], n), step_index=n)
             f, y = now[c].double().numpy(), data[chain[n]]["state"][1].double().numpy()
             var = var + f.var(axis=0, ddof=1).mean(axis=(1, 2))
             err2 = err2 + ((f.mean(axis=0) - y) ** 2).mean(axis=(1, 2))
@@ -65,13 +65,19 @@ def _dispersion(pipe, data, steps: int, members: int) -> list[np.ndarray]:
     return ratios
 
 
+def _centred(seed: int):
+    """A tiny StormCast with real weights, members centred on its regression mean, a sampling scale."""
+    pipe = tiny_stormcast()
+    randomise(pipe, seed=seed)
+    pipe.spec.extra["centre_members"] = True
+    pipe.spec.extra["sample_scale"] = [0.05, 0.08, 0.06]
+    return pipe
+
+
 def test_the_solved_gains_calibrate_every_step_of_the_validation_rollouts():
     """With the gains as solved, the members' spread equals the ensemble mean's error (fair, M members)
     at every step of the chains; the relative gains are those divided by the first step's."""
-    pipe = tiny_stormcast()
-    randomise(pipe, seed=21)
-    pipe.spec.extra["centre_members"] = True
-    pipe.spec.extra["sample_scale"] = [0.05, 0.08, 0.06]
+    pipe = _centred(seed=21)
     steps, members = 3, 6
     data = _truth(pipe, 4, steps, seed=5)
     solved = calibrated_step_gains(pipe, data, steps=steps, members=members, relative=False)
@@ -85,6 +91,31 @@ def test_the_solved_gains_calibrate_every_step_of_the_validation_rollouts():
     pipe.spec.extra.pop("step_spread_gain")  # without gains the later steps are under-dispersive
     plain = _dispersion(pipe, data, steps, members)
     assert all((r < 0.8 * plain[0]).all() for r in plain[1:])
+
+
+def test_the_rollouts_first_steps_are_the_validation_draws_of_their_samples():
+    """The export draws each first step once: the calibration samples include the rollouts' starts
+    (then others), and rollouts given those samples' validation draws (the same seeds) solve the same
+    gains as rollouts that draw their first steps again, without drawing them."""
+    pipe = _centred(seed=24)
+    steps, members = 3, 4
+    data = _truth(pipe, 4, steps, seed=11)
+    chains = rollout_chains(data, steps, 2)
+    starts = [chain[0] for chain in chains]
+    index = calibration_index(len(data), 3, starts=starts)
+    assert len(index) == 3 and set(starts) < set(index) and index == sorted(index)
+    first = draws_by_sample(index, list(validation_draws(pipe, data, members, 3, seed=0, index=index)))
+    assert sorted(first) == index and first[starts[0]][0].shape == (members, len(STATE_VARS), *FINE_SHAPE)
+    calls = []
+    step_parts = pipe.step_parts
+    pipe.step_parts = lambda *a, **k: calls.append(1) or step_parts(*a, **k)
+    fresh = calibrated_step_gains(pipe, data, steps=steps, members=members, chains=chains, relative=False)
+    drawn_again = len(calls)
+    shared = calibrated_step_gains(pipe, data, steps=steps, members=members, chains=chains, relative=False,
+                                   first=first)
+    assert drawn_again == len(chains) * steps and len(calls) - drawn_again == len(chains) * (steps - 1)
+    np.testing.assert_allclose(np.array(shared), np.array(fresh), rtol=1e-4)
+    assert not np.allclose(np.array(shared[1:]), 1.0)  # gains that say something
 
 
 def test_the_rollout_applies_the_gain_of_each_step():
@@ -142,7 +173,7 @@ def test_rollouts_that_all_start_at_one_hour_are_told_apart():
     import xarray as xr
 
     from xkmcast.data.samples import ForecastSamples
-    from xkmcast.train.spread import chains_time_of_day
+    from xkmcast.train.spread_steps import chains_time_of_day
 
     def split(freq: str, positions: list[int]) -> str | None:
         times = pd.date_range("1996-01-05", periods=64, freq=freq)

@@ -93,7 +93,7 @@ def test_forecast_pairs_never_join_a_training_and_a_validation_time():
     """ForecastSamples on the positions of a split: a pair is formed within one set only, so no
     training target is a validation state (and the calibration's chains stop at the gaps)."""
     from xkmcast.data.samples import ForecastSamples
-    from xkmcast.train.spread import rollout_chains
+    from xkmcast.train.spread_steps import rollout_chains
 
     rng = np.random.default_rng(0)
     ds = xr.Dataset({"t2m": (("time", "y", "x"), rng.normal(size=(20, 4, 4)).astype("f4"))},

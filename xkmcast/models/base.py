@@ -351,7 +351,7 @@ class Pipeline(torch.nn.Module):
         """The gain (1, C_out, 1, 1) on the members' spread about their ensemble mean at step
         ``step_index`` of a rollout (0: the first step from the initial state), from
         ``spec.extra["step_spread_gain"]`` (one row of per-channel gains per step, calibrated on validation
-        rollouts: :func:`xkmcast.train.spread.calibrated_step_gains`; steps past the last row take the last
+        rollouts: :func:`xkmcast.train.spread_steps.calibrated_step_gains`; steps past the last row take the last
         row); None when the spec has none (published packages, downscaling models)."""
         gains = self.spec.extra.get("step_spread_gain")
         if not gains:

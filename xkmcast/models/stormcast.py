@@ -129,7 +129,12 @@ class StormCast(ForecastPipeline):
         base = self._diffusion_base(state, mean)
         if base is None:
             return out, None
-        shared, spread = self.member_parts(out, centre, base=base.mean(dim=0, keepdim=True))
+        return self.split_draws(out, base, centre)
+
+    def split_draws(self, draws: Tensor, base: Tensor, centre: bool | None = None) -> tuple[Tensor, Tensor | None]:
+        """``(base + shared, spread)`` of :meth:`step_parts` from the members' diffusion draws (M, C, H, W)
+        before scaling and what their residual is added to, ``base`` (M, C, H, W): :meth:`member_parts`."""
+        shared, spread = self.member_parts(draws, centre, base=base.mean(dim=0, keepdim=True))
         return base + shared, spread
 
     def denoiser(self, sampling: bool = False):

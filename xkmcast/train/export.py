@@ -55,11 +55,13 @@ def calibrate_spread(pipeline, trainer) -> None:
     value of the channels ``model.spread_by_value`` names (:func:`.spread.value_channels`), then a stepping
     model's gains for the first ``model.spread_steps`` steps of a rollout. The first three share one set of
     validation draws (:func:`.spread.validation_draws`) on :func:`.spread.calibration_samples` samples; the
-    rollouts start from as many validation times at most."""
-    from .spread import (CALIBRATION_MEMBERS, MAX_CHAINS, calibrated_sample_scale, calibrated_spread_factor,
-                         calibrated_step_gains, calibrated_value_gains, calibration_samples, chains_time_of_day,
-                         rollout_chains, validation_draws, value_channels)
+    rollouts (:mod:`.spread_steps`) start from as many validation times at most, those samples, and take
+    their draws as the first steps (:func:`.spread.calibration_index`)."""
+    from .spread import (CALIBRATION_MEMBERS, calibrated_sample_scale, calibrated_spread_factor,
+                         calibrated_value_gains, calibration_index, calibration_samples, draws_by_sample,
+                         validation_draws, value_channels)
     from .spread_by_scale import calibrated_scale_gains
+    from .spread_steps import MAX_CHAINS, calibrated_step_gains, chains_time_of_day, rollout_chains
 
     m = trainer.cfg.model
     if trainer.stage != "diffusion" or not m.spread_calibration or m.residual_scale != "auto":
@@ -68,7 +70,9 @@ def calibrate_spread(pipeline, trainer) -> None:
     if valid is None or len(valid) == 0:
         return
     samples = calibration_samples(pipeline.spec.grid.get("shape"), pipeline.device)
-    drawn = list(validation_draws(pipeline, valid, CALIBRATION_MEMBERS, samples, seed))
+    chains = rollout_chains(valid, m.spread_steps, min(MAX_CHAINS, samples)) if m.spread_steps > 0 else []
+    index = calibration_index(len(valid), samples, starts=[chain[0] for chain in chains])
+    drawn = list(validation_draws(pipeline, valid, CALIBRATION_MEMBERS, samples, seed, index=index))
     on_mean = "regression" in pipeline.stages
     key, fn = ("sample_scale", calibrated_sample_scale) if on_mean else ("spread_factor", calibrated_spread_factor)
     values = fn(pipeline, valid, max_samples=samples, seed=seed, drawn=drawn)
@@ -92,8 +96,8 @@ def calibrate_spread(pipeline, trainer) -> None:
         trainer.log.message("members' spread calibrated by value on the validation times: "
                             + "; ".join(f"{v} x{min(e['gains']):.2f}..{max(e['gains']):.2f}"
                                         for v, e in zip(names, by_value) if e))
-    chains = rollout_chains(valid, m.spread_steps, min(MAX_CHAINS, samples)) if m.spread_steps > 0 else []
-    gains = calibrated_step_gains(pipeline, valid, steps=m.spread_steps, seed=seed, chains=chains) if chains else None
+    gains = calibrated_step_gains(pipeline, valid, steps=m.spread_steps, members=CALIBRATION_MEMBERS, seed=seed,
+                                  chains=chains, first=draws_by_sample(index, drawn)) if chains else None
     if gains is not None:
         pipeline.spec.extra["step_spread_gain"] = gains
         trainer.log.message("members' spread calibrated on validation rollouts: gain per step "

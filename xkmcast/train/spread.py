@@ -32,25 +32,9 @@ residual, normalised units) and ``s`` one value per output channel (:meth:`Pipel
       h_j^2 = mean_j (t - shared)^2 / (k mean_j var_k(d))      (k = 1 centred, 1 + 1/M otherwise)
 
   (``d`` the members' spread about their mean with the scales above, ``shared`` their common
-  departure); the gain is linear in ``mu`` between the groups' medians (:meth:`Pipeline.value_gain`);
-- step gains (:func:`calibrated_step_gains`, stepping models): the two above calibrate one step from a
-  true state. In a rollout the members' spread at step n is what the steps before left (the network
-  maps each member's state, and a smooth regression contracts their differences) plus the new draws',
-  so an ensemble calibrated at the first step is under-dispersive later. Rolled out from validation
-  times along consecutive validation pairs, each member is ``x_k = b_k + g_c d_k`` at step n (``b_k``
-  its own part, ``d_k`` the spread of the draws: :meth:`StormCast.step_parts`) and the per-channel
-  gain ``g_c`` of that step solves, over chains and pixels,
+  departure); the gain is linear in ``mu`` between the groups' medians (:meth:`Pipeline.value_gain`).
 
-      mean var_k(b + g d) = mean (y - mean_k b)^2 / (1 + 1/M)
-      i.e.  g^2 mean var_k(d) + 2 g mean cov_k(b, d) + mean var_k(b) - T = 0
-
-  (ddof 1; the larger root, 0 when the spread the steps before left already exceeds ``T``; a channel
-  with a value transform: the same balance in physical units, ``x_k = T^-1(b_k + g d_k)`` and its
-  ensemble mean's error, solved by bisection); the members
-  continue with that gain to the next step. The gains are then divided by the first step's: they set
-  how the spread grows along a rollout, and its level stays the first step's calibration above (made
-  on all validation samples, where the chains are a few; a spread growing linearly with the gains, the
-  chains' spread-skill ratio becomes ``1 / g_1`` at every step).
+The step gains of a stepping model's rollouts are in :mod:`xkmcast.train.spread_steps`.
 """
 
 from __future__ import annotations
@@ -64,8 +48,8 @@ import torch
 from ..errors import ConfigError, explain
 
 __all__ = ["residual_scale", "calibrated_sample_scale", "calibrated_spread_factor", "calibrated_value_gains",
-           "value_channels", "validation_draws", "spread_balance", "member_split", "calibrated_step_gains",
-           "evenly_spread_batches", "rollout_chains", "chains_time_of_day", "MAX_CHAINS", "CALIBRATION_MEMBERS",
+           "value_channels", "validation_draws", "spread_balance", "member_split", "calibration_index",
+           "draws_by_sample", "evenly_spread_batches", "CALIBRATION_MEMBERS",
            "CALIBRATION_SAMPLES", "CALIBRATION_PIXELS", "calibration_samples"]
 
 #: draws per validation sample, and validation samples, of the spread calibrations at export
@@ -91,14 +75,25 @@ def _evenly_spread(n: int, k: int) -> list[int]:
     return sorted({int(i) for i in torch.linspace(0, n - 1, min(n, k)).round().tolist()})
 
 
+def calibration_index(n: int, samples: int, starts=()) -> list[int]:
+    """The ``samples`` of ``n`` validation samples (at most) the export's calibrations draw on, sorted:
+    ``starts`` (the first samples of a stepping model's validation rollouts, whose draws are then also the
+    rollouts' first steps: :func:`draws_by_sample`), then others spread evenly over the rest."""
+    chosen = list(dict.fromkeys(int(i) for i in starts))[:samples]
+    rest = [i for i in range(n) if i not in chosen]
+    if len(chosen) < samples and rest:
+        chosen += [rest[j] for j in _evenly_spread(len(rest), samples - len(chosen))]
+    return sorted(chosen)
+
+
 def evenly_spread_batches(dataset, max_samples: int, device, batch: int = 8, rank: int = 0,
-                          world_size: int = 1) -> Iterator[tuple[list[int], dict]]:
+                          world_size: int = 1, index: list[int] | None = None) -> Iterator[tuple[list[int], dict]]:
     """``(indices, collated batch on device)`` of up to ``max_samples`` samples spread evenly over
-    ``dataset`` (first and last included), ``batch`` at a time; of those, process ``rank`` of
-    ``world_size`` takes every ``world_size``-th."""
+    ``dataset`` (first and last included; ``index``: those samples instead), ``batch`` at a time; of
+    those, process ``rank`` of ``world_size`` takes every ``world_size``-th."""
     from torch.utils.data import default_collate
 
-    index = _evenly_spread(len(dataset), max_samples)[rank::world_size]
+    index = (_evenly_spread(len(dataset), max_samples) if index is None else list(index))[rank::world_size]
     for start in range(0, len(index), batch):
         part = index[start:start + batch]
         items = default_collate([dataset[i] for i in part])
@@ -218,9 +213,10 @@ def calibrated_value_gains(pipeline, dataset, channels: list[int], members: int 
 
 
 def validation_draws(pipeline, dataset, members: int, max_samples: int, seed: int,
-                     drawn: list | None = None) -> Iterator[tuple]:
+                     drawn: list | None = None, index: list[int] | None = None) -> Iterator[tuple]:
     """``(draws (M, B, C, H, W), true residual, base)`` of :meth:`calibration_draws` for the batches of up to
-    ``max_samples`` samples spread evenly over ``dataset``, draw k of sample i seeded by
+    ``max_samples`` samples spread evenly over ``dataset`` (``index``: those samples, in order; see
+    :func:`calibration_index`), draw k of sample i seeded by
     ``row_seed(seed, k, i)``; nothing when the pipeline's diffusion models no residual. ``drawn``: the
     list of these items drawn before with the same arguments, yielded instead of drawing again (the
     draws are those of the network before any scale or gain, so every calibration of one export can
@@ -231,11 +227,18 @@ def validation_draws(pipeline, dataset, members: int, max_samples: int, seed: in
         yield from drawn
         return
 
-    for index, batch in evenly_spread_batches(dataset, max_samples, pipeline.device):
-        got = pipeline.calibration_draws(batch, [row_seeds(seed, members, i) for i in index])
+    for part, batch in evenly_spread_batches(dataset, max_samples, pipeline.device, index=index):
+        got = pipeline.calibration_draws(batch, [row_seeds(seed, members, i) for i in part])
         if got is None:
             return
         yield got
+
+
+def draws_by_sample(index: list[int], drawn: list) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """``{sample: (its draws (M, C, H, W), base (C, H, W))}`` of :func:`validation_draws`' items ``drawn``
+    on the samples ``index`` (in that order)."""
+    rows = [(draws[:, b], base[b]) for draws, _, base in drawn for b in range(draws.shape[1])]
+    return dict(zip(index, rows))
 
 
 def spread_balance(pipeline, members: int) -> float:
@@ -336,115 +339,3 @@ def _gains_by_value(value: torch.Tensor, moments, k: float, classes: int, linear
         knots.append(knot)
         gains.append(gain)
     return {"knots": knots, "gains": gains} if knots else None
-
-
-def rollout_chains(dataset, steps: int, max_chains: int) -> list[list[int]]:
-    """Up to ``max_chains`` lists of ``steps`` indices of ``dataset`` (a
-    :class:`~xkmcast.data.samples.ForecastSamples`) whose one-step pairs follow each other (the next state
-    of one is the previous state of the next), their starts spread evenly; shorter (down to 2 pairs)
-    when no chain is that long; empty when there are no two consecutive pairs."""
-    pairs = getattr(dataset, "pairs", None)
-    if not pairs:
-        return []
-    after = {i: index for index, (i, _, k) in enumerate(pairs) if k == 1}
-    chains = []
-    for index, (i, j, k) in enumerate(pairs):
-        if k != 1:
-            continue
-        chain = [index]
-        while len(chain) < steps and pairs[chain[-1]][1] in after:
-            chain.append(after[pairs[chain[-1]][1]])
-        chains.append(chain)
-    longest = max((len(c) for c in chains), default=0)
-    chains = [c for c in chains if len(c) == longest]
-    if longest < 2:
-        return []
-    return [chains[i] for i in _evenly_spread(len(chains), max_chains)]
-
-
-def chains_time_of_day(dataset, chains: list[list[int]]) -> str | None:
-    """``"HH:MM"`` when every one of ``chains`` (:func:`rollout_chains`) starts at that time of day and
-    ``dataset``'s step is shorter than a day: then step n of every chain falls at the same hour, and gains
-    solved per step mix the lead with the time of day (one-day validation windows of 6-hourly data: all
-    chains start at 00:00). None otherwise, or when ``dataset`` has no times."""
-    times = getattr(dataset, "time_values", None)
-    step = getattr(dataset, "step", None)
-    if not chains or times is None or not np.issubdtype(np.asarray(times).dtype, np.datetime64) \
-            or np.timedelta64(step) >= np.timedelta64(1, "D"):
-        return None
-    starts = {str(np.datetime64(times[dataset.pairs[chain[0]][0]], "m"))[11:16] for chain in chains}
-    return starts.pop() if len(starts) == 1 else None
-
-
-def _solve_gain(var_b: torch.Tensor, var_d: torch.Tensor, cov: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The larger root g >= 0 of ``var_d g^2 + 2 cov g + var_b - target = 0`` per channel (where there is
-    none, the g >= 0 that brings the spread closest to the target)."""
-    disc = cov ** 2 - var_d * (var_b - target)
-    root = (-cov + disc.clamp(min=0).sqrt()) / var_d.clamp(min=1e-30)
-    return root.clamp(min=0)
-
-
-#: validation rollouts that calibrate the step gains, at most
-MAX_CHAINS = 8
-
-
-@torch.no_grad()
-def calibrated_step_gains(pipeline, dataset, steps: int = 3, members: int = 8, max_chains: int = MAX_CHAINS,
-                          seed: int = 0, relative: bool = True,
-                          chains: list[list[int]] | None = None) -> list[list[float]] | None:
-    """The per-step gains of the module docstring (``relative``: divided by the first step's, so the
-    first row is ones; else as solved): one row per step (``steps`` of them at most, fewer
-    when the validation times hold no chain that long), one value per output channel, measured on up
-    to ``max_chains`` rollouts of ``members`` members along consecutive pairs of ``dataset``
-    (``chains``: those rollouts when the caller has them, :func:`rollout_chains`); member k
-    of chain c at step n is seeded by ``row_seed(seed, k, start index of c, n)``. None when the pipeline
-    has no spread to gain (no ``step_parts``, one member, draws taken as they are) or no chain of 2."""
-    from torch.utils.data import default_collate
-
-    from ..diffusion.seeds import row_seeds
-
-    if chains is None:
-        chains = rollout_chains(dataset, steps, max_chains)
-    if members < 2 or not chains or not hasattr(pipeline, "step_parts"):
-        return None
-    device = pipeline.device
-
-    def rows(t):  # (1, ...) -> (M, ...)
-        return None if t is None else t.to(device).expand(members, *t.shape[1:])
-
-    physical = {c: f for c in range(len(pipeline.spec.output_vars)) if (f := _physical_units(pipeline, c)) is not None}
-    states: list[torch.Tensor | None] = [None] * len(chains)
-    gains = []
-    for n in range(len(chains[0])):
-        sums = torch.zeros(4, len(pipeline.spec.output_vars), dtype=torch.float64)
-        count, parts = 0, []
-        for c, chain in enumerate(chains):
-            batch = default_collate([dataset[chain[n]]])
-            prev, nxt, background, _ = pipeline.unpack(batch)
-            x = rows(prev) if states[c] is None else states[c]
-            label = batch.get("lead_time_label")
-            base, spread = pipeline.step_parts(x, rows(background), seeds=row_seeds(seed, members, chain[0], n),
-                                               lead_time_label=rows(label))
-            if spread is None:
-                return None
-            b, d, y = base.double(), spread.double(), nxt.to(device).double()
-            sums[0] += b.var(dim=0).sum(dim=(1, 2)).cpu()
-            sums[1] += d.var(dim=0).sum(dim=(1, 2)).cpu()
-            sums[2] += ((b - b.mean(0)) * d).sum(dim=0).div(members - 1).sum(dim=(1, 2)).cpu()
-            sums[3] += (y[0] - b.mean(0)).pow(2).sum(dim=(1, 2)).cpu()
-            count += y.shape[-2] * y.shape[-1]
-            parts.append((base, spread, y[0]))
-        var_b, var_d, cov, err2 = sums / count
-        if bool((var_d <= 0).any()):
-            return None
-        gain = _solve_gain(var_b, var_d, cov, err2 / (1 + 1 / members))
-        for c, to_physical in physical.items():  # a transformed channel: in its physical units
-            centre, spread_c, truth = (torch.cat([t[..., c, :, :].double().reshape(*t.shape[:-3], -1).cpu()
-                                                  for t in column], dim=-1) for column in zip(*parts))
-            gain[c] = _balance_gain(lambda g: _physical_moments(centre, spread_c, truth, g, to_physical), 1 + 1 / members)
-        gains.append([float(g) for g in gain])
-        g = gain.to(device=device, dtype=torch.float32).reshape(1, -1, 1, 1)
-        states = [base + g * spread for base, spread, _ in parts]
-    if not relative:
-        return gains
-    return [[g / f if f > 0 else 1.0 for g, f in zip(row, gains[0])] for row in gains]
