@@ -84,8 +84,9 @@ def denoise_seconds(recipe: str, shape, patch, members: int = 8, repeats: int = 
     from xkmcast.models.specs import corrdiff_spec, stormcast_spec
 
     common = {"invariant_vars": ["orog", "lsm"], "size": "tiny", "patch": list(patch)}
+    conditions = load_config(recipe, ["data.source=synthetic"]).model.diffusion_conditions
     spec = corrdiff_spec(INPUTS, OUTPUTS, shape, **common) if recipe == "corrdiff-cpu" else \
-        stormcast_spec(OUTPUTS, shape, **common, diffusion_conditions=["state", "invariant", "regression"])
+        stormcast_spec(OUTPUTS, shape, **common, diffusion_conditions=conditions)
     pipe = build_pipeline(spec).eval()
     net = pipe.patched(pipe.stages["diffusion"], tuple(shape))
     kw = spec.networks["diffusion"]["kwargs"]  # in = out + condition + its resized copy + positional grid

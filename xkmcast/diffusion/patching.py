@@ -59,6 +59,7 @@ __all__ = [
     "RandomPatches",
     "random_patches",
     "GridPatching",
+    "patch_stride",
     "patch_grid",
     "patched_pixels",
     "blend_window",
@@ -235,11 +236,16 @@ def halo_windows(
 OVERLAP, BOUNDARY = 4, 2
 
 
+def patch_stride(patch_shape: tuple[int, int] | int, overlap: int = OVERLAP, boundary: int = BOUNDARY) -> tuple[int, int]:
+    """The step between neighbouring inference patches: ``(ph - overlap - boundary, pw - overlap - boundary)``."""
+    return tuple(p - overlap - boundary for p in _pair(patch_shape))
+
+
 def patch_grid(domain_shape: tuple[int, int], patch_shape: tuple[int, int] | int, overlap: int = OVERLAP,
                boundary: int = BOUNDARY) -> tuple[int, int]:
     """The (rows, columns) of inference patches that tile ``domain_shape`` (module docstring):
-    ``ceil(H / (ph - overlap - boundary))`` by ``ceil(W / (pw - overlap - boundary))``."""
-    return tuple(math.ceil(n / (p - overlap - boundary)) for n, p in zip(_pair(domain_shape), _pair(patch_shape)))
+    ``ceil(H / stride_y)`` by ``ceil(W / stride_x)`` (:func:`patch_stride`)."""
+    return tuple(math.ceil(n / s) for n, s in zip(_pair(domain_shape), patch_stride(patch_shape, overlap, boundary)))
 
 
 def patched_pixels(domain_shape: tuple[int, int], patch_shape: tuple[int, int] | int, overlap: int = OVERLAP,
@@ -301,7 +307,7 @@ class GridPatching:
                 raise GridError(explain(f"patch {name} too small for the overlap and boundary",
                                         expected=f"> overlap + 2*boundary = {self.overlap + 2 * self.boundary}",
                                         found=p, fix="use larger patches or smaller overlap/boundary"))
-        self.stride = tuple(p - self.overlap - self.boundary for p in self.patch_shape)
+        self.stride = patch_stride(self.patch_shape, self.overlap, self.boundary)
         self.grid_shape = patch_grid(self.domain_shape, self.patch_shape, self.overlap, self.boundary)
         self.padded_shape = tuple(
             s * (n - 1) + p + self.boundary for s, n, p in zip(self.stride, self.grid_shape, self.patch_shape)

@@ -27,6 +27,7 @@ the grid's aspect, 80 x 192, needs 9). ``data.patch=[H, W]`` (the whole grid) ke
 
 from __future__ import annotations
 
+import math
 import re
 
 from ..errors import ConfigError, explain
@@ -50,8 +51,6 @@ def auto_window(shape: tuple[int, int], pixels: int | None = None, multiple: int
     every denoising step -- ties to the one closest to the grid's aspect. (200, 400) -> [112, 144]: 6
     patches, 1.21 x the field's pixels per step (the aspect's [80, 192]: 9 patches, 1.73 x);
     (180, 360) -> [96, 128]; (100, 1000) -> [32, 512]. ``pixels``: WINDOW_PIXELS."""
-    import math
-
     from ..diffusion.patching import patched_pixels
 
     pixels = WINDOW_PIXELS if pixels is None else int(pixels)

@@ -49,7 +49,7 @@ from ..errors import ConfigError, explain
 
 __all__ = ["residual_scale", "calibrated_sample_scale", "calibrated_spread_factor", "calibrated_value_gains",
            "value_channels", "validation_draws", "spread_balance", "member_split", "calibration_index",
-           "draws_by_sample", "evenly_spread_batches", "CALIBRATION_MEMBERS",
+           "draw_seeds", "draws_by_sample", "evenly_spread_batches", "CALIBRATION_MEMBERS",
            "CALIBRATION_SAMPLES", "CALIBRATION_PIXELS", "calibration_samples"]
 
 #: draws per validation sample, and validation samples, of the spread calibrations at export
@@ -221,17 +221,24 @@ def validation_draws(pipeline, dataset, members: int, max_samples: int, seed: in
     list of these items drawn before with the same arguments, yielded instead of drawing again (the
     draws are those of the network before any scale or gain, so every calibration of one export can
     share them: they are most of its cost, minutes on a 200 x 400 grid)."""
-    from ..diffusion.seeds import row_seeds
-
     if drawn is not None:
         yield from drawn
         return
 
     for part, batch in evenly_spread_batches(dataset, max_samples, pipeline.device, index=index):
-        got = pipeline.calibration_draws(batch, [row_seeds(seed, members, i) for i in part])
+        got = pipeline.calibration_draws(batch, [draw_seeds(seed, members, i) for i in part])
         if got is None:
             return
         yield got
+
+
+def draw_seeds(seed: int, members: int, sample: int) -> list[int]:
+    """The seeds of the ``members`` validation draws of ``sample`` (draw k: ``row_seed(seed, k, sample)``),
+    the first steps of the calibration rollouts from that sample too
+    (:func:`~xkmcast.train.spread_steps.rollout_seeds`)."""
+    from ..diffusion.seeds import row_seeds
+
+    return row_seeds(seed, members, sample)
 
 
 def draws_by_sample(index: list[int], drawn: list) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:

@@ -30,18 +30,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .spread import _balance_gain, _evenly_spread, _physical_moments, _physical_units
+from .spread import _balance_gain, _evenly_spread, _physical_moments, _physical_units, draw_seeds
 
 __all__ = ["calibrated_step_gains", "rollout_chains", "rollout_seeds", "chains_time_of_day", "MAX_CHAINS"]
 
 
 def rollout_seeds(seed: int, members: int, start: int, step: int) -> list[int]:
     """The seeds of the ``members`` members of the calibration rollout from sample ``start`` at ``step``
-    (0: the first): those of that sample's validation draws at step 0 (``row_seeds(seed, M, start)``:
-    :func:`~xkmcast.train.spread.validation_draws`), ``row_seeds(seed, M, start, step)`` after."""
+    (0: the first): those of that sample's validation draws at step 0
+    (:func:`~xkmcast.train.spread.draw_seeds`), ``row_seeds(seed, M, start, step)`` after."""
     from ..diffusion.seeds import row_seeds
 
-    return row_seeds(seed, members, start) if step == 0 else row_seeds(seed, members, start, step)
+    return draw_seeds(seed, members, start) if step == 0 else row_seeds(seed, members, start, step)
 
 
 def rollout_chains(dataset, steps: int, max_chains: int) -> list[list[int]]:
