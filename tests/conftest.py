@@ -74,6 +74,20 @@ def _one_torch_thread():
     torch.set_num_threads(previous)
 
 
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Each test leaves ``os.environ`` as it found it. Starting a dask LocalCluster of processes writes
+    its workers' variables into the parent's environment for good (distributed's Nanny:
+    ``MALLOC_TRIM_THRESHOLD_=65536``, ``PYTHONHASHSEED``), and every process the later tests start
+    inherited them: the notebooks' kernels, the demo and the torchrun workers trained about 2x slower
+    (glibc returning every freed block over 64 kB to the system: the time went to the kernel)."""
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
 @pytest.fixture()
 def era5_like() -> xr.Dataset:
     """A small ERA5-layout dataset: descending latitude, 0..360 longitude, hPa levels, short names."""

@@ -36,10 +36,22 @@ def test_rollout_chains_follow_consecutive_pairs_and_stop_at_gaps():
     class Pairs:
         pairs = [(0, 1, 1), (1, 2, 1), (2, 3, 1), (5, 6, 1), (6, 7, 1), (0, 2, 2)]
 
-    assert rollout_chains(Pairs(), 3, 8) == [[0, 1, 2]]  # the pairs after the gap make no chain of 3
+    # one chain of 3 pairs is not enough (MIN_CHAINS): the longest that two chains reach, 2 pairs
+    assert rollout_chains(Pairs(), 3, 8) == [[0, 1], [1, 2], [3, 4]]
     assert rollout_chains(Pairs(), 2, 8) == [[0, 1], [1, 2], [3, 4]]
     assert rollout_chains(Pairs(), 2, 2) == [[0, 1], [3, 4]]  # starts spread evenly
-    assert rollout_chains(Pairs(), 9, 8) == [[0, 1, 2]]  # as long as there is
+    assert rollout_chains(Pairs(), 9, 8) == [[0, 1], [1, 2], [3, 4]]
+
+    class Longer:  # 0 -> 1 -> 2 -> 3 -> 4: two chains of 3 pairs
+        pairs = [(0, 1, 1), (1, 2, 1), (2, 3, 1), (3, 4, 1)]
+
+    assert rollout_chains(Longer(), 3, 8) == [[0, 1, 2], [1, 2, 3]]
+    assert rollout_chains(Longer(), 9, 8) == [[0, 1, 2], [1, 2, 3]]  # as long as two reach
+
+    class One:  # three consecutive times: one chain of 2 pairs
+        pairs = [(0, 1, 1), (1, 2, 1)]
+
+    assert rollout_chains(One(), 3, 8) == []
 
     class Apart:
         pairs = [(0, 1, 1), (2, 3, 1)]
@@ -142,11 +154,14 @@ def test_the_rollout_applies_the_gain_of_each_step():
         np.testing.assert_allclose(out[:, n], mean.numpy(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("what", ["one member", "no chain", "regression only"])
+@pytest.mark.parametrize("what", ["one member", "no chain", "one chain", "regression only"])
 def test_no_gains_where_nothing_can_be_calibrated(what):
+    """... nor from one rollout, which cannot tell the lead from its own stretch of weather, even when
+    given as the chains to use."""
     pipe = tiny_stormcast(stages=("regression",)) if what == "regression only" else tiny_stormcast()
-    data = _truth(tiny_stormcast(), 2, 1 if what == "no chain" else 3, seed=7)
-    assert calibrated_step_gains(pipe, data, members=1 if what == "one member" else 4) is None
+    data = _truth(tiny_stormcast(), 1 if what == "one chain" else 2, 1 if what == "no chain" else 3, seed=7)
+    chains = [[0, 1, 2]] if what == "one chain" else None
+    assert calibrated_step_gains(pipe, data, members=1 if what == "one member" else 4, chains=chains) is None
 
 
 def test_uncentred_members_take_the_gains_too():
@@ -186,3 +201,24 @@ def test_rollouts_that_all_start_at_one_hour_are_told_apart():
     assert split("6h", [p + 2 for p in one_day_in_four]) == "12:00"  # windows from noon to noon
     assert split("6h", list(range(40, 48))) is None  # 2 days: chains from 00, 06, 12, 18
     assert split("1D", one_day_in_four) is None  # a daily step: no time of day to mix
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fraction, rows", [(0.2, None), (0.3, 3)], ids=["one-rollout", "two-rollouts"])
+def test_the_export_stores_step_gains_only_from_two_validation_rollouts(tmp_path, capfd, fraction, rows):
+    """16 hourly times, the last 3 validating: one rollout of 2 steps, no gains, and the log says why and
+    what gives them; the last 5: two rollouts of 3 steps (pairs 11-14 and 12-15), three rows of gains."""
+    import xkmcast
+    from xkmcast.train import load_config, train
+
+    torch.set_num_threads(1)
+    cfg = load_config("stormscope-tiny", ["data.params={nx: 16, ny: 16, dx: 3000.0, factor: 4, times: 16, seed: 0}",
+                                          f"data.valid_fraction={fraction}", "training.duration=2", "training.batch_size=4",
+                                          "training.tensorboard=false", f"training.outdir={tmp_path}"])
+    result = train(cfg, quiet=True)
+    gains = xkmcast.load_model(result.bundle).spec.extra.get("step_spread_gain")
+    told = [line for line in capfd.readouterr().err.splitlines() if line.startswith("no gains per step of a rollout")]
+    if rows is None:
+        assert gains is None and len(told) == 1 and "validation window of 4 consecutive times" in told[0]
+    else:
+        assert len(gains) == rows and gains[0] == [1.0] * len(gains[0]) and not told

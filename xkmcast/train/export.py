@@ -61,7 +61,7 @@ def calibrate_spread(pipeline, trainer) -> None:
                          calibrated_value_gains, calibration_index, calibration_samples, draws_by_sample,
                          validation_draws, value_channels)
     from .spread_by_scale import calibrated_scale_gains
-    from .spread_steps import MAX_CHAINS, calibrated_step_gains, chains_time_of_day, rollout_chains
+    from .spread_steps import MAX_CHAINS, MIN_CHAINS, calibrated_step_gains, chains_time_of_day, rollout_chains
 
     m = trainer.cfg.model
     if trainer.stage != "diffusion" or not m.spread_calibration or m.residual_scale != "auto":
@@ -104,11 +104,14 @@ def calibrate_spread(pipeline, trainer) -> None:
                             + "; ".join(", ".join(f"{v}={g:.2f}" for v, g in zip(names, row)) for row in gains))
         hour = chains_time_of_day(valid, chains)
         if hour is not None:
-            which = "the one validation rollout behind these gains starts" if len(chains) == 1 else \
-                f"the {len(chains)} validation rollouts behind these gains all start"
-            trainer.log.message(f"warning: {which} at {hour}, so each step's gain is also that hour's; "
-                                "validation windows longer than "
+            trainer.log.message(f"warning: the {len(chains)} validation rollouts behind these gains all start at "
+                                f"{hour}, so each step's gain is also that hour's; validation windows longer than "
                                 f"{m.spread_steps + 1} times (data.valid_times) start rollouts at several hours")
+    elif m.spread_steps > 0 and not chains:
+        trainer.log.message(f"no gains per step of a rollout: they need {MIN_CHAINS} validation rollouts of 2 steps "
+                            "or more, which a validation window of 4 consecutive times gives "
+                            f"({m.spread_steps + MIN_CHAINS} for {m.spread_steps} steps: data.valid_times); the "
+                            "members' spread grows along a rollout as the one-step calibration draws it")
 
 
 @contextlib.contextmanager

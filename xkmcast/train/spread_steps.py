@@ -14,7 +14,10 @@ gain ``g_c`` of that step solves, over chains and pixels,
 (ddof 1; the larger root, 0 when the spread the steps before left already exceeds ``T``; a channel
 with a value transform: the same balance in physical units, ``x_k = T^-1(b_k + g d_k)`` and its
 ensemble mean's error, solved by bisection); the members
-continue with that gain to the next step. The gains are then divided by the first step's: they set
+continue with that gain to the next step. It takes :data:`MIN_CHAINS` rollouts: one cannot tell how the
+spread grows with the lead from how it grows in its own stretch of weather (the hurricane nowcast's one
+validation rollout gave a second-step gain of 0.74 that left the held-out 2-3 h under-dispersive,
+spread-skill 0.69-0.70; without it 0.97-1.10). The gains are then divided by the first step's: they set
 how the spread grows along a rollout, and its level stays the first step's sampling scale (made
 on all validation samples, where the chains are a few; a spread growing linearly with the gains, the
 chains' spread-skill ratio becomes ``1 / g_1`` at every step).
@@ -32,7 +35,12 @@ import torch
 
 from .spread import _balance_gain, _evenly_spread, _physical_moments, _physical_units, draw_seeds
 
-__all__ = ["calibrated_step_gains", "rollout_chains", "rollout_seeds", "chains_time_of_day", "MAX_CHAINS"]
+__all__ = ["calibrated_step_gains", "rollout_chains", "rollout_seeds", "chains_time_of_day", "MAX_CHAINS", "MIN_CHAINS"]
+
+#: validation rollouts that calibrate the step gains, at most
+MAX_CHAINS = 8
+#: validation rollouts the step gains need, at least (module docstring)
+MIN_CHAINS = 2
 
 
 def rollout_seeds(seed: int, members: int, start: int, step: int) -> list[int]:
@@ -48,7 +56,8 @@ def rollout_chains(dataset, steps: int, max_chains: int) -> list[list[int]]:
     """Up to ``max_chains`` lists of ``steps`` indices of ``dataset`` (a
     :class:`~xkmcast.data.samples.ForecastSamples`) whose one-step pairs follow each other (the next state
     of one is the previous state of the next), their starts spread evenly; shorter (down to 2 pairs)
-    when no chain is that long; empty when there are no two consecutive pairs."""
+    when fewer than :data:`MIN_CHAINS` are that long: the longest that :data:`MIN_CHAINS` reach, and
+    empty when not even :data:`MIN_CHAINS` chains of 2 pairs are there."""
     pairs = getattr(dataset, "pairs", None)
     if not pairs:
         return []
@@ -61,10 +70,11 @@ def rollout_chains(dataset, steps: int, max_chains: int) -> list[list[int]]:
         while len(chain) < steps and pairs[chain[-1]][1] in after:
             chain.append(after[pairs[chain[-1]][1]])
         chains.append(chain)
-    longest = max((len(c) for c in chains), default=0)
-    chains = [c for c in chains if len(c) == longest]
-    if longest < 2:
+    lengths = sorted((len(c) for c in chains), reverse=True)
+    if len(lengths) < MIN_CHAINS or lengths[MIN_CHAINS - 1] < 2:
         return []
+    length = lengths[MIN_CHAINS - 1]  # the longest that MIN_CHAINS chains reach
+    chains = [c[:length] for c in chains if len(c) >= length]
     return [chains[i] for i in _evenly_spread(len(chains), max_chains)]
 
 
@@ -90,10 +100,6 @@ def _solve_gain(var_b: torch.Tensor, var_d: torch.Tensor, cov: torch.Tensor, tar
     return root.clamp(min=0)
 
 
-#: validation rollouts that calibrate the step gains, at most
-MAX_CHAINS = 8
-
-
 @torch.no_grad()
 def calibrated_step_gains(pipeline, dataset, steps: int = 3, members: int = 8, max_chains: int = MAX_CHAINS,
                           seed: int = 0, relative: bool = True, chains: list[list[int]] | None = None,
@@ -106,12 +112,13 @@ def calibrated_step_gains(pipeline, dataset, steps: int = 3, members: int = 8, m
     of chain c at step n is seeded by :func:`rollout_seeds`. ``first``: the validation draws of the
     chains' first samples already made (:func:`~xkmcast.train.spread.draws_by_sample`, ``members``
     each), taken as their first steps instead of drawing them again. None when the pipeline has no
-    spread to gain (no ``step_parts``, one member, draws taken as they are) or no chain of 2."""
+    spread to gain (no ``step_parts``, one member, draws taken as they are) or fewer than
+    :data:`MIN_CHAINS` chains of 2 steps."""
     from torch.utils.data import default_collate
 
     if chains is None:
         chains = rollout_chains(dataset, steps, max_chains)
-    if members < 2 or not chains or not hasattr(pipeline, "step_parts"):
+    if members < 2 or len(chains) < MIN_CHAINS or not hasattr(pipeline, "step_parts"):
         return None
     device = pipeline.device
     first = {i: got for i, got in (first or {}).items() if got[0].shape[0] == members}
