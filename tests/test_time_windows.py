@@ -105,7 +105,9 @@ def test_forecast_pairs_never_join_a_training_and_a_validation_time():
     assert all(i in train and j in train and j == i + 1 for i, j, _ in tr.pairs)
     assert len(tr.pairs) == 13 - 3  # 13 training times in 3 runs (0-2, 6-11, 16-19): one pair fewer each
     chains = [[va.pairs[k][0] for k in chain] for chain in rollout_chains(va, steps=3, max_chains=8)]
-    assert chains == [[12, 13, 14]]  # the 3-pair chain inside the second window; none crosses 5 -> 12
+    # one chain of 3 pairs (12-15) is not enough (MIN_CHAINS): chains of 2 pairs, inside each window;
+    # none crosses 5 -> 12
+    assert chains == [[3, 4], [12, 13], [13, 14]]
 
 
 def test_training_statistics_cover_the_training_windows_only(tmp_path_factory, tmp_path):
