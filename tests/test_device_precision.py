@@ -105,3 +105,30 @@ def test_a_written_forecast_records_the_precision_auto_resolved_to(monkeypatch, 
     import xarray as xr
 
     assert json.loads(xr.open_zarr(path).attrs["xkmcast_settings"])["precision"] == resolved
+
+
+@pytest.mark.parametrize(("value", "warns"), [("65536", True), ("0", True), (str(1 << 20), False), ("lots", False),
+                                              (None, False)])
+def test_allocator_warning_names_a_small_trim_threshold_and_what_to_do(value, warns):
+    from xkmcast.device import allocator_warning
+
+    said = allocator_warning({} if value is None else {"MALLOC_TRIM_THRESHOLD_": value})
+    assert (said is not None) == warns
+    if warns:
+        assert f"MALLOC_TRIM_THRESHOLD_={value}" in said and "env -u MALLOC_TRIM_THRESHOLD_" in said
+
+
+def test_a_cpu_run_started_with_the_threshold_of_a_dask_cluster_says_so(monkeypatch, tmp_path, tmp_path_factory, capsys):
+    """What a dask LocalCluster leaves in its parent's environment (distributed's Nanny writes its
+    workers' MALLOC_TRIM_THRESHOLD_ into os.environ), read by a run started after it."""
+    from test_train_trainer import prepared_store, tiny_config
+
+    from xkmcast.train.trainer import train
+
+    store = prepared_store(tmp_path_factory)
+    for value, told in ((None, 0), ("65536", 1)):
+        if value is not None:
+            monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", value)
+        train(tiny_config(store, tmp_path, f"training.experiment=trim-{value}", "training.duration=1"), quiet=True)
+        said = [line for line in capsys.readouterr().err.splitlines() if "MALLOC_TRIM_THRESHOLD_" in line]
+        assert len(said) == told

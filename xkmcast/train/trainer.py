@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from ..device import autocast, native_bf16, resolve_precision
+from ..device import allocator_warning, autocast, native_bf16, resolve_precision
 from ..diffusion.seeds import row_seeds
 from ..errors import ConfigError, XkmcastError, explain
 from ..models.regression_windows import training_window
@@ -231,6 +231,8 @@ class Trainer:
                           progress_every=t.log_every,
                           time_left=None if t.time_budget is None else lambda: t.time_budget - self.elapsed)
         self.precision = resolve_precision(self.env.device, t.precision)
+        if self.env.device.type == "cpu" and (slow := allocator_warning()):
+            self.log.message(slow)
         if t.precision == "auto":
             hardware = native_bf16(self.env.device)
             self.log.message(f"precision auto: {self.precision} "
