@@ -74,7 +74,6 @@ def _one_torch_thread():
     torch.set_num_threads(previous)
 
 
-
 @pytest.fixture(autouse=True)
 def _environment_restored():
     """Each test leaves ``os.environ`` as it found it. Starting a dask LocalCluster of processes writes
@@ -87,6 +86,7 @@ def _environment_restored():
     if dict(os.environ) != saved:
         os.environ.clear()
         os.environ.update(saved)
+
 
 @pytest.fixture()
 def era5_like() -> xr.Dataset:

@@ -71,7 +71,7 @@ def test_corrdiff_cpu_trains_both_stages_into_one_bundle(tmp_path):
 @pytest.mark.parametrize("window", [[], ["data.patch=[24,32]", "model.sampler={num_steps: 4}"]], ids=["whole", "windows"])
 def test_stormcast_cpu_trains_a_state_only_forecaster(tmp_path, window):
     """``windows``: the regression on windows and the diffusion on patches, as the recipe does on a large
-    grid (its empty background cut too); its export calibrates with a 4-step sampler (9 patches per
+    grid (its empty background cut too); its export calibrates with a 4-step sampler (12 patches per
     denoising step: the calibration was most of the test's 80 s)."""
     state = xkmcast.open_dataset("sample", part="target")[["t2m", "u10m", "v10m", "orog", "lsm"]]
     state.to_netcdf(tmp_path / "state.nc")
