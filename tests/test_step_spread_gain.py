@@ -157,10 +157,15 @@ def test_the_rollout_applies_the_gain_of_each_step():
 @pytest.mark.parametrize("what", ["one member", "no chain", "one chain", "regression only"])
 def test_no_gains_where_nothing_can_be_calibrated(what):
     """... nor from one rollout, which cannot tell the lead from its own stretch of weather, even when
-    given as the chains to use."""
+    given as the chains to use (a network with real weights, whose draws spread: two chains give gains)."""
     pipe = tiny_stormcast(stages=("regression",)) if what == "regression only" else tiny_stormcast()
-    data = _truth(tiny_stormcast(), 1 if what == "one chain" else 2, 1 if what == "no chain" else 3, seed=7)
-    chains = [[0, 1, 2]] if what == "one chain" else None
+    data = _truth(tiny_stormcast(), 2, 1 if what == "no chain" else 3, seed=7)
+    chains = None
+    if what == "one chain":
+        pipe = _centred(seed=21)
+        data = _truth(pipe, 2, 3, seed=5)
+        assert calibrated_step_gains(pipe, data, members=4) is not None
+        chains = rollout_chains(data, 3, 8)[:1]
     assert calibrated_step_gains(pipe, data, members=1 if what == "one member" else 4, chains=chains) is None
 
 
