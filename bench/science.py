@@ -429,8 +429,9 @@ def main() -> None:
             new = fn(case, reg, dif, members)
             rows += new
             periods += period_lines(case, dif, members, new) if case.kind == "step" else []
-            trained.append(f"{case.name} {reg.step if reg else 0} + {dif.step if dif else 0}")
-            print(f"# {case.name}: {case.note}; regression {reg.step if reg else 0} steps, diffusion {dif.step if dif else 0} steps, "
+            reg_steps, dif_steps = (run.step if run else 0 for run in (reg, dif))
+            trained.append(f"{case.name} {reg_steps} + {dif_steps}")
+            print(f"# {case.name}: {case.note}; regression {reg_steps} steps, diffusion {dif_steps} steps, "
                   f"{time.perf_counter() - t0:.0f} s\n{table(new)}", flush=True)
         text = f"training budget {budget:.0f} s per model (regression {budget / 2:.0f} s + diffusion " \
                f"{budget / 2:.0f} s), {members} members; steps trained on this machine (regression + diffusion): " \
