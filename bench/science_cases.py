@@ -10,7 +10,13 @@
   on the second (best weights, spread calibration), score on the third: one field each, so a test of
   what a model learns from a single real field (the linear baselines are fitted on that hour too).
 - ``storm-step``: the blizzard state (6 variables, 24 x 26) stepped 6 h, 12 h, 18 h ahead from every
-  held-out initial time; persistence and the per-pixel linear stepping baseline.
+  held-out initial time; persistence and the per-pixel linear stepping baseline. The record's t2m
+  diurnal cycle changes phase by 12 h on 10 January: over the central US (35-45 N, 105-90 W) the 6-hour
+  change from 06 UTC is cooling (-1.3 to -3.1 K) and from 12 UTC warming (+0.5 to +4.5 K) on each of
+  5-9 January, as local night and day have it, and the reverse from 10 January to the end (from 06 UTC
+  warming on 8 of 11 days, from 12 UTC cooling on all 11, the held-out days included): 12 hours missing
+  from the record, or its later times labelled 12 hours off. A state-only model reads the phase from
+  the state alone, and a time-of-day input would learn two phases from the one label.
 - ``storm-dit``: the same stepping with the Stormscope kind (the tiny DiT, diffusion only, 2 x 2 tokens):
   its ``seam`` column is the blockiness at the token period over the truth's (the worst offset).
 - ``storm-vit``: the same stepping with the ViT weather transformer (``vit-tiny``, deterministic: its one

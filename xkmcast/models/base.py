@@ -369,6 +369,14 @@ class Pipeline(torch.nn.Module):
         """``target - regression mean`` of a training batch (B, C_out, H, W), unscaled."""
         raise NotImplementedError
 
+    def regression_departure(self, batch: dict) -> torch.Tensor:
+        """What the regression network learns on a training batch (B, C_out, H, W), normalised: the
+        target less what the pipeline adds to the network's output (with ``spec.extra["input_skip"]``:
+        the regridded input and mean detail of CorrDiff, the current state of a forecast model), else the
+        target itself. Its mean square per channel weighs the regression loss
+        (:mod:`xkmcast.train.loss_weights`)."""
+        raise NotImplementedError
+
     def calibration_draws(self, batch: dict, seeds: list[list[int]]) -> tuple[torch.Tensor, ...] | None:
         """``(draws (M, B, C_out, H, W), residual (B, C_out, H, W), base (B, C_out, H, W))`` on a batch of
         the training datasets: the diffusion's residual draws before scaling (``seeds[b][k]``: member k of

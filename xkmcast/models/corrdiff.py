@@ -195,6 +195,13 @@ class CorrDiff(Pipeline):
     def residual(self, batch: dict) -> Tensor:
         return batch["target"] - self._training_mean(batch)
 
+    @torch.no_grad()
+    def regression_departure(self, batch: dict) -> Tensor:
+        target = batch["target"]
+        if not self.spec.extra.get("input_skip"):
+            return target
+        return target - self.interpolation(batch["input"]) - self._mean_detail(target, None)
+
     def _training_mean(self, batch: dict) -> Tensor:
         """The frozen regression's mean of a training batch, computed once per store time
         (:meth:`~xkmcast.models.base.Pipeline.frozen_mean`: the training scale's pass warms it)."""

@@ -17,6 +17,11 @@ A kind is a :class:`ModelKind` row of :data:`KINDS`:
 * ``input_skip``: whether it learns the departure from its input by default (``model.input_skip``:
   the CorrDiff regression from the regridded coarse input, the StormCast regression and the ViT from
   the current state, the Stormscope diffusion the tendency from the current state);
+* ``balanced_regression``: its regression loss weighs each output channel by the inverse mean square of
+  the departure it learns unless configured otherwise (``model.loss.channel_weights: auto``,
+  :mod:`xkmcast.train.loss_weights`): the ViT, whose token vectors write every channel of their patch, so
+  that the loss decides which channels get the capacity (on the blizzard's 6-hour steps the unweighted
+  loss gives the temperature tendency a tenth of a wind's weight); the U-Nets, measured neutral, do not;
 * ``regression_windows``: its regression (a fully convolutional U-Net) can train on windows of the
   field (``data.patch`` / ``data.regression_patch``, :mod:`xkmcast.models.regression_windows`);
 * ``patched_diffusion``: its diffusion (a U-Net with a positional grid) can train on random patches of
@@ -61,6 +66,7 @@ class ModelKind:
     sampler: SamplerConfig | None = SamplerConfig("dpmpp_2m")
     time_step: str | None = None
     input_skip: bool = False
+    balanced_regression: bool = False
     regression_windows: bool = False
     patched_diffusion: bool = False
     sizes: str = "unet"
@@ -166,7 +172,7 @@ KINDS: dict[str, ModelKind] = {k.name: k for k in (
     ModelKind(
         "vit", "transformer:WeatherTransformer", "vit_spec",
         conditions={"regression": ("state", "background", "invariant")},
-        sampler=None, time_step="6h", sizes="vit", input_skip=True,
+        sampler=None, time_step="6h", sizes="vit", input_skip=True, balanced_regression=True,
         description="forecast: deterministic vision transformer",
     ),
 )}

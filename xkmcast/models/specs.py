@@ -345,7 +345,7 @@ def spec_from_config(model, data, shape: tuple[int, int]) -> ModelSpec:
     loss_cfg = model.loss
     loss: dict[str, Any] = {"sigma_distribution": loss_cfg.sigma_distribution, "P_mean": loss_cfg.P_mean,
                             "P_std": loss_cfg.P_std, "sigma_min": loss_cfg.sigma_min, "sigma_max": loss_cfg.sigma_max}
-    if loss_cfg.channel_weights is not None:
+    if isinstance(loss_cfg.channel_weights, list):  # "balanced": measured when a regression run starts
         loss["channel_weights"] = list(loss_cfg.channel_weights)
     common = dict(size=model.size, stages=stages, network_overrides=model.network, sampler=model.sampler, loss=loss)
     if "diffusion" in kind.stages:

@@ -79,6 +79,11 @@ class ForecastPipeline(Pipeline):
             invariant = self.batch_invariant(prev.shape[0], prev)
         return prev, nxt, background, invariant
 
+    @torch.no_grad()
+    def regression_departure(self, batch: dict) -> Tensor:
+        prev, nxt, _, _ = self.unpack(batch)
+        return nxt - prev if self.spec.extra.get("input_skip") else nxt
+
     def _net_kwargs(self, lead_time_label) -> dict[str, Any]:
         return {} if lead_time_label is None else {"lead_time_label": lead_time_label}
 

@@ -213,7 +213,10 @@ class LossConfig(_Strict):
     """Training noise: ln(sigma) ~ N(P_mean, P_std^2) ("lognormal") or log-uniform on
     [sigma_min, sigma_max]; ``P_mean`` / ``P_std`` None take the kind's prior
     (:data:`xkmcast.models.kinds.KINDS`: CorrDiff 0.0, EDM / StormCast -1.2; 1.2).
-    ``channel_weights``: one weight per output channel (None: equal)."""
+    ``channel_weights``: one weight per output channel; ``balanced``: a regression with ``input_skip``
+    weighs each channel by the inverse mean square of the departure it learns over the training samples
+    (:mod:`xkmcast.train.loss_weights`), every other stage equally; ``auto`` (the default): ``balanced``
+    for the kinds whose table row says so (the ViT), else equal; None: equal."""
 
     sigma_distribution: Literal["lognormal", "loguniform"] = "lognormal"
     P_mean: float | None = None
@@ -221,7 +224,7 @@ class LossConfig(_Strict):
     sigma_min: float = Field(default=LOGUNIFORM_SIGMA_MIN, gt=0)
     sigma_max: float = Field(default=LOGUNIFORM_SIGMA_MAX, gt=0)
     sigma_data: float | list[float] = SIGMA_DATA
-    channel_weights: list[float] | None = None
+    channel_weights: list[float] | Literal["auto", "balanced"] | None = "auto"
 
 
 class ModelConfig(_Strict):

@@ -355,6 +355,15 @@ def build_pipeline_for(cfg: TrainConfig, data: RunData, base=None):
     if cfg.model.stage == "regression" and cfg.model.mean_detail and pipeline.spec.extra.get("input_skip") \
             and hasattr(pipeline, "mean_detail"):
         _attach_mean_detail(pipeline, data)
+    weighting = cfg.model.loss.channel_weights
+    if weighting == "auto":
+        weighting = "balanced" if pipeline.model_kind.balanced_regression else None
+    if cfg.model.stage == "regression" and weighting == "balanced" and pipeline.spec.extra.get("input_skip"):
+        from .loss_weights import balanced_channel_weights
+
+        weights = balanced_channel_weights(pipeline, data.train)
+        if weights is not None:
+            pipeline.spec.loss["channel_weights"] = weights
     if cfg.model.stage == "diffusion" and pipeline.diffuses_residual:
         from .spread import residual_scale
 

@@ -242,6 +242,10 @@ class Trainer:
         if window is not None:
             self.log.message(f"{self.stage} trains on random {window[0]} x {window[1]} windows of the "
                              f"{shape[0]} x {shape[1]} field")
+        loss_weights = self.pipeline.spec.loss.get("channel_weights")
+        if loss_weights and self.stage == "regression":
+            self.log.message("regression loss weights: " + ", ".join(
+                f"{v} x{w:.2f}" for v, w in zip(self.pipeline.spec.output_vars, loss_weights)))
         weights = self.pipeline.spec.extra.get("mean_detail_weights")
         if weights and self.stage == "regression":
             self.log.message("regression base: the regridded input + the training-mean fine detail, weighed on "
