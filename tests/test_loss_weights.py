@@ -1,5 +1,5 @@
 """The regression loss weighs each output channel by the inverse mean square of the departure it learns
-(model.loss.channel_weights: auto, xkmcast.train.loss_weights)."""
+(model.loss.channel_weights: balanced, the ViT's auto; xkmcast.train.loss_weights)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ A regression with ``input_skip`` learns a departure ``d_c`` per output channel `
 departure from the regridded input of CorrDiff). Normalised by the state's spread, those departures have
 very different sizes: on the 1996 blizzard analyses the 6-hour tendency's RMS is 0.23 of the state's
 spread for t2m and 0.73 for v10m, so an unweighted MSE gives the temperature tendency a tenth of a
-wind's weight. With ``auto`` the loss weighs channel ``c`` by
+wind's weight. ``balanced`` weighs channel ``c`` by
 
     q_c = mean over training samples and valid pixels of d_c^2        (up to MAX_SAMPLES samples,
     w_c = (1 / q_c) / mean_k (1 / q_k)                                 evenly spread)
@@ -22,7 +22,9 @@ target itself, a diffusion whose residual is already scaled per channel) keep eq
 Measured on the blizzard (bench/science.py, 2 minutes, one day in four validating; MAE over the
 baseline's, geometric mean over variables and leads, two training seeds): the tiny ViT's steps 0.863 /
 0.833x persistence unweighted, 0.818 / 0.819 balanced; the StormCast U-Net's ensemble 0.818 / 0.789 and
-0.831 / 0.793; the CorrDiff x2 round trip (one seed) 0.707 and 0.709x bilinear. A transformer whose
+0.831 / 0.793; the CorrDiff round trips (x bilinear) 0.707 / 0.724 (x2, two seeds) and 0.784 (x3)
+unweighted, 0.709 / 0.727 and 0.777 balanced (t2m and msl 1-5 % better, the winds up to 6 % worse). A
+transformer whose
 token vectors write every channel of their patch spends its capacity where the loss says; the U-Nets
 do not need the weights, so only the ViT's kind turns them on.
 """
