@@ -24,16 +24,15 @@ baseline's, geometric mean over variables and leads, two training seeds): the ti
 0.833x persistence unweighted, 0.818 / 0.819 balanced; the StormCast U-Net's ensemble 0.818 / 0.789 and
 0.831 / 0.793; the CorrDiff round trips (x bilinear) 0.707 / 0.724 (x2, two seeds) and 0.784 (x3)
 unweighted, 0.709 / 0.727 and 0.777 balanced (t2m and msl 1-5 % better, the winds up to 6 % worse). A
-transformer whose
-token vectors write every channel of their patch spends its capacity where the loss says; the U-Nets
-do not need the weights, so only the ViT's kind turns them on.
+transformer whose token vectors write every channel of their patch spends its capacity where the loss
+says; the U-Nets do not need the weights, so only the ViT's kind turns them on.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .spread import evenly_spread_batches
+from .spread import evenly_spread_batches, valid_values
 
 __all__ = ["balanced_channel_weights", "MAX_SAMPLES"]
 
@@ -49,11 +48,8 @@ def balanced_channel_weights(pipeline, dataset, max_samples: int = MAX_SAMPLES) 
         return None
     total = count = None
     for _, batch in evenly_spread_batches(dataset, max_samples, pipeline.device):
-        d = pipeline.regression_departure(batch).double()
-        ok = torch.isfinite(d)
-        if batch.get("mask") is not None:
-            ok = ok & batch["mask"].to(torch.bool)
-        sq = torch.where(ok, d * d, torch.zeros_like(d)).sum(dim=(0, 2, 3)).cpu()
+        d, ok = valid_values(pipeline.regression_departure(batch).double(), batch)
+        sq = (d * d).sum(dim=(0, 2, 3)).cpu()
         n = ok.sum(dim=(0, 2, 3)).cpu().double()
         total, count = (sq, n) if total is None else (total + sq, count + n)
     if total is None or bool((count == 0).all()):

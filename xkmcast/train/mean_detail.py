@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import torch
 
-from .spread import evenly_spread_batches
+from .spread import evenly_spread_batches, valid_values
 
 __all__ = ["mean_detail", "MAX_SAMPLES", "CROSS_FIT_BLOCKS"]
 
@@ -53,10 +53,7 @@ def _departures(pipeline, dataset):
     valid, and the samples' indices in ``dataset``."""
     for index, batch in evenly_spread_batches(dataset, MAX_SAMPLES, pipeline.device):
         d = (batch["target"].float() - pipeline.interpolation(batch["input"].float())).double()
-        ok = torch.isfinite(d)
-        if batch.get("mask") is not None:
-            ok = ok & batch["mask"].to(torch.bool)
-        yield index, torch.where(ok, d, torch.zeros_like(d)), ok
+        yield index, *valid_values(d, batch)
 
 
 def _fit_terms(d, ok, m):

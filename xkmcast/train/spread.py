@@ -49,7 +49,7 @@ from ..errors import ConfigError, explain
 
 __all__ = ["residual_scale", "calibrated_sample_scale", "calibrated_spread_factor", "calibrated_value_gains",
            "value_channels", "validation_draws", "spread_balance", "member_split", "calibration_index",
-           "draw_seeds", "draws_by_sample", "evenly_spread_batches", "CALIBRATION_MEMBERS",
+           "draw_seeds", "draws_by_sample", "evenly_spread_batches", "valid_values", "CALIBRATION_MEMBERS",
            "CALIBRATION_SAMPLES", "CALIBRATION_PIXELS", "calibration_samples"]
 
 #: draws per validation sample, and validation samples, of the spread calibrations at export
@@ -99,6 +99,15 @@ def evenly_spread_batches(dataset, max_samples: int, device, batch: int = 8, ran
         items = default_collate([dataset[i] for i in part])
         yield part, {k: (v.to(device) if torch.is_tensor(v) else [t.to(device) for t in v] if isinstance(v, list) else v)
                      for k, v in items.items()}
+
+
+def valid_values(values: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values with non-finite or masked entries set to 0, where they are valid)`` for per-channel
+    values (B, C, H, W) of a batch (its ``mask``, when it has one, 1 where the target is valid)."""
+    ok = torch.isfinite(values)
+    if batch.get("mask") is not None:
+        ok = ok & batch["mask"].to(torch.bool)
+    return torch.where(ok, values, torch.zeros_like(values)), ok
 
 
 def _sigma_data(pipeline, n_out: int) -> torch.Tensor:
