@@ -147,12 +147,13 @@ def test_scaled_configs_change_only_their_dimension():
     assert validate(scaled_config(raw, "precision", 1)).training.precision == "amp-bf16"
     vit = read_raw("vit-tiny")
     wide = validate(scaled_config(vit, "width", 2))
-    assert wide.model.network["hidden_size"] == 64  # a multiple of the heads
     from xkmcast.models import build_pipeline
-    from xkmcast.models.specs import spec_from_config
+    from xkmcast.models.specs import VIT_SIZES, spec_from_config
 
+    doubled = 2 * VIT_SIZES["tiny"]["hidden_size"]
+    assert wide.model.network["hidden_size"] == doubled  # a multiple of the heads
     net = build_pipeline(spec_from_config(wide.model, wide.data, (16, 16))).stages["regression"]
-    assert net.patch_embed.proj.out_channels == 64  # the size table's name reaches the ViT (its embed_dim)
+    assert net.patch_embed.proj.out_channels == doubled  # the size table's name reaches the ViT (its embed_dim)
     for kind in ("width", "depth", "batch", "resolution", "data", "precision"):
         scaled = validate(scaled_config(raw, kind, 2))
         assert scaled.model.kind == base.model.kind and scaled.data.output_vars == base.data.output_vars
