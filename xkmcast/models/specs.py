@@ -52,8 +52,8 @@ DIT_SIZES: dict[str, dict[str, Any]] = {**TRANSFORMER_SIZES, "tiny": {**TRANSFOR
 #: before the held-out ones, where the best validation comes at step 75) and 64-wide tokens: a 4 x 4
 #: token writes p * p * C values (96 for the blizzard's 6 variables), which 32 wide could not carry; at
 #: 2 minutes, one day in four validating, two training seeds, the geometric mean of MAE over
-#: persistence's 0.818 / 0.819 -> 0.801 / 0.804, t2m at 6 h 1.09 / 0.93 -> 0.91 / 0.97 (the worst cell:
-#: none above 1); 96 wide 0.806; the 2 days before the held-out ones validating 0.803 -> 0.804
+#: persistence's 0.818 / 0.819 -> 0.801 / 0.804, t2m at 6 h 1.09 / 0.93 -> 0.91 / 0.97 (now the worst
+#: cells; none above 1); 96 wide 0.806; the 2 days before the held-out ones validating 0.803 -> 0.804
 VIT_SIZES: dict[str, dict[str, Any]] = {size: {**net, "conv_layers": 2} for size, net in TRANSFORMER_SIZES.items()}
 VIT_SIZES["tiny"].update(hidden_size=64, dropout=0.1)
 #: Stormscope DiT: neighbourhood side in tokens (smaller when the token grid is smaller)
