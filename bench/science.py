@@ -165,9 +165,9 @@ def step_rows(case: Case, reg, dif, members: int, steps: int = 3) -> list[dict]:
     inits = test.isel(time=slice(0, test.sizes["time"] - steps, case.init_every))
     t0 = time.perf_counter()
     regression = None if reg is None else xkmcast.load_model(reg.bundle)
-    det = None if reg is None else inits.kmcast.forecast(regression, steps=steps, members=1, seed=0)
+    det = None if reg is None else forecast_from(regression, state[names], inits.time.values, case, steps, 1)
     model = None if dif is None else xkmcast.load_model(dif.bundle)  # a deterministic case (ViT) has no ensemble
-    ens = None if model is None else inits.kmcast.forecast(model, steps=steps, members=members, seed=0)
+    ens = None if model is None else forecast_from(model, state[names], inits.time.values, case, steps, members)
     seconds = time.perf_counter() - t0
     tokens = token_seams(model or regression, test)
     forecast = "ensemble" if ens is not None else "regression"  # the model's own row (the ViT: deterministic)
@@ -195,6 +195,25 @@ def step_rows(case: Case, reg, dif, members: int, steps: int = 3) -> list[dict]:
     return _ratios(rows, ("persistence", "linear", "regression") if with_regression else ("persistence", "linear"))
 
 
+def forecast_from(model, state: xr.Dataset, starts, case: Case, steps: int, members: int) -> xr.Dataset:
+    """``model``'s forecasts from the times ``starts`` of ``state`` (seed 0), given the states before
+    them that its rollouts read too (``history`` or ``input_window``: a StormCast spread by activity)."""
+    starts = np.asarray(starts)
+    before = max(int(getattr(model, "history", 1)), int(getattr(model, "input_window", 1))) - 1
+    dt = np.timedelta64(case.step_hours, "h")
+    times = np.unique(np.concatenate([starts - k * dt for k in range(before + 1)]))
+    ens = state.sel(time=times).kmcast.forecast(model, steps=steps, members=members, seed=0)
+    return ens.sel(init_time=starts)
+
+
+def with_history(model, state: xr.Dataset, starts, case: Case) -> np.ndarray:
+    """The times of ``starts`` whose states before them, that ``model``'s rollouts read, are in ``state``."""
+    before = max(int(getattr(model, "history", 1)), int(getattr(model, "input_window", 1))) - 1
+    have = state["time"].values
+    dt = np.timedelta64(case.step_hours, "h")
+    return np.asarray([t for t in starts if all(np.isin(t - k * dt, have) for k in range(1, before + 1))])
+
+
 #: training-period starts of the period check (evenly spread; the forecasts cost as much as the scoring)
 TRAINING_STARTS = 8
 
@@ -220,10 +239,10 @@ def period_lines(case: Case, dif, members: int, held_out: list[dict], steps: int
         if label == "training":  # the validation windows are taken out of the training window
             starts = starts[~np.isin(starts, np.concatenate([window(state, w)["time"].values for w in case.valid]))]
         starts = starts[starts + np.timedelta64(steps * case.step_hours, "h") <= last][::case.init_every]
+        starts = with_history(model, state, starts, case)
         if label == "training" and len(starts) > TRAINING_STARTS:
             starts = starts[np.linspace(0, len(starts) - 1, TRAINING_STARTS).round().astype(int)]
-        inits = state[names].sel(time=starts)
-        ens = inits.kmcast.forecast(model, steps=steps, members=members, seed=0)
+        ens = forecast_from(model, state[names], starts, case, steps, members)
         for lead in range(1, steps + 1):
             ahead = starts + np.timedelta64(lead * case.step_hours, "h")
             for v in names:
@@ -342,7 +361,9 @@ INTRO = ("Columns: MAE of the ensemble mean and its ratio to bilinear (or persis
          "and StormCast members are centred on the regression mean with their spread calibrated on the validation "
          "times, the Stormscope DiT learns the tendency with a spread factor calibrated there, moves its token "
          "grid with the noise level and is validated by the fair CRPS of 4 members; a stepping model's spread is "
-         "calibrated at each step of validation rollouts. Blocks with stepping cases end with a period check (older "
+         "calibrated at each step of validation rollouts and, in blocks dated from 2026-12-02 on that say so, "
+         "scaled by how much the state changed over the step before the initial one (model.spread_by_activity; "
+         "the forecasts then read that state too). Blocks with stepping cases end with a period check (older "
          "blocks lack it): RMSE of the ensemble mean and spread-skill at each lead for rollouts started in the "
          "training times (8, evenly spread), the validation windows and the held-out times, training / validation / "
          "held-out, which tells a spread calibration that missed from a held-out period harder than the one it "

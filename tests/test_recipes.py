@@ -88,7 +88,11 @@ def test_stormcast_cpu_trains_a_state_only_forecaster(tmp_path, window):
     # the spread is calibrated at each of the first 3 steps of rollouts along the validation times
     gains = model.spec.extra["step_spread_gain"]
     assert len(gains) == 3 and gains[0] == [1.0] * 3 and all(g >= 0 for row in gains for g in row)
-    out = state.isel(time=[0]).kmcast.forecast(model, steps=3, members=2, num_steps=2)
+    # and scaled by the initial state's change over the hour before it (model.spread_by_activity)
+    reference = model.spec.extra["spread_by_activity"]
+    assert len(reference) == 3 and all(r > 0 for r in reference) and model.history == 2
+    with pytest.warns(UserWarning, match="lack the state"):  # one initial state: forecast, unscaled
+        out = state.isel(time=[0]).kmcast.forecast(model, steps=3, members=2, num_steps=2)
     assert out["t2m"].sizes["member"] == 2 and np.isfinite(out["t2m"].values).all()
 
 

@@ -9,7 +9,10 @@ For each initial time ``t0`` and member ``k`` the pipeline steps the state on it
 A model that reads its last n states (``pipeline.input_window``, NVIDIA's StormScope packages) starts
 at each time of ``ds`` whose n - 1 predecessors, dt apart, are in ``ds`` too, and steps the window
 (oldest dropped, newest predicted); a model with ``takes_valid_time`` also gets the valid time of
-the newest state (its cos-zenith features).
+the newest state (its cos-zenith features). A model whose rollout reads the states before its initial
+one only at its start (``pipeline.history``: a StormCast spread by activity) starts at every time of
+``ds`` and passes what it derives from them (``pipeline.rollout_context``) to every step; where ``ds``
+lacks them they are NaN (a spread by activity is then not scaled, with a warning).
 
 where the background (coarse fields) at the input time of each step is regridded to the state grid
 and the invariants come from the bundle. The result has dims ``(member, init_time, lead_time, y, x)``
@@ -80,7 +83,7 @@ def forecast(
     require_task(pipeline, forecast=True, centre=centre)
     dt = _time_step(pipeline)
     state = to_model_inputs(ds, pipeline, spec.input_vars, require_on_grid=True, check_ranges=check_ranges)
-    state = _input_windows(state, getattr(pipeline, "input_window", 1), dt)
+    state = _input_windows(state, _start_window(pipeline), dt, strict=getattr(pipeline, "input_window", 1) > 1)
     init_times = state["time"].values
     bg = _background(background, pipeline, init_times, steps, dt, regrid_method, check_ranges)
     options = {"sampler": sampler, "num_steps": num_steps, "batch_size": batch_size, "centre": centre,
@@ -113,14 +116,33 @@ def _time_step(pipeline) -> pd.Timedelta:
     return pd.Timedelta(pipeline.spec.time_step or pipeline.model_kind.time_step)
 
 
-def _input_windows(state, window: int, dt):
+def _start_window(pipeline) -> int:
+    """The states a rollout of ``pipeline`` starts from: those its steps read (``input_window``) or
+    those its start reads (``history``), whichever is more."""
+    return max(int(getattr(pipeline, "input_window", 1)), int(getattr(pipeline, "history", 1)))
+
+
+def _input_windows(state, window: int, dt, strict: bool = True):
     """For a model that reads the last ``window`` states (``pipeline.input_window``, StormScope
     packages): (time, window, channel, y, x) at every time of ``state`` whose ``window - 1``
-    predecessors, ``dt`` apart, are in ``state`` too (oldest first); ``state`` unchanged for 1."""
+    predecessors, ``dt`` apart, are in ``state`` too (oldest first); ``state`` unchanged for 1. Not
+    ``strict`` (the states before only start a rollout: ``pipeline.history``): at every time, the
+    missing predecessors NaN, with a warning."""
     if window <= 1:
         return state
     have = pd.DatetimeIndex(state["time"].values)
     lags = [pd.Timedelta(dt * k) for k in range(window - 1, -1, -1)]
+    if not strict:
+        missing = [t for t in have if any((t - lag) not in have for lag in lags)]
+        if missing:
+            import warnings
+
+            warnings.warn(f"{len(missing)} of {len(have)} initial times lack the state {dt} before them "
+                          f"({[str(t) for t in missing[:3]]}...): the members' spread there is not scaled by "
+                          "the change over that step (spread by activity); give those states to scale it",
+                          stacklevel=3)
+        parts = [state.reindex(time=have - lag).assign_coords(time=have.values) for lag in lags]
+        return xr.concat(parts, dim="window").transpose("time", "window", "channel", "y", "x")
     rows = [[have.get_loc(t - lag) if (t - lag) in have else -1 for lag in lags] for t in have]
     keep = [i for i, r in enumerate(rows) if min(r) >= 0]
     if not keep:
@@ -165,20 +187,30 @@ def _background(background, pipeline, init_times, steps, dt, regrid_method, chec
 
 
 def _rollout(pipeline, state0: np.ndarray, bg: np.ndarray | None, init_time, members: int, seed: int,
-             options: dict, start_step: int = 0, on_step=None) -> np.ndarray:
-    """Normalised rollout of one initial time: (members, C, H, W) per step; returns all states."""
+             options: dict, start_step: int = 0, on_step=None, start_window: np.ndarray | None = None) -> np.ndarray:
+    """Normalised rollout of one initial time: (members, C, H, W) per step; returns all states.
+    ``start_window``: the initial states the rollout's context comes from (``pipeline.rollout_context``)
+    when ``state0`` is a later state of it (a resumed forecast)."""
     import torch
 
     from ..diffusion.seeds import row_seeds
 
-    if not np.isfinite(state0).all():
+    windowed = getattr(pipeline, "input_window", 1) > 1  # x holds the last states: (members, window, C, H, W)
+    starting = _start_window(pipeline) > 1 and start_window is None  # state0: the initial states, oldest first
+    read = state0[-1] if starting and not windowed else state0
+    if not np.isfinite(read).all():  # the states before the initial one only start a rollout (NaN: unknown)
         raise InvalidDataError(explain("The initial state holds NaN or infinite values",
                                        expected="finite values on the whole model grid",
                                        found=f"init time {init_time}", fix="fill or drop that time"))
     x = torch.from_numpy(np.ascontiguousarray(state0, dtype=np.float32)).to(pipeline.device)
-    windowed = getattr(pipeline, "input_window", 1) > 1  # x holds the last states: (members, window, C, H, W)
-    if x.ndim == (4 if windowed else 3):
+    if x.ndim == (4 if starting or windowed else 3):
         x = x.unsqueeze(0).expand(members, *x.shape)
+    context = {}
+    if hasattr(pipeline, "rollout_context") and (starting or start_window is not None):
+        w = x if starting else torch.from_numpy(np.ascontiguousarray(start_window, dtype=np.float32)).to(x.device)
+        context = pipeline.rollout_context(w if w.ndim == 5 else w.unsqueeze(0).expand(members, *w.shape))
+    if starting and not windowed:  # the states before the initial one were for the context only
+        x = x[:, -1]
     states = [(x[:, -1] if windowed else x).cpu().numpy()]
     timed = {}
     if getattr(pipeline, "takes_valid_time", False):
@@ -198,7 +230,7 @@ def _rollout(pipeline, state0: np.ndarray, bg: np.ndarray | None, init_time, mem
             seeds = row_seeds(seed, members, init_time, n)
             if getattr(pipeline, "takes_valid_time", False):
                 timed = {"valid_time": np.datetime64(init_time) + n * dt}
-            new = pipeline.step(x, b, seeds=seeds, step_index=n, **options, **timed).float()
+            new = pipeline.step(x, b, seeds=seeds, step_index=n, **options, **timed, **context).float()
             x = torch.cat([x[:, 1:], new[:, None]], dim=1) if windowed else new
             states.append(new.cpu().numpy())
             if on_step is not None:
@@ -256,7 +288,7 @@ def _forecast_to_zarr(pipeline, state, bg, path: Path, leads, members, seed, opt
             raise XkmcastError(explain(f"{path}: resuming a forecast of a model that reads its last states is not supported",
                                        found=f"init {t0} completed up to lead {last}",
                                        fix="write to a new path, or delete the old store to start over"))
-        if last >= 0:  # continue from the last written state (denormalised on disk)
+        if last > 0:  # continue from the last written state (denormalised on disk); from lead 0: the input's
             with xr.open_zarr(path, consolidated=False) as prev:
                 x = np.stack([prev[n].isel(init_time=i, lead_time=last).values for n in names], axis=1)
             x0 = stats.normalise(x, names, axis=1)
@@ -278,7 +310,8 @@ def _forecast_to_zarr(pipeline, state, bg, path: Path, leads, members, seed, opt
             write(0, np.broadcast_to(x_last, (members, *x_last.shape)))
         start = max(last, 0)
         bg_i = None if bg is None else bg.isel(init=i).values
-        _rollout(pipeline, x0, bg_i, t0, members, seed, dict(options, _steps=steps), start_step=start, on_step=write)
+        _rollout(pipeline, x0, bg_i, t0, members, seed, dict(options, _steps=steps), start_step=start, on_step=write,
+                 start_window=state.isel(time=i).values if last > 0 and _start_window(pipeline) > 1 else None)
     return xr.open_zarr(path, consolidated=False)
 
 

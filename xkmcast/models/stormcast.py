@@ -11,6 +11,16 @@ Conditions are named as in the StormCast recipe and concatenated in this order:
                                                             spec.extra["input_skip"], the default of
                                                             trained ones: x_{t+1} = x_t + s r)
 
+Spread by activity (``spec.extra["spread_by_activity"]``: a reference ``r_c`` per output channel,
+calibrated at export): a rollout reads the state one step before its initial one too, and the members'
+spread about their mean is multiplied, at every step, by the initial state's activity
+
+    f_c = RMS_{y,x}(x_0 - x_{-1})_c / r_c        (normalised states; r_c: the root mean square of
+                                                  that RMS over the validation samples, so mean f^2 = 1 there)
+
+so that the ensemble is wider on days whose weather moves more than the validation days' did
+(:meth:`StormCast.rollout_context`).
+
 Training losses: MSE of the regression (on whole fields, or on random windows with a halo:
 :mod:`xkmcast.models.regression_windows`); the EDM loss (default ln sigma ~ N(-1.2, 1.2^2)) of the diffusion
 on the residual ``x_{t+1} - mu`` scaled per channel (or on ``x_{t+1}`` / the tendency without regression),
@@ -34,7 +44,7 @@ from .kinds import CONDITIONS
 from .regression_windows import position_kwargs, window_setting, windowed_loss
 from .stages import build_stage
 
-__all__ = ["ForecastPipeline", "StormCast", "Stormscope"]
+__all__ = ["ForecastPipeline", "StormCast", "Stormscope", "activity_factor", "state_activity"]
 
 
 class ForecastPipeline(Pipeline):
@@ -87,6 +97,40 @@ class ForecastPipeline(Pipeline):
     def _net_kwargs(self, lead_time_label) -> dict[str, Any]:
         return {} if lead_time_label is None else {"lead_time_label": lead_time_label}
 
+    @property
+    def history(self) -> int:
+        """The states a rollout reads at its start (the initial one and those before it, a time step
+        apart): 2 with a spread by activity (module doc), else 1."""
+        return 2 if self.spec.extra.get("spread_by_activity") else 1
+
+    def rollout_context(self, window: Tensor) -> dict[str, Tensor]:
+        """What a rollout derives once from its initial states ``window`` (N, history, C, H, W),
+        normalised, oldest first, and passes to every :meth:`step`: ``{"spread_factor": f}`` (N, C, 1, 1)
+        of the module doc with a spread by activity, else nothing."""
+        reference = self.spec.extra.get("spread_by_activity")
+        if not reference or window.ndim != 5 or window.shape[1] < 2:
+            return {}
+        return {"spread_factor": activity_factor(window[:, -1], window[:, -2], reference)}
+
+
+def state_activity(state: Tensor, previous: Tensor) -> Tensor:
+    """RMS over the grid of ``state - previous`` (N, C, H, W) -> (N, C), non-finite points left out
+    (NaN where none is finite: ``previous`` unknown)."""
+    change = (state - previous).double()
+    ok = torch.isfinite(change)
+    n = ok.sum(dim=(-2, -1))
+    rms = (torch.where(ok, change, 0).pow(2).sum(dim=(-2, -1)) / n.clamp(min=1)).sqrt()
+    return torch.where(n > 0, rms, torch.nan)
+
+
+def activity_factor(state: Tensor, previous: Tensor, reference) -> Tensor:
+    """``f_c = state_activity / r_c`` (N, C, 1, 1) in ``state``'s dtype (module doc); 1 where ``r_c`` is 0
+    or the previous state unknown (NaN)."""
+    r = torch.as_tensor(reference, dtype=torch.float64, device=state.device)
+    f = state_activity(state, previous) / torch.where(r > 0, r, 1.0)
+    f = torch.where((r > 0) & torch.isfinite(f), f, torch.ones_like(f))
+    return f.to(state.dtype)[..., None, None]
+
 
 class StormCast(ForecastPipeline):
     """Regression + diffusion step (set ``networks`` to only ``regression`` for a deterministic model)."""
@@ -101,16 +145,21 @@ class StormCast(ForecastPipeline):
 
     @torch.no_grad()
     def step(self, state: Tensor, background: Tensor | None = None, *, seeds: list[int], step_index: int = 0,
-             **options: Any) -> Tensor:
+             spread_factor: Tensor | None = None, **options: Any) -> Tensor:
         """x_{t+1} for each row of ``state`` (N, C, H, W) normalised; row i's noise from ``seeds[i]``. The rows
         are the members of one ensemble, at step ``step_index`` of their rollout (0: from the initial
-        state): ``base + g * spread`` of :meth:`step_parts`, ``g`` the :meth:`step_spread_gain` of that step
-        (1 when the bundle has none). ``options``: those of :meth:`step_parts`."""
+        state): ``base + g * f * spread`` of :meth:`step_parts`, ``g`` the :meth:`step_spread_gain` of that
+        step (1 when the bundle has none), ``f`` the ``spread_factor`` of :meth:`rollout_context` (N, C, 1, 1;
+        1 when None). ``options``: those of :meth:`step_parts`."""
         base, spread = self.step_parts(state, background, seeds=seeds, **options)
         if spread is None:
             return base
         gain = self.step_spread_gain(step_index, spread)
-        return base + (spread if gain is None else gain * spread)
+        if gain is not None:
+            spread = gain * spread
+        if spread_factor is not None:
+            spread = spread_factor.to(spread) * spread
+        return base + spread
 
     @torch.no_grad()
     def step_parts(self, state: Tensor, background: Tensor | None = None, *, seeds: list[int],

@@ -256,7 +256,10 @@ class ModelConfig(_Strict):
     (``transformed``: those with a ``data.transforms`` entry, e.g. precipitation; ``all``; ``none``;
     :func:`xkmcast.train.spread.calibrated_value_gains`). ``spread_by_scale``: the members' spread is first
     shaped by spatial scale, a gain per ring of wavenumber that gives it the error's power spectrum on the
-    validation times (:mod:`xkmcast.train.spread_by_scale`). ``centre_members``: the
+    validation times (:mod:`xkmcast.train.spread_by_scale`). ``spread_by_activity`` (stepping models): a
+    rollout reads the state one step before its initial one too and multiplies the members' spread by
+    how much the state changed over that step, relative to the validation times' RMS change
+    (:mod:`xkmcast.train.spread_activity`). ``centre_members``: the
     members' residuals are centred on their ensemble mean at inference, so the ensemble mean is the
     regression mean and the diffusion gives the spread (:meth:`xkmcast.models.base.Pipeline.members_about_mean`;
     recorded in the bundle, overridable per call with ``centre=``).
@@ -277,6 +280,7 @@ class ModelConfig(_Strict):
     spread_steps: int = Field(3, ge=0)
     spread_by_value: Literal["transformed", "all", "none"] = "transformed"
     spread_by_scale: bool = True
+    spread_by_activity: bool = True
     centre_members: bool = True
     loss: LossConfig = Field(default_factory=LossConfig)
     sampler: dict[str, Any] = Field(default_factory=dict)
@@ -445,7 +449,7 @@ class TrainConfig(_Strict):
         applied when sampling or exporting: the sampler, the spread calibration, centring)."""
         keep = self.model.model_dump(mode="json", by_alias=True, exclude={
             "regression_bundle", "sampler", "spread_calibration", "spread_steps", "spread_by_value", "spread_by_scale",
-            "centre_members"})
+            "spread_by_activity", "centre_members"})
         data = self.data.model_dump(mode="json", include={"input_vars", "output_vars", "background_vars",
                                                           "invariants", "patch"})
         return _flatten({"model": keep, "data": data})

@@ -53,13 +53,15 @@ def calibrate_spread(pipeline, trainer) -> None:
     scale on a regression mean, else the spread factor about the ensemble mean -- into ``pipeline.spec.extra``;
     then with ``model.spread_by_scale`` its gain by spatial scale (:mod:`.spread_by_scale`), then the gains by
     value of the channels ``model.spread_by_value`` names (:func:`.spread.value_channels`), then a stepping
-    model's gains for the first ``model.spread_steps`` steps of a rollout. The first three share one set of
+    model's gains for the first ``model.spread_steps`` steps of a rollout and, with ``model.spread_by_activity``,
+    the reference of its spread by activity (:mod:`.spread_activity`). The first three share one set of
     validation draws (:func:`.spread.validation_draws`) on :func:`.spread.calibration_samples` samples; the
     rollouts (:mod:`.spread_steps`) start from as many validation times at most, those samples, and take
     their draws as the first steps (:func:`.spread.calibration_index`)."""
     from .spread import (CALIBRATION_MEMBERS, calibrated_sample_scale, calibrated_spread_factor,
                          calibrated_value_gains, calibration_index, calibration_samples, draws_by_sample,
                          validation_draws, value_channels)
+    from .spread_activity import activity_reference
     from .spread_by_scale import calibrated_scale_gains
     from .spread_steps import MAX_CHAINS, MIN_CHAINS, calibrated_step_gains, chains_time_of_day, rollout_chains
 
@@ -112,6 +114,12 @@ def calibrate_spread(pipeline, trainer) -> None:
                             "or more, which a validation window of 4 consecutive times gives "
                             f"({m.spread_steps + MIN_CHAINS} for {m.spread_steps} steps: data.valid_times); the "
                             "members' spread grows along a rollout as the one-step calibration draws it")
+    reference = activity_reference(valid) if m.spread_by_activity and pipeline.model_kind.forecast else None
+    if reference is not None:
+        pipeline.spec.extra["spread_by_activity"] = reference
+        trainer.log.message("members' spread scaled by the initial state's change over the step before it, "
+                            "relative to the validation times' RMS change: "
+                            + ", ".join(f"{v}={r:.3g}" for v, r in zip(names, reference)))
 
 
 @contextlib.contextmanager
