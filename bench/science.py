@@ -195,23 +195,31 @@ def step_rows(case: Case, reg, dif, members: int, steps: int = 3) -> list[dict]:
     return _ratios(rows, ("persistence", "linear", "regression") if with_regression else ("persistence", "linear"))
 
 
+def _lags_before(model, case: Case) -> list[np.timedelta64]:
+    """How long before its initial time each state is that ``model``'s rollouts read too (``history`` or
+    ``input_window``: a StormCast spread by activity, a StormScope package)."""
+    from xkmcast.fields.forecast import _start_window
+
+    return [np.timedelta64(k * case.step_hours, "h") for k in range(1, _start_window(model))]
+
+
 def forecast_from(model, state: xr.Dataset, starts, case: Case, steps: int, members: int) -> xr.Dataset:
     """``model``'s forecasts from the times ``starts`` of ``state`` (seed 0), given the states before
-    them that its rollouts read too (``history`` or ``input_window``: a StormCast spread by activity)."""
+    them that its rollouts read too (:func:`_lags_before`)."""
+    import warnings
+
     starts = np.asarray(starts)
-    before = max(int(getattr(model, "history", 1)), int(getattr(model, "input_window", 1))) - 1
-    dt = np.timedelta64(case.step_hours, "h")
-    times = np.unique(np.concatenate([starts - k * dt for k in range(before + 1)]))
-    ens = state.sel(time=times).kmcast.forecast(model, steps=steps, members=members, seed=0)
+    times = np.unique(np.concatenate([starts, *(starts - lag for lag in _lags_before(model, case))]))
+    with warnings.catch_warnings():  # the states before start forecasts too (dropped), some without theirs
+        warnings.filterwarnings("ignore", message=".*initial times lack the state")
+        ens = state.sel(time=times).kmcast.forecast(model, steps=steps, members=members, seed=0)
     return ens.sel(init_time=starts)
 
 
 def with_history(model, state: xr.Dataset, starts, case: Case) -> np.ndarray:
     """The times of ``starts`` whose states before them, that ``model``'s rollouts read, are in ``state``."""
-    before = max(int(getattr(model, "history", 1)), int(getattr(model, "input_window", 1))) - 1
     have = state["time"].values
-    dt = np.timedelta64(case.step_hours, "h")
-    return np.asarray([t for t in starts if all(np.isin(t - k * dt, have) for k in range(1, before + 1))])
+    return np.asarray([t for t in starts if all(np.isin(t - lag, have) for lag in _lags_before(model, case))])
 
 
 #: training-period starts of the period check (evenly spread; the forecasts cost as much as the scoring)
