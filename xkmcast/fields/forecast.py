@@ -132,19 +132,20 @@ def _input_windows(state, window: int, dt, strict: bool = True):
         return state
     have = pd.DatetimeIndex(state["time"].values)
     lags = [pd.Timedelta(dt * k) for k in range(window - 1, -1, -1)]
+    rows = [[have.get_loc(t - lag) if (t - lag) in have else -1 for lag in lags] for t in have]
+    keep = [i for i, r in enumerate(rows) if min(r) >= 0]
     if not strict:
-        missing = [t for t in have if any((t - lag) not in have for lag in lags)]
-        if missing:
+        if len(keep) < len(have):
             import warnings
 
+            kept = set(keep)
+            missing = [str(t) for i, t in enumerate(have) if i not in kept]
             warnings.warn(f"{len(missing)} of {len(have)} initial times lack the state {dt} before them "
-                          f"({[str(t) for t in missing[:3]]}...): the members' spread there is not scaled by "
+                          f"({missing[:3]}...): the members' spread there is not scaled by "
                           "the change over that step (spread by activity); give those states to scale it",
                           stacklevel=3)
         parts = [state.reindex(time=have - lag).assign_coords(time=have.values) for lag in lags]
         return xr.concat(parts, dim="window").transpose("time", "window", "channel", "y", "x")
-    rows = [[have.get_loc(t - lag) if (t - lag) in have else -1 for lag in lags] for t in have]
-    keep = [i for i, r in enumerate(rows) if min(r) >= 0]
     if not keep:
         raise TimeCoverageError(explain(
             f"The model starts from its last {window} states, {dt} apart, and no time of the input has them all",
@@ -205,10 +206,11 @@ def _rollout(pipeline, state0: np.ndarray, bg: np.ndarray | None, init_time, mem
     x = torch.from_numpy(np.ascontiguousarray(state0, dtype=np.float32)).to(pipeline.device)
     if x.ndim == (4 if starting or windowed else 3):
         x = x.unsqueeze(0).expand(members, *x.shape)
-    context = {}
-    if hasattr(pipeline, "rollout_context") and (starting or start_window is not None):
-        w = x if starting else torch.from_numpy(np.ascontiguousarray(start_window, dtype=np.float32)).to(x.device)
-        context = pipeline.rollout_context(w if w.ndim == 5 else w.unsqueeze(0).expand(members, *w.shape))
+    if start_window is not None:  # a resumed rollout: the initial states come from the input again
+        w = torch.from_numpy(np.ascontiguousarray(start_window, dtype=np.float32)).to(x.device)
+        start_window = w.unsqueeze(0).expand(members, *w.shape)
+    initial = x if starting else start_window  # (members, window, C, H, W) or None
+    context = pipeline.rollout_context(initial) if initial is not None and hasattr(pipeline, "rollout_context") else {}
     if starting and not windowed:  # the states before the initial one were for the context only
         x = x[:, -1]
     states = [(x[:, -1] if windowed else x).cpu().numpy()]

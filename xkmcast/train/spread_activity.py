@@ -32,12 +32,14 @@ def activity_reference(dataset) -> list[float] | None:
     from ..models.stormcast import state_activity
 
     pairs = getattr(dataset, "pairs", None) or []
-    before = {j: index for index, (i, j, k) in enumerate(pairs) if k == 1}  # the pair ending at position j
-    found = [(index, before[i]) for index, (i, _, k) in enumerate(pairs) if k == 1 and i in before]
+    before = {j: index for index, (i, j, k) in enumerate(pairs) if k == 1}  # the one-step pair ending at j
+    found = [before[i] for i, _, k in pairs if k == 1 and i in before]  # its states: x_{-1}, x_0 of a sample
     if len(found) < MIN_ACTIVITY_SAMPLES:
         return None
-    squares = [state_activity(dataset[index]["state"][0][None], dataset[prev]["state"][0][None])[0] ** 2
-               for index, prev in found]
+    squares = []
+    for index in found:
+        previous, state = dataset[index]["state"]
+        squares.append(state_activity(state[None], previous[None])[0] ** 2)
     reference = torch.stack(squares).mean(dim=0).sqrt()
     if not bool((reference > 0).all()):
         return None
