@@ -13,7 +13,8 @@ overrides))``, CPU, ``training.time_budget``), then scores on held-out times:
   stationary fine detail a model can learn without invariants), the regression stage alone, the regression +
   diffusion ensemble;
 - stepping (StormCast, ``stormcast-tiny-*`` presets, state only): persistence, the per-pixel linear
-  step iterated, the regression, the ensemble, at leads 1..3 steps; then the period check
+  step iterated, the regression, the ensemble (for precipitation also its median, ``ens-median``), at
+  leads 1..3 steps; then the period check
   (:func:`period_lines`): the ensemble's RMSE and spread-skill by the period its rollouts start in. The
   Stormscope DiT (``stormscope-tiny``) has the ensemble alone, the ViT (``vit-tiny``, deterministic) the
   ``regression`` row alone.
@@ -165,9 +166,9 @@ def step_rows(case: Case, reg, dif, members: int, steps: int = 3) -> list[dict]:
     inits = test.isel(time=slice(0, test.sizes["time"] - steps, case.init_every))
     t0 = time.perf_counter()
     regression = None if reg is None else xkmcast.load_model(reg.bundle)
-    det = None if reg is None else forecast_from(regression, state[names], inits.time.values, case, steps, 1)
+    det = None if reg is None else forecast_from(regression, state[names], inits.time.values, steps, 1)
     model = None if dif is None else xkmcast.load_model(dif.bundle)  # a deterministic case (ViT) has no ensemble
-    ens = None if model is None else forecast_from(model, state[names], inits.time.values, case, steps, members)
+    ens = None if model is None else forecast_from(model, state[names], inits.time.values, steps, members)
     seconds = time.perf_counter() - t0
     tokens = token_seams(model or regression, test)
     forecast = "ensemble" if ens is not None else "regression"  # the model's own row (the ViT: deterministic)
@@ -182,6 +183,8 @@ def step_rows(case: Case, reg, dif, members: int, steps: int = 3) -> list[dict]:
             got = {"persistence": inits[v], "linear": current[v]}
             if ens is not None:
                 got["ensemble"] = _lead(ens[v], lead, t)
+                if case.thresholds:  # precipitation: the point forecast that MAE rewards (scores.py)
+                    got["ens-median"] = got["ensemble"].median("member")
             if det is not None:
                 got["regression"] = _lead(det[v], lead, t).squeeze("member", drop=True)
             for method, pred in got.items():
@@ -203,17 +206,10 @@ def _lags_before(model, case: Case) -> list[np.timedelta64]:
     return [np.timedelta64(k * case.step_hours, "h") for k in range(1, _start_window(model))]
 
 
-def forecast_from(model, state: xr.Dataset, starts, case: Case, steps: int, members: int) -> xr.Dataset:
-    """``model``'s forecasts from the times ``starts`` of ``state`` (seed 0), given the states before
+def forecast_from(model, state: xr.Dataset, starts, steps: int, members: int) -> xr.Dataset:
+    """``model``'s forecasts from the times ``starts`` of ``state`` (seed 0), which holds the states before
     them that its rollouts read too (:func:`_lags_before`)."""
-    import warnings
-
-    starts = np.asarray(starts)
-    times = np.unique(np.concatenate([starts, *(starts - lag for lag in _lags_before(model, case))]))
-    with warnings.catch_warnings():  # the states before start forecasts too (dropped), some without theirs
-        warnings.filterwarnings("ignore", message=".*initial times lack the state")
-        ens = state.sel(time=times).kmcast.forecast(model, steps=steps, members=members, seed=0)
-    return ens.sel(init_time=starts)
+    return state.kmcast.forecast(model, steps=steps, members=members, seed=0, init_times=starts)
 
 
 def with_history(model, state: xr.Dataset, starts, case: Case) -> np.ndarray:
@@ -250,7 +246,7 @@ def period_lines(case: Case, dif, members: int, held_out: list[dict], steps: int
         starts = with_history(model, state, starts, case)
         if label == "training" and len(starts) > TRAINING_STARTS:
             starts = starts[np.linspace(0, len(starts) - 1, TRAINING_STARTS).round().astype(int)]
-        ens = forecast_from(model, state[names], starts, case, steps, members)
+        ens = forecast_from(model, state[names], starts, steps, members)
         for lead in range(1, steps + 1):
             ahead = starts + np.timedelta64(lead * case.step_hours, "h")
             for v in names:
@@ -350,7 +346,8 @@ def table(rows: list[dict]) -> str:
 INTRO = ("Columns: MAE of the ensemble mean and its ratio to bilinear (or persistence), to the linear statistical "
          "baseline (pooled per variable) and to the regression mean; RMSE and bias (mean error) of the ensemble mean (older "
          "blocks lack them; for precipitation the mean and the median rank differently: MAE favours "
-         "the median, which a regression of log1p values is close to); CRPS and fair CRPS; spread-skill ratio and its 90 % "
+         "the median, which a regression of log1p values is close to: the ens-median rows, the members' median as one "
+         "field, older blocks lack them); CRPS and fair CRPS; spread-skill ratio and its 90 % "
          "bootstrap interval over the scored times (whole fields resampled: how far other weather could move it); power "
          "of one member / truth over the finest third of wavenumbers; seam: jump across patch borders / truth's "
          "(- when unpatched), for the DiT (storm-dit) and the ViT (storm-vit, deterministic: its forecast is the "

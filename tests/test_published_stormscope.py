@@ -228,6 +228,8 @@ def test_forecast_matches_earth2studio_steps(package, model):
     assert set(ref.used) == {0, 1}  # both experts ran
     with pytest.raises(TimeCoverageError, match="last 3 states"):
         ds.isel(time=[0, 2]).kmcast.forecast(model, steps=1, num_steps=2)
+    with pytest.raises(TimeCoverageError, match="1 of the initial times lack them"):  # named: none dropped
+        ds.kmcast.forecast(model, steps=1, num_steps=2, init_times=[TIMES[0], TIMES[-1]])
 
 
 @pytest.mark.slow

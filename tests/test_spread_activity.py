@@ -121,3 +121,46 @@ def test_a_resumed_stream_keeps_each_initial_times_factor(tmp_path):
     pipe.spec.extra = plain
     unscaled = ds.kmcast.forecast(pipe, steps=3, background=bg, members=3, regrid_method="nearest")
     assert not np.allclose(unscaled["t2m"].isel(init_time=1).values, whole["t2m"].isel(init_time=1).values)
+
+
+def test_named_initial_times_read_the_states_before_them_from_the_input(tmp_path):
+    """``init_times`` picks the initial times; the state before each comes from the input all the same
+    (no warning), so the members equal those of the forecast from every time; ``--times`` of the command
+    line is that selection; a time the input lacks is refused."""
+    import warnings
+
+    from _tiny import coarse_dataset, state_dataset
+    from typer.testing import CliRunner
+
+    from xkmcast.cli import app
+    from xkmcast.errors import TimeCoverageError
+    from xkmcast.models.bundle import save_bundle
+
+    pipe = _spread_model(34)
+    pipe.spec.extra["spread_by_activity"] = [0.3, 2.0, 1.0]
+    ds, bg = state_dataset(3, seed=6), coarse_dataset(5)
+    t = ds["time"].values
+    with pytest.warns(UserWarning, match="1 of 3 initial times lack the state"):
+        every = ds.kmcast.forecast(pipe, steps=2, background=bg, members=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # hours 1 and 2 have the hour before them
+        named = ds.kmcast.forecast(pipe, steps=2, background=bg, members=3, init_times=[t[2]])
+        sliced = ds.kmcast.forecast(pipe, steps=2, background=bg, members=3, init_times=slice(t[1], t[2]))
+    xr.testing.assert_allclose(named, every.isel(init_time=[2]), rtol=1e-6, atol=1e-6)
+    xr.testing.assert_allclose(sliced, every.isel(init_time=[1, 2]), rtol=1e-6, atol=1e-6)
+    with pytest.warns(UserWarning, match="1 of 1 initial times lack the state"):  # not in the input: unscaled
+        alone = ds.isel(time=[2]).kmcast.forecast(pipe, steps=2, background=bg, members=3)
+    assert not np.allclose(alone["t2m"].values, named["t2m"].values)
+    with pytest.raises(TimeCoverageError, match="not times of the input state"):
+        ds.kmcast.forecast(pipe, steps=1, background=bg, init_times="2030-01-01T00")
+
+    save_bundle(pipe, tmp_path / "model")
+    ds.to_netcdf(tmp_path / "state.nc")
+    bg.to_netcdf(tmp_path / "coarse.nc")
+    out = tmp_path / "fc.nc"
+    result = CliRunner().invoke(app, ["forecast", str(tmp_path / "model"), str(tmp_path / "state.nc"), str(out),
+                                      "--background", str(tmp_path / "coarse.nc"), "--steps", "2", "--members", "3",
+                                      "--times", str(t[2])[:16], "--quiet"])
+    assert result.exit_code == 0, result.output
+    with xr.open_dataset(out) as got:
+        xr.testing.assert_allclose(got[list(named.data_vars)].load(), named, rtol=1e-5, atol=1e-5)

@@ -223,7 +223,9 @@ def forecast(
     seed: int = typer.Option(0, help="seed of the ensemble"),
     sampler_steps: int | None = typer.Option(None, help="sampler steps of diffusion models"),
     sampler: str | None = typer.Option(None, help="heun | euler | dpmpp_2m"),
-    times: str | None = typer.Option(None, help="initial times: 'START..END' (inclusive) or a comma-separated list"),
+    times: str | None = typer.Option(None, help="initial times: 'START..END' (inclusive) or a comma-separated "
+                                     "list (default: every time of INIT); the states before them that the "
+                                     "model reads come from INIT too"),
     part: str | None = typer.Option(None, help="part of a published layout holding the state"),
     device: str | None = typer.Option(None, help="cuda / cpu (default: automatic)"),
     quiet: bool = typer.Option(False, help="no progress output"),
@@ -240,9 +242,10 @@ def forecast(
     with reported_errors():
         model = _model(model, known_hash, trust_host_hashes)
         common = dict(steps=steps, members=members, seed=seed, sampler=sampler, num_steps=sampler_steps,
-                      device=device, check_ranges=check_ranges, centre=centre)
+                      device=device, check_ranges=check_ranges, centre=centre,
+                      init_times=parse_times(times) if times else None)
         zarr = output_format(output) == "zarr"
-        state = _open_input(init, part, times)
+        state = _open_input(init, part, None)
         bg = _open_input(background, "background" if part else None, None) if background else None
         if zarr:
             result = run(state, model, background=bg, output=output, progress=not quiet, **common)

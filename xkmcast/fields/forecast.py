@@ -6,13 +6,16 @@ For each initial time ``t0`` and member ``k`` the pipeline steps the state on it
 
 (:func:`xkmcast.diffusion.seeds.row_seed`)
 
-A model that reads its last n states (``pipeline.input_window``, NVIDIA's StormScope packages) starts
-at each time of ``ds`` whose n - 1 predecessors, dt apart, are in ``ds`` too, and steps the window
-(oldest dropped, newest predicted); a model with ``takes_valid_time`` also gets the valid time of
-the newest state (its cos-zenith features). A model whose rollout reads the states before its initial
-one only at its start (``pipeline.history``: a StormCast spread by activity) starts at every time of
-``ds`` and passes what it derives from them (``pipeline.rollout_context``) to every step; where ``ds``
-lacks them they are NaN (a spread by activity is then not scaled, with a warning).
+The initial times are ``init_times`` (labels or a slice of ``ds``'s times), by default every time of
+``ds``; the states before them that a rollout reads are taken from ``ds`` too. A model that reads its
+last n states (``pipeline.input_window``, NVIDIA's StormScope packages) starts at each initial time
+whose n - 1 predecessors, dt apart, are in ``ds`` (named initial times without them are refused), and
+steps the window (oldest dropped, newest predicted); a model with ``takes_valid_time`` also gets the
+valid time of the newest state (its cos-zenith features). A model whose rollout reads the states
+before its initial one only at its start (``pipeline.history``: a StormCast spread by activity)
+starts at every initial time and passes what it derives from them (``pipeline.rollout_context``) to
+every step; where ``ds`` lacks them they are NaN (a spread by activity is then not scaled, with a
+warning).
 
 where the background (coarse fields) at the input time of each step is regridded to the state grid
 and the invariants come from the bundle. The result has dims ``(member, init_time, lead_time, y, x)``
@@ -64,8 +67,11 @@ def forecast(
     progress: bool = False,
     check_ranges: bool = True,
     centre: bool | None = None,
+    init_times=None,
 ) -> xr.Dataset:
-    """Roll ``model`` forward ``steps`` time steps from every time of ``ds`` (see the module doc).
+    """Roll ``model`` forward ``steps`` time steps from every time of ``ds``, or from its times that
+    ``init_times`` selects (a label, a list of labels or a slice), reading the states before them that
+    the model's rollouts need from ``ds`` too (see the module doc).
 
     ``centre``: at each step the members' residuals are centred on their mean (default: as the model
     records it; see :meth:`xkmcast.models.base.Pipeline.members_about_mean`).
@@ -83,7 +89,8 @@ def forecast(
     require_task(pipeline, forecast=True, centre=centre)
     dt = _time_step(pipeline)
     state = to_model_inputs(ds, pipeline, spec.input_vars, require_on_grid=True, check_ranges=check_ranges)
-    state = _input_windows(state, _start_window(pipeline), dt, strict=getattr(pipeline, "input_window", 1) > 1)
+    state = _input_windows(state, _start_window(pipeline), dt, strict=getattr(pipeline, "input_window", 1) > 1,
+                           starts=_initial_times(state, init_times))
     init_times = state["time"].values
     bg = _background(background, pipeline, init_times, steps, dt, regrid_method, check_ranges)
     options = {"sampler": sampler, "num_steps": num_steps, "batch_size": batch_size, "centre": centre,
@@ -122,39 +129,61 @@ def _start_window(pipeline) -> int:
     return max(int(getattr(pipeline, "input_window", 1)), int(getattr(pipeline, "history", 1)))
 
 
-def _input_windows(state, window: int, dt, strict: bool = True):
-    """For a model that reads the last ``window`` states (``pipeline.input_window``, StormScope
-    packages): (time, window, channel, y, x) at every time of ``state`` whose ``window - 1``
-    predecessors, ``dt`` apart, are in ``state`` too (oldest first); ``state`` unchanged for 1. Not
-    ``strict`` (the states before only start a rollout: ``pipeline.history``): at every time, the
-    missing predecessors NaN, with a warning."""
-    if window <= 1:
-        return state
+def _initial_times(state, init_times) -> pd.DatetimeIndex | None:
+    """The times of ``state`` that ``init_times`` selects (None: every time), refused when it names a
+    time ``state`` lacks or selects none."""
+    if init_times is None:
+        return None
     have = pd.DatetimeIndex(state["time"].values)
+    try:
+        picked = pd.DatetimeIndex(np.atleast_1d(state["time"].sel(time=init_times).values))
+    except (KeyError, ValueError, TypeError) as exc:
+        picked, why = None, str(exc).splitlines()[0] if str(exc) else repr(init_times)
+    else:
+        why = "it selects none of them"
+    if picked is None or picked.empty:
+        raise TimeCoverageError(explain(f"The initial times {init_times!r} are not times of the input state",
+                                        expected=f"times within {have.min()} .. {have.max()} ({len(have)} times)",
+                                        found=why, fix="name times the state holds, or a slice of them"))
+    return picked
+
+
+def _input_windows(state, window: int, dt, strict: bool = True, starts: pd.DatetimeIndex | None = None):
+    """For a model that reads the last ``window`` states (``pipeline.input_window``, StormScope
+    packages): (time, window, channel, y, x) at every time of ``starts`` (default: of ``state``) whose
+    ``window - 1`` predecessors, ``dt`` apart, are in ``state`` too (oldest first; named ``starts``
+    without them are refused); ``state`` at ``starts`` for 1. Not ``strict`` (the states before only
+    start a rollout: ``pipeline.history``): at every start, the missing predecessors NaN, with a
+    warning."""
+    have = pd.DatetimeIndex(state["time"].values)
+    named = starts is not None
+    starts = starts if named else have
+    if window <= 1:
+        return state.sel(time=starts) if named else state
     lags = [pd.Timedelta(dt * k) for k in range(window - 1, -1, -1)]
-    rows = [[have.get_loc(t - lag) if (t - lag) in have else -1 for lag in lags] for t in have]
-    keep = [i for i, r in enumerate(rows) if min(r) >= 0]
+    rows = [[have.get_loc(t - lag) if (t - lag) in have else -1 for lag in lags] for t in starts]
+    missing = [str(t) for t, r in zip(starts, rows) if min(r) < 0]
     if not strict:
-        if len(keep) < len(have):
+        if missing:
             import warnings
 
-            kept = set(keep)
-            missing = [str(t) for i, t in enumerate(have) if i not in kept]
-            warnings.warn(f"{len(missing)} of {len(have)} initial times lack the state {dt} before them "
+            warnings.warn(f"{len(missing)} of {len(starts)} initial times lack the state {dt} before them "
                           f"({missing[:3]}...): the members' spread there is not scaled by "
                           "the change over that step (spread by activity); give those states to scale it",
                           stacklevel=3)
-        parts = [state.reindex(time=have - lag).assign_coords(time=have.values) for lag in lags]
+        parts = [state.reindex(time=starts - lag).assign_coords(time=starts.values) for lag in lags]
         return xr.concat(parts, dim="window").transpose("time", "window", "channel", "y", "x")
-    if not keep:
+    keep = [i for i, r in enumerate(rows) if min(r) >= 0]
+    if not keep or (named and missing):
         raise TimeCoverageError(explain(
-            f"The model starts from its last {window} states, {dt} apart, and no time of the input has them all",
+            f"The model starts from its last {window} states, {dt} apart, and "
+            + (f"{len(missing)} of the initial times lack them" if keep else "no initial time has them all"),
             expected=f"{window} consecutive times every {dt}",
-            found=f"{len(have)} times {[str(t) for t in have[:5]]}",
-            fix="give the initial state's history (the forecast starts at each time that has it)"))
+            found=f"initial times without them: {missing[:5]}",
+            fix="give the initial state's history (a forecast starts at each time that has it)"))
     idx = xr.DataArray(np.array([rows[i] for i in keep]), dims=("time", "window"))
     out = state.isel(time=idx).transpose("time", "window", "channel", "y", "x")
-    return out.assign_coords(time=("time", have[keep].values))
+    return out.assign_coords(time=("time", starts[keep].values))
 
 
 def _background(background, pipeline, init_times, steps, dt, regrid_method, check_ranges=True):
