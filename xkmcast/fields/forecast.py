@@ -91,8 +91,8 @@ def forecast(
     state = to_model_inputs(ds, pipeline, spec.input_vars, require_on_grid=True, check_ranges=check_ranges)
     state = _input_windows(state, _start_window(pipeline), dt, strict=getattr(pipeline, "input_window", 1) > 1,
                            starts=_initial_times(state, init_times))
-    init_times = state["time"].values
-    bg = _background(background, pipeline, init_times, steps, dt, regrid_method, check_ranges)
+    starts = state["time"].values  # the initial times that have what their rollouts read
+    bg = _background(background, pipeline, starts, steps, dt, regrid_method, check_ranges)
     options = {"sampler": sampler, "num_steps": num_steps, "batch_size": batch_size, "centre": centre,
                "_precision": precision}
     options = {k: v for k, v in options.items() if v is not None}
@@ -109,12 +109,12 @@ def forecast(
     bg_data = None if bg is None else bg.chunk({"init": 1, "step": -1, "channel": -1, "y": -1, "x": -1}).data
     c, h, w = state.shape[-3:]
     blocks = [
-        dsa.from_delayed(run(state_data[i], None if bg_data is None else bg_data[i], init_times[i]),
+        dsa.from_delayed(run(state_data[i], None if bg_data is None else bg_data[i], starts[i]),
                          shape=(members, 1, steps + 1, c, h, w), dtype=np.float32)
-        for i in range(len(init_times))
+        for i in range(len(starts))
     ]
     data = dsa.concatenate(blocks, axis=1)
-    result = _forecast_result(pipeline, data, init_times, leads)
+    result = _forecast_result(pipeline, data, starts, leads)
     lazy = any(v.chunks is not None for v in ds.data_vars.values())
     return result if lazy else result.compute()
 
