@@ -45,8 +45,16 @@ def test_rollout_chains_follow_consecutive_pairs_and_stop_at_gaps():
     class Longer:  # 0 -> 1 -> 2 -> 3 -> 4: two chains of 3 pairs
         pairs = [(0, 1, 1), (1, 2, 1), (2, 3, 1), (3, 4, 1)]
 
-    assert rollout_chains(Longer(), 3, 8) == [[0, 1, 2], [1, 2, 3]]
-    assert rollout_chains(Longer(), 9, 8) == [[0, 1, 2], [1, 2, 3]]  # as long as two reach
+    # as long as two reach, then the shorter chains of 2 pairs or more while there is room
+    assert rollout_chains(Longer(), 3, 8) == [[0, 1, 2], [1, 2, 3], [2, 3]]
+    assert rollout_chains(Longer(), 9, 8) == [[0, 1, 2], [1, 2, 3], [2, 3]]
+    assert rollout_chains(Longer(), 3, 2) == [[0, 1, 2], [1, 2, 3]]  # the full ones first
+
+    class Days:  # one-day windows of 4 times: a chain of 3 pairs from the first, of 2 from the second
+        pairs = [(4 * d + h, 4 * d + h + 1, 1) for d in range(3) for h in range(3)]
+
+    assert rollout_chains(Days(), 3, 8) == [[0, 1, 2], [1, 2], [3, 4, 5], [4, 5], [6, 7, 8], [7, 8]]
+    assert rollout_chains(Days(), 3, 4) == [[0, 1, 2], [1, 2], [3, 4, 5], [6, 7, 8]]  # the full ones, then room for one
 
     class One:  # three consecutive times: one chain of 2 pairs
         pairs = [(0, 1, 1), (1, 2, 1)]
@@ -68,6 +76,8 @@ def _dispersion(pipe, data, steps: int, members: int) -> list[np.ndarray]:
     for n in range(steps):
         var, err2 = 0.0, 0.0
         for c, chain in enumerate(chains):
+            if n >= len(chain):  # the steps a chain reaches
+                continue
             bg = data[chain[n]]["background"][None].expand(members, -1, -1, -1)
             now[c] = pipe.step(now[c], bg, seeds=rollout_seeds(0, members, chain[0], n), step_index=n)
             f, y = now[c].double().numpy(), data[chain[n]]["state"][1].double().numpy()
@@ -125,7 +135,8 @@ def test_the_rollouts_first_steps_are_the_validation_draws_of_their_samples():
     drawn_again = len(calls)
     shared = calibrated_step_gains(pipe, data, steps=steps, members=members, chains=chains, relative=False,
                                    first=first)
-    assert drawn_again == len(chains) * steps and len(calls) - drawn_again == len(chains) * (steps - 1)
+    steps_drawn = sum(len(chain) for chain in chains)
+    assert drawn_again == steps_drawn and len(calls) - drawn_again == steps_drawn - len(chains)
     np.testing.assert_allclose(np.array(shared), np.array(fresh), rtol=1e-4)
     assert not np.allclose(np.array(shared[1:]), 1.0)  # gains that say something
 

@@ -106,8 +106,9 @@ def calibrate_spread(pipeline, trainer) -> None:
                             + "; ".join(", ".join(f"{v}={g:.2f}" for v, g in zip(names, row)) for row in gains))
         hour = chains_time_of_day(valid, chains)
         if hour is not None:
-            trainer.log.message(f"warning: the {len(chains)} validation rollouts behind these gains all start at "
-                                f"{hour}, so each step's gain is also that hour's; validation windows longer than "
+            longest = [chain for chain in chains if len(chain) == len(gains)]
+            trainer.log.message(f"warning: the {len(longest)} validation rollouts behind the last step's gain all "
+                                f"start at {hour}, so that gain is also that hour's; validation windows longer than "
                                 f"{m.spread_steps + 1} times (data.valid_times) start rollouts at several hours")
     elif m.spread_steps > 0 and not chains:
         trainer.log.message(f"no gains per step of a rollout: they need {MIN_CHAINS} validation rollouts of 2 steps "

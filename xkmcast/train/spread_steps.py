@@ -6,7 +6,7 @@ member's state, and a smooth regression contracts their differences) plus the ne
 ensemble calibrated at the first step is under-dispersive later. Rolled out from validation
 times along consecutive validation pairs, each member is ``x_k = b_k + g_c d_k`` at step n (``b_k``
 its own part, ``d_k`` the spread of the draws: :meth:`StormCast.step_parts`) and the per-channel
-gain ``g_c`` of that step solves, over chains and pixels,
+gain ``g_c`` of that step solves, over the chains that reach it and their pixels,
 
     mean var_k(b + g d) = mean (y - mean_k b)^2 / (1 + 1/M)
     i.e.  g^2 mean var_k(d) + 2 g mean cov_k(b, d) + mean var_k(b) - T = 0
@@ -20,7 +20,12 @@ validation rollout gave a second-step gain of 0.74 that left the held-out 2-3 h 
 spread-skill 0.69-0.70; without it 0.97-1.10). The gains are then divided by the first step's: they set
 how the spread grows along a rollout, and its level stays the first step's sampling scale (made
 on all validation samples, where the chains are a few; a spread growing linearly with the gains, the
-chains' spread-skill ratio becomes ``1 / g_1`` at every step).
+chains' spread-skill ratio becomes ``1 / g_1`` at every step). A chain shorter than the longest still
+measures the steps it reaches (:func:`rollout_chains`): with one-day validation windows of 6-hourly
+data, each window holds one chain of 3 steps, from 00:00, and one of 2, from 06:00, and the second
+step's gain solved on the three windows' 3-step chains alone mixed the lead with that hour (a
+5-minute StormCast of bench/science.py's blizzard: second-step gains t2m 1.34, msl 1.66 from the three
+00:00 chains, 0.87, 1.36 with the three 06:00 ones too: docs/guide/training.md).
 
 The rollouts' first steps are the validation draws the export's other calibrations share when the
 rollouts start at their samples (:func:`~xkmcast.train.spread.calibration_index`,
@@ -53,11 +58,15 @@ def rollout_seeds(seed: int, members: int, start: int, step: int) -> list[int]:
 
 
 def rollout_chains(dataset, steps: int, max_chains: int) -> list[list[int]]:
-    """Up to ``max_chains`` lists of ``steps`` indices of ``dataset`` (a
+    """Up to ``max_chains`` lists of indices of ``dataset`` (a
     :class:`~xkmcast.data.samples.ForecastSamples`) whose one-step pairs follow each other (the next state
-    of one is the previous state of the next), their starts spread evenly; shorter (down to 2 pairs)
-    when fewer than :data:`MIN_CHAINS` are that long: the longest that :data:`MIN_CHAINS` reach, and
-    empty when not even :data:`MIN_CHAINS` chains of 2 pairs are there."""
+    of one is the previous state of the next), sorted by their first pair: the chains of ``length``
+    pairs, ``length`` the longest that :data:`MIN_CHAINS` reach up to ``steps`` (down to 2), their starts
+    spread evenly, then, while there is room, the shorter ones of 2 pairs or more (spread evenly): a
+    step's gain is solved on every chain that reaches it, so the steps that short chains reach are
+    measured on more weather and, in windows of a few times, from more hours of the day (one-day
+    windows of 6-hourly data: chains of 3 pairs from 00:00 and of 2 from 06:00). Empty when not even
+    :data:`MIN_CHAINS` chains of 2 pairs are there."""
     pairs = getattr(dataset, "pairs", None)
     if not pairs:
         return []
@@ -74,21 +83,28 @@ def rollout_chains(dataset, steps: int, max_chains: int) -> list[list[int]]:
     if len(lengths) < MIN_CHAINS or lengths[MIN_CHAINS - 1] < 2:
         return []
     length = lengths[MIN_CHAINS - 1]  # the longest that MIN_CHAINS chains reach
-    chains = [c[:length] for c in chains if len(c) >= length]
-    return [chains[i] for i in _evenly_spread(len(chains), max_chains)]
+    full = [c[:length] for c in chains if len(c) >= length]
+    short = [c for c in chains if 2 <= len(c) < length]
+    picked = [full[i] for i in _evenly_spread(len(full), max_chains)]
+    if len(picked) < max_chains:
+        picked += [short[i] for i in _evenly_spread(len(short), max_chains - len(picked))]
+    return sorted(picked, key=lambda chain: chain[0])
 
 
 def chains_time_of_day(dataset, chains: list[list[int]]) -> str | None:
-    """``"HH:MM"`` when every one of ``chains`` (:func:`rollout_chains`) starts at that time of day and
-    ``dataset``'s step is shorter than a day: then step n of every chain falls at the same hour, and gains
-    solved per step mix the lead with the time of day (one-day validation windows of 6-hourly data: all
-    chains start at 00:00). None otherwise, or when ``dataset`` has no times."""
+    """``"HH:MM"`` when every one of ``chains`` (:func:`rollout_chains`) that reaches the last step starts
+    at that time of day and ``dataset``'s step is shorter than a day: then that step of every chain falls
+    at the same hour, and the gain solved there mixes the lead with the time of day (one-day validation
+    windows of 6-hourly data: the chains of 3 pairs all start at 00:00). None otherwise, or when
+    ``dataset`` has no times."""
     times = getattr(dataset, "time_values", None)
     step = getattr(dataset, "step", None)
     if not chains or times is None or not np.issubdtype(np.asarray(times).dtype, np.datetime64) \
             or np.timedelta64(step) >= np.timedelta64(1, "D"):
         return None
-    starts = {str(np.datetime64(times[dataset.pairs[chain[0]][0]], "m"))[11:16] for chain in chains}
+    longest = max(len(chain) for chain in chains)
+    starts = {str(np.datetime64(times[dataset.pairs[chain[0]][0]], "m"))[11:16] for chain in chains
+              if len(chain) == longest}
     return starts.pop() if len(starts) == 1 else None
 
 
@@ -108,7 +124,8 @@ def calibrated_step_gains(pipeline, dataset, steps: int = 3, members: int = 8, m
     first row is ones; else as solved): one row per step (``steps`` of them at most, fewer
     when the validation times hold no chain that long), one value per output channel, measured on up
     to ``max_chains`` rollouts of ``members`` members along consecutive pairs of ``dataset``
-    (``chains``: those rollouts when the caller has them, :func:`rollout_chains`); member k
+    (``chains``: those rollouts when the caller has them, :func:`rollout_chains`), step n's gain over
+    the chains that reach it; member k
     of chain c at step n is seeded by :func:`rollout_seeds`. ``first``: the validation draws of the
     chains' first samples already made (:func:`~xkmcast.train.spread.draws_by_sample`, ``members``
     each), taken as their first steps instead of drawing them again. None when the pipeline has no
@@ -127,19 +144,21 @@ def calibrated_step_gains(pipeline, dataset, steps: int = 3, members: int = 8, m
         return None if t is None else t.to(device).expand(members, *t.shape[1:])
 
     physical = {c: f for c in range(len(pipeline.spec.output_vars)) if (f := _physical_units(pipeline, c)) is not None}
-    states: list[torch.Tensor | None] = [None] * len(chains)
+    states: dict[int, torch.Tensor] = {}
     gains = []
-    for n in range(len(chains[0])):
+    for n in range(max(len(chain) for chain in chains)):
         sums = torch.zeros(4, len(pipeline.spec.output_vars), dtype=torch.float64)
-        count, parts = 0, []
+        count, parts = 0, {}
         for c, chain in enumerate(chains):
+            if n >= len(chain):  # a shorter chain: the steps it reaches only
+                continue
             batch = default_collate([dataset[chain[n]]])
             prev, nxt, background, _ = pipeline.unpack(batch)
             if n == 0 and chain[0] in first:  # the validation draws of this sample, with their base
                 draws, drawn_base = first[chain[0]]
                 base, spread = pipeline.split_draws(draws.to(device), rows(drawn_base[None]))
             else:
-                x = rows(prev) if states[c] is None else states[c]
+                x = states[c] if c in states else rows(prev)
                 label = batch.get("lead_time_label")
                 base, spread = pipeline.step_parts(x, rows(background), seeds=rollout_seeds(seed, members, chain[0], n),
                                                    lead_time_label=rows(label))
@@ -151,18 +170,18 @@ def calibrated_step_gains(pipeline, dataset, steps: int = 3, members: int = 8, m
             sums[2] += ((b - b.mean(0)) * d).sum(dim=0).div(members - 1).sum(dim=(1, 2)).cpu()
             sums[3] += (y[0] - b.mean(0)).pow(2).sum(dim=(1, 2)).cpu()
             count += y.shape[-2] * y.shape[-1]
-            parts.append((base, spread, y[0]))
+            parts[c] = (base, spread, y[0])
         var_b, var_d, cov, err2 = sums / count
         if bool((var_d <= 0).any()):
             return None
         gain = _solve_gain(var_b, var_d, cov, err2 / (1 + 1 / members))
         for c, to_physical in physical.items():  # a transformed channel: in its physical units
             centre, spread_c, truth = (torch.cat([t[..., c, :, :].double().reshape(*t.shape[:-3], -1).cpu()
-                                                  for t in column], dim=-1) for column in zip(*parts))
+                                                  for t in column], dim=-1) for column in zip(*parts.values()))
             gain[c] = _balance_gain(lambda g: _physical_moments(centre, spread_c, truth, g, to_physical), 1 + 1 / members)
         gains.append([float(g) for g in gain])
         g = gain.to(device=device, dtype=torch.float32).reshape(1, -1, 1, 1)
-        states = [base + g * spread for base, spread, _ in parts]
+        states = {c: base + g * spread for c, (base, spread, _) in parts.items()}
     if not relative:
         return gains
     return [[g / f if f > 0 else 1.0 for g, f in zip(row, gains[0])] for row in gains]
