@@ -163,7 +163,7 @@ def step_rows(case: Case, reg, dif, members: int, steps: int = 3) -> list[dict]:
     lin = fit_linear(train.isel(time=slice(0, -1)),
                      train.isel(time=slice(1, None)).assign_coords(time=train.time[:-1].values))
     test = window(state, case.test)[names]
-    inits = test.isel(time=slice(0, test.sizes["time"] - steps, case.init_every))
+    inits = test.isel(time=slice(0, test.sizes["time"] - steps))  # every held-out time: all hours of the day
     t0 = time.perf_counter()
     regression = None if reg is None else xkmcast.load_model(reg.bundle)
     det = None if reg is None else forecast_from(regression, state[names], inits.time.values, steps, 1)
@@ -176,7 +176,7 @@ def step_rows(case: Case, reg, dif, members: int, steps: int = 3) -> list[dict]:
     n = inits.sizes["time"]
     current = inits
     for lead in range(1, steps + 1):
-        truth = test.isel(time=slice(lead, lead + case.init_every * (n - 1) + 1, case.init_every))
+        truth = test.isel(time=slice(lead, lead + n))
         current = lin.predict(current.assign_coords(time=inits.time.values))
         for v in names:
             t = truth[v].assign_coords(time=inits.time.values)
@@ -226,8 +226,8 @@ def period_lines(case: Case, dif, members: int, held_out: list[dict], steps: int
     """Stepping: RMSE of the ensemble mean and spread-skill at each lead by the period the rollouts start
     in -- the training times, the validation windows (where the spread was calibrated), the held-out
     times (the ensemble rows of :func:`step_rows`, ``held_out``) -- which tells a calibration that missed
-    from a held-out period harder than the validation one. Every ``case.init_every``-th start whose lead
-    times the state holds (of the training times up to TRAINING_STARTS, evenly spread); none without
+    from a held-out period harder than the validation one. Every start whose lead times the state
+    holds (of the training times up to TRAINING_STARTS, evenly spread); none without
     validation windows (a recurring validation, ``--valid-every-days``, has no one period)."""
     import xkmcast
 
@@ -242,7 +242,7 @@ def period_lines(case: Case, dif, members: int, held_out: list[dict], steps: int
         starts = window(state, span)["time"].values
         if label == "training":  # the validation windows are taken out of the training window
             starts = starts[~np.isin(starts, np.concatenate([window(state, w)["time"].values for w in case.valid]))]
-        starts = starts[starts + np.timedelta64(steps * case.step_hours, "h") <= last][::case.init_every]
+        starts = starts[starts + np.timedelta64(steps * case.step_hours, "h") <= last]
         starts = with_history(model, state, starts, case)
         if label == "training" and len(starts) > TRAINING_STARTS:
             starts = starts[np.linspace(0, len(starts) - 1, TRAINING_STARTS).round().astype(int)]

@@ -86,7 +86,6 @@ class Case:
     model: str = "stormcast"  # stepping: "stormcast" (regression + diffusion), "stormscope" (DiT diffusion only), "vit"
     recipe: str | None = None  # train with this one-command recipe (e.g. "stormcast-cpu") instead of the tiny presets
     step_hours: int = 6  # stepping: hours per step
-    init_every: int = 2  # stepping: score from every n-th held-out time
     thresholds: tuple[float, ...] = ()  # the f> column: fractions of pixels above these values, members / truth
 
 
@@ -204,7 +203,7 @@ def florence_case(work: Path) -> Case | None:
     _write(ds, path)
     return Case("florence-now", "step", path, None, ["tp"], ["tp"], _times(ds, 0, 16), [_times(ds, 14, 16)],
                 _times(ds, 17, 22), "Stage IV precipitation, Florence 2018, 118x87 at 4 km, hourly nowcast, "
-                "stormcast-cpu recipe with log1p", recipe="stormcast-cpu", step_hours=1, init_every=1,
+                "stormcast-cpu recipe with log1p", recipe="stormcast-cpu", step_hours=1,
                 thresholds=(1.0, 10.0), overrides=("data.transforms={tp: log1p}",))
 
 
