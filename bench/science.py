@@ -368,7 +368,11 @@ INTRO = ("Columns: MAE of the ensemble mean and its ratio to bilinear (or persis
          "grid with the noise level and is validated by the fair CRPS of 4 members; a stepping model's spread is "
          "calibrated at each step of validation rollouts and, in blocks dated from 2026-12-02 on that say so, "
          "scaled by how much the state changed over the step before the initial one (model.spread_by_activity; "
-         "the forecasts then read that state too). Blocks with stepping cases end with a period check (older "
+         "the forecasts then read that state too). Stepping cases are scored from every held-out time (the "
+         "blizzard: all four hours of the day); blocks whose first line does not give the held-out starts "
+         "started from every other one (00 and 12 UTC alone) and solved each step's gain of the spread on the "
+         "validation rollouts of full length only (since, on every rollout that reaches that step: "
+         "xkmcast.train.spread_steps). Blocks with stepping cases end with a period check (older "
          "blocks lack it): RMSE of the ensemble mean and spread-skill at each lead for rollouts started in the "
          "training times (8, evenly spread), the validation windows and the held-out times, training / validation / "
          "held-out, which tells a spread calibration that missed from a held-out period harder than the one it "
@@ -456,7 +460,8 @@ def main() -> None:
             rows += new
             periods += period_lines(case, dif, members, new) if case.kind == "step" else []
             reg_steps, dif_steps = (run.step if run else 0 for run in (reg, dif))
-            trained.append(f"{case.name} {reg_steps} + {dif_steps}")
+            starts = next((r["starts"] for r in new if "starts" in r), None)  # stepping: the held-out starts
+            trained.append(f"{case.name} {reg_steps} + {dif_steps}" + (f" ({starts} held-out starts)" if starts else ""))
             print(f"# {case.name}: {case.note}; regression {reg_steps} steps, diffusion {dif_steps} steps, "
                   f"{time.perf_counter() - t0:.0f} s\n{table(new)}", flush=True)
         text = f"training budget {budget:.0f} s per model (regression {budget / 2:.0f} s + diffusion " \
