@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from xkmcast.train.config import TrainingConfig, load_config
-from xkmcast.train.trainer import EMA, learning_rate, train
+from xkmcast.train.ema import EMA
+from xkmcast.train.schedule import learning_rate
+from xkmcast.train.trainer import train
 
 STORE_VARS = dict(input_vars=["t2m", "u10m", "v10m", "msl"], output_vars=["t2m", "u10m"], invariants=["orog", "lsm"])
 

@@ -2,9 +2,8 @@
 
 A run is described by three sections, ``data``, ``model`` and ``training``. Presets
 (``xkmcast/presets/<name>.yaml``) and user YAML files only *override* these defaults; a YAML file may
-start from another one with ``extends: <preset name or path>``. Dotted ``key=value`` overrides from the
-command line are merged last; values are parsed as YAML scalars / lists (``training.lr=1e-4``,
-``data.patch=[32,32]``, ``training.resume=null``).
+start from another one with ``extends: <preset name or path>``, and dotted ``key=value`` overrides from
+the command line are merged last (:mod:`xkmcast.train.config_files` reads them).
 
 Validation is strict (``extra="forbid"``): an unknown key is a :class:`~xkmcast.errors.ConfigError`
 naming its dotted path and the nearest valid key (difflib), and the cross-field rules of the model kinds
@@ -16,24 +15,21 @@ The resolved configuration is written as ``config.yaml`` in the run directory
 
 from __future__ import annotations
 
-import copy
-
 import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-import numpy as np
-import pandas as pd
 import yaml
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
-                      model_validator)
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from ..diffusion.losses import LOGUNIFORM_SIGMA_MAX, LOGUNIFORM_SIGMA_MIN
 from ..diffusion.samplers import SamplerConfig
-from ..errors import ConfigError, explain
+from ..errors import ConfigError
 from ..models.kinds import CONDITIONS, KIND_NAMES, get_kind
 from ..models.specs import DEFAULT_SIZE, SIGMA_DATA
+from .config_files import apply_overrides, deep_merge, list_presets, read_raw
+from .config_times import RecurringWindow, StrictModel, TimeRange, TimeWindows, ValidTimes, time_windows
 
 __all__ = [
     "DataConfig",
@@ -58,73 +54,9 @@ __all__ = [
 
 Condition = Literal[CONDITIONS]  # type: ignore[valid-type]
 Kind = Literal[KIND_NAMES]  # type: ignore[valid-type]
-PRESETS = Path(__file__).resolve().parents[1] / "presets"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-class TimeRange(_Strict):
-    """An inclusive time window ``[start, end]`` (ISO strings); ``None`` leaves that end open."""
-
-    start: str | None = None
-    end: str | None = None
-
-    @property
-    def is_set(self) -> bool:
-        return self.start is not None or self.end is not None
-
-
-#: ``data.train_times`` / ``data.valid_times``: one window ``{start, end}`` or a list of them
-TimeWindows = TimeRange | list[TimeRange]
-
-
-class RecurringWindow(_Strict):
-    """Validation spread over the record (``data.valid_times={every: 4D, length: 1D}``): of the training
-    times, those in the last ``length`` of every ``every``, the periods counted from the first of them.
-    Both are time spans as pandas reads them (``4D``, ``1D``, ``12h``, ``90min``)."""
-
-    every: str
-    length: str
-
-    @model_validator(mode="after")
-    def _spans(self):
-        spans = {}
-        for name in ("every", "length"):
-            try:
-                spans[name] = pd.Timedelta(getattr(self, name))
-            except ValueError as exc:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not a time span ({exc}); "
-                                 "write e.g. 4D, 1D, 12h") from None
-        if not pd.Timedelta(0) < spans["length"] < spans["every"]:
-            raise ValueError(f"length ({self.length}) must be positive and shorter than every ({self.every}), "
-                             "e.g. {every: 4D, length: 1D}: one day in four validates")
-        return self
-
-    def mask(self, times: pd.DatetimeIndex) -> np.ndarray:
-        """Boolean per time of ``times`` (sorted): inside the last ``length`` of its period."""
-        every, length = pd.Timedelta(self.every), pd.Timedelta(self.length)
-        return np.asarray(((times - times[0]) % every) >= every - length)
-
-
-def _valid_times_kind(value) -> str:
-    keys = value if isinstance(value, dict) else vars(value) if isinstance(value, BaseModel) else {}
-    return "recurring" if "every" in keys or "length" in keys else "windows"
-
-
-#: ``data.valid_times``: windows as ``train_times``, or a :class:`RecurringWindow` (told apart by its keys)
-ValidTimes = Annotated[Annotated[TimeWindows, Tag("windows")] | Annotated[RecurringWindow, Tag("recurring")],
-                       Discriminator(_valid_times_kind)]
-
-
-def time_windows(value: TimeWindows) -> list[TimeRange]:
-    """The windows of a ``train_times`` / ``valid_times`` setting (empty when it sets none)."""
-    items = value if isinstance(value, list) else [value]
-    return [w for w in items if w.is_set]
-
-
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     """Where the samples come from.
 
     ``source``: a catalog entry (``xkmcast catalog list``), a path to a CF zarr / NetCDF dataset of your
@@ -209,7 +141,7 @@ class DataConfig(_Strict):
         return value
 
 
-class LossConfig(_Strict):
+class LossConfig(StrictModel):
     """Training noise: ln(sigma) ~ N(P_mean, P_std^2) ("lognormal") or log-uniform on
     [sigma_min, sigma_max]; ``P_mean`` / ``P_std`` None take the kind's prior
     (:data:`xkmcast.models.kinds.KINDS`: CorrDiff 0.0, EDM / StormCast -1.2; 1.2).
@@ -227,7 +159,7 @@ class LossConfig(_Strict):
     channel_weights: list[float] | Literal["auto", "balanced"] | None = "auto"
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     """The model: its ``kind``, the ``stage`` this run trains, the network size, the conditions.
 
     ``kind``: a row of :data:`xkmcast.models.kinds.KINDS`, which gives the stages, the conditions
@@ -326,7 +258,7 @@ class ModelConfig(_Strict):
         return self
 
 
-class EMAConfig(_Strict):
+class EMAConfig(StrictModel):
     """Exponential moving average of the weights, used for validation and export.
 
     Per optimizer step of B samples the decay is ``beta = 0.5 ** (B / h)`` with the half-life ``h``
@@ -343,7 +275,7 @@ _DURATION = re.compile(r"^\s*([0-9.]+)\s*(s|sec|m|min|h|d)?\s*$")
 _UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
 
-class TrainingConfig(_Strict):
+class TrainingConfig(StrictModel):
     """How to train: duration, batch, optimiser, precision, budgets, checkpoints, outputs.
 
     ``stages: [regression, diffusion]`` trains both stages in one run (a recipe, see
@@ -427,7 +359,7 @@ class TrainingConfig(_Strict):
         return self
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     """A whole training run."""
 
     data: DataConfig = Field(default_factory=DataConfig)
@@ -455,87 +387,7 @@ class TrainConfig(_Strict):
         return _flatten({"model": keep, "data": data})
 
 
-# ------------------------------------------------------------------------------ loading and merging
-def list_presets() -> list[str]:
-    """Names of the presets shipped in ``xkmcast/presets``."""
-    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
-
-
-def _read_yaml(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A preset or YAML file as a dict, with its ``extends:`` chain merged underneath."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") and path.exists():
-        text = path.read_text()
-    else:
-        preset = PRESETS / f"{name_or_path}.yaml"
-        if not preset.is_file():
-            names = list_presets()
-            raise ConfigError(explain(
-                f"no preset or YAML file {str(name_or_path)!r}",
-                expected=f"a path to a .yaml file or one of the presets {names}",
-                found=str(name_or_path),
-                fix=_suggest(str(name_or_path), names) or "run `xkmcast train --list` for the presets",
-            ))
-        text = preset.read_text()
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(explain(f"{name_or_path} is not valid YAML", found=str(exc))) from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(explain(f"{name_or_path} must hold a mapping", found=type(raw).__name__))
-    base = raw.pop("extends", None)
-    if base is None:
-        return raw
-    if str(base) in seen:
-        raise ConfigError(explain("circular 'extends:' chain", found=[*seen, str(base)]))
-    return deep_merge(_read_yaml(base, (*seen, str(name_or_path))), raw)
-
-
-def read_raw(config: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """The unvalidated nested dict of a preset / YAML path / dict with dotted overrides applied."""
-    raw = copy.deepcopy(dict(config)) if isinstance(config, dict) else _read_yaml(config)
-    return apply_overrides(raw, overrides)
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """``raw`` (changed in place and returned) with each ``dotted.key=value`` override set; values are YAML.
-
-    ``apply_overrides({}, ["training.lr=3.0e-4", "data.patch=[32, 32]"])`` ->
-    ``{"training": {"lr": 3.0e-4}, "data": {"patch": [32, 32]}}``. An override *sets* the value at its
-    key: ``data.params={}`` empties the preset's params (``extends:`` chains, by contrast, merge
-    mappings key by key); a later ``data.params.x=1`` then adds to it, and a dotted key below a
-    non-mapping value replaces that value by a mapping."""
-    for item in overrides:
-        key, value = _one_override(item)
-        node = raw
-        for part in key[:-1]:
-            child = node.get(part)
-            node[part] = child = dict(child) if isinstance(child, dict) else {}
-            node = child
-        node[key[-1]] = value
-    return raw
-
-
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` merged into a copy of ``base``: mappings merge key by key, everything else replaces."""
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _one_override(item: str) -> tuple[list[str], Any]:
-    """``"training.lr=1e-4"`` -> (["training", "lr"], 1e-4); the value is parsed as YAML."""
-    key, sep, text = item.partition("=")
-    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
-        raise ConfigError(explain("malformed override", expected="dotted.key=value", found=item,
-                                  fix="write e.g. training.lr=1e-4"))
-    return key.strip().split("."), (yaml.safe_load(text) if text.strip() else None)
-
-
+# ------------------------------------------------------------------------------ validating
 def load_config(config: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Resolve a preset name / YAML path / dict plus dotted overrides into a validated TrainConfig."""
     return validate(read_raw(config, overrides))
@@ -590,11 +442,6 @@ def _submodel(annotation: Any) -> Any:
         if found is not None:
             return found
     return None
-
-
-def _suggest(word: str, options: list[str]) -> str | None:
-    close = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
-    return f"Did you mean {close[0]!r}?" if close else None
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Distribution: process group, device, batch split, DDP / FSDP2 wrapping, collective helpers.
+"""Distribution: process group, device, batch split, each rank's share of an epoch, DDP / FSDP2 wrapping,
+collective helpers.
 
 Launch with ``torchrun`` (any number of processes and nodes): it sets ``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``, and :func:`setup` joins the group with
@@ -25,6 +26,7 @@ from ..errors import ConfigError, explain
 
 __all__ = [
     "DistEnv",
+    "ResumableSampler",
     "setup",
     "teardown",
     "split_batch",
@@ -226,3 +228,19 @@ def _to_cpu(tree: Any) -> Any:
     if isinstance(tree, (list, tuple)):
         return type(tree)(_to_cpu(v) for v in tree)
     return tree
+
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """A DistributedSampler for one epoch, starting ``skip`` indices in (to resume mid-epoch)."""
+
+    def __init__(self, dataset, env: DistEnv, seed: int, epoch: int, skip: int, shuffle: bool = True):
+        self.inner = torch.utils.data.DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank,
+                                                         shuffle=shuffle, seed=seed, drop_last=True)
+        self.inner.set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self):
+        return iter(list(self.inner)[self.skip:])
+
+    def __len__(self):
+        return max(0, len(self.inner) - self.skip)

@@ -6,7 +6,7 @@ For each micro-batch ``pipeline.loss(stage, batch, generator)`` gives per-sample
 accumulation is back-propagated. Then: a non-finite loss anywhere stops the run
 (:class:`TrainingDivergedError`, the last good checkpoint is kept); gradients are clipped to
 ``grad_clip`` (global norm); the learning rate is ``lr x warmup(step) x decay(step)``
-(:func:`learning_rate`); the optimizer steps and the EMA of the weights follows (:class:`EMA`).
+(:func:`~xkmcast.train.schedule.learning_rate`); the optimizer steps and the EMA of the weights follows (:class:`~xkmcast.train.ema.EMA`).
 
 Every ``validate_every`` steps the EMA weights are evaluated on the validation set with a fixed noise
 generator (so successive validations are comparable): their loss, or for a diffusion whose members make
@@ -38,17 +38,19 @@ import torch
 
 from ..device import allocator_warning, autocast, native_bf16, resolve_precision
 from ..diffusion.seeds import row_seeds
-from ..errors import ConfigError, XkmcastError, explain
+from ..errors import XkmcastError, explain
 from ..models.regression_windows import training_window
 from . import checkpoint as ckpt
 from . import distributed as D
-from .config import TrainConfig, TrainingConfig, run_dir, save_config
+from .config import TrainConfig, run_dir, save_config
+from .ema import EMA, full_tensor
 from .logging import RunLog, SigmaBins, save_image
+from .schedule import learning_rate
 from .setup import build_run, seed_everything
 from .spread import evenly_spread_batches
 from .valid_score import members_crps, resolve_valid_score
 
-__all__ = ["Trainer", "TrainResult", "TrainingDivergedError", "EMA", "learning_rate", "train"]
+__all__ = ["Trainer", "TrainResult", "TrainingDivergedError", "train", "to_device"]
 
 
 class TrainingDivergedError(XkmcastError, FloatingPointError):
@@ -70,96 +72,6 @@ class TrainResult:
 
 
 # ----------------------------------------------------------------------------------------- pieces
-def learning_rate(step: int, t: TrainingConfig, total_steps: int) -> float:
-    """``lr x min(1, (step+1)/warmup) x decay``, decay after warm-up over ``progress`` in [0, 1]:
-    constant 1; cosine ``m + (1-m)(1+cos(pi p))/2``; linear ``m + (1-m)(1-p)`` (m = min_lr / lr);
-    rsqrt ``sqrt(warmup / step)`` after the warm-up."""
-    warm = min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps else 1.0
-    span = max(1, total_steps - t.warmup_steps)
-    p = min(1.0, max(0.0, (step - t.warmup_steps) / span))
-    m = t.min_lr / t.lr
-    decay = {
-        "constant": 1.0,
-        "cosine": m + (1 - m) * 0.5 * (1 + math.cos(math.pi * p)),
-        "linear": m + (1 - m) * (1 - p),
-        "rsqrt": math.sqrt(max(1, t.warmup_steps) / max(step + 1, max(1, t.warmup_steps))),
-    }[t.schedule]
-    return t.lr * warm * decay
-
-
-class EMA:
-    """Shadow weights ``w_ema <- beta w_ema + (1 - beta) w`` (buffers copied), see ``EMAConfig``."""
-
-    def __init__(self, module: torch.nn.Module, cfg, batch_size: int):
-        self.cfg, self.batch_size = cfg, batch_size
-        self.params = [p for p in module.parameters() if p.requires_grad]
-        self.shadow = [p.detach().clone() for p in self.params]
-
-    def beta(self, samples_seen: int) -> float:
-        if self.cfg.decay is not None:
-            return self.cfg.decay
-        h = self.cfg.halflife_samples
-        if self.cfg.rampup_ratio is not None:
-            h = min(h, samples_seen * self.cfg.rampup_ratio)
-        return 0.5 ** (self.batch_size / max(h, 1e-8))
-
-    @torch.no_grad()
-    def update(self, samples_seen: int) -> None:
-        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - self.beta(samples_seen))
-
-    @contextlib.contextmanager
-    def applied(self):
-        """Temporarily put the EMA weights into the module."""
-        with torch.no_grad():
-            backup = [p.detach().clone() for p in self.params]
-            for p, s in zip(self.params, self.shadow):
-                p.copy_(s)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for p, b in zip(self.params, backup):
-                    p.copy_(b)
-
-    def state_dict(self) -> list[torch.Tensor]:
-        return [_full(s).to("cpu").clone() for s in self.shadow]
-
-    def load_state_dict(self, tensors: list[torch.Tensor]) -> None:
-        with torch.no_grad():
-            for s, t in zip(self.shadow, tensors):
-                _load_into(s, t)
-
-
-def _full(t: torch.Tensor) -> torch.Tensor:
-    """A DTensor (FSDP2 shard) gathered to a full tensor; plain tensors unchanged."""
-    return t.full_tensor() if hasattr(t, "full_tensor") else t.detach()
-
-
-def _load_into(dst: torch.Tensor, full: torch.Tensor) -> None:
-    if hasattr(dst, "device_mesh"):  # DTensor: keep this rank's shard
-        from torch.distributed.tensor import distribute_tensor
-
-        dst.copy_(distribute_tensor(full.to(dst.device), dst.device_mesh, dst.placements))
-    else:
-        dst.copy_(full)
-
-
-class _ResumableSampler(torch.utils.data.Sampler):
-    """A DistributedSampler for one epoch, starting ``skip`` indices in (to resume mid-epoch)."""
-
-    def __init__(self, dataset, env: D.DistEnv, seed: int, epoch: int, skip: int, shuffle: bool = True):
-        self.inner = torch.utils.data.DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank,
-                                                         shuffle=shuffle, seed=seed, drop_last=True)
-        self.inner.set_epoch(epoch)
-        self.skip = skip
-
-    def __iter__(self):
-        return iter(list(self.inner)[self.skip:])
-
-    def __len__(self):
-        return max(0, len(self.inner) - self.skip)
-
-
 def to_device(batch: Any, device: torch.device) -> Any:
     """Move a batch (tensors in dicts / lists) to ``device``."""
     if isinstance(batch, torch.Tensor):
@@ -276,7 +188,7 @@ class Trainer:
         while True:
             if hasattr(self.train_data, "set_epoch"):  # e.g. other random patches each epoch
                 self.train_data.set_epoch(self.epoch)
-            sampler = _ResumableSampler(self.train_data, self.env, self.t.seed, self.epoch,
+            sampler = D.ResumableSampler(self.train_data, self.env, self.t.seed, self.epoch,
                                         self.position * self.per_rank)
             loader = torch.utils.data.DataLoader(
                 self.train_data, batch_size=self.per_rank, sampler=sampler, drop_last=True,
@@ -511,7 +423,7 @@ class Trainer:
         digest = hashlib.sha256()
         for name, tensor in sorted(self.module.state_dict().items()):
             digest.update(name.encode())
-            digest.update(_full(tensor).detach().cpu().contiguous().numpy().tobytes())
+            digest.update(full_tensor(tensor).detach().cpu().contiguous().numpy().tobytes())
         path = self.dir / "ranks" / f"rank{self.env.rank}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"rank": self.env.rank, "world_size": self.env.world_size, "step": self.step,

@@ -1,0 +1,80 @@
+"""The training and validation times of a run's configuration (``data.train_times``,
+``data.valid_times``): inclusive windows ``{start, end}`` (:class:`TimeRange`, one or a list), or for
+validation spread over the record a recurring window ``{every: 4D, length: 1D}``
+(:class:`RecurringWindow`: the last day of every four). :mod:`xkmcast.train.setup` applies them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Discriminator, Tag, model_validator
+
+__all__ = ["StrictModel", "TimeRange", "TimeWindows", "RecurringWindow", "ValidTimes", "time_windows"]
+
+
+class StrictModel(BaseModel):
+    """A configuration section: unknown keys are errors (with the nearest valid key: :mod:`xkmcast.train.config`)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class TimeRange(StrictModel):
+    """An inclusive time window ``[start, end]`` (ISO strings); ``None`` leaves that end open."""
+
+    start: str | None = None
+    end: str | None = None
+
+    @property
+    def is_set(self) -> bool:
+        return self.start is not None or self.end is not None
+
+
+#: ``data.train_times`` / ``data.valid_times``: one window ``{start, end}`` or a list of them
+TimeWindows = TimeRange | list[TimeRange]
+
+
+class RecurringWindow(StrictModel):
+    """Validation spread over the record (``data.valid_times={every: 4D, length: 1D}``): of the training
+    times, those in the last ``length`` of every ``every``, the periods counted from the first of them.
+    Both are time spans as pandas reads them (``4D``, ``1D``, ``12h``, ``90min``)."""
+
+    every: str
+    length: str
+
+    @model_validator(mode="after")
+    def _spans(self):
+        spans = {}
+        for name in ("every", "length"):
+            try:
+                spans[name] = pd.Timedelta(getattr(self, name))
+            except ValueError as exc:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not a time span ({exc}); "
+                                 "write e.g. 4D, 1D, 12h") from None
+        if not pd.Timedelta(0) < spans["length"] < spans["every"]:
+            raise ValueError(f"length ({self.length}) must be positive and shorter than every ({self.every}), "
+                             "e.g. {every: 4D, length: 1D}: one day in four validates")
+        return self
+
+    def mask(self, times: pd.DatetimeIndex) -> np.ndarray:
+        """Boolean per time of ``times`` (sorted): inside the last ``length`` of its period."""
+        every, length = pd.Timedelta(self.every), pd.Timedelta(self.length)
+        return np.asarray(((times - times[0]) % every) >= every - length)
+
+
+def _valid_times_kind(value) -> str:
+    keys = value if isinstance(value, dict) else vars(value) if isinstance(value, BaseModel) else {}
+    return "recurring" if "every" in keys or "length" in keys else "windows"
+
+
+#: ``data.valid_times``: windows as ``train_times``, or a :class:`RecurringWindow` (told apart by its keys)
+ValidTimes = Annotated[Annotated[TimeWindows, Tag("windows")] | Annotated[RecurringWindow, Tag("recurring")],
+                       Discriminator(_valid_times_kind)]
+
+
+def time_windows(value: TimeWindows) -> list[TimeRange]:
+    """The windows of a ``train_times`` / ``valid_times`` setting (empty when it sets none)."""
+    items = value if isinstance(value, list) else [value]
+    return [w for w in items if w.is_set]
