@@ -10,8 +10,9 @@ import pytest
 import xarray as xr
 
 from xkmcast.errors import TimeCoverageError
+from xkmcast.models.kinds import get_kind
 from xkmcast.train.config import time_windows
-from xkmcast.train.setup import _time_split
+from xkmcast.train.time_split import time_split
 
 from test_train_trainer import prepared_store, tiny_config
 
@@ -25,7 +26,7 @@ def _iso(i: int) -> str:
 def _split(tmp_path, *overrides, times=HOURS):
     cfg = tiny_config(tmp_path / "store.zarr", tmp_path, *overrides)
     ds = xr.Dataset(coords={"time": times})
-    return cfg, _time_split(ds, cfg)
+    return cfg, time_split(ds.indexes["time"], cfg.data, get_kind(cfg.model.kind).forecast)
 
 
 def test_a_list_of_validation_windows_is_taken_out_of_the_training_times(tmp_path):

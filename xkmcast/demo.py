@@ -148,7 +148,7 @@ def _linear_baseline(store: Path, data, times) -> xr.Dataset:
     x = ds[inputs].rename(dict(zip(inputs, data.input_vars)))
     y = ds[targets].rename(dict(zip(targets, data.output_vars)))
     from xkmcast.train.config import time_windows
-    from xkmcast.train.setup import window_positions
+    from xkmcast.train.time_split import window_positions
 
     windows = time_windows(data.train_times)
     train = x.time.values[window_positions(x.indexes["time"], windows, "train_times")] if windows else x.time.values

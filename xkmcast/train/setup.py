@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError, TimeCoverageError, explain
+from ..errors import ConfigError, explain
 from . import distributed as D
-from .config import RecurringWindow, TrainConfig, run_dir, time_windows
+from .config import TrainConfig, run_dir, time_windows
+from .time_split import time_split
 
-__all__ = ["RunData", "build_run", "build_datasets", "build_pipeline_for", "seed_everything", "window_positions"]
+__all__ = ["RunData", "build_run", "build_datasets", "build_pipeline_for", "seed_everything"]
 
 
 @dataclasses.dataclass
@@ -92,7 +93,7 @@ def build_datasets(cfg: TrainConfig, stats: dict | None, env: D.DistEnv) -> RunD
     store_path = _training_store(cfg, env)
     ds = open_store(store_path)
     _check_invariants(d.invariants, [v for v in d.invariants if v not in ds.data_vars], str(store_path))
-    train_t, valid_t = _time_split(ds, cfg)
+    train_t, valid_t = time_split(ds.indexes["time"], cfg.data, _forecast(cfg))
     roles = _role_stats(ds, cfg, stats, train_t)
     if not _forecast(cfg):
         args = (store_path, d.input_vars, d.output_vars, d.invariants)
@@ -278,65 +279,6 @@ def _store_stats(roles: dict[str, Any], coarse_role: str, inputs, outputs, invar
     for part in parts[1:]:
         out = out.merge(part)
     return out
-
-
-def window_positions(index, windows, setting: str) -> np.ndarray:
-    """Sorted positions on a time ``index`` inside any of ``windows`` (inclusive); a window
-    that holds no store time is refused (a misspelt year would otherwise drop it silently)."""
-    parts = []
-    for w in windows:
-        sl = index.slice_indexer(w.start, w.end)
-        positions = np.arange(len(index))[sl]
-        if positions.size == 0:
-            raise TimeCoverageError(explain(f"data.{setting} window {{start: {w.start}, end: {w.end}}} holds no time "
-                                            "of the training store", expected=f"times from {index[0]} to {index[-1]}",
-                                            fix=f"correct or remove that window of data.{setting}"))
-        parts.append(positions)
-    return np.unique(np.concatenate(parts))
-
-
-def _valid_positions(index, positions: np.ndarray, valid_times) -> np.ndarray | None:
-    """The positions ``data.valid_times`` names on a time ``index`` (None when it names none): its windows,
-    or of the training ``positions`` those its recurring window picks (refused when it picks none)."""
-    if isinstance(valid_times, RecurringWindow):
-        valid = positions[valid_times.mask(index[positions])]
-        if valid.size == 0:
-            raise TimeCoverageError(explain(
-                f"data.valid_times {valid_times.model_dump()} selects none of the training times",
-                found=f"{positions.size} times from {index[positions[0]]} to {index[positions[-1]]}",
-                fix="give a longer length or a shorter every, so that the last length of a period holds a time"))
-        return valid
-    windows = time_windows(valid_times)
-    return window_positions(index, windows, "valid_times") if windows else None
-
-
-def _time_split(ds, cfg: TrainConfig):
-    """``(train, valid)`` time positions: the configured windows (the validation times taken out of the
-    training ones; a recurring window ``{every, length}`` picks them among the training times);
-    training windows alone give up their last ``valid_fraction`` to validation (when
-    they hold at least 4 times); no window: the last ``valid_fraction`` of the store validates."""
-    d = cfg.data
-    index = ds.indexes["time"]
-    train_w = time_windows(d.train_times)
-    positions = window_positions(index, train_w, "train_times") if train_w else np.arange(len(index))
-    valid = _valid_positions(index, positions, d.valid_times)
-    if valid is not None:
-        train = np.setdiff1d(positions, valid)
-        if train.size == 0:
-            shown = d.valid_times.model_dump() if isinstance(d.valid_times, RecurringWindow) \
-                else [w.model_dump() for w in time_windows(d.valid_times)]
-            raise TimeCoverageError(explain("No training time is left once the validation times are taken out",
-                                            found=f"data.train_times {[w.model_dump() for w in train_w] or '(all)'}, "
-                                                  f"data.valid_times {shown}",
-                                            fix="give training windows that the validation windows do not cover"))
-        return train.tolist(), valid.tolist()
-    n = positions.size
-    n_valid = int(round(n * d.valid_fraction)) if n >= 4 else 0
-    if _forecast(cfg) and d.valid_fraction > 0 and n_valid:
-        n_valid = max(n_valid, 2)  # a forecast sample needs two consecutive times
-    n_train = max(1, int(round((n - n_valid) * d.train_fraction)))
-    train = positions[:n_train].tolist()
-    return train, (positions[n - n_valid:].tolist() if n_valid else None)
 
 
 def build_pipeline_for(cfg: TrainConfig, data: RunData, base=None):
