@@ -17,8 +17,6 @@ inference share. Nothing here knows of torch.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 from typing import Any
 
 import cf_xarray  # noqa: F401  (registers the .cf accessor used below)
@@ -26,6 +24,7 @@ import numpy as np
 import xarray as xr
 
 from .coords import coordinate_attrs, coordinate_names
+from .crs import crs_from_cf, find_crs, projected_axes, wrf_crs
 from ..errors import CoordinateError, GridError, explain
 
 __all__ = ["Grid", "find_grid", "make_lambert_grid", "make_latlon_grid", "check_monotonic", "HRRR_CRS_CF",
@@ -156,7 +155,7 @@ def find_grid(obj: xr.Dataset | xr.DataArray) -> Grid:
     """
     ds = obj.to_dataset(name=obj.name or "__da__") if isinstance(obj, xr.DataArray) else obj
     lat_name, lon_name = _find_latlon_names(ds)
-    grid_mapping, crs, gm_var = _find_crs(ds)
+    grid_mapping, crs, gm_var = find_crs(ds)
     x_name, y_name = _find_xy_names(ds)
 
     if lat_name is None or lon_name is None:
@@ -216,9 +215,9 @@ def find_grid(obj: xr.Dataset | xr.DataArray) -> Grid:
         else:
             x = y = None
     if crs is None:
-        grid_mapping, crs = _wrf_crs(ds)
+        grid_mapping, crs = wrf_crs(ds)
     if x is None and crs is not None and not crs.is_geographic:
-        x, y = _projected_axes(crs, lat2, lon2)
+        x, y = projected_axes(crs, lat2, lon2)
     rect = bool(np.allclose(lat2, lat2[:, :1]) and np.allclose(lon2, lon2[:1, :]))
     return Grid(y_dim, x_dim, time_dim, lat2, lon2, lat_name, lon_name, x, y, xn, yn, crs, grid_mapping, rect, gm_var)
 
@@ -309,99 +308,6 @@ def _drop_extra_dims(da: xr.DataArray) -> xr.DataArray:
     while da.ndim > 2:
         da = da.isel({da.dims[0]: 0}, drop=True)
     return da
-
-
-@functools.lru_cache(maxsize=64)
-def _crs_from_cf(frozen: str):
-    """pyproj.CRS.from_cf is slow (~0.5 s with a custom sphere): cache it by the attributes' JSON."""
-    from pyproj import CRS
-
-    return CRS.from_cf(json.loads(frozen))
-
-
-def crs_from_cf(attrs: dict):
-    """The pyproj CRS of CF grid_mapping ``attrs`` (cached)."""
-    return _crs_from_cf(json.dumps(_jsonable(attrs), sort_keys=True))
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def _find_crs(ds: xr.Dataset) -> tuple[dict | None, Any, str | None]:
-    names: list[str] = []
-    for da in ds.data_vars.values():
-        gm = da.attrs.get("grid_mapping") or da.encoding.get("grid_mapping")
-        if isinstance(gm, str) and gm.split(":")[0] in ds.variables:
-            names.append(gm.split(":")[0])
-    names += [n for n, v in ds.variables.items() if "grid_mapping_name" in v.attrs]
-    for name in names:
-        attrs = dict(ds[name].attrs)
-        try:
-            return attrs, crs_from_cf(attrs), name
-        except Exception as exc:  # pyproj raises CRSError and others for incomplete attributes
-            raise GridError(
-                explain(
-                    f"The CF grid_mapping variable {name!r} cannot be read",
-                    found=str(attrs),
-                    fix="check its attributes against the CF conventions (grid_mapping_name, standard_parallel, ...)",
-                )
-            ) from exc
-    return None, None, None
-
-
-def _wrf_crs(ds: xr.Dataset) -> tuple[dict | None, Any]:
-    """The CRS from WRF global attributes (MAP_PROJ 1 Lambert, 2 polar stereographic, 3 Mercator)."""
-    a = ds.attrs
-    if "MAP_PROJ" not in a:
-        return None, None
-    proj = int(a["MAP_PROJ"])
-    radius = 6370000.0  # WRF's sphere
-    if proj == 1:
-        cf = {
-            "grid_mapping_name": "lambert_conformal_conic",
-            "standard_parallel": [float(a["TRUELAT1"]), float(a["TRUELAT2"])],
-            "longitude_of_central_meridian": float(a["STAND_LON"]),
-            "latitude_of_projection_origin": float(a.get("MOAD_CEN_LAT", a.get("CEN_LAT"))),
-            "earth_radius": radius,
-        }
-    elif proj == 2:
-        cf = {
-            "grid_mapping_name": "polar_stereographic",
-            "straight_vertical_longitude_from_pole": float(a["STAND_LON"]),
-            "latitude_of_projection_origin": 90.0 if float(a["TRUELAT1"]) > 0 else -90.0,
-            "standard_parallel": float(a["TRUELAT1"]),
-            "earth_radius": radius,
-        }
-    elif proj == 3:
-        cf = {
-            "grid_mapping_name": "mercator",
-            "standard_parallel": float(a["TRUELAT1"]),
-            "longitude_of_projection_origin": float(a["STAND_LON"]),
-            "earth_radius": radius,
-        }
-    else:
-        return None, None
-    return cf, crs_from_cf(cf)
-
-
-def _projected_axes(crs: Any, lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """x / y in metres of a projected grid whose lat/lon are given, when the grid is regular in x/y."""
-    from pyproj import Transformer
-
-    t = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
-    xx, yy = t.transform(lon, lat)
-    x, y = xx.mean(axis=0), yy.mean(axis=1)
-    spacing = max(np.abs(np.diff(x)).mean() if x.size > 1 else 1.0, 1.0)
-    if np.abs(xx - x[None, :]).max() < 0.05 * spacing and np.abs(yy - y[:, None]).max() < 0.05 * spacing:
-        return x, y
-    return None, None
 
 
 def _grid_from_projection(ds, x_name, y_name, crs, grid_mapping, gm_var) -> Grid:
