@@ -159,3 +159,23 @@ def test_scaled_configs_change_only_their_dimension():
         assert scaled.model.kind == base.model.kind and scaled.data.output_vars == base.data.output_vars
     with pytest.raises(ConfigError, match="unknown scaling type"):
         scaled_config(raw, "colour", 2)
+
+
+def test_unquoted_dates_in_time_windows_are_taken_as_their_iso_strings(tmp_path):
+    """YAML reads ``2005-01-01`` as a date and ``2005-01-01 06:00:00`` as a datetime: the windows keep
+    them as the ISO strings the user wrote (whole days stay partial strings, so that an end date takes
+    its whole day); a string that is no date is refused naming the key, a YAML error names the override."""
+    cfg = load_config("corrdiff-cpu", ["data.source=fine.nc", "data.train_times={start: 2005-01-01, end: 2005-08-31}",
+                                       "data.valid_times=[{start: 2005-03-01 06:00:00, end: 2005-03-02}]"])
+    assert (cfg.data.train_times.start, cfg.data.train_times.end) == ("2005-01-01", "2005-08-31")
+    assert (cfg.data.valid_times[0].start, cfg.data.valid_times[0].end) == ("2005-03-01T06:00:00", "2005-03-02")
+    path = tmp_path / "run.yaml"  # the same from a YAML file, and through a round trip
+    path.write_text("extends: corrdiff-cpu\ndata:\n  source: fine.nc\n  train_times: {start: 2005-01-01T00:00:00Z}\n")
+    cfg = load_config(path)
+    assert cfg.data.train_times.start == "2005-01-01T00:00:00"
+    save_config(cfg, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml").data.train_times.start == "2005-01-01T00:00:00"
+    with pytest.raises(ConfigError, match=r"data\.train_times\.TimeRange\.end: '2005-02-30' is not a date"):
+        load_config("corrdiff-cpu", ["data.source=fine.nc", "data.train_times={start: 2005-01-01, end: 2005-02-30}"])
+    with pytest.raises(ConfigError, match="override data.patch is not valid YAML"):
+        load_config("corrdiff-cpu", ["data.source=fine.nc", "data.patch=[32, 32"])

@@ -95,14 +95,33 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _one_override(item: str) -> tuple[list[str], Any]:
-    """``"training.lr=1e-4"`` -> (["training", "lr"], 1e-4); the value is parsed as YAML."""
+    """``"training.lr=1e-4"`` -> (["training", "lr"], 1e-4); the value is parsed as YAML (a value YAML
+    reads as a date but cannot make one, ``2005-13-01``, stays a string for the schema to judge)."""
     key, sep, text = item.partition("=")
     if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
         raise ConfigError(explain("malformed override", expected="dotted.key=value", found=item,
                                   fix="write e.g. training.lr=1e-4"))
-    return key.strip().split("."), (yaml.safe_load(text) if text.strip() else None)
+    if not text.strip():
+        return key.strip().split("."), None
+    try:
+        return key.strip().split("."), yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(explain(f"the value of override {key.strip()} is not valid YAML", found=text,
+                                  fix="quote it, or close its brackets: e.g. data.patch=[32,32]")) from exc
+    except ValueError:  # a timestamp-shaped scalar that is no date
+        return key.strip().split("."), _unquoted(text)
 
 
 def _suggest(word: str, options: list[str]) -> str | None:
     close = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
     return f"Did you mean {close[0]!r}?" if close else None
+
+
+def _unquoted(text: str) -> Any:
+    """``text`` parsed as YAML with its scalars that YAML cannot make into dates kept as strings."""
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("tag:yaml.org,2002:timestamp", lambda loader, node: loader.construct_scalar(node))
+    return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader)

@@ -6,11 +6,12 @@ validation spread over the record a recurring window ``{every: 4D, length: 1D}``
 
 from __future__ import annotations
 
-from typing import Annotated
+import datetime
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Discriminator, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Tag, field_validator, model_validator
 
 __all__ = ["StrictModel", "TimeRange", "TimeWindows", "RecurringWindow", "ValidTimes", "time_windows"]
 
@@ -22,10 +23,29 @@ class StrictModel(BaseModel):
 
 
 class TimeRange(StrictModel):
-    """An inclusive time window ``[start, end]`` (ISO strings); ``None`` leaves that end open."""
+    """An inclusive time window ``[start, end]`` (ISO strings, partial ones as pandas reads them: ``2005``,
+    ``2005-08``, ``2005-08-31`` take the whole year, month or day); ``None`` leaves that end open. An
+    unquoted date on the command line or in YAML (``{start: 2005-01-01}``, which YAML reads as a date)
+    is taken as its ISO string."""
 
     start: str | None = None
     end: str | None = None
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _iso(cls, value: Any) -> Any:
+        if isinstance(value, datetime.datetime):  # YAML's timestamps; an offset is converted to UTC
+            stamp = pd.Timestamp(value)
+            return (stamp.tz_convert("UTC").tz_localize(None) if stamp.tz is not None else stamp).isoformat()
+        if isinstance(value, datetime.date):
+            return value.isoformat()
+        if isinstance(value, str):
+            try:
+                pd.Timestamp(value)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not a date or time ({exc}); write e.g. 2005-01-01 or "
+                                 "2005-01-01T06:00") from None
+        return value
 
     @property
     def is_set(self) -> bool:
