@@ -56,6 +56,8 @@ def test_corrdiff_cpu_trains_both_stages_into_one_bundle(tmp_path):
     # members are drawn with the scale of the regression's error on the validation times: the last
     # 10 % of the training window (4 of its 36 hours) validate
     assert len(model.spec.extra["sample_scale"]) == len(model.spec.output_vars)
+    # a downscaling run has no rollouts: its log says nothing of their step gains
+    assert "members' spread calibrated on the validation times" in result.output and "rollout" not in result.output
     # the normalisation is that of the training times
     t2m = fine["t2m"].sel(time=slice("2024-07-01T00:00", "2024-07-02T07:00")).values.astype(np.float64)
     got = model.spec.stats["output"]["t2m"]

@@ -31,6 +31,17 @@ def test_batch_split_and_accumulation():
         D.split_batch(16, 2, per_rank=3)
 
 
+def test_a_short_record_trains_on_batches_of_what_it_holds():
+    """7 training samples cannot fill a batch of 8: batches of 7 on one process, of 2 x 3 on two (the
+    seventh dropped each epoch); a record that fills the batch, one shorter than a sample per process,
+    or a given per-process batch keep the configured batch (the trainer refuses the last two)."""
+    assert D.batch_for_samples(8, 7, 1) == 7
+    assert D.batch_for_samples(8, 7, 2) == 6
+    assert D.batch_for_samples(8, 100, 2) == 8 and D.batch_for_samples(8, 8, 1) == 8
+    assert D.batch_for_samples(8, 1, 2) == 8
+    assert D.batch_for_samples(8, 7, 1, per_rank=2) == 8
+
+
 def test_single_process_helpers_are_identities():
     env = D.DistEnv()
     assert not env.distributed and env.is_main

@@ -310,14 +310,27 @@ def test_the_eta_of_a_run_under_a_time_budget_is_the_budget_left(tmp_path, capsy
     free = RunLog(tmp_path / "free", total_steps=10**8, tensorboard=False, progress_every=1)
     free.progress(1, 1.0, 8.0)
     lines = [line for line in capsys.readouterr().err.splitlines() if "ETA" in line]
+    assert lines[0].startswith("tmp_path_name/run: step 1 (time budget) loss 1,".replace("tmp_path_name", tmp_path.name))
     assert lines[0].endswith("ETA 1m35s")
-    assert not lines[1].endswith("ETA 1m35s") and "ETA ?" not in lines[1]
+    assert "step 1/100000000 (0%)" in lines[1] and not lines[1].endswith("ETA 1m35s") and "ETA ?" not in lines[1]
 
 
 def _bundle_weights(bundle: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(bundle / "weights.safetensors"))
+
+
+def test_a_record_shorter_than_a_batch_trains_on_batches_of_what_it_holds(store, tmp_path, capfd):
+    """16 training samples (20 times, the last 4 validating) and training.batch_size=32: the run trains
+    on batches of 16, says so, and its config.yaml and samples seen record it."""
+    import yaml
+
+    result = train(tiny_config(store, tmp_path, "training.batch_size=32", "training.duration=2",
+                               "training.validate_every=100"))
+    assert "training.batch_size 32 -> 16: the training set holds 16 samples" in capfd.readouterr().err
+    assert result.samples == 2 * 16 and result.step == 2
+    assert yaml.safe_load((result.run_dir / "config.yaml").read_text())["training"]["batch_size"] == 16
 
 
 def test_export_holds_the_best_validation_weights(store, tmp_path):

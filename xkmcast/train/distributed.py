@@ -30,6 +30,7 @@ __all__ = [
     "setup",
     "teardown",
     "split_batch",
+    "batch_for_samples",
     "wrap_stage",
     "no_sync",
     "all_mean",
@@ -95,6 +96,18 @@ def split_batch(total: int, world_size: int, per_rank: int | str = "auto") -> tu
             fix="set training.batch_size_per_rank=auto",
         ))
     return int(per_rank), local // int(per_rank)
+
+
+def batch_for_samples(total: int, samples: int, world_size: int, per_rank: int | str = "auto") -> int:
+    """``total`` (``training.batch_size``), or when ``samples`` training samples cannot fill one batch on
+    every process (each takes ``samples // world_size``, the rest dropped), the largest batch they fill:
+    ``world_size x (samples // world_size)``, with ``per_rank="auto"`` (one micro-batch per process; a
+    short record such as 8 monthly fields then trains on batches of what it has). Unchanged otherwise: a
+    record shorter than one sample per process, or a given ``per_rank``, is the trainer's to refuse."""
+    local = samples // world_size
+    if per_rank != "auto" or local < 1 or total <= world_size * local:
+        return total
+    return world_size * local
 
 
 class _DDP(torch.nn.parallel.DistributedDataParallel):

@@ -72,7 +72,8 @@ def calibrate_spread(pipeline, trainer) -> None:
     if valid is None or len(valid) == 0:
         return
     samples = calibration_samples(pipeline.spec.grid.get("shape"), pipeline.device)
-    chains = rollout_chains(valid, m.spread_steps, min(MAX_CHAINS, samples)) if m.spread_steps > 0 else []
+    steps = m.spread_steps if pipeline.model_kind.forecast else 0  # rollouts: stepping models only
+    chains = rollout_chains(valid, steps, min(MAX_CHAINS, samples)) if steps > 0 else []
     index = calibration_index(len(valid), samples, starts=[chain[0] for chain in chains])
     drawn = list(validation_draws(pipeline, valid, CALIBRATION_MEMBERS, samples, seed, index=index))
     on_mean = "regression" in pipeline.stages
@@ -110,7 +111,7 @@ def calibrate_spread(pipeline, trainer) -> None:
             trainer.log.message(f"warning: the {len(longest)} validation rollouts behind the last step's gain all "
                                 f"start at {hour}, so that gain is also that hour's; validation windows longer than "
                                 f"{m.spread_steps + 1} times (data.valid_times) start rollouts at several hours")
-    elif m.spread_steps > 0 and not chains:
+    elif steps > 0 and not chains:
         trainer.log.message(f"no gains per step of a rollout: they need {MIN_CHAINS} validation rollouts of 2 steps "
                             "or more, which a validation window of 4 consecutive times gives "
                             f"({m.spread_steps + MIN_CHAINS} for {m.spread_steps} steps: data.valid_times); the "

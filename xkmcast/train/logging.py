@@ -4,8 +4,9 @@ Only rank 0 reports (other ranks get a :class:`RunLog` that does nothing). Scala
 (``<run dir>/tensorboard``, imported lazily) and, one JSON object per line, to ``<run dir>/log.jsonl``
 so that tests and scripts can read them without TensorBoard. The progress bar (tqdm) shows samples/s
 and the ETA when stderr is a terminal; otherwise (a log file, a batch job) a plain line
-``step S/N (P%) loss L, R samples/s, ETA T`` is written to stderr every ``progress_every`` steps
-(and at the last step); T is the time to step N or, with a time budget, to its end if that comes first.
+``<experiment or stage>/<run id>: step S/N (P%) loss L, R samples/s, ETA T`` is written to stderr every
+``progress_every`` steps (and at the last step); T is the time to step N or, with a time budget, to its
+end if that comes first (the line then reads ``step S (time budget)``).
 ``quiet`` silences both.
 
 Loss per noise level: the per-sample losses of a diffusion stage are binned by ``log10(sigma)`` into
@@ -56,6 +57,7 @@ class RunLog:
                  tensorboard: bool = True, quiet: bool = False, batch_size: int = 1, progress_every: int = 10,
                  time_left=None):
         self.run_dir, self.active, self.batch_size = Path(run_dir), active, batch_size
+        self.name = f"{self.run_dir.parent.name}/{self.run_dir.name}"  # e.g. regression/0, <experiment>/0
         self.time_left = time_left  # () -> seconds of the time budget left (None: no budget)
         self.progress_every = max(1, int(progress_every))
         self._lines = active and not quiet  # plain progress lines when there is no terminal bar
@@ -76,7 +78,7 @@ class RunLog:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                             desc=self.run_dir.name)
+                             desc=self.name)
             self._lines = False
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
@@ -109,13 +111,13 @@ class RunLog:
         total = max(self.total_steps, 1)
         done = step - self.start_step
         elapsed = time.perf_counter() - self._t0
-        eta = elapsed / done * (total - step) if done > 0 else math.nan
+        to_total = elapsed / done * (total - step) if done > 0 else math.nan
         left = self.time_left() if self.time_left is not None else None
-        if left is not None:  # a time budget ends the run first
-            eta = max(0.0, left) if not math.isfinite(eta) else min(eta, max(0.0, left))
+        budget_ends = left is not None and not (math.isfinite(to_total) and to_total <= left)
+        eta = max(0.0, left) if budget_ends else to_total
         eta_text = "?" if not math.isfinite(eta) else f"{int(eta // 60)}m{int(eta % 60):02d}s"
-        return (f"{self.run_dir.name}: step {step}/{total} ({100 * step / total:.0f}%) loss {loss:.4g}, "
-                f"{samples_per_s:.1f} samples/s, ETA {eta_text}")
+        where = f"{step} (time budget)" if budget_ends else f"{step}/{total} ({100 * step / total:.0f}%)"
+        return f"{self.name}: step {where} loss {loss:.4g}, {samples_per_s:.1f} samples/s, ETA {eta_text}"
 
     def image(self, step: int, tag: str, png: Path) -> None:
         if not self.active or self._writer is None:

@@ -118,6 +118,13 @@ class Trainer:
             module.requires_grad_(name == self.stage)
             module.train(name == self.stage)
         self.module = self.pipeline.stages[self.stage]
+        batch = D.batch_for_samples(t.batch_size, len(train_data), self.env.world_size, t.batch_size_per_rank)
+        messages = []
+        if batch != t.batch_size:  # a short record: batches of what it holds
+            messages.append(f"training.batch_size {t.batch_size} -> {batch}: the training set holds "
+                            f"{len(train_data)} samples")
+            self.t = t = t.model_copy(update={"batch_size": batch})
+            self.cfg = self.cfg.model_copy(update={"training": t})
         self.per_rank, self.accum = D.split_batch(t.batch_size, self.env.world_size, t.batch_size_per_rank)
         n = t.duration if t.duration_unit == "steps" else math.ceil(t.duration / t.batch_size)
         self.total_steps = n
@@ -142,6 +149,8 @@ class Trainer:
                           tensorboard=t.tensorboard, quiet=self.quiet, batch_size=t.batch_size,
                           progress_every=t.log_every,
                           time_left=None if t.time_budget is None else lambda: t.time_budget - self.elapsed)
+        for message in messages:
+            self.log.message(message)
         self.precision = resolve_precision(self.env.device, t.precision)
         if self.env.device.type == "cpu" and (slow := allocator_warning()):
             self.log.message(slow)
