@@ -190,3 +190,17 @@ def test_score_files_with_a_separate_truth_store(tmp_path):
     xr.testing.assert_allclose(s.reset_coords(drop=True), scoring.score(pred, truth, keep="time").reset_coords(drop=True))
     with pytest.raises(InvalidDataError):
         scoring.score_files(tmp_path / "pred.nc")
+
+
+def test_a_truth_under_other_names_and_units_is_scored_as_the_prediction_names_it():
+    """CMIP's ``tas`` in degC (CF standard_name air_temperature) is the prediction's ``t2m`` in K, for
+    the truth and for a baseline; the scores equal those of the truth renamed and converted by hand."""
+    pred, truth = make()
+    cmip = truth.rename(t2m="tas")
+    cmip["tas"] = (cmip["tas"] - 273.15).assign_attrs(units="degC", standard_name="air_temperature")
+    got = scoring.score(pred, cmip, baseline=cmip + 0.5)
+    want = scoring.score(pred, truth, baseline=truth + 0.5)
+    xr.testing.assert_allclose(got, want, rtol=1e-10)
+    assert float(got.baseline_mae.sel(variable="t2m")) == pytest.approx(0.5, rel=1e-9)
+    with pytest.raises(MissingVariableError, match="share no variable"):  # a name the table does not know
+        scoring.score(pred[["u10m"]].rename(u10m="wind"), truth.rename(u10m="gust"))

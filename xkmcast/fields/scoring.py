@@ -14,6 +14,8 @@ dimension (one row per forecast variable)::
 - ``spread`` / ``spread_skill``: only for ensembles of two or more members.
 - ``baseline_mae`` / ``baseline_rmse``: of ``baseline`` (its ensemble mean if it has members), e.g.
   the regression network alone or the interpolated coarse input.
+- the truth's and the baseline's variables are matched to the prediction's canonical names by alias or
+  CF standard_name (CMIP's ``tas`` is ``t2m``) and converted to the prediction's units.
 - with ``interval``: ``<score>_low`` / ``<score>_high``, each score's bootstrap interval over the
   forecast times (:mod:`xkmcast.fields.resampling`); the tables print it in brackets after the score.
 
@@ -85,6 +87,7 @@ def score(
     """
     if isinstance(prediction, xr.DataArray) or isinstance(truth, xr.DataArray):
         prediction, truth = _as_dataset(prediction), _as_dataset(truth)
+    truth = _as_prediction_names(prediction, truth, variables)
     names = _shared_variables(prediction, truth, variables)
     prediction, truth = prediction[names], match_truth(prediction[names], truth[names], member_dim)
     reduce = _score_dims(prediction, dim, keep, member_dim)
@@ -99,7 +102,7 @@ def score(
     if n_members >= 2:
         how.update(spread=(metrics.spread, prediction), spread_skill=(metrics.spread_skill, prediction))
     if baseline is not None:
-        base = _as_dataset(baseline)
+        base = _as_prediction_names(prediction, _as_dataset(baseline), names)
         missing = [n for n in names if n not in base]
         if missing:
             raise MissingVariableError(
@@ -169,6 +172,32 @@ def _as_dataset(obj: xr.Dataset | xr.DataArray) -> xr.Dataset:
     if isinstance(obj, xr.Dataset):
         return obj
     return obj.to_dataset(name=obj.name if obj.name is not None else "value")
+
+
+def _as_prediction_names(prediction: xr.Dataset, truth: xr.Dataset, variables) -> xr.Dataset:
+    """``truth`` (or a baseline) with the prediction's variables (``variables``, else all) under the prediction's names
+    and in its units: a canonical variable that the truth holds under an alias or CF standard_name
+    (CMIP's ``tas`` for ``t2m``) is taken from there (:func:`~xkmcast.fields.variables.get_variable`),
+    and a truth variable whose ``units`` differ from the prediction's is converted to them (``degC``
+    to ``K``); a truth without the units to convert raises the :class:`~xkmcast.errors.UnitError` that
+    says which to set."""
+    from .variables import convert_units, get_variable, normalise_units
+
+    found = {}
+    for name in (list(variables) if variables is not None else list(prediction.data_vars)):
+        if name not in prediction.data_vars:
+            continue
+        taken = name not in truth.data_vars
+        try:
+            da = get_variable(truth, name) if taken else truth[name]
+        except MissingVariableError:  # not there, or a name the variable table does not know
+            continue
+        units = prediction[name].attrs.get("units")
+        if units is not None and normalise_units(da.attrs.get("units")) != normalise_units(units):
+            da, taken = convert_units(da, units, standard_name=prediction[name].attrs.get("standard_name")), True
+        if taken:
+            found[name] = da
+    return truth.assign(found) if found else truth
 
 
 def _shared_variables(prediction: xr.Dataset, truth: xr.Dataset, variables) -> list[str]:
