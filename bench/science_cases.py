@@ -36,6 +36,15 @@
   longitudes (the model pads circularly across 377.5 / 20 E). Trained by the ``corrdiff-cpu`` recipe as its docs give it
   (FINE, COARSE, train times, budget): train on 1982-1989 (96 months), validate on 1990, score on
   1991-1992 (24 months, held out). Scores are per pixel, unweighted by area, as in the other cases.
+- ``mpi-x2``: monthly means of 2005 from the MPI-ESM-LR CMIP5 historical run (the catalog's
+  ``mpi_esm_2005``, fetched from Debian's libncarg-data package: NCL's example data), near-surface
+  temperature and wind (CMOR's tas / uas / vas) on the T63 Gaussian grid (96 x 192, latitudes unevenly
+  spaced, periodic longitude). Model output, not an analysis: real in its physics and its fine
+  structure (orography, coasts, the seasons), on a grid that no other case has. The coarse input is
+  the 2 x 2 block means (48 x 96); the target the fine rows inside the coarse centres (94 x 192). Trained
+  by the ``corrdiff-cpu`` recipe: train on January-July (7 fields: the recipe's batch of 8 becomes 7),
+  validate on August, score on September-December (held out: the seasons turn, autumn and winter
+  are not in the training months).
 - ``florence-now``: hourly NCEP Stage IV radar + gauge precipitation (4 km, 118 x 87 polar-stereographic
   grid) of Hurricane Florence's landfall, 2018-09-13T19 .. 09-14T17 (23 hours; the catalog entry
   ``stageiv_florence``, fetched from Debian's r-cran-stars package), nowcast 1, 2, 3 h ahead by the
@@ -64,6 +73,7 @@ STORM_FILES = {"t2m": ("Tstorm", "t", "K"), "msl": ("Pstorm", "p", "Pa"), "u10m"
                "v10m": ("Vstorm", "v", "m s-1"), "u500": ("U500storm", "u", "m s-1"),
                "v500": ("V500storm", "v", "m s-1")}
 STORM_OUTPUTS = ["t2m", "msl", "u10m", "v10m"]
+MPI_OUTPUTS = ["t2m", "u10m", "v10m"]
 #: the analyses are NaN outside a trapezoid (a conic domain): this rectangle is valid at every time
 STORM_VALID = {"latitude": slice(8, 32), "longitude": slice(5, 31)}  # 24 x 26, 30..58.75 N, 127.5..65 W
 #: the fine window inside the centres of both the x2 and the x3 coarse cells (22 x 22)
@@ -234,6 +244,32 @@ def navy_case(work: Path) -> Case | None:
                 recipe="corrdiff-cpu")
 
 
+def mpi_case(work: Path) -> Case | None:
+    """MPI-ESM-LR monthly means of 2005 (the catalog's ``mpi_esm_2005``) downscaled x2 on the globe; None
+    (with a message) when they cannot be fetched."""
+    import xkmcast
+
+    try:
+        raw = xkmcast.open_dataset("mpi_esm_2005").load()
+    except Exception as exc:  # no access to the Debian archive: the other cases still run
+        print(f"# mpi-x2 skipped: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+        return None
+    ds = raw.kmcast.variables(MPI_OUTPUTS).drop_encoding()
+    ds.attrs = {"source": "MPI-ESM-LR CMIP5 historical r1i1p1 (Max Planck Institute for Meteorology), from NCL's "
+                          "example data (Debian libncarg-data 6.6.2)"}
+    coarse = ds.coarsen(lat=2, lon=2).mean(keep_attrs=True)  # 48 x 96 centres, -87.65 .. 87.65
+    for c in ("lat", "lon"):
+        coarse[c].attrs = dict(ds[c].attrs)
+    inside = (ds["lat"] >= coarse["lat"].min()) & (ds["lat"] <= coarse["lat"].max())
+    fine_path, coarse_path = work / "mpi_fine.nc", work / "mpi_coarse_x2.nc"
+    _write(ds.isel(lat=np.flatnonzero(inside.values)), fine_path)
+    _write(coarse, coarse_path)
+    return Case("mpi-x2", "downscale", fine_path, coarse_path, MPI_OUTPUTS, MPI_OUTPUTS,
+                _times(ds, 0, 6), [_times(ds, 7, 7)], _times(ds, 8, 11),
+                "MPI-ESM-LR monthly means 2005, global T63 Gaussian 94x192, coarse x2 block means, corrdiff-cpu recipe",
+                recipe="corrdiff-cpu")
+
+
 def all_cases(work: Path, names: list[str] | None = None, valid_every_days: int | None = None) -> list[Case]:
     cases = storm_cases(work, valid_every_days)
     g = guam_case(work)
@@ -243,6 +279,10 @@ def all_cases(work: Path, names: list[str] | None = None, valid_every_days: int 
         n = navy_case(work)
         if n is not None:  # after the other downscaling cases
             cases.insert(next(i for i, c in enumerate(cases) if c.kind == "step"), n)
+    if names is None or "mpi-x2" in names:
+        m = mpi_case(work)
+        if m is not None:  # after the other downscaling cases
+            cases.insert(next(i for i, c in enumerate(cases) if c.kind == "step"), m)
     if names is None or "florence-now" in names:
         f = florence_case(work)
         cases += [f] if f is not None else []

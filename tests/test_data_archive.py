@@ -206,17 +206,31 @@ def test_deb_is_extracted_as_its_data_tar(tmp_path, data_name, gnu_names):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r-cran-stars_0.6-0-4_all", "r-cran-stars_0.6-0-4_all.deb"]
 
 
+def test_a_debs_links_inside_its_tree_are_left_out(tmp_path):
+    """NCL's libncarg-data has usr/lib/ncarg -> ../share/ncarg and usr/share/ncarg/lib/ncarg -> ..:
+    conveniences of the installed system, left out (no link is created); the files are there under
+    their own paths."""
+    members = [_dir("./"), _file("./usr/share/ncarg/data/x.nc", b"CDF\x01"),
+               _special("./usr/lib/ncarg", tarfile.SYMTYPE, "../share/ncarg"),
+               _special("./usr/share/ncarg/lib/ncarg", tarfile.SYMTYPE, "..")]
+    out = extract(write_deb(tmp_path / "libncarg-data_6.6.2.dfsg.1-1_all.deb", members), tmp_path / "out")
+    assert (out / "usr/share/ncarg/data/x.nc").read_bytes() == b"CDF\x01"
+    assert not any(p.is_symlink() for p in out.rglob("*"))
+    assert not (out / "usr/lib/ncarg").exists() and not (out / "usr/share/ncarg/lib/ncarg").exists()
+
+
 @pytest.mark.parametrize(
     "members, why",
     [
         ([_file(NC), _file("../evil")], "'..'"),
         ([_file(NC), _file("./usr/../../evil")], "'..'"),
+        ([_file(NC), _special("./usr/lib/link", tarfile.SYMTYPE, "../../../etc")], "symbolic link"),
         ([_file("/etc/evil")], "absolute"),
         ([_file(NC), _special("./usr/lib/link", tarfile.SYMTYPE, "/etc/passwd")], "symbolic link"),
         ([_file(NC), _special("./usr/hard", tarfile.LNKTYPE, NC)], "hard link"),
         ([_special("./dev/x", tarfile.CHRTYPE)], "device"),
     ],
-    ids=["dotdot", "nested-dotdot", "absolute", "symlink", "hardlink", "chardev"],
+    ids=["dotdot", "nested-dotdot", "climbing-symlink", "absolute", "symlink", "hardlink", "chardev"],
 )
 def test_hostile_deb_is_refused_and_nothing_is_written(tmp_path, members, why):
     deb = write_deb(tmp_path / "bad.deb", members)

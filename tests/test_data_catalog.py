@@ -19,12 +19,14 @@ from xkmcast.data import catalog
 from xkmcast.errors import CatalogError, DownloadError, IntegrityError
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = ["hrrr_mini", "cwa_taiwan", "stageiv_florence", "navy_winds", "era5", "hrrr_era5", "sample"]
+NAMES = ["hrrr_mini", "cwa_taiwan", "stageiv_florence", "navy_winds", "mpi_esm_2005", "era5", "hrrr_era5", "sample"]
 STARS_DEB = "r-cran-stars_0.6-0-4_all.deb"
 STAGEIV_NC = "usr/lib/R/site-library/stars/nc/test_stageiv_xyt.nc"
 STAGEIV_VAR = "Total_precipitation_surface_1_Hour_Accumulation"
 FERRET_DEB = "ferret-datasets_7.6.0-5_all.deb"
 NAVY_NC = "usr/share/ferret-vis/data/monthly_navy_winds.cdf"
+NCL_DEB = "libncarg-data_6.6.2.dfsg.1-1_all.deb"
+MPI_NC = "usr/share/ncarg/data/nug/{}_rectilinear_grid_2D.nc"
 
 
 def sha256(path: Path) -> str:  # independent of pooch
@@ -79,7 +81,7 @@ def test_catalog_list_names_and_descriptions():
 def test_open_catalog_is_intake_with_real_locations(tmp_path):
     cat = catalog.open_catalog(data_dir=tmp_path)
     assert sorted(cat) == sorted(NAMES)
-    urls = {name: cat[name].reader.kwargs["args"][0].url for name in NAMES}
+    urls = {name: cat[name].reader.kwargs["args"][0].url for name in NAMES if name != "mpi_esm_2005"}
     assert urls["era5"] == "gs://gcp-public-data-arco-era5/ar/full_37-1h-0p25deg-chunk-1.zarr-v3"
     assert cat["era5"].reader.kwargs["args"][0].storage_options == {"token": "anon"}
     assert urls["hrrr_mini"] == f"{tmp_path}/hrrr_mini/hrrr_mini/hrrr_mini_train.nc"
@@ -87,6 +89,8 @@ def test_open_catalog_is_intake_with_real_locations(tmp_path):
     assert urls["hrrr_era5"] == f"{tmp_path}/hrrr_era5/hrrr/valid/2021.zarr"
     assert urls["stageiv_florence"] == f"{tmp_path}/{STARS_DEB.removesuffix('.deb')}/{STAGEIV_NC}"
     assert urls["navy_winds"] == f"{tmp_path}/{FERRET_DEB.removesuffix('.deb')}/{NAVY_NC}"
+    assert cat["mpi_esm_2005"].reader.kwargs["args"][0].url == [
+        f"{tmp_path}/{NCL_DEB.removesuffix('.deb')}/{MPI_NC.format(v)}" for v in ("tas", "uas", "vas")]
     assert Path(urls["sample"]).resolve() == (catalog.CATALOG_PATH.parent.parent / "sample" / "sample.nc").resolve()
 
 
@@ -409,3 +413,50 @@ def test_navy_winds_are_fetched_from_a_deb_and_opened_as_cf(tmp_path, http_serve
     assert str(ds["TIME"].values[0])[:16] == "1982-01-16T20:00"  # 17598 h after 1980-01-14T14:00 (the real first value)
     assert ds.cf["latitude"].name == "FNOCY" and ds.cf["longitude"].name == "FNOCX"
     assert normalise_units(ds["VWND"].attrs["units"]) == "m s-1"
+
+
+# ----------------------------------------------- mpi_esm_2005: three CF files inside NCL's data .deb
+def test_mpi_esm_monthly_means_are_fetched_from_a_deb_and_merged(tmp_path, http_server, monkeypatch):
+    """Stand-ins of NCL's nug/{tas,uas,vas}_rectilinear_grid_2D.nc (CMOR names, units, Gaussian-like
+    latitudes, "days since 1850-01-01") in a .deb that also holds the package's inner symbolic links:
+    fetched, unpacked (the links left out), opened as one CF dataset whose tas is t2m."""
+    import cf_xarray  # noqa: F401
+
+    from xkmcast.data import open_dataset
+    from xkmcast.fields.variables import find_variable
+
+    from test_data_archive import _dir, _file, _special
+
+    rng = np.random.default_rng(7)
+    lat, lon = np.array([-60.0, -20.5, 20.5, 60.0]), np.arange(0.0, 360.0, 90.0)
+    coords = {"time": ("time", [56628.5, 56658.0], {"units": "days since 1850-01-01 00:00:00", "calendar": "proleptic_gregorian"}),
+              "lat": ("lat", lat, {"units": "degrees_north", "standard_name": "latitude"}),
+              "lon": ("lon", lon, {"units": "degrees_east", "standard_name": "longitude"})}
+    names = {"tas": ("air_temperature", "K", 280.0), "uas": ("eastward_wind", "m s-1", 0.0),
+             "vas": ("northward_wind", "m s-1", 0.0)}
+    members, written = [_dir("./")], {}
+    for v, (standard, units, mean) in names.items():
+        values = (mean + rng.normal(0, 3, (2, 4, 4))).astype("f4")
+        ds = xr.Dataset({v: (("time", "lat", "lon"), values, {"standard_name": standard, "units": units})}, coords=coords)
+        nc = tmp_path / f"{v}.nc"
+        ds.to_netcdf(nc, engine="netcdf4", format="NETCDF3_CLASSIC")
+        members.append(_file(f"./{MPI_NC.format(v)}", nc.read_bytes()))
+        written[v] = values
+    members += [_special("./usr/lib/ncarg", tarfile.SYMTYPE, "../share/ncarg"),
+                _special("./usr/share/ncarg/lib/ncarg", tarfile.SYMTYPE, "..")]
+    site = tmp_path / "site"
+    site.mkdir()
+    deb = write_deb(site / NCL_DEB, members)
+    server = http_server(site)
+    registry = tmp_path / "registry.txt"
+    registry.write_text(f"{NCL_DEB} {sha256(deb)} {server.url}/{NCL_DEB}\n")
+    monkeypatch.setenv("XKMCAST_REGISTRY", str(registry))
+    monkeypatch.setenv("XKMCAST_DATA_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("XKMCAST_BASE_URL", raising=False)
+    ds = open_dataset("mpi_esm_2005", progress=False)
+    assert server.requests == [f"/{NCL_DEB}"]
+    for v, values in written.items():
+        np.testing.assert_array_equal(ds[v].values, values)
+    assert str(ds["time"].values[0])[:16] == "2005-01-16T12:00"  # 56628.5 days after 1850-01-01 (the real first value)
+    assert ds.cf["latitude"].name == "lat" and find_variable(ds, "t2m") == "tas"
+    assert not (tmp_path / "cache" / NCL_DEB.removesuffix(".deb") / "usr/lib/ncarg").exists()

@@ -16,8 +16,11 @@ on every supported Python version and to zip files too):
   folder), that inner archive is extracted the same way, in place of the outer content.
 * A Debian binary package (``.deb``: an ``ar`` archive of ``debian-binary``, ``control.tar.*`` and
   ``data.tar.*``) is extracted as its ``data.tar.*`` member (the installed files, ``./usr/...``), under
-  the same tar rules; ``control.tar.*`` (maintainer scripts) is never unpacked. The tar root entry
-  ``./`` of package tarballs is the target folder itself and is accepted.
+  the same tar rules, but for its symbolic links to paths inside the package's tree (NCL's data:
+  ``usr/lib/ncarg -> ../share/ncarg``), which are conveniences of the installed system and are left out
+  (not created: the files they name are extracted under their own paths); a link pointing outside it,
+  absolute or climbing out, still refuses the package. ``control.tar.*`` (maintainer scripts) is never
+  unpacked. The tar root entry ``./`` of package tarballs is the target folder itself and is accepted.
 """
 
 from __future__ import annotations
@@ -113,15 +116,35 @@ def _zip_plan(path: Path) -> list[tuple[PurePosixPath, bool, bool, zipfile.ZipIn
     return plan
 
 
-def _tar_plan(path: Path, label: str | None = None) -> list[tuple[PurePosixPath, bool, bool, tarfile.TarInfo]]:
+def _link_inside(rel: PurePosixPath, target: str) -> bool:
+    """A symbolic link at ``rel`` to ``target`` names a path inside the archive's folder (relative, and
+    its ``..`` do not climb above the folder)."""
+    if not target or PurePosixPath(target).is_absolute() or PureWindowsPath(target).drive:
+        return False
+    parts = list(rel.parent.parts)
+    for part in PurePosixPath(target).parts:
+        if part == "..":
+            if not parts:
+                return False
+            parts.pop()
+        elif part != ".":
+            parts.append(part)
+    return True
+
+
+def _tar_plan(path: Path, label: str | None = None,
+              skip_inner_links: bool = False) -> list[tuple[PurePosixPath, bool, bool, tarfile.TarInfo]]:
     """[(relative path, is_dir, executable, info)] of a tar, every member checked; ``label`` names the
-    archive in refusals (default: the file name)."""
+    archive in refusals (default: the file name); ``skip_inner_links``: symbolic links to paths inside
+    the folder are left out of the plan instead of refused (a Debian package's)."""
     plan, label = [], label or path.name
     with tarfile.open(path) as tf:
         for info in tf.getmembers():
             if info.isdir() and _is_root(info.name):
                 continue
             rel = check_member_name(info.name, archive=label)
+            if skip_inner_links and info.issym() and _link_inside(rel, info.linkname):
+                continue
             if info.issym() or info.islnk():
                 _refuse(label, info.name, f"a {'symbolic' if info.issym() else 'hard'} link to {info.linkname!r}")
             if not (info.isfile() or info.isdir()):
@@ -153,7 +176,8 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike, *, nested: bool
         dest.parent.mkdir(parents=True, exist_ok=True)
         with _deb_data_tar(archive, dest.parent) as data_tar:
             label = f"{archive.name}:{data_tar.name}"
-            return _extract(data_tar, dest, nested, _tar_plan(data_tar, label), _write_tar, label)
+            plan = _tar_plan(data_tar, label, skip_inner_links=True)
+            return _extract(data_tar, dest, nested, plan, _write_tar, label)
     if zipfile.is_zipfile(archive):
         plan, reader = _zip_plan(archive), _write_zip
     elif tarfile.is_tarfile(archive):
