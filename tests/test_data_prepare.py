@@ -181,11 +181,24 @@ def test_allow_outside_reaches_the_regridder_from_prepare_and_the_cli(tmp_path, 
     with pytest.raises(ConfigError, match="allow_outsde"):
         prepare(fine, east, tmp_path / "a.zarr", input_vars=["t2m"], output_vars=["t2m"],
                 regrid_options={"allow_outsde": True})
+    with pytest.raises(ConfigError, match="allow_outside: nearest"):  # NaN inputs: every loss NaN
+        prepare(fine, east, tmp_path / "a.zarr", input_vars=["t2m"], output_vars=["t2m"],
+                regrid_options={"allow_outside": True})
+    assert not (tmp_path / "a.zarr").exists()
     ds = open_store(prepare(fine, east, tmp_path / "a.zarr", input_vars=["t2m"], output_vars=["t2m"],
-                            regrid_options={"allow_outside": True}))
+                            regrid_options={"allow_outside": "nearest"}))
     west = fine.lon.values < -97.5
-    assert np.isnan(ds.input_t2m.values[:, west]).all() and np.isfinite(ds.input_t2m.values[:, ~west]).all()
-    assert json.loads(ds.attrs["regrid_options"]) == {"allow_outside": True}
+    assert np.isfinite(ds.input_t2m.values).all()
+    # outside, each fine point takes the value of its nearest coarse point (a brute-force search on the sphere)
+    c = east.t2m.sel(time=ds.time.values).values  # (time, lat, lon) at the store's times
+    clat, clon = np.meshgrid(east.latitude.values, east.longitude.values, indexing="ij")
+    flat, flon = fine.lat.values, fine.lon.values
+    for y, x in list(zip(*np.nonzero(west)))[:5]:
+        d = np.sin(np.radians(clat - flat[y, x]) / 2) ** 2 + np.cos(np.radians(clat)) * np.cos(
+            np.radians(flat[y, x])) * np.sin(np.radians(clon - flon[y, x]) / 2) ** 2
+        j, i = np.unravel_index(np.argmin(d), d.shape)
+        np.testing.assert_allclose(ds.input_t2m.values[:, y, x], c[:, j, i], rtol=1e-6)
+    assert json.loads(ds.attrs["regrid_options"]) == {"allow_outside": "nearest"}
     fine.to_netcdf(tmp_path / "fine.nc")
     east.to_netcdf(tmp_path / "east.nc")
     args = ["prepare", str(tmp_path / "fine.nc"), str(tmp_path / "b.zarr"), "--input", "t2m", "--output", "t2m",
@@ -208,3 +221,15 @@ def test_transforms_are_applied_before_the_statistics(tmp_path, sources):
         assert stats.mean[name] == pytest.approx(z.mean(), rel=1e-6)
         assert stats.std[name] == pytest.approx(z.std(), rel=1e-6)
     assert stats.transform_of("input_t2m") == "none"
+
+
+def test_a_variable_with_a_dim_besides_time_and_the_grid_is_refused_naming_it(tmp_path, sources):
+    """An ensemble dim left on the target (ERA5's ``number``) would reach the network as an extra axis:
+    prepare refuses it before writing, naming the dim and how to select one."""
+    from xkmcast.errors import InvalidDataError
+
+    fine, coarse = sources
+    members = fine.assign(t2m=fine.t2m.expand_dims(number=2))
+    with pytest.raises(InvalidDataError, match=r"(?s)'t2m' has dims \['number'\].*ds.isel\(number=0\)"):
+        prepare(members, coarse, tmp_path / "m.zarr", input_vars=["t2m"], output_vars=["t2m"])
+    assert not (tmp_path / "m.zarr").exists()

@@ -191,8 +191,19 @@ def test_forecast_step_and_gaps(raw):
     plain = ForecastSamples(gappy, ["t2m"], step=2, stats=False)[1]["state"]
     np.testing.assert_array_equal(plain[0][0].numpy(), gappy.target_t2m.isel(time=2).values)  # 2 h
     np.testing.assert_array_equal(plain[1][0].numpy(), gappy.target_t2m.isel(time=3).values)  # 4 h
-    with pytest.raises(TimeCoverageError):
+    with pytest.raises(TimeCoverageError) as gap:
         ForecastSamples(gappy, ["t2m"], step="12h")
+    assert "not evenly spaced" not in str(gap.value)  # one of its spacings is a step: only too few times
+
+
+def test_times_of_calendar_years_are_told_to_be_uneven(raw):
+    """Winter means labelled at 365- and 366-day spacings (the median spacing as the step): no pair is
+    one step apart, and the error says why and how to step one record time at a time."""
+    years = pd.to_datetime(["1948-01-15", "1949-01-15", "1950-01-15", "1951-01-15", "1952-01-15", "1953-01-15"])
+    yearly = raw.isel(time=range(6)).assign_coords(time=years)
+    with pytest.raises(TimeCoverageError, match=r"(?s)not evenly spaced.*spacings from 365 days .* to 366 days"
+                                                r".*label the times at a fixed spacing"):
+        ForecastSamples(yearly, ["t2m"], step=pd.Timedelta("365D 06:00:00"))
 
 
 def test_forecast_lead_time_labels(store):

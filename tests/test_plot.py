@@ -215,3 +215,11 @@ assert "matplotlib.pyplot" not in sys.modules
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
     for name in ("map.png", "spectra.png", "img.png"):
         assert_not_blank(rgb(tmp_path / name))
+
+
+def test_a_map_title_gives_a_selected_lead_time_in_hours():
+    """sel={"lead_time": one year} titles the map "lead_time=8760 h", not the raw nanoseconds."""
+    ens = ensemble(m=2, nt=2).assign_coords(lead_time=np.array([0, 365 * 24], dtype="timedelta64[h]"))
+    fig = P.map(ens, "t2m", member=0, sel={"lead_time": np.timedelta64(365, "D")})
+    title = [ax for ax in fig.axes if hasattr(ax, "projection")][0].get_title()
+    assert "lead_time=8760 h" in title and "nanoseconds" not in title and "member 0" in title

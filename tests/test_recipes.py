@@ -24,6 +24,37 @@ def test_available_variables_name_what_the_sample_holds():
     assert set(available_variables(fine, static=True)) == {"orog", "lsm"}
 
 
+def _z_on_a_level(level_dim: bool) -> xr.Dataset:
+    """NCEP's winter 500 hPa heights as the eofs package ships them: z (time, pressure=1, lat, lon), or
+    z (time, lat, lon) without the level dim (then it is surface geopotential by its name)."""
+    rng = np.random.default_rng(3)
+    z = 5500 + rng.normal(0, 50, (4, 1, 3, 5))
+    coords = {"time": pd.date_range("1948-01-15", periods=4, freq="365D"),
+              "latitude": ("latitude", [60.0, 62.5, 65.0], {"units": "degrees_north"}),
+              "longitude": ("longitude", np.arange(0.0, 12.5, 2.5), {"units": "degrees_east"})}
+    if level_dim:
+        coords["pressure"] = ("pressure", [500.0], {"units": "hPa"})
+        z_var = (("time", "pressure", "latitude", "longitude"), z, {"units": "m", "standard_name": "geopotential_height"})
+    else:
+        z_var = (("time", "latitude", "longitude"), z[:, 0] * 9.80665, {"units": "m2 s-2"})
+    return xr.Dataset({"z": z_var}, coords=coords)
+
+
+def test_a_variable_on_a_level_dimension_is_named_by_its_level():
+    """z on a pressure dim holding 500 hPa is z500 (found, the level selected, heights to geopotential),
+    not the surface geopotential its name alone would say; without the dim it is the surface z."""
+    from xkmcast.fields.variables import get_variable
+
+    ds = _z_on_a_level(True)
+    assert available_variables(ds) == ["z500"]
+    z500 = get_variable(ds, "z500")
+    assert z500.dims == ("time", "latitude", "longitude")
+    np.testing.assert_allclose(z500.values, ds["z"].values[:, 0] * 9.80665)
+    with pytest.raises(xkmcast.errors.MissingVariableError):
+        get_variable(ds, "z")
+    assert available_variables(_z_on_a_level(False)) == ["z"]
+
+
 def test_the_recipe_presets_validate_without_variables():
     cfg = load_config("corrdiff-cpu", ["data.source=x.nc", "data.coarse=y.nc", "training.time_budget=10m"])
     assert cfg.training.stages == ["regression", "diffusion"] and cfg.training.time_budget == 600

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from xkmcast.errors import DomainCoverageError, GridError, OptionalDependencyError
+from xkmcast.errors import ConfigError, DomainCoverageError, GridError, OptionalDependencyError
 from xkmcast.fields.regrid import Regridder, regrid
 
 RNG = np.random.default_rng(0)
@@ -270,6 +270,17 @@ def test_outside_domain_raises_and_allow_outside_fills_nan():
     la, lo = tgt["lat"].values, tgt["lon"].values
     inside = (la >= 30) & (la <= 40) & (lo >= 0) & (lo <= 10)
     assert np.array_equal(np.isfinite(out), inside)
+    # "nearest": the same inside, the nearest source value outside (brute force on the sphere)
+    near = Regridder(src, tgt, allow_outside="nearest")(src)["f"].values
+    np.testing.assert_allclose(near[inside], out[inside], rtol=1e-12)
+    slat, slon = np.meshgrid(src["latitude"].values, src["longitude"].values, indexing="ij")
+    f = src["f"].values
+    for y, x in list(zip(*np.nonzero(~inside)))[::97]:
+        hav = np.sin(np.radians(slat - la[y, x]) / 2) ** 2 + np.cos(np.radians(slat)) * np.cos(
+            np.radians(la[y, x])) * np.sin(np.radians(slon - lo[y, x]) / 2) ** 2
+        assert near[y, x] == f[np.unravel_index(np.argmin(hav), hav.shape)]
+    with pytest.raises(ConfigError, match="allow_outside"):
+        Regridder(src, tgt, allow_outside="nearst")
 
 
 def test_xesmf_backend():

@@ -28,7 +28,8 @@ import numpy as np
 import xarray as xr
 
 from ..atomic import atomic_path
-from ..errors import ConfigError, DataNotFoundError, MissingVariableError, TimeCoverageError, explain
+from ..errors import (ConfigError, DataNotFoundError, InvalidDataError, MissingVariableError, TimeCoverageError,
+                      explain)
 from ..fields.grid import find_grid
 from ..fields.transforms import parse_transforms
 from .stats import DEFAULT_LOG_EPS, STATS_ATTR, Stats, compute_stats
@@ -127,6 +128,23 @@ def _select(ds: xr.Dataset, names: Sequence[str], convert_units: bool) -> xr.Dat
     return ds[list(names)]
 
 
+def _check_dims(ds: xr.Dataset, what: str) -> xr.Dataset:
+    """``ds``, each of whose variables has no dims but time and the grid's (a level or ensemble dim
+    left over would reach the networks as an extra axis); InvalidDataError naming the dims otherwise."""
+    grid = find_grid(ds)
+    allowed = {grid.time_dim, grid.y_dim, grid.x_dim}
+    for name, da in ds.data_vars.items():
+        extra = [d for d in da.dims if d not in allowed]
+        if extra:
+            raise InvalidDataError(explain(
+                f"The {what} variable {name!r} has dims {extra} besides time and the grid",
+                expected=f"({grid.time_dim}, {grid.y_dim}, {grid.x_dim}) or ({grid.y_dim}, {grid.x_dim})",
+                found=f"{name} {dict(da.sizes)}",
+                fix=f"select one {extra[0]} first (e.g. ds.isel({extra[0]}=0)); a pressure level is selected by "
+                    "naming it: z500 for z at 500 hPa (data.input_vars / data.output_vars)"))
+    return ds
+
+
 def _time_dim(ds: xr.Dataset) -> str | None:
     return find_grid(ds).time_dim
 
@@ -164,7 +182,21 @@ def _on_fine_grid(coarse: xr.Dataset, fine: xr.Dataset, method: str, options: di
             [c for c in coarse.coords if set(coarse[c].dims) & {cg.y_dim, cg.x_dim}])
     from ..fields.regrid import Regridder
 
-    return Regridder(coarse, fine, method=method, **options)(coarse)
+    regridder = Regridder(coarse, fine, method=method, **options)
+    if regridder.outside_nan:  # NaN inputs would make every loss NaN
+        raise ConfigError(explain(
+            f"The coarse grid does not cover {regridder.n_outside} points of the fine grid, and "
+            "allow_outside=True would leave the training inputs NaN there",
+            expected="a training store without NaN inputs", found=f"regrid_options {options}",
+            fix="use allow_outside: nearest (data.regrid_options={allow_outside: nearest}) to take the nearest "
+                "coarse value there, or crop the fine grid to the inside of the coarse cell centres"))
+    if regridder.n_outside:
+        import warnings
+
+        warnings.warn(f"{regridder.n_outside} of {int(np.prod(regridder.target_shape))} fine grid points are outside "
+                      "the coarse grid: their inputs are the nearest coarse values (allow_outside: nearest)",
+                      stacklevel=3)
+    return regridder(coarse)
 
 
 def prepare(fine: xr.Dataset, coarse: xr.Dataset, out: str | os.PathLike, *, input_vars: Sequence[str],
@@ -195,8 +227,8 @@ def prepare(fine: xr.Dataset, coarse: xr.Dataset, out: str | os.PathLike, *, inp
     if out.exists() and not overwrite:
         raise ConfigError(explain("The output store exists already", found=str(out),
                                   fix="pass overwrite=True or choose another path"))
-    fine_sel = _select(fine, [*output_vars, *invariants], convert_units)
-    coarse_sel = _select(coarse, list(input_vars), convert_units)
+    fine_sel = _check_dims(_select(fine, [*output_vars, *invariants], convert_units), "fine")
+    coarse_sel = _check_dims(_select(coarse, list(input_vars), convert_units), "coarse")
     fdim, cdim = _time_dim(fine_sel), _time_dim(coarse_sel)
     if fdim is None or cdim is None:
         raise TimeCoverageError(explain("Both sources need a time dimension",

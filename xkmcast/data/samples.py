@@ -233,11 +233,20 @@ class ForecastSamples(_StoreSamples):
         self.background_at = background_at
         if not self.pairs:
             given = values[positions]
+            spacings = np.unique(np.diff(np.sort(values))) if np.issubdtype(values.dtype, np.datetime64) else []
+            # uneven: spacings that are not multiples of the smallest (calendar months, years), not gaps
+            ticks = np.asarray(spacings).astype("int64")
+            uneven = len(ticks) > 1 and bool((ticks % max(int(ticks[0]), 1)).any())
             raise TimeCoverageError(explain(
-                "No pair of times (t, t + step) among the times given",
+                "No pair of times (t, t + step) among the times given"
+                + (": the record's times are not evenly spaced, and no two are one step apart" if uneven else ""),
                 found=f"step {pd.Timedelta(self.step)}; {len(given)} times"
-                      + (f" from {pd.Timestamp(given[0])} to {pd.Timestamp(given[-1])}" if len(given) else ""),
-                fix="use a smaller step or more times; validation windows (data.valid_times) need two consecutive "
+                      + (f" from {pd.Timestamp(given[0])} to {pd.Timestamp(given[-1])}" if len(given) else "")
+                      + (f"; spacings from {pd.Timedelta(spacings[0])} to {pd.Timedelta(spacings[-1])}" if uneven else ""),
+                fix=("a forecaster steps by a fixed time (model.time_step): calendar months or years are not one; "
+                     "to step one record time at a time, label the times at a fixed spacing first (e.g. "
+                     "ds.assign_coords(time=pd.date_range(start, periods=n, freq='30D')))") if uneven else
+                    "use a smaller step or more times; validation windows (data.valid_times) need two consecutive "
                     "times each: a recurring window's length at least two time steps"))
 
     @staticmethod

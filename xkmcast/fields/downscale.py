@@ -247,8 +247,9 @@ def downscale(
     ``regrid_method`` / ``regrid_options`` (e.g. ``{"allow_outside": True}``): how ``ds`` is regridded
     onto the model grid; by default as the model's training inputs were (``spec.grid["regrid"]``,
     bilinear for bundles that do not record it), the options given updating the recorded ones. With
-    ``allow_outside`` the model grid points ``ds`` does not cover come out NaN (the network sees the
-    normalised mean there); without it they raise DomainCoverageError.
+    ``allow_outside=True`` the model grid points ``ds`` does not cover come out NaN (the network sees the
+    normalised mean there), with ``"nearest"`` they take the nearest input value (as the recipes'
+    training stores do); without it they raise DomainCoverageError.
 
     ``ds`` is a Dataset or a named DataArray. The input is checked first (:mod:`xkmcast.fields.validate`):
     distinct, non-empty times; finite values (NaN like inf: an InvalidDataError naming the variable);
@@ -305,7 +306,7 @@ def downscale(
         include_mean=include_mean,
         options={"sampler": sampler, "num_steps": num_steps, "patch": patch, "batch_size": batch_size, "centre": centre},
         precision=precision,
-        outside_nan=bool(options.get("allow_outside")),
+        outside_nan=options.get("allow_outside") is True,
     )
     data = dsa.map_blocks(
         run,

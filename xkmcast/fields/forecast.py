@@ -21,7 +21,9 @@ where the background (coarse fields) at the input time of each step is regridded
 and the invariants come from the bundle. The result has dims ``(member, init_time, lead_time, y, x)``
 with ``lead_time = 0, dt, ..., steps dt`` (lead 0 is the initial state) and a 2-D ``valid_time``.
 
-Without ``output`` the result is lazy: one dask task per initial time runs its whole rollout.
+Without ``output``, for a dask-backed state (``state.chunk(time=1)``), the result is lazy: one dask
+task per initial time runs its whole rollout; a state in memory (numpy) gives a computed result, as
+:func:`~xkmcast.fields.downscale.downscale` does.
 With ``output=`` (a zarr path) the rollout runs now and each step is written as soon as it is
 computed, with a ``completed`` flag per (init_time, lead_time); running the same call again
 continues from the last completed step of each initial time. The store records the model's

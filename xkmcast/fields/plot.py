@@ -124,7 +124,7 @@ def _field(obj, var, member, time, sel, member_dim, dims=None) -> tuple[xr.DataA
             label.append(f"{member_dim} {member}")
     for dim, value in dict(sel or {}).items():
         da = da.sel({dim: value}) if dim in da.indexes else da.isel({dim: value})
-        label.append(f"{dim}={value}")
+        label.append(f"{dim}={_format(da[dim].values) if dim in da.coords and da[dim].ndim == 0 else value}")
     from .grid import find_grid
 
     grid = find_grid(da) if dims is None else None

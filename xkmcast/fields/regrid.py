@@ -68,15 +68,17 @@ class Regridder:
         Only their grids are used (found by :func:`xkmcast.fields.grid.find_grid`).
     method : "bilinear" | "nearest" | "conservative"
     backend : "auto" | "builtin" | "xesmf"
-    allow_outside : bool
-        Targets not covered by the source become NaN instead of raising DomainCoverageError.
+    allow_outside : bool or "nearest"
+        Targets not covered by the source become NaN (``True``) or take the value of the nearest
+        source point (``"nearest"``: the ring of a fine grid outside the centres of its own block means,
+        which a training store must not hold as NaN) instead of raising DomainCoverageError.
     subsample : int, optional
         Conservative to a curvilinear target: sample each target cell by ``n x n`` points
         (approximately conservative). Without it that case raises GridError.
     """
 
     def __init__(self, source: Any, target: Any, method: str = "bilinear", backend: str = "auto", *,
-                 allow_outside: bool = False, subsample: int | None = None):
+                 allow_outside: bool | str = False, subsample: int | None = None):
         if method not in METHODS:
             raise ConfigError(explain("Unknown regridding method", expected=METHODS, found=method))
         if backend not in BACKENDS:
@@ -88,10 +90,15 @@ class Regridder:
             weights, outside = _xesmf_weights(src, tgt, method)
         else:
             weights, outside = _builtin_weights(src, tgt, method, subsample)
+        _check_outside_option(allow_outside)
         if outside.any() and not allow_outside:
             raise DomainCoverageError(_coverage_message(src, tgt, outside, method))
+        if outside.any() and allow_outside == "nearest":
+            weights = _nearest_outside(weights, outside, src, tgt)
         self.weights: sp.csr_matrix = weights
+        #: target points the source does not cover (NaN, or the nearest source value with "nearest")
         self.n_outside = int(outside.sum())
+        self.outside_nan = bool(outside.any()) and allow_outside is True
         self.source_dims = (src.y_dim, src.x_dim)
         self.source_shape = tuple(src.shape)
         self.source_lat, self.source_lon = src.lat, src.lon
@@ -241,8 +248,26 @@ def check_options(options: dict | None) -> dict:
     unknown = sorted(set(opts) - set(OPTIONS))
     if unknown:
         raise ConfigError(explain("Unknown regridding options", expected=OPTIONS, found=unknown,
-                                  fix="e.g. regrid_options={'allow_outside': True}"))
+                                  fix="e.g. regrid_options={'allow_outside': 'nearest'}"))
+    _check_outside_option(opts.get("allow_outside", False))
     return opts
+
+
+def _check_outside_option(value) -> None:
+    if value not in (False, True, "nearest") or not isinstance(value, (bool, str)):
+        raise ConfigError(explain("Unknown allow_outside", expected=[False, True, "nearest"], found=value,
+                                  fix="allow_outside: nearest takes the nearest source value outside the source, "
+                                      "true leaves NaN there"))
+
+
+def _nearest_outside(weights: sp.csr_matrix, outside: np.ndarray, src: Grid, tgt: Grid) -> sp.csr_matrix:
+    """``weights`` with the rows of the ``outside`` targets replaced by nearest-neighbour rows (one 1 at
+    the nearest source point on the sphere, however far)."""
+    rows = np.flatnonzero(outside)
+    near, _ = rw.nearest(src.lat, src.lon, tgt.lat.ravel()[rows], tgt.lon.ravel()[rows], margin=np.inf)
+    keep = sp.diags((~outside).astype(weights.dtype))
+    scatter = sp.csr_matrix((np.ones(rows.size), (rows, np.arange(rows.size))), shape=(outside.size, rows.size))
+    return (keep @ weights + scatter @ near).tocsr()
 
 
 def regrid(obj: xr.Dataset | xr.DataArray, target: Any, method: str = "bilinear", **kwargs) -> xr.Dataset | xr.DataArray:
@@ -353,7 +378,9 @@ def _coverage_message(src: Grid, tgt: Grid, outside: np.ndarray, method: str) ->
         expected=f"every target point inside the source: {ext(src)}",
         found=f"target {ext(tgt)}; e.g. outside at (lat, lon) "
               + ", ".join(f"({a:.3f}, {b:.3f})" for a, b in list(zip(lat_o, lon_o))[:3]),
-        fix="use a source subset that covers the target, or pass allow_outside=True to fill NaN there",
+        fix="use a source subset that covers the target; or allow_outside='nearest' (a training run: "
+            "data.regrid_options={allow_outside: nearest}) to take the nearest source value there, e.g. the "
+            "edge ring of a fine grid outside the centres of its block means; or allow_outside=True for NaN there",
     )
 
 

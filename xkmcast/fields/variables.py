@@ -272,10 +272,10 @@ def _locate(ds: xr.Dataset, info: Variable) -> tuple[str, str | None, bool]:
     """(variable name in ds, level dim to select or None, accumulated?)"""
     lower = {str(k).lower(): k for k in ds.data_vars}
     for cand in _candidates(info):
-        if cand in ds.data_vars:
-            return cand, None, False
-        if cand.lower() in lower:
-            return lower[cand.lower()], None, False
+        for name in (cand if cand in ds.data_vars else None, lower.get(cand.lower())):
+            # a surface name on a field with pressure levels (z (time, pressure, y, x)) is that field's, not the surface one
+            if name is not None and (info.level is not None or _level_dim(ds[name]) is None):
+                return name, None, False
     for cand in info.accumulated_aliases:
         if cand in ds.data_vars:
             return cand, None, True

@@ -118,7 +118,8 @@ def prepare_command(
     stats_end: str = typer.Option(None, "--stats-end", help="Last time of the statistics window (ISO); "
                                   "use your training window so that no evaluation time enters the normalisation."),
     allow_outside: bool = typer.Option(False, "--allow-outside",
-                                       help="Fine points the coarse grid does not cover become NaN instead of an error."),
+                                       help="Fine points the coarse grid does not cover take the nearest coarse value "
+                                            "instead of an error (the ring outside the centres of block means)."),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
     """Write a training store (inputs on the fine grid, targets, invariants, statistics).
@@ -130,7 +131,7 @@ def prepare_command(
         fine_ds, coarse_ds = open_pair(fine, coarse, coarsen)
         path = prepare(fine_ds, coarse_ds, out, input_vars=_names(input_vars), output_vars=_names(output_vars),
                        invariants=_names(invariants), log_vars=_names(log_vars), regrid_method=regrid_method,
-                       regrid_options={"allow_outside": True} if allow_outside else None, overwrite=overwrite,
+                       regrid_options={"allow_outside": "nearest"} if allow_outside else None, overwrite=overwrite,
                        transforms=_pairs(_names(transforms), "--transform"),
                        stats_times=slice(stats_start, stats_end) if (stats_start or stats_end) else None)
     typer.echo(str(path))

@@ -65,10 +65,12 @@ def auto_window(shape: tuple[int, int], pixels: int | None = None, multiple: int
 
 def available_variables(ds, *, static: bool = False) -> list[str]:
     """The canonical variables ``ds`` holds (found by name, alias or standard_name), in the order of
-    the table; ``static=True``: those without a time dimension (invariants), else those with one."""
+    the table, then those on pressure levels (``z500``: a variable of that name, or ``z`` on a level
+    dimension holding 500 hPa); ``static=True``: those without a time dimension (invariants), else those
+    with one."""
     from ..errors import MissingVariableError
     from ..fields.grid import find_grid
-    from ..fields.variables import _table, find_variable
+    from ..fields.variables import _level_dim, _level_values_hpa, _table, canonical_alias, find_variable
 
     surface, levels = _table()
     names = list(surface)
@@ -76,6 +78,9 @@ def available_variables(ds, *, static: bool = False) -> list[str]:
         m = re.fullmatch(r"([a-z]+)(\d+)", str(var))
         if m and m.group(1) in levels:
             names.append(str(var))
+        base, dim = canonical_alias(str(var), pressure_level=True), _level_dim(ds[var])
+        if base is not None and dim is not None:  # or on a level dimension: z (time, pressure, y, x)
+            names += [f"{base}{level:g}" for level in _level_values_hpa(ds[var], dim) if float(level).is_integer()]
     try:
         time_dim = find_grid(ds).time_dim
     except Exception:  # noqa: BLE001 - no grid: judge by a dim named time
