@@ -172,3 +172,41 @@ def test_missing_preset_invariants_name_data_invariants(tmp_path):
         with pytest.raises(ConfigError, match=r"data.invariants=\[\]") as err:
             build_datasets(cfg, None, D.DistEnv())
         assert "['orog', 'lsm']" in str(err.value) and "compute_stats" not in str(err.value)
+
+
+def test_a_forecast_is_single_valued_at_the_poles_for_scalars_only(tmp_path, monkeypatch):
+    """On a grid whose first and last rows are 90 N / 90 S, each pole row of t2m is the mean of that row
+    of the network's output (the same output without the rule, in memory and on disk); u10m, a wind
+    component, varies along the pole rows as a vector's components do and is left as it is."""
+    import xkmcast.fields.downscale as downscale_module
+    import xkmcast.fields.forecast as forecast_module
+    from xkmcast.models import stormcast_spec
+
+    lat, lon = np.linspace(90.0, -90.0, 16), np.arange(0.0, 360.0, 11.25)
+    grid = make_latlon_grid(lat, lon, lat_name="latitude", lon_name="longitude")
+    torch.manual_seed(0)
+    spec = stormcast_spec(["t2m", "u10m"], (lat.size, lon.size), size="tiny", stages=("regression",))
+    spec.stats = {"input": stats_for(["t2m", "u10m"]), "output": stats_for(["t2m", "u10m"])}
+    pipe = randomise(build_pipeline(spec))
+    g = find_grid(grid)
+    pipe.set_grid(g.lat, g.lon, **g.model_info())
+    pipe.eval()
+    rng = np.random.default_rng(1)
+    state = grid.assign(
+        t2m=(("time", "latitude", "longitude"), 280 + rng.normal(size=(1, lat.size, lon.size)), {"units": "K"}),
+        u10m=(("time", "latitude", "longitude"), rng.normal(size=(1, lat.size, lon.size)), {"units": "m s-1"}),
+    ).assign_coords(time=TIMES[:1])
+    fc = state.kmcast.forecast(pipe, steps=2)
+    on_disk = state.kmcast.forecast(pipe, steps=2, output=tmp_path / "fc.zarr")
+    for module in (downscale_module, forecast_module):
+        monkeypatch.setattr(module, "pole_values", lambda pipeline, data, names: data)
+    raw = state.kmcast.forecast(pipe, steps=2)
+    poles, inside = [0, lat.size - 1], slice(1, lat.size - 1)
+    for got in (fc, on_disk):
+        t2m, want = got.t2m.values, raw.t2m.values
+        np.testing.assert_allclose(t2m[..., poles, :], np.broadcast_to(
+            want[..., poles, :].mean(axis=-1, keepdims=True), want[..., poles, :].shape), rtol=1e-6)
+        np.testing.assert_allclose(t2m[..., inside, :], want[..., inside, :], rtol=1e-6)
+        np.testing.assert_allclose(got.u10m.values, raw.u10m.values, rtol=1e-6)
+    assert raw.t2m.values[:, :, 1:, 0, :].std(axis=-1).min() > 0  # the network's pole row did vary
+    assert fc.u10m.values[:, :, 1:, 0, :].std(axis=-1).min() > 0

@@ -385,15 +385,19 @@ def model_result(pipeline, data, dims: tuple[str, ...], coords: dict, task: str,
     (:func:`model_grid`: its lat/lon dims, or y / x with 2-D lat / lon and ``crs``), with ``coords``
     for the other dims (variables named ``spec.extra["output_names"]`` when a package renames its
     channels, else ``spec.output_vars``); ``mean`` ``(*dims[1:], channel, y, x)`` adds
-    ``<var>_regression``, the regression mean. ``task`` ("downscaling", "forecast") names the source."""
+    ``<var>_regression``, the regression mean. ``task`` ("downscaling", "forecast") names the source.
+    Scalar fields are single-valued on the pole rows of a latitude / longitude grid
+    (:mod:`xkmcast.fields.poles`), but for a published package's (:func:`pole_values`)."""
     grid = model_grid(pipeline)
     ydim, xdim = grid_dims(pipeline)
     members = data.shape[0]
+    names = pipeline.spec.extra.get("output_names") or pipeline.spec.output_vars
+    data, mean = (None if x is None else pole_values(pipeline, x, names) for x in (data, mean))
     all_coords = {**grid.coords, "member": ("member", np.arange(members), {"long_name": "ensemble member"}), **coords}
     gm = {"grid_mapping": "crs"} if "crs" in grid.coords else {}
     axis = (slice(None),) * len(dims)
     variables = {}
-    for i, name in enumerate(pipeline.spec.extra.get("output_names") or pipeline.spec.output_vars):
+    for i, name in enumerate(names):
         attrs = {**cf_attrs(name), **gm}
         variables[name] = ((*dims, ydim, xdim), data[(*axis, i)], attrs)
         if mean is not None:
@@ -402,3 +406,15 @@ def model_result(pipeline, data, dims: tuple[str, ...], coords: dict, task: str,
     attrs = {"Conventions": "CF-1.8", "source": f"xkmcast {pipeline.spec.kind} {task}",
              "xkmcast_model_kind": pipeline.spec.kind}
     return xr.Dataset(variables, coords=all_coords, attrs=attrs)
+
+
+def pole_values(pipeline, data, names):
+    """``data`` (..., channel, y, x) with the scalar channels of ``names`` single-valued on the model
+    grid's pole rows (:func:`xkmcast.fields.poles.single_valued_poles`); as it is for a published
+    package (``spec.extra["package"]``), whose outputs are what its publisher's code gives."""
+    from .poles import pole_rows, scalar_channels, single_valued_poles
+
+    if pipeline.spec.extra.get("package"):
+        return data
+    rows = pole_rows(pipeline.grid_lat.detach().cpu().numpy())
+    return single_valued_poles(data, rows, scalar_channels(names)) if len(rows) else data

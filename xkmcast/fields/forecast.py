@@ -45,8 +45,8 @@ import pandas as pd
 import xarray as xr
 
 from ..errors import InvalidDataError, TimeCoverageError, XkmcastError, explain
-from .downscale import (ModelRef, _graph_handle, grid_dims, model_result, require_task, resolve_model,
-                        to_model_inputs)
+from .downscale import (ModelRef, _graph_handle, grid_dims, model_result, pole_values, require_task,
+                        resolve_model, to_model_inputs)
 
 __all__ = ["forecast"]
 
@@ -329,7 +329,7 @@ def _forecast_to_zarr(pipeline, state, bg, path: Path, leads, members, seed, opt
             x0 = state.isel(time=i).values
 
         def write(n: int, x_n: np.ndarray, i=i) -> None:
-            phys = stats.denormalise(x_n, names, axis=1).astype(np.float32)
+            phys = pole_values(pipeline, stats.denormalise(x_n, names, axis=1).astype(np.float32), names)
             region = {"init_time": slice(i, i + 1), "lead_time": slice(n, n + 1)}
             step_ds = xr.Dataset({name: (("member", "init_time", "lead_time", *grid_dims(pipeline)), phys[:, None, None, c])
                                   for c, name in enumerate(names)})
