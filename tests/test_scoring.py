@@ -204,3 +204,11 @@ def test_a_truth_under_other_names_and_units_is_scored_as_the_prediction_names_i
     assert float(got.baseline_mae.sel(variable="t2m")) == pytest.approx(0.5, rel=1e-9)
     with pytest.raises(MissingVariableError, match="share no variable"):  # a name the table does not know
         scoring.score(pred[["u10m"]].rename(u10m="wind"), truth.rename(u10m="gust"))
+
+
+def test_a_truth_without_units_is_scored_as_it_is():
+    pred, truth = make()
+    bare = truth.copy()
+    for name in bare.data_vars:
+        bare[name].attrs = {}
+    xr.testing.assert_allclose(scoring.score(pred, bare), scoring.score(pred, truth), rtol=1e-12)

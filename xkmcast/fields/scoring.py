@@ -175,13 +175,12 @@ def _as_dataset(obj: xr.Dataset | xr.DataArray) -> xr.Dataset:
 
 
 def _as_prediction_names(prediction: xr.Dataset, truth: xr.Dataset, variables) -> xr.Dataset:
-    """``truth`` (or a baseline) with the prediction's variables (``variables``, else all) under the prediction's names
-    and in its units: a canonical variable that the truth holds under an alias or CF standard_name
-    (CMIP's ``tas`` for ``t2m``) is taken from there (:func:`~xkmcast.fields.variables.get_variable`),
-    and a truth variable whose ``units`` differ from the prediction's is converted to them (``degC``
-    to ``K``); a truth without the units to convert raises the :class:`~xkmcast.errors.UnitError` that
-    says which to set."""
-    from .variables import convert_units, get_variable, normalise_units
+    """``truth`` (or a baseline) with the prediction's variables (``variables``, else all) under the
+    prediction's names and in its units: a canonical variable that the truth holds under an alias or CF
+    standard_name (CMIP's ``tas`` for ``t2m``) is taken from there
+    (:func:`~xkmcast.fields.variables.get_variable`), and a truth variable whose ``units`` differ from
+    the prediction's is converted to them (``degC`` to ``K``); one without ``units`` is taken as it is."""
+    from .variables import convert_units, find_variable, get_variable, normalise_units
 
     found = {}
     for name in (list(variables) if variables is not None else list(prediction.data_vars)):
@@ -189,11 +188,13 @@ def _as_prediction_names(prediction: xr.Dataset, truth: xr.Dataset, variables) -
             continue
         taken = name not in truth.data_vars
         try:
-            da = get_variable(truth, name) if taken else truth[name]
+            src = find_variable(truth, name) if taken else name
         except MissingVariableError:  # not there, or a name the variable table does not know
             continue
+        has_units = truth[src].attrs.get("units") is not None  # without units: taken as they are
+        da = get_variable(truth, name, convert=has_units) if taken else truth[name]
         units = prediction[name].attrs.get("units")
-        if units is not None and normalise_units(da.attrs.get("units")) != normalise_units(units):
+        if has_units and units is not None and normalise_units(da.attrs.get("units")) != normalise_units(units):
             da, taken = convert_units(da, units, standard_name=prediction[name].attrs.get("standard_name")), True
         if taken:
             found[name] = da
