@@ -310,7 +310,7 @@ def test_the_eta_of_a_run_under_a_time_budget_is_the_budget_left(tmp_path, capsy
     free = RunLog(tmp_path / "free", total_steps=10**8, tensorboard=False, progress_every=1)
     free.progress(1, 1.0, 8.0)
     lines = [line for line in capsys.readouterr().err.splitlines() if "ETA" in line]
-    assert lines[0].startswith("tmp_path_name/run: step 1 (time budget) loss 1,".replace("tmp_path_name", tmp_path.name))
+    assert lines[0].startswith(f"{tmp_path.name}/run: step 1 (time budget) loss 1,")
     assert lines[0].endswith("ETA 1m35s")
     assert "step 1/100000000 (0%)" in lines[1] and not lines[1].endswith("ETA 1m35s") and "ETA ?" not in lines[1]
 
