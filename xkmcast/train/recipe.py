@@ -79,7 +79,7 @@ def available_variables(ds, *, static: bool = False) -> list[str]:
         if m and m.group(1) in levels:
             names.append(str(var))
         base, dim = canonical_alias(str(var), pressure_level=True), _level_dim(ds[var])
-        if base is not None and dim is not None:  # or on a level dimension: z (time, pressure, y, x)
+        if base is not None and dim is not None and dim in ds[var].coords:  # on a level dim: z (time, pressure, y, x)
             names += [f"{base}{level:g}" for level in _level_values_hpa(ds[var], dim) if float(level).is_integer()]
     try:
         time_dim = find_grid(ds).time_dim
