@@ -177,5 +177,9 @@ def test_unquoted_dates_in_time_windows_are_taken_as_their_iso_strings(tmp_path)
     assert load_config(tmp_path / "saved.yaml").data.train_times.start == "2005-01-01T00:00:00"
     with pytest.raises(ConfigError, match=r"data\.train_times\.TimeRange\.end: '2005-02-30' is not a date"):
         load_config("corrdiff-cpu", ["data.source=fine.nc", "data.train_times={start: 2005-01-01, end: 2005-02-30}"])
+    bad = tmp_path / "bad.yaml"  # a file's timestamp that is no date: the same error, not a bare ValueError
+    bad.write_text("extends: corrdiff-cpu\ndata:\n  source: fine.nc\n  train_times: {start: 2005-13-01}\n")
+    with pytest.raises(ConfigError, match=r"data\.train_times\.TimeRange\.start: '2005-13-01' is not a date"):
+        load_config(bad)
     with pytest.raises(ConfigError, match="override data.patch is not valid YAML"):
         load_config("corrdiff-cpu", ["data.source=fine.nc", "data.patch=[32, 32"])

@@ -128,9 +128,10 @@ def _select(ds: xr.Dataset, names: Sequence[str], convert_units: bool) -> xr.Dat
     return ds[list(names)]
 
 
-def _check_dims(ds: xr.Dataset, what: str) -> xr.Dataset:
-    """``ds``, each of whose variables has no dims but time and the grid's (a level or ensemble dim
-    left over would reach the networks as an extra axis); InvalidDataError naming the dims otherwise."""
+def _time_dim(ds: xr.Dataset, what: str) -> str | None:
+    """The time dim of ``ds``'s grid, each variable of ``ds`` checked to have no dims but time and the
+    grid's (a level or ensemble dim left over would reach the networks as an extra axis):
+    InvalidDataError naming the dims otherwise."""
     grid = find_grid(ds)
     allowed = {grid.time_dim, grid.y_dim, grid.x_dim}
     for name, da in ds.data_vars.items():
@@ -142,11 +143,7 @@ def _check_dims(ds: xr.Dataset, what: str) -> xr.Dataset:
                 found=f"{name} {dict(da.sizes)}",
                 fix=f"select one {extra[0]} first (e.g. ds.isel({extra[0]}=0)); a pressure level is selected by "
                     "naming it: z500 for z at 500 hPa (data.input_vars / data.output_vars)"))
-    return ds
-
-
-def _time_dim(ds: xr.Dataset) -> str | None:
-    return find_grid(ds).time_dim
+    return grid.time_dim
 
 
 def _common_times(fine: xr.Dataset, coarse: xr.Dataset, times) -> np.ndarray:
@@ -227,9 +224,9 @@ def prepare(fine: xr.Dataset, coarse: xr.Dataset, out: str | os.PathLike, *, inp
     if out.exists() and not overwrite:
         raise ConfigError(explain("The output store exists already", found=str(out),
                                   fix="pass overwrite=True or choose another path"))
-    fine_sel = _check_dims(_select(fine, [*output_vars, *invariants], convert_units), "fine")
-    coarse_sel = _check_dims(_select(coarse, list(input_vars), convert_units), "coarse")
-    fdim, cdim = _time_dim(fine_sel), _time_dim(coarse_sel)
+    fine_sel = _select(fine, [*output_vars, *invariants], convert_units)
+    coarse_sel = _select(coarse, list(input_vars), convert_units)
+    fdim, cdim = _time_dim(fine_sel, "fine"), _time_dim(coarse_sel, "coarse")
     if fdim is None or cdim is None:
         raise TimeCoverageError(explain("Both sources need a time dimension",
                                         found=f"fine: {fdim}, coarse: {cdim}"))

@@ -83,6 +83,7 @@ class Regridder:
             raise ConfigError(explain("Unknown regridding method", expected=METHODS, found=method))
         if backend not in BACKENDS:
             raise ConfigError(explain("Unknown regridding backend", expected=BACKENDS, found=backend))
+        _check_outside_option(allow_outside)
         src, tgt = _as_grid(source), _as_grid(target)
         self.method = method
         self.backend = _resolve_backend(backend)
@@ -90,7 +91,6 @@ class Regridder:
             weights, outside = _xesmf_weights(src, tgt, method)
         else:
             weights, outside = _builtin_weights(src, tgt, method, subsample)
-        _check_outside_option(allow_outside)
         if outside.any() and not allow_outside:
             raise DomainCoverageError(_coverage_message(src, tgt, outside, method))
         if outside.any() and allow_outside == "nearest":

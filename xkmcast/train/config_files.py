@@ -45,7 +45,7 @@ def _read_yaml(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> dict[str
             ))
         text = preset.read_text()
     try:
-        raw = yaml.safe_load(text) or {}
+        raw = _load_yaml(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(explain(f"{name_or_path} is not valid YAML", found=str(exc))) from exc
     if not isinstance(raw, dict):
@@ -95,8 +95,7 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _one_override(item: str) -> tuple[list[str], Any]:
-    """``"training.lr=1e-4"`` -> (["training", "lr"], 1e-4); the value is parsed as YAML (a value YAML
-    reads as a date but cannot make one, ``2005-13-01``, stays a string for the schema to judge)."""
+    """``"training.lr=1e-4"`` -> (["training", "lr"], 1e-4); the value is parsed as YAML (:func:`_load_yaml`)."""
     key, sep, text = item.partition("=")
     if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
         raise ConfigError(explain("malformed override", expected="dotted.key=value", found=item,
@@ -104,12 +103,10 @@ def _one_override(item: str) -> tuple[list[str], Any]:
     if not text.strip():
         return key.strip().split("."), None
     try:
-        return key.strip().split("."), yaml.safe_load(text)
+        return key.strip().split("."), _load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(explain(f"the value of override {key.strip()} is not valid YAML", found=text,
                                   fix="quote it, or close its brackets: e.g. data.patch=[32,32]")) from exc
-    except ValueError:  # a timestamp-shaped scalar that is no date
-        return key.strip().split("."), _unquoted(text)
 
 
 def _suggest(word: str, options: list[str]) -> str | None:
@@ -117,11 +114,21 @@ def _suggest(word: str, options: list[str]) -> str | None:
     return f"Did you mean {close[0]!r}?" if close else None
 
 
-def _unquoted(text: str) -> Any:
-    """``text`` parsed as YAML with its scalars that YAML cannot make into dates kept as strings."""
+class _Loader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader, but a timestamp-shaped scalar that is no date (``2005-13-01``) stays a
+    string for the schema to judge instead of raising a bare ValueError."""
 
-    class Loader(yaml.SafeLoader):
-        pass
 
-    Loader.add_constructor("tag:yaml.org,2002:timestamp", lambda loader, node: loader.construct_scalar(node))
-    return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader)
+def _timestamp_or_text(loader: _Loader, node):
+    try:
+        return loader.construct_yaml_timestamp(node)
+    except ValueError:
+        return loader.construct_scalar(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_or_text)
+
+
+def _load_yaml(text: str) -> Any:
+    """``text`` as YAML (the safe subset), read by :class:`_Loader`: files and overrides alike."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
