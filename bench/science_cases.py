@@ -124,6 +124,13 @@ def _block(ds: xr.Dataset, factor: int) -> xr.Dataset:
     return out
 
 
+def _inside_latitudes(fine: xr.Dataset, coarse: xr.Dataset) -> xr.Dataset:
+    """The rows of a global ``fine`` grid between its ``coarse`` block means' first and last centres
+    (all longitudes: they are periodic), so that bilinear needs no extrapolation."""
+    lat = fine["latitude"]
+    return fine.isel(latitude=np.flatnonzero(((lat >= coarse["latitude"].min()) & (lat <= coarse["latitude"].max())).values))
+
+
 def _times(ds: xr.Dataset, a: int, b: int) -> tuple[str, str]:
     t = ds["time"].values
     return str(t[a])[:19], str(t[b])[:19]
@@ -231,9 +238,8 @@ def navy_case(work: Path) -> Case | None:
     for c in ("latitude", "longitude"):
         ds[c].attrs["standard_name"] = c
     coarse = _block(ds, 2)  # 36 x 72 centres at 88.75 S .. 86.25 N (the 90 N row trimmed)
-    inside = (ds["latitude"] >= coarse["latitude"].min()) & (ds["latitude"] <= coarse["latitude"].max())
     fine_path, coarse_path = work / "navy_fine.nc", work / "navy_coarse_x2.nc"
-    _write(ds.isel(latitude=np.flatnonzero(inside.values)), fine_path)
+    _write(_inside_latitudes(ds, coarse), fine_path)
     _write(coarse, coarse_path)
     times = ds["time"].values
     year = ds["time"].dt.year.values
@@ -257,12 +263,10 @@ def mpi_case(work: Path) -> Case | None:
     ds = raw.kmcast.variables(MPI_OUTPUTS).drop_encoding()
     ds.attrs = {"source": "MPI-ESM-LR CMIP5 historical r1i1p1 (Max Planck Institute for Meteorology), from NCL's "
                           "example data (Debian libncarg-data 6.6.2)"}
-    coarse = ds.coarsen(lat=2, lon=2).mean(keep_attrs=True)  # 48 x 96 centres, -87.65 .. 87.65
-    for c in ("lat", "lon"):
-        coarse[c].attrs = dict(ds[c].attrs)
-    inside = (ds["lat"] >= coarse["lat"].min()) & (ds["lat"] <= coarse["lat"].max())
+    ds = ds.rename(lat="latitude", lon="longitude")
+    coarse = _block(ds, 2)  # 48 x 96 centres, -87.65 .. 87.65
     fine_path, coarse_path = work / "mpi_fine.nc", work / "mpi_coarse_x2.nc"
-    _write(ds.isel(lat=np.flatnonzero(inside.values)), fine_path)
+    _write(_inside_latitudes(ds, coarse), fine_path)
     _write(coarse, coarse_path)
     return Case("mpi-x2", "downscale", fine_path, coarse_path, MPI_OUTPUTS, MPI_OUTPUTS,
                 _times(ds, 0, 6), [_times(ds, 7, 7)], _times(ds, 8, 11),
