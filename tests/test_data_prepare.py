@@ -206,6 +206,9 @@ def test_allow_outside_reaches_the_regridder_from_prepare_and_the_cli(tmp_path, 
     assert CliRunner().invoke(app, args).exit_code != 0
     result = CliRunner().invoke(app, [*args, "--allow-outside"])
     assert result.exit_code == 0, result.output
+    # the count of nearest-filled points, as a plain line (not the Python source line that issued it)
+    assert f"warning: {int(west.sum())} of {west.size} fine grid points are outside" in result.output
+    assert "warnings.warn" not in result.output and "UserWarning" not in result.output
     cli = open_store(tmp_path / "b.zarr")
     np.testing.assert_array_equal(cli.input_t2m.values, ds.input_t2m.values)
 

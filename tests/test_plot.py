@@ -223,3 +223,13 @@ def test_a_map_title_gives_a_selected_lead_time_in_hours():
     fig = P.map(ens, "t2m", member=0, sel={"lead_time": np.timedelta64(365, "D")})
     title = [ax for ax in fig.axes if hasattr(ax, "projection")][0].get_title()
     assert "lead_time=8760 h" in title and "nanoseconds" not in title and "member 0" in title
+
+
+def test_a_map_refuses_a_selection_passed_as_a_drawing_keyword():
+    """map(ens, "t2m", lead_time=...) names the sel= to write, instead of matplotlib's QuadMesh error."""
+    from xkmcast.errors import InvalidDataError
+
+    ens = ensemble(m=2, nt=2).assign_coords(lead_time=np.array([0, 6], dtype="timedelta64[h]"))
+    with pytest.raises(InvalidDataError, match=r"sel=\{'lead_time': 1\}"):
+        P.map(ens, "t2m", lead_time=1)
+    assert P.map(ens, "t2m", sel={"lead_time": np.timedelta64(6, "h")}, cmap="viridis") is not None

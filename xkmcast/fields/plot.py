@@ -235,8 +235,11 @@ def map(  # noqa: A001 - the name users expect (ds.kmcast.plot.map)
     """One field on a map in its own projection, with coastlines, borders and a colour bar in its units.
 
     ``member=None`` draws the ensemble mean; ``time`` is a position (int) or a label along the time dim
-    (default: the first); ``sel`` selects any other dim (``{"lead_time": 3}``).
+    (default: the first); ``sel`` selects any other dim (``{"lead_time": 3}``); other keywords go to
+    ``pcolormesh`` (``cmap``, ``vmin``, ...): a keyword naming a dim or coordinate of the data is refused
+    with the ``sel`` to write instead.
     """
+    _refuse_selections(_variable(obj, var), pcolormesh_kwargs)
     proj, grid, native = projection(_variable(obj, var))
     da, label = _field(obj, var, member, time, sel, member_dim, grid.dims)
     if ax is None:
@@ -250,6 +253,15 @@ def map(  # noqa: A001 - the name users expect (ds.kmcast.plot.map)
         fig.colorbar(mesh, ax=ax, shrink=0.8, label=_label(da))
     ax.set_title(title if title is not None else f"{da.name or ''} {label}".strip(), fontsize=9)
     return _save(fig, path)
+
+
+def _refuse_selections(da: xr.DataArray, kwargs: Mapping[str, Any]) -> None:
+    """A drawing keyword that is a dim or coordinate of ``da`` was meant as a selection."""
+    named = {k: v for k, v in kwargs.items() if k in da.dims or k in da.coords}
+    if named:
+        raise InvalidDataError(explain(f"map() draws with pcolormesh, which takes no {sorted(named)}",
+                                       found=f"keywords {sorted(named)}: dims / coordinates of {da.name!r}",
+                                       fix=f"select with sel={named!r}"))
 
 
 # --------------------------------------------------------------------------------------------- members
