@@ -78,6 +78,13 @@ def test_the_export_calibrates_from_one_set_of_draws():
     alone = _pipeline()
     assert calibrated_sample_scale(alone, valid) == extra["sample_scale"]
     assert len(messages) == 3
+    # without validation times nothing is calibrated, and the log says so with the fix
+    messages.clear()
+    bare = _pipeline()
+    before = dict(bare.spec.extra)
+    calibrate_spread(bare, types.SimpleNamespace(**{**vars(trainer), "valid_data": None}))
+    assert bare.spec.extra == before
+    assert len(messages) == 1 and "not calibrated" in messages[0] and "data.valid_times" in messages[0]
 
 
 def test_on_a_large_grid_the_export_draws_on_fewer_samples_and_rollouts(monkeypatch):

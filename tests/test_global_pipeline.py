@@ -106,6 +106,9 @@ def test_allow_outside_in_downscale_gives_nan_where_the_input_does_not_reach():
     band = coarse_global().isel(latitude=[1, 2])  # +-22.5 only: the model grid's rows beyond are outside
     with pytest.raises(DomainCoverageError, match="allow_outside"):
         band.kmcast.downscale(pipe)
+    # "nearest" fills an edge ring, not a region: rows 45 degrees beyond the band are refused, naming the grid
+    with pytest.raises(DomainCoverageError, match="does not cover the model's grid.*farther than one source grid"):
+        band.kmcast.downscale(pipe, regrid_options={"allow_outside": "nearest"})
     out = band.kmcast.downscale(pipe, members=2, regrid_options={"allow_outside": True})
     inside = np.abs(LAT) <= 22.5
     assert np.isnan(out.t2m.values[..., ~inside, :]).all() and np.isfinite(out.t2m.values[..., inside, :]).all()

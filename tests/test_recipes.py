@@ -55,6 +55,34 @@ def test_a_variable_on_a_level_dimension_is_named_by_its_level():
     assert available_variables(_z_on_a_level(False)) == ["z"]
 
 
+def test_cmor_near_surface_fields_with_their_height_dim_are_the_surface_variables():
+    """CMOR writes tas (time, height=2 m, y, x) and uas (time, height=10 m, y, x) (EURO-CORDEX): the size-1
+    height dim (standard_name height) is the field's own height, dropped, not a level that hides it; a
+    height dim of two values stays a level dim (the surface name is then not found)."""
+    from xkmcast.fields.variables import get_variable, select_variables
+
+    rng = np.random.default_rng(0)
+
+    def cmor(name, standard, height, heights=1):
+        coords = {"height": ("height", [height] * heights if heights == 1 else [2.0, 10.0],
+                             {"standard_name": "height", "units": "m", "positive": "up", "axis": "Z"}),
+                  "time": ("time", pd.date_range("2006-01-16T12", periods=2, freq="MS"))}
+        values = rng.normal(280 if name == "tas" else 0, 3, (2, heights, 3, 4))
+        return xr.Dataset({name: (("time", "height", "rlat", "rlon"), values, {"standard_name": standard, "units": "K" if name == "tas" else "m s-1"})}, coords=coords)
+
+    tas, uas = cmor("tas", "air_temperature", 2.0), cmor("uas", "eastward_wind", 10.0)
+    assert available_variables(tas) == ["t2m"]
+    t2m = get_variable(tas, "t2m")
+    assert t2m.dims == ("time", "rlat", "rlon") and "height" not in t2m.coords
+    np.testing.assert_array_equal(t2m.values, tas.tas.values[:, 0])
+    # the two files merged (their heights as two dims): each its own surface field, no height left
+    got = select_variables(xr.merge([tas.rename(height="height2"), uas.rename(height="height10")]), ["t2m", "u10m"])
+    assert got.t2m.dims == got.u10m.dims == ("time", "rlat", "rlon")
+    np.testing.assert_array_equal(got.u10m.values, uas.uas.values[:, 0])
+    with pytest.raises(xkmcast.errors.MissingVariableError):
+        get_variable(cmor("tas", "air_temperature", 2.0, heights=2), "t2m")
+
+
 def test_the_recipe_presets_validate_without_variables():
     cfg = load_config("corrdiff-cpu", ["data.source=x.nc", "data.coarse=y.nc", "training.time_budget=10m"])
     assert cfg.training.stages == ["regression", "diffusion"] and cfg.training.time_budget == 600

@@ -24,7 +24,7 @@ import dask.array as dsa
 import numpy as np
 import xarray as xr
 
-from ..errors import ConfigError, GridError, InvalidDataError, XkmcastError, explain
+from ..errors import ConfigError, DomainCoverageError, GridError, InvalidDataError, XkmcastError, explain
 from .grid import Grid, find_grid, make_latlon_grid
 from .variables import cf_attrs, select_variables
 
@@ -189,7 +189,13 @@ def to_model_inputs(ds: xr.Dataset, pipeline, names, *, role: str = "input", reg
             )
         )
     else:
-        on_grid = Regridder(selected, target, method=regrid_method, **check_options(regrid_options))(selected)
+        try:
+            regridder = Regridder(selected, target, method=regrid_method, **check_options(regrid_options))
+        except DomainCoverageError as exc:
+            raise DomainCoverageError(
+                f"The {role} does not cover the model's grid, the grid its bundle was trained on ({tlat.shape}, "
+                f"lat {tlat.min():.3f}..{tlat.max():.3f}); the model predicts on that grid only. {exc}") from None
+        on_grid = regridder(selected)
         ty, tx = grid_dims(pipeline)
         on_grid = on_grid.rename({ty: "y", tx: "x"}) if (ty, tx) != ("y", "x") else on_grid
     normed = pipeline.stats_for(role).normalise(on_grid[list(names)])

@@ -71,7 +71,9 @@ class Regridder:
     allow_outside : bool or "nearest"
         Targets not covered by the source become NaN (``True``) or take the value of the nearest
         source point (``"nearest"``: the ring of a fine grid outside the centres of its own block means,
-        which a training store must not hold as NaN) instead of raising DomainCoverageError.
+        which a training store must not hold as NaN) instead of raising DomainCoverageError. A target
+        farther from every source point than the source's largest neighbour spacing is no ring: it
+        still raises DomainCoverageError with ``"nearest"`` (a region the source does not cover).
     subsample : int, optional
         Conservative to a curvilinear target: sample each target cell by ``n x n`` points
         (approximately conservative). Without it that case raises GridError.
@@ -94,7 +96,7 @@ class Regridder:
         if outside.any() and not allow_outside:
             raise DomainCoverageError(_coverage_message(src, tgt, outside, method))
         if outside.any() and allow_outside == "nearest":
-            weights = _nearest_outside(weights, outside, src, tgt)
+            weights = _nearest_outside(weights, outside, src, tgt, method)
         self.weights: sp.csr_matrix = weights
         #: target points the source does not cover (NaN, or the nearest source value with "nearest")
         self.n_outside = int(outside.sum())
@@ -260,11 +262,19 @@ def _check_outside_option(value) -> None:
                                       "true leaves NaN there"))
 
 
-def _nearest_outside(weights: sp.csr_matrix, outside: np.ndarray, src: Grid, tgt: Grid) -> sp.csr_matrix:
+def _nearest_outside(weights: sp.csr_matrix, outside: np.ndarray, src: Grid, tgt: Grid,
+                     method: str) -> sp.csr_matrix:
     """``weights`` with the rows of the ``outside`` targets replaced by nearest-neighbour rows (one 1 at
-    the nearest source point on the sphere, however far)."""
+    the nearest source point on the sphere); DomainCoverageError when one of them is farther from it
+    than the source's largest neighbour spacing (not an edge ring: a region the source lacks)."""
     rows = np.flatnonzero(outside)
-    near, _ = rw.nearest(src.lat, src.lon, tgt.lat.ravel()[rows], tgt.lon.ravel()[rows], margin=np.inf)
+    near, far = rw.nearest(src.lat, src.lon, tgt.lat.ravel()[rows], tgt.lon.ravel()[rows], margin=1.0)
+    if far.any():
+        beyond = np.zeros_like(outside)
+        beyond[rows[far]] = True
+        raise DomainCoverageError(_coverage_message(
+            src, tgt, beyond, method, what="farther than one source grid spacing from it (allow_outside='nearest' "
+                                           "fills only an edge ring)"))
     keep = sp.diags((~outside).astype(weights.dtype))
     scatter = sp.csr_matrix((np.ones(rows.size), (rows, np.arange(rows.size))), shape=(outside.size, rows.size))
     return (keep @ weights + scatter @ near).tocsr()
@@ -368,13 +378,14 @@ def _lon_range(lon: np.ndarray) -> str:
     return f"{lo:.3f}..{hi:.3f}" + (f" (across {'180' if own else '0/360'})" if hi < lo else "")
 
 
-def _coverage_message(src: Grid, tgt: Grid, outside: np.ndarray, method: str) -> str:
+def _coverage_message(src: Grid, tgt: Grid, outside: np.ndarray, method: str, what: str = "") -> str:
     def ext(g: Grid) -> str:
         return f"lat {g.lat.min():.3f}..{g.lat.max():.3f}, lon {_lon_range(g.lon)}"
 
     lat_o, lon_o = tgt.lat.ravel()[outside], tgt.lon.ravel()[outside]
     return explain(
-        f"The source grid does not cover {int(outside.sum())} of {outside.size} target points ({method})",
+        f"The source grid does not cover {int(outside.sum())} of {outside.size} target points ({method})"
+        + (f", {what}" if what else ""),
         expected=f"every target point inside the source: {ext(src)}",
         found=f"target {ext(tgt)}; e.g. outside at (lat, lon) "
               + ", ".join(f"({a:.3f}, {b:.3f})" for a, b in list(zip(lat_o, lon_o))[:3]),

@@ -243,8 +243,19 @@ def convert_units(da: xr.DataArray, to_units: str, *, standard_name: str | None 
 # -------------------------------------------------------------------------------------- finding
 
 
+def _surface_height_dim(da: xr.DataArray) -> str | None:
+    """A dim of size 1 whose coordinate is a height above the surface (CF ``standard_name: height``):
+    CMOR's ``tas (time, height=2 m, rlat, rlon)``, the near-surface field's own height, not a level."""
+    for d in da.dims:
+        if da.sizes[d] == 1 and d in da.coords and da[d].attrs.get("standard_name") == "height":
+            return d
+    return None
+
+
 def _level_dim(da: xr.DataArray) -> str | None:
     for d in da.dims:
+        if d == _surface_height_dim(da):
+            continue
         if d in LEVEL_DIMS:
             return d
         if d in da.coords and da[d].attrs.get("axis") == "Z":
@@ -327,6 +338,9 @@ def get_variable(
         raise
     src, level_dim, accumulated = _locate(ds, info)
     da = ds[src]
+    height = _surface_height_dim(da)
+    if height is not None:
+        da = da.isel({height: 0}, drop=True)
     if level_dim is not None:
         idx = int(np.flatnonzero(np.isclose(_level_values_hpa(da, level_dim), info.level))[0])
         da = da.isel({level_dim: idx}, drop=True)

@@ -70,6 +70,8 @@ def calibrate_spread(pipeline, trainer) -> None:
         return
     valid, seed = trainer.valid_data, trainer.t.seed
     if valid is None or len(valid) == 0:
+        trainer.log.message("warning: no validation times, so the members' spread is not calibrated (it is the "
+                            "diffusion's own, often too narrow or too wide): give data.valid_times")
         return
     samples = calibration_samples(pipeline.spec.grid.get("shape"), pipeline.device)
     steps = m.spread_steps if pipeline.model_kind.forecast else 0  # rollouts: stepping models only

@@ -170,7 +170,7 @@ class Trainer:
         weights = self.pipeline.spec.extra.get("mean_detail_weights")
         if weights and self.stage == "regression":
             self.log.message("regression base: the regridded input + the training-mean fine detail, weighed on "
-                             "times it was not computed from: " + ", ".join(f"{v} x{w:.2f}" for v, w in weights.items()))
+                             "times it was not computed from (none with one training time and no validation: x0): " + ", ".join(f"{v} x{w:.2f}" for v, w in weights.items()))
 
     def _resume(self) -> None:
         path = ckpt.resolve_resume(self.t.resume, self.ckpt_dir)
