@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import xarray as xr
 
+from xkmcast.errors import InvalidDataError
 from xkmcast.fields.baselines import fit_linear
 
 
@@ -43,6 +45,14 @@ def test_pooled_recovers_an_exact_linear_law_with_an_invariant():
                          np.broadcast_to(orog["orog"].values, (8, 5, 6)).ravel()])
     beta = np.linalg.lstsq(a, y.values[:8].ravel(), rcond=None)[0]
     np.testing.assert_allclose(beta, [1.5, 0.8, -0.1, -0.0065], atol=1e-9)
+    # the same law on another grid (a region held out in space: 7 x 4), given that grid's orography
+    _, there = _fields(seed=2, t=3, ny=7, nx=4)
+    orog_there = xr.Dataset({"orog": (("y", "x"), rng.uniform(0, 3000, size=(7, 4)))})
+    got = fit.predict(there, invariants=orog_there)["t2m"]
+    want = 1.5 + 0.8 * there["a"] - 0.1 * there["b"] - 0.0065 * orog_there["orog"]
+    np.testing.assert_allclose(got.values, want.transpose(*got.dims).values, atol=1e-9)
+    with pytest.raises(InvalidDataError, match="pooled=True"):
+        fit_linear(inputs, xr.Dataset({"t2m": y})).predict(there, invariants=orog_there)
 
 
 def test_ridge_shrinks_towards_the_training_mean():

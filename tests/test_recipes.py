@@ -221,3 +221,23 @@ def test_a_recipe_on_a_large_grid_trains_on_windows_unless_told_otherwise(tmp_pa
     assert training_window(spec, "regression", (200, 400)) is None
     small = _fill_variables(load_config(recipe, _grid_files(tmp_path / "small", 64, 128)))
     assert small.data.patch is None
+
+
+def test_a_recipe_takes_the_invariants_the_fine_source_holds_and_refuses_named_ones_it_lacks(tmp_path):
+    """Empty data.invariants: the fine source's orog / lsm (here HSURF, COSMO's orography name, alone);
+    a named invariant the source lacks is a ConfigError naming it, not silently dropped."""
+    from xkmcast.errors import ConfigError
+    from xkmcast.train.recipe import _fill_variables
+
+    files = _grid_files(tmp_path, 32, 48)
+    with xr.open_dataset(tmp_path / "fine.nc") as ds:
+        fine = ds.load()
+    fine["HSURF"] = (("latitude", "longitude"), np.linspace(0, 2000, 32 * 48).reshape(32, 48), {"units": "m"})
+    fine.to_netcdf(tmp_path / "fine2.nc")
+    files = [f"data.source={tmp_path / 'fine2.nc'}", files[1]]
+    cfg = _fill_variables(load_config("corrdiff-cpu", files))
+    assert cfg.data.invariants == ["orog"] and cfg.data.output_vars == ["t2m"]
+    assert "invariant" in cfg.model.regression_conditions
+    assert _fill_variables(load_config("corrdiff-cpu", [*files, "data.invariants=[orog]"])).data.invariants == ["orog"]
+    with pytest.raises(ConfigError, match=r"data.invariants names \['lsm'\]"):
+        _fill_variables(load_config("corrdiff-cpu", [*files, "data.invariants=[orog, lsm]"]))

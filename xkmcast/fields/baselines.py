@@ -46,10 +46,16 @@ class LinearDownscaling:
     pooled: bool
     invariants: xr.Dataset | None = None
 
-    def predict(self, inputs: xr.Dataset) -> xr.Dataset:
-        """The fitted regression applied to ``inputs`` (same predictors, same grid): a Dataset of the
-        output variables with the dims of the inputs."""
-        x = _design(inputs, self.predictors, self.invariants if self.pooled else None, self.invariant_names,
+    def predict(self, inputs: xr.Dataset, invariants: xr.Dataset | None = None) -> xr.Dataset:
+        """The fitted regression applied to ``inputs`` (same predictors): a Dataset of the output variables
+        with the dims of the inputs. On the grid it was fitted on, or, pooled, on another grid with that
+        grid's ``invariants`` (the same names; a region held out in space)."""
+        if invariants is not None and not self.pooled:
+            raise InvalidDataError(explain("a per-pixel fit holds its pixels' own coefficients: it predicts on "
+                                           "its own grid only", found="invariants of another grid",
+                                           fix="fit with pooled=True to apply it elsewhere"))
+        invariants = self.invariants if invariants is None else invariants
+        x = _design(inputs, self.predictors, invariants if self.pooled else None, self.invariant_names,
                     self.sample_dim, self.space_dims)  # (K, T, *space)
         z = (x - _expand(self.centre, x.ndim)) / _expand(self.scale, x.ndim)
         like = inputs[self.predictors[0]].transpose(self.sample_dim, *self.space_dims)

@@ -10,8 +10,8 @@ The total ``training.time_budget`` is shared: ``training.regression_share`` of i
 regression, the rest to the diffusion; ``training.duration`` caps each. Running the same command again
 resumes both (a finished stage only re-exports). Empty ``data.output_vars`` / ``data.input_vars`` are
 filled from the datasets (every canonical variable each one holds: the fine source's are the
-outputs, the coarse one's the inputs; a forecast's state is the source's), and the preset's invariants
-are kept only where the fine source has them. A forecast recipe (``stormcast-cpu``) steps by the
+outputs, the coarse one's the inputs; a forecast's state is the source's); empty ``data.invariants`` are
+the :data:`STATIC` fields the fine source holds, named ones must all be there (ConfigError otherwise). A forecast recipe (``stormcast-cpu``) steps by the
 source's time step and is state-only, unless ``data.coarse`` is given: then the coarse variables are
 its background and both stages are conditioned on it.
 
@@ -35,6 +35,7 @@ from .config import TrainConfig, run_dir, validate
 
 __all__ = ["train_stages", "available_variables", "auto_window", "WINDOW_PIXELS"]
 
+#: the invariants a recipe takes from the fine source when ``data.invariants`` is empty
 STATIC = ("orog", "lsm")
 #: pixels of a recipe's training window on a large grid (module docstring); grids up to twice this train whole
 WINDOW_PIXELS = 128 * 128
@@ -123,7 +124,15 @@ def _fill_variables(cfg: TrainConfig) -> TrainConfig:
     else:
         update["input_vars"] = d.input_vars or [v for v in available_variables(coarse) if v not in STATIC]
     statics = set(available_variables(fine, static=True)) | set(available_variables(fine))
-    update["invariants"] = [v for v in d.invariants if v in statics]
+    missing = [v for v in d.invariants if v not in statics]
+    if missing:
+        raise ConfigError(explain(f"data.invariants names {missing}, which data.source does not hold",
+                                  expected="fields on the fine grid, with or without a time dim (orog: standard_name "
+                                           "surface_altitude or an alias such as HSURF; lsm: land_binary_mask, FR_LAND)",
+                                  found=f"{d.source}: {list(fine.data_vars)}",
+                                  fix="add them to data.source on its grid (e.g. cropped from the model's "
+                                      "orography file), or leave data.invariants empty to use those it holds"))
+    update["invariants"] = list(d.invariants) or [v for v in STATIC if v in statics]
     if d.patch is None:
         from ..fields.grid import find_grid
 
