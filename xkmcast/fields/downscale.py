@@ -126,24 +126,26 @@ def _graph_handle(model, pipeline):
 
 def grid_dims(pipeline) -> tuple[str, str]:
     """The dims of the model grid in results: the 1-D latitude / longitude dims of a lat/lon grid
-    (``spec.grid["latlon_dims"]``, e.g. ``("latitude", "longitude")``), else ``("y", "x")``."""
-    dims = pipeline.spec.grid.get("latlon_dims")
+    (``spec.grid["latlon_dims"]``, e.g. ``("latitude", "longitude")``), those of a projected or rotated
+    grid's y / x (``spec.grid["xy_dims"]``, e.g. ``("rlat", "rlon")``), else ``("y", "x")``."""
+    dims = pipeline.spec.grid.get("latlon_dims") or pipeline.spec.grid.get("xy_dims")
     return (str(dims[0]), str(dims[1])) if dims else ("y", "x")
 
 
 def model_grid(pipeline) -> xr.Dataset:
     """The model's fine grid as a coordinates-only CF Dataset: 1-D latitude / longitude dims and
-    coordinates for a lat/lon grid (:func:`grid_dims`); else dims ``y`` / ``x`` with 2-D ``lat`` /
-    ``lon``, and ``y`` / ``x`` values in metres (axis Y / X) and the ``crs`` of a projected grid."""
+    coordinates for a lat/lon grid (:func:`grid_dims`); else the grid's y / x dims (default ``y`` /
+    ``x``) with 2-D ``lat`` / ``lon``, and their values (metres, or rotated degrees: axis Y / X) and the
+    ``crs`` of a projected grid."""
     spec = pipeline.spec.grid
     lat = pipeline.grid_lat.detach().cpu().numpy().astype(float)
     lon = pipeline.grid_lon.detach().cpu().numpy().astype(float)
+    ydim, xdim = grid_dims(pipeline)
     if spec.get("latlon_dims"):
-        ydim, xdim = grid_dims(pipeline)
         return make_latlon_grid(lat[:, 0], lon[0, :], lat_name=ydim, lon_name=xdim)
     x = np.asarray(spec["x"], float) if spec.get("x") is not None else None
     y = np.asarray(spec["y"], float) if spec.get("y") is not None else None
-    grid = Grid("y", "x", None, lat, lon, "lat", "lon", x, y, "x", "y", None, spec.get("grid_mapping"))
+    grid = Grid(ydim, xdim, None, lat, lon, "lat", "lon", x, y, xdim, ydim, None, spec.get("grid_mapping"))
     return grid.to_dataset()
 
 

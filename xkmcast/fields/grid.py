@@ -54,7 +54,8 @@ class Grid:
     """A horizontal grid.
 
     ``lat`` / ``lon`` are always 2-D ``(ny, nx)`` arrays in degrees (longitudes as in the data).
-    ``x`` / ``y`` are 1-D projection coordinates in metres when the grid has them. ``rectilinear`` is
+    ``x`` / ``y`` are 1-D projection coordinates in metres when the grid has them (on a rotated pole
+    grid, ``rotated_latitude_longitude``: rotated longitude / latitude in degrees). ``rectilinear`` is
     true when latitude depends only on ``y_dim`` and longitude only on ``x_dim`` (a lat/lon grid).
     """
 
@@ -82,13 +83,18 @@ class Grid:
     def dims(self) -> tuple[str, str]:
         return (self.y_dim, self.x_dim)
 
+    @property
+    def rotated_pole(self) -> bool:
+        """x / y are rotated longitude / latitude in degrees (CF ``rotated_latitude_longitude``), not metres."""
+        return (self.grid_mapping or {}).get("grid_mapping_name") == "rotated_latitude_longitude"
+
     def spacing_m(self) -> tuple[float, float]:
         """Mean grid spacing (dy, dx) in metres: from x/y when present, else the mean great-circle
         distance (haversine, sphere of radius :data:`EARTH_RADIUS_M`) between neighbouring points along
         y and along x. On a lat/lon grid that is ``R dlat`` along y and ``~R cos(lat) dlon`` averaged
         over the rows along x; on a grid rotated against north (a projection given by 2-D lat/lon
         only) it is the true spacing, which latitude / longitude differences alone underestimate."""
-        if self.x is not None and self.y is not None and len(self.x) > 1 and len(self.y) > 1:
+        if self.x is not None and self.y is not None and len(self.x) > 1 and len(self.y) > 1 and not self.rotated_pole:
             return float(np.abs(np.diff(self.y)).mean()), float(np.abs(np.diff(self.x)).mean())
         lat, lon = np.deg2rad(self.lat), np.deg2rad(self.lon)
         dy = _haversine(lat[:-1], lon[:-1], lat[1:], lon[1:]).mean() if lat.shape[0] > 1 else np.nan
@@ -109,24 +115,28 @@ class Grid:
         """What a model records about its grid besides the 2-D lat / lon (``spec.grid``, see
         :meth:`xkmcast.models.base.Pipeline.set_grid`): ``grid_mapping``; ``x`` / ``y`` in metres
         (projected grids); ``latlon_dims``, the names of the 1-D latitude / longitude dims of a
-        rectilinear lat/lon grid (its results keep them), else None; ``periodic_x``."""
+        rectilinear lat/lon grid (its results keep them), else None; ``xy_dims``, the names of the dims
+        of x / y (``rlat`` / ``rlon``, ``south_north`` / ``west_east``: results keep them too), else None;
+        ``periodic_x``."""
         latlon = self.rectilinear and self.x is None and self.lat_name == self.y_dim and self.lon_name == self.x_dim
         return {"grid_mapping": self.grid_mapping,
                 "x": None if self.x is None else np.asarray(self.x, float).tolist(),
                 "y": None if self.y is None else np.asarray(self.y, float).tolist(),
                 "latlon_dims": [self.y_dim, self.x_dim] if latlon else None,
+                "xy_dims": [self.y_dim, self.x_dim] if self.x is not None else None,
                 "periodic_x": self.periodic_x}
 
     def to_dataset(self) -> xr.Dataset:
-        """The grid alone as a CF Dataset: 2-D lat/lon, x/y in metres and a ``crs`` grid_mapping."""
+        """The grid alone as a CF Dataset: 2-D lat/lon, x/y in metres (rotated pole: rotated longitude /
+        latitude in degrees) and a ``crs`` grid_mapping."""
         dims = (self.y_dim, self.x_dim)
         coords: dict[str, Any] = {
             "lat": (dims, self.lat, coordinate_attrs("latitude")),
             "lon": (dims, self.lon, coordinate_attrs("longitude")),
         }
         if self.x is not None and self.y is not None:
-            coords[self.x_dim] = (self.x_dim, self.x, _axis_attrs("x"))
-            coords[self.y_dim] = (self.y_dim, self.y, _axis_attrs("y"))
+            coords[self.x_dim] = (self.x_dim, self.x, _axis_attrs("x", self.rotated_pole))
+            coords[self.y_dim] = (self.y_dim, self.y, _axis_attrs("y", self.rotated_pole))
         ds = xr.Dataset(coords=coords)
         if self.grid_mapping:
             ds["crs"] = xr.DataArray(np.int32(0), attrs=dict(self.grid_mapping))
@@ -140,7 +150,10 @@ def _haversine(lat1, lon1, lat2, lon2) -> np.ndarray:
     return 2.0 * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
 
 
-def _axis_attrs(axis: str) -> dict:
+def _axis_attrs(axis: str, rotated_pole: bool = False) -> dict:
+    if rotated_pole:  # CF: grid_longitude / grid_latitude of the rotated pole grid
+        name = {"x": "grid_longitude", "y": "grid_latitude"}[axis]
+        return {"standard_name": name, "units": "degrees", "axis": axis.upper(), "long_name": name.replace("_", " ")}
     return {**coordinate_attrs(axis.upper()), "units": "m", "long_name": f"{axis} coordinate of projection"}
 
 

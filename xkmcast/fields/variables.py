@@ -390,8 +390,8 @@ def select_variables(
         extra = {k: v for k, v in ds.coords.items() if k not in result.coords and set(v.dims) <= set(result.dims)}
         result = result.assign_coords(extra)
         for var in ds.data_vars:  # keep grid_mapping variables referenced by the data
-            if "grid_mapping_name" in ds[var].attrs:
-                result[var] = ds[var]
+            if "grid_mapping_name" in ds[var].attrs:  # as an int32 container: CDO writes |S1, which zarr v3 has no type for
+                result[var] = xr.DataArray(np.int32(0), attrs=dict(ds[var].attrs))
                 result = result.set_coords(var)
     return result
 
