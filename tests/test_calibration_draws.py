@@ -10,8 +10,8 @@ from test_spread_by_scale import SHAPE, _pipeline, _samples
 
 from xkmcast.train.config import load_config
 from xkmcast.train.export import calibrate_spread
-from xkmcast.train.spread import (CALIBRATION_SAMPLES, calibrated_sample_scale, calibrated_value_gains,
-                                  calibration_samples, validation_draws)
+from xkmcast.train.spread import (CALIBRATION_SAMPLES, FEW_CALIBRATION_SAMPLES, calibrated_sample_scale,
+                                  calibrated_value_gains, calibration_samples, validation_draws)
 from xkmcast.train.spread_by_scale import calibrated_scale_gains
 
 
@@ -85,6 +85,15 @@ def test_the_export_calibrates_from_one_set_of_draws():
     calibrate_spread(bare, types.SimpleNamespace(**{**vars(trainer), "valid_data": None}))
     assert bare.spec.extra == before
     assert len(messages) == 1 and "not calibrated" in messages[0] and "data.valid_times" in messages[0]
+    # calibrated on fewer than FEW_CALIBRATION_SAMPLES samples: calibrated, with a warning that names the fix
+    messages.clear()
+    few, _, _ = _samples(_pipeline(), FEW_CALIBRATION_SAMPLES - 1, seed=3)
+    small = _pipeline()
+    calibrate_spread(small, types.SimpleNamespace(**{**vars(trainer), "valid_data": few}))
+    assert "sample_scale" in small.spec.extra
+    warned = [m for m in messages if m.startswith("warning:")]
+    assert len(warned) == 1 and f"on {FEW_CALIBRATION_SAMPLES - 1} validation" in warned[0]
+    assert "data.valid_times" in warned[0]
 
 
 def test_on_a_large_grid_the_export_draws_on_fewer_samples_and_rollouts(monkeypatch):

@@ -58,9 +58,9 @@ def calibrate_spread(pipeline, trainer) -> None:
     validation draws (:func:`.spread.validation_draws`) on :func:`.spread.calibration_samples` samples; the
     rollouts (:mod:`.spread_steps`) start from as many validation times at most, those samples, and take
     their draws as the first steps (:func:`.spread.calibration_index`)."""
-    from .spread import (CALIBRATION_MEMBERS, calibrated_sample_scale, calibrated_spread_factor,
-                         calibrated_value_gains, calibration_index, calibration_samples, draws_by_sample,
-                         validation_draws, value_channels)
+    from .spread import (CALIBRATION_MEMBERS, FEW_CALIBRATION_SAMPLES, calibrated_sample_scale,
+                         calibrated_spread_factor, calibrated_value_gains, calibration_index, calibration_samples,
+                         draws_by_sample, validation_draws, value_channels)
     from .spread_activity import activity_reference
     from .spread_by_scale import calibrated_scale_gains
     from .spread_steps import MAX_CHAINS, MIN_CHAINS, calibrated_step_gains, chains_time_of_day, rollout_chains
@@ -87,6 +87,10 @@ def calibrate_spread(pipeline, trainer) -> None:
     pipeline.spec.extra[key] = values
     trainer.log.message(f"members' spread calibrated on the validation times: {key} "
                         + ", ".join(f"{v}={x:.3g}" for v, x in zip(names, values)))
+    if len(valid) < FEW_CALIBRATION_SAMPLES:
+        trainer.log.message(f"warning: the members' spread is calibrated on {len(valid)} validation sample(s), "
+                            "which stand for little weather: on other times the ensemble may be a third too narrow "
+                            f"or too wide; give {FEW_CALIBRATION_SAMPLES} or more (data.valid_times)")
     by_scale = (calibrated_scale_gains(pipeline, valid, max_samples=samples, seed=seed, drawn=drawn)
                 if m.spread_by_scale else None)
     if by_scale is not None:

@@ -50,12 +50,16 @@ from ..errors import ConfigError, explain
 __all__ = ["residual_scale", "calibrated_sample_scale", "calibrated_spread_factor", "calibrated_value_gains",
            "value_channels", "validation_draws", "spread_balance", "member_split", "calibration_index",
            "draw_seeds", "draws_by_sample", "evenly_spread_batches", "valid_values", "CALIBRATION_MEMBERS",
-           "CALIBRATION_SAMPLES", "CALIBRATION_PIXELS", "calibration_samples"]
+           "CALIBRATION_SAMPLES", "CALIBRATION_PIXELS", "FEW_CALIBRATION_SAMPLES", "calibration_samples"]
 
 #: draws per validation sample, and validation samples, of the spread calibrations at export
 CALIBRATION_MEMBERS, CALIBRATION_SAMPLES = 8, 8
 #: on a CPU, the pixels (samples x grid) those calibrations draw on at most: 8 samples of 128 x 128
 CALIBRATION_PIXELS = 8 * 128 * 128
+#: validation samples below which the export warns that the calibrated spread stands for little weather:
+#: the Florence nowcast of bench/science.py, calibrated on 2 hourly pairs, had spread-skill 1.00 on them
+#: and 0.65-0.83 on every other hour of its record (bench/science_cases.py)
+FEW_CALIBRATION_SAMPLES = 4
 
 
 def calibration_samples(shape, device) -> int:
