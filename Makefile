@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   create .venv (if needed), install the core package only, run the demo on the shipped data
-#   make test   also install the test, reference (PhysicsNeMo) and docs extras, run the whole suite (CI)
+#   make test   also install the test, reference (PhysicsNeMo), docs and grib extras, run the whole suite (CI)
 # torch is pinned to the CPU wheel these machines carry (constraints.txt); on a GPU machine install
 # xkmcast with pip as in the README instead.
 PYTHON ?= python3
@@ -9,8 +9,8 @@ PY := $(VENV)/bin/python
 CORE_STAMP := $(VENV)/.xkmcast-core-installed
 STAMP := $(VENV)/.xkmcast-installed
 #: what `make test` adds to the core package: the suite's own tools, the PhysicsNeMo reference the
-#: parity tests compare against, and the docs toolchain (the suite builds the site)
-TEST_EXTRAS := test,reference,docs
+#: parity tests compare against, the docs toolchain (the suite builds the site) and GRIB reading
+TEST_EXTRAS := test,reference,docs,grib
 PYTEST_ARGS ?=
 
 .PHONY: demo test install install-core clean-venv bench docs

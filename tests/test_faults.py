@@ -135,6 +135,16 @@ def test_an_unnamed_dataarray_is_explained(pipe):
         downscale(coarse_dataset(1)["2t"], pipe)
 
 
+def test_an_ensemble_dim_of_the_input_is_named_not_a_transpose_error(pipe):
+    """An ERA5 ensemble as cfgrib opens it, (number, time, lat, lon): before, a raw ValueError of
+    transpose deep in the bridge; now the dim, a selection and the loop over it. Selecting one downscales."""
+    ds = xr.concat([coarse_dataset(1)] * 3, dim="number").assign_coords(number=[0, 1, 2])
+    with pytest.raises(InvalidDataError, match=r"(?s)'t2m' has dims \['number'\] besides time and the grid.*"
+                                               r"ds.isel\(number=0\).*for each number"):
+        downscale(ds, pipe)
+    assert downscale(ds.isel(number=0), pipe, members=2).t2m.shape == (2, 1, *FINE_SHAPE)
+
+
 # ---------------------------------------------------------------------- 5. plausibility
 def test_degc_labelled_kelvin_is_refused_and_can_be_allowed(pipe):
     ds = coarse_dataset(1)

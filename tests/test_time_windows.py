@@ -44,6 +44,19 @@ def test_validation_windows_inside_the_training_window_are_never_trained_on(tmp_
     assert train == [2, 3, 4, 5, 8, 9, 10, 11, 12, 13, 14]
 
 
+def test_bare_times_are_windows_of_themselves(tmp_path):
+    """``data.valid_times=[T1, T2]`` (times, not windows) validates on exactly those times; a bare partial
+    time is its whole span (a day here), as ``{start: it, end: it}``."""
+    _, (train, valid) = _split(tmp_path, f"data.valid_times=[{_iso(3)}, '{_iso(12)}']")
+    assert valid == [3, 12] and train == [i for i in range(20) if i not in (3, 12)]
+    _, (train, valid) = _split(tmp_path, f"data.valid_times={_iso(7)[:16]}")  # minutes: a YAML string
+    assert valid == [7]
+    days = pd.date_range("2024-07-01", periods=72, freq="h")
+    _, (train, valid) = _split(tmp_path, "data.train_times=2024-07-02", "data.valid_times=[2024-07-02T23:00]",
+                               times=days)
+    assert train == list(range(24, 47)) and valid == [47]
+
+
 def test_training_windows_alone_give_their_last_times_to_validation(tmp_path):
     """Two training windows and valid_fraction 0.2: the union's last fifth validates (as for one window)."""
     _, (train, valid) = _split(tmp_path, f"data.train_times=[{{start: '{_iso(0)}', end: '{_iso(4)}'}}, "

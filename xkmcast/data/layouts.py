@@ -65,6 +65,8 @@ LAYOUTS: dict[str, tuple[str, tuple[str, ...]]] = {
 PREFIXED_ROLES = ("input", "background")
 PREFIX = "era5_"
 _NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5", ".hdf")
+#: GRIB files (ERA5 from the Climate Data Store, NWP output): CF through xarray's cfgrib engine
+_GRIB_SUFFIXES = (".grib", ".grib1", ".grib2", ".grb", ".grb2")
 
 
 # ------------------------------------------------------------------------------- variable naming
@@ -219,7 +221,7 @@ def detect_layout(path: str | Path) -> tuple[str, Path]:
             return "hrrr_mini", path
         if keys is not None and "fields" in keys:
             return "vit", path
-        if path.suffix.lower() in _NETCDF_SUFFIXES:
+        if path.suffix.lower() in _NETCDF_SUFFIXES + _GRIB_SUFFIXES:
             return "cf", path
     elif is_zarr_store(path):
         return ("cwa" if _zarr_has(path, "cwb") and _zarr_has(path, "era5") else "cf"), path
@@ -241,7 +243,7 @@ def detect_layout(path: str | Path) -> tuple[str, Path]:
             "Unknown dataset layout",
             expected="HRRR-Mini NetCDF (groups input/output/invariant), CWA zarr (cwb + era5 arrays), "
             "StormCast store (era5/ + <hrrr>/invariants.zarr), ViT HDF5 (train|valid|test/*.h5 with "
-            "`fields`), or a CF NetCDF (.nc) / zarr",
+            "`fields`), or a CF NetCDF (.nc) / zarr / GRIB (.grib, .grib2)",
             found=f"{path} ({'directory' if path.is_dir() else 'file'})",
             fix="pass layout= one of " + ", ".join(LAYOUTS),
         )
@@ -251,8 +253,18 @@ def detect_layout(path: str | Path) -> tuple[str, Path]:
 # ---------------------------------------------------------------------------------------- readers
 
 
+def _grib_engine(path: Path) -> str:
+    """``"cfgrib"``, xarray's GRIB engine, or InvalidDataError saying how to install it."""
+    import importlib.util
+
+    if importlib.util.find_spec("cfgrib") is None:
+        raise InvalidDataError(explain("A GRIB file is read by xarray's cfgrib engine, which is not installed",
+                                       found=str(path), fix="pip install cfgrib (it brings ecCodes)"))
+    return "cfgrib"
+
+
 def read_cf(path: str | Path | xr.Dataset, **kwargs) -> dict[str, xr.Dataset]:
-    """Any CF NetCDF / zarr: variables renamed to canonical names where the table knows them."""
+    """Any CF NetCDF / zarr / GRIB (cfgrib): variables renamed to canonical names where the table knows them."""
     if isinstance(path, xr.Dataset):
         ds = path
     else:
@@ -261,6 +273,8 @@ def read_cf(path: str | Path | xr.Dataset, **kwargs) -> dict[str, xr.Dataset]:
             kwargs.setdefault("consolidated", zarr_consolidated(path))
             ds = xr.open_zarr(path, **kwargs)
         else:
+            if path.suffix.lower() in _GRIB_SUFFIXES:
+                kwargs.setdefault("engine", _grib_engine(path))
             ds = xr.open_dataset(path, chunks=kwargs.pop("chunks", {}), **kwargs)
     names = channel_names(list(ds.data_vars))
     rename = {old: new for old, new in zip(ds.data_vars, names) if old != new and new not in ds.variables}

@@ -28,7 +28,7 @@ import numpy as np
 import xarray as xr
 
 from ..atomic import atomic_path
-from ..errors import (ConfigError, DataNotFoundError, InvalidDataError, MissingVariableError, TimeCoverageError,
+from ..errors import (ConfigError, DataNotFoundError, MissingVariableError, TimeCoverageError,
                       explain)
 from ..fields.grid import find_grid
 from ..fields.transforms import parse_transforms
@@ -130,19 +130,12 @@ def _select(ds: xr.Dataset, names: Sequence[str], convert_units: bool) -> xr.Dat
 
 def _time_dim(ds: xr.Dataset, what: str) -> str | None:
     """The time dim of ``ds``'s grid, each variable of ``ds`` checked to have no dims but time and the
-    grid's (a level or ensemble dim left over would reach the networks as an extra axis):
-    InvalidDataError naming the dims otherwise."""
+    grid's (:func:`~xkmcast.fields.validate.check_grid_dims`)."""
+    from ..fields.validate import check_grid_dims
+
     grid = find_grid(ds)
-    allowed = {grid.time_dim, grid.y_dim, grid.x_dim}
-    for name, da in ds.data_vars.items():
-        extra = [d for d in da.dims if d not in allowed]
-        if extra:
-            raise InvalidDataError(explain(
-                f"The {what} variable {name!r} has dims {extra} besides time and the grid",
-                expected=f"({grid.time_dim}, {grid.y_dim}, {grid.x_dim}) or ({grid.y_dim}, {grid.x_dim})",
-                found=f"{name} {dict(da.sizes)}",
-                fix=f"select one {extra[0]} first (e.g. ds.isel({extra[0]}=0)); a pressure level is selected by "
-                    "naming it: z500 for z at 500 hPa (data.input_vars / data.output_vars)"))
+    check_grid_dims(ds, grid, what, "a pressure level is selected by naming it: z500 for z at 500 hPa "
+                                    "(data.input_vars / data.output_vars)")
     return grid.time_dim
 
 

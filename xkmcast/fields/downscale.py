@@ -166,7 +166,7 @@ def to_model_inputs(ds: xr.Dataset, pipeline, names, *, role: str = "input", reg
     with the statistics of ``role``. With ``require_on_grid`` a dataset that is not already on the
     model grid is refused (GridError) instead of regridded."""
     from .regrid import Regridder, check_options
-    from .validate import as_dataset, check_times, checked_values
+    from .validate import as_dataset, check_grid_dims, check_times, checked_values
 
     selected = select_variables(as_dataset(ds, role), names)
     if role == "input" and pipeline.spec.extra.get("input_grid") is not None:
@@ -175,6 +175,8 @@ def to_model_inputs(ds: xr.Dataset, pipeline, names, *, role: str = "input", reg
     tlat, tlon = (pipeline.grid_lat.detach().cpu().numpy(), pipeline.grid_lon.detach().cpu().numpy())
     src_grid = find_grid(selected)
     check_times(selected, src_grid.time_dim, role)
+    check_grid_dims(selected, src_grid, role, "for each {dim}: xr.concat([ds.sel({dim}=v).kmcast... for v in "
+                                              "ds.{dim}.values], '{dim}')")
     selected = checked_values(selected, names, check_ranges=check_ranges, time_dim=src_grid.time_dim)
     same = src_grid.shape == tlat.shape and np.allclose(src_grid.lat, tlat, atol=1e-4) and \
         np.allclose(_wrap(src_grid.lon - tlon), 0.0, atol=1e-4)

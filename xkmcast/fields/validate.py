@@ -4,6 +4,8 @@
 * :func:`require_positive` -- counts (members, steps, time chunk, batch size) must be integers >= 1.
 * :func:`check_times` -- the time coordinate may be neither empty nor hold a time twice (two rows
   with one time would get identical noise: the seed is a function of the time).
+* :func:`check_grid_dims` -- a variable may have no dims but time and the grid's (a level or an
+  ensemble ``number`` left over would reach the networks as an extra axis).
 * :func:`checked_values` -- every value of a selected variable must be finite (NaN is treated like
   inf: an :class:`InvalidDataError` naming the variable and the count, never a silent fill) and,
   unless ``check_ranges=False``, inside the variable's ``valid_range`` of ``variables.yaml`` (the
@@ -19,7 +21,7 @@ import xarray as xr
 
 from ..errors import ConfigError, CoordinateError, InvalidDataError, TimeCoverageError, explain
 
-__all__ = ["as_dataset", "require_positive", "check_times", "checked_values"]
+__all__ = ["as_dataset", "require_positive", "check_times", "check_grid_dims", "checked_values"]
 
 
 def as_dataset(obj, what: str = "input") -> xr.Dataset:
@@ -60,6 +62,21 @@ def check_times(ds: xr.Dataset, dim: str | None, what: str = "input") -> None:
         raise CoordinateError(explain(f"The {what} holds the same {dim} more than once",
                                       expected=f"distinct {dim} values", found=f"repeated: {dup[:5]}",
                                       fix=f"drop the duplicates, e.g. ds.drop_duplicates('{dim}')"))
+
+
+def check_grid_dims(ds: xr.Dataset, grid, what: str, fix: str) -> None:
+    """InvalidDataError when a variable of ``ds`` has a dim besides ``grid``'s time, y and x (a
+    :class:`~xkmcast.fields.grid.Grid`), naming it; ``fix`` is what to do besides selecting one value of
+    it (``{dim}`` in it: that dim's name)."""
+    allowed = {grid.time_dim, grid.y_dim, grid.x_dim}
+    for name, da in ds.data_vars.items():
+        extra = [d for d in da.dims if d not in allowed]
+        if extra:
+            raise InvalidDataError(explain(
+                f"The {what} variable {name!r} has dims {extra} besides time and the grid",
+                expected=f"({grid.time_dim}, {grid.y_dim}, {grid.x_dim}) or ({grid.y_dim}, {grid.x_dim})",
+                found=f"{name} {dict(da.sizes)}",
+                fix=f"select one {extra[0]} first (e.g. ds.isel({extra[0]}=0)); " + fix.format(dim=extra[0])))
 
 
 def checked_values(ds: xr.Dataset, names, *, check_ranges: bool = True, time_dim: str | None = None) -> xr.Dataset:

@@ -1,5 +1,6 @@
 """The training and validation times of a run's configuration (``data.train_times``,
-``data.valid_times``): inclusive windows ``{start, end}`` (:class:`TimeRange`, one or a list), or for
+``data.valid_times``): inclusive windows ``{start, end}`` (:class:`TimeRange`, one or a list; a bare
+time ``2017-01-02T00:00`` is the window of that time alone, a bare partial one ``2005-08`` that month), or for
 validation spread over the record a recurring window ``{every: 4D, length: 1D}``
 (:class:`RecurringWindow`: the last day of every four). :mod:`xkmcast.train.setup` applies them.
 """
@@ -26,10 +27,17 @@ class TimeRange(StrictModel):
     """An inclusive time window ``[start, end]`` (ISO strings, partial ones as pandas reads them: ``2005``,
     ``2005-08``, ``2005-08-31`` take the whole year, month or day); ``None`` leaves that end open. An
     unquoted date on the command line or in YAML (``{start: 2005-01-01}``, which YAML reads as a date)
-    is taken as its ISO string."""
+    is taken as its ISO string. A bare time instead of the mapping is ``{start: it, end: it}``."""
 
     start: str | None = None
     end: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_time(cls, value: Any) -> Any:
+        if isinstance(value, (str, datetime.date)):  # datetime.datetime is a date too
+            return {"start": value, "end": value}
+        return value
 
     @field_validator("start", "end", mode="before")
     @classmethod

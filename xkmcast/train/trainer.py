@@ -169,8 +169,10 @@ class Trainer:
                 f"{v} x{w:.2f}" for v, w in zip(self.pipeline.spec.output_vars, loss_weights)))
         weights = self.pipeline.spec.extra.get("mean_detail_weights")
         if weights and self.stage == "regression":
+            none = "" if any(weights.values()) else " (none: one training time and no validation)"
             self.log.message("regression base: the regridded input + the training-mean fine detail, weighed on "
-                             "times it was not computed from (none with one training time and no validation: x0): " + ", ".join(f"{v} x{w:.2f}" for v, w in weights.items()))
+                             f"times it was not computed from{none}: "
+                             + ", ".join(f"{v} x{w:.2f}" for v, w in weights.items()))
 
     def _resume(self) -> None:
         path = ckpt.resolve_resume(self.t.resume, self.ckpt_dir)
