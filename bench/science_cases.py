@@ -6,6 +6,13 @@
   extrapolation): latitude 31.25..57.5 N, longitude 125..72.5 W (22 x 22), inside the rectangle where
   the analyses are defined at every time (they are NaN outside a trapezoid). Train on the first 40 times
   (10 days), validate on the next 8, score on the last 16 (4 days, held out).
+- ``storm-conic-x3``: the same x3 on the analyses' whole grid as the files hold it, the fine target NaN
+  outside the conic domain (19 % of the pixels; and t2m / v10m missing at a few whole times): the part
+  of the 31 x 34 grid inside the coarse centres. Coarse cells with a NaN fine point are filled from the
+  nearest cell of their row (and the missing times from the times beside them), as a user fills an
+  input; the target is left as it is (the model trains on the values there are and is missing where
+  the target always is). Same times as storm-x3; scored at the pixels with a value. The linear
+  baselines skip the missing samples; ``spec`` is NaN (a spectrum of a field with holes).
 - ``guam-x4``: WRF 0.78 km over Guam (3 hourly times), coarsened x4; train on the first hour, validate
   on the second (best weights, spread calibration), score on the third: one field each, so a test of
   what a model learns from a single real field (the linear baselines are fitted on that hour too).
@@ -94,6 +101,8 @@ MPI_OUTPUTS = ["t2m", "u10m", "v10m"]
 STORM_VALID = {"latitude": slice(8, 32), "longitude": slice(5, 31)}  # 24 x 26, 30..58.75 N, 127.5..65 W
 #: the fine window inside the centres of both the x2 and the x3 coarse cells (22 x 22)
 STORM_WINDOW = {"latitude": slice(1, 23), "longitude": slice(1, 23)}
+#: the whole grid's fine points inside the centres of its x3 coarse cells (31 x 34)
+CONIC_WINDOW = {"latitude": slice(1, 32), "longitude": slice(1, 35)}
 
 
 @dataclasses.dataclass
@@ -115,21 +124,27 @@ class Case:
     thresholds: tuple[float, ...] = ()  # the f> column: fractions of pixels above these values, members / truth
 
 
-def storm() -> xr.Dataset:
-    """The six blizzard fields as one CF Dataset (time built from the hours since reftime)."""
+def storm_raw() -> xr.Dataset:
+    """The six blizzard fields as one CF Dataset on their whole 33 x 36 grid, as the files have them: NaN
+    outside the conic domain (time built from the hours since reftime)."""
     out = {}
     for name, (stem, var, units) in STORM_FILES.items():
         ds = xr.open_dataset(DATA / "ncl_storm" / f"{stem}.cdf", decode_times=False)
         out[name] = ds[var].rename({"timestep": "time", "lat": "latitude", "lon": "longitude"}).assign_attrs(units=units)
-    ds = xr.Dataset(out).load().isel(STORM_VALID)
+    ds = xr.Dataset(out).load()
     ds = ds.assign_coords(time=pd.Timestamp("1996-01-05") + pd.to_timedelta(ds["time"].values.astype(int), "h"))
-    # three fields miss one whole time each (t2m and v10m at index 17, v10m 37, v500 36, all in the
-    # training period): linear interpolation in time there, so that 6-hourly pairs stay contiguous
-    ds = ds.interpolate_na("time")
     ds["latitude"].attrs.update(standard_name="latitude", units="degrees_north")
     ds["longitude"].attrs.update(standard_name="longitude", units="degrees_east")
     ds.attrs = {"source": "NCAR Command Language example data (Debian libncarg-data 6.6.2), BSD-4-clause, UCAR"}
     return ds
+
+
+def storm() -> xr.Dataset:
+    """The six blizzard fields in the rectangle valid at every time (:data:`STORM_VALID`)."""
+    ds = storm_raw().isel(STORM_VALID)
+    # three fields miss one whole time each (t2m and v10m at index 17, v10m 37, v500 36, all in the
+    # training period): linear interpolation in time there, so that 6-hourly pairs stay contiguous
+    return ds.interpolate_na("time")
 
 
 def _block(ds: xr.Dataset, factor: int) -> xr.Dataset:
@@ -194,6 +209,22 @@ def storm_cases(work: Path, valid_every_days: int | None = None) -> list[Case]:
                           f"blizzard 1996, 6 variables 24x26, 6-hourly steps, {model}", model=model,
                           overrides=overrides))
     return cases
+
+
+def conic_case(work: Path) -> Case:
+    """The blizzard x3 on the analyses' whole grid, the fine target NaN outside the conic domain."""
+    ds = storm_raw()
+    coarse = _block(ds, 3)  # cells with a NaN fine point are NaN: filled from their row, then in time
+    coarse = coarse.interpolate_na("longitude", method="nearest", fill_value="extrapolate").interpolate_na("time")
+    fine = ds[STORM_OUTPUTS].isel(CONIC_WINDOW)
+    fine_path, coarse_path = work / "storm_conic_fine.nc", work / "storm_conic_coarse_x3.nc"
+    work.mkdir(parents=True, exist_ok=True)
+    _write(fine, fine_path)
+    _write(coarse, coarse_path)
+    valid, _ = storm_valid(ds, None)
+    return Case("storm-conic-x3", "downscale", fine_path, coarse_path, list(STORM_FILES), STORM_OUTPUTS,
+                _times(ds, 0, 39), valid, _times(ds, 48, 63),
+                "blizzard 1996, 31x34 with NaN outside the conic domain, coarse x3 block means filled")
 
 
 def guam_case(work: Path) -> Case | None:
@@ -295,6 +326,7 @@ def all_cases(work: Path, names: list[str] | None = None, valid_every_days: int 
     g = guam_case(work)
     if g is not None:
         cases.insert(2, g)
+    cases.insert(2, conic_case(work))
     if names is None or "navy-x2" in names:
         n = navy_case(work)
         if n is not None:  # after the other downscaling cases

@@ -43,7 +43,10 @@ def on_truth(pred: xr.DataArray, truth: xr.DataArray) -> xr.DataArray:
 
 
 def top_third_power_ratio(pred: xr.DataArray, truth: xr.DataArray) -> float:
-    """Power ratio (one member vs truth) over wavenumbers 2/3 Nyquist .. Nyquist (grid units)."""
+    """Power ratio (one member vs truth) over wavenumbers 2/3 Nyquist .. Nyquist (grid units); NaN when the
+    truth has missing values (the spectrum of a field with holes is not the field's)."""
+    if bool(truth.isnull().any()):
+        return float("nan")
     ydim, xdim = truth.dims[-2:]
     one = pred.isel(member=0) if "member" in pred.dims else pred
     ps = metrics.power_spectrum(one, dx=1.0, dy=1.0, spatial=(ydim, xdim))

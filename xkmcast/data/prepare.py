@@ -9,7 +9,9 @@ Layout of a prepared store (zarr v3, unconsolidated; one chunk per time step by 
     attrs: xkmcast_store = "training/1"; xkmcast_input_vars / xkmcast_output_vars /
            xkmcast_invariants (JSON lists of canonical names); xkmcast_stats (JSON, keyed by the
            store's variable names, see :mod:`xkmcast.data.stats`); xkmcast_stats_times (JSON
-           ``{"first", "last", "count"}`` of the times the statistics cover); regrid_method.
+           ``{"first", "last", "count"}`` of the times the statistics cover); xkmcast_missing (JSON
+           ``{target name: number of NaN}``: missing target values are allowed, left out of training;
+           inputs and invariants must have none); regrid_method.
 
 :func:`prepare` is lazy until the write (dask: it also runs on a ``dask.distributed`` cluster when
 ``out`` is on a filesystem the workers share), then computes the statistics from the written store
@@ -28,20 +30,23 @@ import numpy as np
 import xarray as xr
 
 from ..atomic import atomic_path
-from ..errors import (ConfigError, DataNotFoundError, MissingVariableError, TimeCoverageError,
-                      explain)
+from ..errors import (ConfigError, DataNotFoundError, InvalidDataError, MissingVariableError,
+                      TimeCoverageError, explain)
 from ..fields.grid import find_grid
 from ..fields.transforms import parse_transforms
-from .stats import DEFAULT_LOG_EPS, STATS_ATTR, Stats, compute_stats
+from .stats import DEFAULT_LOG_EPS, STATS_ATTR, Stats, stats_graph
 
 __all__ = ["prepare", "open_store", "store_names", "split_stats", "select_times", "times_fingerprint",
-           "INPUT_PREFIX", "TARGET_PREFIX", "STORE_FORMAT", "STATS_TIMES_ATTR"]
+           "INPUT_PREFIX", "TARGET_PREFIX", "STORE_FORMAT", "STATS_TIMES_ATTR", "MISSING_ATTR",
+           "missing_state_error"]
 
 INPUT_PREFIX = "input_"
 TARGET_PREFIX = "target_"
 STORE_FORMAT = "training/1"
 #: the store attribute naming the times its statistics were computed over
 STATS_TIMES_ATTR = "xkmcast_stats_times"
+#: the store attribute counting each target's missing values (JSON ``{store name: count}``)
+MISSING_ATTR = "xkmcast_missing"
 
 
 def select_times(ds: xr.Dataset, times) -> xr.Dataset:
@@ -193,7 +198,8 @@ def prepare(fine: xr.Dataset, coarse: xr.Dataset, out: str | os.PathLike, *, inp
             output_vars: Sequence[str], invariants: Sequence[str] = (), times=None,
             regrid_method: str = "bilinear", regrid_options: dict | None = None, chunks: dict | None = None,
             log_vars: Iterable[str] = (), log_eps: float = DEFAULT_LOG_EPS, convert_units: bool = True,
-            overwrite: bool = False, stats_times=None, transforms: dict[str, str] | None = None) -> Path:
+            overwrite: bool = False, stats_times=None, transforms: dict[str, str] | None = None,
+            states: bool = False) -> Path:
     """Write the training store ``out`` (layout in the module docstring) and return its path.
 
     ``fine`` holds ``output_vars`` and ``invariants``; ``coarse`` holds ``input_vars`` (canonical
@@ -208,7 +214,9 @@ def prepare(fine: xr.Dataset, coarse: xr.Dataset, out: str | os.PathLike, *, inp
     TimeCoverageError. ``transforms`` ``{canonical name: "log1p" | "sqrt"}`` (:mod:`xkmcast.fields.transforms`)
     are recorded in the statistics, computed on the transformed values of the input and the target of
     that variable; ``log_vars`` is the same as ``log1p`` for each name (with ``log_eps``).
-    ``chunks`` overrides the default ``{"time": 1, y: -1, x: -1}``.
+    ``chunks`` overrides the default ``{"time": 1, y: -1, x: -1}``. Missing target values are counted
+    (``xkmcast_missing``) and allowed, unless ``states`` (the targets are a forecaster's states); missing
+    input or invariant values are an InvalidDataError, and nothing is written.
     """
     from ..fields.regrid import check_options
 
@@ -260,17 +268,73 @@ def prepare(fine: xr.Dataset, coarse: xr.Dataset, out: str | os.PathLike, *, inp
 
     with atomic_path(out, overwrite=overwrite) as tmp:
         ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=True)
-        written = select_times(xr.open_zarr(tmp, consolidated=False), stats_times)
+        whole = xr.open_zarr(tmp, consolidated=False)
+        written = select_times(whole, stats_times)
         if written.sizes["time"] == 0:
             raise TimeCoverageError(explain("No store time lies in the statistics window", found=stats_times,
                                             expected=f"times within {_span(common)}"))
-        stats = compute_stats(written, [*i_names, *o_names, *inv_names], log_vars={n: log_eps for n in log_names},
-                              eps=log_eps, transforms=store_transforms)
+        import dask
+
+        moments, finish = stats_graph(written, [*i_names, *o_names, *inv_names], log_vars={n: log_eps for n in log_names},
+                                      eps=log_eps, transforms=store_transforms)
+        counts = {n: whole[n].isnull().sum().data for n in [*i_names, *o_names, *inv_names]}
+        moments, counts = dask.compute(moments, counts)  # one read of the store
+        missing = _check_missing(whole, {n: int(c) for n, c in counts.items()}, o_names, states)
         import zarr
 
         zarr.open_group(str(tmp), mode="r+", zarr_format=3).attrs.update(
-            {STATS_ATTR: stats.to_json(), STATS_TIMES_ATTR: json.dumps(times_fingerprint(written["time"]))})
+            {STATS_ATTR: finish(moments).to_json(), STATS_TIMES_ATTR: json.dumps(times_fingerprint(written["time"])),
+             MISSING_ATTR: json.dumps(missing)})
     return out
+
+
+def missing_state_error(names: Sequence[str]) -> InvalidDataError:
+    """The error of a forecaster's state variables ``names`` (canonical) with missing values."""
+    return InvalidDataError(explain(
+        f"The state variable{'s' if len(names) > 1 else ''} {', '.join(names)} "
+        f"{'have' if len(names) > 1 else 'has'} missing values (NaN)",
+        expected="finite states: a forecaster reads the whole state at every step",
+        found=f"missing values in {list(names)}",
+        fix="fill them before preparing (e.g. ds.fillna(0) for precipitation outside a radar's coverage, "
+            "ds.interpolate_na for gaps), or crop the grid to where the state has values"))
+
+
+def _check_missing(store: xr.Dataset, counts: dict[str, int], targets: Sequence[str],
+                   states: bool = False) -> dict[str, int]:
+    """``{target name: number of missing values}`` of a written store; InvalidDataError when an input or
+    an invariant has a missing value (the networks need every input), a target has no value at all, or
+    (``states``: the targets are a forecaster's states, its next inputs) a target has a missing value.
+
+    Missing target values (NaN: outside an observation network's domain, over the sea of a land-only
+    analysis) are left out of the training losses and the statistics
+    (:class:`~xkmcast.data.samples.DownscalingSamples`), and the model's output is missing where the
+    target had no value at any training time."""
+    if states and any(counts[n] for n in targets):
+        raise missing_state_error([n[len(TARGET_PREFIX):] for n in targets if counts[n]])
+    bad = {n: c for n, c in counts.items() if c and n not in targets}
+    if bad:
+        label = {n: f"coarse input {n[len(INPUT_PREFIX):]}" if n.startswith(INPUT_PREFIX) else f"invariant {n}"
+                 for n in bad}
+        name, n = next(iter(bad.items()))
+        values = store[name]
+        where = values.isnull()
+        times = int(where.any([d for d in where.dims if d != "time"]).sum()) if "time" in where.dims else None
+        raise InvalidDataError(explain(
+            f"The {label[name]} has missing values on the fine grid"
+            + (f" (and the {', '.join(label[k] for k in list(bad)[1:])})" if len(bad) > 1 else ""),
+            expected="finite inputs and invariants everywhere (the networks read every pixel of them)",
+            found=f"{n} NaN of {values.size} values" + (f", at {times} of {values.sizes['time']} times" if times else ""),
+            fix="fill the coarse source's missing values before preparing (e.g. coarse.interpolate_na(dim, "
+                "method='nearest', fill_value='extrapolate'), coarse.fillna(value)) or drop the times where a whole "
+                "field is missing (coarse.dropna('time', how='all')), or crop the fine grid to where the coarse data "
+                "has values: a bilinear fine point takes NaN from any of its 4 coarse neighbours. Missing values of "
+                "the fine targets are allowed: training leaves them out"))
+    empty = [n for n in targets if counts.get(n) == store[n].size]
+    if empty:
+        raise InvalidDataError(explain(f"The target {empty[0]} has no value at all in the store",
+                                       expected="some finite values of every target", found=f"all {store[empty[0]].size} NaN",
+                                       fix="check the fine source's variable (its _FillValue, its units) and the times"))
+    return {n: counts[n] for n in targets}
 
 
 def _f32(da: xr.DataArray, role: str) -> xr.DataArray:

@@ -2,12 +2,16 @@
 
 * :class:`DownscalingSamples` (CorrDiff): ``{"input": (C_in, H, W), "target": (C_out, H, W),
   "time": int}``; the input channels are the coarse inputs on the fine grid followed by the
-  invariants. Items are whole fields: patch-based training cuts its random patches from the batch
+  invariants. When the targets have missing values (NaN: outside an observation network's domain,
+  over the sea of a land-only analysis), every item also has ``"mask"`` (C_out, H, W), 1 where the
+  target has a value and 0 where it is missing, and the missing target values are 0 (the losses and
+  the calibrations weigh each pixel by the mask). Items are whole fields: patch-based training cuts its random patches from the batch
   inside the model (:func:`xkmcast.diffusion.patching.random_patches`), the one patch path.
 * :class:`ForecastSamples` (StormCast / Stormscope): ``{"background": (C_bg, H, W), "state":
   [previous (C, H, W), next (C, H, W)], "invariant": (C_inv, H, W), "time": int}`` for pairs of times
   ``(t, t + k * step)``; a pair is only formed when both times exist, so gaps are skipped. With
   ``lead_time_steps=n`` the pairs of ``k = 1..n`` are all items and ``"lead_time_label" = k - 1``.
+  A state is the next step's input: it may not have missing values (InvalidDataError).
 
 Variable names are canonical; the store name is ``input_<v>`` / ``target_<v>`` when present,
 otherwise ``<v>`` itself (so any Dataset with the coarse input already on the fine grid works).
@@ -24,6 +28,7 @@ id changes (fork); pickling (spawn) drops the open handle. Items depend only on 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 
@@ -33,7 +38,7 @@ import torch
 import xarray as xr
 
 from ..errors import ConfigError, MissingVariableError, TimeCoverageError, explain
-from .prepare import INPUT_PREFIX, TARGET_PREFIX, open_store
+from .prepare import INPUT_PREFIX, MISSING_ATTR, TARGET_PREFIX, missing_state_error, open_store
 from .stats import Stats, as_stats, compute_stats
 
 __all__ = ["DownscalingSamples", "ForecastSamples", "IN_MEMORY_BYTES"]
@@ -108,6 +113,21 @@ class _StoreSamples(torch.utils.data.Dataset):
                 stats = compute_stats(sub.chunk() if self._path is not None else sub)
         return as_stats(stats).subset(names)
 
+    def _missing(self, ds: xr.Dataset, names: list[str], t_index: np.ndarray) -> list[str]:
+        """The variables of ``names`` with a missing value at the times ``t_index``: counted by
+        :func:`~xkmcast.data.prepare.prepare` (its ``xkmcast_missing`` attribute, over all times), else
+        looked for here in a Dataset or a store of up to IN_MEMORY_BYTES (a larger store without the
+        count, such as a published layout, is taken as complete: a NaN there stops training with a
+        non-finite loss)."""
+        counts = json.loads(ds.attrs.get(MISSING_ATTR, "{}"))
+        if all(n in counts for n in names):
+            return [n for n in names if counts[n]]
+        if self._path is not None and ds.nbytes > IN_MEMORY_BYTES:
+            return []
+        sub = ds[names].isel(time=t_index) if "time" in ds.dims else ds[names]
+        found = (sub.chunk() if self._path is not None else sub).isnull().any().compute()
+        return [n for n in names if bool(found[n])]
+
     def _read(self, names: Sequence[str], isel: dict) -> np.ndarray:
         ds = self._open()
         return np.stack([np.asarray(ds[n].isel(isel).values, dtype=np.float32) for n in names])
@@ -167,6 +187,17 @@ class DownscalingSamples(_StoreSamples):
             self.times = _time_positions(ds, times)
             self.stats = self._init_stats(ds, [*self.input_names, *self.output_names, *self.invariant_names],
                                           self.times)
+            #: the targets have missing values: items carry a "mask" (see the module docstring)
+            self.masked = bool(self._missing(ds, self.output_names, self.times))
+        finally:
+            self._close()
+
+    def valid_pixels(self) -> np.ndarray:
+        """``(C_out, H, W)`` bool: the pixels where each target has a value at one of the times at least."""
+        ds = self._open()
+        try:
+            sub = ds[self.output_names].isel(time=self.times)
+            return np.stack([np.asarray(sub[n].notnull().any("time").values) for n in self.output_names])
         finally:
             self._close()
 
@@ -192,7 +223,12 @@ class DownscalingSamples(_StoreSamples):
         x = self._norm(self._read(self.input_names, sel), self.input_names)
         y = self._norm(self._read(self.output_names, sel), self.output_names)
         inv = self._invariants(self.invariant_names)
-        return {"input": torch.from_numpy(np.concatenate([x, inv])), "target": torch.from_numpy(y), "time": t}
+        item = {"input": torch.from_numpy(np.concatenate([x, inv])), "time": t}
+        if self.masked:
+            valid = np.isfinite(y)
+            y = np.where(valid, y, np.float32(0))
+            item["mask"] = torch.from_numpy(valid.astype(np.float32))
+        return {**item, "target": torch.from_numpy(y)}
 
 
 class ForecastSamples(_StoreSamples):
@@ -228,6 +264,10 @@ class ForecastSamples(_StoreSamples):
             self.time_values = values  # the store's times: pairs hold positions on it
             self.stats = self._init_stats(ds, [*self.state_names, *self.background_names, *self.invariant_names],
                                           positions)
+            missing = self._missing(ds, self.state_names, positions)
+            gaps = [v for v, n in zip(state_vars, self.state_names) if n in missing]
+            if gaps:
+                raise missing_state_error(gaps)
         finally:
             self._close()
         self.background_at = background_at

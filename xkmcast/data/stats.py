@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import xarray as xr
@@ -43,7 +43,7 @@ from ..errors import InvalidDataError, MissingVariableError, explain
 from ..fields.transforms import TRANSFORMS, clip_physical, get_transform
 
 __all__ = ["Stats", "as_stats", "compute_stats", "normalise", "denormalise", "normalise_array",
-           "denormalise_array", "DEFAULT_LOG_EPS", "STATS_ATTR"]
+           "denormalise_array", "stats_graph", "DEFAULT_LOG_EPS", "STATS_ATTR"]
 
 #: default ``eps`` of the log transform, in the variable's units (kg m-2 for precipitation)
 DEFAULT_LOG_EPS = 0.1
@@ -264,6 +264,17 @@ def compute_stats(ds: xr.Dataset, variables: Sequence[str] | None = None, *, dim
     """
     import dask
 
+    graph, finish = stats_graph(ds, variables, dims=dims, log_vars=log_vars, eps=eps, transforms=transforms)
+    (values,) = dask.compute(graph)
+    return finish(values)
+
+
+def stats_graph(ds: xr.Dataset, variables: Sequence[str] | None = None, *, dims: Sequence[str] | None = None,
+                log_vars: Iterable[str] | Mapping[str, float] = (), eps: float = DEFAULT_LOG_EPS,
+                transforms: Mapping[str, str] | None = None) -> tuple[dict, Callable[[dict], Stats]]:
+    """``(lazy moments, finish)`` of :func:`compute_stats` (same arguments): compute the lazy moments
+    with other reductions of the same data in one ``dask.compute``, then ``finish(computed)`` is the
+    :class:`Stats`."""
     variables = list(ds.data_vars) if variables is None else list(variables)
     missing = [v for v in variables if v not in ds.data_vars]
     if missing:
@@ -277,13 +288,16 @@ def compute_stats(ds: xr.Dataset, variables: Sequence[str] | None = None, *, dim
         raise MissingVariableError(explain("transformed variables must be among the variables", expected=variables,
                                            found=unknown))
     kinds = {**{v: "log1p" for v in log_eps}, **named}
-    lazy_mean, lazy_std = {}, {}
+    lazy = {}
     for v in variables:
         x = ds[v].astype("float64")
         if v in kinds:
             x = get_transform(kinds[v]).forward(x, log_eps.get(v, eps))
         d = [k for k in (dims or x.dims) if k in x.dims]
-        lazy_mean[v] = x.mean(d).data
-        lazy_std[v] = x.std(d).data
-    means, stds = dask.compute(lazy_mean, lazy_std)
-    return Stats({v: float(means[v]) for v in variables}, {v: float(stds[v]) for v in variables}, log_eps, kinds)
+        lazy[v] = (x.mean(d).data, x.std(d).data)
+
+    def finish(values: dict) -> Stats:
+        return Stats({v: float(values[v][0]) for v in variables}, {v: float(values[v][1]) for v in variables},
+                     log_eps, kinds)
+
+    return lazy, finish

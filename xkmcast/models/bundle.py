@@ -199,9 +199,9 @@ def _check_integrity(path: Path, config: dict, tensors: dict) -> dict[str, str] 
 
 
 #: pipeline buffers whose size comes from the data (they take the bundle's shape)
-VARIABLE_BUFFERS = ("grid_lat", "grid_lon", "invariant", "mean_detail")
+VARIABLE_BUFFERS = ("grid_lat", "grid_lon", "invariant", "mean_detail", "output_valid")
 #: variable buffers that bundles written before them lack (left empty: no effect)
-OPTIONAL_BUFFERS = ("mean_detail",)
+OPTIONAL_BUFFERS = ("mean_detail", "output_valid")
 
 
 def load_state(pipeline, tensors: dict[str, torch.Tensor], *, where: str) -> None:

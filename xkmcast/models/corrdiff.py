@@ -12,6 +12,10 @@ with a halo: :mod:`xkmcast.models.regression_windows`); the diffusion stage lear
 (``spec.patch``) trains on random patches with the whole condition resized to patch size appended,
 and samples on overlapping grid patches blended with smooth weights at every denoiser call
 (:meth:`~xkmcast.models.base.Pipeline.patched`).
+
+Missing target values (a batch's ``mask``, :class:`~xkmcast.data.samples.DownscalingSamples`) are
+left out of both losses; the output is NaN where the training targets never had a value
+(``output_valid``).
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ class CorrDiff(Pipeline):
         super().__init__(spec, stages)
         #: D of regression_mean, (C_out, H, W) normalised; empty: none (:mod:`xkmcast.train.mean_detail`)
         self.register_buffer("mean_detail", torch.zeros(0, 0, 0))
+        #: (C_out, H, W), 1 where the training targets had a value at some time; the output is missing
+        #: (NaN) elsewhere (:meth:`sample`); empty: valid everywhere
+        self.register_buffer("output_valid", torch.zeros(0, 0, 0))
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> CorrDiff:
@@ -142,10 +149,19 @@ class CorrDiff(Pipeline):
         mean = self.regression_mean(cond)
         members = len(seeds[0]) if seeds else 0
         if "diffusion" not in self.stages or members == 0:
+            mean = self.where_valid(mean)
             return mean.unsqueeze(0).expand(max(members, 1), -1, -1, -1, -1), mean
         draws = self._draws(cond, mean, seeds, sampler=sampler, num_steps=num_steps, patch=patch,
                             batch_size=batch_size, **extra_options)
-        return self.members_about_mean(draws, centre, base=mean) + mean.unsqueeze(0), mean
+        return self.where_valid(self.members_about_mean(draws, centre, base=mean) + mean.unsqueeze(0)), \
+            self.where_valid(mean)
+
+    def where_valid(self, values: Tensor) -> Tensor:
+        """``values`` (..., C_out, H, W) with NaN where ``output_valid`` is 0: pixels where the training
+        targets never had a value (a land-only analysis's sea), which the model never learned."""
+        if self.output_valid.numel() == 0:
+            return values
+        return torch.where(self.output_valid.to(values.device).bool(), values, torch.full_like(values, float("nan")))
 
     def _draws(self, cond: Tensor, mean: Tensor, seeds: list[list[int]], *, sampler=None, num_steps=None,
                patch=None, batch_size=None, **extra_options: Any) -> Tensor:
@@ -188,6 +204,8 @@ class CorrDiff(Pipeline):
             raise ConfigError(explain("Unknown training stage for CorrDiff", expected=self.stage_names, found=stage))
         mean = self._training_mean(batch)
         residual = (target - mean) / self.residual_scale(target)  # the residual the diffusion models
+        if mask is not None:  # 0 where the target is missing: the noise alone there, left out of the loss
+            residual = residual * mask
         return self.diffusion_loss(self.stages["diffusion"], residual, self._diffusion_condition(cond, mean),
                                    channel_weights=weights, mask=mask, generator=generator)
 

@@ -175,7 +175,7 @@ def _training_store(cfg: TrainConfig, env: D.DistEnv) -> Path:
         stats_times = slice(windows[0].start, windows[0].end) if len(windows) == 1 else None
         prepare(fine, coarse, out, input_vars=inputs, output_vars=outputs, invariants=d.invariants,
                 regrid_method=d.regrid_method, regrid_options=d.regrid_options, stats_times=stats_times,
-                transforms=d.transforms)
+                transforms=d.transforms, states=forecast)
         write_recipe(out, recipe)
     D.barrier(env)
     return out
@@ -294,6 +294,9 @@ def build_pipeline_for(cfg: TrainConfig, data: RunData, base=None):
             getattr(pipeline, name).resize_(buf.shape).copy_(buf)
     elif data.store is not None:
         _attach_grid(pipeline, data, cfg)
+    if base is None and getattr(data.train, "masked", False) and hasattr(pipeline, "output_valid"):
+        valid = torch.from_numpy(data.train.valid_pixels().astype("float32"))
+        pipeline.output_valid.resize_(valid.shape).copy_(valid)
     if cfg.model.stage == "regression" and cfg.model.mean_detail and pipeline.spec.extra.get("input_skip") \
             and hasattr(pipeline, "mean_detail"):
         _attach_mean_detail(pipeline, data)

@@ -133,12 +133,12 @@ def residual_scale(pipeline, dataset, setting="auto", max_samples: int = 64) -> 
                                       expected=n_out, found=values))
         return values
     total = torch.zeros(n_out, dtype=torch.float64)
-    count = 0
+    count = torch.zeros(n_out, dtype=torch.float64)
     for _, batch in evenly_spread_batches(dataset, max_samples, pipeline.device):
-        r = pipeline.residual(batch).double()
+        r, ok = valid_values(pipeline.residual(batch).double(), batch)
         total += r.pow(2).sum(dim=(0, 2, 3)).cpu()
-        count += r.shape[0] * r.shape[2] * r.shape[3]
-    scale = (total / max(count, 1)).sqrt() / _sigma_data(pipeline, n_out)
+        count += ok.sum(dim=(0, 2, 3)).cpu()
+    scale = (total / count.clamp(min=1)).sqrt() / _sigma_data(pipeline, n_out)
     return [float(v) if v > 0 else 1.0 for v in scale]
 
 
@@ -233,7 +233,9 @@ def validation_draws(pipeline, dataset, members: int, max_samples: int, seed: in
     ``row_seed(seed, k, i)``; nothing when the pipeline's diffusion models no residual. ``drawn``: the
     list of these items drawn before with the same arguments, yielded instead of drawing again (the
     draws are those of the network before any scale or gain, so every calibration of one export can
-    share them: they are most of its cost, minutes on a 200 x 400 grid)."""
+    share them: they are most of its cost, minutes on a 200 x 400 grid). Where a sample's target is
+    missing (its ``mask``) the draws and the true residual are 0: every calibration balances sums of
+    the error and of the spread over pixels, to which such pixels add nothing."""
     if drawn is not None:
         yield from drawn
         return
@@ -242,6 +244,10 @@ def validation_draws(pipeline, dataset, members: int, max_samples: int, seed: in
         got = pipeline.calibration_draws(batch, [draw_seeds(seed, members, i) for i in part])
         if got is None:
             return
+        if batch.get("mask") is not None:  # no error and no spread where the target is missing
+            draws, residual, base = got
+            valid = batch["mask"].to(draws.dtype)
+            got = draws * valid, residual * valid.to(residual.dtype), base
         yield got
 
 

@@ -338,7 +338,10 @@ class Trainer:
             return
         pred = (out[0] if isinstance(out, tuple) else out)[0, 0]
         names = list(getattr(self.pipeline.spec, "output_vars", []))
-        png = save_image(self.dir / "images" / f"valid-{self.step:09d}.png", batch["target"][0], pred, names,
+        target = batch["target"][0]
+        if batch.get("mask") is not None:  # missing target values are 0 in a batch
+            target = torch.where(batch["mask"][0].bool(), target, torch.full_like(target, float("nan")))
+        png = save_image(self.dir / "images" / f"valid-{self.step:09d}.png", target, pred, names,
                          title=f"step {self.step}")
         self.log.image(self.step, "valid/target_vs_prediction", png)
 

@@ -13,8 +13,8 @@ averaged:
 
 with ``x_k`` the members' departures from what the residual is added to
 (:meth:`~xkmcast.models.base.Pipeline.members_about_mean`, before the export's spread calibration)
-and ``y`` the true residual (:meth:`~xkmcast.models.base.Pipeline.calibration_draws`). Lower is better,
-like the loss it replaces.
+and ``y`` the true residual (:meth:`~xkmcast.models.base.Pipeline.calibration_draws`), at the pixels
+where the target has a value (the batch's ``mask``). Lower is better, like the loss it replaces.
 
 ``training.valid_score``: ``"loss"`` (the stage's training loss), ``"crps"`` (this) or ``"auto"``:
 the CRPS for a diffusion stage whose members are not centred (:func:`resolve_valid_score`).
@@ -43,7 +43,9 @@ def members_crps(pipeline, batch: dict, seeds: list[list[int]]) -> Tensor | None
     draws, residual, _ = got
     members = np.moveaxis(pipeline.members_about_mean(draws).double().cpu().numpy(), 0, -1)
     crps = crps_ensemble_kernel(members, residual.double().cpu().numpy(), fair=True)
-    return torch.from_numpy(crps.reshape(crps.shape[0], -1).mean(axis=1))
+    valid = np.ones_like(crps) if batch.get("mask") is None else np.broadcast_to(batch["mask"].cpu().numpy(), crps.shape)
+    total = (crps * valid).reshape(crps.shape[0], -1).sum(axis=1)
+    return torch.from_numpy(total / np.maximum(valid.reshape(crps.shape[0], -1).sum(axis=1), 1))
 
 
 def resolve_valid_score(setting: str, stage: str, pipeline) -> str:
