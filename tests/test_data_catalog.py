@@ -19,10 +19,12 @@ from xkmcast.data import catalog
 from xkmcast.errors import CatalogError, DownloadError, IntegrityError
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = ["hrrr_mini", "cwa_taiwan", "stageiv_florence", "navy_winds", "mpi_esm_2005", "era5", "hrrr_era5", "sample"]
+NAMES = ["hrrr_mini", "cwa_taiwan", "stageiv_florence", "bcsd_obs_1999", "navy_winds", "mpi_esm_2005", "era5", "hrrr_era5",
+         "sample"]
 STARS_DEB = "r-cran-stars_0.6-0-4_all.deb"
 STAGEIV_NC = "usr/lib/R/site-library/stars/nc/test_stageiv_xyt.nc"
 STAGEIV_VAR = "Total_precipitation_surface_1_Hour_Accumulation"
+BCSD_NC = "usr/lib/R/site-library/stars/nc/bcsd_obs_1999.nc"
 FERRET_DEB = "ferret-datasets_7.6.0-5_all.deb"
 NAVY_NC = "usr/share/ferret-vis/data/monthly_navy_winds.cdf"
 NCL_DEB = "libncarg-data_6.6.2.dfsg.1-1_all.deb"
@@ -88,6 +90,7 @@ def test_open_catalog_is_intake_with_real_locations(tmp_path):
     assert urls["cwa_taiwan"] == f"{tmp_path}/cwa_taiwan/2023-01-24-cwb-4years.zarr"
     assert urls["hrrr_era5"] == f"{tmp_path}/hrrr_era5/hrrr/valid/2021.zarr"
     assert urls["stageiv_florence"] == f"{tmp_path}/{STARS_DEB.removesuffix('.deb')}/{STAGEIV_NC}"
+    assert urls["bcsd_obs_1999"] == f"{tmp_path}/{STARS_DEB.removesuffix('.deb')}/{BCSD_NC}"
     assert urls["navy_winds"] == f"{tmp_path}/{FERRET_DEB.removesuffix('.deb')}/{NAVY_NC}"
     assert cat["mpi_esm_2005"].reader.kwargs["args"][0].url == [
         f"{tmp_path}/{NCL_DEB.removesuffix('.deb')}/{MPI_NC.format(v)}" for v in ("tas", "uas", "vas")]
@@ -375,6 +378,45 @@ def test_hash_pinned_deb_with_a_traversal_member_is_refused(stars_deb, tmp_path)
     assert not (cache / "evil").exists() and not (tmp_path / "evil").exists()
 
 
+# ------------------------------------------------------------- bcsd_obs_1999: land-only observations in a .deb
+
+
+def test_bcsd_obs_are_fetched_from_a_deb_as_tp_and_t2m_with_their_units_fixed(tmp_path, http_server, monkeypatch):
+    """A stand-in of stars' bcsd_obs_1999.nc (NetCDF4, the real names and attrs: pr in "mm/m", tas in
+    "C", no standard_names, NaN over the sea): opened by name it is tp in kg m-2 and t2m in K, NaN kept."""
+    rng = np.random.default_rng(4)
+    pr = rng.gamma(2.0, 40.0, (3, 4, 5)).astype("f4")
+    tas = rng.normal(15.0, 8.0, (3, 4, 5)).astype("f4")
+    pr[:, :, -2:], tas[:, :, -2:] = np.nan, np.nan  # the Atlantic
+    raw = xr.Dataset(
+        {"pr": (("time", "latitude", "longitude"), pr, {"long_name": "monthly_sum_pr", "units": "mm/m", "name": "pr"}),
+         "tas": (("time", "latitude", "longitude"), tas, {"long_name": "monthly_avg_tas", "units": "C", "name": "tas"})},
+        coords={"time": ("time", np.array(["1999-01-31", "1999-02-28", "1999-03-31"], "datetime64[ns]"),
+                         {"standard_name": "time"}),
+                "latitude": ("latitude", np.linspace(33.0625, 33.4375, 4), {"standard_name": "latitude",
+                                                                           "units": "degrees_north"}),
+                "longitude": ("longitude", np.linspace(-84.9375, -84.4375, 5), {"standard_name": "longitude",
+                                                                               "units": "degrees_east"})},
+        attrs={"Conventions": "CF-1.0", "title": "Monthly Gridded Meteorological Observations"})
+    nc = tmp_path / "bcsd_obs_1999.nc"
+    raw.to_netcdf(nc, engine="netcdf4")
+    _serve_deb(tmp_path, http_server, monkeypatch, STARS_DEB, BCSD_NC, nc.read_bytes())
+    from xkmcast.data import open_dataset
+    from xkmcast.fields.variables import select_variables
+
+    ds = open_dataset("bcsd_obs_1999", progress=False)
+    assert ds["tp"].attrs["units"] == "mm" and ds["tp"].attrs["xkmcast_channel"] == "pr"
+    got = select_variables(ds, ["tp", "t2m"])  # canonical units, as prepare reads them
+    np.testing.assert_array_equal(got["tp"].values, pr)
+    np.testing.assert_allclose(got["t2m"].values, tas + 273.15, rtol=1e-6)
+    assert got["tp"].attrs["units"] == "kg m-2" and got["t2m"].attrs["units"] == "K"
+    # the file as it is: its units are refused, naming the file's variable
+    from xkmcast.errors import UnitError
+
+    with pytest.raises(UnitError, match="Variable 'pr' has unknown units"):
+        select_variables(open_dataset(nc), ["tp"])
+
+
 # ------------------------------------------------------------- navy_winds: COARDS NetCDF inside a .deb
 
 
@@ -419,7 +461,7 @@ def test_navy_winds_are_fetched_from_a_deb_and_opened_as_cf(tmp_path, http_serve
 def test_mpi_esm_monthly_means_are_fetched_from_a_deb_and_merged(tmp_path, http_server, monkeypatch):
     """Stand-ins of NCL's nug/{tas,uas,vas}_rectilinear_grid_2D.nc (CMOR names, units, Gaussian-like
     latitudes, "days since 1850-01-01") in a .deb that also holds the package's inner symbolic links:
-    fetched, unpacked (the links left out), opened as one CF dataset whose tas is t2m."""
+    fetched, unpacked (the links left out), opened as one CF dataset whose tas is t2m (renamed)."""
     import cf_xarray  # noqa: F401
 
     from xkmcast.data import open_dataset
@@ -455,8 +497,10 @@ def test_mpi_esm_monthly_means_are_fetched_from_a_deb_and_merged(tmp_path, http_
     monkeypatch.delenv("XKMCAST_BASE_URL", raising=False)
     ds = open_dataset("mpi_esm_2005", progress=False)
     assert server.requests == [f"/{NCL_DEB}"]
-    for v, values in written.items():
-        np.testing.assert_array_equal(ds[v].values, values)
+    for v, values in written.items():  # CMOR's names are the canonical ones' aliases: renamed
+        canonical = {"tas": "t2m", "uas": "u10m", "vas": "v10m"}[v]
+        np.testing.assert_array_equal(ds[canonical].values, values)
+        assert ds[canonical].attrs["xkmcast_channel"] == v
     assert str(ds["time"].values[0])[:16] == "2005-01-16T12:00"  # 56628.5 days after 1850-01-01 (the real first value)
-    assert ds.cf["latitude"].name == "lat" and find_variable(ds, "t2m") == "tas"
+    assert ds.cf["latitude"].name == "lat" and find_variable(ds, "t2m") == "t2m"
     assert not (tmp_path / "cache" / NCL_DEB.removesuffix(".deb") / "usr/lib/ncarg").exists()

@@ -102,3 +102,21 @@ def test_layout_names_and_attributes_come_from_the_variables_table():
     assert variable_attrs("t850", "T850") == {**variable_info("t850").attrs, "xkmcast_channel": "T850"}
     assert "units" not in variable_attrs("tp") and variable_attrs("unknown") == {}
     assert set(levels) and canonical_alias("temperature", pressure_level=True) == "t"
+
+
+def test_cmor_short_names_without_standard_names():
+    """CMOR's short names name the canonical variables when a file has no standard_name (gridded
+    observations: tas in degC, pr as monthly sums in mm); CMOR's own pr, a rate, is not an amount."""
+    values = np.array([[[12.5, np.nan], [3.0, 20.0]]], dtype="f4")
+    ds = xr.Dataset({"tas": (("time", "y", "x"), values, {"units": "C"}),
+                     "pr": (("time", "y", "x"), values * 10, {"units": "mm"}),
+                     "uas": (("time", "y", "x"), values, {"units": "m s-1"}),
+                     "psl": (("time", "y", "x"), values + 1000, {"units": "hPa"})})
+    got = select_variables(ds, ["t2m", "tp", "u10m", "msl"])
+    np.testing.assert_allclose(got["t2m"].values, values + 273.15, rtol=1e-6)  # NaN kept
+    np.testing.assert_array_equal(got["tp"].values, values * 10)
+    np.testing.assert_allclose(got["msl"].values, (values + 1000) * 100, rtol=1e-6)
+    assert got["tp"].attrs["units"] == "kg m-2" and find_variable(ds, "u10m") == "uas"
+    rate = ds.assign(pr=ds["pr"].assign_attrs(units="kg m-2 s-1"))
+    with pytest.raises(UnitError, match="Cannot convert 'pr' from 'kg m-2 s-1'"):
+        select_variables(rate, ["tp"])

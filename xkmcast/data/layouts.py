@@ -402,6 +402,8 @@ def _open_catalog_entry(name: str, *, layout=None, part=None, **kwargs) -> xr.Da
         # every plain string parameter (ours: data_dir), shell() or not; nothing runs, nothing to act on
         warnings.filterwarnings("ignore", message="Shell command not executed", category=UserWarning)
         ds = open_catalog()[name].to_dask()
+    for var, units in (meta.get("fix_units") or {}).items():  # the entry's units where its file's are wrong
+        ds[var].attrs["units"] = units
     parts = read_cf(ds)
     if part is None:
         return parts["data"]

@@ -52,6 +52,7 @@ UNIT_ALIASES: dict[str, tuple[str, ...]] = {
     "knots": ("knots", "kt", "kts", "knot"),
     "km h-1": ("km h-1", "km/h", "kph"),
     "kg m-2": ("kg m-2", "kg m**-2", "kg/m2", "kg/m^2", "kg m^-2", "kg.m-2"),
+    "kg m-2 s-1": ("kg m-2 s-1", "kg m**-2 s**-1", "kg/m2/s", "kg m^-2 s^-1", "mm s-1", "mm/s"),  # a rate
     "mm": ("mm", "millimeter", "millimetre", "mm of water"),
     "m": ("m", "meter", "metre", "meters", "metres", "gpm"),
     "km": ("km",),
@@ -208,15 +209,16 @@ def convert_units(da: xr.DataArray, to_units: str, *, standard_name: str | None 
     target = normalise_units(to_units) or to_units
     src = normalise_units(src_raw)
     sn = standard_name or da.attrs.get("standard_name")
+    named = da.attrs.get("xkmcast_channel") or da.attrs.get("xkmcast_source") or da.name  # the name in the file
     if src_raw is None and target == "1":
         src = "1"
     if src is None:
         raise UnitError(
             explain(
-                f"Variable {da.name!r} has {'no' if src_raw is None else 'unknown'} units",
+                f"Variable {named!r} has {'no' if src_raw is None else 'unknown'} units",
                 expected=f"units convertible to {to_units!r} (known spellings: {sorted(UNIT_ALIASES)})",
                 found=repr(src_raw),
-                fix=f"set ds[{da.name!r}].attrs['units'] to the units of the data",
+                fix=f"set ds[{named!r}].attrs['units'] to the units of the data",
             )
         )
     if src == target:
@@ -226,7 +228,7 @@ def convert_units(da: xr.DataArray, to_units: str, *, standard_name: str | None 
         if conv is None:
             raise UnitError(
                 explain(
-                    f"Cannot convert {da.name!r} from {src_raw!r} to {to_units!r} unambiguously",
+                    f"Cannot convert {named!r} from {src_raw!r} to {to_units!r} unambiguously",
                     expected=f"one of the conversions {sorted(CONVERSIONS)}",
                     found=f"{src} -> {target} for standard_name {sn!r}",
                     fix="convert the variable yourself and set its units attribute",
