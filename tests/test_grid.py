@@ -100,3 +100,33 @@ def test_to_dataset_is_cf():
     assert ds.cf["latitude"].shape == (6, 8)
     assert ds.cf.axes["X"] == ["x"] and ds.cf.axes["Y"] == ["y"]
     assert ds["crs"].attrs["grid_mapping_name"] == "lambert_conformal_conic"
+
+
+#: the grid mapping of Daymet's Lambert conformal grid (as in R stars' lcc_km.nc, a Daymet subset)
+DAYMET_LCC = {"grid_mapping_name": "lambert_conformal_conic", "latitude_of_projection_origin": 42.5,
+              "longitude_of_central_meridian": -100.0, "standard_parallel": [25.0, 60.0], "false_easting": 0.0,
+              "false_northing": 0.0, "semi_major_axis": 6378137.0, "inverse_flattening": 298.257223563}
+
+
+@pytest.mark.parametrize("with_latlon", [False, True], ids=["xy-only", "xy-and-latlon"])
+def test_projection_coordinates_in_km(with_latlon):
+    """Daymet gives its Lambert conformal x / y in km: lat / lon are pyproj's at x, y * 1000 m (not
+    1000 times closer to the origin), the spacing is in metres, and the grid's own dataset keeps km."""
+    x_km, y_km = np.arange(-778.25, -770.0, 1.0), np.arange(-120.0, -126.0, -1.0)
+    xx, yy = np.meshgrid(x_km * 1e3, y_km * 1e3)
+    lon, lat = Transformer.from_crs(CRS.from_cf(DAYMET_LCC), "EPSG:4326", always_xy=True).transform(xx, yy)
+    coords = {"x": ("x", x_km, {"units": "km", "standard_name": "projection_x_coordinate"}),
+              "y": ("y", y_km, {"units": "km", "standard_name": "projection_y_coordinate"})}
+    if with_latlon:
+        coords.update(lat=(("y", "x"), lat, {"units": "degrees_north"}), lon=(("y", "x"), lon, {"units": "degrees_east"}))
+    ds = xr.Dataset({"prcp": (("y", "x"), np.ones(xx.shape), {"grid_mapping": "lambert_conformal_conic"}),
+                     "lambert_conformal_conic": ((), 0, DAYMET_LCC)}, coords=coords)
+    g = find_grid(ds)
+    np.testing.assert_allclose(g.lat, lat, atol=1e-9)
+    np.testing.assert_allclose(g.lon, lon, atol=1e-9)
+    assert 36 < g.lat.min() < g.lat.max() < 41  # Colorado, not the projection origin
+    np.testing.assert_allclose(g.spacing_m(), (1000.0, 1000.0))
+    assert g.xy_km and g.model_info()["xy_km"]
+    out = g.to_dataset()
+    np.testing.assert_allclose(out["x"].values, x_km)
+    assert out["x"].attrs["units"] == "km" and out["y"].attrs["units"] == "km"

@@ -145,7 +145,8 @@ def model_grid(pipeline) -> xr.Dataset:
         return make_latlon_grid(lat[:, 0], lon[0, :], lat_name=ydim, lon_name=xdim)
     x = np.asarray(spec["x"], float) if spec.get("x") is not None else None
     y = np.asarray(spec["y"], float) if spec.get("y") is not None else None
-    grid = Grid(ydim, xdim, None, lat, lon, "lat", "lon", x, y, xdim, ydim, None, spec.get("grid_mapping"))
+    grid = Grid(ydim, xdim, None, lat, lon, "lat", "lon", x, y, xdim, ydim, None, spec.get("grid_mapping"),
+                xy_km=bool(spec.get("xy_km")))
     return grid.to_dataset()
 
 

@@ -55,8 +55,10 @@ class Grid:
 
     ``lat`` / ``lon`` are always 2-D ``(ny, nx)`` arrays in degrees (longitudes as in the data).
     ``x`` / ``y`` are 1-D projection coordinates in metres when the grid has them (on a rotated pole
-    grid, ``rotated_latitude_longitude``: rotated longitude / latitude in degrees). ``rectilinear`` is
-    true when latitude depends only on ``y_dim`` and longitude only on ``x_dim`` (a lat/lon grid).
+    grid, ``rotated_latitude_longitude``: rotated longitude / latitude in degrees). ``xy_km``: the data
+    gives them in kilometres (Daymet's Lambert conformal x / y), so its own datasets
+    (:meth:`to_dataset`) label them in km too. ``rectilinear`` is true when latitude depends only on
+    ``y_dim`` and longitude only on ``x_dim`` (a lat/lon grid).
     """
 
     y_dim: str
@@ -74,6 +76,7 @@ class Grid:
     grid_mapping: dict | None = None
     rectilinear: bool = False
     grid_mapping_var: str | None = None  # name of the CF grid_mapping variable in the data
+    xy_km: bool = False
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -117,26 +120,28 @@ class Grid:
         (projected grids); ``latlon_dims``, the names of the 1-D latitude / longitude dims of a
         rectilinear lat/lon grid (its results keep them), else None; ``xy_dims``, the names of the dims
         of x / y (``rlat`` / ``rlon``, ``south_north`` / ``west_east``: results keep them too), else None;
-        ``periodic_x``."""
+        ``xy_km`` (x / y given in km by the data); ``periodic_x``."""
         latlon = self.rectilinear and self.x is None and self.lat_name == self.y_dim and self.lon_name == self.x_dim
         return {"grid_mapping": self.grid_mapping,
                 "x": None if self.x is None else np.asarray(self.x, float).tolist(),
                 "y": None if self.y is None else np.asarray(self.y, float).tolist(),
                 "latlon_dims": [self.y_dim, self.x_dim] if latlon else None,
                 "xy_dims": [self.y_dim, self.x_dim] if self.x is not None else None,
+                "xy_km": self.xy_km,
                 "periodic_x": self.periodic_x}
 
     def to_dataset(self) -> xr.Dataset:
-        """The grid alone as a CF Dataset: 2-D lat/lon, x/y in metres (rotated pole: rotated longitude /
-        latitude in degrees) and a ``crs`` grid_mapping."""
+        """The grid alone as a CF Dataset: 2-D lat/lon, x/y in metres (km when the data gave km; rotated
+        pole: rotated longitude / latitude in degrees) and a ``crs`` grid_mapping."""
         dims = (self.y_dim, self.x_dim)
         coords: dict[str, Any] = {
             "lat": (dims, self.lat, coordinate_attrs("latitude")),
             "lon": (dims, self.lon, coordinate_attrs("longitude")),
         }
         if self.x is not None and self.y is not None:
-            coords[self.x_dim] = (self.x_dim, self.x, _axis_attrs("x", self.rotated_pole))
-            coords[self.y_dim] = (self.y_dim, self.y, _axis_attrs("y", self.rotated_pole))
+            scale = 1e-3 if self.xy_km else 1.0
+            coords[self.x_dim] = (self.x_dim, self.x * scale, _axis_attrs("x", self.rotated_pole, self.xy_km))
+            coords[self.y_dim] = (self.y_dim, self.y * scale, _axis_attrs("y", self.rotated_pole, self.xy_km))
         ds = xr.Dataset(coords=coords)
         if self.grid_mapping:
             ds["crs"] = xr.DataArray(np.int32(0), attrs=dict(self.grid_mapping))
@@ -150,11 +155,18 @@ def _haversine(lat1, lon1, lat2, lon2) -> np.ndarray:
     return 2.0 * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
 
 
-def _axis_attrs(axis: str, rotated_pole: bool = False) -> dict:
+def _axis_attrs(axis: str, rotated_pole: bool = False, km: bool = False) -> dict:
     if rotated_pole:  # CF: grid_longitude / grid_latitude of the rotated pole grid
         name = {"x": "grid_longitude", "y": "grid_latitude"}[axis]
         return {"standard_name": name, "units": "degrees", "axis": axis.upper(), "long_name": name.replace("_", " ")}
-    return {**coordinate_attrs(axis.upper()), "units": "m", "long_name": f"{axis} coordinate of projection"}
+    return {**coordinate_attrs(axis.upper()), "units": "km" if km else "m", "long_name": f"{axis} coordinate of projection"}
+
+
+def _in_km(ds: xr.Dataset, name: str) -> bool:
+    """The projection coordinate ``name`` is in kilometres by its units (else metres: CF's default)."""
+    from .variables import normalise_units
+
+    return normalise_units(ds[name].attrs.get("units")) == "km"
 
 
 # --------------------------------------------------------------------------------------------- find
@@ -219,12 +231,16 @@ def find_grid(obj: xr.Dataset | xr.DataArray) -> Grid:
     lon2 = np.asarray(lon_da.values, float)
     x = y = None
     xn = yn = None
+    km = False
     if x_name and y_name and ds[x_name].dims == (x_dim,) and ds[y_name].dims == (y_dim,):
         x, y = np.asarray(ds[x_name].values, float), np.asarray(ds[y_name].values, float)
         if not _is_index_like(x, y):
             check_monotonic(x, x_name)
             check_monotonic(y, y_name)
             xn, yn = x_name, y_name
+            km = _in_km(ds, x_name)
+            if km:
+                x, y = x * 1e3, y * 1e3
         else:
             x = y = None
     if crs is None:
@@ -232,7 +248,8 @@ def find_grid(obj: xr.Dataset | xr.DataArray) -> Grid:
     if x is None and crs is not None and not crs.is_geographic:
         x, y = projected_axes(crs, lat2, lon2)
     rect = bool(np.allclose(lat2, lat2[:, :1]) and np.allclose(lon2, lon2[:1, :]))
-    return Grid(y_dim, x_dim, time_dim, lat2, lon2, lat_name, lon_name, x, y, xn, yn, crs, grid_mapping, rect, gm_var)
+    return Grid(y_dim, x_dim, time_dim, lat2, lon2, lat_name, lon_name, x, y, xn, yn, crs, grid_mapping, rect, gm_var,
+                xy_km=km)
 
 
 def check_monotonic(values: np.ndarray, name: str) -> None:
@@ -330,10 +347,13 @@ def _grid_from_projection(ds, x_name, y_name, crs, grid_mapping, gm_var) -> Grid
     y = np.asarray(ds[y_name].values, float)
     check_monotonic(x, x_name)
     check_monotonic(y, y_name)
+    km = _in_km(ds, x_name)
+    if km:  # the CRS's easting / northing are metres
+        x, y = x * 1e3, y * 1e3
     xx, yy = np.meshgrid(x, y)
     lon, lat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(xx, yy)
     return Grid(ds[y_name].dims[0], ds[x_name].dims[0], _find_time_dim(ds), lat, lon, None, None,
-                x, y, x_name, y_name, crs, grid_mapping, rectilinear=False, grid_mapping_var=gm_var)
+                x, y, x_name, y_name, crs, grid_mapping, rectilinear=False, grid_mapping_var=gm_var, xy_km=km)
 
 
 # --------------------------------------------------------------------------------------------- make
