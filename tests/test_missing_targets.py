@@ -72,6 +72,12 @@ def test_prepare_counts_missing_targets_and_refuses_missing_inputs(conic, tmp_pa
                 regrid_options={"allow_outside": "nearest"})
     assert "fill the coarse source" in str(err.value) and "interpolate_na" in str(err.value)
     assert not (tmp_path / "bad.zarr").exists() and not list(tmp_path.glob(".tmp-*"))
+    # an invariant with the target's holes: refused with its own fix
+    orog = conic["t2m"].isel(time=0, drop=True).rename("orog").assign_attrs(units="m") * 0 + 100.0
+    with pytest.raises(InvalidDataError, match="invariant orog has missing values") as err:
+        prepare(conic.assign(orog=orog), coarse, tmp_path / "inv.zarr", input_vars=["t2m"], output_vars=["t2m"],
+                invariants=["orog"], regrid_options={"allow_outside": "nearest"})
+    assert "fill the invariant" in str(err.value)
     # a target with no value at all
     empty = conic.assign(u10m=conic["u10m"] * np.nan)
     with pytest.raises(InvalidDataError, match="no value at all"):

@@ -324,11 +324,12 @@ def _check_missing(store: xr.Dataset, counts: dict[str, int], targets: Sequence[
             + (f" (and the {', '.join(label[k] for k in list(bad)[1:])})" if len(bad) > 1 else ""),
             expected="finite inputs and invariants everywhere (the networks read every pixel of them)",
             found=f"{n} NaN of {values.size} values" + (f", at {times} of {values.sizes['time']} times" if times else ""),
-            fix="fill the coarse source's missing values before preparing (e.g. coarse.interpolate_na(dim, "
-                "method='nearest', fill_value='extrapolate'), coarse.fillna(value)) or drop the times where a whole "
-                "field is missing (coarse.dropna('time', how='all')), or crop the fine grid to where the coarse data "
-                "has values: a bilinear fine point takes NaN from any of its 4 coarse neighbours. Missing values of "
-                "the fine targets are allowed: training leaves them out"))
+            fix=("fill the invariant where it is missing (e.g. orog.fillna(0) over the sea) " if "time" not in values.dims
+                 else "fill the coarse source's missing values before preparing (e.g. coarse.interpolate_na(dim, "
+                      "method='nearest', fill_value='extrapolate'), coarse.fillna(value)) or drop the times where a "
+                      "whole field is missing (coarse.dropna('time', how='all')), or crop the fine grid to where the "
+                      "coarse data has values: a bilinear fine point takes NaN from any of its 4 coarse neighbours")
+                + ". Missing values of the fine targets are allowed: training leaves them out"))
     empty = [n for n in targets if counts.get(n) == store[n].size]
     if empty:
         raise InvalidDataError(explain(f"The target {empty[0]} has no value at all in the store",

@@ -5,8 +5,9 @@
   invariants. When the targets have missing values (NaN: outside an observation network's domain,
   over the sea of a land-only analysis), every item also has ``"mask"`` (C_out, H, W), 1 where the
   target has a value and 0 where it is missing, and the missing target values are 0 (the losses and
-  the calibrations weigh each pixel by the mask). Items are whole fields: patch-based training cuts its random patches from the batch
-  inside the model (:func:`xkmcast.diffusion.patching.random_patches`), the one patch path.
+  the calibrations weigh each pixel by the mask). Items are whole fields: patch-based training cuts
+  its random patches from the batch inside the model (:func:`xkmcast.diffusion.patching.random_patches`),
+  the one patch path.
 * :class:`ForecastSamples` (StormCast / Stormscope): ``{"background": (C_bg, H, W), "state":
   [previous (C, H, W), next (C, H, W)], "invariant": (C_inv, H, W), "time": int}`` for pairs of times
   ``(t, t + k * step)``; a pair is only formed when both times exist, so gaps are skipped. With
