@@ -169,6 +169,7 @@ def test_the_recipe_trains_on_a_target_with_missing_values(conic, tmp_path):
             "training.time_budget=6", f"training.outdir={tmp_path / 'runs'}", "--quiet"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert "targets with missing values: left out of the losses" in result.output
     model = xkmcast.load_model(tmp_path / "runs" / "corrdiff-cpu" / "0" / "model")
     extra = model.spec.extra
     assert np.isfinite(extra["residual_scale"]).all() and np.isfinite(extra["sample_scale"]).all()
@@ -230,3 +231,14 @@ def test_the_calibrations_weigh_only_the_pixels_with_a_target():
     res = residual.double().numpy()[:, :, valid]
     var = draws.double().var(dim=0, unbiased=True).numpy()[:, :, valid]
     np.testing.assert_allclose(got, np.sqrt((res ** 2).sum(axis=(0, 2)) / var.sum(axis=(0, 2))), rtol=1e-5)
+
+
+def test_the_prepare_command_reports_the_missing_target_values(conic, tmp_path):
+    conic.to_netcdf(tmp_path / "fine.nc")
+    _filled_coarse(conic).to_netcdf(tmp_path / "coarse.nc")
+    result = runner.invoke(app, ["prepare", str(tmp_path / "fine.nc"), str(tmp_path / "store.zarr"), "--coarse",
+                                 str(tmp_path / "coarse.nc"), "--input", "t2m", "--output", "t2m,u10m", "--allow-outside"])
+    assert result.exit_code == 0, result.output
+    shares = {v: 100 * float(conic[v].isnull().mean()) for v in ("t2m", "u10m")}
+    assert f"targets with missing values (left out of training): t2m {shares['t2m']:.1f} %, " \
+           f"u10m {shares['u10m']:.1f} %" in result.output

@@ -135,6 +135,20 @@ def prepare_command(
                        transforms=_pairs(_names(transforms), "--transform"),
                        stats_times=slice(stats_start, stats_end) if (stats_start or stats_end) else None)
     typer.echo(str(path))
+    _report_missing(path)
+
+
+def _report_missing(path) -> None:
+    """One line naming the targets of the store at ``path`` with missing values, and their share."""
+    import json
+
+    from ..data.prepare import MISSING_ATTR, TARGET_PREFIX, open_store
+
+    store = open_store(path)
+    counts = {n: c for n, c in json.loads(store.attrs.get(MISSING_ATTR, "{}")).items() if c}
+    if counts:
+        typer.echo("targets with missing values (left out of training): " + ", ".join(
+            f"{n.removeprefix(TARGET_PREFIX)} {100 * c / store[n].size:.1f} %" for n, c in counts.items()))
 
 
 def debug_option(debug: bool = typer.Option(False, "--debug", help="Show the traceback of errors.")) -> None:

@@ -167,6 +167,13 @@ class Trainer:
         if loss_weights and self.stage == "regression":
             self.log.message("regression loss weights: " + ", ".join(
                 f"{v} x{w:.2f}" for v, w in zip(self.pipeline.spec.output_vars, loss_weights)))
+        valid = getattr(self.pipeline, "output_valid", None)
+        if valid is not None and valid.numel() and (self.stage == "regression" or "regression" not in self.pipeline.stages):
+            never = (valid == 0).flatten(1).sum(dim=1).tolist()
+            where = (f"{never[0]} of {valid[0].numel()} pixels" if len(set(never)) == 1 else ", ".join(
+                f"{v} {n} of {valid[0].numel()} pixels" for v, n in zip(self.pipeline.spec.output_vars, never)))
+            self.log.message("targets with missing values: left out of the losses and calibrations; the output is "
+                             f"missing where no training time has a value ({where})")
         weights = self.pipeline.spec.extra.get("mean_detail_weights")
         if weights and self.stage == "regression":
             none = "" if any(weights.values()) else " (none: one training time and no validation)"
