@@ -50,6 +50,7 @@ import xarray as xr
 from ..fields.coords import coordinate_attrs, coordinate_key
 from ..errors import ConfigError, InvalidDataError, MissingVariableError, explain
 from ..fields.variables import canonical_alias, variable_info
+from .cf_files import CF_SUFFIXES, GRIB_SUFFIXES, cf_files, grib_engine, open_cf_files
 from .stats import STATS_ATTR, Stats
 
 __all__ = ["LAYOUTS", "canonical_name", "detect_layout", "layout_stats", "open_dataset", "read_cf"]
@@ -64,9 +65,6 @@ LAYOUTS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 PREFIXED_ROLES = ("input", "background")
 PREFIX = "era5_"
-_NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5", ".hdf")
-#: GRIB files (ERA5 from the Climate Data Store, NWP output): CF through xarray's cfgrib engine
-_GRIB_SUFFIXES = (".grib", ".grib1", ".grib2", ".grb", ".grb2")
 
 
 # ------------------------------------------------------------------------------- variable naming
@@ -221,7 +219,7 @@ def detect_layout(path: str | Path) -> tuple[str, Path]:
             return "hrrr_mini", path
         if keys is not None and "fields" in keys:
             return "vit", path
-        if path.suffix.lower() in _NETCDF_SUFFIXES + _GRIB_SUFFIXES:
+        if path.suffix.lower() in CF_SUFFIXES:
             return "cf", path
     elif is_zarr_store(path):
         return ("cwa" if _zarr_has(path, "cwb") and _zarr_has(path, "era5") else "cf"), path
@@ -238,12 +236,14 @@ def detect_layout(path: str | Path) -> tuple[str, Path]:
                 continue
             if layout != "cf":
                 return layout, found
+        if cf_files(path):  # a folder of CF files: one dataset (xkmcast.data.cf_files)
+            return "cf", path
     raise InvalidDataError(
         explain(
             "Unknown dataset layout",
             expected="HRRR-Mini NetCDF (groups input/output/invariant), CWA zarr (cwb + era5 arrays), "
             "StormCast store (era5/ + <hrrr>/invariants.zarr), ViT HDF5 (train|valid|test/*.h5 with "
-            "`fields`), or a CF NetCDF (.nc) / zarr / GRIB (.grib, .grib2)",
+            "`fields`), or a CF NetCDF (.nc) / zarr / GRIB (.grib, .grib2), or a folder of such files",
             found=f"{path} ({'directory' if path.is_dir() else 'file'})",
             fix="pass layout= one of " + ", ".join(LAYOUTS),
         )
@@ -253,28 +253,22 @@ def detect_layout(path: str | Path) -> tuple[str, Path]:
 # ---------------------------------------------------------------------------------------- readers
 
 
-def _grib_engine(path: Path) -> str:
-    """``"cfgrib"``, xarray's GRIB engine, or InvalidDataError saying how to install it."""
-    import importlib.util
-
-    if importlib.util.find_spec("cfgrib") is None:
-        raise InvalidDataError(explain("A GRIB file is read by xarray's cfgrib engine, which is not installed",
-                                       found=str(path), fix="pip install cfgrib (it brings ecCodes)"))
-    return "cfgrib"
-
-
 def read_cf(path: str | Path | xr.Dataset, **kwargs) -> dict[str, xr.Dataset]:
-    """Any CF NetCDF / zarr / GRIB (cfgrib): variables renamed to canonical names where the table knows them."""
+    """Any CF NetCDF / zarr / GRIB (cfgrib), or several files as one (a glob pattern or a folder of them,
+    :mod:`xkmcast.data.cf_files`): variables renamed to canonical names where the table knows them."""
     if isinstance(path, xr.Dataset):
         ds = path
     else:
+        files = cf_files(path)
         path = Path(path)
-        if is_zarr_store(path):
+        if files is not None:
+            ds = open_cf_files(files, **kwargs)
+        elif is_zarr_store(path):
             kwargs.setdefault("consolidated", zarr_consolidated(path))
             ds = xr.open_zarr(path, **kwargs)
         else:
-            if path.suffix.lower() in _GRIB_SUFFIXES:
-                kwargs.setdefault("engine", _grib_engine(path))
+            if path.suffix.lower() in GRIB_SUFFIXES:
+                kwargs.setdefault("engine", grib_engine(path))
             ds = xr.open_dataset(path, chunks=kwargs.pop("chunks", {}), **kwargs)
     names = channel_names(list(ds.data_vars))
     rename = {old: new for old, new in zip(ds.data_vars, names) if old != new and new not in ds.variables}
@@ -359,7 +353,8 @@ def _combine(parts: dict[str, xr.Dataset], roles: tuple[str, ...]) -> xr.Dataset
 
 
 def open_dataset(name_or_path: str | Path, *, layout: str | None = None, part: str | None = None, **kwargs) -> xr.Dataset:
-    """Open a catalog entry or a path in a published layout as a CF-annotated Dataset.
+    """Open a catalog entry or a path in a published layout as a CF-annotated Dataset; a glob pattern
+    (``"era5/*.nc"``) or a folder of CF files opens them as one (:mod:`xkmcast.data.cf_files`).
 
     ``layout`` forces a reader (see :data:`LAYOUTS`); otherwise it is detected from the files.
     ``part`` selects one part (``"input"``, ``"target"``, ``"state"``, ``"background"``); ``None``
@@ -371,7 +366,9 @@ def open_dataset(name_or_path: str | Path, *, layout: str | None = None, part: s
 
         if name_or_path in _catalog_sources():
             return _open_catalog_entry(name_or_path, layout=layout, part=part, **kwargs)
-    if layout is None or (layout in ("hrrr_mini", "cwa") and path.is_dir() and not is_zarr_store(path)):
+    if not path.exists() and layout in (None, "cf") and cf_files(name_or_path):  # a glob pattern
+        layout, path = "cf", name_or_path
+    elif layout is None or (layout in ("hrrr_mini", "cwa") and path.is_dir() and not is_zarr_store(path)):
         detected, path = detect_layout(path)
         layout = layout or detected
     parts = _reader(layout)(path, **kwargs)

@@ -4,7 +4,8 @@ Beside ``<run dir>/data/train.zarr`` the run keeps ``train.recipe.json``: the se
 depends on (``data.source``, ``coarse``, ``coarsen``, ``params``, the variables, ``regrid_method``,
 ``regrid_options`` and ``train_times``, the window of the statistics,
 i.e. the sources, variables and transforms) and a fingerprint of the source's content (for a path:
-the SHA-256 of the relative name, size and modification time of every file under it; a catalog entry
+the SHA-256 of the relative name, size and modification time of every file under it, or of every
+file a glob pattern such as ``era5/*.nc`` matches; a catalog entry
 is pinned by its hashes, so its name is its fingerprint), plus the times the store holds (for the
 reader). A later run of the same directory compares its recipe with the recorded one and refuses
 (:class:`~xkmcast.errors.ConfigError` naming the differing keys) rather than train on a store built
@@ -31,13 +32,22 @@ def recipe_path(store: Path) -> Path:
 
 
 def _fingerprint(source: str | None) -> str | None:
-    """Content fingerprint of a local path (see the module docstring); None for other sources."""
-    if source in (None, "synthetic") or not Path(source).exists():
+    """Content fingerprint of a local path, or of the files a glob pattern names (see the module
+    docstring); None for other sources."""
+    if source in (None, "synthetic"):
         return None
+    from ..data.cf_files import cf_files
     from ..digest import json_sha256
 
-    root = Path(source).resolve()
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    path = Path(source)
+    if path.exists():
+        root = path.resolve()
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    else:  # a pattern: its files, named from their common folder
+        files = [p.resolve() for p in cf_files(source) or []]
+        if not files:
+            return None
+        root = Path(os.path.commonpath([p.parent for p in files]))
     return json_sha256([[os.path.relpath(p, root), p.stat().st_size, p.stat().st_mtime_ns] for p in files])
 
 
