@@ -130,3 +130,22 @@ def test_projection_coordinates_in_km(with_latlon):
     out = g.to_dataset()
     np.testing.assert_allclose(out["x"].values, x_km)
     assert out["x"].attrs["units"] == "km" and out["y"].attrs["units"] == "km"
+
+
+def test_a_model_trained_on_a_km_grid_labels_its_results_in_km():
+    """The grid a model records (model_info) keeps km: its results carry the x / y the user's truth has."""
+    from _tiny import tiny_corrdiff
+    from xkmcast.fields.downscale import model_grid
+
+    metres = make_lambert_grid(20, 16, 4000.0, 24.0, 121.0)
+    km = metres.assign_coords(x=metres["x"] / 1000, y=metres["y"] / 1000)
+    km["x"].attrs.update(metres["x"].attrs, units="km")
+    km["y"].attrs.update(metres["y"].attrs, units="km")
+    g, g_m = find_grid(km), find_grid(metres)
+    np.testing.assert_allclose(g.lat, g_m.lat)
+    np.testing.assert_allclose(g.x, g_m.x)  # metres inside
+    pipe = tiny_corrdiff()
+    pipe.set_grid(g.lat, g.lon, **g.model_info())
+    out = model_grid(pipe)
+    np.testing.assert_allclose(out["x"].values, km["x"].values)
+    assert out["x"].attrs["units"] == "km"
