@@ -288,7 +288,7 @@ def spread(
     if truth is not None:
         forecast, truth = _align(forecast, truth, member_dim)
     dims = _reduce_dims(dim, member_dim, forecast, truth)
-    var = forecast.var(member_dim, ddof=1)
+    var = forecast.var(member_dim, ddof=1, skipna=False)  # a missing pixel is missing in every member
     if truth is not None:
         var = var.where(truth.notnull())
     return _with_units(np.sqrt(_mean(var, dims, weights)), forecast if truth is None else truth, "ensemble spread")
@@ -325,7 +325,7 @@ def spread_skill(
     dims = _reduce_dims(dim, member_dim, forecast, truth)
     m = forecast.sizes[member_dim]
     err2 = (forecast.mean(member_dim, skipna=False) - truth) ** 2
-    var = forecast.var(member_dim, ddof=1).where(err2.notnull())
+    var = forecast.var(member_dim, ddof=1, skipna=False).where(err2.notnull())
     mse = _mean(err2, dims, weights)
     ratio = np.sqrt((m + 1) / m) * np.sqrt(_mean(var, dims, weights) / mse)
     # no skill to compare with (a forecast at lead 0 equals its initial state up to round-off): NaN
