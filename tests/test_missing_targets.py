@@ -242,3 +242,27 @@ def test_the_prepare_command_reports_the_missing_target_values(conic, tmp_path):
     shares = {v: 100 * float(conic[v].isnull().mean()) for v in ("t2m", "u10m")}
     assert f"targets with missing values (left out of training): t2m {shares['t2m']:.1f} %, " \
            f"u10m {shares['u10m']:.1f} %" in result.output
+
+
+def test_scoring_a_prediction_with_the_targets_footprint_is_quiet_and_skips_it():
+    """A masked model's output is NaN in every member where the target never has a value: the lazy
+    scores warn of nothing (no 0/0 in dask's variance) and cover the pixels with a value."""
+    import warnings
+
+    from xkmcast.fields.scoring import score
+
+    rng = np.random.default_rng(0)
+    members = rng.normal(280.0, 1.0, (4, 3, 5, 6)).astype("f4")
+    truth = rng.normal(280.0, 1.0, (3, 5, 6)).astype("f4")
+    members[..., :2], truth[..., :2] = np.nan, np.nan
+    dims = ("time", "y", "x")
+    pred = xr.Dataset({"t2m": (("member", *dims), members, {"units": "K"})}).chunk({"time": 1})
+    obs = xr.Dataset({"t2m": (dims, truth, {"units": "K"})})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        got = score(pred, obs).compute()
+    ok = np.isfinite(truth)
+    np.testing.assert_allclose(float(got["spread"].sel(variable="t2m")),
+                               np.sqrt(members.var(axis=0, ddof=1)[ok].mean()), rtol=1e-5)
+    np.testing.assert_allclose(float(got["mae"].sel(variable="t2m")),
+                               np.abs(members.mean(axis=0) - truth)[ok].mean(), rtol=1e-5)
