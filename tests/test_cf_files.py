@@ -71,3 +71,59 @@ def test_a_training_store_from_patterns_and_its_fingerprint(split):
     path = root / "by_time" / "era5_1.nc"
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
     assert _fingerprint(pattern) != before
+
+
+def _wrfout(folder, hours: int = 4, fmt: str = "NETCDF4"):
+    """Raw WRF output as WRF writes it with one frame per file: ``wrfout_d01_<time>`` (no suffix), dim
+    ``Time`` without an index, ``XTIME`` (minutes since the start) its times, XLAT / XLONG (Time, y, x)."""
+    import netCDF4
+
+    ny, nx = 6, 8
+    lat, lon = np.meshgrid(np.linspace(34.0, 36.0, ny), np.linspace(-101.0, -98.0, nx), indexing="ij")
+    for h in range(hours):
+        with netCDF4.Dataset(folder / f"wrfout_d01_2020-01-01_{h:02d}:00:00", "w", format=fmt) as f:
+            f.createDimension("Time", None)
+            f.createDimension("south_north", ny)
+            f.createDimension("west_east", nx)
+            for name, values, units in (("XLAT", lat, "degree_north"), ("XLONG", lon, "degree_east")):
+                var = f.createVariable(name, "f4", ("Time", "south_north", "west_east"))
+                var[0], var.units = values, units
+            xtime = f.createVariable("XTIME", "f4", ("Time",))
+            xtime[0], xtime.units = 60.0 * h, "minutes since 2020-01-01 00:00:00"
+            t2 = f.createVariable("T2", "f4", ("Time", "south_north", "west_east"))
+            t2[0], t2.units, t2.coordinates = 280.0 + lat - 34.0 + h, "K", "XLONG XLAT XTIME"
+
+
+@pytest.mark.parametrize("fmt", ["NETCDF4", "NETCDF3_64BIT_OFFSET"])
+def test_raw_wrf_output_files_open_and_prepare_with_their_times(tmp_path, fmt):
+    """A wrfout file has no suffix (recognised as NetCDF by its first bytes); a pattern of them is
+    concatenated along Time in name order, and prepare indexes the store by XTIME, not by 0..n-1."""
+    from xkmcast.data.prepare import prepare
+    from xkmcast.data.synthetic import block_mean
+
+    _wrfout(tmp_path, fmt=fmt)
+    one = xkmcast.open_dataset(tmp_path / "wrfout_d01_2020-01-01_02:00:00")
+    assert float(one["t2m"].isel(Time=0, south_north=0, west_east=0)) == pytest.approx(282.0)
+    ds = xkmcast.open_dataset(str(tmp_path / "wrfout_d01_*"))
+    hours = np.datetime64("2020-01-01T00", "ns") + np.arange(4) * np.timedelta64(1, "h")
+    np.testing.assert_array_equal(ds["XTIME"].values, hours)
+    np.testing.assert_allclose(ds["t2m"].isel(south_north=0, west_east=0).values, 280.0 + np.arange(4))
+    store = prepare(ds, block_mean(ds, 2), tmp_path / "store.zarr", input_vars=["t2m"], output_vars=["t2m"],
+                    regrid_options={"allow_outside": "nearest"})
+    np.testing.assert_array_equal(xr.open_zarr(store, consolidated=False)["time"].values, hours)
+
+
+def test_downscaling_raw_wrf_output_keeps_its_times(tmp_path):
+    """An input whose time dim has no index (WRF's Time) is downscaled at its XTIME times."""
+    from _tiny import stats_for
+    from xkmcast.data.synthetic import block_mean
+    from xkmcast.models import build_pipeline, corrdiff_spec
+
+    _wrfout(tmp_path, hours=3)
+    fine = xkmcast.open_dataset(str(tmp_path / "wrfout_d01_*"))
+    spec = corrdiff_spec(["t2m"], ["t2m"], (6, 8), size="tiny", sampler={"num_steps": 2})
+    spec.stats = {"input": stats_for(["t2m"]), "output": stats_for(["t2m"]), "invariant": {}}
+    pipe = build_pipeline(spec).eval()
+    pipe.set_grid(fine["XLAT"].isel(Time=0).values, fine["XLONG"].isel(Time=0).values)
+    out = block_mean(fine[["t2m"]], 2).kmcast.downscale(pipe, members=1, regrid_options={"allow_outside": "nearest"})
+    np.testing.assert_array_equal(out["time"].values, fine["XTIME"].values)

@@ -4,7 +4,9 @@ Data arrive split: one file per month or per year (a CDS download, a WRF run's `
 variable (CMIP's ``tas_*.nc``, ``uas_*.nc``). :func:`cf_files` finds the files such a source names and
 :func:`open_cf_files` opens them lazily (dask, one chunk per file) as one Dataset with
 ``xarray.open_mfdataset``: combined by their coordinates (concatenated along time, merged across
-variables), the grids required to be identical (``join="exact"``). A single file, a zarr store and
+variables), the grids required to be identical (``join="exact"``); files whose time dim has no
+index but a datetime coordinate (WRF's ``Time`` and ``XTIME``) are concatenated along it in the order
+of their names, which must be the order of their times. A single file, a zarr store and
 the published layouts are not this module's concern (:func:`xkmcast.data.layouts.open_dataset`).
 """
 
@@ -63,7 +65,13 @@ def open_cf_files(files: list[Path], **kwargs) -> xr.Dataset:
     options = {"combine": "by_coords", "data_vars": "minimal", "coords": "minimal", "compat": "override",
                "join": "exact", "chunks": {}, **kwargs}
     try:
-        return xr.open_mfdataset([str(f) for f in files], **options)
+        nested = _time_dim_without_index(files[0], kwargs)
+        if nested is not None:  # WRF: Time has no index, XTIME holds the times; files in name order
+            options.update(combine="nested", concat_dim=nested)
+        ds = xr.open_mfdataset([str(f) for f in files], **options)
+        if nested is not None:
+            _check_increasing(ds, nested, files)
+        return ds
     except ValueError as exc:  # grids that differ, times that overlap, no coordinate to order by
         raise InvalidDataError(explain(
             f"The {len(files)} files do not combine into one dataset",
@@ -71,3 +79,21 @@ def open_cf_files(files: list[Path], **kwargs) -> xr.Dataset:
             found=f"{files[0].name} .. {files[-1].name}: {str(exc).splitlines()[0]}",
             fix="open them yourself (xr.open_mfdataset(...) with the options your files need) and pass the Dataset, "
                 "or write it to one zarr store first")) from exc
+
+
+def _time_dim_without_index(first: Path, kwargs: dict) -> str | None:
+    """The dim of a file's datetime coordinate when that dim has no index of its own (WRF's ``Time``,
+    whose times are ``XTIME``): the files are concatenated along it in the order of their names."""
+    with xr.open_dataset(first, **{k: v for k, v in kwargs.items() if k == "engine"}) as ds:
+        for name, coord in ds.coords.items():
+            if coord.ndim == 1 and coord.dtype.kind == "M" and coord.dims[0] != name and coord.dims[0] not in ds.indexes:
+                return str(coord.dims[0])
+    return None
+
+
+def _check_increasing(ds: xr.Dataset, dim: str, files: list[Path]) -> None:
+    """The times along ``dim`` of files concatenated in name order increase."""
+    times = next(c for c in ds.coords.values() if c.dims == (dim,) and c.dtype.kind == "M").values
+    if times.size > 1 and not (times[1:] > times[:-1]).all():
+        raise ValueError(f"the times along {dim} do not increase in the order of the file names "
+                         f"({files[0].name} .. {files[-1].name})")

@@ -32,7 +32,7 @@ import xarray as xr
 from ..atomic import atomic_path
 from ..errors import (ConfigError, DataNotFoundError, InvalidDataError, MissingVariableError,
                       TimeCoverageError, explain)
-from ..fields.grid import find_grid
+from ..fields.grid import find_grid, time_indexed
 from ..fields.transforms import parse_transforms
 from .stats import DEFAULT_LOG_EPS, STATS_ATTR, Stats, stats_graph
 
@@ -231,8 +231,7 @@ def prepare(fine: xr.Dataset, coarse: xr.Dataset, out: str | os.PathLike, *, inp
     if fdim is None or cdim is None:
         raise TimeCoverageError(explain("Both sources need a time dimension",
                                         found=f"fine: {fdim}, coarse: {cdim}"))
-    fine_sel = fine_sel.rename({fdim: "time"}) if fdim != "time" else fine_sel
-    coarse_sel = coarse_sel.rename({cdim: "time"}) if cdim != "time" else coarse_sel
+    fine_sel, coarse_sel = time_indexed(fine_sel, fdim, "time"), time_indexed(coarse_sel, cdim, "time")
     common = _common_times(fine_sel, coarse_sel, times)
     grid = find_grid(fine_sel)
     on_fine = _on_fine_grid(coarse_sel.sel(time=common), fine_sel, regrid_method, regrid_options)

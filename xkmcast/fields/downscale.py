@@ -25,7 +25,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import ConfigError, DomainCoverageError, GridError, InvalidDataError, XkmcastError, explain
-from .grid import Grid, find_grid, make_latlon_grid
+from .grid import Grid, find_grid, make_latlon_grid, time_indexed
 from .variables import cf_attrs, select_variables
 
 __all__ = ["downscale", "grid_dims", "model_grid", "model_result", "regrid_defaults", "ModelRef", "resolve_model",
@@ -169,7 +169,8 @@ def to_model_inputs(ds: xr.Dataset, pipeline, names, *, role: str = "input", reg
     from .regrid import Regridder, check_options
     from .validate import as_dataset, check_grid_dims, check_times, checked_values
 
-    selected = select_variables(as_dataset(ds, role), names)
+    ds = as_dataset(ds, role)
+    selected = select_variables(time_indexed(ds, find_grid(ds).time_dim), names)
     if role == "input" and pipeline.spec.extra.get("input_grid") is not None:
         selected = onto_input_grid(selected, pipeline.spec.extra["input_grid"], regrid_method)
     target = model_grid(pipeline)

@@ -27,7 +27,7 @@ from .coords import coordinate_attrs, coordinate_names
 from .crs import crs_from_cf, find_crs, projected_axes, wrf_crs
 from ..errors import CoordinateError, GridError, explain
 
-__all__ = ["Grid", "find_grid", "make_lambert_grid", "make_latlon_grid", "check_monotonic", "HRRR_CRS_CF",
+__all__ = ["Grid", "find_grid", "make_lambert_grid", "make_latlon_grid", "check_monotonic", "time_indexed", "HRRR_CRS_CF",
            "EARTH_RADIUS_M"]
 
 #: radius (m) of the sphere on which great-circle grid spacings are measured
@@ -331,6 +331,19 @@ def _find_time_dim(ds: xr.Dataset) -> str | None:
         if name in ds.variables and ds[name].ndim == 1:
             return ds[name].dims[0]
     return None
+
+
+def time_indexed(ds: xr.Dataset, dim: str | None, name: str | None = None) -> xr.Dataset:
+    """``ds`` with its time dim ``dim`` indexed by its times: when the dim has no index of its own but a
+    datetime coordinate along it (WRF's ``Time``, whose times are ``XTIME``), that coordinate becomes its
+    index; the dim is renamed ``name`` when given. ``dim`` None: ``ds`` as it is."""
+    if dim is None:
+        return ds
+    if dim not in ds.indexes:
+        stamps = [n for n, c in ds.coords.items() if c.dims == (dim,) and c.dtype.kind == "M"]
+        if stamps:
+            ds = ds.drop_vars(stamps).assign_coords({dim: ds[stamps[0]].values})
+    return ds.rename({dim: name}) if name is not None and name != dim else ds
 
 
 def _drop_extra_dims(da: xr.DataArray) -> xr.DataArray:
