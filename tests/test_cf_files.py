@@ -78,10 +78,16 @@ def _wrfout(folder, hours: int = 4, fmt: str = "NETCDF4"):
     ``Time`` without an index, ``XTIME`` (minutes since the start) its times, XLAT / XLONG (Time, y, x)."""
     import netCDF4
 
-    ny, nx = 6, 8
-    lat, lon = np.meshgrid(np.linspace(34.0, 36.0, ny), np.linspace(-101.0, -98.0, nx), indexing="ij")
+    from pyproj import CRS, Transformer
+
+    ny, nx, dx = 6, 8, 4000.0
+    lcc = CRS.from_proj4("+proj=lcc +lat_1=30 +lat_2=60 +lat_0=35 +lon_0=-100 +R=6370000")
+    xx, yy = np.meshgrid((np.arange(nx) - nx / 2) * dx, (np.arange(ny) - ny / 2) * dx)
+    lon, lat = Transformer.from_crs(lcc, "EPSG:4326", always_xy=True).transform(xx, yy)
     for h in range(hours):
         with netCDF4.Dataset(folder / f"wrfout_d01_2020-01-01_{h:02d}:00:00", "w", format=fmt) as f:
+            f.setncatts({"MAP_PROJ": 1, "TRUELAT1": 30.0, "TRUELAT2": 60.0, "STAND_LON": -100.0, "CEN_LAT": 35.0,
+                         "MOAD_CEN_LAT": 35.0, "DX": dx, "DY": dx})
             f.createDimension("Time", None)
             f.createDimension("south_north", ny)
             f.createDimension("west_east", nx)
@@ -91,7 +97,7 @@ def _wrfout(folder, hours: int = 4, fmt: str = "NETCDF4"):
             xtime = f.createVariable("XTIME", "f4", ("Time",))
             xtime[0], xtime.units = 60.0 * h, "minutes since 2020-01-01 00:00:00"
             t2 = f.createVariable("T2", "f4", ("Time", "south_north", "west_east"))
-            t2[0], t2.units, t2.coordinates = 280.0 + lat - 34.0 + h, "K", "XLONG XLAT XTIME"
+            t2[0], t2.units, t2.coordinates = 280.0 + lat - lat.min() + h, "K", "XLONG XLAT XTIME"
 
 
 @pytest.mark.parametrize("fmt", ["NETCDF4", "NETCDF3_64BIT_OFFSET"])
@@ -103,14 +109,22 @@ def test_raw_wrf_output_files_open_and_prepare_with_their_times(tmp_path, fmt):
 
     _wrfout(tmp_path, fmt=fmt)
     one = xkmcast.open_dataset(tmp_path / "wrfout_d01_2020-01-01_02:00:00")
-    assert float(one["t2m"].isel(Time=0, south_north=0, west_east=0)) == pytest.approx(282.0)
+    np.testing.assert_allclose(float(one["t2m"].min()), 282.0)
     ds = xkmcast.open_dataset(str(tmp_path / "wrfout_d01_*"))
     hours = np.datetime64("2020-01-01T00", "ns") + np.arange(4) * np.timedelta64(1, "h")
     np.testing.assert_array_equal(ds["XTIME"].values, hours)
-    np.testing.assert_allclose(ds["t2m"].isel(south_north=0, west_east=0).values, 280.0 + np.arange(4))
+    np.testing.assert_allclose(ds["t2m"].min(["south_north", "west_east"]).values, 280.0 + np.arange(4))
     store = prepare(ds, block_mean(ds, 2), tmp_path / "store.zarr", input_vars=["t2m"], output_vars=["t2m"],
                     regrid_options={"allow_outside": "nearest"})
-    np.testing.assert_array_equal(xr.open_zarr(store, consolidated=False)["time"].values, hours)
+    written = xr.open_zarr(store, consolidated=False)
+    np.testing.assert_array_equal(written["time"].values, hours)
+    # the projection of WRF's global attributes is kept as the store's CF grid mapping: the grid is x / y
+    from xkmcast.fields.grid import find_grid
+
+    grid = find_grid(written)
+    assert grid.grid_mapping["grid_mapping_name"] == "lambert_conformal_conic" and grid.grid_mapping_var == "crs"
+    np.testing.assert_allclose(np.diff(grid.x), 4000.0, rtol=1e-4)
+    assert grid.model_info()["xy_dims"] == ["south_north", "west_east"]
 
 
 def test_downscaling_raw_wrf_output_keeps_its_times(tmp_path):

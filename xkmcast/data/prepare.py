@@ -247,6 +247,11 @@ def prepare(fine: xr.Dataset, coarse: xr.Dataset, out: str | os.PathLike, *, inp
     coords = {k: c for k, c in fine_sel.coords.items() if k != "time" and set(c.dims) <= set(grid.dims)}
     ds = xr.Dataset(data).assign_coords(coords).assign_coords(time=common)
     ds["time"].attrs.update(standard_name="time", axis="T")
+    if grid.grid_mapping and grid.grid_mapping_var is None and "crs" not in ds.variables:
+        # a projection known from global attributes (WRF's MAP_PROJ), which the store's own attrs replace
+        ds = ds.assign_coords(crs=xr.DataArray(np.int32(0), attrs=dict(grid.grid_mapping)))
+        for var in ds.data_vars.values():
+            var.attrs["grid_mapping"] = "crs"
     sizes = {"time": 1, grid.y_dim: -1, grid.x_dim: -1, **(chunks or {})}
     ds = ds.chunk({k: v for k, v in sizes.items() if k in ds.dims})
     for var in ds.variables.values():
