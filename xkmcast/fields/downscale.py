@@ -169,8 +169,8 @@ def to_model_inputs(ds: xr.Dataset, pipeline, names, *, role: str = "input", reg
     from .regrid import Regridder, check_options
     from .validate import as_dataset, check_grid_dims, check_times, checked_values
 
-    ds = as_dataset(ds, role)
-    selected = select_variables(time_indexed(ds, find_grid(ds).time_dim), names)
+    selected = select_variables(as_dataset(ds, role), names)
+    selected = time_indexed(selected, find_grid(selected).time_dim)  # WRF: Time indexed by XTIME
     if role == "input" and pipeline.spec.extra.get("input_grid") is not None:
         selected = onto_input_grid(selected, pipeline.spec.extra["input_grid"], regrid_method)
     target = model_grid(pipeline)
