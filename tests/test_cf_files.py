@@ -118,6 +118,7 @@ def test_raw_wrf_output_files_open_and_prepare_with_their_times(tmp_path, fmt):
                     regrid_options={"allow_outside": "nearest"})
     written = xr.open_zarr(store, consolidated=False)
     np.testing.assert_array_equal(written["time"].values, hours)
+    assert "XLAT" not in written.variables and written["lat"].dims == ("south_north", "west_east")  # once
     # the projection of WRF's global attributes is kept as the store's CF grid mapping: the grid is x / y
     from xkmcast.fields.grid import find_grid
 

@@ -343,6 +343,9 @@ def _check_missing(store: xr.Dataset, counts: dict[str, int], targets: Sequence[
 
 
 def _f32(da: xr.DataArray, role: str) -> xr.DataArray:
+    """``da`` as float32 with its role, without coordinates that vary in time besides time itself (WRF's
+    XLAT / XLONG (Time, y, x): the store's 2-D lat / lon hold the grid once, not once per time)."""
+    da = da.drop_vars([c for c in da.coords if c != "time" and "time" in da[c].dims])
     out = da.astype("float32")
     out.attrs = {**{k: v for k, v in da.attrs.items() if k not in ("coordinates",)}, "xkmcast_role": role}
     return out
