@@ -111,6 +111,7 @@ def test_raw_wrf_output_files_open_and_prepare_with_their_times(tmp_path, fmt):
     one = xkmcast.open_dataset(tmp_path / "wrfout_d01_2020-01-01_02:00:00")
     np.testing.assert_allclose(float(one["t2m"].min()), 282.0)
     ds = xkmcast.open_dataset(str(tmp_path / "wrfout_d01_*"))
+    xr.testing.assert_identical(xkmcast.open_dataset(tmp_path), ds)  # their folder: the same
     hours = np.datetime64("2020-01-01T00", "ns") + np.arange(4) * np.timedelta64(1, "h")
     np.testing.assert_array_equal(ds["XTIME"].values, hours)
     np.testing.assert_allclose(ds["t2m"].min(["south_north", "west_east"]).values, 280.0 + np.arange(4))

@@ -20,7 +20,7 @@ import xarray as xr
 
 from ..errors import DataNotFoundError, InvalidDataError, explain
 
-__all__ = ["cf_files", "open_cf_files", "grib_engine", "CF_SUFFIXES", "GRIB_SUFFIXES"]
+__all__ = ["cf_files", "open_cf_files", "grib_engine", "netcdf_magic", "CF_SUFFIXES", "GRIB_SUFFIXES"]
 
 #: file name endings of the NetCDF / HDF5 files read as CF
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5", ".hdf")
@@ -42,7 +42,8 @@ def grib_engine(path: Path) -> str:
 
 def cf_files(source: str | os.PathLike) -> list[Path] | None:
     """The files ``source`` names when it is a glob pattern, or a folder whose files (not subfolders)
-    are NetCDF / GRIB files; None for anything else (a single file, a zarr store, a catalog entry).
+    are NetCDF / GRIB files (by their suffix, or NetCDF by their first bytes when they have none, as
+    WRF's output); None for anything else (a single file, a zarr store, a catalog entry).
     A pattern that matches no file is a DataNotFoundError."""
     text = os.path.expanduser(str(source))
     path = Path(text)
@@ -53,9 +54,18 @@ def cf_files(source: str | os.PathLike) -> list[Path] | None:
                                             fix="check the folder and the pattern (e.g. 'era5/*.nc')"))
         return files
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in CF_SUFFIXES)
+        files = sorted(p for p in path.iterdir() if p.is_file() and (p.suffix.lower() in CF_SUFFIXES or
+                                                                      (not p.suffix and netcdf_magic(p))))
         return files or None
     return None
+
+
+def netcdf_magic(path: Path) -> bool:
+    """The file starts as a NetCDF file does: classic (``CDF`` and the format's version byte) or NetCDF-4
+    (HDF5's signature). WRF writes ``wrfout_d01_<time>`` without a suffix."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return head[:4] in (b"CDF\x01", b"CDF\x02", b"CDF\x05") or head == b"\x89HDF\r\n\x1a\n"
 
 
 def open_cf_files(files: list[Path], **kwargs) -> xr.Dataset:

@@ -50,7 +50,7 @@ import xarray as xr
 from ..fields.coords import coordinate_attrs, coordinate_key
 from ..errors import ConfigError, InvalidDataError, MissingVariableError, explain
 from ..fields.variables import canonical_alias, variable_info
-from .cf_files import CF_SUFFIXES, GRIB_SUFFIXES, cf_files, grib_engine, open_cf_files
+from .cf_files import CF_SUFFIXES, GRIB_SUFFIXES, cf_files, grib_engine, netcdf_magic, open_cf_files
 from .stats import STATS_ATTR, Stats
 
 __all__ = ["LAYOUTS", "canonical_name", "detect_layout", "layout_stats", "open_dataset", "read_cf"]
@@ -205,12 +205,6 @@ def _hdf5_keys(path: Path) -> set[str] | None:
         return set(f.keys())
 
 
-def _netcdf_classic(path: Path) -> bool:
-    """The file starts as a NetCDF classic file does (``CDF`` and the format's version byte)."""
-    with open(path, "rb") as f:
-        return f.read(4) in (b"CDF\x01", b"CDF\x02", b"CDF\x05")
-
-
 def detect_layout(path: str | Path) -> tuple[str, Path]:
     """Recognise a published layout from the files at ``path``: ``(layout, path to open)``.
 
@@ -225,7 +219,7 @@ def detect_layout(path: str | Path) -> tuple[str, Path]:
             return "hrrr_mini", path
         if keys is not None and "fields" in keys:
             return "vit", path
-        if path.suffix.lower() in CF_SUFFIXES or keys is not None or _netcdf_classic(path):
+        if path.suffix.lower() in CF_SUFFIXES or netcdf_magic(path):
             return "cf", path  # named as NetCDF, or NetCDF by its first bytes (WRF's wrfout_d01_<time>)
     elif is_zarr_store(path):
         return ("cwa" if _zarr_has(path, "cwb") and _zarr_has(path, "era5") else "cf"), path
