@@ -39,7 +39,6 @@ import torch
 from ..device import allocator_warning, autocast, native_bf16, resolve_precision
 from ..diffusion.seeds import row_seeds
 from ..errors import XkmcastError, explain
-from ..models.regression_windows import training_window
 from . import checkpoint as ckpt
 from . import distributed as D
 from .config import TrainConfig, run_dir, save_config
@@ -47,6 +46,7 @@ from .ema import EMA, full_tensor
 from .logging import RunLog, SigmaBins, save_image
 from .schedule import learning_rate
 from .setup import build_run, seed_everything
+from .setup_messages import setup_messages
 from .spread import evenly_spread_batches
 from .valid_score import members_crps, resolve_valid_score
 
@@ -158,28 +158,8 @@ class Trainer:
             hardware = native_bf16(self.env.device)
             self.log.message(f"precision auto: {self.precision} "
                              + (f"({hardware} computes bfloat16)" if hardware else "(no bfloat16 hardware found)"))
-        shape = self.pipeline.spec.grid.get("shape")
-        window = training_window(self.pipeline.spec, self.stage, shape)
-        if window is not None:
-            self.log.message(f"{self.stage} trains on random {window[0]} x {window[1]} windows of the "
-                             f"{shape[0]} x {shape[1]} field")
-        loss_weights = self.pipeline.spec.loss.get("channel_weights")
-        if loss_weights and self.stage == "regression":
-            self.log.message("regression loss weights: " + ", ".join(
-                f"{v} x{w:.2f}" for v, w in zip(self.pipeline.spec.output_vars, loss_weights)))
-        valid = getattr(self.pipeline, "output_valid", None)
-        if valid is not None and valid.numel() and (self.stage == "regression" or "regression" not in self.pipeline.stages):
-            never = (valid == 0).flatten(1).sum(dim=1).tolist()
-            where = (f"{never[0]} of {valid[0].numel()} pixels" if len(set(never)) == 1 else ", ".join(
-                f"{v} {n} of {valid[0].numel()} pixels" for v, n in zip(self.pipeline.spec.output_vars, never)))
-            self.log.message("targets with missing values: left out of the losses and calibrations; the output is "
-                             f"missing where no training time has a value ({where})")
-        weights = self.pipeline.spec.extra.get("mean_detail_weights")
-        if weights and self.stage == "regression":
-            none = "" if any(weights.values()) else " (none: one training time and no validation)"
-            self.log.message("regression base: the regridded input + the training-mean fine detail, weighed on "
-                             f"times it was not computed from{none}: "
-                             + ", ".join(f"{v} x{w:.2f}" for v, w in weights.items()))
+        for message in setup_messages(self.pipeline, self.stage):
+            self.log.message(message)
 
     def _resume(self) -> None:
         path = ckpt.resolve_resume(self.t.resume, self.ckpt_dir)
