@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..diffusion.losses import reduce_per_sample
 from ..errors import ConfigError, explain
 from ..fields.metrics import crps_ensemble_kernel
 
@@ -43,9 +44,8 @@ def members_crps(pipeline, batch: dict, seeds: list[list[int]]) -> Tensor | None
     draws, residual, _ = got
     members = np.moveaxis(pipeline.members_about_mean(draws).double().cpu().numpy(), 0, -1)
     crps = crps_ensemble_kernel(members, residual.double().cpu().numpy(), fair=True)
-    valid = np.ones_like(crps) if batch.get("mask") is None else np.broadcast_to(batch["mask"].cpu().numpy(), crps.shape)
-    total = (crps * valid).reshape(crps.shape[0], -1).sum(axis=1)
-    return torch.from_numpy(total / np.maximum(valid.reshape(crps.shape[0], -1).sum(axis=1), 1))
+    mask = batch.get("mask")
+    return reduce_per_sample(torch.from_numpy(crps), mask=None if mask is None else mask.cpu())
 
 
 def resolve_valid_score(setting: str, stage: str, pipeline) -> str:
