@@ -19,6 +19,7 @@ from pathlib import Path
 import xarray as xr
 
 from ..errors import DataNotFoundError, InvalidDataError, explain
+from ..fields.grid import datetime_coords
 
 __all__ = ["cf_files", "open_cf_files", "grib_engine", "netcdf_magic", "CF_SUFFIXES", "GRIB_SUFFIXES"]
 
@@ -95,15 +96,12 @@ def _time_dim_without_index(first: Path, kwargs: dict) -> str | None:
     """The dim of a file's datetime coordinate when that dim has no index of its own (WRF's ``Time``,
     whose times are ``XTIME``): the files are concatenated along it in the order of their names."""
     with xr.open_dataset(first, **{k: v for k, v in kwargs.items() if k == "engine"}) as ds:
-        for name, coord in ds.coords.items():
-            if coord.ndim == 1 and coord.dtype.kind == "M" and coord.dims[0] != name and coord.dims[0] not in ds.indexes:
-                return str(coord.dims[0])
-    return None
+        return next((str(d) for d in ds.dims if d not in ds.indexes and datetime_coords(ds, d)), None)
 
 
 def _check_increasing(ds: xr.Dataset, dim: str, files: list[Path]) -> None:
     """The times along ``dim`` of files concatenated in name order increase."""
-    times = next(c for c in ds.coords.values() if c.dims == (dim,) and c.dtype.kind == "M").values
+    times = ds[datetime_coords(ds, dim)[0]].values
     if times.size > 1 and not (times[1:] > times[:-1]).all():
         raise ValueError(f"the times along {dim} do not increase in the order of the file names "
                          f"({files[0].name} .. {files[-1].name})")

@@ -27,8 +27,8 @@ from .coords import coordinate_attrs, coordinate_names
 from .crs import crs_from_cf, find_crs, projected_axes, wrf_crs
 from ..errors import CoordinateError, GridError, explain
 
-__all__ = ["Grid", "find_grid", "make_lambert_grid", "make_latlon_grid", "check_monotonic", "time_indexed", "HRRR_CRS_CF",
-           "EARTH_RADIUS_M"]
+__all__ = ["Grid", "find_grid", "make_lambert_grid", "make_latlon_grid", "check_monotonic", "datetime_coords",
+           "time_indexed", "HRRR_CRS_CF", "EARTH_RADIUS_M"]
 
 #: radius (m) of the sphere on which great-circle grid spacings are measured
 EARTH_RADIUS_M = 6371000.0
@@ -333,6 +333,11 @@ def _find_time_dim(ds: xr.Dataset) -> str | None:
     return None
 
 
+def datetime_coords(ds: xr.Dataset, dim: str) -> list[str]:
+    """The names of the datetime coordinates of ``ds`` along ``dim`` alone (WRF's ``XTIME`` along ``Time``)."""
+    return [n for n, c in ds.coords.items() if c.dims == (dim,) and c.dtype.kind == "M"]
+
+
 def time_indexed(ds: xr.Dataset, dim: str | None, name: str | None = None) -> xr.Dataset:
     """``ds`` with its time dim ``dim`` indexed by its times: when the dim has no index of its own but a
     datetime coordinate along it (WRF's ``Time``, whose times are ``XTIME``), that coordinate becomes its
@@ -340,7 +345,7 @@ def time_indexed(ds: xr.Dataset, dim: str | None, name: str | None = None) -> xr
     if dim is None:
         return ds
     if dim not in ds.indexes:
-        stamps = [n for n, c in ds.coords.items() if c.dims == (dim,) and c.dtype.kind == "M"]
+        stamps = datetime_coords(ds, dim)
         if stamps:
             ds = ds.drop_vars(stamps).assign_coords({dim: ds[stamps[0]].values})
     return ds.rename({dim: name}) if name is not None and name != dim else ds
