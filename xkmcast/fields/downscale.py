@@ -170,12 +170,13 @@ def to_model_inputs(ds: xr.Dataset, pipeline, names, *, role: str = "input", reg
     from .validate import as_dataset, check_grid_dims, check_times, checked_values
 
     selected = select_variables(as_dataset(ds, role), names)
-    selected = time_indexed(selected, find_grid(selected).time_dim)  # WRF: Time indexed by XTIME
+    src_grid = find_grid(selected)
+    selected = time_indexed(selected, src_grid.time_dim)  # WRF: Time indexed by XTIME (the grid is the same)
     if role == "input" and pipeline.spec.extra.get("input_grid") is not None:
         selected = onto_input_grid(selected, pipeline.spec.extra["input_grid"], regrid_method)
+        src_grid = find_grid(selected)
     target = model_grid(pipeline)
     tlat, tlon = (pipeline.grid_lat.detach().cpu().numpy(), pipeline.grid_lon.detach().cpu().numpy())
-    src_grid = find_grid(selected)
     check_times(selected, src_grid.time_dim, role)
     check_grid_dims(selected, src_grid, role, "for each {dim}: xr.concat([ds.sel({dim}=v).kmcast... for v in "
                                               "ds.{dim}.values], '{dim}')")
