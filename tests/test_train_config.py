@@ -181,5 +181,12 @@ def test_unquoted_dates_in_time_windows_are_taken_as_their_iso_strings(tmp_path)
     bad.write_text("extends: corrdiff-cpu\ndata:\n  source: fine.nc\n  train_times: {start: 2005-13-01}\n")
     with pytest.raises(ConfigError, match=r"data\.train_times\.TimeRange\.start: '2005-13-01' is not a date"):
         load_config(bad)
+    # a range as text, as --times writes it or ISO 8601's interval; an empty end is open
+    cfg = load_config("corrdiff-cpu", ["data.source=fine.nc", "data.train_times=2005-01/2005-08",
+                                       "data.valid_times=[2005-09..2005-09-15T12:00, 2005-12..]"])
+    assert (cfg.data.train_times.start, cfg.data.train_times.end) == ("2005-01", "2005-08")
+    assert [(w.start, w.end) for w in cfg.data.valid_times] == [("2005-09", "2005-09-15T12:00"), ("2005-12", None)]
+    with pytest.raises(ConfigError, match=r"TimeRange\.end: '2005-13' is not a date"):
+        load_config("corrdiff-cpu", ["data.source=fine.nc", "data.train_times=2005-01..2005-13"])
     with pytest.raises(ConfigError, match="override data.patch is not valid YAML"):
         load_config("corrdiff-cpu", ["data.source=fine.nc", "data.patch=[32, 32"])

@@ -125,22 +125,28 @@ def _open_input(name_or_path: str, part: str | None, times: str | None):
     return ds
 
 
-#: a time range on the command line: START..END (either end may be empty); the older START:END form
-#: is still read when what follows the ':' is a date (a year), never the minutes of an ISO time
-_RANGE = re.compile(r"^(?P<start>.*?)(?:\.\.|:(?=\d{4}-|$))(?P<stop>.*)$")
+#: the older START:END form of a --times range, still read when what follows the ':' is a date (a year),
+#: never the minutes of an ISO time
+_COLON_RANGE = re.compile(r"^(?P<start>.*?):(?P<stop>\d{4}-.*|)$")
 
 
 def parse_times(text: str) -> slice | list[str]:
     """``--times`` text -> a label slice or a list of labels.
 
-    ``"2018-09-14T13:00..2018-09-14T18:00"`` -> slice (inclusive, open ends allowed: ``"..2018-09-15"``);
+    ``"2018-09-14T13:00..2018-09-14T18:00"`` -> slice (inclusive, open ends allowed: ``"..2018-09-15"``;
+    the range forms of :data:`xkmcast.train.config_times.RANGE`);
     ``"2018-09-14T13:00,2018-09-14T14:00"`` -> list; one time -> a one-element list. ISO datetimes
     keep their ``:`` (hours and minutes); ``START:END`` between two dates still means a range.
     """
+    from .train.config_times import split_range
+
     text = text.strip()
-    m = _RANGE.match(text) if "," not in text else None
-    if m and (".." in text or m.group("stop") == "" or m.group("start") == "" or re.match(r"\d{4}-", m.group("stop"))):
-        return slice(m.group("start").strip() or None, m.group("stop").strip() or None)
+    if "," not in text:
+        bounds = split_range(text)
+        if bounds is None and (m := _COLON_RANGE.match(text)) and (m.group("start") or m.group("stop")):
+            bounds = (m.group("start").strip() or None, m.group("stop").strip() or None)
+        if bounds is not None:
+            return slice(*bounds)
     return [t.strip() for t in text.split(",") if t.strip()]
 
 

@@ -32,6 +32,7 @@ import xarray as xr
 from ..atomic import atomic_path
 from ..errors import (ConfigError, DataNotFoundError, InvalidDataError, MissingVariableError,
                       TimeCoverageError, explain)
+from ..fields.calendar import calendar_name, labels_as, same_calendar, time_index
 from ..fields.grid import find_grid, time_indexed
 from ..fields.transforms import parse_transforms
 from .stats import DEFAULT_LOG_EPS, STATS_ATTR, Stats, stats_graph
@@ -145,24 +146,28 @@ def _time_dim(ds: xr.Dataset, what: str) -> str | None:
 
 
 def _common_times(fine: xr.Dataset, coarse: xr.Dataset, times) -> np.ndarray:
+    """The times both sources hold (within ``times``: a slice of labels or a list of them), sorted; the
+    two on one calendar (datetime64 or ``cftime`` dates of one model calendar)."""
     ft, ct = fine["time"].values, coarse["time"].values
-    common = np.intersect1d(ft, ct)
+    fi, ci = time_index(ft), time_index(ct)
+    if not same_calendar(fi, ci):
+        raise TimeCoverageError(explain(
+            "The fine and coarse datasets' times are on two calendars",
+            expected=f"one calendar (the fine data's: {calendar_name(fi)})", found=f"coarse: {calendar_name(ci)}",
+            fix=f"convert the coarse data: coarse.convert_calendar({calendar_name(fi)!r}, align_on='date', "
+                f"use_cftime={isinstance(fi, xr.CFTimeIndex)})"))
+    common = fi.intersection(ci).sort_values()
     if times is not None:
         if isinstance(times, slice):
-            keep = np.ones(common.size, bool)
-            if times.start is not None:
-                keep &= common >= np.asarray(times.start, dtype=common.dtype)
-            if times.stop is not None:
-                keep &= common <= np.asarray(times.stop, dtype=common.dtype)
-            common = common[keep]
+            common = common[common.slice_indexer(times.start, times.stop)]
         else:
-            common = np.intersect1d(common, np.asarray(list(times), dtype=common.dtype))
+            common = common.intersection(labels_as(list(times), common))
     if common.size == 0:
         raise TimeCoverageError(explain(
             "The fine and coarse datasets share no time" + (" in the requested window" if times is not None else ""),
             expected="at least one time present in both", found=f"fine {_span(ft)}; coarse {_span(ct)}; times={times}",
             fix="check the time ranges (and time zones / offsets) of the two sources"))
-    return common
+    return np.asarray(common.values)
 
 
 def _span(t: np.ndarray) -> str:

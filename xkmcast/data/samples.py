@@ -39,6 +39,7 @@ import torch
 import xarray as xr
 
 from ..errors import ConfigError, MissingVariableError, TimeCoverageError, explain
+from ..fields.calendar import is_calendar_time, time_step, time_text
 from .prepare import INPUT_PREFIX, MISSING_ATTR, TARGET_PREFIX, missing_state_error, open_store
 from .stats import Stats, as_stats, compute_stats
 
@@ -282,7 +283,7 @@ class ForecastSamples(_StoreSamples):
                 "No pair of times (t, t + step) among the times given"
                 + (": the record's times are not evenly spaced, and no two are one step apart" if uneven else ""),
                 found=f"step {pd.Timedelta(self.step)}; {len(given)} times"
-                      + (f" from {pd.Timestamp(given[0])} to {pd.Timestamp(given[-1])}" if len(given) else "")
+                      + (f" from {time_text(given[0])} to {time_text(given[-1])}" if len(given) else "")
                       + (f"; spacings from {pd.Timedelta(spacings[0])} to {pd.Timedelta(spacings[-1])}" if uneven else ""),
                 fix=("a forecaster steps by a fixed time (model.time_step): calendar months or years are not one; "
                      "to step one record time at a time, label the times at a fixed spacing first (e.g. "
@@ -292,15 +293,15 @@ class ForecastSamples(_StoreSamples):
 
     @staticmethod
     def _step(values: np.ndarray, step):
+        timed = np.issubdtype(values.dtype, np.datetime64) or is_calendar_time(values)
         if isinstance(step, (int, np.integer)):
             diffs = np.diff(np.sort(values))
-            diffs = diffs[diffs > diffs.dtype.type(0)]
+            diffs = diffs[diffs > (diffs[:1] * 0 if diffs.size else 0)]
             if diffs.size == 0:
                 raise TimeCoverageError(explain("Need at least two distinct times", found=values.size))
-            return diffs.min() * int(step)
-        if np.issubdtype(values.dtype, np.datetime64):
-            return pd.Timedelta(step).to_timedelta64()
-        return step
+            step = diffs.min() * int(step)
+            return time_step(step, values) if timed else step
+        return time_step(step, values) if timed else step
 
     @staticmethod
     def _pairs(values, positions, step, n_lead) -> list[tuple[int, int, int]]:

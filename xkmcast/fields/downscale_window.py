@@ -19,6 +19,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import ConfigError, TimeCoverageError, explain
+from .calendar import as_gregorian, time_index, time_step, time_steps
 from .grid import find_grid
 from .variables import select_variables
 
@@ -44,13 +45,14 @@ def lead_times_of(pipeline, lead_times=None) -> np.ndarray:
     return leads
 
 
-def window_centres(times: np.ndarray, hours) -> np.ndarray:
-    """The times ``c`` of ``times`` for which every ``c + h`` (``h`` in ``hours``) is in ``times``."""
-    times = np.asarray(times, dtype="datetime64[ns]")
+def window_centres(times, hours) -> np.ndarray:
+    """The times ``c`` of ``times`` (of any calendar) for which every ``c + h`` (``h`` in ``hours``) is
+    in ``times``."""
+    times = time_index(times)
     ok = np.ones(times.size, bool)
     for h in hours:
-        ok &= np.isin(times + np.timedelta64(int(h), "h"), times)
-    centres = times[ok]
+        ok &= (times + time_step(f"{int(h)}h", times)).isin(times)
+    centres = np.asarray(times[ok].values)
     if centres.size == 0:
         shown = [str(t) for t in times[:6]] + (["..."] if times.size > 6 else [])
         raise TimeCoverageError(explain(
@@ -100,22 +102,22 @@ def downscale_window(ds, pipeline, members: int, *, seed: int = 0, lead_times=No
     hours = pipeline.spec.extra["time_window"]["hours"]
     leads = lead_times_of(pipeline, lead_times)
     arr = _window_array(ds, pipeline, regrid_method, check_ranges)
-    times = np.asarray(arr["time"].values, dtype="datetime64[ns]")
+    times = time_index(arr["time"].values)
     centres = window_centres(times, hours)
     options = {k: v for k, v in sample_options.items() if v is not None}
     outs, means, valid, centre_of, lead_of = [], [], [], [], []
     for c in centres:
-        idx = [int(np.flatnonzero(times == c + np.timedelta64(int(h), "h"))[0]) for h in hours]
+        idx = [times.get_loc(c + time_step(f"{int(h)}h", times)) for h in hours]
         win = torch.as_tensor(np.asarray(arr.isel(time=idx).values, dtype=np.float32)).to(pipeline.device)  # (L, C, h, w)
-        valids = c + leads
-        cond = window_condition(pipeline, win.unsqueeze(0).expand(len(leads), *win.shape), valids)
+        valids = c + time_steps(leads, times)
+        cond = window_condition(pipeline, win.unsqueeze(0).expand(len(leads), *win.shape), as_gregorian(valids))
         seeds = [row_seeds(seed, members, v) for v in valids]
         with torch.no_grad(), autocast(pipeline.device, precision):
             samples, mean = pipeline.sample(cond, seeds=seeds, **options)
         outs.append(finish(pipeline, samples.float()).cpu().numpy())  # (M, B, C, H, W)
         means.append(finish(pipeline, mean.float()).cpu().numpy())
         valid.extend(valids), centre_of.extend([c] * len(leads)), lead_of.extend(leads)
-    valid = np.asarray(valid, dtype="datetime64[ns]")
+    valid = np.asarray(valid)
     if len(np.unique(valid)) != valid.size:
         raise ConfigError(explain("Two window centres give the same valid time",
                                   expected="window centres 24 h apart (daily data) or lead_times that do not overlap",
@@ -124,7 +126,7 @@ def downscale_window(ds, pipeline, members: int, *, seed: int = 0, lead_times=No
     order = np.argsort(valid)
     data = np.concatenate(outs, axis=1)[:, order]
     coords = {"time": ("time", valid[order], {"standard_name": "time", "axis": "T"}),
-              "window_centre": ("time", np.asarray(centre_of, "datetime64[ns]")[order],
+              "window_centre": ("time", np.asarray(centre_of)[order],
                                 {"long_name": "centre of the input time window"}),
               "lead_time": ("time", np.asarray(lead_of, "timedelta64[ns]")[order],
                             {"long_name": "valid time minus window centre"})}

@@ -45,6 +45,7 @@ import pandas as pd
 import xarray as xr
 
 from ..errors import InvalidDataError, TimeCoverageError, XkmcastError, explain
+from .calendar import as_gregorian, calendar_name, is_calendar_time, same_calendar, time_index, time_step, time_steps, time_text
 from .downscale import (ModelRef, _graph_handle, grid_dims, model_result, pole_values, require_task,
                         resolve_model, to_model_inputs)
 
@@ -131,14 +132,14 @@ def _start_window(pipeline) -> int:
     return max(int(getattr(pipeline, "input_window", 1)), int(getattr(pipeline, "history", 1)))
 
 
-def _initial_times(state, init_times) -> pd.DatetimeIndex | None:
+def _initial_times(state, init_times) -> pd.Index | None:
     """The times of ``state`` that ``init_times`` selects (None: every time), refused when it names a
     time ``state`` lacks or selects none."""
     if init_times is None:
         return None
-    have = pd.DatetimeIndex(state["time"].values)
+    have = time_index(state["time"].values)
     try:
-        picked = pd.DatetimeIndex(np.atleast_1d(state["time"].sel(time=init_times).values))
+        picked = time_index(state["time"].sel(time=init_times).values)
     except (KeyError, ValueError, TypeError) as exc:
         picked, why = None, str(exc).splitlines()[0] if str(exc) else repr(init_times)
     else:
@@ -150,19 +151,19 @@ def _initial_times(state, init_times) -> pd.DatetimeIndex | None:
     return picked
 
 
-def _input_windows(state, window: int, dt, strict: bool = True, starts: pd.DatetimeIndex | None = None):
+def _input_windows(state, window: int, dt, strict: bool = True, starts: pd.Index | None = None):
     """For a model that reads the last ``window`` states (``pipeline.input_window``, StormScope
     packages): (time, window, channel, y, x) at every time of ``starts`` (default: of ``state``) whose
     ``window - 1`` predecessors, ``dt`` apart, are in ``state`` too (oldest first; named ``starts``
     without them are refused); ``state`` at ``starts`` for 1. Not ``strict`` (the states before only
     start a rollout: ``pipeline.history``): at every start, the missing predecessors NaN, with a
     warning."""
-    have = pd.DatetimeIndex(state["time"].values)
+    have = time_index(state["time"].values)
     named = starts is not None
     starts = starts if named else have
     if window <= 1:
         return state.sel(time=starts) if named else state
-    lags = [pd.Timedelta(dt * k) for k in range(window - 1, -1, -1)]
+    lags = [time_step(dt * k, have) for k in range(window - 1, -1, -1)]
     rows = [[have.get_loc(t - lag) if (t - lag) in have else -1 for lag in lags] for t in starts]
     missing = [str(t) for t, r in zip(starts, rows) if min(r) < 0]
     if not strict:
@@ -201,10 +202,16 @@ def _background(background, pipeline, init_times, steps, dt, regrid_method, chec
                                         expected=f"background= with {spec.background_vars}", found=None))
     bg = to_model_inputs(background, pipeline, spec.background_vars, role="background", regrid_method=regrid_method,
                          check_ranges=check_ranges)
-    want = np.array([[np.datetime64(t) + np.timedelta64(dt * n) for n in range(steps)] for t in init_times],
-                    dtype="datetime64[ns]")
-    have = pd.DatetimeIndex(bg["time"].values)
-    missing = sorted(set(pd.DatetimeIndex(want.ravel())) - set(have))
+    starts = time_index(init_times)
+    want = np.stack([np.asarray((starts + time_step(dt * n, starts)).values) for n in range(steps)], axis=1)
+    have = time_index(bg["time"].values)
+    if not same_calendar(starts, have):
+        raise TimeCoverageError(explain(
+            "The background's times are on another calendar than the state's",
+            expected=f"the state's calendar, {calendar_name(starts)}", found=calendar_name(have),
+            fix=f"convert one of them: background.convert_calendar({calendar_name(starts)!r}, align_on='date', "
+                f"use_cftime={isinstance(starts, xr.CFTimeIndex)})"))
+    missing = list(time_index(want.ravel()).difference(have))
     if missing:
         raise TimeCoverageError(
             explain(
@@ -214,7 +221,7 @@ def _background(background, pipeline, init_times, steps, dt, regrid_method, chec
                 fix="give a background covering every step's input time (or fewer steps)",
             )
         )
-    idx = have.get_indexer(want.ravel()).reshape(want.shape)
+    idx = have.get_indexer(time_index(want.ravel())).reshape(want.shape)
     return bg.isel(time=xr.DataArray(idx, dims=("init", "step"))).transpose("init", "step", "channel", "y", "x")
 
 
@@ -247,7 +254,8 @@ def _rollout(pipeline, state0: np.ndarray, bg: np.ndarray | None, init_time, mem
     states = [(x[:, -1] if windowed else x).cpu().numpy()]
     timed = {}
     if getattr(pipeline, "takes_valid_time", False):
-        dt = np.timedelta64(_time_step(pipeline).to_timedelta64())
+        dt = time_step(_time_step(pipeline), init_time)
+        init_time = init_time if is_calendar_time(init_time) else np.datetime64(init_time)
     from ..device import autocast
 
     options = dict(options)
@@ -262,7 +270,7 @@ def _rollout(pipeline, state0: np.ndarray, bg: np.ndarray | None, init_time, mem
                 b = b.unsqueeze(0).expand(members, -1, -1, -1)
             seeds = row_seeds(seed, members, init_time, n)
             if getattr(pipeline, "takes_valid_time", False):
-                timed = {"valid_time": np.datetime64(init_time) + n * dt}
+                timed = {"valid_time": as_gregorian(init_time + n * dt)}  # for the Sun: model calendars read as Gregorian
             new = pipeline.step(x, b, seeds=seeds, step_index=n, **options, **timed, **context).float()
             x = torch.cat([x[:, 1:], new[:, None]], dim=1) if windowed else new
             states.append(new.cpu().numpy())
@@ -284,7 +292,8 @@ def _forecast_result(pipeline, data, init_times, leads) -> xr.Dataset:
     coords = {
         "init_time": ("init_time", init_times, {"long_name": "initial time", "standard_name": "forecast_reference_time"}),
         "lead_time": ("lead_time", leads, {"long_name": "lead time", "standard_name": "forecast_period"}),
-        "valid_time": (("init_time", "lead_time"), init_times[:, None] + leads[None, :], {"standard_name": "time"}),
+        "valid_time": (("init_time", "lead_time"), init_times[:, None] + time_steps(leads, init_times)[None, :],
+                       {"standard_name": "time"}),
     }
     return model_result(pipeline, data, ("member", "init_time", "lead_time"), coords, "forecast")
 
@@ -336,7 +345,7 @@ def _forecast_to_zarr(pipeline, state, bg, path: Path, leads, members, seed, opt
             step_ds["completed"] = (("init_time", "lead_time"), np.ones((1, 1), np.int8))
             step_ds.to_zarr(path, region=region, consolidated=False)
             if progress:
-                print(f"init {np.datetime_as_string(t0, 'm')} step {n}/{steps} written", flush=True)
+                print(f"init {time_text(t0)[:16].replace(' ', 'T')} step {n}/{steps} written", flush=True)
 
         if last < 0:
             x_last = x0[-1] if x0.ndim == 4 else x0  # a window's newest state

@@ -1,6 +1,7 @@
 """The training and validation times of a run's configuration (``data.train_times``,
 ``data.valid_times``): inclusive windows ``{start, end}`` (:class:`TimeRange`, one or a list; a bare
-time ``2017-01-02T00:00`` is the window of that time alone, a bare partial one ``2005-08`` that month), or for
+time ``2017-01-02T00:00`` is the window of that time alone, a bare partial one ``2005-08`` that month,
+``2005-01..2005-08`` or ``2005-01/2005-08`` the months January to August), or for
 validation spread over the record a recurring window ``{every: 4D, length: 1D}``
 (:class:`RecurringWindow`: the last day of every four). :mod:`xkmcast.train.setup` applies them.
 """
@@ -8,13 +9,14 @@ validation spread over the record a recurring window ``{every: 4D, length: 1D}``
 from __future__ import annotations
 
 import datetime
+import re
 from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Discriminator, Tag, field_validator, model_validator
 
-__all__ = ["StrictModel", "TimeRange", "TimeWindows", "RecurringWindow", "ValidTimes", "time_windows"]
+__all__ = ["RANGE", "split_range", "StrictModel", "TimeRange", "TimeWindows", "RecurringWindow", "ValidTimes", "time_windows"]
 
 
 class StrictModel(BaseModel):
@@ -23,11 +25,24 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+#: a time range as text: ``START..END`` (the command line's ``--times`` too) or ISO 8601's ``START/END``;
+#: either end may be empty (open)
+RANGE = re.compile(r"^(?P<start>[^/]*?)(?:\.\.|/)(?P<end>[^/]*)$")
+
+
+def split_range(text: str) -> tuple[str | None, str | None] | None:
+    """``"2005-01..2005-08"`` or ``"2005-01/2005-08"`` -> ``("2005-01", "2005-08")`` (an empty end:
+    None); None when ``text`` is not a range."""
+    m = RANGE.match(text.strip())
+    return None if m is None else (m.group("start").strip() or None, m.group("end").strip() or None)
+
+
 class TimeRange(StrictModel):
     """An inclusive time window ``[start, end]`` (ISO strings, partial ones as pandas reads them: ``2005``,
     ``2005-08``, ``2005-08-31`` take the whole year, month or day); ``None`` leaves that end open. An
     unquoted date on the command line or in YAML (``{start: 2005-01-01}``, which YAML reads as a date)
-    is taken as its ISO string. A bare time instead of the mapping is ``{start: it, end: it}``."""
+    is taken as its ISO string. A bare time instead of the mapping is ``{start: it, end: it}``, a range
+    as text (:data:`RANGE`: ``2005-01..2005-08``, ``2005-01/2005-08``) ``{start, end}``."""
 
     start: str | None = None
     end: str | None = None
@@ -35,6 +50,9 @@ class TimeRange(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _bare_time(cls, value: Any) -> Any:
+        if isinstance(value, str) and split_range(value) is not None:
+            start, end = split_range(value)
+            return {"start": start, "end": end}
         if isinstance(value, (str, datetime.date)):  # datetime.datetime is a date too
             return {"start": value, "end": value}
         return value
