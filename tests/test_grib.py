@@ -10,6 +10,7 @@ import importlib.util
 import numpy as np
 import pandas as pd
 import pytest
+from _grib import write_message
 from typer.testing import CliRunner
 
 import xkmcast
@@ -29,24 +30,10 @@ def _temperature(time_index: int, level: int) -> np.ndarray:
 
 
 def _write_grib(path) -> None:
-    eccodes = pytest.importorskip("eccodes")
     with open(path, "wb") as out:
         for i, time in enumerate(TIMES):
             for level in LEVELS:
-                handle = eccodes.codes_grib_new_from_samples("regular_ll_pl_grib2")
-                eccodes.codes_set_key_vals(handle, {
-                    "Ni": LON.size, "Nj": LAT.size,
-                    "latitudeOfFirstGridPointInDegrees": float(LAT[0]),
-                    "latitudeOfLastGridPointInDegrees": float(LAT[-1]),
-                    "longitudeOfFirstGridPointInDegrees": float(LON[0]),
-                    "longitudeOfLastGridPointInDegrees": float(LON[-1]),
-                    "iDirectionIncrementInDegrees": 2.0, "jDirectionIncrementInDegrees": 2.0,
-                    "dataDate": int(time.strftime("%Y%m%d")), "dataTime": int(time.strftime("%H%M")),
-                    "level": level})
-                eccodes.codes_set(handle, "shortName", "t")
-                eccodes.codes_set_values(handle, _temperature(i, level).ravel())
-                eccodes.codes_write(handle, out)
-                eccodes.codes_release(handle)
+                write_message(out, _temperature(i, level), LAT, LON, short_name="t", level=level, time=time)
 
 
 @pytest.fixture(scope="module")

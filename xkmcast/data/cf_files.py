@@ -20,45 +20,39 @@ import xarray as xr
 
 from ..errors import DataNotFoundError, InvalidDataError, explain
 from ..fields.grid import datetime_coords
+from .grib import GRIB_SUFFIXES, open_grib
 
-__all__ = ["cf_files", "open_cf_files", "grib_engine", "netcdf_magic", "CF_SUFFIXES", "GRIB_SUFFIXES"]
+__all__ = ["cf_files", "open_cf_files", "netcdf_magic", "grib_magic", "CF_SUFFIXES"]
 
 #: file name endings of the NetCDF / HDF5 files read as CF
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5", ".hdf")
-#: file name endings of GRIB files (xarray's cfgrib engine)
-GRIB_SUFFIXES = (".grib", ".grib1", ".grib2", ".grb", ".grb2")
 CF_SUFFIXES = NETCDF_SUFFIXES + GRIB_SUFFIXES
 _GLOB_CHARS = "*?["
 
 
-def grib_engine(path: Path) -> str:
-    """``"cfgrib"``, xarray's GRIB engine, or InvalidDataError saying how to install it."""
-    import importlib.util
-
-    if importlib.util.find_spec("cfgrib") is None:
-        raise InvalidDataError(explain("A GRIB file is read by xarray's cfgrib engine, which is not installed",
-                                       found=str(path), fix="pip install cfgrib (it brings ecCodes)"))
-    return "cfgrib"
-
-
 def cf_files(source: str | os.PathLike) -> list[Path] | None:
     """The files ``source`` names when it is a glob pattern, or a folder whose files (not subfolders)
-    are NetCDF / GRIB files (by their suffix, or NetCDF by their first bytes when they have none, as
-    WRF's output); None for anything else (a single file, a zarr store, a catalog entry).
+    are NetCDF / GRIB files (by their suffix, or by their first bytes when it is none of those, as
+    WRF's ``wrfout_d01_<time>`` and GFS's ``gfs.t00z.pgrb2.0p25.f012``); None for anything else (a single file, a zarr store, a catalog entry).
     A pattern that matches no file is a DataNotFoundError."""
     text = os.path.expanduser(str(source))
     path = Path(text)
     if not path.exists() and any(c in text for c in _GLOB_CHARS):
-        files = sorted(Path(p) for p in glob.glob(text) if Path(p).is_file())
+        files = sorted(Path(p) for p in glob.glob(text) if Path(p).is_file() and not _grib_index(Path(p)))
         if not files:
             raise DataNotFoundError(explain("No file matches the pattern", found=text,
                                             fix="check the folder and the pattern (e.g. 'era5/*.nc')"))
         return files
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and (p.suffix.lower() in CF_SUFFIXES or
-                                                                      (not p.suffix and netcdf_magic(p))))
+                                                                      netcdf_magic(p) or grib_magic(p)))
         return files or None
     return None
+
+
+def _grib_index(path: Path) -> bool:
+    """cfgrib's index of a GRIB file (``<file>.<hash>.idx``, written beside it), not data."""
+    return path.suffix == ".idx"
 
 
 def netcdf_magic(path: Path) -> bool:
@@ -69,10 +63,22 @@ def netcdf_magic(path: Path) -> bool:
     return head[:4] in (b"CDF\x01", b"CDF\x02", b"CDF\x05") or head == b"\x89HDF\r\n\x1a\n"
 
 
+def grib_magic(path: Path) -> bool:
+    """The file starts as a GRIB message does (``GRIB``): GFS names its files ``gfs.t00z.pgrb2.0p25.f012``."""
+    with open(path, "rb") as f:
+        return f.read(4) == b"GRIB"
+
+
+def is_grib(path: Path) -> bool:
+    """A GRIB file, by its suffix or its first bytes."""
+    return path.suffix.lower() in GRIB_SUFFIXES or (path.is_file() and grib_magic(path))
+
+
 def open_cf_files(files: list[Path], **kwargs) -> xr.Dataset:
-    """``files`` as one lazy Dataset (module docstring); ``kwargs`` go to ``xarray.open_mfdataset``."""
-    if any(f.suffix.lower() in GRIB_SUFFIXES for f in files):
-        kwargs.setdefault("engine", grib_engine(files[0]))
+    """``files`` as one lazy Dataset (module docstring); ``kwargs`` go to ``xarray.open_mfdataset``
+    (for GRIB files, to :func:`xkmcast.data.grib.open_grib`)."""
+    if any(is_grib(f) for f in files):
+        return _open_grib_files(files, **kwargs)
     options = {"combine": "by_coords", "data_vars": "minimal", "coords": "minimal", "compat": "override",
                "join": "exact", "chunks": {}, **kwargs}
     try:
@@ -90,6 +96,21 @@ def open_cf_files(files: list[Path], **kwargs) -> xr.Dataset:
             found=f"{files[0].name} .. {files[-1].name}: {str(exc).splitlines()[0]}",
             fix="open them yourself (xr.open_mfdataset(...) with the options your files need) and pass the Dataset, "
                 "or write it to one zarr store first")) from exc
+
+
+def _open_grib_files(files: list[Path], **kwargs) -> xr.Dataset:
+    """GRIB files (each :func:`~xkmcast.data.grib.open_grib`: on its valid times) concatenated along
+    time in the order of their valid times: forecast hours, or cycles, one per file."""
+    parts = [open_grib(f, **kwargs) for f in files]
+    try:
+        return xr.combine_by_coords(parts, join="exact", data_vars="minimal", coords="minimal", compat="override",
+                                    combine_attrs="drop_conflicts")
+    except ValueError as exc:
+        raise InvalidDataError(explain(
+            f"The {len(files)} GRIB files do not combine into one dataset",
+            expected="files of one grid and one set of fields at different valid times (forecast hours, cycles)",
+            found=f"{files[0].name} .. {files[-1].name}: {str(exc).splitlines()[0]}",
+            fix="open the files you need with xkmcast.data.grib.open_grib and combine them yourself")) from exc
 
 
 def _time_dim_without_index(first: Path, kwargs: dict) -> str | None:

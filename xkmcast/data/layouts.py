@@ -50,7 +50,8 @@ import xarray as xr
 from ..fields.coords import coordinate_attrs, coordinate_key
 from ..errors import ConfigError, InvalidDataError, MissingVariableError, explain
 from ..fields.variables import canonical_alias, variable_info
-from .cf_files import CF_SUFFIXES, GRIB_SUFFIXES, cf_files, grib_engine, netcdf_magic, open_cf_files
+from .cf_files import CF_SUFFIXES, cf_files, is_grib, netcdf_magic, open_cf_files
+from .grib import open_grib
 from .stats import STATS_ATTR, Stats
 
 __all__ = ["LAYOUTS", "canonical_name", "detect_layout", "layout_stats", "open_dataset", "read_cf"]
@@ -219,8 +220,8 @@ def detect_layout(path: str | Path) -> tuple[str, Path]:
             return "hrrr_mini", path
         if keys is not None and "fields" in keys:
             return "vit", path
-        if path.suffix.lower() in CF_SUFFIXES or netcdf_magic(path):
-            return "cf", path  # named as NetCDF, or NetCDF by its first bytes (WRF's wrfout_d01_<time>)
+        if path.suffix.lower() in CF_SUFFIXES or netcdf_magic(path) or is_grib(path):
+            return "cf", path  # named as NetCDF / GRIB, or by its first bytes (wrfout_d01_<time>, gfs.*.f012)
     elif is_zarr_store(path):
         return ("cwa" if _zarr_has(path, "cwb") and _zarr_has(path, "era5") else "cf"), path
     else:
@@ -266,9 +267,9 @@ def read_cf(path: str | Path | xr.Dataset, **kwargs) -> dict[str, xr.Dataset]:
         elif is_zarr_store(path):
             kwargs.setdefault("consolidated", zarr_consolidated(path))
             ds = xr.open_zarr(path, **kwargs)
+        elif is_grib(path):
+            ds = open_grib(path, **kwargs)
         else:
-            if path.suffix.lower() in GRIB_SUFFIXES:
-                kwargs.setdefault("engine", grib_engine(path))
             ds = xr.open_dataset(path, chunks=kwargs.pop("chunks", {}), **kwargs)
     names = channel_names(list(ds.data_vars))
     rename = {old: new for old, new in zip(ds.data_vars, names) if old != new and new not in ds.variables}

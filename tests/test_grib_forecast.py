@@ -1,0 +1,122 @@
+"""NWP forecast files in GRIB (GFS, NAM, HRRR, IFS open data): one file per forecast hour, named without a
+GRIB suffix (``gfs.t00z.pgrb2.0p25.f012``), mixing level types (2 m, 10 m, mean sea level, pressure
+levels, the tropopause) that cfgrib cannot open as one Dataset. Written here with ecCodes; read back
+to the values written (packing precision), on their valid times, and downscaled as the same fields
+given as an in-memory Dataset are."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from _grib import write_message
+from _tiny import tiny_corrdiff
+from typer.testing import CliRunner
+
+import xkmcast
+from xkmcast.cli import app
+from xkmcast.errors import InvalidDataError
+from xkmcast.models.bundle import save_bundle
+
+pytest.importorskip("cfgrib")
+
+LAT = np.arange(26.0, 21.9, -0.25)  # the tiny models' coarse grid around Taiwan, north first
+LON = np.arange(119.0, 123.01, 0.25)
+INIT = pd.Timestamp("2024-05-01T00:00")
+STEPS = (6, 12)
+
+
+def field(seed: float, scale: float = 1.0) -> np.ndarray:
+    return scale * np.add.outer(np.cos(np.deg2rad(LAT) * 7 + seed), np.sin(np.deg2rad(LON) * 11 - seed))
+
+
+def surface_fields(step: int) -> dict[str, np.ndarray]:
+    return {"t2m": 290 + field(step / 6, 3), "u10m": field(step, 4), "v10m": -field(step + 1, 2),
+            "msl": 101000 + field(step / 3, 800)}
+
+
+def write_forecast_hour(path, step: int, second_grid: bool = False) -> None:
+    s = surface_fields(step)
+    with open(path, "wb") as out:
+        write_message(out, s["t2m"], LAT, LON, short_name="2t", type_of_level="heightAboveGround", level=2,
+                      time=INIT, step_hours=step)
+        for name, short in (("u10m", "10u"), ("v10m", "10v")):
+            write_message(out, s[name], LAT, LON, short_name=short, type_of_level="heightAboveGround", level=10,
+                          time=INIT, step_hours=step)
+        write_message(out, s["msl"], LAT, LON, short_name="prmsl", type_of_level="meanSea", time=INIT, step_hours=step)
+        for level in (850, 500):
+            write_message(out, 250 + level / 50 + field(level), LAT, LON, short_name="t", level=level, time=INIT,
+                          step_hours=step)
+        write_message(out, 50 + field(3, 20), LAT, LON, short_name="r", level=700, time=INIT, step_hours=step)
+        write_message(out, 210 + field(5), LAT, LON, short_name="t", type_of_level="tropopause", time=INIT,
+                      step_hours=step)
+        if second_grid:
+            write_message(out, field(1)[::2, ::2], LAT[::2], LON[::2], short_name="sp", type_of_level="surface",
+                          time=INIT, step_hours=step)
+
+
+@pytest.fixture(scope="module")
+def forecast_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("nwp")
+    for step in STEPS:
+        write_forecast_hour(folder / f"nwp.t00z.pgrb2.0p25.f{step:03d}", step)
+    return folder
+
+
+def test_a_forecast_hour_opens_on_its_valid_time_with_names_by_level(forecast_dir):
+    path = forecast_dir / "nwp.t00z.pgrb2.0p25.f012"
+    ds = xkmcast.open_dataset(path)
+    assert sorted(ds.data_vars) == ["msl", "r", "t", "t2m", "t_tropopause", "u10m", "v10m"]
+    np.testing.assert_array_equal(ds["time"].values, [np.datetime64(INIT + pd.Timedelta("12h"), "ns")])
+    assert ds["forecast_reference_time"].values[0] == np.datetime64(INIT, "ns")
+    assert ds["step"].values[0] == np.timedelta64(12, "h") and ds["step"].attrs["standard_name"] == "forecast_period"
+    for name, values in surface_fields(12).items():
+        np.testing.assert_allclose(ds[name].isel(time=0).values, values, atol=1e-3 * np.abs(values).max())
+    np.testing.assert_allclose(ds["t_tropopause"].isel(time=0).values, 210 + field(5), atol=2e-3)
+    picked = ds.kmcast.variables(["t850", "t500", "r700"]).isel(time=0)
+    np.testing.assert_allclose(picked["t850"].values, 267 + field(850), atol=2e-3)
+    np.testing.assert_allclose(picked["r700"].values, 50 + field(3, 20), atol=2e-2)
+    assert np.isnan(ds["r"].sel(isobaricInhPa=850).values).all()  # r has 700 hPa only: the other levels missing
+
+
+def test_a_folder_of_forecast_hours_is_one_record_of_valid_times(forecast_dir):
+    xkmcast.open_dataset(forecast_dir / "nwp.t00z.pgrb2.0p25.f006")  # cfgrib leaves its .idx beside the file
+    for source in (forecast_dir, str(forecast_dir / "nwp.t00z.pgrb2.0p25.f*")):
+        ds = xkmcast.open_dataset(source)
+        np.testing.assert_array_equal(ds["step"].values, np.array(STEPS, "timedelta64[h]"))
+        np.testing.assert_array_equal(ds["time"].values, (INIT + pd.to_timedelta(STEPS, "h")).values)
+        np.testing.assert_allclose(ds["v10m"].sel(time=INIT + pd.Timedelta("6h")).values, surface_fields(6)["v10m"],
+                                   atol=1e-2)
+
+
+def test_a_forecast_downscales_as_the_same_fields_in_memory(forecast_dir, tmp_path):
+    model = tiny_corrdiff(seed=2)
+    grib = xkmcast.open_dataset(forecast_dir)
+    got = grib.kmcast.downscale(model, members=2, seed=3)
+    np.testing.assert_array_equal(got["time"].values, grib["time"].values)
+    attrs = {"t2m": {"units": "K"}, "u10m": {"units": "m s-1"}, "msl": {"units": "Pa"}}
+    same = xr.Dataset({v: (("time", "latitude", "longitude"), grib[v].values, attrs[v]) for v in attrs},
+                      coords={"time": grib["time"].values, "latitude": LAT, "longitude": LON})
+    np.testing.assert_array_equal(got["t2m"].values, same.kmcast.downscale(model, members=2, seed=3)["t2m"].values)
+    out = tmp_path / "fine.zarr"
+    result = CliRunner().invoke(app, ["downscale", str(_bundle(model, tmp_path)), str(forecast_dir), str(out),
+                                      "--members", "2", "--seed", "3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    written = xr.open_zarr(out, consolidated=False)
+    np.testing.assert_array_equal(written["time"].values, grib["time"].values)
+    np.testing.assert_allclose(written["t2m"].values, got["t2m"].values, rtol=1e-6)
+
+
+def _bundle(model, folder):
+    save_bundle(model, folder / "bundle")
+    return folder / "bundle"
+
+
+def test_fields_on_two_grids_are_refused_with_the_filter_to_choose(tmp_path):
+    path = tmp_path / "mixed.grib2"
+    write_forecast_hour(path, 6, second_grid=True)
+    with pytest.raises(InvalidDataError, match=r"(?s)more than one grid.*\['sp'\].*filter_by_keys"):
+        xkmcast.open_dataset(path)
+    ds = xkmcast.open_dataset(path, backend_kwargs={"filter_by_keys": {"typeOfLevel": "surface"}})
+    assert list(ds.data_vars) == ["sp"] and ds["time"].values[0] == np.datetime64(INIT + pd.Timedelta("6h"), "ns")

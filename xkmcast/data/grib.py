@@ -1,0 +1,168 @@
+"""GRIB files as one CF Dataset on valid times (xarray's cfgrib engine).
+
+cfgrib opens a GRIB file as one Dataset only when its messages form one hypercube. An operational
+NWP file (GFS, NAM, HRRR, IFS open data) mixes level types: 2 m and 10 m above ground, mean sea level,
+the surface, pressure levels, layers. cfgrib then stops ("multiple values for unique key"). Such a
+file is opened here as cfgrib's list of hypercubes (``cfgrib.open_datasets``) and merged into one
+Dataset (:func:`merge_hypercubes`):
+
+- a name found in several hypercubes keeps its plain name in the first of :data:`LEVEL_PRECEDENCE`
+  (``t`` on pressure levels, ``gh`` on pressure levels, ``cape`` at the surface) and is suffixed with
+  its level type elsewhere (``t_tropopause``, ``u_maxWind``, ``gh_cloudTop``; then with its level when
+  one type holds it twice: ``t_pressureFromGroundLayer3000``);
+- a hypercube's single level (``heightAboveGround`` 2 or 10) is dropped once it is in the name, a
+  pressure level kept as a level dimension (``isobaricInhPa``, of size 1 for one level); two
+  hypercubes with different sets of pressure levels are joined on the union of their levels
+  (missing levels NaN);
+- hypercubes on another grid than the first are refused with the ``filter_by_keys`` to choose one.
+
+A forecast's fields hold at their valid time: the time axis becomes ``valid_time``
+(:func:`on_valid_times`; the initial time and the lead kept as ``forecast_reference_time`` and
+``step`` along it), so a forecast hour lines up with the analyses and observations of that hour, and
+files of successive forecast hours or cycles (a folder of them) concatenate along it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from ..errors import InvalidDataError, explain
+from ..fields.variables import LEVEL_DIMS
+
+__all__ = ["GRIB_SUFFIXES", "LEVEL_PRECEDENCE", "grib_engine", "open_grib", "merge_hypercubes", "on_valid_times"]
+
+#: file name endings of GRIB files
+GRIB_SUFFIXES = (".grib", ".grib1", ".grib2", ".grb", ".grb2")
+
+#: which hypercube keeps a variable's plain name when several hold it (the rest: by cfgrib's order)
+LEVEL_PRECEDENCE = ("heightAboveGround", "meanSea", "surface", "isobaricInhPa", "isobaricInPa", "entireAtmosphere",
+                    "atmosphereSingleLayer", "hybrid", "depthBelowLandLayer")
+
+#: cfgrib's time coordinates: they are the time axis (:func:`on_valid_times`), not a level
+_TIME_COORDS = ("time", "step", "valid_time")
+
+
+def grib_engine(path: Path) -> str:
+    """``"cfgrib"``, xarray's GRIB engine, or InvalidDataError saying how to install it."""
+    import importlib.util
+
+    if importlib.util.find_spec("cfgrib") is None:
+        raise InvalidDataError(explain("A GRIB file is read by xarray's cfgrib engine, which is not installed",
+                                       found=str(path), fix="pip install cfgrib (it brings ecCodes)"))
+    return "cfgrib"
+
+
+def open_grib(path: str | Path, **kwargs) -> xr.Dataset:
+    """A GRIB file as one lazy Dataset on valid times (module docstring); ``kwargs`` go to
+    ``xarray.open_dataset`` (e.g. ``backend_kwargs={"filter_by_keys": {"typeOfLevel": "surface"}}``)."""
+    from cfgrib.dataset import DatasetBuildError
+
+    engine = kwargs.pop("engine", None) or grib_engine(Path(path))
+    chunks = kwargs.pop("chunks", {})
+    with _quiet_cfgrib():
+        try:
+            ds = xr.open_dataset(path, engine=engine, chunks=chunks, **kwargs)
+        except DatasetBuildError:  # several hypercubes: mixed level types
+            import cfgrib
+
+            parts = cfgrib.open_datasets(str(path), backend_kwargs=kwargs.pop("backend_kwargs", {}), chunks=chunks,
+                                         **kwargs)
+            ds = merge_hypercubes(parts, Path(path).name)
+    return on_valid_times(ds)
+
+
+@contextlib.contextmanager
+def _quiet_cfgrib():
+    """cfgrib's own noise while it splits a file: its error log of each hypercube it cannot join, and
+    xarray's FutureWarning about the merge defaults cfgrib uses."""
+    log = logging.getLogger("cfgrib")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module="cfgrib")
+            yield
+    finally:
+        log.setLevel(level)
+
+
+def _level_type(ds: xr.Dataset) -> str:
+    types = {v.attrs.get("GRIB_typeOfLevel", "undef") for v in ds.data_vars.values()}
+    return types.pop() if len(types) == 1 else "undef"
+
+
+def _rank(level_type: str) -> int:
+    return LEVEL_PRECEDENCE.index(level_type) if level_type in LEVEL_PRECEDENCE else len(LEVEL_PRECEDENCE)
+
+
+def merge_hypercubes(parts: list[xr.Dataset], source: str = "the file") -> xr.Dataset:
+    """cfgrib's hypercubes of one file as one Dataset, names made unique by level (module docstring)."""
+    if not parts:
+        raise InvalidDataError(explain("The GRIB file holds no field cfgrib can read", found=source,
+                                       fix="check the file with grib_ls (ecCodes)"))
+    first = parts[0]
+    grid = [c for c in ("latitude", "longitude") if c in first.coords]
+    renamed, taken = [], set()
+    for ds in sorted(parts, key=lambda d: _rank(_level_type(d))):  # stable: cfgrib's order within a rank
+        other = [c for c in grid if c not in ds.coords or ds[c].shape != first[c].shape
+                 or not np.array_equal(ds[c].values, first[c].values)]
+        if other:
+            raise InvalidDataError(explain(
+                f"{source} holds fields on more than one grid", expected="one grid",
+                found=f"{list(ds.data_vars)} ({_level_type(ds)}) on another grid than {list(first.data_vars)}",
+                fix="open one grid: xkmcast.open_dataset(path, backend_kwargs={'filter_by_keys': "
+                    "{'gridType': ..., 'typeOfLevel': ...}}) (keys as grib_ls shows them)"))
+        level_type = _level_type(ds)
+        single = [c for c in ds.coords if ds[c].ndim == 0 and c not in _TIME_COORDS and c not in ds.dims]
+        pressure = [c for c in single if c in LEVEL_DIMS]  # one pressure level: a level dim of size 1, not a name
+        ds = ds.set_coords(pressure).expand_dims(pressure) if pressure else ds
+        single = [c for c in single if c not in pressure]
+        level = "".join(f"{float(ds[c]):g}" for c in single if c == level_type)
+        names = {}
+        for name in ds.data_vars:
+            new = str(name)
+            for candidate in (str(name), f"{name}_{level_type}", f"{name}_{level_type}{level}"):
+                new = candidate
+                if candidate not in taken:
+                    break
+            else:
+                raise InvalidDataError(explain(f"{source}: two fields named {name} on {level_type} {level}",
+                                               fix="open one of them with backend_kwargs={'filter_by_keys': {...}}"))
+            names[name] = new
+            taken.add(new)
+        renamed.append(ds.drop_vars(single).rename({k: v for k, v in names.items() if k != v}))
+    return xr.merge(renamed, join="outer", compat="override", combine_attrs="drop_conflicts")
+
+
+def on_valid_times(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` (cfgrib's ``time`` = the initial time, ``step``, ``valid_time``) with ``time`` the valid
+    times, and ``forecast_reference_time`` and ``step`` along it: from one field (time and step
+    scalars), a forecast's steps (step a dim), or a record of analyses (time a dim, one step). A
+    Dataset with both a time and a step dim (cycles x leads) is left as it is (select a step first)."""
+    if not all(c in ds.coords for c in _TIME_COORDS):
+        return ds
+    time, step = ds["time"], ds["step"]
+    if time.ndim == 0 and step.ndim == 0:
+        ds = ds.expand_dims("step").assign_coords(valid_time=("step", np.atleast_1d(ds["valid_time"].values)))
+        step = ds["step"]
+    if time.ndim == 0 and step.dims == ("step",):
+        n = step.size
+        ds = ds.swap_dims(step="valid_time").drop_vars("time")
+        ds = ds.rename(valid_time="time").assign_coords(
+            forecast_reference_time=("time", np.repeat(time.values, n)))
+    elif time.dims == ("time",) and step.ndim == 0:
+        valid = ds["valid_time"].values
+        ds = ds.assign_coords(forecast_reference_time=("time", time.values), step=("time", np.repeat(step.values, time.size)))
+        ds = ds.drop_vars("valid_time").assign_coords(time=valid)
+    else:
+        return ds
+    ds["time"].attrs = {"standard_name": "time", "long_name": "valid time"}
+    ds["forecast_reference_time"].attrs = {"standard_name": "forecast_reference_time", "long_name": "initial time"}
+    ds["step"].attrs = {"standard_name": "forecast_period", "long_name": "time since forecast_reference_time"}
+    return ds
