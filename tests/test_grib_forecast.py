@@ -120,3 +120,20 @@ def test_fields_on_two_grids_are_refused_with_the_filter_to_choose(tmp_path):
         xkmcast.open_dataset(path)
     ds = xkmcast.open_dataset(path, backend_kwargs={"filter_by_keys": {"typeOfLevel": "surface"}})
     assert list(ds.data_vars) == ["sp"] and ds["time"].values[0] == np.datetime64(INIT + pd.Timedelta("6h"), "ns")
+
+
+def test_era5_accumulations_of_cycles_and_steps_become_one_hourly_record(tmp_path):
+    """ERA5's precipitation from the CDS in GRIB: 06 and 18 UTC cycles of 12 hourly steps (time x step,
+    valid_time 2-D), each step the hour ending at its valid time: one record of 24 hourly valid times."""
+    path = tmp_path / "era5_tp.grib"
+    with open(path, "wb") as out:
+        for cycle in ("2017-01-01T06", "2017-01-01T18"):
+            for step in range(1, 13):
+                write_message(out, field(step, 1e-4) + 1e-3, LAT, LON, short_name="tp", type_of_level="surface",
+                              time=cycle, step_hours=step)
+    ds = xkmcast.open_dataset(path)
+    assert ds["tp"].dims == ("time", "latitude", "longitude")
+    np.testing.assert_array_equal(ds["time"].values, pd.date_range("2017-01-01T07", periods=24, freq="h").values)
+    np.testing.assert_array_equal(ds["step"].values, np.tile(np.arange(1, 13), 2).astype("timedelta64[h]"))
+    assert ds["forecast_reference_time"].values[12] == np.datetime64("2017-01-01T18", "ns")
+    np.testing.assert_allclose(ds["tp"].sel(time="2017-01-02T03").values, field(9, 1e-4) + 1e-3, atol=1e-7)

@@ -143,8 +143,10 @@ def merge_hypercubes(parts: list[xr.Dataset], source: str = "the file") -> xr.Da
 def on_valid_times(ds: xr.Dataset) -> xr.Dataset:
     """``ds`` (cfgrib's ``time`` = the initial time, ``step``, ``valid_time``) with ``time`` the valid
     times, and ``forecast_reference_time`` and ``step`` along it: from one field (time and step
-    scalars), a forecast's steps (step a dim), or a record of analyses (time a dim, one step). A
-    Dataset with both a time and a step dim (cycles x leads) is left as it is (select a step first)."""
+    scalars), a forecast's steps (step a dim), a record of analyses (time a dim, one step), or cycles x
+    leads whose valid times do not repeat (ERA5's accumulations from the CDS: 06 and 18 UTC cycles of
+    12 hourly steps, each the hour ending at its valid time). Cycles whose leads overlap are left
+    with their time and step dims (select a step first)."""
     if not all(c in ds.coords for c in _TIME_COORDS):
         return ds
     time, step = ds["time"], ds["step"]
@@ -160,6 +162,15 @@ def on_valid_times(ds: xr.Dataset) -> xr.Dataset:
         valid = ds["valid_time"].values
         ds = ds.assign_coords(forecast_reference_time=("time", time.values), step=("time", np.repeat(step.values, time.size)))
         ds = ds.drop_vars("valid_time").assign_coords(time=valid)
+    elif time.dims == ("time",) and step.dims == ("step",) and ds["valid_time"].dims == ("time", "step"):
+        valid = ds["valid_time"].values.ravel()
+        if np.unique(valid).size != valid.size:  # cycles whose leads overlap: no one record of valid times
+            return ds
+        reference, lead = np.meshgrid(time.values, step.values, indexing="ij")
+        ds = ds.drop_vars("valid_time").stack(valid=("time", "step")).drop_vars(["valid", "time", "step"])
+        ds = ds.assign_coords(time=("valid", valid), forecast_reference_time=("valid", reference.ravel()),
+                              step=("valid", lead.ravel())).swap_dims(valid="time").sortby("time")
+        ds = ds.transpose("time", ...)
     else:
         return ds
     ds["time"].attrs = {"standard_name": "time", "long_name": "valid time"}
