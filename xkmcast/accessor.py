@@ -86,9 +86,10 @@ class _CommonMethods:
 
 @xr.register_dataset_accessor("kmcast")
 class KmcastDatasetAccessor(_CommonMethods):
-    """``ds.kmcast``: grid, variables, regrid, downscale, forecast, score, plot."""
+    """``ds.kmcast``: grid, variables, earth_relative_winds, regrid, downscale, forecast, score, plot."""
 
     variables = _Bound("variables", "select_variables")
+    earth_relative_winds = _Bound("winds")
     downscale = _Bound("downscale")
     forecast = _Bound("forecast")
 

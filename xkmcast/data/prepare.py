@@ -181,7 +181,9 @@ def _on_fine_grid(coarse: xr.Dataset, fine: xr.Dataset, method: str, options: di
         return coarse.rename({cg.y_dim: fg.y_dim, cg.x_dim: fg.x_dim}).drop_vars(
             [c for c in coarse.coords if set(coarse[c].dims) & {cg.y_dim, cg.x_dim}])
     from ..fields.regrid import Regridder
+    from ..fields.winds import warn_if_grid_relative
 
+    warn_if_grid_relative(coarse, "coarse input")
     regridder = Regridder(coarse, fine, method=method, **options)
     if regridder.outside_nan:  # NaN inputs would make every loss NaN
         raise ConfigError(explain(

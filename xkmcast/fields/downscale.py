@@ -167,6 +167,7 @@ def to_model_inputs(ds: xr.Dataset, pipeline, names, *, role: str = "input", reg
     with the statistics of ``role``. With ``require_on_grid`` a dataset that is not already on the
     model grid is refused (GridError) instead of regridded."""
     from .regrid import Regridder, check_options
+    from .winds import warn_if_grid_relative
     from .validate import as_dataset, check_grid_dims, check_times, checked_values
 
     selected = select_variables(as_dataset(ds, role), names)
@@ -196,6 +197,7 @@ def to_model_inputs(ds: xr.Dataset, pipeline, names, *, role: str = "input", reg
             )
         )
     else:
+        warn_if_grid_relative(selected, role)
         try:
             regridder = Regridder(selected, target, method=regrid_method, **check_options(regrid_options))
         except DomainCoverageError as exc:
