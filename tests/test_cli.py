@@ -97,3 +97,23 @@ def test_times_accept_iso_minutes_and_a_range_syntax():
     assert ds.sel(time=parse_times("..2018-09-14T13:00"))["a"].values.tolist() == [0.0, 1.0]
     assert ds.sel(time=parse_times("2018-09-14T16:00"))["a"].values.tolist() == [4.0]
     assert parse_times("2021-02-01:2021-02-03") == slice("2021-02-01", "2021-02-03")  # the older form
+
+
+def test_era5_from_the_cds_with_a_valid_time_dim(files, tmp_path):
+    """ERA5 NetCDF from the CDS (since 2024) names its time dim ``valid_time``: ``downscale --times``
+    selects on it, the result's axis is ``time``, and ``score`` takes such a file as the truth."""
+    cds = coarse_dataset(3).rename(time="valid_time").assign_coords(number=0)
+    cds.to_netcdf(tmp_path / "era5_cds.nc")
+    out = tmp_path / "fine.zarr"
+    result = runner.invoke(app, ["downscale", str(files / "corrdiff"), str(tmp_path / "era5_cds.nc"), str(out),
+                                 "--members", "2", "--times", "2024-05-01T01:00..", "--quiet"])
+    assert result.exit_code == 0, result.output
+    written = xr.open_zarr(out, consolidated=False)
+    expected = coarse_dataset(3).isel(time=slice(1, None)).kmcast.downscale(str(files / "corrdiff"), members=2)
+    np.testing.assert_allclose(written.t2m.values, expected.t2m.values, atol=1e-5)
+    truth = expected.isel(member=0).rename(time="valid_time")
+    truth.to_netcdf(tmp_path / "truth_cds.nc")
+    scored = written.kmcast.score(truth)
+    np.testing.assert_allclose(scored["mae"].values, written.kmcast.score(expected.isel(member=0))["mae"].values)
+    result = runner.invoke(app, ["score", str(out), str(tmp_path / "truth_cds.nc")])
+    assert result.exit_code == 0 and "t2m" in result.output, result.output

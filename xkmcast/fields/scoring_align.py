@@ -6,7 +6,8 @@ and the horizontal grid.
 1. along every dim both have with an index (``time``, ``lat``, ``x`` ...), the truth is selected at
    the prediction's labels (TimeCoverageError / CoordinateError when it lacks some);
 2. a forecast indexed by ``lead_time`` with a ``valid_time`` coordinate gets the truth at its valid
-   times;
+   times; otherwise a truth whose time dim has another name than the prediction's (``valid_time``
+   against ``time``) is renamed to it;
 3. the grid: when the truth's horizontal dims differ from the prediction's but both grids are the
    same points (same shape, latitudes and longitudes within ``1e-6`` degrees, found by
    :func:`xkmcast.fields.grid.find_grid`), the truth's dims are renamed to the prediction's;
@@ -34,6 +35,7 @@ def match_truth(prediction: xr.Dataset, truth: xr.Dataset, member_dim: Hashable 
                 what: str = "truth") -> xr.Dataset:
     """``truth`` on the prediction's dims and labels (see the module docstring); ``what`` names it in errors."""
     truth = _align_grid(prediction, truth, what)
+    truth = _same_time_dim(prediction, truth)
     truth = _select_labels(prediction, truth, what)
     extra = [d for d in truth.dims if d not in prediction.dims]
     if extra:
@@ -46,6 +48,19 @@ def match_truth(prediction: xr.Dataset, truth: xr.Dataset, member_dim: Hashable 
             fix=f"put both on one grid first, e.g. {what}.kmcast.regrid(prediction) "
                 f"(or rename the {what}'s dims {extra} to the prediction's when they are the same points)",
         ))
+    return truth
+
+
+def _same_time_dim(prediction: xr.Dataset, truth: xr.Dataset) -> xr.Dataset:
+    """The truth's time dim renamed to the prediction's when each has one under another name (ERA5 from
+    the CDS since 2024 has ``valid_time``; a downscaled result ``time``). A forecast (``valid_time``
+    along its init and lead times) takes the truth at those below instead."""
+    if "valid_time" in prediction.coords and "valid_time" not in prediction.dims:
+        return truth
+    p = [t for t in TIME_NAMES if t in prediction.dims]
+    t = [t for t in TIME_NAMES if t in truth.dims]
+    if len(p) == 1 and len(t) == 1 and p[0] != t[0] and p[0] not in truth.variables:
+        return truth.rename({t[0]: p[0]})
     return truth
 
 
