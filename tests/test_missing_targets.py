@@ -242,6 +242,11 @@ def test_the_prepare_command_reports_the_missing_target_values(conic, tmp_path):
     shares = {v: 100 * float(conic[v].isnull().mean()) for v in ("t2m", "u10m")}
     assert f"targets with missing values (left out of training): t2m {shares['t2m']:.1f} %, " \
            f"u10m {shares['u10m']:.1f} %" in result.output
+    states = runner.invoke(app, ["prepare", str(tmp_path / "fine.nc"), str(tmp_path / "states.zarr"), "--coarse",
+                                 str(tmp_path / "coarse.nc"), "--input", "t2m", "--output", "t2m", "--allow-outside",
+                                 "--states"])  # a forecaster's states: refused now, nothing written
+    assert states.exit_code != 0 and "state variable t2m has missing values" in states.output
+    assert not (tmp_path / "states.zarr").exists()
 
 
 def test_scoring_a_prediction_with_the_targets_footprint_is_quiet_and_skips_it():

@@ -120,6 +120,9 @@ def prepare_command(
     allow_outside: bool = typer.Option(False, "--allow-outside",
                                        help="Fine points the coarse grid does not cover take the nearest coarse value "
                                             "instead of an error (the ring outside the centres of block means)."),
+    states: bool = typer.Option(False, "--states",
+                                help="The targets are a forecaster's states (stormcast, stormscope, vit): refuse "
+                                     "missing values in them now, as training would (each state is the next input)."),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
     """Write a training store (inputs on the fine grid, targets, invariants, statistics).
@@ -133,7 +136,8 @@ def prepare_command(
                        invariants=_names(invariants), log_vars=_names(log_vars), regrid_method=regrid_method,
                        regrid_options={"allow_outside": "nearest"} if allow_outside else None, overwrite=overwrite,
                        transforms=_pairs(_names(transforms), "--transform"),
-                       stats_times=slice(stats_start, stats_end) if (stats_start or stats_end) else None)
+                       stats_times=slice(stats_start, stats_end) if (stats_start or stats_end) else None,
+                       states=states)
     typer.echo(str(path))
     _report_missing(path)
 
