@@ -137,3 +137,48 @@ def test_era5_accumulations_of_cycles_and_steps_become_one_hourly_record(tmp_pat
     np.testing.assert_array_equal(ds["step"].values, np.tile(np.arange(1, 13), 2).astype("timedelta64[h]"))
     assert ds["forecast_reference_time"].values[12] == np.datetime64("2017-01-01T18", "ns")
     np.testing.assert_allclose(ds["tp"].sel(time="2017-01-02T03").values, field(9, 1e-4) + 1e-3, atol=1e-7)
+
+
+def test_a_lambert_grid_keeps_its_projection(tmp_path):
+    """An HRRR-like Lambert conformal GRIB 2 grid (3 km, LoV 262.5, true latitude 38.5 on NCEP's sphere):
+    the CRS comes from the grid definition, the projected axes are spaced by the file's Dx, and the
+    file's latitudes / longitudes are pyproj's inverse of them; its winds are along the grid."""
+    eccodes = pytest.importorskip("eccodes")
+    import pyproj
+
+    nx, ny, dx = 12, 9, 3000.0
+    crs = pyproj.CRS.from_cf({"grid_mapping_name": "lambert_conformal_conic", "standard_parallel": [38.5, 38.5],
+                              "longitude_of_central_meridian": -97.5, "latitude_of_projection_origin": 38.5,
+                              "earth_radius": 6371229.0})
+    to_ll = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    lon0, lat0 = to_ll.transform(-15000.0, -12000.0)  # the first (south-west) point
+    path = tmp_path / "hrrr.t00z.wrfsfcf01.grib2"
+    with open(path, "wb") as out:
+        for short, values in (("10u", np.ones((ny, nx))), ("10v", np.zeros((ny, nx)))):
+            h = eccodes.codes_grib_new_from_samples("GRIB2")
+            eccodes.codes_set(h, "gridType", "lambert")
+            eccodes.codes_set_key_vals(h, {
+                "Nx": nx, "Ny": ny, "DxInMetres": dx, "DyInMetres": dx, "LaDInDegrees": 38.5, "LoVInDegrees": 262.5,
+                "Latin1InDegrees": 38.5, "Latin2InDegrees": 38.5, "shapeOfTheEarth": 6,
+                "latitudeOfFirstGridPointInDegrees": lat0, "longitudeOfFirstGridPointInDegrees": lon0 % 360,
+                "iScansNegatively": 0, "jScansPositively": 1, "uvRelativeToGrid": 1,
+                "dataDate": 20240501, "dataTime": 0})
+            eccodes.codes_set(h, "typeOfLevel", "heightAboveGround")
+            eccodes.codes_set(h, "level", 10)
+            eccodes.codes_set(h, "shortName", short)
+            eccodes.codes_set_values(h, values.ravel())
+            eccodes.codes_write(h, out)
+            eccodes.codes_release(h)
+    ds = xkmcast.open_dataset(path)
+    grid = ds.kmcast.grid
+    assert grid.grid_mapping["grid_mapping_name"] == "lambert_conformal_conic"
+    assert grid.grid_mapping["longitude_of_central_meridian"] == pytest.approx(-97.5)
+    np.testing.assert_allclose(np.diff(grid.x), dx, rtol=1e-4)
+    np.testing.assert_allclose(np.diff(grid.y), dx, rtol=1e-4)
+    xx, yy = np.meshgrid(-15000.0 + dx * np.arange(nx), -12000.0 + dx * np.arange(ny))
+    lon, lat = to_ll.transform(xx, yy)
+    np.testing.assert_allclose(ds["latitude"].values, lat, atol=1e-4)
+    np.testing.assert_allclose((ds["longitude"].values + 180) % 360 - 180, lon, atol=1e-4)
+    turned = ds.kmcast.earth_relative_winds()  # 1 m/s along x, within 20 km of LoV: turned a little
+    assert 0 < np.abs(turned["v10m"].values).max() < 0.01
+    np.testing.assert_allclose(np.hypot(turned["u10m"], turned["v10m"]), 1.0, atol=1e-5)

@@ -1,7 +1,9 @@
 """The map projection (a pyproj CRS) of a dataset: from its CF ``grid_mapping`` variable
-(:func:`find_crs`) or from WRF's global attributes (:func:`wrf_crs`: ``MAP_PROJ`` 1 Lambert conformal,
-2 polar stereographic, 3 Mercator, on WRF's sphere of radius 6 370 000 m), and the projected x / y axes
-of a grid given by its 2-D latitude / longitude (:func:`projected_axes`). Nothing here knows of torch.
+(:func:`find_crs`), from WRF's global attributes (:func:`wrf_crs`: ``MAP_PROJ`` 1 Lambert conformal,
+2 polar stereographic, 3 Mercator, on WRF's sphere of radius 6 370 000 m) or from the GRIB grid
+definition cfgrib keeps on each variable (:func:`grib_crs`: ``GRIB_gridType`` lambert or
+polar_stereographic: HRRR, NAM, RAP), and the projected x / y axes of a grid given by its 2-D latitude /
+longitude (:func:`projected_axes`). Nothing here knows of torch.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import xarray as xr
 
 from ..errors import GridError, explain
 
-__all__ = ["crs_from_cf", "find_crs", "wrf_crs", "projected_axes"]
+__all__ = ["crs_from_cf", "find_crs", "wrf_crs", "grib_crs", "projected_axes"]
 
 
 @functools.lru_cache(maxsize=64)
@@ -92,6 +94,39 @@ def wrf_crs(ds: xr.Dataset) -> tuple[dict | None, Any]:
             "standard_parallel": float(a["TRUELAT1"]),
             "longitude_of_projection_origin": float(a["STAND_LON"]),
             "earth_radius": radius,
+        }
+    else:
+        return None, None
+    return cf, crs_from_cf(cf)
+
+
+#: the sphere of NCEP's grids (GRIB shapeOfTheEarth 6, which cfgrib does not keep): HRRR, NAM, RAP
+NCEP_EARTH_RADIUS = 6371229.0
+
+
+def grib_crs(ds: xr.Dataset) -> tuple[dict | None, Any]:
+    """The CRS of the GRIB grid definition cfgrib keeps on the variables (``GRIB_gridType`` lambert or
+    polar_stereographic, with ``GRIB_LoVInDegrees``, ``GRIB_LaDInDegrees`` and, for Lambert,
+    ``GRIB_Latin1InDegrees`` / ``GRIB_Latin2InDegrees``), on NCEP's sphere; (None, None) otherwise."""
+    a = next((v.attrs for v in ds.data_vars.values() if "GRIB_gridType" in v.attrs), {})
+    kind = a.get("GRIB_gridType")
+    lov = ((float(a.get("GRIB_LoVInDegrees", a.get("GRIB_orientationOfTheGridInDegrees", 0.0))) + 180.0) % 360.0) - 180.0
+    if kind == "lambert":
+        cf = {
+            "grid_mapping_name": "lambert_conformal_conic",
+            "standard_parallel": [float(a["GRIB_Latin1InDegrees"]), float(a["GRIB_Latin2InDegrees"])],
+            "longitude_of_central_meridian": lov,
+            "latitude_of_projection_origin": float(a["GRIB_LaDInDegrees"]),
+            "earth_radius": NCEP_EARTH_RADIUS,
+        }
+    elif kind == "polar_stereographic":
+        lad = float(a.get("GRIB_LaDInDegrees", 60.0))
+        cf = {
+            "grid_mapping_name": "polar_stereographic",
+            "straight_vertical_longitude_from_pole": lov,
+            "latitude_of_projection_origin": 90.0 if lad >= 0 else -90.0,
+            "standard_parallel": lad,
+            "earth_radius": NCEP_EARTH_RADIUS,
         }
     else:
         return None, None

@@ -24,7 +24,7 @@ import numpy as np
 import xarray as xr
 
 from .coords import coordinate_attrs, coordinate_names
-from .crs import crs_from_cf, find_crs, projected_axes, wrf_crs
+from .crs import crs_from_cf, find_crs, grib_crs, projected_axes, wrf_crs
 from ..errors import CoordinateError, GridError, explain
 
 __all__ = ["Grid", "find_grid", "make_lambert_grid", "make_latlon_grid", "check_monotonic", "datetime_coords",
@@ -245,6 +245,8 @@ def find_grid(obj: xr.Dataset | xr.DataArray) -> Grid:
             x = y = None
     if crs is None:
         grid_mapping, crs = wrf_crs(ds)
+    if crs is None:
+        grid_mapping, crs = grib_crs(ds)
     if x is None and crs is not None and not crs.is_geographic:
         x, y = projected_axes(crs, lat2, lon2)
     rect = bool(np.allclose(lat2, lat2[:, :1]) and np.allclose(lon2, lon2[:1, :]))
