@@ -95,6 +95,8 @@ def test_a_forecast_downscales_as_the_same_fields_in_memory(forecast_dir, tmp_pa
     grib = xkmcast.open_dataset(forecast_dir)
     got = grib.kmcast.downscale(model, members=2, seed=3)
     np.testing.assert_array_equal(got["time"].values, grib["time"].values)
+    np.testing.assert_array_equal(got["step"].values, np.array(STEPS, "timedelta64[h]"))  # init and lead kept
+    assert got["forecast_reference_time"].attrs["standard_name"] == "forecast_reference_time"
     attrs = {"t2m": {"units": "K"}, "u10m": {"units": "m s-1"}, "msl": {"units": "Pa"}}
     same = xr.Dataset({v: (("time", "latitude", "longitude"), grib[v].values, attrs[v]) for v in attrs},
                       coords={"time": grib["time"].values, "latitude": LAT, "longitude": LON})
@@ -105,6 +107,7 @@ def test_a_forecast_downscales_as_the_same_fields_in_memory(forecast_dir, tmp_pa
     assert result.exit_code == 0, result.output
     written = xr.open_zarr(out, consolidated=False)
     np.testing.assert_array_equal(written["time"].values, grib["time"].values)
+    np.testing.assert_array_equal(written["step"].values, got["step"].values)
     np.testing.assert_allclose(written["t2m"].values, got["t2m"].values, rtol=1e-6)
 
 

@@ -281,7 +281,8 @@ def downscale(
     Returns a Dataset on the model grid with one variable per output channel, dims
     ``(member, time, y, x)``, 2-D ``lat`` / ``lon``, the grid's ``crs`` and CF attributes (on a lat/lon
     model grid dims ``(member, time, <lat>, <lon>)`` with 1-D coordinates, see :func:`model_grid`); with
-    ``include_mean`` also ``<var>_regression`` ``(time, y, x)``, the regression mean. With
+    ``include_mean`` also ``<var>_regression`` ``(time, y, x)``, the regression mean; the input's other
+    coordinates along time (a forecast's ``forecast_reference_time`` and ``step``) are kept. With
     dask-backed input the result is dask-backed (one task per time chunk); with numpy input it is
     computed before returning.
     """
@@ -331,10 +332,24 @@ def downscale(
         chunks=((n_lead,), inputs.data.chunks[0], (n_out,), inputs.data.chunks[2], inputs.data.chunks[3]),
         name="xkmcast-downscale",
     )
-    time = {"time": ("time", times, {"standard_name": "time", "axis": "T"})}
+    time = {"time": ("time", times, {"standard_name": "time", "axis": "T"}), **_time_coords(ds, len(times))}
     result = model_result(pipeline, data[:members], ("member", "time"), time, "downscaling",
                           mean=data[members] if include_mean else None)
     return result if lazy_input else result.compute()
+
+
+def _time_coords(ds: xr.Dataset, n: int) -> dict:
+    """The input's coordinates along its time axis besides the times themselves, kept along the result's
+    time: a forecast's ``forecast_reference_time`` and ``step`` (:mod:`xkmcast.data.grib`), ERA5's
+    ``expver``."""
+    from .coords import coordinate_names
+
+    dim = find_grid(ds).time_dim
+    if dim is None:
+        return {}
+    times = set(coordinate_names("time")) | {dim}
+    return {k: ("time", c.values, c.attrs) for k, c in ds.coords.items()
+            if c.dims == (dim,) and k not in times and c.size == n}
 
 
 def regrid_defaults(pipeline, method: str | None, options: dict | None) -> tuple[str, dict]:
