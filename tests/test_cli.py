@@ -117,3 +117,15 @@ def test_era5_from_the_cds_with_a_valid_time_dim(files, tmp_path):
     np.testing.assert_allclose(scored["mae"].values, written.kmcast.score(expected.isel(member=0))["mae"].values)
     result = runner.invoke(app, ["score", str(out), str(tmp_path / "truth_cds.nc")])
     assert result.exit_code == 0 and "t2m" in result.output, result.output
+
+
+def test_prepare_keeps_the_times_asked_for(tmp_path):
+    from xkmcast.data.prepare import open_store
+
+    coarse_dataset(3).isel(latitude=slice(0, 16), longitude=slice(0, 16)).to_netcdf(tmp_path / "fine.nc")
+    args = ["prepare", str(tmp_path / "fine.nc"), "--coarsen", "2", "--input", "t2m", "--output", "t2m", "--allow-outside"]
+    for times, kept in (("2024-05-01T01:00..", [1, 2]), ("2024-05-01T00:00,2024-05-01T02:00", [0, 2])):
+        out = tmp_path / f"store{kept[0]}.zarr"
+        result = runner.invoke(app, [*args[:2], str(out), *args[2:], "--times", times])
+        assert result.exit_code == 0, result.output
+        np.testing.assert_array_equal(open_store(out)["time"].values, coarse_dataset(3)["time"].values[kept])

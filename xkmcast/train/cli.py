@@ -114,6 +114,8 @@ def prepare_command(
     coarse: str = typer.Option(None, "--coarse", help="Coarse input dataset (entry or path)."),
     coarsen: int = typer.Option(None, "--coarsen", help="Make the input by block-averaging the fine data."),
     regrid_method: str = typer.Option("bilinear", "--regrid", help="bilinear | nearest | conservative."),
+    times: str = typer.Option(None, "--times", help="Times to keep: START..END (either end open), or a "
+                              "comma-separated list; as downscale --times."),
     stats_start: str = typer.Option(None, "--stats-start", help="First time of the statistics window (ISO)."),
     stats_end: str = typer.Option(None, "--stats-end", help="Last time of the statistics window (ISO); "
                                   "use your training window so that no evaluation time enters the normalisation."),
@@ -128,6 +130,7 @@ def prepare_command(
     """Write a training store (inputs on the fine grid, targets, invariants, statistics).
 
     Without --coarse / --coarsen, a layout holding both (the sample, HRRR-Mini, CWA) gives its input part."""
+    from ..cli import parse_times
     from ..data.prepare import open_pair, prepare
 
     with reported_errors():
@@ -137,7 +140,7 @@ def prepare_command(
                        regrid_options={"allow_outside": "nearest"} if allow_outside else None, overwrite=overwrite,
                        transforms=_pairs(_names(transforms), "--transform"),
                        stats_times=slice(stats_start, stats_end) if (stats_start or stats_end) else None,
-                       states=states)
+                       states=states, times=parse_times(times) if times else None)
     typer.echo(str(path))
     _report_missing(path)
 
