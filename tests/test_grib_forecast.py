@@ -185,3 +185,22 @@ def test_a_lambert_grid_keeps_its_projection(tmp_path):
     turned = ds.kmcast.earth_relative_winds()  # 1 m/s along x, within 20 km of LoV: turned a little
     assert 0 < np.abs(turned["v10m"].values).max() < 0.01
     np.testing.assert_allclose(np.hypot(turned["u10m"], turned["v10m"]), 1.0, atol=1e-5)
+
+
+def test_era5_temperature_and_precipitation_in_one_file(tmp_path):
+    """One CDS request of t2m and tp: cfgrib opens it as one Dataset without tp (it logs that it skips
+    it); both are read here, on the same hourly valid times, without a per-field lead."""
+    path = tmp_path / "era5_single_levels.grib"
+    with open(path, "wb") as out:
+        for hour in pd.date_range("2017-01-01T07", periods=24, freq="h"):
+            write_message(out, 270 + field(hour.hour), LAT, LON, short_name="2t", type_of_level="heightAboveGround",
+                          level=2, time=hour)
+        for cycle in ("2017-01-01T06", "2017-01-01T18"):
+            for step in range(1, 13):
+                write_message(out, field(step, 1e-4) + 1e-3, LAT, LON, short_name="tp", type_of_level="surface",
+                              time=cycle, step_hours=step)
+    ds = xkmcast.open_dataset(path)
+    assert sorted(ds.data_vars) == ["t2m", "tp"] and "step" not in ds.coords
+    np.testing.assert_array_equal(ds["time"].values, pd.date_range("2017-01-01T07", periods=24, freq="h").values)
+    np.testing.assert_allclose(ds["t2m"].sel(time="2017-01-01T09").values, 270 + field(9), atol=2e-3)
+    np.testing.assert_allclose(ds["tp"].sel(time="2017-01-01T09").values, field(3, 1e-4) + 1e-3, atol=1e-7)

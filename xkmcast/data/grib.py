@@ -14,7 +14,14 @@ Dataset (:func:`merge_hypercubes`):
   pressure level kept as a level dimension (``isobaricInhPa``, of size 1 for one level); two
   hypercubes with different sets of pressure levels are joined on the union of their levels
   (missing levels NaN);
-- hypercubes on another grid than the first are refused with the ``filter_by_keys`` to choose one.
+- hypercubes on another grid than the first are refused with the ``filter_by_keys`` to choose one;
+- each hypercube is put on its valid times first (below); fields whose leads differ (ERA5's
+  instantaneous fields at step 0 beside its precipitation accumulated over the hour before) share the
+  time axis, without ``forecast_reference_time`` / ``step``.
+
+cfgrib also opens some files as one Dataset while leaving out, with only a log line, the fields that do
+not fit its first hypercube (ERA5's precipitation beside its temperature): those files are split into
+hypercubes as well.
 
 A forecast's fields hold at their valid time: the time axis becomes ``valid_time``
 (:func:`on_valid_times`; the initial time and the lead kept as ``forecast_reference_time`` and
@@ -65,31 +72,50 @@ def open_grib(path: str | Path, **kwargs) -> xr.Dataset:
 
     engine = kwargs.pop("engine", None) or grib_engine(Path(path))
     chunks = kwargs.pop("chunks", {})
-    with _quiet_cfgrib():
+    with _cfgrib_skips() as skipped:
         try:
             ds = xr.open_dataset(path, engine=engine, chunks=chunks, **kwargs)
         except DatasetBuildError:  # several hypercubes: mixed level types
-            import cfgrib
+            skipped.append("the file as one hypercube")
+        if not skipped:
+            return on_valid_times(ds)
+        # cfgrib refused the file, or opened it leaving out fields that do not fit its first hypercube
+        # (ERA5's accumulated precipitation beside its instantaneous fields): its hypercubes, merged
+        import cfgrib
 
-            parts = cfgrib.open_datasets(str(path), backend_kwargs=kwargs.pop("backend_kwargs", {}), chunks=chunks,
-                                         **kwargs)
-            ds = merge_hypercubes(parts, Path(path).name)
-    return on_valid_times(ds)
+        parts = cfgrib.open_datasets(str(path), backend_kwargs=kwargs.pop("backend_kwargs", {}), chunks=chunks,
+                                     **kwargs)
+    return merge_hypercubes([on_valid_times(part) for part in parts], Path(path).name)
+
+
+class _Skips(logging.Handler):
+    """Collects cfgrib's "skipping variable" errors: the fields it left out of a Dataset."""
+
+    def __init__(self, skipped: list):
+        super().__init__(logging.ERROR)
+        self.skipped = skipped
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.skipped.append(record.getMessage())
 
 
 @contextlib.contextmanager
-def _quiet_cfgrib():
-    """cfgrib's own noise while it splits a file: its error log of each hypercube it cannot join, and
-    xarray's FutureWarning about the merge defaults cfgrib uses."""
+def _cfgrib_skips():
+    """The fields cfgrib leaves out while it opens a file (yielded list), taken from its log instead of
+    printed (they are read from its hypercubes then), and xarray's FutureWarning about the merge
+    defaults cfgrib's own merging uses (cfgrib's call, not ours)."""
     log = logging.getLogger("cfgrib")
-    level = log.level
-    log.setLevel(logging.CRITICAL)
+    skipped: list[str] = []
+    handler, propagate = _Skips(skipped), log.propagate
+    log.addHandler(handler)
+    log.propagate = False
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning, module="cfgrib")
-            yield
+            yield skipped
     finally:
-        log.setLevel(level)
+        log.removeHandler(handler)
+        log.propagate = propagate
 
 
 def _level_type(ds: xr.Dataset) -> str:
@@ -137,6 +163,10 @@ def merge_hypercubes(parts: list[xr.Dataset], source: str = "the file") -> xr.Da
             names[name] = new
             taken.add(new)
         renamed.append(ds.drop_vars(single).rename({k: v for k, v in names.items() if k != v}))
+    for name in ("forecast_reference_time", "step"):  # per field when the fields' leads differ: not kept
+        values = [part[name] for part in renamed if name in part.coords]
+        if any(not v.equals(values[0]) for v in values[1:]):
+            renamed = [part.drop_vars(name, errors="ignore") for part in renamed]
     return xr.merge(renamed, join="outer", compat="override", combine_attrs="drop_conflicts")
 
 
