@@ -43,17 +43,40 @@ def on_truth(pred: xr.DataArray, truth: xr.DataArray) -> xr.DataArray:
 
 
 def top_third_power_ratio(pred: xr.DataArray, truth: xr.DataArray) -> float:
-    """Power ratio (one member vs truth) over wavenumbers 2/3 Nyquist .. Nyquist (grid units); NaN when the
-    truth has missing values (the spectrum of a field with holes is not the field's)."""
-    if bool(truth.isnull().any()):
-        return float("nan")
+    """Power ratio (one member vs truth) over wavenumbers 2/3 Nyquist .. Nyquist (grid units). A truth
+    with missing values (a conic domain on its rectangle) is compared on the largest rectangle where it
+    has a value at every time (the spectrum of a field with holes is not the field's); NaN when that is
+    smaller than 8 x 8."""
     ydim, xdim = truth.dims[-2:]
+    if bool(truth.isnull().any()):
+        rows, cols = largest_rectangle(truth.notnull().all([d for d in truth.dims if d not in (ydim, xdim)]).values)
+        if rows.stop - rows.start < 8 or cols.stop - cols.start < 8:
+            return float("nan")
+        truth, pred = truth.isel({ydim: rows, xdim: cols}), pred.isel({pred.dims[-2]: rows, pred.dims[-1]: cols})
     one = pred.isel(member=0) if "member" in pred.dims else pred
     ps = metrics.power_spectrum(one, dx=1.0, dy=1.0, spatial=(ydim, xdim))
     pt = metrics.power_spectrum(truth, dx=1.0, dy=1.0, spatial=(ydim, xdim))
     k = ps["wavenumber"]
     band = (k >= 0.5 * 2 / 3) & (k <= 0.5)
     return float(ps.where(band).sum() / pt.where(band).sum())
+
+
+def largest_rectangle(valid: np.ndarray) -> tuple[slice, slice]:
+    """(rows, cols) of the largest all-true rectangle of the 2-D boolean ``valid`` (each row's column
+    heights of trues ending there, and the widest bar under each height: O(rows x cols^2))."""
+    best, found = 0, (slice(0, 0), slice(0, 0))
+    heights = np.zeros(valid.shape[1], int)
+    for r, row in enumerate(np.asarray(valid, bool)):
+        heights = np.where(row, heights + 1, 0)
+        for c0 in range(valid.shape[1]):
+            h = heights[c0]
+            for c1 in range(c0, valid.shape[1]):
+                h = min(h, heights[c1])
+                if h == 0:
+                    break
+                if h * (c1 - c0 + 1) > best:
+                    best, found = h * (c1 - c0 + 1), (slice(r - h + 1, r + 1), slice(c0, c1 + 1))
+    return found
 
 
 def seam_ratio(pred: xr.DataArray, truth: xr.DataArray, borders: tuple[list[int], list[int]] | None) -> float:
