@@ -123,7 +123,8 @@ def test_prepare_keeps_the_times_asked_for(tmp_path):
     from xkmcast.data.prepare import open_store
 
     coarse_dataset(3).isel(latitude=slice(0, 16), longitude=slice(0, 16)).to_netcdf(tmp_path / "fine.nc")
-    args = ["prepare", str(tmp_path / "fine.nc"), "--coarsen", "2", "--input", "t2m", "--output", "t2m", "--allow-outside"]
+    args = ["prepare", str(tmp_path / "fine.nc"), "--coarsen", "2", "--input", "t2m", "--output", "t2m",
+            "--allow-outside"]
     for times, kept in (("2024-05-01T01:00..", [1, 2]), ("2024-05-01T00:00,2024-05-01T02:00", [0, 2])):
         out = tmp_path / f"store{kept[0]}.zarr"
         result = runner.invoke(app, [*args[:2], str(out), *args[2:], "--times", times])

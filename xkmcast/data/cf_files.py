@@ -33,7 +33,8 @@ _GLOB_CHARS = "*?["
 def cf_files(source: str | os.PathLike) -> list[Path] | None:
     """The files ``source`` names when it is a glob pattern, or a folder whose files (not subfolders)
     are NetCDF / GRIB files (by their suffix, or by their first bytes when it is none of those, as
-    WRF's ``wrfout_d01_<time>`` and GFS's ``gfs.t00z.pgrb2.0p25.f012``); None for anything else (a single file, a zarr store, a catalog entry).
+    WRF's ``wrfout_d01_<time>`` and GFS's ``gfs.t00z.pgrb2.0p25.f012``); None for anything else (a single
+    file, a zarr store, a catalog entry).
     A pattern that matches no file is a DataNotFoundError."""
     text = os.path.expanduser(str(source))
     path = Path(text)

@@ -76,9 +76,11 @@ def open_grib(path: str | Path, **kwargs) -> xr.Dataset:
         try:
             ds = xr.open_dataset(path, engine=engine, chunks=chunks, **kwargs)
         except DatasetBuildError:  # several hypercubes: mixed level types
-            skipped.append("the file as one hypercube")
-        if not skipped:
+            ds = None
+        if ds is not None and not skipped:
             return on_valid_times(ds)
+        if ds is not None:
+            ds.close()
         # cfgrib refused the file, or opened it leaving out fields that do not fit its first hypercube
         # (ERA5's accumulated precipitation beside its instantaneous fields): its hypercubes, merged
         import cfgrib
@@ -152,10 +154,8 @@ def merge_hypercubes(parts: list[xr.Dataset], source: str = "the file") -> xr.Da
         level = "".join(f"{float(ds[c]):g}" for c in single if c == level_type)
         names = {}
         for name in ds.data_vars:
-            new = str(name)
-            for candidate in (str(name), f"{name}_{level_type}", f"{name}_{level_type}{level}"):
-                new = candidate
-                if candidate not in taken:
+            for new in (str(name), f"{name}_{level_type}", f"{name}_{level_type}{level}"):
+                if new not in taken:
                     break
             else:
                 raise InvalidDataError(explain(f"{source}: two fields named {name} on {level_type} {level}",
@@ -190,7 +190,8 @@ def on_valid_times(ds: xr.Dataset) -> xr.Dataset:
             forecast_reference_time=("time", np.repeat(time.values, n)))
     elif time.dims == ("time",) and step.ndim == 0:
         valid = ds["valid_time"].values
-        ds = ds.assign_coords(forecast_reference_time=("time", time.values), step=("time", np.repeat(step.values, time.size)))
+        ds = ds.assign_coords(forecast_reference_time=("time", time.values),
+                              step=("time", np.repeat(step.values, time.size)))
         ds = ds.drop_vars("valid_time").assign_coords(time=valid)
     elif time.dims == ("time",) and step.dims == ("step",) and ds["valid_time"].dims == ("time", "step"):
         valid = ds["valid_time"].values.ravel()

@@ -28,14 +28,18 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-__all__ = ["as_gregorian", "calendar_name", "is_calendar_time", "labels_as", "same_calendar", "time_index", "time_step", "time_steps", "time_text"]
+__all__ = ["as_gregorian", "calendar_name", "is_calendar_time", "labels_as", "same_calendar", "time_index", "time_step",
+           "time_steps", "time_text"]
 
 
 def is_calendar_time(values) -> bool:
     """Whether ``values`` (an array, an index, or one time) are ``cftime`` dates of a model calendar."""
     if isinstance(values, xr.CFTimeIndex):
         return True
-    first = np.asarray(values, dtype=object).ravel()[:1] if np.ndim(values) else [values]
+    array = np.asarray(values)
+    if array.dtype != object:  # datetime64, numbers, strings
+        return False
+    first = array.ravel()[:1]
     return len(first) > 0 and hasattr(first[0], "calendar") and hasattr(first[0], "timetuple")
 
 

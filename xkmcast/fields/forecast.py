@@ -45,7 +45,8 @@ import pandas as pd
 import xarray as xr
 
 from ..errors import InvalidDataError, TimeCoverageError, XkmcastError, explain
-from .calendar import as_gregorian, calendar_name, is_calendar_time, same_calendar, time_index, time_step, time_steps, time_text
+from .calendar import (as_gregorian, calendar_name, is_calendar_time, same_calendar, time_index, time_step, time_steps,
+                       time_text)
 from .downscale import (ModelRef, _graph_handle, grid_dims, model_result, pole_values, require_task,
                         resolve_model, to_model_inputs)
 
@@ -270,7 +271,7 @@ def _rollout(pipeline, state0: np.ndarray, bg: np.ndarray | None, init_time, mem
                 b = b.unsqueeze(0).expand(members, -1, -1, -1)
             seeds = row_seeds(seed, members, init_time, n)
             if getattr(pipeline, "takes_valid_time", False):
-                timed = {"valid_time": as_gregorian(init_time + n * dt)}  # for the Sun: model calendars read as Gregorian
+                timed = {"valid_time": as_gregorian(init_time + n * dt)}  # for the Sun: a model date as Gregorian
             new = pipeline.step(x, b, seeds=seeds, step_index=n, **options, **timed, **context).float()
             x = torch.cat([x[:, 1:], new[:, None]], dim=1) if windowed else new
             states.append(new.cpu().numpy())

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Discriminator, Tag, field_validator, model_validator
 
-__all__ = ["RANGE", "split_range", "StrictModel", "TimeRange", "TimeWindows", "RecurringWindow", "ValidTimes", "time_windows"]
+__all__ = ["RANGE", "split_range", "StrictModel", "TimeRange", "TimeWindows", "RecurringWindow", "ValidTimes",
+           "time_windows"]
 
 
 class StrictModel(BaseModel):
