@@ -75,6 +75,14 @@ def test_only_winds_known_to_be_along_a_turned_grid_are_turned_by_default():
         plain.kmcast.earth_relative_winds(pairs=[("u100m", "v100m")])
 
 
+def latlon_target() -> xr.Dataset:
+    """A 0.25 degree fine target (t2m) inside the 24 x 24 12 km Lambert grid, on 2024-01-01."""
+    fine = make_latlon_grid(np.arange(39.5, 37.45, -0.25), np.arange(-99.0, -95.95, 0.25),
+                            lat_name="latitude", lon_name="longitude")
+    fine = fine.assign(t2m=(("time", "latitude", "longitude"), np.full((1, 9, 13), 280.0), {"units": "K"}))
+    return fine.assign_coords(time=[np.datetime64("2024-01-01", "ns")])
+
+
 def test_regridding_grid_relative_winds_warns(tmp_path):
     """A coarse input whose winds are along its Lambert grid, regridded onto a latitude / longitude
     target: ``prepare`` warns and says what to do; once turned, it does not."""
@@ -86,13 +94,33 @@ def test_regridding_grid_relative_winds_warns(tmp_path):
     day = [np.datetime64("2024-01-01", "ns")]
     ds = on_grid(coarse, rng.normal(size=g.shape), rng.normal(size=g.shape), GRIB_uvRelativeToGrid=1,
                  GRIB_gridType="lambert").assign_coords(time=day)
-    fine = make_latlon_grid(np.arange(39.5, 37.45, -0.25), np.arange(-99.0, -95.95, 0.25),
-                            lat_name="latitude", lon_name="longitude")
-    fine = fine.assign(t2m=(("time", "latitude", "longitude"), np.full((1, 9, 13), 280.0), {"units": "K"}))
-    fine = fine.assign_coords(time=day)
+    fine = latlon_target()
     kw = dict(input_vars=["u10m", "v10m"], output_vars=["t2m"], regrid_options={"allow_outside": "nearest"})
     with pytest.warns(UserWarning, match=r"u10m, v10m of the coarse input are along its grid.*earth_relative_winds"):
         prepare(fine, ds, tmp_path / "s.zarr", **kw)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         prepare(fine, ds.kmcast.earth_relative_winds(), tmp_path / "t.zarr", **kw)
+
+
+def test_block_means_on_the_same_projection_keep_their_axes_quietly(tmp_path):
+    """The coarse input made of the grid's own block means is on the same projection: its grid-relative
+    winds are along the fine grid's axes too, so regridding them is right and does not warn."""
+    from xkmcast.data.prepare import prepare
+
+    fine = lambert(24, 24, 12000.0)
+    g = find_grid(fine)
+    rng = np.random.default_rng(1)
+    day = [np.datetime64("2024-01-01", "ns")]
+    ds = on_grid(fine, rng.normal(size=g.shape), rng.normal(size=g.shape), GRIB_uvRelativeToGrid=1,
+                 GRIB_gridType="lambert").assign_coords(time=day)
+    coarse = ds.coarsen(x=2, y=2).mean(keep_attrs=True)
+    assert find_grid(coarse).crs == g.crs and coarse["u10m"].attrs["GRIB_uvRelativeToGrid"] == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prepare(ds, coarse, tmp_path / "s.zarr", input_vars=["u10m", "v10m"], output_vars=["u10m"],
+                regrid_options={"allow_outside": "nearest"})
+    assert not [w for w in caught if "along its grid" in str(w.message)]
+    with pytest.warns(UserWarning, match="along its grid"):  # onto a latitude / longitude grid: warned
+        prepare(latlon_target(), coarse, tmp_path / "t.zarr", input_vars=["u10m", "v10m"], output_vars=["t2m"],
+                regrid_options={"allow_outside": "nearest"})

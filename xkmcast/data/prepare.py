@@ -183,7 +183,7 @@ def _on_fine_grid(coarse: xr.Dataset, fine: xr.Dataset, method: str, options: di
     from ..fields.regrid import Regridder
     from ..fields.winds import warn_if_grid_relative
 
-    warn_if_grid_relative(coarse, "coarse input")
+    warn_if_grid_relative(coarse, "coarse input", fine)
     regridder = Regridder(coarse, fine, method=method, **options)
     if regridder.outside_nan:  # NaN inputs would make every loss NaN
         raise ConfigError(explain(

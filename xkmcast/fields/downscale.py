@@ -197,7 +197,7 @@ def to_model_inputs(ds: xr.Dataset, pipeline, names, *, role: str = "input", reg
             )
         )
     else:
-        warn_if_grid_relative(selected, role)
+        warn_if_grid_relative(selected, role, target)
         try:
             regridder = Regridder(selected, target, method=regrid_method, **check_options(regrid_options))
         except DomainCoverageError as exc:

@@ -101,10 +101,15 @@ def earth_relative_winds(ds: xr.Dataset, pairs: list[tuple[str, str]] | None = N
     return out
 
 
-def warn_if_grid_relative(ds: xr.Dataset, role: str) -> None:
-    """Warn when ``ds`` (about to be regridded onto another grid) holds wind components along its grid:
-    regridded as they are, they are neither along the new grid nor east / north."""
+def warn_if_grid_relative(ds: xr.Dataset, role: str, target: xr.Dataset | None = None) -> None:
+    """Warn when ``ds`` (about to be regridded onto ``target``'s grid) holds wind components along its
+    grid: regridded as they are, they are neither along the new grid nor east / north, unless the new
+    grid is on the same projection (block means of the grid: the axes are the same)."""
     along = [n for p in wind_pairs(ds) for n in p if is_grid_relative(ds[n], ds)]
+    if along and target is not None:
+        source_crs, target_crs = find_grid(ds).crs, find_grid(target).crs
+        if source_crs is not None and target_crs is not None and source_crs == target_crs:
+            return
     if along:
         import warnings
 
