@@ -83,17 +83,21 @@ def latlon_target() -> xr.Dataset:
     return fine.assign_coords(time=[np.datetime64("2024-01-01", "ns")])
 
 
+def flagged_lambert(seed: int) -> xr.Dataset:
+    """Random winds marked along a 24 x 24 12 km Lambert grid (as cfgrib marks HRRR's), on 2024-01-01."""
+    grid = lambert(24, 24, 12000.0)
+    g = find_grid(grid)
+    rng = np.random.default_rng(seed)
+    return on_grid(grid, rng.normal(size=g.shape), rng.normal(size=g.shape), GRIB_uvRelativeToGrid=1,
+                   GRIB_gridType="lambert").assign_coords(time=[np.datetime64("2024-01-01", "ns")])
+
+
 def test_regridding_grid_relative_winds_warns(tmp_path):
     """A coarse input whose winds are along its Lambert grid, regridded onto a latitude / longitude
     target: ``prepare`` warns and says what to do; once turned, it does not."""
     from xkmcast.data.prepare import prepare
 
-    coarse = lambert(24, 24, 12000.0)
-    g = find_grid(coarse)
-    rng = np.random.default_rng(0)
-    day = [np.datetime64("2024-01-01", "ns")]
-    ds = on_grid(coarse, rng.normal(size=g.shape), rng.normal(size=g.shape), GRIB_uvRelativeToGrid=1,
-                 GRIB_gridType="lambert").assign_coords(time=day)
+    ds = flagged_lambert(0)
     fine = latlon_target()
     kw = dict(input_vars=["u10m", "v10m"], output_vars=["t2m"], regrid_options={"allow_outside": "nearest"})
     with pytest.warns(UserWarning, match=r"u10m, v10m of the coarse input are along its grid.*earth_relative_winds"):
@@ -108,14 +112,9 @@ def test_block_means_on_the_same_projection_keep_their_axes_quietly(tmp_path):
     winds are along the fine grid's axes too, so regridding them is right and does not warn."""
     from xkmcast.data.prepare import prepare
 
-    fine = lambert(24, 24, 12000.0)
-    g = find_grid(fine)
-    rng = np.random.default_rng(1)
-    day = [np.datetime64("2024-01-01", "ns")]
-    ds = on_grid(fine, rng.normal(size=g.shape), rng.normal(size=g.shape), GRIB_uvRelativeToGrid=1,
-                 GRIB_gridType="lambert").assign_coords(time=day)
+    ds = flagged_lambert(1)
     coarse = ds.coarsen(x=2, y=2).mean(keep_attrs=True)
-    assert find_grid(coarse).crs == g.crs and coarse["u10m"].attrs["GRIB_uvRelativeToGrid"] == 1
+    assert find_grid(coarse).crs == find_grid(ds).crs and coarse["u10m"].attrs["GRIB_uvRelativeToGrid"] == 1
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         prepare(ds, coarse, tmp_path / "s.zarr", input_vars=["u10m", "v10m"], output_vars=["u10m"],
