@@ -118,5 +118,22 @@ def test_cmor_short_names_without_standard_names():
     np.testing.assert_allclose(got["msl"].values, (values + 1000) * 100, rtol=1e-6)
     assert got["tp"].attrs["units"] == "kg m-2" and find_variable(ds, "u10m") == "uas"
     rate = ds.assign(pr=ds["pr"].assign_attrs(units="kg m-2 s-1"))
-    with pytest.raises(UnitError, match="Cannot convert 'pr' from 'kg m-2 s-1'"):
+    with pytest.raises(UnitError, match=r"'pr' is a precipitation rate \('kg m-2 s-1'\)"):
         select_variables(rate, ["tp"])
+
+
+def test_precipitation_rates_are_refused_with_the_line_that_makes_an_amount():
+    """A rate (CMIP's pr, IMERG's mm/hr, CPC's mm/day) is not an amount per record until it is multiplied
+    by the record's length; the error gives that line, and following it gives the amount (1e-5 kg m-2
+    s-1 over January: 26.784 mm; 2 mm/hr over an hour: 2 mm)."""
+    time = xr.DataArray(np.array(["2005-01-16T12:00"], "datetime64[ns]"), dims="time")
+    monthly = xr.Dataset({"pr": (("time", "y", "x"), np.full((1, 2, 2), 1e-5), {"units": "kg m-2 s-1"})},
+                         coords={"time": time})
+    with pytest.raises(UnitError, match=r"monthly means: ds\['pr'\] \* 86400 \* ds.time.dt.days_in_month"):
+        select_variables(monthly, ["tp"])
+    fixed = monthly.assign(pr=(monthly["pr"] * 86400 * monthly.time.dt.days_in_month).assign_attrs(units="mm"))
+    np.testing.assert_allclose(select_variables(fixed, ["tp"])["tp"].values, 26.784)
+    for units, line in (("mm/hr", r"ds\['pr'\] \* H, H the hours of a record"),
+                        ("mm/day", r"ds\['pr'\] \* D, D the days of a record")):
+        with pytest.raises(UnitError, match=line):
+            select_variables(monthly.assign(pr=monthly["pr"].assign_attrs(units=units)), ["tp"])

@@ -53,6 +53,8 @@ UNIT_ALIASES: dict[str, tuple[str, ...]] = {
     "km h-1": ("km h-1", "km/h", "kph"),
     "kg m-2": ("kg m-2", "kg m**-2", "kg/m2", "kg/m^2", "kg m^-2", "kg.m-2"),
     "kg m-2 s-1": ("kg m-2 s-1", "kg m**-2 s**-1", "kg/m2/s", "kg m^-2 s^-1", "mm s-1", "mm/s"),  # a rate
+    "mm h-1": ("mm h-1", "mm/h", "mm/hr", "mm hr-1", "mm h**-1", "mm hr^-1", "mm/hour", "kg m-2 h-1"),  # a rate
+    "mm day-1": ("mm day-1", "mm/day", "mm/d", "mm d-1", "mm d**-1", "mm day**-1", "kg m-2 day-1"),  # a rate
     "mm": ("mm", "millimeter", "millimetre", "mm of water"),
     "m": ("m", "meter", "metre", "meters", "metres", "gpm"),
     "km": ("km",),
@@ -65,6 +67,10 @@ UNIT_ALIASES: dict[str, tuple[str, ...]] = {
     "Pa s-1": ("Pa s-1", "Pa s**-1", "Pa/s"),
 }
 _UNIT_LOOKUP = {alias: canon for canon, aliases in UNIT_ALIASES.items() for alias in aliases}
+
+#: precipitation rates, by the seconds of their time unit: an amount per record is the rate times the
+#: record's length, which xkmcast does not guess (an instantaneous rate is not an interval mean)
+RATE_SECONDS = {"kg m-2 s-1": 1, "mm h-1": 3600, "mm day-1": 86400}
 
 #: (from, to) -> (scale, offset): value_to = value_from * scale + offset
 CONVERSIONS: dict[tuple[str, str], tuple[float, float]] = {
@@ -225,6 +231,8 @@ def convert_units(da: xr.DataArray, to_units: str, *, standard_name: str | None 
         out = da
     else:
         conv = QUANTITY_CONVERSIONS.get((sn, src, target)) or CONVERSIONS.get((src, target))
+        if conv is None and src in RATE_SECONDS and target == "kg m-2":
+            raise UnitError(_rate_message(named, src_raw, src))
         if conv is None:
             raise UnitError(
                 explain(
@@ -240,6 +248,23 @@ def convert_units(da: xr.DataArray, to_units: str, *, standard_name: str | None 
     out = out.copy(deep=False)
     out.attrs["units"] = to_units
     return out
+
+
+def _rate_message(named: str, src_raw: str, src: str) -> str:
+    """Why a precipitation rate is not read as an amount, and the line that makes it one."""
+    seconds = RATE_SECONDS[src]
+    v = f"ds[{named!r}]"
+    per_record, monthly = {
+        1: (f"{v} * 3600 * H, H the hours of a record", f"{v} * 86400 * ds.time.dt.days_in_month"),
+        3600: (f"{v} * H, H the hours of a record (1 for hourly data)", f"{v} * 24 * ds.time.dt.days_in_month"),
+        86400: (f"{v} * D, D the days of a record (1 for daily data)", f"{v} * ds.time.dt.days_in_month"),
+    }[seconds]
+    return explain(
+        f"{named!r} is a precipitation rate ({src_raw!r}), and xkmcast's tp is the amount of each record "
+        "(kg m-2 = mm): the rate times the record's length if the rate is the record's mean (not if it is "
+        "an instantaneous rate), which xkmcast does not guess",
+        expected="an amount per record in kg m-2, mm or m", found=repr(src_raw),
+        fix=f"for a mean rate: {per_record}; monthly means: {monthly}; then .assign_attrs(units='mm')")
 
 
 # -------------------------------------------------------------------------------------- finding
