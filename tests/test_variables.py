@@ -137,3 +137,22 @@ def test_precipitation_rates_are_refused_with_the_line_that_makes_an_amount():
                         ("mm/day", r"ds\['pr'\] \* D, D the days of a record")):
         with pytest.raises(UnitError, match=line):
             select_variables(monthly.assign(pr=monthly["pr"].assign_attrs(units=units)), ["tp"])
+
+
+@pytest.mark.parametrize("units, to, value, expected", [
+    ("degrees Celsius", "K", 20.0, 293.15), ("deg C", "K", 20.0, 293.15), ("degree_C", "K", 20.0, 293.15),
+    ("Kelvins", "K", 280.0, 280.0), ("m/sec", "m s-1", 3.0, 3.0), ("mph", "m s-1", 10.0, 4.4704),
+    ("hectopascals", "Pa", 1013.25, 101325.0), ("kg/m**2", "kg m-2", 2.5, 2.5),
+])
+def test_unit_spellings_of_real_files(units, to, value, expected):
+    """Spellings met in real files (UDUNITS' degree_C, NCL's m/sec, US observations' mph: 0.44704 m/s
+    by definition) convert as their canonical units do."""
+    out = convert_units(xr.DataArray([value], dims="x", attrs={"units": units}), to)
+    np.testing.assert_allclose(out.values, expected, rtol=1e-9)
+
+
+def test_geopotential_height_in_decametres():
+    """Charts' geopotential height in dam: 558 dam = 5580 m, and as geopotential 5580 m x g."""
+    gh = xr.DataArray([558.0], dims="x", attrs={"units": "dam"})
+    np.testing.assert_allclose(convert_units(gh, "m", standard_name="geopotential_height").values, 5580.0)
+    np.testing.assert_allclose(convert_units(gh, "m2 s-2", standard_name="geopotential").values, 5580.0 * 9.80665)

@@ -43,21 +43,26 @@ G = 9.80665  # standard gravity, m s-2
 LEVEL_DIMS = ("level", "pressure_level", "isobaricInhPa", "plev", "lev", "levels", "pressure")
 
 UNIT_ALIASES: dict[str, tuple[str, ...]] = {
-    "K": ("K", "k", "kelvin", "Kelvin", "degK", "deg_K", "degrees_K"),
-    "degC": ("degC", "C", "°C", "celsius", "Celsius", "deg_C", "degrees_C", "degree_Celsius", "degrees_Celsius"),
+    "K": ("K", "k", "kelvin", "Kelvin", "kelvins", "Kelvins", "degK", "deg_K", "degrees_K", "degree_K",
+          "degrees_Kelvin"),
+    "degC": ("degC", "C", "°C", "celsius", "Celsius", "deg_C", "deg C", "degree_C", "degrees_C", "degrees C",
+             "degree_Celsius", "degrees_Celsius", "degree Celsius", "degrees Celsius"),
     "Pa": ("Pa", "pa", "pascal", "Pascal"),
-    "hPa": ("hPa", "hpa", "mb", "mbar", "millibar", "millibars", "hectopascal"),
+    "hPa": ("hPa", "hpa", "mb", "mbar", "millibar", "millibars", "hectopascal", "hectopascals"),
     "kPa": ("kPa", "kpa"),
-    "m s-1": ("m s-1", "m/s", "M/S", "m s**-1", "m s^-1", "m.s-1", "ms-1", "m*s-1", "meters/second", "metre/second"),
+    "m s-1": ("m s-1", "m/s", "M/S", "m s**-1", "m s^-1", "m.s-1", "ms-1", "m*s-1", "meters/second", "metre/second",
+              "m/sec", "m sec-1", "meter/sec", "meters/sec", "meters per second", "metres per second"),
+    "mph": ("mph", "miles/hour", "mi/h", "miles per hour"),
     "knots": ("knots", "kt", "kts", "knot"),
     "km h-1": ("km h-1", "km/h", "kph"),
-    "kg m-2": ("kg m-2", "kg m**-2", "kg/m2", "kg/m^2", "kg m^-2", "kg.m-2"),
+    "kg m-2": ("kg m-2", "kg m**-2", "kg/m2", "kg/m^2", "kg/m**2", "kg m^-2", "kg.m-2"),
     "kg m-2 s-1": ("kg m-2 s-1", "kg m**-2 s**-1", "kg/m2/s", "kg m^-2 s^-1", "mm s-1", "mm/s"),  # a rate
     "mm h-1": ("mm h-1", "mm/h", "mm/hr", "mm hr-1", "mm h**-1", "mm hr^-1", "mm/hour", "kg m-2 h-1"),  # a rate
     "mm day-1": ("mm day-1", "mm/day", "mm/d", "mm d-1", "mm d**-1", "mm day**-1", "kg m-2 day-1"),  # a rate
     "mm": ("mm", "millimeter", "millimetre", "mm of water"),
     "m": ("m", "meter", "metre", "meters", "metres", "gpm"),
     "km": ("km",),
+    "dam": ("dam", "decameters", "decametres", "gpdam"),
     "m2 s-2": ("m2 s-2", "m**2 s**-2", "m^2/s^2", "m2/s2", "m^2 s^-2"),
     "dBZ": ("dBZ", "dbz", "dBz", "DBZ"),
     "1": ("1", "", "0-1", "(0 - 1)", "dimensionless", "fraction", "~", "-"),
@@ -80,6 +85,8 @@ CONVERSIONS: dict[tuple[str, str], tuple[float, float]] = {
     ("kPa", "Pa"): (1000.0, 0.0),
     ("Pa", "hPa"): (0.01, 0.0),
     ("knots", "m s-1"): (1852.0 / 3600.0, 0.0),
+    ("mph", "m s-1"): (0.44704, 0.0),
+    ("dam", "m"): (10.0, 0.0),
     ("km h-1", "m s-1"): (1.0 / 3.6, 0.0),
     ("km", "m"): (1000.0, 0.0),
     ("g kg-1", "kg kg-1"): (1e-3, 0.0),
@@ -91,6 +98,7 @@ QUANTITY_CONVERSIONS: dict[tuple[str, str, str], tuple[float, float]] = {
     ("precipitation_amount", "mm", "kg m-2"): (1.0, 0.0),
     ("atmosphere_mass_content_of_water_vapor", "mm", "kg m-2"): (1.0, 0.0),
     ("geopotential", "m", "m2 s-2"): (G, 0.0),  # geopotential height in gpm
+    ("geopotential", "dam", "m2 s-2"): (10.0 * G, 0.0),  # ... in decametres (charts)
     ("geopotential_height", "m2 s-2", "m"): (1.0 / G, 0.0),
 }
 
