@@ -143,3 +143,29 @@ def test_downscaling_raw_wrf_output_keeps_its_times(tmp_path):
     pipe.set_grid(fine["XLAT"].isel(Time=0).values, fine["XLONG"].isel(Time=0).values)
     out = block_mean(fine[["t2m"]], 2).kmcast.downscale(pipe, members=1, regrid_options={"allow_outside": "nearest"})
     np.testing.assert_array_equal(out["time"].values, fine["XTIME"].values)
+
+
+def _grouped(path, ds, groups=("Grid",)):
+    """A NetCDF-4 file as GPM IMERG writes its HDF5: an empty root (file attributes only), the data in
+    ``groups``."""
+    xr.Dataset(attrs={"FileHeader": "DOI=10.5067/GPM/IMERG/3B-HH/07"}).to_netcdf(path)
+    for g in groups:
+        ds.to_netcdf(path, group=g, mode="a")
+
+
+def test_data_in_a_group_is_found(tmp_path):
+    """IMERG keeps its fields in /Grid: one file, and a folder of half-hourly files, open on that group;
+    two groups with data are refused naming them, and group= chooses."""
+    ds = coarse_dataset(times=4)
+    _grouped(tmp_path / "one.HDF5", ds)
+    got = xkmcast.open_dataset(tmp_path / "one.HDF5")
+    np.testing.assert_array_equal(got["t2m"].values, ds["2t"].values)  # ERA5 short names read as canonical
+    (tmp_path / "halfhourly").mkdir()
+    for i in range(2):
+        _grouped(tmp_path / "halfhourly" / f"3B-HHR.{i}.nc", ds.isel(time=slice(2 * i, 2 * i + 2)))
+    record = xkmcast.open_dataset(tmp_path / "halfhourly")
+    np.testing.assert_array_equal(record["time"].values, ds["time"].values)
+    _grouped(tmp_path / "two.nc", ds, groups=("Grid", "Grid_extra"))
+    with pytest.raises(InvalidDataError, match=r"(?s)data in 2 groups.*group='/Grid'"):
+        xkmcast.open_dataset(tmp_path / "two.nc")
+    assert "t2m" in xkmcast.open_dataset(tmp_path / "two.nc", group="Grid_extra")

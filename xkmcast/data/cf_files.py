@@ -6,8 +6,10 @@ variable (CMIP's ``tas_*.nc``, ``uas_*.nc``). :func:`cf_files` finds the files s
 ``xarray.open_mfdataset``: combined by their coordinates (concatenated along time, merged across
 variables), the grids required to be identical (``join="exact"``); files whose time dim has no
 index but a datetime coordinate (WRF's ``Time`` and ``XTIME``) are concatenated along it in the order
-of their names, which must be the order of their times. A single file, a zarr store and
-the published layouts are not this module's concern (:func:`xkmcast.data.layouts.open_dataset`).
+of their names, which must be the order of their times. One NetCDF file opens with :func:`open_netcdf`;
+a NetCDF-4 / HDF5 file whose root group holds no data opens on the one group that does (GPM IMERG's
+``/Grid``: :func:`data_group`), one file or many. Zarr stores and the published layouts are not this
+module's concern (:func:`xkmcast.data.layouts.open_dataset`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from ..errors import DataNotFoundError, InvalidDataError, explain
 from ..fields.grid import datetime_coords
 from .grib import GRIB_SUFFIXES, open_grib
 
-__all__ = ["cf_files", "open_cf_files", "netcdf_magic", "grib_magic", "CF_SUFFIXES"]
+__all__ = ["cf_files", "open_cf_files", "open_netcdf", "data_group", "netcdf_magic", "grib_magic",
+           "CF_SUFFIXES"]
 
 #: file name endings of the NetCDF / HDF5 files read as CF
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5", ".hdf")
@@ -75,11 +78,47 @@ def is_grib(path: Path) -> bool:
     return path.suffix.lower() in GRIB_SUFFIXES or (path.is_file() and grib_magic(path))
 
 
+def data_group(path: Path, root_has_data: bool | None = None) -> str | None:
+    """The group of a NetCDF-4 / HDF5 file that holds its data when the root group holds none (GPM
+    IMERG's ``/Grid``); None when the root has data (``root_has_data``, when the caller has looked), or
+    the file has no groups. Several groups with data: an InvalidDataError naming them (open one with
+    ``group=``)."""
+    if root_has_data is None:
+        with xr.open_dataset(path) as root:
+            root_has_data = bool(root.data_vars)
+    if root_has_data:
+        return None
+    try:
+        groups = xr.open_groups(path)
+    except (ValueError, OSError, TypeError):  # a format without groups (NetCDF-3)
+        return None
+    with_data = [name for name, g in groups.items() if g.data_vars]
+    for g in groups.values():
+        g.close()
+    if len(with_data) > 1:
+        raise InvalidDataError(explain(f"{path.name} holds data in {len(with_data)} groups and none in its root",
+                                       expected="one group with data", found=with_data,
+                                       fix=f"open one: xkmcast.open_dataset(path, group={with_data[0]!r})"))
+    return with_data[0] if with_data else None
+
+
+def open_netcdf(path: Path, **kwargs) -> xr.Dataset:
+    """One NetCDF / HDF5 file, lazily; its data group when the root holds none (:func:`data_group`)."""
+    chunks = kwargs.pop("chunks", {})
+    ds = xr.open_dataset(path, chunks=chunks, **kwargs)
+    if ds.data_vars or "group" in kwargs or (group := data_group(path, root_has_data=False)) is None:
+        return ds
+    ds.close()
+    return xr.open_dataset(path, chunks=chunks, group=group, **kwargs)
+
+
 def open_cf_files(files: list[Path], **kwargs) -> xr.Dataset:
     """``files`` as one lazy Dataset (module docstring); ``kwargs`` go to ``xarray.open_mfdataset``
     (for GRIB files, to :func:`xkmcast.data.grib.open_grib`)."""
     if any(is_grib(f) for f in files):
         return _open_grib_files(files, **kwargs)
+    if "group" not in kwargs and (group := data_group(files[0])) is not None:
+        kwargs["group"] = group
     options = {"combine": "by_coords", "data_vars": "minimal", "coords": "minimal", "compat": "override",
                "join": "exact", "chunks": {}, **kwargs}
     try:

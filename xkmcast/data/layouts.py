@@ -50,7 +50,7 @@ import xarray as xr
 from ..fields.coords import coordinate_attrs, coordinate_key
 from ..errors import ConfigError, InvalidDataError, MissingVariableError, explain
 from ..fields.variables import canonical_alias, variable_info
-from .cf_files import CF_SUFFIXES, cf_files, is_grib, netcdf_magic, open_cf_files
+from .cf_files import CF_SUFFIXES, cf_files, is_grib, netcdf_magic, open_cf_files, open_netcdf
 from .grib import open_grib
 from .stats import STATS_ATTR, Stats
 
@@ -270,7 +270,7 @@ def read_cf(path: str | Path | xr.Dataset, **kwargs) -> dict[str, xr.Dataset]:
         elif is_grib(path):
             ds = open_grib(path, **kwargs)
         else:
-            ds = xr.open_dataset(path, chunks=kwargs.pop("chunks", {}), **kwargs)
+            ds = open_netcdf(path, **kwargs)
     names = channel_names(list(ds.data_vars))
     rename = {old: new for old, new in zip(ds.data_vars, names) if old != new and new not in ds.variables}
     ds = ds.rename(rename)
