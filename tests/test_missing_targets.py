@@ -233,6 +233,47 @@ def test_the_calibrations_weigh_only_the_pixels_with_a_target():
     np.testing.assert_allclose(got, np.sqrt((res ** 2).sum(axis=(0, 2)) / var.sum(axis=(0, 2))), rtol=1e-5)
 
 
+def test_the_gains_by_value_group_only_the_pixels_with_a_target():
+    """Spread by value on samples with a missing western third: the groups of the mean's values, their
+    knots and gains, are those of the pixels with a value (selected by index here), not shifted by the
+    missing ones (whose draws and residual are zeroed)."""
+    from _tiny import FINE_SHAPE, INPUT_VARS, OUTPUT_VARS, tiny_corrdiff
+    from xkmcast.data.stats import Stats
+    from xkmcast.train.spread import (_gains_by_value, calibrated_value_gains, draw_seeds, member_split,
+                                      spread_balance)
+
+    pipe = tiny_corrdiff(invariants=False)
+    torch.manual_seed(3)
+    for p in pipe.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    pipe.spec.extra["residual_scale"] = [1.0, 1.0]
+    rng = np.random.default_rng(1)
+    dims = ("time", "y", "x")
+    data = {f"input_{v}": (dims, rng.normal(0, 1, (4, *FINE_SHAPE)).astype(np.float32)) for v in INPUT_VARS}
+    for v in OUTPUT_VARS:
+        y = rng.normal(0, 1, (4, *FINE_SHAPE)).astype(np.float32)
+        y[:, :, :7] = np.nan
+        data[f"target_{v}"] = (dims, y)
+    ds = xr.Dataset(data, coords={"time": pd.date_range("2020-01-01", periods=4, freq="6h")})
+    samples = DownscalingSamples(ds, INPUT_VARS, OUTPUT_VARS,
+                                 stats=Stats.from_dict({n: {"mean": 0.0, "std": 1.0} for n in ds.data_vars}))
+    table = calibrated_value_gains(pipe, samples, [0], members=3, max_samples=4, classes=4)
+
+    items = [samples[i] for i in range(4)]
+    batch = {"input": torch.stack([it["input"] for it in items]), "target": torch.stack([it["target"] for it in items]),
+             "mask": torch.stack([it["mask"] for it in items])}
+    draws, residual, base = pipe.calibration_draws(batch, [draw_seeds(0, 3, i) for i in range(4)])
+    shared, spread = member_split(pipe, draws)
+    valid = torch.from_numpy(np.isfinite(ds["target_t2m"].values))  # (time, y, x)
+    b, sh, r = (t[:, 0][valid].double() for t in (base, shared, residual))
+    var = spread[:, :, 0][:, valid].double().var(dim=0, unbiased=True)
+    error2 = (r - sh) ** 2
+    expected = _gains_by_value(b, lambda idx, g: (float(error2[idx].sum()), g * g * float(var[idx].sum())),
+                               spread_balance(pipe, 3), 4, linear=True)
+    np.testing.assert_allclose(table[0]["knots"], expected["knots"], rtol=1e-6)
+    np.testing.assert_allclose(table[0]["gains"], expected["gains"], rtol=1e-6)
+
+
 def test_the_prepare_command_reports_the_missing_target_values(conic, tmp_path):
     conic.to_netcdf(tmp_path / "fine.nc")
     _filled_coarse(conic).to_netcdf(tmp_path / "coarse.nc")

@@ -212,6 +212,10 @@ def calibrated_value_gains(pipeline, dataset, channels: list[int], members: int 
     for c in channels:
         b, sh, r = (torch.cat(p) for p in parts[c][:3])
         d = torch.cat(parts[c][3], dim=-1)
+        # pixels whose target is missing have all-zero draws and residual (validation_draws): they add
+        # nothing to a group's sums, and are left out of the groups by value (not to shift their knots)
+        drawn = (d != 0).any(dim=0) | (r != 0)
+        b, sh, r, d = b[drawn], sh[drawn], r[drawn], d[:, drawn]
         to_physical = _physical_units(pipeline, c)
         if to_physical is not None:
             def moments(idx, g, b=b, sh=sh, r=r, d=d, to_physical=to_physical):
