@@ -187,20 +187,17 @@ def test_the_recipe_trains_on_a_target_with_missing_values(conic, tmp_path):
     assert int(error.count()) == int((truth["t2m"].notnull() & ~never.sel(variable="t2m")).sum()) > 0
 
 
-def test_the_calibrations_weigh_only_the_pixels_with_a_target():
-    """The training scale and the members' sampling scale of a CorrDiff (random weights) on samples with a
-    missing western third equal the same ratios summed over the pixels with a value only (selected by
-    index here, not zeroed); at the missing pixels the residual is the regression mean's negative,
-    which would weigh in otherwise."""
-    from _tiny import FINE_SHAPE, INPUT_VARS, OUTPUT_VARS, stats_for, tiny_corrdiff
+def _masked_case(weights_seed: int, data_seed: int):
+    """A tiny CorrDiff with O(1) random weights, and 4 samples (normalised by 0 / 1) whose targets miss
+    their western third: ``(pipe, store Dataset, DownscalingSamples)``."""
+    from _tiny import FINE_SHAPE, INPUT_VARS, OUTPUT_VARS, tiny_corrdiff
     from xkmcast.data.stats import Stats
-    from xkmcast.train.spread import calibrated_sample_scale, residual_scale
 
     pipe = tiny_corrdiff(invariants=False)
-    torch.manual_seed(2)
+    torch.manual_seed(weights_seed)
     for p in pipe.parameters():
         torch.nn.init.normal_(p, std=0.2)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(data_seed)
     dims = ("time", "y", "x")
     data = {f"input_{v}": (dims, rng.normal(0, 1, (4, *FINE_SHAPE)).astype(np.float32)) for v in INPUT_VARS}
     for v in OUTPUT_VARS:
@@ -209,7 +206,17 @@ def test_the_calibrations_weigh_only_the_pixels_with_a_target():
         data[f"target_{v}"] = (dims, y)
     ds = xr.Dataset(data, coords={"time": pd.date_range("2020-01-01", periods=4, freq="6h")})
     zero_one = Stats.from_dict({n: {"mean": 0.0, "std": 1.0} for n in ds.data_vars})
-    samples = DownscalingSamples(ds, INPUT_VARS, OUTPUT_VARS, stats=zero_one)
+    return pipe, ds, DownscalingSamples(ds, INPUT_VARS, OUTPUT_VARS, stats=zero_one)
+
+
+def test_the_calibrations_weigh_only_the_pixels_with_a_target():
+    """The training scale and the members' sampling scale of a CorrDiff (random weights) on samples with a
+    missing western third equal the same ratios summed over the pixels with a value only (selected by
+    index here, not zeroed); at the missing pixels the residual is the regression mean's negative,
+    which would weigh in otherwise."""
+    from xkmcast.train.spread import calibrated_sample_scale, residual_scale
+
+    pipe, ds, samples = _masked_case(2, 0)
     assert samples.masked
     valid = np.isfinite(ds["target_t2m"].values[0])
 
@@ -237,26 +244,11 @@ def test_the_gains_by_value_group_only_the_pixels_with_a_target():
     """Spread by value on samples with a missing western third: the groups of the mean's values, their
     knots and gains, are those of the pixels with a value (selected by index here), not shifted by the
     missing ones (whose draws and residual are zeroed)."""
-    from _tiny import FINE_SHAPE, INPUT_VARS, OUTPUT_VARS, tiny_corrdiff
-    from xkmcast.data.stats import Stats
     from xkmcast.train.spread import (_gains_by_value, calibrated_value_gains, draw_seeds, member_split,
                                       spread_balance)
 
-    pipe = tiny_corrdiff(invariants=False)
-    torch.manual_seed(3)
-    for p in pipe.parameters():
-        torch.nn.init.normal_(p, std=0.2)
+    pipe, ds, samples = _masked_case(3, 1)
     pipe.spec.extra["residual_scale"] = [1.0, 1.0]
-    rng = np.random.default_rng(1)
-    dims = ("time", "y", "x")
-    data = {f"input_{v}": (dims, rng.normal(0, 1, (4, *FINE_SHAPE)).astype(np.float32)) for v in INPUT_VARS}
-    for v in OUTPUT_VARS:
-        y = rng.normal(0, 1, (4, *FINE_SHAPE)).astype(np.float32)
-        y[:, :, :7] = np.nan
-        data[f"target_{v}"] = (dims, y)
-    ds = xr.Dataset(data, coords={"time": pd.date_range("2020-01-01", periods=4, freq="6h")})
-    samples = DownscalingSamples(ds, INPUT_VARS, OUTPUT_VARS,
-                                 stats=Stats.from_dict({n: {"mean": 0.0, "std": 1.0} for n in ds.data_vars}))
     table = calibrated_value_gains(pipe, samples, [0], members=3, max_samples=4, classes=4)
 
     items = [samples[i] for i in range(4)]
