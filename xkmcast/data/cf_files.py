@@ -104,12 +104,17 @@ def data_group(path: Path, root_has_data: bool | None = None) -> str | None:
 
 def open_netcdf(path: Path, **kwargs) -> xr.Dataset:
     """One NetCDF / HDF5 file, lazily; its data group when the root holds none (:func:`data_group`)."""
+    return _open_with_group(path, **kwargs)[0]
+
+
+def _open_with_group(path: Path, **kwargs) -> tuple[xr.Dataset, str | None]:
+    """:func:`open_netcdf`'s Dataset and the group it was opened on (None: the root)."""
     chunks = kwargs.pop("chunks", {})
     ds = xr.open_dataset(path, chunks=chunks, **kwargs)
     if ds.data_vars or "group" in kwargs or (group := data_group(path, root_has_data=False)) is None:
-        return ds
+        return ds, kwargs.get("group")
     ds.close()
-    return xr.open_dataset(path, chunks=chunks, group=group, **kwargs)
+    return xr.open_dataset(path, chunks=chunks, group=group, **kwargs), group
 
 
 def open_cf_files(files: list[Path], **kwargs) -> xr.Dataset:
@@ -117,12 +122,12 @@ def open_cf_files(files: list[Path], **kwargs) -> xr.Dataset:
     (for GRIB files, to :func:`xkmcast.data.grib.open_grib`)."""
     if any(is_grib(f) for f in files):
         return _open_grib_files(files, **kwargs)
-    if "group" not in kwargs and (group := data_group(files[0])) is not None:
-        kwargs["group"] = group
+    first, group = _open_with_group(files[0], **{k: v for k, v in kwargs.items() if k in ("engine", "group")})
+    with first:  # one look at the first file: its data group, and a time dim without an index
+        nested = _time_dim_without_index(first)
     options = {"combine": "by_coords", "data_vars": "minimal", "coords": "minimal", "compat": "override",
-               "join": "exact", "chunks": {}, **kwargs}
+               "join": "exact", "chunks": {}, **kwargs, **({"group": group} if group else {})}
     try:
-        nested = _time_dim_without_index(files[0], kwargs)
         if nested is not None:  # WRF: Time has no index, XTIME holds the times; files in name order
             options.update(combine="nested", concat_dim=nested)
         ds = xr.open_mfdataset([str(f) for f in files], **options)
@@ -153,11 +158,10 @@ def _open_grib_files(files: list[Path], **kwargs) -> xr.Dataset:
             fix="open the files you need with xkmcast.data.grib.open_grib and combine them yourself")) from exc
 
 
-def _time_dim_without_index(first: Path, kwargs: dict) -> str | None:
+def _time_dim_without_index(ds: xr.Dataset) -> str | None:
     """The dim of a file's datetime coordinate when that dim has no index of its own (WRF's ``Time``,
     whose times are ``XTIME``): the files are concatenated along it in the order of their names."""
-    with xr.open_dataset(first, **{k: v for k, v in kwargs.items() if k == "engine"}) as ds:
-        return next((str(d) for d in ds.dims if d not in ds.indexes and datetime_coords(ds, d)), None)
+    return next((str(d) for d in ds.dims if d not in ds.indexes and datetime_coords(ds, d)), None)
 
 
 def _check_increasing(ds: xr.Dataset, dim: str, files: list[Path]) -> None:
