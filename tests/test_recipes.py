@@ -93,10 +93,12 @@ def test_the_recipe_presets_validate_without_variables():
 def test_corrdiff_cpu_trains_both_stages_into_one_bundle(tmp_path):
     fine = xkmcast.open_dataset("sample", part="target")
     coarse = xkmcast.open_dataset("sample", part="input")
-    fine.to_netcdf(tmp_path / "fine.nc")
+    (tmp_path / "fine").mkdir()  # the fine source as a folder of daily files (not a zarr store)
+    for day, part in fine.groupby("time.day"):
+        part.to_netcdf(tmp_path / "fine" / f"fine_{day:02d}.nc")
     coarse.to_netcdf(tmp_path / "coarse.nc")
     torch.set_num_threads(1)
-    args = ["train", "corrdiff-cpu", f"data.source={tmp_path / 'fine.nc'}", f"data.coarse={tmp_path / 'coarse.nc'}",
+    args = ["train", "corrdiff-cpu", f"data.source={tmp_path / 'fine'}", f"data.coarse={tmp_path / 'coarse.nc'}",
             "data.train_times={start: '2024-07-01T00:00', end: '2024-07-02T11:00'}", "training.time_budget=6",
             f"training.outdir={tmp_path / 'runs'}", "--quiet"]
     result = runner.invoke(app, args)

@@ -147,11 +147,12 @@ def _training_store(cfg: TrainConfig, env: D.DistEnv) -> Path:
     """The prepared store of the run: ``data.source`` itself when it is one, else prepared (rank 0)
     into ``<run dir>/data/train.zarr`` from the fine source and its coarse twin, with the recipe it
     was built from (:mod:`xkmcast.train.store_recipe`), checked when the run directory is reused."""
+    from ..data.layouts import is_zarr_store
     from ..data.prepare import open_store
 
     d = cfg.data
     src = Path(d.source) if d.source not in (None, "synthetic") else None
-    if src is not None and src.exists() and open_store(src).attrs.get("xkmcast_store"):
+    if src is not None and is_zarr_store(src) and open_store(src).attrs.get("xkmcast_store"):  # stores are zarr
         _check_store_transforms(open_store(src), d.transforms)
         return src
     from .store_recipe import check_recipe, store_recipe, write_recipe
