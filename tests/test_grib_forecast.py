@@ -142,6 +142,52 @@ def test_era5_accumulations_of_cycles_and_steps_become_one_hourly_record(tmp_pat
     np.testing.assert_allclose(ds["tp"].sel(time="2017-01-02T03").values, field(9, 1e-4) + 1e-3, atol=1e-7)
 
 
+def write_projected(path, grid_type: str, keys: dict, nx: int, ny: int, fields: dict) -> None:
+    """GRIB 2 messages of 10 m winds on a projected grid (``grid_type``, its ``keys``) with ecCodes."""
+    eccodes = pytest.importorskip("eccodes")
+    with open(path, "wb") as out:
+        for short, values in fields.items():
+            h = eccodes.codes_grib_new_from_samples("GRIB2")
+            eccodes.codes_set(h, "gridType", grid_type)
+            eccodes.codes_set_key_vals(h, {"Nx": nx, "Ny": ny, "shapeOfTheEarth": 6, "iScansNegatively": 0,
+                                           "jScansPositively": 1, "dataDate": 20240501, "dataTime": 0, **keys})
+            eccodes.codes_set(h, "typeOfLevel", "heightAboveGround")
+            eccodes.codes_set(h, "level", 10)
+            eccodes.codes_set(h, "shortName", short)
+            eccodes.codes_set_values(h, values.ravel())
+            eccodes.codes_write(h, out)
+            eccodes.codes_release(h)
+
+
+def test_a_polar_stereographic_grid_keeps_its_projection(tmp_path):
+    """Stage IV's HRAP-like grid (polar stereographic, true at 60 N, LoV 255 = -105, 4762.5 m): the CRS
+    from the grid definition, axes spaced by Dx, latitudes / longitudes pyproj's inverse of them."""
+    import pyproj
+
+    nx, ny, dx = 10, 8, 4762.5
+    crs = pyproj.CRS.from_cf({"grid_mapping_name": "polar_stereographic", "straight_vertical_longitude_from_pole": -105.0,
+                              "latitude_of_projection_origin": 90.0, "standard_parallel": 60.0,
+                              "earth_radius": 6371229.0})
+    to_ll = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    x0, y0 = pyproj.Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(-95.0, 35.0)
+    lon0, lat0 = to_ll.transform(x0, y0)
+    path = tmp_path / "st4.2018091400.01h.grb2"
+    write_projected(path, "polar_stereographic",
+                    {"DxInMetres": dx, "DyInMetres": dx, "LaDInDegrees": 60.0, "orientationOfTheGridInDegrees": 255.0,
+                     "latitudeOfFirstGridPointInDegrees": lat0, "longitudeOfFirstGridPointInDegrees": lon0 % 360},
+                    nx, ny, {"10u": np.ones((ny, nx)), "10v": np.zeros((ny, nx))})
+    ds = xkmcast.open_dataset(path)
+    grid = ds.kmcast.grid
+    assert grid.grid_mapping["grid_mapping_name"] == "polar_stereographic"
+    assert grid.grid_mapping["straight_vertical_longitude_from_pole"] == pytest.approx(-105.0)
+    np.testing.assert_allclose(np.abs(np.diff(grid.x)), dx, rtol=1e-4)
+    np.testing.assert_allclose(np.abs(np.diff(grid.y)), dx, rtol=1e-4)
+    xx, yy = np.meshgrid(x0 + dx * np.arange(nx), y0 + dx * np.arange(ny))
+    lon, lat = to_ll.transform(xx, yy)
+    np.testing.assert_allclose(ds["latitude"].values, lat, atol=1e-4)
+    np.testing.assert_allclose((ds["longitude"].values + 180) % 360 - 180, lon, atol=1e-4)
+
+
 def test_a_lambert_grid_keeps_its_projection(tmp_path):
     """An HRRR-like Lambert conformal GRIB 2 grid (3 km, LoV 262.5, true latitude 38.5 on NCEP's sphere):
     the CRS comes from the grid definition, the projected axes are spaced by the file's Dx, and the

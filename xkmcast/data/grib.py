@@ -51,6 +51,11 @@ GRIB_SUFFIXES = (".grib", ".grib1", ".grib2", ".grb", ".grb2")
 LEVEL_PRECEDENCE = ("heightAboveGround", "meanSea", "surface", "isobaricInhPa", "isobaricInPa", "entireAtmosphere",
                     "atmosphereSingleLayer", "hybrid", "depthBelowLandLayer")
 
+#: the grid definition keys cfgrib does not keep for every grid type (a polar-stereographic grid's LoV and
+#: true latitude): read with each message, for :func:`xkmcast.fields.crs.grib_crs`
+PROJECTION_KEYS = ("LaDInDegrees", "LoVInDegrees", "orientationOfTheGridInDegrees", "projectionCentreFlag",
+                   "Latin1InDegrees", "Latin2InDegrees")
+
 #: cfgrib's time coordinates: they are the time axis (:func:`on_valid_times`), not a level
 _TIME_COORDS = ("time", "step", "valid_time")
 
@@ -72,6 +77,9 @@ def open_grib(path: str | Path, **kwargs) -> xr.Dataset:
 
     engine = kwargs.pop("engine", None) or grib_engine(Path(path))
     chunks = kwargs.pop("chunks", {})
+    backend = dict(kwargs.pop("backend_kwargs", None) or {})
+    backend["read_keys"] = [*backend.get("read_keys", []), *PROJECTION_KEYS]  # kept as GRIB_ attributes
+    kwargs["backend_kwargs"] = backend
     with _cfgrib_skips() as skipped:
         try:
             ds = xr.open_dataset(path, engine=engine, chunks=chunks, **kwargs)

@@ -106,11 +106,18 @@ NCEP_EARTH_RADIUS = 6371229.0
 
 def grib_crs(ds: xr.Dataset) -> tuple[dict | None, Any]:
     """The CRS of the GRIB grid definition cfgrib keeps on the variables (``GRIB_gridType`` lambert or
-    polar_stereographic, with ``GRIB_LoVInDegrees``, ``GRIB_LaDInDegrees`` and, for Lambert,
-    ``GRIB_Latin1InDegrees`` / ``GRIB_Latin2InDegrees``), on NCEP's sphere; (None, None) otherwise."""
+    polar_stereographic, with ``GRIB_LoVInDegrees`` / ``GRIB_orientationOfTheGridInDegrees``,
+    ``GRIB_LaDInDegrees`` and, for Lambert, ``GRIB_Latin1InDegrees`` / ``GRIB_Latin2InDegrees``; the
+    pole of a polar-stereographic grid by ``GRIB_projectionCentreFlag``), on NCEP's sphere; (None, None)
+    otherwise, and when a key is missing (never a guessed projection)."""
     a = next((v.attrs for v in ds.data_vars.values() if "GRIB_gridType" in v.attrs), {})
     kind = a.get("GRIB_gridType")
-    lov = ((float(a.get("GRIB_LoVInDegrees", a.get("GRIB_orientationOfTheGridInDegrees", 0.0))) + 180.0) % 360.0) - 180.0
+    lov = a.get("GRIB_LoVInDegrees", a.get("GRIB_orientationOfTheGridInDegrees"))
+    needed = {"lambert": ("GRIB_LaDInDegrees", "GRIB_Latin1InDegrees", "GRIB_Latin2InDegrees"),
+              "polar_stereographic": ("GRIB_LaDInDegrees",)}.get(kind)
+    if needed is None or lov is None or any(k not in a for k in needed):
+        return None, None
+    lov = ((float(lov) + 180.0) % 360.0) - 180.0
     if kind == "lambert":
         cf = {
             "grid_mapping_name": "lambert_conformal_conic",
@@ -119,17 +126,15 @@ def grib_crs(ds: xr.Dataset) -> tuple[dict | None, Any]:
             "latitude_of_projection_origin": float(a["GRIB_LaDInDegrees"]),
             "earth_radius": NCEP_EARTH_RADIUS,
         }
-    elif kind == "polar_stereographic":
-        lad = float(a.get("GRIB_LaDInDegrees", 60.0))
+    else:
+        south = int(a.get("GRIB_projectionCentreFlag", 0)) & 128  # bit 1 (of 8): the south pole
         cf = {
             "grid_mapping_name": "polar_stereographic",
             "straight_vertical_longitude_from_pole": lov,
-            "latitude_of_projection_origin": 90.0 if lad >= 0 else -90.0,
-            "standard_parallel": lad,
+            "latitude_of_projection_origin": -90.0 if south else 90.0,
+            "standard_parallel": float(a["GRIB_LaDInDegrees"]),
             "earth_radius": NCEP_EARTH_RADIUS,
         }
-    else:
-        return None, None
     return cf, crs_from_cf(cf)
 
 
