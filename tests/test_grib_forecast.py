@@ -192,7 +192,6 @@ def test_a_lambert_grid_keeps_its_projection(tmp_path):
     """An HRRR-like Lambert conformal GRIB 2 grid (3 km, LoV 262.5, true latitude 38.5 on NCEP's sphere):
     the CRS comes from the grid definition, the projected axes are spaced by the file's Dx, and the
     file's latitudes / longitudes are pyproj's inverse of them; its winds are along the grid."""
-    eccodes = pytest.importorskip("eccodes")
     import pyproj
 
     nx, ny, dx = 12, 9, 3000.0
@@ -202,22 +201,11 @@ def test_a_lambert_grid_keeps_its_projection(tmp_path):
     to_ll = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
     lon0, lat0 = to_ll.transform(-15000.0, -12000.0)  # the first (south-west) point
     path = tmp_path / "hrrr.t00z.wrfsfcf01.grib2"
-    with open(path, "wb") as out:
-        for short, values in (("10u", np.ones((ny, nx))), ("10v", np.zeros((ny, nx)))):
-            h = eccodes.codes_grib_new_from_samples("GRIB2")
-            eccodes.codes_set(h, "gridType", "lambert")
-            eccodes.codes_set_key_vals(h, {
-                "Nx": nx, "Ny": ny, "DxInMetres": dx, "DyInMetres": dx, "LaDInDegrees": 38.5, "LoVInDegrees": 262.5,
-                "Latin1InDegrees": 38.5, "Latin2InDegrees": 38.5, "shapeOfTheEarth": 6,
-                "latitudeOfFirstGridPointInDegrees": lat0, "longitudeOfFirstGridPointInDegrees": lon0 % 360,
-                "iScansNegatively": 0, "jScansPositively": 1, "uvRelativeToGrid": 1,
-                "dataDate": 20240501, "dataTime": 0})
-            eccodes.codes_set(h, "typeOfLevel", "heightAboveGround")
-            eccodes.codes_set(h, "level", 10)
-            eccodes.codes_set(h, "shortName", short)
-            eccodes.codes_set_values(h, values.ravel())
-            eccodes.codes_write(h, out)
-            eccodes.codes_release(h)
+    write_projected(path, "lambert",
+                    {"DxInMetres": dx, "DyInMetres": dx, "LaDInDegrees": 38.5, "LoVInDegrees": 262.5,
+                     "Latin1InDegrees": 38.5, "Latin2InDegrees": 38.5, "uvRelativeToGrid": 1,
+                     "latitudeOfFirstGridPointInDegrees": lat0, "longitudeOfFirstGridPointInDegrees": lon0 % 360},
+                    nx, ny, {"10u": np.ones((ny, nx)), "10v": np.zeros((ny, nx))})
     ds = xkmcast.open_dataset(path)
     grid = ds.kmcast.grid
     assert grid.grid_mapping["grid_mapping_name"] == "lambert_conformal_conic"
