@@ -22,7 +22,6 @@ are not a fixed step in any calendar.
 from __future__ import annotations
 
 import datetime
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -98,7 +97,7 @@ def as_gregorian(times) -> np.ndarray:
     Sun. A model calendar's date (``noleap``, ``all_leap``, ``360_day``) reads as the same date and time
     of day, the day clamped to the month's length (Feb 29 of a common year, Feb 30 of a 360-day year:
     Feb 28), so that the season and the hour of the model's date are kept (within two days of the
-    year); a ``julian`` date is converted to the same instant (through its Julian day number)."""
+    year); a ``julian`` date is converted to the same instant."""
     if not is_calendar_time(times):
         return np.asarray(times, dtype="datetime64[ns]")
     import calendar
@@ -109,10 +108,8 @@ def as_gregorian(times) -> np.ndarray:
     out = np.empty(flat.size, dtype="datetime64[ns]")
     for i, t in enumerate(flat):
         if t.calendar == "julian":
-            with warnings.catch_warnings():  # "year zero convention not supported by CF": an epoch, not data
-                warnings.simplefilter("ignore")
-                jd = cftime.date2num(t, "microseconds since -4713-01-01 12:00:00", calendar="julian")
-            out[i] = _J2000 + np.timedelta64(int(jd) - _J2000_JD_US, "us")
+            since = cftime.date2num(t, "microseconds since 2000-01-01 12:00:00", calendar="julian")
+            out[i] = _JULIAN_2000 + np.timedelta64(int(since), "us")
         else:
             day = min(t.day, calendar.monthrange(t.year, t.month)[1])
             out[i] = np.datetime64(datetime.datetime(t.year, t.month, day, t.hour, t.minute, t.second,
@@ -120,8 +117,8 @@ def as_gregorian(times) -> np.ndarray:
     return out.reshape(np.shape(times))
 
 
-_J2000 = np.datetime64("2000-01-01T12:00:00", "us")
-_J2000_JD_US = 2451545 * 86_400_000_000  # the Julian day of J2000.0 in microseconds
+#: 2000-01-01 12:00 of the Julian calendar on the Gregorian one (13 days later than the Gregorian date)
+_JULIAN_2000 = np.datetime64("2000-01-14T12:00:00", "us")
 
 
 def time_text(t) -> str:
