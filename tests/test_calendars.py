@@ -55,6 +55,9 @@ def test_as_gregorian_keeps_date_and_hour_or_the_instant():
                         cftime.DatetimeNoLeap(2004, 3, 1, 18), cftime.DatetimeAllLeap(2001, 2, 29)])
     np.testing.assert_array_equal(got, np.array(["2000-01-01T12:00", "2001-02-28T06:00", "2004-03-01T18:00",
                                                  "2001-02-28T00:00"], "datetime64[ns]"))
+    # the last Julian day of 1582 was followed by Gregorian 15 October; a control run's year 1 fits too
+    np.testing.assert_array_equal(as_gregorian([cftime.DatetimeJulian(1582, 10, 4), cftime.DatetimeNoLeap(1, 6, 21, 18)]),
+                                  np.array(["1582-10-14", "0001-06-21T18:00"], "datetime64[us]"))
     dt64 = np.array(["2024-05-01T03"], "datetime64[ns]")
     np.testing.assert_array_equal(as_gregorian(dt64), dt64)
     assert not is_calendar_time(dt64)

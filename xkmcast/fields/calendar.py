@@ -93,8 +93,8 @@ def time_steps(steps: np.ndarray, like) -> np.ndarray:
 
 
 def as_gregorian(times) -> np.ndarray:
-    """``times`` as ``datetime64[ns]`` of the Gregorian calendar (same shape), for what depends on the
-    Sun. A model calendar's date (``noleap``, ``all_leap``, ``360_day``) reads as the same date and time
+    """``times`` as ``datetime64`` of the Gregorian calendar (same shape), for what depends on the Sun;
+    ``[us]`` for ``cftime`` dates, so that a control run's year 1 or a paleo date fits. A model calendar's date (``noleap``, ``all_leap``, ``360_day``) reads as the same date and time
     of day, the day clamped to the month's length (Feb 29 of a common year, Feb 30 of a 360-day year:
     Feb 28), so that the season and the hour of the model's date are kept (within two days of the
     year); a ``julian`` date is converted to the same instant."""
@@ -105,7 +105,7 @@ def as_gregorian(times) -> np.ndarray:
     import cftime
 
     flat = np.asarray(times, dtype=object).ravel()
-    out = np.empty(flat.size, dtype="datetime64[ns]")
+    out = np.empty(flat.size, dtype="datetime64[us]")
     for i, t in enumerate(flat):
         if t.calendar == "julian":
             since = cftime.date2num(t, "microseconds since 2000-01-01 12:00:00", calendar="julian")
@@ -113,7 +113,7 @@ def as_gregorian(times) -> np.ndarray:
         else:
             day = min(t.day, calendar.monthrange(t.year, t.month)[1])
             out[i] = np.datetime64(datetime.datetime(t.year, t.month, day, t.hour, t.minute, t.second,
-                                                     t.microsecond), "ns")
+                                                     t.microsecond), "us")
     return out.reshape(np.shape(times))
 
 
