@@ -159,6 +159,17 @@ def write_projected(path, grid_type: str, keys: dict, nx: int, ny: int, fields: 
             eccodes.codes_release(h)
 
 
+def check_projected_grid(ds, to_ll, x0: float, y0: float, dx: float, nx: int, ny: int) -> None:
+    """The grid of ``ds`` has projected axes x0 + dx i, y0 + dx j, and its latitudes / longitudes are
+    pyproj's inverse of them (``to_ll``: projection -> lon / lat)."""
+    grid = ds.kmcast.grid
+    np.testing.assert_allclose(np.diff(grid.x), dx, rtol=1e-4)
+    np.testing.assert_allclose(np.diff(grid.y), dx, rtol=1e-4)
+    lon, lat = to_ll.transform(*np.meshgrid(x0 + dx * np.arange(nx), y0 + dx * np.arange(ny)))
+    np.testing.assert_allclose(ds["latitude"].values, lat, atol=1e-4)
+    np.testing.assert_allclose((ds["longitude"].values + 180) % 360 - 180, lon, atol=1e-4)
+
+
 def test_a_polar_stereographic_grid_keeps_its_projection(tmp_path):
     """Stage IV's HRAP-like grid (polar stereographic, true at 60 N, LoV 255 = -105, 4762.5 m): the CRS
     from the grid definition, axes spaced by Dx, latitudes / longitudes pyproj's inverse of them."""
@@ -177,15 +188,9 @@ def test_a_polar_stereographic_grid_keeps_its_projection(tmp_path):
                      "latitudeOfFirstGridPointInDegrees": lat0, "longitudeOfFirstGridPointInDegrees": lon0 % 360},
                     nx, ny, {"10u": np.ones((ny, nx)), "10v": np.zeros((ny, nx))})
     ds = xkmcast.open_dataset(path)
-    grid = ds.kmcast.grid
-    assert grid.grid_mapping["grid_mapping_name"] == "polar_stereographic"
-    assert grid.grid_mapping["straight_vertical_longitude_from_pole"] == pytest.approx(-105.0)
-    np.testing.assert_allclose(np.abs(np.diff(grid.x)), dx, rtol=1e-4)
-    np.testing.assert_allclose(np.abs(np.diff(grid.y)), dx, rtol=1e-4)
-    xx, yy = np.meshgrid(x0 + dx * np.arange(nx), y0 + dx * np.arange(ny))
-    lon, lat = to_ll.transform(xx, yy)
-    np.testing.assert_allclose(ds["latitude"].values, lat, atol=1e-4)
-    np.testing.assert_allclose((ds["longitude"].values + 180) % 360 - 180, lon, atol=1e-4)
+    assert ds.kmcast.grid.grid_mapping["grid_mapping_name"] == "polar_stereographic"
+    assert ds.kmcast.grid.grid_mapping["straight_vertical_longitude_from_pole"] == pytest.approx(-105.0)
+    check_projected_grid(ds, to_ll, x0, y0, dx, nx, ny)
 
 
 def test_a_lambert_grid_keeps_its_projection(tmp_path):
@@ -207,15 +212,9 @@ def test_a_lambert_grid_keeps_its_projection(tmp_path):
                      "latitudeOfFirstGridPointInDegrees": lat0, "longitudeOfFirstGridPointInDegrees": lon0 % 360},
                     nx, ny, {"10u": np.ones((ny, nx)), "10v": np.zeros((ny, nx))})
     ds = xkmcast.open_dataset(path)
-    grid = ds.kmcast.grid
-    assert grid.grid_mapping["grid_mapping_name"] == "lambert_conformal_conic"
-    assert grid.grid_mapping["longitude_of_central_meridian"] == pytest.approx(-97.5)
-    np.testing.assert_allclose(np.diff(grid.x), dx, rtol=1e-4)
-    np.testing.assert_allclose(np.diff(grid.y), dx, rtol=1e-4)
-    xx, yy = np.meshgrid(-15000.0 + dx * np.arange(nx), -12000.0 + dx * np.arange(ny))
-    lon, lat = to_ll.transform(xx, yy)
-    np.testing.assert_allclose(ds["latitude"].values, lat, atol=1e-4)
-    np.testing.assert_allclose((ds["longitude"].values + 180) % 360 - 180, lon, atol=1e-4)
+    assert ds.kmcast.grid.grid_mapping["grid_mapping_name"] == "lambert_conformal_conic"
+    assert ds.kmcast.grid.grid_mapping["longitude_of_central_meridian"] == pytest.approx(-97.5)
+    check_projected_grid(ds, to_ll, -15000.0, -12000.0, dx, nx, ny)
     turned = ds.kmcast.earth_relative_winds()  # 1 m/s along x, within 20 km of LoV: turned a little
     assert 0 < np.abs(turned["v10m"].values).max() < 0.01
     np.testing.assert_allclose(np.hypot(turned["u10m"], turned["v10m"]), 1.0, atol=1e-5)
