@@ -32,7 +32,7 @@ import xarray as xr
 from ..atomic import atomic_path
 from ..errors import (ConfigError, DataNotFoundError, InvalidDataError, MissingVariableError,
                       TimeCoverageError, explain)
-from ..fields.calendar import calendar_name, labels_as, same_calendar, time_index
+from ..fields.calendar import labels_as, require_same_calendar, time_index
 from ..fields.grid import find_grid, time_indexed
 from ..fields.transforms import parse_transforms
 from .stats import DEFAULT_LOG_EPS, STATS_ATTR, Stats, stats_graph
@@ -150,12 +150,7 @@ def _common_times(fine: xr.Dataset, coarse: xr.Dataset, times) -> np.ndarray:
     two on one calendar (datetime64 or ``cftime`` dates of one model calendar)."""
     ft, ct = fine["time"].values, coarse["time"].values
     fi, ci = time_index(ft), time_index(ct)
-    if not same_calendar(fi, ci):
-        raise TimeCoverageError(explain(
-            "The fine and coarse datasets' times are on two calendars",
-            expected=f"one calendar (the fine data's: {calendar_name(fi)})", found=f"coarse: {calendar_name(ci)}",
-            fix=f"convert the coarse data: coarse.convert_calendar({calendar_name(fi)!r}, align_on='date', "
-                f"use_cftime={isinstance(fi, xr.CFTimeIndex)})"))
+    require_same_calendar(fi, ci, "fine", "coarse")
     common = fi.intersection(ci).sort_values()
     if times is not None:
         if isinstance(times, slice):

@@ -293,14 +293,13 @@ class ForecastSamples(_StoreSamples):
 
     @staticmethod
     def _step(values: np.ndarray, step):
-        timed = np.issubdtype(values.dtype, np.datetime64) or is_calendar_time(values)
         if isinstance(step, (int, np.integer)):
             diffs = np.diff(np.sort(values))
-            diffs = diffs[diffs > (diffs[:1] * 0 if diffs.size else 0)]
+            diffs = diffs[diffs > diffs[0] * 0] if diffs.size else diffs  # the zero of the diffs' type
             if diffs.size == 0:
                 raise TimeCoverageError(explain("Need at least two distinct times", found=values.size))
             step = diffs.min() * int(step)
-            return time_step(step, values) if timed else step
+        timed = np.issubdtype(values.dtype, np.datetime64) or is_calendar_time(values)
         return time_step(step, values) if timed else step
 
     @staticmethod

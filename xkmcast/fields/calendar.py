@@ -11,7 +11,8 @@ time step, a lookup, or a valid time ``t + n dt`` works in the calendar of the d
 - :func:`time_step` / :func:`time_steps`: a time step (``"1h"``, ``np.timedelta64``, ``pd.Timedelta``)
   or an array of them in the type that adds to those times (``np.timedelta64`` or ``datetime.timedelta``);
 - :func:`is_calendar_time`: whether times are ``cftime`` dates; :func:`calendar_name`,
-  :func:`same_calendar`: which calendar, and whether two time axes compare;
+  :func:`same_calendar`, :func:`require_same_calendar`: which calendar, and whether two time axes
+  compare;
 - :func:`as_gregorian`: times as Gregorian ``datetime64``, for what depends on the Sun (the solar
   zenith angle, the hour of day a published model is given).
 
@@ -27,8 +28,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-__all__ = ["as_gregorian", "calendar_name", "is_calendar_time", "labels_as", "same_calendar", "time_index", "time_step",
-           "time_steps", "time_text"]
+__all__ = ["as_gregorian", "calendar_name", "is_calendar_time", "labels_as", "require_same_calendar", "same_calendar",
+           "time_index", "time_step", "time_steps", "time_text"]
 
 
 def is_calendar_time(values) -> bool:
@@ -76,6 +77,22 @@ def labels_as(labels, index: pd.Index) -> pd.Index:
                                stamp.microsecond)
 
     return xr.CFTimeIndex([one(t) for t in labels])
+
+
+def require_same_calendar(reference: pd.Index, other: pd.Index, reference_name: str, other_name: str) -> None:
+    """TimeCoverageError unless ``other``'s times compare with ``reference``'s (:func:`same_calendar`),
+    saying how to convert ``other`` (named ``other_name`` in the fix, as the user's variable)."""
+    if same_calendar(reference, other):
+        return
+    from ..errors import TimeCoverageError, explain
+
+    name = calendar_name(reference)
+    raise TimeCoverageError(explain(
+        f"The {other_name}'s times are on another calendar than the {reference_name}'s: two calendars do "
+        "not compare",
+        expected=f"the {reference_name}'s calendar, {name}", found=calendar_name(other),
+        fix=f"convert the {other_name}: {other_name}.convert_calendar({name!r}, align_on='date', "
+            f"use_cftime={isinstance(reference, xr.CFTimeIndex)})"))
 
 
 def time_step(step, like) -> np.timedelta64 | datetime.timedelta:

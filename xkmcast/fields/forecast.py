@@ -45,7 +45,7 @@ import pandas as pd
 import xarray as xr
 
 from ..errors import InvalidDataError, TimeCoverageError, XkmcastError, explain
-from .calendar import (as_gregorian, calendar_name, is_calendar_time, same_calendar, time_index, time_step, time_steps,
+from .calendar import (as_gregorian, is_calendar_time, require_same_calendar, time_index, time_step, time_steps,
                        time_text)
 from .downscale import (ModelRef, _graph_handle, grid_dims, model_result, pole_values, require_task,
                         resolve_model, to_model_inputs)
@@ -206,12 +206,7 @@ def _background(background, pipeline, init_times, steps, dt, regrid_method, chec
     starts = time_index(init_times)
     want = np.stack([np.asarray((starts + time_step(dt * n, starts)).values) for n in range(steps)], axis=1)
     have = time_index(bg["time"].values)
-    if not same_calendar(starts, have):
-        raise TimeCoverageError(explain(
-            "The background's times are on another calendar than the state's",
-            expected=f"the state's calendar, {calendar_name(starts)}", found=calendar_name(have),
-            fix=f"convert one of them: background.convert_calendar({calendar_name(starts)!r}, align_on='date', "
-                f"use_cftime={isinstance(starts, xr.CFTimeIndex)})"))
+    require_same_calendar(starts, have, "state", "background")
     missing = list(time_index(want.ravel()).difference(have))
     if missing:
         raise TimeCoverageError(
