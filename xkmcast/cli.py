@@ -110,15 +110,12 @@ def _open_input(name_or_path: str, part: str | None, times: str | None):
     """A catalog entry or path (any published layout), optionally one part and a time selection."""
     import xkmcast
 
-    from .errors import TimeCoverageError, XkmcastError, explain
-    from .fields.grid import find_grid, time_indexed
+    from .errors import TimeCoverageError, explain
+    from .fields.grid import find_time_dim, time_indexed
 
     kwargs = {"part": part} if part else {}
     ds = xkmcast.open_dataset(name_or_path, **kwargs)
-    try:  # the data's time axis as "time" (ERA5 from the CDS: valid_time; WRF: Time and XTIME)
-        ds = time_indexed(ds, find_grid(ds).time_dim, "time")
-    except XkmcastError:
-        pass  # no grid here: what reads it says what is missing
+    ds = time_indexed(ds, find_time_dim(ds), "time")  # as "time" (ERA5 from the CDS: valid_time; WRF: Time, XTIME)
     if times:
         try:
             ds = ds.sel(time=parse_times(times))

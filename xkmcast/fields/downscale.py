@@ -25,7 +25,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import ConfigError, DomainCoverageError, GridError, InvalidDataError, XkmcastError, explain
-from .grid import Grid, find_grid, make_latlon_grid, time_indexed
+from .grid import Grid, find_grid, find_time_dim, make_latlon_grid, time_indexed
 from .variables import cf_attrs, select_variables
 
 __all__ = ["downscale", "grid_dims", "model_grid", "model_result", "regrid_defaults", "ModelRef", "resolve_model",
@@ -344,7 +344,7 @@ def _time_coords(ds: xr.Dataset, n: int) -> dict:
     ``expver``."""
     from .coords import coordinate_names
 
-    dim = find_grid(ds).time_dim
+    dim = find_time_dim(ds)
     if dim is None:
         return {}
     times = set(coordinate_names("time")) | {dim}

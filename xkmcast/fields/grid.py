@@ -27,8 +27,8 @@ from .coords import coordinate_attrs, coordinate_names
 from .crs import crs_from_cf, find_crs, grib_crs, projected_axes, wrf_crs
 from ..errors import CoordinateError, GridError, explain
 
-__all__ = ["Grid", "find_grid", "make_lambert_grid", "make_latlon_grid", "check_monotonic", "datetime_coords",
-           "time_indexed", "HRRR_CRS_CF", "EARTH_RADIUS_M"]
+__all__ = ["Grid", "find_grid", "find_time_dim", "make_lambert_grid", "make_latlon_grid", "check_monotonic",
+           "datetime_coords", "time_indexed", "HRRR_CRS_CF", "EARTH_RADIUS_M"]
 
 #: radius (m) of the sphere on which great-circle grid spacings are measured
 EARTH_RADIUS_M = 6371000.0
@@ -198,7 +198,7 @@ def find_grid(obj: xr.Dataset | xr.DataArray) -> Grid:
 
     lat_da, lon_da = ds[lat_name], ds[lon_name]
     lat_da, lon_da = _drop_extra_dims(lat_da), _drop_extra_dims(lon_da)
-    time_dim = _find_time_dim(ds)
+    time_dim = find_time_dim(ds)
 
     if lat_da.ndim == 1 and lon_da.ndim == 1:
         y_dim, x_dim = lat_da.dims[0], lon_da.dims[0]
@@ -322,7 +322,9 @@ def _find_xy_names(ds: xr.Dataset) -> tuple[str | None, str | None]:
     return x, y
 
 
-def _find_time_dim(ds: xr.Dataset) -> str | None:
+def find_time_dim(ds: xr.Dataset) -> str | None:
+    """The time dim of ``ds`` (by cf_xarray's T axis / time coordinate, else a known time name), None
+    when it has none: :func:`find_grid`'s ``time_dim``, without finding the horizontal grid."""
     try:
         names = ds.cf.axes.get("T", []) + ds.cf.coordinates.get("time", [])
     except Exception:
@@ -372,7 +374,7 @@ def _grid_from_projection(ds, x_name, y_name, crs, grid_mapping, gm_var) -> Grid
         x, y = x * 1e3, y * 1e3
     xx, yy = np.meshgrid(x, y)
     lon, lat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(xx, yy)
-    return Grid(ds[y_name].dims[0], ds[x_name].dims[0], _find_time_dim(ds), lat, lon, None, None,
+    return Grid(ds[y_name].dims[0], ds[x_name].dims[0], find_time_dim(ds), lat, lon, None, None,
                 x, y, x_name, y_name, crs, grid_mapping, rectilinear=False, grid_mapping_var=gm_var, xy_km=km)
 
 
