@@ -78,16 +78,10 @@ def is_grib(path: Path) -> bool:
     return path.suffix.lower() in GRIB_SUFFIXES or (path.is_file() and grib_magic(path))
 
 
-def data_group(path: Path, root_has_data: bool | None = None) -> str | None:
-    """The group of a NetCDF-4 / HDF5 file that holds its data when the root group holds none (GPM
-    IMERG's ``/Grid``); None when the root has data (``root_has_data``, when the caller has looked), or
-    the file has no groups. Several groups with data: an InvalidDataError naming them (open one with
-    ``group=``)."""
-    if root_has_data is None:
-        with xr.open_dataset(path) as root:
-            root_has_data = bool(root.data_vars)
-    if root_has_data:
-        return None
+def data_group(path: Path) -> str | None:
+    """The group of a NetCDF-4 / HDF5 file whose root group holds no data that holds its data (GPM
+    IMERG's ``/Grid``); None when the file has no such group. Several groups with data: an
+    InvalidDataError naming them (open one with ``group=``)."""
     try:
         groups = xr.open_groups(path)
     except (ValueError, OSError, TypeError):  # a format without groups (NetCDF-3)
@@ -111,7 +105,7 @@ def _open_with_group(path: Path, **kwargs) -> tuple[xr.Dataset, str | None]:
     """:func:`open_netcdf`'s Dataset and the group it was opened on (None: the root)."""
     chunks = kwargs.pop("chunks", {})
     ds = xr.open_dataset(path, chunks=chunks, **kwargs)
-    if ds.data_vars or "group" in kwargs or (group := data_group(path, root_has_data=False)) is None:
+    if ds.data_vars or "group" in kwargs or (group := data_group(path)) is None:
         return ds, kwargs.get("group")
     ds.close()
     return xr.open_dataset(path, chunks=chunks, group=group, **kwargs), group

@@ -51,9 +51,8 @@ class TimeRange(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _bare_time(cls, value: Any) -> Any:
-        if isinstance(value, str) and split_range(value) is not None:
-            start, end = split_range(value)
-            return {"start": start, "end": end}
+        if isinstance(value, str) and (bounds := split_range(value)) is not None:
+            return {"start": bounds[0], "end": bounds[1]}
         if isinstance(value, (str, datetime.date)):  # datetime.datetime is a date too
             return {"start": value, "end": value}
         return value
