@@ -79,22 +79,20 @@ def open_grib(path: str | Path, **kwargs) -> xr.Dataset:
     chunks = kwargs.pop("chunks", {})
     backend = dict(kwargs.pop("backend_kwargs", None) or {})
     backend["read_keys"] = [*backend.get("read_keys", []), *PROJECTION_KEYS]  # kept as GRIB_ attributes
-    kwargs["backend_kwargs"] = backend
     with _cfgrib_skips() as skipped:
         try:
-            ds = xr.open_dataset(path, engine=engine, chunks=chunks, **kwargs)
+            ds = xr.open_dataset(path, engine=engine, chunks=chunks, backend_kwargs=backend, **kwargs)
         except DatasetBuildError:  # several hypercubes: mixed level types
             ds = None
-        if ds is not None and not skipped:
-            return on_valid_times(ds)
         if ds is not None:
+            if not skipped:
+                return on_valid_times(ds)
             ds.close()
         # cfgrib refused the file, or opened it leaving out fields that do not fit its first hypercube
         # (ERA5's accumulated precipitation beside its instantaneous fields): its hypercubes, merged
         import cfgrib
 
-        parts = cfgrib.open_datasets(str(path), backend_kwargs=kwargs.pop("backend_kwargs", {}), chunks=chunks,
-                                     **kwargs)
+        parts = cfgrib.open_datasets(str(path), backend_kwargs=backend, chunks=chunks, **kwargs)
     return merge_hypercubes([on_valid_times(part) for part in parts], Path(path).name)
 
 

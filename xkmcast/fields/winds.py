@@ -61,12 +61,17 @@ def is_grid_relative(da: xr.DataArray, ds: xr.Dataset) -> bool:
     ``GRIB_uvRelativeToGrid = 1``, or raw WRF output on a Lambert or polar-stereographic grid (WRF's
     ``MAP_PROJ`` 1 or 2; its Mercator and latitude / longitude grids are not turned), and not turned
     here already."""
-    if da.attrs.get(ROTATED_ATTR):
+    if marked_earth_relative(da):
         return False
     flag = da.attrs.get("GRIB_uvRelativeToGrid")
     if flag is not None:  # on a latitude / longitude or Gaussian grid, along the grid is east / north
         return int(flag) == 1 and not str(da.attrs.get("GRIB_gridType", "")).startswith(("regular_", "reduced_"))
     return int(ds.attrs.get("MAP_PROJ", 0)) in (1, 2)
+
+
+def marked_earth_relative(da: xr.DataArray) -> bool:
+    """A wind component marked east / north: turned here before, or cfgrib's ``GRIB_uvRelativeToGrid = 0``."""
+    return bool(da.attrs.get(ROTATED_ATTR)) or da.attrs.get("GRIB_uvRelativeToGrid") == 0
 
 
 def earth_relative_winds(ds: xr.Dataset, pairs: list[tuple[str, str]] | None = None) -> xr.Dataset:
@@ -83,8 +88,7 @@ def earth_relative_winds(ds: xr.Dataset, pairs: list[tuple[str, str]] | None = N
     if missing:
         raise ConfigError(explain("Wind components not in the dataset", expected=pairs, found=list(ds.data_vars),
                                   fix="name (u, v) pairs the dataset holds"))
-    pairs = [p for p in pairs if not any(ds[n].attrs.get(ROTATED_ATTR) or ds[n].attrs.get("GRIB_uvRelativeToGrid") == 0
-                                         for n in p)]
+    pairs = [p for p in pairs if not any(marked_earth_relative(ds[n]) for n in p)]
     if not pairs:
         return ds
     grid = find_grid(ds)
