@@ -12,7 +12,8 @@
   nearest cell of their row (and the missing times from the times beside them), as a user fills an
   input; the target is left as it is (the model trains on the values there are and is missing where
   the target always is). Same times as storm-x3; scored at the pixels with a value. The linear
-  baselines skip the missing samples; ``spec`` is NaN (a spectrum of a field with holes). 5 minutes
+  baselines skip the missing samples; ``spec`` is taken on the largest rectangle with a value at every
+  scored time (:func:`science_scores.top_third_power_ratio`). 5 minutes
   export the same weights as 2 (the validation's best: regression step 125, diffusion step 175).
 - ``guam-x4``: WRF 0.78 km over Guam (3 hourly times), coarsened x4; train on the first hour, validate
   on the second (best weights, spread calibration), score on the third: one field each, so a test of
